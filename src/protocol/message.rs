@@ -1,0 +1,313 @@
+//! The typed messages that travel between a client and the server.
+//!
+//! A client sends [`ClientMessage`]s: first a [`Hello`], then [`Request`]s, each with an id
+//! that the server echoes in its [`ServerMessage::Reply`]. The server may push
+//! [`ServerMessage::Event`]s at any time. `Hello` and `Welcome` are frozen forever so that
+//! peers of different versions can always tell each other that they disagree.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. Bump it on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Timestamp = i64;
+
+/// The current wall-clock time as a [`Timestamp`].
+pub fn now_ms() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Timestamp)
+        .unwrap_or(0)
+}
+
+/// Every frame a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first frame of every connection.
+    Hello(Hello),
+    /// A command; the server answers with a [`ServerMessage::Reply`] carrying the same id.
+    Request {
+        /// Chosen by the client, echoed in the reply.
+        id: u32,
+        /// What to do.
+        body: Request,
+    },
+}
+
+/// Opens a connection and states the protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Free text naming the client software, for logs.
+    pub agent: String,
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The answer to a [`Hello`] whose version matches.
+    Welcome(Welcome),
+    /// The answer to the request with the same id.
+    Reply {
+        /// The id of the request this answers; 0 for a frame that could not be read.
+        id: u32,
+        /// What happened.
+        result: Result<Reply, ErrorReply>,
+    },
+    /// Something the server pushes without being asked.
+    Event(Event),
+}
+
+/// The server's half of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The server's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Free text naming the server software.
+    pub server: String,
+}
+
+/// A command from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Authenticate (or, with open registration, create an account).
+    Login {
+        /// Account name.
+        username: String,
+        /// Plain password; the server keeps only an Argon2id hash.
+        password: String,
+    },
+    /// Send a direct message, relayed now or stored until `to` logs in.
+    Msg {
+        /// Recipient.
+        to: String,
+        /// Message text.
+        text: String,
+    },
+    /// Send to every online user except the sender and those who blocked the sender.
+    Broadcast {
+        /// Message text.
+        text: String,
+    },
+    /// Online users, except yourself and those who blocked you.
+    List,
+    /// Users whose online time overlaps the last `secs` seconds.
+    WhoElseSince {
+        /// How far back to look.
+        secs: u64,
+    },
+    /// Stop receiving anything from `user`, and hide yourself from them.
+    Block {
+        /// Whom to block.
+        user: String,
+    },
+    /// Undo a [`Request::Block`].
+    Unblock {
+        /// Whom to unblock.
+        user: String,
+    },
+    /// End the session; the server answers and closes the connection.
+    Logout,
+}
+
+/// A successful answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Login succeeded; offline messages follow as [`Event::Message`]s, oldest first.
+    LoggedIn {
+        /// The account name.
+        username: String,
+        /// Whether this login created the account (open registration).
+        created: bool,
+        /// How many stored messages follow.
+        offline_messages: u32,
+    },
+    /// A direct message was accepted.
+    Sent {
+        /// Recipient.
+        to: String,
+        /// How it was delivered.
+        delivery: Delivery,
+    },
+    /// A broadcast was accepted.
+    Broadcasted {
+        /// Online users who were sent it.
+        delivered: u32,
+        /// Online users who did not get it because they block the sender.
+        skipped: u32,
+    },
+    /// Answer to [`Request::List`].
+    Users(Vec<OnlineUser>),
+    /// Answer to [`Request::WhoElseSince`].
+    Seen(Vec<SeenUser>),
+    /// The request was carried out and there is nothing more to say.
+    Done,
+    /// Answer to [`Request::Logout`]; the server closes the connection next.
+    LoggedOut,
+}
+
+/// How a direct message reached its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Handed to the recipient's live session.
+    Online,
+    /// Committed to disk; delivered when the recipient next logs in.
+    Stored,
+}
+
+/// One entry of the online list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineUser {
+    /// Account name.
+    pub name: String,
+    /// When this session began.
+    pub since: Timestamp,
+}
+
+/// One entry of a whoelsesince answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenUser {
+    /// Account name.
+    pub name: String,
+    /// Whether the user is online now.
+    pub online: bool,
+}
+
+/// Something the server pushes to a logged-in client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A direct message.
+    Message {
+        /// Sender.
+        from: String,
+        /// Message text.
+        text: String,
+        /// When the server accepted it.
+        sent_at: Timestamp,
+        /// True when it was stored while you were away.
+        offline: bool,
+    },
+    /// A broadcast.
+    Broadcast {
+        /// Sender.
+        from: String,
+        /// Message text.
+        text: String,
+        /// When the server accepted it.
+        sent_at: Timestamp,
+    },
+    /// A user logged in or out.
+    Presence {
+        /// Who.
+        user: String,
+        /// What happened.
+        change: PresenceChange,
+        /// When.
+        at: Timestamp,
+    },
+    /// The server is ending this session; the connection closes next.
+    SessionEnded {
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// A change of presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceChange {
+    /// Logged in.
+    LoggedIn,
+    /// Logged out on purpose.
+    LoggedOut,
+    /// Logged out by the idle timeout.
+    TimedOut,
+    /// The connection dropped.
+    Disconnected,
+}
+
+/// Why the server ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// No command for the idle period.
+    IdleTimeout,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The client did not read its messages fast enough.
+    TooSlow,
+}
+
+/// A failed request: a stable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What kind of failure; clients branch on this.
+    pub code: ErrorCode,
+    /// What to show the user.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// An error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorReply {}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    VersionMismatch,
+    /// A frame could not be decoded.
+    MalformedFrame,
+    /// A frame was larger than the server accepts; the connection is closed.
+    FrameTooLarge,
+    /// The first frame was not a [`Hello`], or a second `Hello` came.
+    HandshakeRequired,
+    /// The command needs a logged-in session.
+    NotLoggedIn,
+    /// Login on a session that is already logged in.
+    AlreadyAuthenticated,
+    /// Wrong username or password (deliberately not saying which).
+    InvalidCredentials,
+    /// Too many failed logins; try again later.
+    LockedOut {
+        /// Seconds until the lock lifts (rounded up).
+        retry_after_secs: u64,
+    },
+    /// This user already has a live session elsewhere.
+    AlreadyLoggedIn,
+    /// No such user.
+    UnknownUser,
+    /// The target is yourself.
+    SelfTarget,
+    /// The recipient has blocked you.
+    BlockedByRecipient,
+    /// Unblock of a user who was not blocked.
+    NotBlocked,
+    /// An argument is empty, malformed or too long.
+    InvalidArgument,
+    /// The server has reached its connection limit.
+    ServerFull,
+    /// Something went wrong inside the server; nothing was done.
+    Internal,
+}
+
+/// The longest allowed username, in bytes.
+pub const MAX_USERNAME_LEN: usize = 32;
+
+/// Whether `name` is a valid username: 1-32 ASCII letters, digits, `_`, `-` or `.`.
+pub fn valid_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_USERNAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}

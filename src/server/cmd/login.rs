@@ -1,0 +1,150 @@
+//! Login: lockout check, password check (or account creation), one session per user.
+//!
+//! The order matters: a locked name is refused before its password is looked at; a wrong
+//! password for a name that is online still counts as a failure and does not reveal that the
+//! name is online; only a right password learns of the duplicate session. With closed
+//! registration an unknown name costs the same hashing work and gets the same reply as a
+//! wrong password.
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::internal;
+use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Timestamp};
+use crate::server::hub::Peer;
+use crate::server::lockout::Attempt;
+use crate::server::{password, Shared};
+use crate::store::StoredMessage;
+
+/// Longest accepted password, in bytes.
+const MAX_PASSWORD_LEN: usize = 1024;
+
+/// A session that has logged in and joined the hub.
+pub(in crate::server) struct LoggedIn {
+    /// Account name.
+    pub name: String,
+    /// Whether this login created the account.
+    pub created: bool,
+    /// Frames other sessions queued for this one.
+    pub rx: mpsc::Receiver<bytes::Bytes>,
+    /// Cancelled by the hub when `rx` overflows.
+    pub kick: CancellationToken,
+    /// The hub's id of this session.
+    pub session: u64,
+    /// The login-history row of this session.
+    pub history_row: i64,
+    /// Messages stored while the user was away, oldest first.
+    pub offline: Vec<StoredMessage>,
+}
+
+pub(in crate::server) async fn run(
+    shared: &Shared,
+    username: String,
+    password: String,
+) -> Result<LoggedIn, ErrorReply> {
+    if !valid_username(&username) {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "usernames are 1-32 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            format!("passwords are 1-{MAX_PASSWORD_LEN} bytes"),
+        ));
+    }
+    shared.lockout().begin(&username, Instant::now()).map_err(locked)?;
+    let checked = check_password(shared, &username, password).await;
+    let attempt = match &checked {
+        Ok(_) => Attempt::Succeeded,
+        Err(e) if e.code == ErrorCode::InvalidCredentials => Attempt::Failed,
+        Err(_) => Attempt::Abandoned,
+    };
+    if let Some(lock) = shared.lockout().finish(&username, attempt, Instant::now()) {
+        tracing::warn!(user = %username, "locked after repeated failed logins");
+        return Err(locked(lock));
+    }
+    let created = checked?;
+    join(shared, username, created).await
+}
+
+/// Verifies the password; `Ok(true)` when the account was created by this login.
+async fn check_password(shared: &Shared, name: &str, password: String) -> Result<bool, ErrorReply> {
+    let key = name.to_owned();
+    let stored = shared
+        .store
+        .call(move |s| s.password_hash(&key))
+        .await
+        .map_err(|e| internal("reading an account", e))?;
+    match stored {
+        Some(hash) => {
+            let ok = blocking(move || password::verify(&password, &hash)).await?;
+            if ok {
+                Ok(false)
+            } else {
+                Err(invalid_credentials())
+            }
+        }
+        None if shared.config.open_registration => {
+            let hash = blocking(move || password::hash(&password)).await?;
+            let key = name.to_owned();
+            let created = shared
+                .store
+                .call(move |s| s.create_user(&key, &hash, now_ms()))
+                .await
+                .map_err(|e| internal("creating an account", e))?;
+            if !created {
+                // Someone registered the name between our read and our write.
+                return Err(invalid_credentials());
+            }
+            shared.hub.add_user(name);
+            tracing::info!(user = name, "account created by open registration");
+            Ok(true)
+        }
+        None => {
+            blocking(move || password::verify_dummy(&password)).await?;
+            Err(invalid_credentials())
+        }
+    }
+}
+
+/// Puts the user online, records the session and collects their offline messages.
+async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, ErrorReply> {
+    let (tx, rx) = mpsc::channel(shared.config.session_queue);
+    let kick = CancellationToken::new();
+    let session = shared.hub.new_session_id();
+    let since: Timestamp = now_ms();
+    shared.hub.join(&name, Peer { tx, since, session, kick: kick.clone() })?;
+    let key = name.clone();
+    let stored = shared
+        .store
+        .call(move |s| Ok((s.record_login(&key, since)?, s.offline_messages(&key)?)))
+        .await;
+    match stored {
+        Ok((history_row, offline)) => {
+            Ok(LoggedIn { name, created, rx, kick, session, history_row, offline })
+        }
+        Err(e) => {
+            shared.hub.leave(&name, session, None, now_ms());
+            Err(internal("recording a login", e))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ErrorReply> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| internal("password hashing", e))
+}
+
+fn invalid_credentials() -> ErrorReply {
+    ErrorReply::new(ErrorCode::InvalidCredentials, "invalid username or password")
+}
+
+fn locked(remaining: std::time::Duration) -> ErrorReply {
+    let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+    ErrorReply::new(
+        ErrorCode::LockedOut { retry_after_secs: secs },
+        format!("too many failed logins; this account is locked for {secs} more seconds"),
+    )
+}

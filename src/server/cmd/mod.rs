@@ -1,0 +1,50 @@
+//! One file per command. Each handler checks its arguments and permissions first, then acts,
+//! and returns the reply for the session to send.
+
+pub(super) mod block;
+pub(super) mod broadcast;
+pub(super) mod list;
+pub(super) mod login;
+pub(super) mod msg;
+pub(super) mod whoelsesince;
+
+use super::Shared;
+use crate::protocol::{ErrorCode, ErrorReply, Reply, Request};
+
+/// Runs a request of the logged-in user `me`. Login and logout belong to the session itself.
+pub(super) async fn dispatch(shared: &Shared, me: &str, request: Request) -> Result<Reply, ErrorReply> {
+    match request {
+        Request::Msg { to, text } => msg::run(shared, me, to, text).await,
+        Request::Broadcast { text } => broadcast::run(shared, me, text),
+        Request::List => Ok(list::run(shared, me)),
+        Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
+        Request::Block { user } => block::block(shared, me, user).await,
+        Request::Unblock { user } => block::unblock(shared, me, user).await,
+        Request::Login { .. } => {
+            Err(ErrorReply::new(ErrorCode::AlreadyAuthenticated, "you are already logged in"))
+        }
+        Request::Logout => unreachable!("the session handles logout"),
+    }
+}
+
+/// Checks a message text: not blank, no control characters, not too long.
+fn check_text(shared: &Shared, text: &str) -> Result<(), ErrorReply> {
+    let invalid = |why: String| Err(ErrorReply::new(ErrorCode::InvalidArgument, why));
+    if text.trim().is_empty() {
+        return invalid("the message is empty".into());
+    }
+    if text.chars().any(char::is_control) {
+        return invalid("messages cannot contain control characters".into());
+    }
+    let max = shared.config.max_message_chars;
+    if text.chars().count() > max {
+        return invalid(format!("messages are limited to {max} characters"));
+    }
+    Ok(())
+}
+
+/// The reply for a failure inside the server; the details go to the log, not the client.
+fn internal(context: &str, e: impl std::fmt::Display) -> ErrorReply {
+    tracing::error!("{context}: {e}");
+    ErrorReply::new(ErrorCode::Internal, format!("internal server error ({context}); nothing was done"))
+}

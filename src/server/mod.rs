@@ -1,0 +1,148 @@
+//! The relay server: accept loop, one session task per connection, the hub that routes.
+//!
+//! [`run`] is what the `confab-server` binary and every integration test call: it takes a
+//! bound listener, a store and a shutdown future, serves until the future resolves, then
+//! tells every client goodbye, waits briefly for sessions to finish and flushes the store.
+//!
+//! A message's path: a session task decodes a [`Request`](crate::protocol::Request), the
+//! handler in [`cmd`] checks it against the [`hub::Hub`], encodes the outgoing event once
+//! and queues the bytes on each recipient session's channel (or commits it to the store for
+//! an offline recipient); each recipient's session task writes its queue to its socket.
+
+mod cmd;
+pub mod credentials;
+pub mod hub;
+pub mod lockout;
+pub mod password;
+mod session;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::{now_ms, DEFAULT_MAX_FRAME};
+use crate::store::{StoreError, StoreHandle};
+use hub::Hub;
+use lockout::Lockout;
+
+/// Server settings. `Default` gives the documented defaults of `confab-server`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Whether an unknown username may create an account by logging in.
+    pub open_registration: bool,
+    /// Consecutive failed logins that lock a username (0 disables lockout).
+    pub max_failed_logins: u32,
+    /// How long a locked username stays locked.
+    pub lockout: Duration,
+    /// A session with no command for this long is logged out.
+    pub idle_timeout: Duration,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame: usize,
+    /// Longest message text, in characters.
+    pub max_message_chars: usize,
+    /// Most simultaneous connections; more are refused with an error.
+    pub max_connections: usize,
+    /// Frames queued for one session before it counts as too slow and is disconnected.
+    pub session_queue: usize,
+    /// A write to a client that takes longer than this ends its session.
+    pub write_timeout: Duration,
+    /// How long shutdown waits for sessions to say goodbye.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            open_registration: false,
+            max_failed_logins: 3,
+            lockout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_message_chars: 4000,
+            max_connections: 20_000,
+            session_queue: 1024,
+            write_timeout: Duration::from_secs(20),
+            shutdown_grace: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store failed while loading the initial state.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// State shared by every session.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub store: StoreHandle,
+    pub hub: Hub,
+    lockout: Mutex<Lockout>,
+}
+
+impl Shared {
+    pub fn lockout(&self) -> MutexGuard<'_, Lockout> {
+        self.lockout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves clients on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    store: StoreHandle,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let closed = store.call(|s| s.close_open_sessions(now_ms())).await?;
+    if closed > 0 {
+        tracing::info!(closed, "ended sessions left open by an earlier server run");
+    }
+    let users = store.call(|s| s.usernames()).await?;
+    let blocks = store.call(|s| s.blocks()).await?;
+    tracing::info!(users = users.len(), "serving on {:?}", listener.local_addr().ok());
+    let shared = Arc::new(Shared {
+        lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
+        hub: Hub::new(users, blocks),
+        store: store.clone(),
+        config,
+    });
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let full = tracker.len() >= shared.config.max_connections;
+        tracker.spawn(session::serve(socket, addr, shared.clone(), stop.clone(), full));
+    }
+
+    tracing::info!(sessions = tracker.len(), "shutting down");
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(left = tracker.len(), "some sessions did not finish in time");
+    }
+    store.call(|s| s.flush()).await?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! One task per client connection.
+//!
+//! A connection goes through three phases, each its own function so that the state of each
+//! is plain from the types: the handshake ([`handshake`]), the wait for a successful login
+//! ([`unauthenticated`]) and the logged-in loop ([`authenticated`]). The logged-in loop waits
+//! on five things at once: server shutdown, being kicked as too slow, the idle deadline,
+//! frames queued for this user by other sessions, and the next request from the client.
+//! Replies and queued frames share one output buffer, written with as few syscalls as the
+//! queue allows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::cmd::{self, login::LoggedIn};
+use super::Shared;
+use crate::protocol::{
+    codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
+    PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
+};
+
+/// How long a new connection has to say hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a goodbye may take to write before the connection is dropped anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Queued frames gathered into one write, at most.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Initial read buffer; small so that idle connections stay cheap.
+const READ_BUFFER: usize = 512;
+
+/// Serves one connection from accept to close. `full` means the server is at its limit.
+pub(super) async fn serve(
+    socket: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    full: bool,
+) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(%addr, "set_nodelay: {e}");
+    }
+    let mut conn = Conn::new(socket, &shared);
+    if full {
+        let err = ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later");
+        conn.queue(&ServerMessage::Reply { id: 0, result: Err(err) });
+        let _ = conn.flush_within(GOODBYE_TIMEOUT).await;
+        return;
+    }
+    if !handshake(&mut conn).await {
+        return;
+    }
+    let Some(me) = unauthenticated(&mut conn, &shared, &stop).await else { return };
+    tracing::info!(%addr, user = %me.name, "logged in");
+    authenticated(conn, &shared, &stop, me).await;
+}
+
+/// What the client sent next, already sorted into what to do about it.
+enum Incoming {
+    /// A request to handle.
+    Request(u32, Request),
+    /// A frame to answer with an error; the connection ends after it if `fatal`.
+    Bad(ErrorReply, bool),
+    /// The client closed the connection or it failed.
+    Closed,
+}
+
+/// The socket of one client, with its output buffer.
+struct Conn {
+    reader: FramedRead<OwnedReadHalf, ServerCodec>,
+    writer: OwnedWriteHalf,
+    out: BytesMut,
+    write_timeout: Duration,
+}
+
+impl Conn {
+    fn new(socket: TcpStream, shared: &Shared) -> Self {
+        let (read, writer) = socket.into_split();
+        let codec = ServerCodec::new(shared.config.max_frame);
+        Self {
+            reader: FramedRead::with_capacity(read, codec, READ_BUFFER),
+            writer,
+            out: BytesMut::new(),
+            write_timeout: shared.config.write_timeout,
+        }
+    }
+
+    /// The next frame from the client. Cancel-safe: nothing is written here.
+    async fn next(&mut self) -> Incoming {
+        match self.reader.next().await {
+            None => Incoming::Closed,
+            Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
+            Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
+                ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
+                false,
+            ),
+            Some(Ok(Err(malformed))) => Incoming::Bad(
+                ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()),
+                false,
+            ),
+            Some(Err(e @ CodecError::TooLarge { .. })) => {
+                Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
+            }
+            Some(Err(e)) => {
+                tracing::debug!("connection failed: {e}");
+                Incoming::Closed
+            }
+        }
+    }
+
+    fn queue(&mut self, msg: &ServerMessage) {
+        if let Err(e) = codec::encode_into(msg, &mut self.out) {
+            tracing::error!("cannot encode a reply: {e}");
+        }
+    }
+
+    fn reply(&mut self, id: u32, result: Result<Reply, ErrorReply>) {
+        self.queue(&ServerMessage::Reply { id, result });
+    }
+
+    /// Writes everything queued, within the configured write timeout.
+    async fn flush(&mut self) -> bool {
+        self.flush_within(self.write_timeout).await
+    }
+
+    async fn flush_within(&mut self, limit: Duration) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let ok = matches!(timeout(limit, self.writer.write_all(&self.out)).await, Ok(Ok(())));
+        self.out.clear();
+        if self.out.capacity() > 4 * WRITE_BATCH_BYTES {
+            self.out = BytesMut::new();
+        }
+        ok
+    }
+
+    /// Queues `msg`, writes everything, and reports whether it all went out.
+    async fn send(&mut self, msg: &ServerMessage) -> bool {
+        self.queue(msg);
+        self.flush().await
+    }
+}
+
+/// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it.
+async fn handshake(conn: &mut Conn) -> bool {
+    let incoming = timeout(HANDSHAKE_TIMEOUT, conn.reader.next()).await;
+    let refusal = match incoming {
+        Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
+            let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
+            return conn.send(&ServerMessage::Welcome(welcome)).await;
+        }
+        Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) => ErrorReply::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}, the client {}; \
+                 use a matching Confab client",
+                hello.version
+            ),
+        ),
+        Ok(Some(Ok(_))) => {
+            ErrorReply::new(ErrorCode::HandshakeRequired, "the first frame must be a hello")
+        }
+        Ok(Some(Err(CodecError::TooLarge { .. }))) => {
+            ErrorReply::new(ErrorCode::FrameTooLarge, "the first frame is too large")
+        }
+        Ok(None | Some(Err(_))) => return false,
+        Err(_elapsed) => ErrorReply::new(ErrorCode::HandshakeRequired, "no hello in time"),
+    };
+    conn.reply(0, Err(refusal));
+    conn.flush_within(GOODBYE_TIMEOUT).await;
+    false
+}
+
+fn server_agent() -> String {
+    format!("confab-server {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Answers requests until a login succeeds; `None` if the connection ends first.
+async fn unauthenticated(
+    conn: &mut Conn,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<LoggedIn> {
+    let mut deadline = Instant::now() + shared.config.idle_timeout;
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => {
+                conn.queue(&end_event(EndReason::ServerShutdown));
+                conn.flush_within(GOODBYE_TIMEOUT).await;
+                return None;
+            }
+            _ = sleep_until(deadline) => {
+                conn.queue(&end_event(EndReason::IdleTimeout));
+                conn.flush_within(GOODBYE_TIMEOUT).await;
+                return None;
+            }
+            incoming = conn.next() => incoming,
+        };
+        deadline = Instant::now() + shared.config.idle_timeout;
+        match incoming {
+            Incoming::Closed => return None,
+            Incoming::Bad(err, fatal) => {
+                conn.reply(0, Err(err));
+                if !conn.flush().await || fatal {
+                    return None;
+                }
+            }
+            Incoming::Request(id, Request::Login { username, password }) => {
+                match cmd::login::run(shared, username, password).await {
+                    Ok(me) => {
+                        let ok = deliver_login(conn, shared, id, &me).await;
+                        if ok {
+                            return Some(me);
+                        }
+                        me.leave(shared, Some(PresenceChange::Disconnected)).await;
+                        return None;
+                    }
+                    Err(err) => {
+                        conn.reply(id, Err(err));
+                        if !conn.flush().await {
+                            return None;
+                        }
+                    }
+                }
+            }
+            Incoming::Request(id, Request::Logout) => {
+                conn.reply(id, Ok(Reply::LoggedOut));
+                conn.flush_within(GOODBYE_TIMEOUT).await;
+                return None;
+            }
+            Incoming::Request(id, _) => {
+                let err = ErrorReply::new(ErrorCode::NotLoggedIn, "log in first");
+                conn.reply(id, Err(err));
+                if !conn.flush().await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the login reply and the messages stored while the user was away, then forgets them.
+async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn) -> bool {
+    let offline_messages = me.offline.len() as u32;
+    let reply = Reply::LoggedIn { username: me.name.clone(), created: me.created, offline_messages };
+    conn.reply(id, Ok(reply));
+    for m in &me.offline {
+        conn.queue(&ServerMessage::Event(Event::Message {
+            from: m.sender.clone(),
+            text: m.body.clone(),
+            sent_at: m.sent_at,
+            offline: true,
+        }));
+    }
+    if !conn.flush().await {
+        return false;
+    }
+    if let Some(last) = me.offline.last() {
+        let (name, up_to) = (me.name.clone(), last.id);
+        if let Err(e) = shared.store.call(move |s| s.delete_offline(&name, up_to)).await {
+            // They stay stored and come again at the next login: duplicated, never lost.
+            tracing::error!(user = %me.name, "cannot forget delivered offline messages: {e}");
+        }
+    }
+    true
+}
+
+/// How a logged-in session ended.
+enum Ending {
+    LoggedOut,
+    Idle,
+    Shutdown,
+    TooSlow,
+    Dropped,
+}
+
+/// The logged-in loop.
+async fn authenticated(
+    mut conn: Conn,
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut me: LoggedIn,
+) {
+    let mut deadline = Instant::now() + shared.config.idle_timeout;
+    let ending = loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ending::Shutdown,
+            _ = me.kick.cancelled() => break Ending::TooSlow,
+            _ = sleep_until(deadline) => break Ending::Idle,
+            Some(frame) = me.rx.recv() => {
+                gather(&mut conn.out, frame, &mut me.rx);
+                if !conn.flush().await {
+                    break Ending::Dropped;
+                }
+                continue;
+            }
+            incoming = conn.next() => incoming,
+        };
+        deadline = Instant::now() + shared.config.idle_timeout;
+        let (id, request) = match incoming {
+            Incoming::Closed => break Ending::Dropped,
+            Incoming::Bad(err, fatal) => {
+                conn.reply(0, Err(err));
+                if !conn.flush().await || fatal {
+                    break Ending::Dropped;
+                }
+                continue;
+            }
+            Incoming::Request(id, request) => (id, request),
+        };
+        if let Request::Logout = request {
+            // Logout is not a command of its own: it ends this loop.
+            conn.reply(id, Ok(Reply::LoggedOut));
+            break Ending::LoggedOut;
+        }
+        let result = cmd::dispatch(shared, &me.name, request).await;
+        conn.reply(id, result);
+        if !conn.flush().await {
+            break Ending::Dropped;
+        }
+    };
+
+    let presence = match ending {
+        Ending::LoggedOut => Some(PresenceChange::LoggedOut),
+        Ending::Idle => Some(PresenceChange::TimedOut),
+        Ending::TooSlow | Ending::Dropped => Some(PresenceChange::Disconnected),
+        Ending::Shutdown => None,
+    };
+    // Leave first so nothing new is queued, then write out what already was.
+    me.leave(shared, presence).await;
+    let mut left = Vec::new();
+    while let Ok(frame) = me.rx.try_recv() {
+        left.push(frame);
+    }
+    let goodbye = match ending {
+        Ending::Idle => Some(EndReason::IdleTimeout),
+        Ending::Shutdown => Some(EndReason::ServerShutdown),
+        Ending::TooSlow => Some(EndReason::TooSlow),
+        Ending::LoggedOut | Ending::Dropped => None,
+    };
+    let writable = !matches!(ending, Ending::Dropped | Ending::TooSlow);
+    if writable {
+        for frame in &left {
+            conn.out.extend_from_slice(frame);
+        }
+    }
+    if let Some(reason) = goodbye {
+        conn.queue(&end_event(reason));
+    }
+    let written = conn.flush_within(GOODBYE_TIMEOUT).await;
+    if !(writable && written) {
+        keep_undelivered(shared, &me.name, left).await;
+    }
+    let _ = conn.writer.shutdown().await;
+    tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
+}
+
+impl Ending {
+    fn describe(&self) -> &'static str {
+        match self {
+            Ending::LoggedOut => "logout",
+            Ending::Idle => "idle timeout",
+            Ending::Shutdown => "server shutdown",
+            Ending::TooSlow => "too slow",
+            Ending::Dropped => "connection dropped",
+        }
+    }
+}
+
+/// Moves queued frames into `out` after `first`, up to one write batch.
+fn gather(out: &mut BytesMut, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
+    out.extend_from_slice(&first);
+    while out.len() < WRITE_BATCH_BYTES {
+        let Ok(frame) = rx.try_recv() else { break };
+        out.extend_from_slice(&frame);
+    }
+}
+
+/// Direct messages that were routed to a session which then could not write them are stored
+/// for the user's next login, so an acknowledged message is not lost with the connection.
+async fn keep_undelivered(shared: &Shared, user: &str, frames: Vec<Bytes>) {
+    let messages: Vec<_> = frames
+        .iter()
+        .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
+        .filter_map(|m| match m {
+            ServerMessage::Event(Event::Message { from, text, sent_at, .. }) => {
+                Some((from, text, sent_at))
+            }
+            _ => None,
+        })
+        .collect();
+    if messages.is_empty() {
+        return;
+    }
+    let count = messages.len();
+    let to = user.to_owned();
+    let stored = shared
+        .store
+        .call(move |s| {
+            for (from, text, sent_at) in &messages {
+                s.store_offline(from, &to, text, *sent_at)?;
+            }
+            Ok(())
+        })
+        .await;
+    match stored {
+        Ok(()) => tracing::info!(user, count, "kept undelivered messages for the next login"),
+        Err(e) => tracing::error!(user, count, "lost undelivered messages: {e}"),
+    }
+}
+
+fn end_event(reason: EndReason) -> ServerMessage {
+    ServerMessage::Event(Event::SessionEnded { reason })
+}
+
+impl LoggedIn {
+    /// Takes the user offline in the hub (announcing `presence`) and records the logout.
+    async fn leave(&self, shared: &Shared, presence: Option<PresenceChange>) {
+        let at = now_ms();
+        shared.hub.leave(&self.name, self.session, presence, at);
+        let row = self.history_row;
+        if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
+            tracing::error!(user = %self.name, "cannot record logout: {e}");
+        }
+    }
+}
