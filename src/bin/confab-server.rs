@@ -1,1 +1,112 @@
-fn main(){}
+//! `confab-server`: parses flags, opens the store, imports credentials, serves until a signal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use confab::protocol::DEFAULT_MAX_FRAME;
+use confab::server::{self, credentials, Config};
+use confab::store::{SqliteStore, StoreHandle};
+
+/// The Confab relay server. Every flag can also be set through the environment variable shown.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: String,
+    /// SQLite database file (`:memory:` for a throwaway one). Default: the user's data dir.
+    #[arg(long, env = "CONFAB_DB")]
+    db: Option<PathBuf>,
+    /// Credentials file to import, one `username password` per line.
+    #[arg(long, env = "CONFAB_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    /// Let an unknown username create an account by logging in.
+    #[arg(long, env = "CONFAB_OPEN_REGISTRATION")]
+    open_registration: bool,
+    /// Consecutive failed logins that lock a username (0: never lock).
+    #[arg(long, env = "CONFAB_MAX_FAILED_LOGINS", default_value_t = 3)]
+    max_failed_logins: u32,
+    /// Seconds a locked username stays locked.
+    #[arg(long, env = "CONFAB_LOCKOUT_SECS", default_value = "10", value_parser = seconds)]
+    lockout_secs: Duration,
+    /// Seconds without a command after which a user is logged out.
+    #[arg(long, env = "CONFAB_IDLE_TIMEOUT_SECS", default_value = "600", value_parser = seconds)]
+    idle_timeout_secs: Duration,
+    /// Largest frame accepted from a client, in bytes.
+    #[arg(long, env = "CONFAB_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
+    max_frame_bytes: usize,
+    /// Longest message, in characters.
+    #[arg(long, env = "CONFAB_MAX_MESSAGE_CHARS", default_value_t = 4000)]
+    max_message_chars: usize,
+    /// Most simultaneous connections.
+    #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn default_db() -> PathBuf {
+    directories::ProjectDirs::from("", "", "confab")
+        .map(|dirs| dirs.data_dir().join("confab.db"))
+        .unwrap_or_else(|| PathBuf::from("confab.db"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let db = args.db.clone().unwrap_or_else(default_db);
+    let mut store =
+        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    tracing::info!("database: {}", db.display());
+    if let Some(path) = &args.credentials {
+        let summary = credentials::import(&mut store, path)?;
+        tracing::info!(?summary, "imported {}", path.display());
+    }
+    let config = Config {
+        open_registration: args.open_registration,
+        max_failed_logins: args.max_failed_logins,
+        lockout: args.lockout_secs,
+        idle_timeout: args.idle_timeout_secs,
+        max_frame: args.max_frame_bytes,
+        max_message_chars: args.max_message_chars,
+        max_connections: args.max_connections,
+        ..Config::default()
+    };
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
+        println!("confab-server listening on {}", listener.local_addr()?);
+        server::run(listener, StoreHandle::spawn(store), config, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,1 +1,256 @@
-//! client
+//! The client side: a typed async [`Client`], the command-line parser and line formatting.
+//!
+//! [`Client::connect`] opens the connection, says hello and spawns one I/O task that owns the
+//! socket. Requests go to that task over a channel with a oneshot for the reply; the task
+//! numbers them, matches replies by id and forwards server events to the [`Events`] stream.
+//! Dropping every `Client` handle closes the connection.
+
+pub mod command;
+pub mod format;
+
+use std::collections::HashMap;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::protocol::{
+    ClientCodec, ClientMessage, CodecError, Delivery, ErrorCode, ErrorReply, Event, Hello,
+    OnlineUser, Reply, Request, SeenUser, ServerMessage, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+
+/// A client-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot connect to the server: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The connection failed or was closed.
+    #[error("the connection to the server was lost")]
+    Disconnected,
+    /// The framing failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The server refused the request.
+    #[error("{0}")]
+    Server(#[from] ErrorReply),
+    /// The server answered with something this client did not expect.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// What the [`Events`] stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Something the server pushed.
+    Server(Event),
+    /// The connection closed; nothing follows. `error` says why if it was not a clean close.
+    Closed {
+        /// The failure, if any.
+        error: Option<String>,
+    },
+}
+
+/// A successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginInfo {
+    /// The account name.
+    pub username: String,
+    /// Whether the login created the account.
+    pub created: bool,
+    /// How many stored messages follow as events.
+    pub offline_messages: u32,
+}
+
+/// A handle to a server connection; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    requests: mpsc::Sender<Pending>,
+    server: String,
+}
+
+/// The server's pushed events, in the order they arrived.
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl Events {
+    /// The next event; `None` after [`ClientEvent::Closed`] has been returned.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+
+    /// An event that has already arrived, without waiting.
+    pub fn try_next(&mut self) -> Option<ClientEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+type Pending = (Request, oneshot::Sender<Result<Reply, ErrorReply>>);
+
+impl Client {
+    /// Connects, performs the version handshake and starts the I/O task.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
+        let socket = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        socket.set_nodelay(true).map_err(ClientError::Connect)?;
+        let mut framed = Framed::new(socket, ClientCodec::new(DEFAULT_MAX_FRAME));
+        let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
+        framed.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent })).await?;
+        let server = match framed.next().await {
+            Some(Ok(Ok(ServerMessage::Welcome(w)))) => w.server,
+            Some(Ok(Ok(ServerMessage::Reply { result: Err(e), .. }))) => return Err(e.into()),
+            Some(Ok(Ok(other))) => return Err(ClientError::Protocol(format!("{other:?}"))),
+            Some(Ok(Err(e))) => return Err(ClientError::Protocol(e.to_string())),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ClientError::Disconnected),
+        };
+        let (requests, requests_rx) = mpsc::channel(64);
+        let (events_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(io_task(framed, requests_rx, events_tx));
+        Ok((Client { requests, server }, Events { rx }))
+    }
+
+    /// The server's self-description from the handshake.
+    pub fn server_agent(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends any request and waits for its reply.
+    pub async fn request(&self, request: Request) -> Result<Reply, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send((request, tx)).await.map_err(|_| ClientError::Disconnected)?;
+        Ok(rx.await.map_err(|_| ClientError::Disconnected)??)
+    }
+
+    /// Logs in (or, with open registration, creates the account).
+    pub async fn login(&self, username: &str, password: &str) -> Result<LoginInfo, ClientError> {
+        let req = Request::Login { username: username.into(), password: password.into() };
+        match self.request(req).await? {
+            Reply::LoggedIn { username, created, offline_messages } => {
+                Ok(LoginInfo { username, created, offline_messages })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a direct message.
+    pub async fn msg(&self, to: &str, text: &str) -> Result<Delivery, ClientError> {
+        match self.request(Request::Msg { to: to.into(), text: text.into() }).await? {
+            Reply::Sent { delivery, .. } => Ok(delivery),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Broadcasts; returns `(delivered, skipped)`.
+    pub async fn broadcast(&self, text: &str) -> Result<(u32, u32), ClientError> {
+        match self.request(Request::Broadcast { text: text.into() }).await? {
+            Reply::Broadcasted { delivered, skipped } => Ok((delivered, skipped)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Who is online (as this user may see it).
+    pub async fn list(&self) -> Result<Vec<OnlineUser>, ClientError> {
+        match self.request(Request::List).await? {
+            Reply::Users(users) => Ok(users),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Who was online at some point in the last `secs` seconds.
+    pub async fn who_else_since(&self, secs: u64) -> Result<Vec<SeenUser>, ClientError> {
+        match self.request(Request::WhoElseSince { secs }).await? {
+            Reply::Seen(users) => Ok(users),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Blocks `user`.
+    pub async fn block(&self, user: &str) -> Result<(), ClientError> {
+        self.expect_done(Request::Block { user: user.into() }).await
+    }
+
+    /// Unblocks `user`.
+    pub async fn unblock(&self, user: &str) -> Result<(), ClientError> {
+        self.expect_done(Request::Unblock { user: user.into() }).await
+    }
+
+    /// Logs out; the server then closes the connection.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        match self.request(Request::Logout).await? {
+            Reply::LoggedOut => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expect_done(&self, request: Request) -> Result<(), ClientError> {
+        match self.request(request).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Protocol(format!("{reply:?}"))
+}
+
+/// Owns the socket: writes requests, routes replies by id and forwards events.
+async fn io_task(
+    mut framed: Framed<TcpStream, ClientCodec>,
+    mut requests: mpsc::Receiver<Pending>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
+    let mut pending: HashMap<u32, oneshot::Sender<Result<Reply, ErrorReply>>> = HashMap::new();
+    let mut next_id: u32 = 1;
+    let error = loop {
+        tokio::select! {
+            request = requests.recv() => {
+                // Every handle dropped: close the connection.
+                let Some((body, reply)) = request else { return };
+                let id = next_id;
+                next_id = next_id.wrapping_add(1).max(1);
+                pending.insert(id, reply);
+                if let Err(e) = framed.send(ClientMessage::Request { id, body }).await {
+                    break Some(e.to_string());
+                }
+            }
+            frame = framed.next() => match frame {
+                None => break None,
+                Some(Err(e)) => break Some(e.to_string()),
+                Some(Ok(Err(e))) => tracing::warn!("ignoring a frame from the server: {e}"),
+                Some(Ok(Ok(ServerMessage::Reply { id, result }))) => match pending.remove(&id) {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => {
+                        // An error about a frame the server could not read has id 0.
+                        if let Err(e) = result {
+                            tracing::warn!("server error: {e}");
+                        }
+                    }
+                },
+                Some(Ok(Ok(ServerMessage::Event(event)))) => {
+                    let _ = events.send(ClientEvent::Server(event));
+                }
+                Some(Ok(Ok(ServerMessage::Welcome(_)))) => {
+                    tracing::warn!("ignoring a second welcome from the server");
+                }
+            },
+        }
+    };
+    // Pending requests fail with `Disconnected` as their senders drop.
+    drop(pending);
+    let _ = events.send(ClientEvent::Closed { error });
+}

@@ -1,0 +1,303 @@
+//! Parsing what the user types into a [`Command`]. Pure; shared by every front end.
+//!
+//! The first word names the command, with or without a leading `/`, in any case; every alias
+//! of the classic messenger works. [`COMMANDS`] is the one table that parsing, `/help` and
+//! completion read.
+
+use crate::protocol::Request;
+
+/// One command: its name, aliases and help.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// The main name, as shown in help.
+    pub name: &'static str,
+    /// Other names that work the same.
+    pub aliases: &'static [&'static str],
+    /// Arguments, as shown in help.
+    pub args: &'static str,
+    /// One line saying what it does.
+    pub summary: &'static str,
+}
+
+/// Every command the client knows, in help order.
+pub const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "/msg",
+        aliases: &["/msgto", "message"],
+        args: "USER TEXT",
+        summary: "send USER a message (kept for them if they are offline)",
+    },
+    CommandSpec {
+        name: "/broadcast",
+        aliases: &["broadcast"],
+        args: "TEXT",
+        summary: "send a message to everyone online",
+    },
+    CommandSpec {
+        name: "/list",
+        aliases: &["/activeuser", "/whoelse", "whoelse"],
+        args: "",
+        summary: "who is online now, and since when",
+    },
+    CommandSpec {
+        name: "/whoelsesince",
+        aliases: &["whoelsesince"],
+        args: "SECS",
+        summary: "who was online at any time in the last SECS seconds",
+    },
+    CommandSpec {
+        name: "/block",
+        aliases: &["block"],
+        args: "USER",
+        summary: "stop receiving anything from USER and hide from them",
+    },
+    CommandSpec {
+        name: "/unblock",
+        aliases: &["unblock"],
+        args: "USER",
+        summary: "undo /block",
+    },
+    CommandSpec {
+        name: "/help",
+        aliases: &["help", "/?"],
+        args: "[COMMAND]",
+        summary: "list the commands, or explain one",
+    },
+    CommandSpec {
+        name: "/logout",
+        aliases: &["/quit", "/exit", "exit", "quit", "logout", "logoff", "bye"],
+        args: "",
+        summary: "log out and leave",
+    },
+];
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/msg USER TEXT`
+    Msg {
+        /// Recipient.
+        to: String,
+        /// Text.
+        text: String,
+    },
+    /// `/broadcast TEXT`
+    Broadcast {
+        /// Text.
+        text: String,
+    },
+    /// `/list`
+    List,
+    /// `/whoelsesince SECS`
+    WhoElseSince {
+        /// Window in seconds.
+        secs: u64,
+    },
+    /// `/block USER`
+    Block {
+        /// Whom.
+        user: String,
+    },
+    /// `/unblock USER`
+    Unblock {
+        /// Whom.
+        user: String,
+    },
+    /// `/help [COMMAND]`
+    Help {
+        /// The command asked about.
+        topic: Option<String>,
+    },
+    /// `/logout`
+    Logout,
+}
+
+/// Why a line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing but whitespace.
+    #[error("type a command; /help lists them")]
+    Empty,
+    /// The first word is no command.
+    #[error("unknown command '{0}'; /help lists the commands")]
+    Unknown(String),
+    /// Wrong arguments for a known command.
+    #[error("usage: {0}")]
+    Usage(String),
+}
+
+impl Command {
+    /// The server request this command makes; `None` for commands handled locally.
+    pub fn into_request(self) -> Option<Request> {
+        Some(match self {
+            Command::Msg { to, text } => Request::Msg { to, text },
+            Command::Broadcast { text } => Request::Broadcast { text },
+            Command::List => Request::List,
+            Command::WhoElseSince { secs } => Request::WhoElseSince { secs },
+            Command::Block { user } => Request::Block { user },
+            Command::Unblock { user } => Request::Unblock { user },
+            Command::Logout => Request::Logout,
+            Command::Help { .. } => return None,
+        })
+    }
+}
+
+/// Finds the command named `word` (with or without `/`, any case).
+pub fn lookup(word: &str) -> Option<&'static CommandSpec> {
+    let key = word.trim_start_matches('/').to_ascii_lowercase();
+    COMMANDS.iter().find(|spec| {
+        std::iter::once(spec.name)
+            .chain(spec.aliases.iter().copied())
+            .any(|name| name.trim_start_matches('/') == key)
+    })
+}
+
+/// Parses one line.
+pub fn parse(line: &str) -> Result<Command, ParseError> {
+    let line = line.trim();
+    let (word, rest) = split_word(line);
+    if word.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let spec = lookup(word).ok_or_else(|| ParseError::Unknown(word.to_owned()))?;
+    let usage = || ParseError::Usage(usage(spec));
+    let (first, tail) = split_word(rest);
+    let command = match spec.name {
+        "/msg" if !first.is_empty() && !tail.is_empty() => {
+            Command::Msg { to: first.to_owned(), text: tail.to_owned() }
+        }
+        "/broadcast" if !rest.is_empty() => Command::Broadcast { text: rest.to_owned() },
+        "/list" if rest.is_empty() => Command::List,
+        "/whoelsesince" if tail.is_empty() => {
+            Command::WhoElseSince { secs: first.parse().map_err(|_| usage())? }
+        }
+        "/block" if !first.is_empty() && tail.is_empty() => Command::Block { user: first.to_owned() },
+        "/unblock" if !first.is_empty() && tail.is_empty() => {
+            Command::Unblock { user: first.to_owned() }
+        }
+        "/help" if tail.is_empty() => {
+            Command::Help { topic: (!first.is_empty()).then(|| first.to_owned()) }
+        }
+        "/logout" if rest.is_empty() => Command::Logout,
+        _ => return Err(usage()),
+    };
+    Ok(command)
+}
+
+/// `/name ARGS`, as shown in errors and help.
+pub fn usage(spec: &CommandSpec) -> String {
+    if spec.args.is_empty() {
+        spec.name.to_owned()
+    } else {
+        format!("{} {}", spec.name, spec.args)
+    }
+}
+
+/// The `/help` text: every command, or one in detail.
+pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
+    let Some(topic) = topic else {
+        let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0);
+        let mut lines = vec!["commands:".to_owned()];
+        lines.extend(COMMANDS.iter().map(|s| format!("  {:width$}  {}", usage(s), s.summary)));
+        lines.push("/help COMMAND shows a command's aliases".to_owned());
+        return Ok(lines);
+    };
+    let spec = lookup(topic).ok_or_else(|| ParseError::Unknown(topic.to_owned()))?;
+    Ok(vec![
+        format!("{}: {}", usage(spec), spec.summary),
+        format!("aliases: {}", spec.aliases.join(", ")),
+    ])
+}
+
+/// Splits off the first whitespace-separated word; the rest is trimmed.
+fn split_word(s: &str) -> (&str, &str) {
+    match s.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (s, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: &str, text: &str) -> Command {
+        Command::Msg { to: to.into(), text: text.into() }
+    }
+
+    #[test]
+    fn every_alias_of_every_command_is_recognised() {
+        for spec in COMMANDS {
+            for name in std::iter::once(&spec.name).chain(spec.aliases) {
+                assert_eq!(lookup(name), Some(spec), "{name}");
+                assert_eq!(lookup(&name.to_uppercase()), Some(spec), "{name} in capitals");
+            }
+        }
+    }
+
+    #[test]
+    fn message_aliases_parse_alike() {
+        for line in ["/msg bob hi there", "/msgto bob hi there", "message bob  hi there", "msg bob hi there"] {
+            assert_eq!(parse(line), Ok(msg("bob", "hi there")), "{line}");
+        }
+    }
+
+    #[test]
+    fn text_keeps_inner_spacing() {
+        assert_eq!(parse("/msg bob a  b"), Ok(msg("bob", "a  b")));
+        assert_eq!(
+            parse("broadcast  hello   all "),
+            Ok(Command::Broadcast { text: "hello   all".into() })
+        );
+    }
+
+    #[test]
+    fn list_and_logout_aliases() {
+        for line in ["/list", "/activeuser", "/whoelse", "whoelse"] {
+            assert_eq!(parse(line), Ok(Command::List), "{line}");
+        }
+        for line in ["/logout", "/quit", "/exit", "exit", "quit", "logout", "logoff", "bye"] {
+            assert_eq!(parse(line), Ok(Command::Logout), "{line}");
+        }
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        assert_eq!(parse("/whoelsesince 200"), Ok(Command::WhoElseSince { secs: 200 }));
+        assert_eq!(parse("whoelsesince 200"), Ok(Command::WhoElseSince { secs: 200 }));
+        assert_eq!(parse("/block eve"), Ok(Command::Block { user: "eve".into() }));
+        assert_eq!(parse("unblock eve"), Ok(Command::Unblock { user: "eve".into() }));
+        for bad in ["/msg bob", "/msg", "/broadcast", "/whoelsesince", "/whoelsesince -1",
+                    "/whoelsesince soon", "/block", "/block a b", "/list now", "/logout now"] {
+            assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
+        }
+        assert_eq!(parse("/msg bob").unwrap_err().to_string(), "usage: /msg USER TEXT");
+    }
+
+    #[test]
+    fn unknown_and_empty_lines_are_errors() {
+        assert_eq!(parse("   "), Err(ParseError::Empty));
+        assert_eq!(parse("/dance now"), Err(ParseError::Unknown("/dance".into())));
+        assert_eq!(parse("hello bob"), Err(ParseError::Unknown("hello".into())));
+    }
+
+    #[test]
+    fn help_lists_every_command_and_explains_one() {
+        let all = help(None).unwrap().join("\n");
+        for spec in COMMANDS {
+            assert!(all.contains(&usage(spec)), "{}", spec.name);
+        }
+        let one = help(Some("whoelse")).unwrap().join("\n");
+        assert!(one.starts_with("/list: "), "{one}");
+        assert!(one.contains("/activeuser"));
+        assert!(help(Some("nope")).is_err());
+        assert_eq!(parse("/help msg"), Ok(Command::Help { topic: Some("msg".into()) }));
+    }
+
+    #[test]
+    fn commands_map_to_requests() {
+        assert_eq!(msg("b", "t").into_request(), Some(Request::Msg { to: "b".into(), text: "t".into() }));
+        assert_eq!(Command::Help { topic: None }.into_request(), None);
+        assert_eq!(Command::Logout.into_request(), Some(Request::Logout));
+    }
+}

@@ -1,0 +1,210 @@
+//! Turning events and replies into lines of text for people. Pure apart from the local time zone.
+//!
+//! Text from other users passes through [`sanitize`], so nobody can send terminal escape
+//! sequences to somebody else's screen.
+
+use chrono::{Local, TimeZone};
+
+use super::command::Command;
+use super::LoginInfo;
+use crate::protocol::{Delivery, EndReason, Event, PresenceChange, Reply, Timestamp};
+
+/// One line for a pushed event.
+pub fn event(event: &Event) -> String {
+    match event {
+        Event::Message { from, text, sent_at, offline: false } => {
+            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
+        }
+        Event::Message { from, text, sent_at, offline: true } => format!(
+            "[{}] {} (while you were away): {}",
+            date_time(*sent_at),
+            sanitize(from),
+            sanitize(text)
+        ),
+        Event::Broadcast { from, text, sent_at } => {
+            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
+        }
+        Event::Presence { user, change, at } => {
+            let what = match change {
+                PresenceChange::LoggedIn => "logged in",
+                PresenceChange::LoggedOut => "logged out",
+                PresenceChange::TimedOut => "was logged out (idle)",
+                PresenceChange::Disconnected => "was disconnected",
+            };
+            format!("[{}] * {} {what}", clock(*at), sanitize(user))
+        }
+        Event::SessionEnded { reason } => match reason {
+            EndReason::IdleTimeout => "* you were logged out after being idle too long".to_owned(),
+            EndReason::ServerShutdown => "* the server is shutting down".to_owned(),
+            EndReason::TooSlow => "* disconnected: messages were not read fast enough".to_owned(),
+        },
+    }
+}
+
+/// The line shown after logging in.
+pub fn login(info: &LoginInfo) -> String {
+    let mut line = if info.created {
+        format!("account {} created; welcome", info.username)
+    } else {
+        format!("logged in as {}", info.username)
+    };
+    match info.offline_messages {
+        0 => {}
+        1 => line.push_str("; 1 message arrived while you were away"),
+        n => line.push_str(&format!("; {n} messages arrived while you were away")),
+    }
+    line
+}
+
+/// Lines for the successful reply to `command`.
+pub fn reply(command: &Command, reply: &Reply) -> Vec<String> {
+    let line = match (command, reply) {
+        (_, Reply::Sent { to, delivery: Delivery::Online }) => format!("sent to {to}"),
+        (_, Reply::Sent { to, delivery: Delivery::Stored }) => {
+            format!("{to} is offline; they will get it when they log in")
+        }
+        (_, Reply::Broadcasted { delivered, skipped: 0 }) => {
+            format!("broadcast sent to {}", users(*delivered))
+        }
+        (_, Reply::Broadcasted { delivered, skipped }) => format!(
+            "broadcast sent to {}; {} could not receive it",
+            users(*delivered),
+            users(*skipped)
+        ),
+        (_, Reply::Users(list)) if list.is_empty() => "nobody else is online".to_owned(),
+        (_, Reply::Users(list)) => {
+            return list
+                .iter()
+                .map(|u| format!("{} (online since {})", u.name, date_time(u.since)))
+                .collect();
+        }
+        (Command::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
+            format!("nobody else was online in the last {secs} seconds")
+        }
+        (_, Reply::Seen(list)) => {
+            return list
+                .iter()
+                .map(|u| format!("{} ({})", u.name, if u.online { "online" } else { "offline" }))
+                .collect();
+        }
+        (Command::Block { user }, Reply::Done) => format!("{user} is blocked"),
+        (Command::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
+        (_, Reply::Done) => "done".to_owned(),
+        (_, Reply::LoggedOut) => "logged out; bye".to_owned(),
+        (_, Reply::LoggedIn { username, .. }) => format!("logged in as {username}"),
+    };
+    vec![line]
+}
+
+/// An error line.
+pub fn error(message: impl std::fmt::Display) -> String {
+    format!("error: {message}")
+}
+
+/// Replaces control characters (escape sequences, newlines) with U+FFFD.
+pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect::<String>().into()
+}
+
+fn users(n: u32) -> String {
+    if n == 1 {
+        "1 user".to_owned()
+    } else {
+        format!("{n} users")
+    }
+}
+
+fn local(ts: Timestamp) -> chrono::DateTime<Local> {
+    Local.timestamp_millis_opt(ts).single().unwrap_or_else(|| Local.timestamp_millis_opt(0).unwrap())
+}
+
+/// `HH:MM:SS` in local time.
+pub fn clock(ts: Timestamp) -> String {
+    local(ts).format("%H:%M:%S").to_string()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in local time.
+pub fn date_time(ts: Timestamp) -> String {
+    local(ts).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{OnlineUser, SeenUser};
+
+    #[test]
+    fn messages_show_time_sender_and_text() {
+        let line = event(&Event::Message {
+            from: "alice".into(),
+            text: "hi bob".into(),
+            sent_at: 0,
+            offline: false,
+        });
+        assert!(line.ends_with("] alice: hi bob"), "{line}");
+        assert!(line.starts_with('[') && line.len() == "[00:00:00] alice: hi bob".len());
+        let away = event(&Event::Message {
+            from: "alice".into(),
+            text: "hi".into(),
+            sent_at: 0,
+            offline: true,
+        });
+        assert!(away.contains("alice (while you were away): hi"), "{away}");
+        assert!(away.contains("19"), "offline messages carry their date: {away}");
+    }
+
+    #[test]
+    fn escape_sequences_from_others_are_neutralised() {
+        let line = event(&Event::Broadcast {
+            from: "eve".into(),
+            text: "\x1b[2Jgotcha\nfake line".into(),
+            sent_at: 0,
+        });
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("\u{fffd}[2Jgotcha\u{fffd}fake line"));
+    }
+
+    #[test]
+    fn presence_and_session_end_read_plainly() {
+        let p = |change| event(&Event::Presence { user: "bob".into(), change, at: 0 });
+        assert!(p(PresenceChange::LoggedIn).ends_with("* bob logged in"));
+        assert!(p(PresenceChange::TimedOut).ends_with("* bob was logged out (idle)"));
+        assert!(event(&Event::SessionEnded { reason: EndReason::ServerShutdown })
+            .contains("shutting down"));
+    }
+
+    #[test]
+    fn replies_name_what_happened() {
+        let cmd = Command::List;
+        assert_eq!(reply(&cmd, &Reply::Users(vec![])), ["nobody else is online"]);
+        let users = Reply::Users(vec![
+            OnlineUser { name: "bob".into(), since: 0 },
+            OnlineUser { name: "carol".into(), since: 0 },
+        ]);
+        let lines = reply(&cmd, &users);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("bob (online since "));
+        let b = Reply::Broadcasted { delivered: 2, skipped: 1 };
+        assert_eq!(
+            reply(&cmd, &b),
+            ["broadcast sent to 2 users; 1 user could not receive it"]
+        );
+        let seen = Reply::Seen(vec![SeenUser { name: "dave".into(), online: false }]);
+        assert_eq!(reply(&Command::WhoElseSince { secs: 5 }, &seen), ["dave (offline)"]);
+        assert_eq!(
+            reply(&Command::Block { user: "eve".into() }, &Reply::Done),
+            ["eve is blocked"]
+        );
+        let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored };
+        assert_eq!(reply(&cmd, &stored), ["bob is offline; they will get it when they log in"]);
+    }
+
+    #[test]
+    fn login_line_counts_waiting_messages() {
+        let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
+        assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
+    }
+}
