@@ -134,8 +134,8 @@ mod tests {
 
     fn round_trip<T, C>(codec: &mut C, msg: T) -> T
     where
-        C: Encoder<T, Error = CodecError> + Decoder<Item = Result<T, MalformedFrame>>,
-        C::Error: std::fmt::Debug,
+        C: Encoder<T, Error = CodecError>
+            + Decoder<Item = Result<T, MalformedFrame>, Error = CodecError>,
     {
         let mut buf = BytesMut::new();
         codec.encode(msg, &mut buf).unwrap();

@@ -50,13 +50,7 @@ pub(super) async fn serve(
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
     let mut conn = Conn::new(socket, &shared);
-    if full {
-        let err = ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later");
-        conn.queue(&ServerMessage::Reply { id: 0, result: Err(err) });
-        let _ = conn.flush_within(GOODBYE_TIMEOUT).await;
-        return;
-    }
-    if !handshake(&mut conn).await {
+    if !handshake(&mut conn, full).await {
         return;
     }
     let Some(me) = unauthenticated(&mut conn, &shared, &stop).await else { return };
@@ -151,10 +145,14 @@ impl Conn {
     }
 }
 
-/// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it.
-async fn handshake(conn: &mut Conn) -> bool {
+/// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it. A server
+/// that is `full` reads the hello before refusing, so the refusal is not lost to a reset.
+async fn handshake(conn: &mut Conn, full: bool) -> bool {
     let incoming = timeout(HANDSHAKE_TIMEOUT, conn.reader.next()).await;
     let refusal = match incoming {
+        Ok(Some(Ok(Ok(ClientMessage::Hello(_))))) if full => {
+            ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later")
+        }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
             let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
             return conn.send(&ServerMessage::Welcome(welcome)).await;

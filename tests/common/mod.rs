@@ -1,0 +1,130 @@
+//! Shared helpers: a real server on 127.0.0.1:0 with a few accounts, and logged-in clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use confab::client::{Client, ClientEvent, Events};
+use confab::protocol::Event;
+use confab::server::{self, password, Config};
+use confab::store::{SqliteStore, Store, StoreHandle};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The accounts every test server has; each password is the name followed by "-pw".
+pub const USERS: &[&str] = &["alice", "bob", "carol", "dave"];
+
+pub fn password_of(user: &str) -> String {
+    format!("{user}-pw")
+}
+
+/// A store with the [`USERS`] accounts.
+pub fn seeded_store(path: impl AsRef<Path>) -> SqliteStore {
+    let mut store = SqliteStore::open(path).unwrap();
+    for user in USERS {
+        store.create_user(user, &password::hash(&password_of(user)), 0).unwrap();
+    }
+    store
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// A server with an in-memory store holding [`USERS`].
+    pub async fn start(config: Config) -> Self {
+        Self::with_store(seeded_store(":memory:"), config).await
+    }
+
+    /// A server on the given store.
+    pub async fn with_store(store: impl Store, config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server::run(listener, StoreHandle::spawn(store), config, shutdown).await.unwrap();
+        });
+        Self { addr, stop: Some(stop), task }
+    }
+
+    /// Shuts the server down gracefully and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, &mut self.task).await.expect("server stops").unwrap();
+    }
+
+    /// A connected client that has not logged in.
+    pub async fn connect(&self) -> (Client, Events) {
+        Client::connect(self.addr).await.unwrap()
+    }
+
+    /// A logged-in client for one of [`USERS`].
+    pub async fn login(&self, user: &str) -> (Client, Events) {
+        let (client, events) = self.connect().await;
+        client.login(user, &password_of(user)).await.unwrap();
+        (client, events)
+    }
+}
+
+/// The next server event, failing the test if none comes in time.
+pub async fn next_event(events: &mut Events) -> Event {
+    match tokio::time::timeout(PATIENCE, events.next()).await {
+        Ok(Some(ClientEvent::Server(event))) => event,
+        Ok(other) => panic!("expected an event, got {other:?}"),
+        Err(_) => panic!("no event within {PATIENCE:?}"),
+    }
+}
+
+/// Waits until the connection closes, failing the test if it does not.
+pub async fn closed(events: &mut Events) {
+    loop {
+        match tokio::time::timeout(PATIENCE, events.next()).await {
+            Ok(Some(ClientEvent::Closed { .. }) | None) => return,
+            Ok(Some(ClientEvent::Server(_))) => continue,
+            Err(_) => panic!("the connection did not close within {PATIENCE:?}"),
+        }
+    }
+}
+
+/// The next event, which must be a direct message; returns `(from, text)`.
+pub async fn next_message(events: &mut Events) -> (String, String) {
+    match next_event(events).await {
+        Event::Message { from, text, .. } => (from, text),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Skips presence events until a message or broadcast arrives; returns `(from, text)`.
+pub async fn next_text(events: &mut Events) -> (String, String) {
+    loop {
+        match next_event(events).await {
+            Event::Message { from, text, .. } | Event::Broadcast { from, text, .. } => {
+                return (from, text)
+            }
+            Event::Presence { .. } => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Proves that `events` (the session of `to`) received nothing since it was last read:
+/// `marker` sends `to` a message, which must be the very next event.
+pub async fn assert_quiet(events: &mut Events, marker: &Client, to: &str) {
+    marker.msg(to, "marker").await.unwrap();
+    match next_event(events).await {
+        Event::Message { text, .. } if text == "marker" => {}
+        other => panic!("expected only the marker, got {other:?} first"),
+    }
+}
