@@ -4,7 +4,10 @@
 //! its session task drains onto the socket; routing a message is a lookup and a `try_send`
 //! under a short lock, and a fan-out encodes its frame once and shares the bytes. A session
 //! whose queue is full is not waited for: it is kicked (its `kick` token is cancelled) and
-//! what could not be queued takes the offline path, so one slow reader never stalls anyone.
+//! further frames wait in its `overflow` until it leaves, so one slow reader never stalls
+//! anyone. A leaving session collects its queue and overflow under the same lock that routes
+//! (see [`Hub::leave`]), so whatever it keeps for the next login is ordered before any
+//! message that is stored for the user after it left.
 //!
 //! Accounts and blocks are cached here from the store at start-up and written through by
 //! the commands that change them; the store stays the durable copy.
@@ -39,6 +42,34 @@ pub struct Peer {
     pub session: u64,
     /// Cancelled to make the session end because it reads too slowly.
     pub kick: CancellationToken,
+    /// Frames that arrived after the queue filled up, oldest first.
+    pub overflow: Vec<Bytes>,
+}
+
+impl Peer {
+    /// A peer with an empty overflow.
+    pub fn new(tx: mpsc::Sender<Bytes>, since: Timestamp, session: u64) -> (Self, CancellationToken) {
+        let kick = CancellationToken::new();
+        (Self { tx, since, session, kick: kick.clone(), overflow: Vec::new() }, kick)
+    }
+
+    /// Queues `frame`; a full queue kicks the peer and keeps the frame in its overflow.
+    fn push(&mut self, frame: Bytes) {
+        if !self.overflow.is_empty() {
+            self.overflow.push(frame);
+            return;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.kick.cancel();
+                self.overflow.push(frame);
+            }
+            // The receiver lives until the session has left the hub, so this is not reached;
+            // if a session task died, its user is offline anyway.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
 }
 
 /// Where [`Hub::deliver`] put a message.
@@ -53,29 +84,35 @@ pub enum Routed<T> {
 struct State {
     online: HashMap<String, Peer>,
     users: HashSet<String>,
-    /// blocker -> the users they block.
-    blocks: HashMap<String, HashSet<String>>,
+    blocks: Blocks,
+}
+
+/// Who blocks whom: blocker -> the users they block.
+#[derive(Default)]
+struct Blocks(HashMap<String, HashSet<String>>);
+
+impl Blocks {
+    /// Whether `blocker` blocks `blocked`.
+    fn has(&self, blocker: &str, blocked: &str) -> bool {
+        self.0.get(blocker).is_some_and(|set| set.contains(blocked))
+    }
+
+    /// Whether either of the two blocks the other.
+    fn between(&self, a: &str, b: &str) -> bool {
+        self.has(a, b) || self.has(b, a)
+    }
 }
 
 impl State {
-    fn blocks(&self, blocker: &str, blocked: &str) -> bool {
-        self.blocks.get(blocker).is_some_and(|set| set.contains(blocked))
-    }
-
-    /// Either of the two blocks the other.
-    fn estranged(&self, a: &str, b: &str) -> bool {
-        self.blocks(a, b) || self.blocks(b, a)
-    }
-
     /// Announces `user`'s presence change to everyone online who has no block with them.
-    fn announce(&self, user: &str, change: PresenceChange, at: Timestamp) {
+    fn announce(&mut self, user: &str, change: PresenceChange, at: Timestamp) {
         let Some(frame) = encode_event(Event::Presence { user: user.to_owned(), change, at })
         else {
             return;
         };
-        for (name, peer) in &self.online {
-            if name != user && !self.estranged(user, name) {
-                push(peer, frame.clone());
+        for (name, peer) in self.online.iter_mut() {
+            if name != user && !self.blocks.between(user, name) {
+                peer.push(frame.clone());
             }
         }
     }
@@ -89,7 +126,7 @@ impl Hub {
     ) -> Self {
         let mut state = State { users: users.into_iter().collect(), ..State::default() };
         for (blocker, blocked) in blocks {
-            state.blocks.entry(blocker).or_default().insert(blocked);
+            state.blocks.0.entry(blocker).or_default().insert(blocked);
         }
         Self { state: Mutex::new(state), next_session: AtomicU64::new(1) }
     }
@@ -113,15 +150,15 @@ impl Hub {
     pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
         let mut state = self.state();
         if on {
-            state.blocks.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
-        } else if let Some(set) = state.blocks.get_mut(blocker) {
+            state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
+        } else if let Some(set) = state.blocks.0.get_mut(blocker) {
             set.remove(blocked);
         }
     }
 
     /// Whether `blocker` blocks `blocked`.
     pub fn blocks(&self, blocker: &str, blocked: &str) -> bool {
-        self.state().blocks(blocker, blocked)
+        self.state().blocks.has(blocker, blocked)
     }
 
     /// Checks that `from` may address `to`: `to` exists, is someone else, and does not block `from`.
@@ -144,16 +181,25 @@ impl Hub {
         Ok(())
     }
 
-    /// Takes session `session` of `name` offline, announcing `change` if given.
-    pub fn leave(&self, name: &str, session: u64, change: Option<PresenceChange>, at: Timestamp) {
+    /// Takes session `session` of `name` offline, announcing `change` if given, and hands
+    /// its [`Peer`] to `then`, which runs before any other routing can happen.
+    pub fn leave<T>(
+        &self,
+        name: &str,
+        session: u64,
+        change: Option<PresenceChange>,
+        at: Timestamp,
+        then: impl FnOnce(Peer) -> T,
+    ) -> Option<T> {
         let mut state = self.state();
         if state.online.get(name).is_none_or(|p| p.session != session) {
-            return;
+            return None;
         }
-        state.online.remove(name);
+        let peer = state.online.remove(name)?;
         if let Some(change) = change {
             state.announce(name, change, at);
         }
+        Some(then(peer))
     }
 
     /// Routes a direct message frame from `from` to `to`.
@@ -168,26 +214,31 @@ impl Hub {
         frame: Bytes,
         offline: impl FnOnce() -> T,
     ) -> Result<Routed<T>, ErrorReply> {
-        let state = self.state();
+        let mut state = self.state();
         check_target(&state, from, to)?;
-        match state.online.get(to) {
-            Some(peer) if push(peer, frame) => Ok(Routed::Online),
-            _ => Ok(Routed::Offline(offline())),
+        match state.online.get_mut(to) {
+            Some(peer) => {
+                peer.push(frame);
+                Ok(Routed::Online)
+            }
+            None => Ok(Routed::Offline(offline())),
         }
     }
 
     /// Sends a broadcast frame to everyone online but `from` and those blocking `from`.
     /// Returns `(delivered, skipped)`.
     pub fn broadcast(&self, from: &str, frame: Bytes) -> (u32, u32) {
-        let state = self.state();
+        let mut state = self.state();
+        let state = &mut *state;
         let (mut delivered, mut skipped) = (0, 0);
-        for (name, peer) in &state.online {
+        for (name, peer) in state.online.iter_mut() {
             if name == from {
                 continue;
             }
-            if state.blocks(name, from) || !push(peer, frame.clone()) {
+            if state.blocks.has(name, from) {
                 skipped += 1;
             } else {
+                peer.push(frame.clone());
                 delivered += 1;
             }
         }
@@ -205,7 +256,7 @@ impl Hub {
         let mut list: Vec<OnlineUser> = state
             .online
             .iter()
-            .filter(|(name, _)| *name != viewer && !state.blocks(name, viewer))
+            .filter(|(name, _)| *name != viewer && !state.blocks.has(name, viewer))
             .map(|(name, peer)| OnlineUser { name: name.clone(), since: peer.since })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -226,7 +277,7 @@ fn check_target(state: &State, from: &str, to: &str) -> Result<(), ErrorReply> {
     if !state.users.contains(to) {
         return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {to}")));
     }
-    if state.blocks(to, from) {
+    if state.blocks.has(to, from) {
         return Err(ErrorReply::new(ErrorCode::BlockedByRecipient, format!("{to} has blocked you")));
     }
     Ok(())
@@ -237,16 +288,4 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
     encode_frame(&ServerMessage::Event(event))
         .inspect_err(|e| tracing::error!("cannot encode an event: {e}"))
         .ok()
-}
-
-/// Queues `frame` for `peer`; a full queue kicks the peer. False if nothing was queued.
-fn push(peer: &Peer, frame: Bytes) -> bool {
-    match peer.tx.try_send(frame) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            peer.kick.cancel();
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
 use super::Shared;
+use crate::store::StoreResult;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
     PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
@@ -215,12 +216,12 @@ async fn unauthenticated(
             }
             Incoming::Request(id, Request::Login { username, password }) => {
                 match cmd::login::run(shared, username, password).await {
-                    Ok(me) => {
+                    Ok(mut me) => {
                         let ok = deliver_login(conn, shared, id, &me).await;
                         if ok {
                             return Some(me);
                         }
-                        me.leave(shared, Some(PresenceChange::Disconnected)).await;
+                        me.leave(shared, Some(PresenceChange::Disconnected), true).await;
                         return None;
                     }
                     Err(err) => {
@@ -335,30 +336,26 @@ async fn authenticated(
         Ending::TooSlow | Ending::Dropped => Some(PresenceChange::Disconnected),
         Ending::Shutdown => None,
     };
-    // Leave first so nothing new is queued, then write out what already was.
-    me.leave(shared, presence).await;
-    let mut left = Vec::new();
-    while let Ok(frame) = me.rx.try_recv() {
-        left.push(frame);
-    }
     let goodbye = match ending {
         Ending::Idle => Some(EndReason::IdleTimeout),
         Ending::Shutdown => Some(EndReason::ServerShutdown),
         Ending::TooSlow => Some(EndReason::TooSlow),
         Ending::LoggedOut | Ending::Dropped => None,
     };
+    // A session that can still write sends what was queued for it; one that cannot keeps it.
     let writable = !matches!(ending, Ending::Dropped | Ending::TooSlow);
-    if writable {
-        for frame in &left {
-            conn.out.extend_from_slice(frame);
-        }
+    let left = me.leave(shared, presence, !writable).await;
+    for frame in &left {
+        conn.out.extend_from_slice(frame);
     }
     if let Some(reason) = goodbye {
         conn.queue(&end_event(reason));
     }
-    let written = conn.flush_within(GOODBYE_TIMEOUT).await;
-    if !(writable && written) {
-        keep_undelivered(shared, &me.name, left).await;
+    if !conn.flush_within(GOODBYE_TIMEOUT).await {
+        // Too late to keep them ahead of anything stored since, but better late than lost.
+        if let Some(stored) = keep_for_later(shared, &me.name, &left) {
+            log_kept(&me.name, stored.await);
+        }
     }
     let _ = conn.writer.shutdown().await;
     tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
@@ -385,9 +382,14 @@ fn gather(out: &mut BytesMut, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
     }
 }
 
-/// Direct messages that were routed to a session which then could not write them are stored
-/// for the user's next login, so an acknowledged message is not lost with the connection.
-async fn keep_undelivered(shared: &Shared, user: &str, frames: Vec<Bytes>) {
+/// Stores the direct messages among `frames` for `user`'s next login, so that a message the
+/// server acknowledged is not lost with a connection. The store job is queued before this
+/// returns; `None` if there was nothing to keep.
+fn keep_for_later(
+    shared: &Shared,
+    user: &str,
+    frames: &[Bytes],
+) -> Option<impl std::future::Future<Output = StoreResult<usize>>> {
     let messages: Vec<_> = frames
         .iter()
         .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
@@ -399,22 +401,21 @@ async fn keep_undelivered(shared: &Shared, user: &str, frames: Vec<Bytes>) {
         })
         .collect();
     if messages.is_empty() {
-        return;
+        return None;
     }
-    let count = messages.len();
     let to = user.to_owned();
-    let stored = shared
-        .store
-        .call(move |s| {
-            for (from, text, sent_at) in &messages {
-                s.store_offline(from, &to, text, *sent_at)?;
-            }
-            Ok(())
-        })
-        .await;
+    Some(shared.store.call(move |s| {
+        for (from, text, sent_at) in &messages {
+            s.store_offline(from, &to, text, *sent_at)?;
+        }
+        Ok(messages.len())
+    }))
+}
+
+fn log_kept(user: &str, stored: StoreResult<usize>) {
     match stored {
-        Ok(()) => tracing::info!(user, count, "kept undelivered messages for the next login"),
-        Err(e) => tracing::error!(user, count, "lost undelivered messages: {e}"),
+        Ok(count) => tracing::info!(user, count, "kept undelivered messages for the next login"),
+        Err(e) => tracing::error!(user, "lost undelivered messages: {e}"),
     }
 }
 
@@ -423,13 +424,40 @@ fn end_event(reason: EndReason) -> ServerMessage {
 }
 
 impl LoggedIn {
-    /// Takes the user offline in the hub (announcing `presence`) and records the logout.
-    async fn leave(&self, shared: &Shared, presence: Option<PresenceChange>) {
+    /// Takes the user offline in the hub (announcing `presence`), records the logout and
+    /// returns the frames still queued for this session. With `keep`, the direct messages
+    /// among them are stored for the next login instead; their store job is queued while the
+    /// hub is locked, so it runs before that of any message routed after this session left.
+    async fn leave(
+        &mut self,
+        shared: &Shared,
+        presence: Option<PresenceChange>,
+        keep: bool,
+    ) -> Vec<Bytes> {
         let at = now_ms();
-        shared.hub.leave(&self.name, self.session, presence, at);
+        let (name, rx) = (&self.name, &mut self.rx);
+        let left = shared.hub.leave(name, self.session, presence, at, |peer| {
+            let mut frames = Vec::new();
+            while let Ok(frame) = rx.try_recv() {
+                frames.push(frame);
+            }
+            frames.extend(peer.overflow);
+            let kept = if keep { keep_for_later(shared, name, &frames) } else { None };
+            (frames, kept)
+        });
+        let (frames, kept) = left.unwrap_or_default();
+        let frames = match kept {
+            Some(stored) => {
+                log_kept(name, stored.await);
+                Vec::new()
+            }
+            None if keep => Vec::new(),
+            None => frames,
+        };
         let row = self.history_row;
         if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
             tracing::error!(user = %self.name, "cannot record logout: {e}");
         }
+        frames
     }
 }

@@ -113,10 +113,10 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
 /// Puts the user online, records the session and collects their offline messages.
 async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, ErrorReply> {
     let (tx, rx) = mpsc::channel(shared.config.session_queue);
-    let kick = CancellationToken::new();
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
-    shared.hub.join(&name, Peer { tx, since, session, kick: kick.clone() })?;
+    let (peer, kick) = Peer::new(tx, since, session);
+    shared.hub.join(&name, peer)?;
     let key = name.clone();
     let stored = shared
         .store
@@ -127,7 +127,7 @@ async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, 
             Ok(LoggedIn { name, created, rx, kick, session, history_row, offline })
         }
         Err(e) => {
-            shared.hub.leave(&name, session, None, now_ms());
+            shared.hub.leave(&name, session, None, now_ms(), drop);
             Err(internal("recording a login", e))
         }
     }
