@@ -8,7 +8,7 @@
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
 //! 7 session ended by the server (idle timeout, shutdown).
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +16,6 @@ use clap::Parser;
 use confab::client::command::{self, Command};
 use confab::client::{format, Client, ClientError, ClientEvent, Events};
 use confab::protocol::{ErrorCode, Event, Reply};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 const EXIT_ERROR: u8 = 1;
@@ -29,7 +28,11 @@ const EXIT_ENDED_BY_SERVER: u8 = 7;
 
 /// The Confab terminal client.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "The password comes from CONFAB_PASSWORD, --password-file, or a prompt.")]
+#[command(
+    version,
+    about,
+    after_help = "The password comes from CONFAB_PASSWORD, --password-file, or a prompt."
+)]
 struct Args {
     /// Server address.
     #[arg(long, env = "CONFAB_SERVER", default_value = "127.0.0.1:4000")]
@@ -97,7 +100,12 @@ async fn main() -> ExitCode {
 }
 
 /// The main loop: commands in, events out, until logout or the connection ends.
-async fn chat(client: &Client, mut events: Events, mut input: mpsc::Receiver<String>, out: &mut Output) -> u8 {
+async fn chat(
+    client: &Client,
+    mut events: Events,
+    mut input: mpsc::Receiver<String>,
+    out: &mut Output,
+) -> u8 {
     let mut ended_by_server = false;
     loop {
         tokio::select! {
@@ -136,7 +144,9 @@ async fn run_line(client: &Client, line: &str, out: &mut Output) -> Option<u8> {
         }
     };
     let Some(request) = command.clone().into_request() else {
-        let Command::Help { topic } = &command else { return None };
+        let Command::Help { topic } = &command else {
+            return None;
+        };
         match command::help(topic.as_deref()) {
             Ok(lines) => lines.into_iter().for_each(|l| out.line(l)),
             Err(e) => out.line(format::error(e)),
@@ -186,7 +196,9 @@ fn prompt(label: &str) -> Result<String, String> {
     print!("{label}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     Ok(line.trim().to_owned())
 }
 
@@ -199,14 +211,21 @@ struct Output {
 
 impl Output {
     fn new(interactive: bool) -> Self {
-        let mut out = Output { printer: None, editor: None, saved_terminal: None };
+        let mut out = Output {
+            printer: None,
+            editor: None,
+            saved_terminal: None,
+        };
         if !interactive {
             return out;
         }
         out.saved_terminal = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
         match rustyline::DefaultEditor::new() {
             Ok(mut editor) => {
-                out.printer = editor.create_external_printer().ok().map(|p| Box::new(p) as _);
+                out.printer = editor
+                    .create_external_printer()
+                    .ok()
+                    .map(|p| Box::new(p) as _);
                 out.editor = Some(editor);
             }
             Err(e) => eprintln!("{}", format::error(format!("no line editor: {e}"))),
@@ -242,24 +261,22 @@ impl Output {
 fn spawn_input(out: &mut Output) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(16);
     if let Some(mut editor) = out.editor.take() {
-        std::thread::spawn(move || loop {
-            match editor.readline("> ") {
-                Ok(line) => {
-                    let _ = editor.add_history_entry(line.as_str());
-                    if tx.blocking_send(line).is_err() {
-                        break;
-                    }
+        // Ctrl-C and Ctrl-D end the loop, which logs out.
+        std::thread::spawn(move || {
+            while let Ok(line) = editor.readline("> ") {
+                let _ = editor.add_history_entry(line.as_str());
+                if tx.blocking_send(line).is_err() {
+                    break;
                 }
-                // Ctrl-C and Ctrl-D log out.
-                Err(_) => break,
             }
         });
         return rx;
     }
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).await.is_err() {
+    // A plain thread, not tokio's stdin: a read blocked on stdin must not hold up exit.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
                 break;
             }
         }

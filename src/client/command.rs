@@ -163,21 +163,26 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     let usage = || ParseError::Usage(usage(spec));
     let (first, tail) = split_word(rest);
     let command = match spec.name {
-        "/msg" if !first.is_empty() && !tail.is_empty() => {
-            Command::Msg { to: first.to_owned(), text: tail.to_owned() }
-        }
-        "/broadcast" if !rest.is_empty() => Command::Broadcast { text: rest.to_owned() },
+        "/msg" if !first.is_empty() && !tail.is_empty() => Command::Msg {
+            to: first.to_owned(),
+            text: tail.to_owned(),
+        },
+        "/broadcast" if !rest.is_empty() => Command::Broadcast {
+            text: rest.to_owned(),
+        },
         "/list" if rest.is_empty() => Command::List,
-        "/whoelsesince" if tail.is_empty() => {
-            Command::WhoElseSince { secs: first.parse().map_err(|_| usage())? }
-        }
-        "/block" if !first.is_empty() && tail.is_empty() => Command::Block { user: first.to_owned() },
-        "/unblock" if !first.is_empty() && tail.is_empty() => {
-            Command::Unblock { user: first.to_owned() }
-        }
-        "/help" if tail.is_empty() => {
-            Command::Help { topic: (!first.is_empty()).then(|| first.to_owned()) }
-        }
+        "/whoelsesince" if tail.is_empty() => Command::WhoElseSince {
+            secs: first.parse().map_err(|_| usage())?,
+        },
+        "/block" if !first.is_empty() && tail.is_empty() => Command::Block {
+            user: first.to_owned(),
+        },
+        "/unblock" if !first.is_empty() && tail.is_empty() => Command::Unblock {
+            user: first.to_owned(),
+        },
+        "/help" if tail.is_empty() => Command::Help {
+            topic: (!first.is_empty()).then(|| first.to_owned()),
+        },
         "/logout" if rest.is_empty() => Command::Logout,
         _ => return Err(usage()),
     };
@@ -198,7 +203,11 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
     let Some(topic) = topic else {
         let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0);
         let mut lines = vec!["commands:".to_owned()];
-        lines.extend(COMMANDS.iter().map(|s| format!("  {:width$}  {}", usage(s), s.summary)));
+        lines.extend(
+            COMMANDS
+                .iter()
+                .map(|s| format!("  {:width$}  {}", usage(s), s.summary)),
+        );
         lines.push("/help COMMAND shows a command's aliases".to_owned());
         return Ok(lines);
     };
@@ -222,7 +231,10 @@ mod tests {
     use super::*;
 
     fn msg(to: &str, text: &str) -> Command {
-        Command::Msg { to: to.into(), text: text.into() }
+        Command::Msg {
+            to: to.into(),
+            text: text.into(),
+        }
     }
 
     #[test]
@@ -230,14 +242,23 @@ mod tests {
         for spec in COMMANDS {
             for name in std::iter::once(&spec.name).chain(spec.aliases) {
                 assert_eq!(lookup(name), Some(spec), "{name}");
-                assert_eq!(lookup(&name.to_uppercase()), Some(spec), "{name} in capitals");
+                assert_eq!(
+                    lookup(&name.to_uppercase()),
+                    Some(spec),
+                    "{name} in capitals"
+                );
             }
         }
     }
 
     #[test]
     fn message_aliases_parse_alike() {
-        for line in ["/msg bob hi there", "/msgto bob hi there", "message bob  hi there", "msg bob hi there"] {
+        for line in [
+            "/msg bob hi there",
+            "/msgto bob hi there",
+            "message bob  hi there",
+            "msg bob hi there",
+        ] {
             assert_eq!(parse(line), Ok(msg("bob", "hi there")), "{line}");
         }
     }
@@ -247,7 +268,9 @@ mod tests {
         assert_eq!(parse("/msg bob a  b"), Ok(msg("bob", "a  b")));
         assert_eq!(
             parse("broadcast  hello   all "),
-            Ok(Command::Broadcast { text: "hello   all".into() })
+            Ok(Command::Broadcast {
+                text: "hello   all".into()
+            })
         );
     }
 
@@ -256,28 +279,58 @@ mod tests {
         for line in ["/list", "/activeuser", "/whoelse", "whoelse"] {
             assert_eq!(parse(line), Ok(Command::List), "{line}");
         }
-        for line in ["/logout", "/quit", "/exit", "exit", "quit", "logout", "logoff", "bye"] {
+        for line in [
+            "/logout", "/quit", "/exit", "exit", "quit", "logout", "logoff", "bye",
+        ] {
             assert_eq!(parse(line), Ok(Command::Logout), "{line}");
         }
     }
 
     #[test]
     fn arguments_are_checked() {
-        assert_eq!(parse("/whoelsesince 200"), Ok(Command::WhoElseSince { secs: 200 }));
-        assert_eq!(parse("whoelsesince 200"), Ok(Command::WhoElseSince { secs: 200 }));
-        assert_eq!(parse("/block eve"), Ok(Command::Block { user: "eve".into() }));
-        assert_eq!(parse("unblock eve"), Ok(Command::Unblock { user: "eve".into() }));
-        for bad in ["/msg bob", "/msg", "/broadcast", "/whoelsesince", "/whoelsesince -1",
-                    "/whoelsesince soon", "/block", "/block a b", "/list now", "/logout now"] {
+        assert_eq!(
+            parse("/whoelsesince 200"),
+            Ok(Command::WhoElseSince { secs: 200 })
+        );
+        assert_eq!(
+            parse("whoelsesince 200"),
+            Ok(Command::WhoElseSince { secs: 200 })
+        );
+        assert_eq!(
+            parse("/block eve"),
+            Ok(Command::Block { user: "eve".into() })
+        );
+        assert_eq!(
+            parse("unblock eve"),
+            Ok(Command::Unblock { user: "eve".into() })
+        );
+        for bad in [
+            "/msg bob",
+            "/msg",
+            "/broadcast",
+            "/whoelsesince",
+            "/whoelsesince -1",
+            "/whoelsesince soon",
+            "/block",
+            "/block a b",
+            "/list now",
+            "/logout now",
+        ] {
             assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
         }
-        assert_eq!(parse("/msg bob").unwrap_err().to_string(), "usage: /msg USER TEXT");
+        assert_eq!(
+            parse("/msg bob").unwrap_err().to_string(),
+            "usage: /msg USER TEXT"
+        );
     }
 
     #[test]
     fn unknown_and_empty_lines_are_errors() {
         assert_eq!(parse("   "), Err(ParseError::Empty));
-        assert_eq!(parse("/dance now"), Err(ParseError::Unknown("/dance".into())));
+        assert_eq!(
+            parse("/dance now"),
+            Err(ParseError::Unknown("/dance".into()))
+        );
         assert_eq!(parse("hello bob"), Err(ParseError::Unknown("hello".into())));
     }
 
@@ -291,12 +344,23 @@ mod tests {
         assert!(one.starts_with("/list: "), "{one}");
         assert!(one.contains("/activeuser"));
         assert!(help(Some("nope")).is_err());
-        assert_eq!(parse("/help msg"), Ok(Command::Help { topic: Some("msg".into()) }));
+        assert_eq!(
+            parse("/help msg"),
+            Ok(Command::Help {
+                topic: Some("msg".into())
+            })
+        );
     }
 
     #[test]
     fn commands_map_to_requests() {
-        assert_eq!(msg("b", "t").into_request(), Some(Request::Msg { to: "b".into(), text: "t".into() }));
+        assert_eq!(
+            msg("b", "t").into_request(),
+            Some(Request::Msg {
+                to: "b".into(),
+                text: "t".into()
+            })
+        );
         assert_eq!(Command::Help { topic: None }.into_request(), None);
         assert_eq!(Command::Logout.into_request(), Some(Request::Logout));
     }

@@ -12,17 +12,41 @@ use crate::protocol::{Delivery, EndReason, Event, PresenceChange, Reply, Timesta
 /// One line for a pushed event.
 pub fn event(event: &Event) -> String {
     match event {
-        Event::Message { from, text, sent_at, offline: false } => {
-            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
+        Event::Message {
+            from,
+            text,
+            sent_at,
+            offline: false,
+        } => {
+            format!(
+                "[{}] {}: {}",
+                clock(*sent_at),
+                sanitize(from),
+                sanitize(text)
+            )
         }
-        Event::Message { from, text, sent_at, offline: true } => format!(
+        Event::Message {
+            from,
+            text,
+            sent_at,
+            offline: true,
+        } => format!(
             "[{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(from),
             sanitize(text)
         ),
-        Event::Broadcast { from, text, sent_at } => {
-            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
+        Event::Broadcast {
+            from,
+            text,
+            sent_at,
+        } => {
+            format!(
+                "[{}] {} (broadcast): {}",
+                clock(*sent_at),
+                sanitize(from),
+                sanitize(text)
+            )
         }
         Event::Presence { user, change, at } => {
             let what = match change {
@@ -59,11 +83,29 @@ pub fn login(info: &LoginInfo) -> String {
 /// Lines for the successful reply to `command`.
 pub fn reply(command: &Command, reply: &Reply) -> Vec<String> {
     let line = match (command, reply) {
-        (_, Reply::Sent { to, delivery: Delivery::Online }) => format!("sent to {to}"),
-        (_, Reply::Sent { to, delivery: Delivery::Stored }) => {
+        (
+            _,
+            Reply::Sent {
+                to,
+                delivery: Delivery::Online,
+            },
+        ) => format!("sent to {to}"),
+        (
+            _,
+            Reply::Sent {
+                to,
+                delivery: Delivery::Stored,
+            },
+        ) => {
             format!("{to} is offline; they will get it when they log in")
         }
-        (_, Reply::Broadcasted { delivered, skipped: 0 }) => {
+        (
+            _,
+            Reply::Broadcasted {
+                delivered,
+                skipped: 0,
+            },
+        ) => {
             format!("broadcast sent to {}", users(*delivered))
         }
         (_, Reply::Broadcasted { delivered, skipped }) => format!(
@@ -84,7 +126,13 @@ pub fn reply(command: &Command, reply: &Reply) -> Vec<String> {
         (_, Reply::Seen(list)) => {
             return list
                 .iter()
-                .map(|u| format!("{} ({})", u.name, if u.online { "online" } else { "offline" }))
+                .map(|u| {
+                    format!(
+                        "{} ({})",
+                        u.name,
+                        if u.online { "online" } else { "offline" }
+                    )
+                })
                 .collect();
         }
         (Command::Block { user }, Reply::Done) => format!("{user} is blocked"),
@@ -106,7 +154,10 @@ pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return text.into();
     }
-    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect::<String>().into()
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect::<String>()
+        .into()
 }
 
 fn users(n: u32) -> String {
@@ -118,7 +169,10 @@ fn users(n: u32) -> String {
 }
 
 fn local(ts: Timestamp) -> chrono::DateTime<Local> {
-    Local.timestamp_millis_opt(ts).single().unwrap_or_else(|| Local.timestamp_millis_opt(0).unwrap())
+    Local
+        .timestamp_millis_opt(ts)
+        .single()
+        .unwrap_or_else(|| Local.timestamp_millis_opt(0).unwrap())
 }
 
 /// `HH:MM:SS` in local time.
@@ -153,7 +207,10 @@ mod tests {
             offline: true,
         });
         assert!(away.contains("alice (while you were away): hi"), "{away}");
-        assert!(away.contains("19"), "offline messages carry their date: {away}");
+        assert!(
+            away.contains("19"),
+            "offline messages carry their date: {away}"
+        );
     }
 
     #[test]
@@ -169,42 +226,81 @@ mod tests {
 
     #[test]
     fn presence_and_session_end_read_plainly() {
-        let p = |change| event(&Event::Presence { user: "bob".into(), change, at: 0 });
+        let p = |change| {
+            event(&Event::Presence {
+                user: "bob".into(),
+                change,
+                at: 0,
+            })
+        };
         assert!(p(PresenceChange::LoggedIn).ends_with("* bob logged in"));
         assert!(p(PresenceChange::TimedOut).ends_with("* bob was logged out (idle)"));
-        assert!(event(&Event::SessionEnded { reason: EndReason::ServerShutdown })
-            .contains("shutting down"));
+        assert!(event(&Event::SessionEnded {
+            reason: EndReason::ServerShutdown
+        })
+        .contains("shutting down"));
     }
 
     #[test]
     fn replies_name_what_happened() {
         let cmd = Command::List;
-        assert_eq!(reply(&cmd, &Reply::Users(vec![])), ["nobody else is online"]);
+        assert_eq!(
+            reply(&cmd, &Reply::Users(vec![])),
+            ["nobody else is online"]
+        );
         let users = Reply::Users(vec![
-            OnlineUser { name: "bob".into(), since: 0 },
-            OnlineUser { name: "carol".into(), since: 0 },
+            OnlineUser {
+                name: "bob".into(),
+                since: 0,
+            },
+            OnlineUser {
+                name: "carol".into(),
+                since: 0,
+            },
         ]);
         let lines = reply(&cmd, &users);
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("bob (online since "));
-        let b = Reply::Broadcasted { delivered: 2, skipped: 1 };
+        let b = Reply::Broadcasted {
+            delivered: 2,
+            skipped: 1,
+        };
         assert_eq!(
             reply(&cmd, &b),
             ["broadcast sent to 2 users; 1 user could not receive it"]
         );
-        let seen = Reply::Seen(vec![SeenUser { name: "dave".into(), online: false }]);
-        assert_eq!(reply(&Command::WhoElseSince { secs: 5 }, &seen), ["dave (offline)"]);
+        let seen = Reply::Seen(vec![SeenUser {
+            name: "dave".into(),
+            online: false,
+        }]);
+        assert_eq!(
+            reply(&Command::WhoElseSince { secs: 5 }, &seen),
+            ["dave (offline)"]
+        );
         assert_eq!(
             reply(&Command::Block { user: "eve".into() }, &Reply::Done),
             ["eve is blocked"]
         );
-        let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored };
-        assert_eq!(reply(&cmd, &stored), ["bob is offline; they will get it when they log in"]);
+        let stored = Reply::Sent {
+            to: "bob".into(),
+            delivery: Delivery::Stored,
+        };
+        assert_eq!(
+            reply(&cmd, &stored),
+            ["bob is offline; they will get it when they log in"]
+        );
     }
 
     #[test]
     fn login_line_counts_waiting_messages() {
-        let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
-        assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
+        let info = LoginInfo {
+            username: "bob".into(),
+            created: false,
+            offline_messages: 2,
+        };
+        assert_eq!(
+            login(&info),
+            "logged in as bob; 2 messages arrived while you were away"
+        );
     }
 }

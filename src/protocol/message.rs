@@ -250,7 +250,10 @@ pub struct ErrorReply {
 impl ErrorReply {
     /// An error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -309,5 +312,7 @@ pub const MAX_USERNAME_LEN: usize = 32;
 pub fn valid_username(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_USERNAME_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

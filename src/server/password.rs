@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 /// Hashes `password` with Argon2id (the crate's recommended parameters) and a random salt.
@@ -20,7 +22,9 @@ pub fn verify(password: &str, stored: &str) -> bool {
         tracing::error!("a stored password hash is not in PHC format");
         return false;
     };
-    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// Spends the same effort as [`verify`] on a hash that matches nothing, so that a login for an

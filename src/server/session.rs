@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
 use super::Shared;
-use crate::store::StoreResult;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
     PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
 };
+use crate::store::StoreResult;
 
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +54,9 @@ pub(super) async fn serve(
     if !handshake(&mut conn, full).await {
         return;
     }
-    let Some(me) = unauthenticated(&mut conn, &shared, &stop).await else { return };
+    let Some(me) = unauthenticated(&mut conn, &shared, &stop).await else {
+        return;
+    };
     tracing::info!(%addr, user = %me.name, "logged in");
     authenticated(conn, &shared, &stop, me).await;
 }
@@ -102,9 +104,10 @@ impl Conn {
                 ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()),
                 false,
             ),
-            Some(Err(e @ CodecError::TooLarge { .. })) => {
-                Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
-            }
+            Some(Err(e @ CodecError::TooLarge { .. })) => Incoming::Bad(
+                ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()),
+                true,
+            ),
             Some(Err(e)) => {
                 tracing::debug!("connection failed: {e}");
                 Incoming::Closed
@@ -131,7 +134,10 @@ impl Conn {
         if self.out.is_empty() {
             return true;
         }
-        let ok = matches!(timeout(limit, self.writer.write_all(&self.out)).await, Ok(Ok(())));
+        let ok = matches!(
+            timeout(limit, self.writer.write_all(&self.out)).await,
+            Ok(Ok(()))
+        );
         self.out.clear();
         if self.out.capacity() > 4 * WRITE_BATCH_BYTES {
             self.out = BytesMut::new();
@@ -155,7 +161,10 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
             ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later")
         }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
-            let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                server: server_agent(),
+            };
             return conn.send(&ServerMessage::Welcome(welcome)).await;
         }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) => ErrorReply::new(
@@ -166,9 +175,10 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
                 hello.version
             ),
         ),
-        Ok(Some(Ok(_))) => {
-            ErrorReply::new(ErrorCode::HandshakeRequired, "the first frame must be a hello")
-        }
+        Ok(Some(Ok(_))) => ErrorReply::new(
+            ErrorCode::HandshakeRequired,
+            "the first frame must be a hello",
+        ),
         Ok(Some(Err(CodecError::TooLarge { .. }))) => {
             ErrorReply::new(ErrorCode::FrameTooLarge, "the first frame is too large")
         }
@@ -221,7 +231,8 @@ async fn unauthenticated(
                         if ok {
                             return Some(me);
                         }
-                        me.leave(shared, Some(PresenceChange::Disconnected), true).await;
+                        me.leave(shared, Some(PresenceChange::Disconnected), true)
+                            .await;
                         return None;
                     }
                     Err(err) => {
@@ -251,7 +262,11 @@ async fn unauthenticated(
 /// Sends the login reply and the messages stored while the user was away, then forgets them.
 async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn) -> bool {
     let offline_messages = me.offline.len() as u32;
-    let reply = Reply::LoggedIn { username: me.name.clone(), created: me.created, offline_messages };
+    let reply = Reply::LoggedIn {
+        username: me.name.clone(),
+        created: me.created,
+        offline_messages,
+    };
     conn.reply(id, Ok(reply));
     for m in &me.offline {
         conn.queue(&ServerMessage::Event(Event::Message {
@@ -266,7 +281,11 @@ async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn)
     }
     if let Some(last) = me.offline.last() {
         let (name, up_to) = (me.name.clone(), last.id);
-        if let Err(e) = shared.store.call(move |s| s.delete_offline(&name, up_to)).await {
+        if let Err(e) = shared
+            .store
+            .call(move |s| s.delete_offline(&name, up_to))
+            .await
+        {
             // They stay stored and come again at the next login: duplicated, never lost.
             tracing::error!(user = %me.name, "cannot forget delivered offline messages: {e}");
         }
@@ -394,9 +413,12 @@ fn keep_for_later(
         .iter()
         .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
         .filter_map(|m| match m {
-            ServerMessage::Event(Event::Message { from, text, sent_at, .. }) => {
-                Some((from, text, sent_at))
-            }
+            ServerMessage::Event(Event::Message {
+                from,
+                text,
+                sent_at,
+                ..
+            }) => Some((from, text, sent_at)),
             _ => None,
         })
         .collect();
@@ -442,7 +464,11 @@ impl LoggedIn {
                 frames.push(frame);
             }
             frames.extend(peer.overflow);
-            let kept = if keep { keep_for_later(shared, name, &frames) } else { None };
+            let kept = if keep {
+                keep_for_later(shared, name, &frames)
+            } else {
+                None
+            };
             (frames, kept)
         });
         let (frames, kept) = left.unwrap_or_default();

@@ -7,12 +7,22 @@ use super::internal;
 use crate::protocol::{ErrorCode, ErrorReply, Reply};
 use crate::server::Shared;
 
-pub(in crate::server) async fn block(shared: &Shared, me: &str, user: String) -> Result<Reply, ErrorReply> {
+pub(in crate::server) async fn block(
+    shared: &Shared,
+    me: &str,
+    user: String,
+) -> Result<Reply, ErrorReply> {
     if user == me {
-        return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot block yourself"));
+        return Err(ErrorReply::new(
+            ErrorCode::SelfTarget,
+            "you cannot block yourself",
+        ));
     }
     if !shared.hub.is_user(&user) {
-        return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {user}")));
+        return Err(ErrorReply::new(
+            ErrorCode::UnknownUser,
+            format!("there is no user {user}"),
+        ));
     }
     let (blocker, blocked) = (me.to_owned(), user.clone());
     shared
@@ -24,9 +34,16 @@ pub(in crate::server) async fn block(shared: &Shared, me: &str, user: String) ->
     Ok(Reply::Done)
 }
 
-pub(in crate::server) async fn unblock(shared: &Shared, me: &str, user: String) -> Result<Reply, ErrorReply> {
+pub(in crate::server) async fn unblock(
+    shared: &Shared,
+    me: &str,
+    user: String,
+) -> Result<Reply, ErrorReply> {
     if !shared.hub.blocks(me, &user) {
-        return Err(ErrorReply::new(ErrorCode::NotBlocked, format!("{user} is not blocked")));
+        return Err(ErrorReply::new(
+            ErrorCode::NotBlocked,
+            format!("{user} is not blocked"),
+        ));
     }
     let (blocker, blocked) = (me.to_owned(), user.clone());
     shared

@@ -12,7 +12,11 @@ use super::Shared;
 use crate::protocol::{ErrorCode, ErrorReply, Reply, Request};
 
 /// Runs a request of the logged-in user `me`. Login and logout belong to the session itself.
-pub(super) async fn dispatch(shared: &Shared, me: &str, request: Request) -> Result<Reply, ErrorReply> {
+pub(super) async fn dispatch(
+    shared: &Shared,
+    me: &str,
+    request: Request,
+) -> Result<Reply, ErrorReply> {
     match request {
         Request::Msg { to, text } => msg::run(shared, me, to, text).await,
         Request::Broadcast { text } => broadcast::run(shared, me, text),
@@ -20,9 +24,10 @@ pub(super) async fn dispatch(shared: &Shared, me: &str, request: Request) -> Res
         Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
         Request::Block { user } => block::block(shared, me, user).await,
         Request::Unblock { user } => block::unblock(shared, me, user).await,
-        Request::Login { .. } => {
-            Err(ErrorReply::new(ErrorCode::AlreadyAuthenticated, "you are already logged in"))
-        }
+        Request::Login { .. } => Err(ErrorReply::new(
+            ErrorCode::AlreadyAuthenticated,
+            "you are already logged in",
+        )),
         Request::Logout => unreachable!("the session handles logout"),
     }
 }
@@ -46,5 +51,8 @@ fn check_text(shared: &Shared, text: &str) -> Result<(), ErrorReply> {
 /// The reply for a failure inside the server; the details go to the log, not the client.
 fn internal(context: &str, e: impl std::fmt::Display) -> ErrorReply {
     tracing::error!("{context}: {e}");
-    ErrorReply::new(ErrorCode::Internal, format!("internal server error ({context}); nothing was done"))
+    ErrorReply::new(
+        ErrorCode::Internal,
+        format!("internal server error ({context}); nothing was done"),
+    )
 }

@@ -6,7 +6,11 @@ use super::internal;
 use crate::protocol::{now_ms, ErrorReply, Reply, SeenUser, Timestamp};
 use crate::server::Shared;
 
-pub(in crate::server) async fn run(shared: &Shared, me: &str, secs: u64) -> Result<Reply, ErrorReply> {
+pub(in crate::server) async fn run(
+    shared: &Shared,
+    me: &str,
+    secs: u64,
+) -> Result<Reply, ErrorReply> {
     let window = Timestamp::try_from(secs.saturating_mul(1000)).unwrap_or(Timestamp::MAX);
     let since = now_ms().saturating_sub(window);
     let names = shared
@@ -17,7 +21,10 @@ pub(in crate::server) async fn run(shared: &Shared, me: &str, secs: u64) -> Resu
     let seen = names
         .into_iter()
         .filter(|name| name != me && !shared.hub.blocks(name, me))
-        .map(|name| SeenUser { online: shared.hub.is_online(&name), name })
+        .map(|name| SeenUser {
+            online: shared.hub.is_online(&name),
+            name,
+        })
         .collect();
     Ok(Reply::Seen(seen))
 }

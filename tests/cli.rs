@@ -1,0 +1,159 @@
+//! End to end with the built binaries: `confab-server` and `confab --plain` clients.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+const CREDENTIALS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/credentials.txt");
+
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(mut command: Command) -> Self {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.kill_on_drop(true);
+        let mut child = command.spawn().expect("the binary starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Proc {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Reads lines until one contains `needle`; returns it.
+    async fn expect(&mut self, needle: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.stdout.next_line().await.unwrap() {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("output ended without {needle:?}");
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in time"))
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id().unwrap() as i32), signal).unwrap();
+    }
+}
+
+/// Starts the server binary on a free port; returns it and its address.
+async fn start_server(db: &Path) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--credentials",
+        CREDENTIALS,
+        "--db",
+    ])
+    .arg(db);
+    let mut server = Proc::spawn(cmd);
+    let line = server.expect("listening on").await;
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    (server, addr)
+}
+
+fn client(addr: &str, user: &str, password: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.args(["--plain", "--server", addr, "--user", user])
+        .env("CONFAB_PASSWORD", password);
+    Proc::spawn(cmd)
+}
+
+#[tokio::test]
+async fn two_plain_clients_chat_through_the_server_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let mut bob = client(&addr, "bob", "builder");
+    bob.expect("logged in as bob").await;
+    let mut alice = client(&addr, "alice", "wonderland");
+    alice.expect("logged in as alice").await;
+    bob.expect("* alice logged in").await;
+
+    alice.send("/msg bob hello from alice").await;
+    alice.expect("sent to bob").await;
+    bob.expect("alice: hello from alice").await;
+
+    alice.send("/frobnicate").await;
+    alice.expect("error: unknown command '/frobnicate'").await;
+    alice.send("whoelse").await;
+    alice.expect("bob (online since").await;
+    alice.send("bye").await;
+    alice.expect("logged out; bye").await;
+    assert_eq!(alice.exit().await.code(), Some(0));
+    bob.expect("* alice logged out").await;
+
+    // SIGTERM: bob is told, the server exits 0, bob exits with "ended by server".
+    server.signal(Signal::SIGTERM);
+    bob.expect("the server is shutting down").await;
+    assert_eq!(server.exit().await.code(), Some(0));
+    assert_eq!(bob.exit().await.code(), Some(7));
+}
+
+#[tokio::test]
+async fn a_refused_login_exits_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let mut wrong = client(&addr, "carol", "not-her-password");
+    assert_eq!(wrong.exit().await.code(), Some(3));
+    let mut unreachable = client("127.0.0.1:1", "carol", "singer");
+    assert_eq!(unreachable.exit().await.code(), Some(6));
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    let (mut server, addr) = start_server(&db).await;
+    let mut alice = client(&addr, "alice", "wonderland");
+    alice.expect("logged in as alice").await;
+    alice.send("/msg dave are you there").await;
+    alice.expect("dave is offline").await;
+    server.signal(Signal::SIGKILL);
+    server.exit().await;
+    alice
+        .expect("error: the connection to the server was lost")
+        .await;
+    assert_eq!(alice.exit().await.code(), Some(6));
+
+    let (_server, addr) = start_server(&db).await;
+    let mut dave = client(&addr, "dave", "grohl");
+    dave.expect("1 message arrived while you were away").await;
+    dave.expect("alice (while you were away): are you there")
+        .await;
+}
