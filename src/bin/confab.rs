@@ -116,6 +116,12 @@ async fn chat(
                     return code;
                 }
             }
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C outside the line editor (piped input): log out properly.
+                if let Some(code) = run_line(client, "/logout", out).await {
+                    return code;
+                }
+            }
             event = events.next() => match event {
                 Some(ClientEvent::Server(event)) => {
                     ended_by_server |= matches!(event, Event::SessionEnded { .. });

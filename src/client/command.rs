@@ -153,6 +153,17 @@ pub fn lookup(word: &str) -> Option<&'static CommandSpec> {
 }
 
 /// Parses one line.
+///
+/// ```
+/// use confab::client::command::{parse, Command};
+///
+/// assert_eq!(
+///     parse("message bob see you at 5"),
+///     Ok(Command::Msg { to: "bob".into(), text: "see you at 5".into() })
+/// );
+/// assert_eq!(parse("WHOELSE"), Ok(Command::List));
+/// assert!(parse("/msg bob").is_err());
+/// ```
 pub fn parse(line: &str) -> Result<Command, ParseError> {
     let line = line.trim();
     let (word, rest) = split_word(line);

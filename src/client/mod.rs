@@ -17,8 +17,12 @@ use tokio_util::codec::Framed;
 
 use crate::protocol::{
     ClientCodec, ClientMessage, CodecError, Delivery, ErrorCode, ErrorReply, Event, Hello,
-    OnlineUser, Reply, Request, SeenUser, ServerMessage, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    OnlineUser, Reply, Request, SeenUser, ServerMessage, PROTOCOL_VERSION,
 };
+
+/// Largest frame accepted from the server. Larger than the server's limit for clients: a
+/// list of every user online can be long, and the server is the party we chose to trust.
+pub const MAX_SERVER_FRAME: usize = 16 * 1024 * 1024;
 
 /// A client-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +110,7 @@ impl Client {
             .await
             .map_err(ClientError::Connect)?;
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
-        let mut framed = Framed::new(socket, ClientCodec::new(DEFAULT_MAX_FRAME));
+        let mut framed = Framed::new(socket, ClientCodec::new(MAX_SERVER_FRAME));
         let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
         framed
             .send(ClientMessage::Hello(Hello {
