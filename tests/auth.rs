@@ -18,27 +18,18 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    result
-        .expect_err("the request should fail")
-        .code()
-        .expect("a server error")
+    result.expect_err("the request should fail").code().expect("a server error")
 }
 
 #[tokio::test]
 async fn right_password_logs_in_and_wrong_one_is_refused() {
     let server = TestServer::start(Config::default()).await;
     let (client, _events) = server.connect().await;
-    assert_eq!(
-        code(client.login("alice", "nope").await),
-        ErrorCode::InvalidCredentials
-    );
+    assert_eq!(code(client.login("alice", "nope").await), ErrorCode::InvalidCredentials);
     let info = client.login("alice", "alice-pw").await.unwrap();
     assert_eq!(info.username, "alice");
     assert!(!info.created);
-    assert_eq!(
-        code(client.login("alice", "alice-pw").await),
-        ErrorCode::AlreadyAuthenticated
-    );
+    assert_eq!(code(client.login("alice", "alice-pw").await), ErrorCode::AlreadyAuthenticated);
     server.stop().await;
 }
 
@@ -51,19 +42,13 @@ async fn unknown_name_with_closed_registration_looks_like_a_wrong_password() {
     assert_eq!(unknown.to_string(), wrong.to_string());
     assert_eq!(unknown.code(), Some(ErrorCode::InvalidCredentials));
     // And the account was not created.
-    assert_eq!(
-        code(client.login("zed", "whatever").await),
-        ErrorCode::InvalidCredentials
-    );
+    assert_eq!(code(client.login("zed", "whatever").await), ErrorCode::InvalidCredentials);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn open_registration_creates_an_account_once() {
-    let config = Config {
-        open_registration: true,
-        ..Config::default()
-    };
+    let config = Config { open_registration: true, ..Config::default() };
     let server = TestServer::start(config).await;
     let (zed, _zed_events) = server.connect().await;
     let info = zed.login("zed", "zed-secret").await.unwrap();
@@ -71,15 +56,9 @@ async fn open_registration_creates_an_account_once() {
     let (alice, _alice_events) = server.login("alice").await;
     zed.logout().await.unwrap();
     // zed now exists: others can message zed, and only the chosen password works.
-    assert_eq!(
-        alice.msg("zed", "welcome").await.unwrap(),
-        confab::protocol::Delivery::Stored
-    );
+    assert_eq!(alice.msg("zed", "welcome").await.unwrap(), confab::protocol::Delivery::Stored);
     let (again, _again_events) = server.connect().await;
-    assert_eq!(
-        code(again.login("zed", "other").await),
-        ErrorCode::InvalidCredentials
-    );
+    assert_eq!(code(again.login("zed", "other").await), ErrorCode::InvalidCredentials);
     let info = again.login("zed", "zed-secret").await.unwrap();
     assert!(!info.created);
     assert_eq!(info.offline_messages, 1);
@@ -88,18 +67,11 @@ async fn open_registration_creates_an_account_once() {
 
 #[tokio::test]
 async fn invalid_usernames_are_refused_clearly() {
-    let config = Config {
-        open_registration: true,
-        ..Config::default()
-    };
+    let config = Config { open_registration: true, ..Config::default() };
     let server = TestServer::start(config).await;
     let (client, _events) = server.connect().await;
     for bad in ["", "has space", "sla/sh", &"x".repeat(33)] {
-        assert_eq!(
-            code(client.login(bad, "pw").await),
-            ErrorCode::InvalidArgument,
-            "{bad:?}"
-        );
+        assert_eq!(code(client.login(bad, "pw").await), ErrorCode::InvalidArgument, "{bad:?}");
     }
     server.stop().await;
 }
@@ -107,11 +79,7 @@ async fn invalid_usernames_are_refused_clearly() {
 #[tokio::test]
 async fn repeated_failures_lock_the_name_everywhere_until_it_expires() {
     let lockout = Duration::from_millis(700);
-    let config = Config {
-        max_failed_logins: 3,
-        lockout,
-        ..Config::default()
-    };
+    let config = Config { max_failed_logins: 3, lockout, ..Config::default() };
     let server = TestServer::start(config).await;
     // Three failures from three different connections.
     for i in 0..3 {
@@ -126,15 +94,7 @@ async fn repeated_failures_lock_the_name_everywhere_until_it_expires() {
     // Even the right password is refused now, from a fresh connection.
     let (client, _events) = server.connect().await;
     let err = code(client.login("bob", "bob-pw").await);
-    assert!(
-        matches!(
-            err,
-            ErrorCode::LockedOut {
-                retry_after_secs: 1
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, ErrorCode::LockedOut { retry_after_secs: 1 }), "{err:?}");
     // Other names are not affected.
     server.login("alice").await;
     // After the lock expires the right password works.
@@ -145,20 +105,11 @@ async fn repeated_failures_lock_the_name_everywhere_until_it_expires() {
 
 #[tokio::test]
 async fn unknown_names_lock_too_with_closed_registration() {
-    let config = Config {
-        max_failed_logins: 2,
-        ..Config::default()
-    };
+    let config = Config { max_failed_logins: 2, ..Config::default() };
     let server = TestServer::start(config).await;
     let (client, _events) = server.connect().await;
-    assert_eq!(
-        code(client.login("ghost", "a").await),
-        ErrorCode::InvalidCredentials
-    );
-    assert!(matches!(
-        code(client.login("ghost", "b").await),
-        ErrorCode::LockedOut { .. }
-    ));
+    assert_eq!(code(client.login("ghost", "a").await), ErrorCode::InvalidCredentials);
+    assert!(matches!(code(client.login("ghost", "b").await), ErrorCode::LockedOut { .. }));
     server.stop().await;
 }
 
@@ -168,14 +119,8 @@ async fn a_second_login_of_an_online_user_is_refused_with_its_own_code() {
     let (_first, _events) = server.login("carol").await;
     let (second, _second_events) = server.connect().await;
     // A wrong password does not reveal that carol is online.
-    assert_eq!(
-        code(second.login("carol", "wrong").await),
-        ErrorCode::InvalidCredentials
-    );
-    assert_eq!(
-        code(second.login("carol", "carol-pw").await),
-        ErrorCode::AlreadyLoggedIn
-    );
+    assert_eq!(code(second.login("carol", "wrong").await), ErrorCode::InvalidCredentials);
+    assert_eq!(code(second.login("carol", "carol-pw").await), ErrorCode::AlreadyLoggedIn);
     server.stop().await;
 }
 
@@ -196,19 +141,13 @@ async fn raw(server: &TestServer) -> Framed<TcpStream, ClientCodec> {
 }
 
 async fn hello(framed: &mut Framed<TcpStream, ClientCodec>, version: u32) -> ServerMessage {
-    let hello = Hello {
-        version,
-        agent: "test".into(),
-    };
+    let hello = Hello { version, agent: "test".into() };
     framed.send(ClientMessage::Hello(hello)).await.unwrap();
     next_frame(framed).await.expect("an answer to hello")
 }
 
 async fn next_frame(framed: &mut Framed<TcpStream, ClientCodec>) -> Option<ServerMessage> {
-    match tokio::time::timeout(PATIENCE, framed.next())
-        .await
-        .expect("in time")
-    {
+    match tokio::time::timeout(PATIENCE, framed.next()).await.expect("in time") {
         Some(Ok(Ok(msg))) => Some(msg),
         Some(Ok(Err(e))) => panic!("undecodable frame: {e}"),
         Some(Err(_)) | None => None,
@@ -227,63 +166,29 @@ async fn another_protocol_version_gets_a_clear_error_and_is_closed() {
     let server = TestServer::start(Config::default()).await;
     let mut framed = raw(&server).await;
     let answer = hello(&mut framed, PROTOCOL_VERSION + 1).await;
-    let ServerMessage::Reply { result: Err(e), .. } = answer else {
-        panic!("{answer:?}")
-    };
+    let ServerMessage::Reply { result: Err(e), .. } = answer else { panic!("{answer:?}") };
     assert_eq!(e.code, ErrorCode::VersionMismatch);
-    assert!(
-        e.message.contains(&format!("version {PROTOCOL_VERSION}")),
-        "{}",
-        e.message
-    );
-    assert!(
-        next_frame(&mut framed).await.is_none(),
-        "closed after the refusal"
-    );
+    assert!(e.message.contains(&format!("version {PROTOCOL_VERSION}")), "{}", e.message);
+    assert!(next_frame(&mut framed).await.is_none(), "closed after the refusal");
 
     // The typed client reports it as a server error.
     let mut framed = raw(&server).await;
-    framed
-        .send(ClientMessage::Request {
-            id: 1,
-            body: Request::List,
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(next_frame(&mut framed).await.unwrap()),
-        ErrorCode::HandshakeRequired
-    );
+    framed.send(ClientMessage::Request { id: 1, body: Request::List }).await.unwrap();
+    assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::HandshakeRequired);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn an_oversize_frame_gets_an_error_and_closes_only_that_connection() {
-    let config = Config {
-        max_frame: 1024,
-        ..Config::default()
-    };
+    let config = Config { max_frame: 1024, ..Config::default() };
     let server = TestServer::start(config).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let mut framed = raw(&server).await;
-    assert!(matches!(
-        hello(&mut framed, PROTOCOL_VERSION).await,
-        ServerMessage::Welcome(_)
-    ));
+    assert!(matches!(hello(&mut framed, PROTOCOL_VERSION).await, ServerMessage::Welcome(_)));
     // A header announcing 100 MB; the payload never comes.
-    framed
-        .get_mut()
-        .write_all(&(100_000_000u32).to_be_bytes())
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(next_frame(&mut framed).await.unwrap()),
-        ErrorCode::FrameTooLarge
-    );
-    assert!(
-        next_frame(&mut framed).await.is_none(),
-        "closed after the error"
-    );
+    framed.get_mut().write_all(&(100_000_000u32).to_be_bytes()).await.unwrap();
+    assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::FrameTooLarge);
+    assert!(next_frame(&mut framed).await.is_none(), "closed after the error");
 
     // A real message larger than the frame limit, from a logged-in client.
     let (bob, mut bob_events) = server.login("bob").await;
@@ -292,10 +197,7 @@ async fn an_oversize_frame_gets_an_error_and_closes_only_that_connection() {
         confab::protocol::Event::Presence { .. }
     ));
     let huge = "x".repeat(4000);
-    assert!(matches!(
-        bob.msg("alice", &huge).await,
-        Err(ClientError::Disconnected)
-    ));
+    assert!(matches!(bob.msg("alice", &huge).await, Err(ClientError::Disconnected)));
     common::closed(&mut bob_events).await;
     // alice is unaffected and learns that bob dropped.
     assert!(matches!(
@@ -313,54 +215,23 @@ async fn an_oversize_frame_gets_an_error_and_closes_only_that_connection() {
 async fn malformed_frames_get_an_error_and_the_connection_goes_on() {
     let server = TestServer::start(Config::default()).await;
     let mut framed = raw(&server).await;
-    assert!(matches!(
-        hello(&mut framed, PROTOCOL_VERSION).await,
-        ServerMessage::Welcome(_)
-    ));
+    assert!(matches!(hello(&mut framed, PROTOCOL_VERSION).await, ServerMessage::Welcome(_)));
     let mut garbage = bytes::BytesMut::new();
     garbage.put_u32(5);
     garbage.put_slice(&[0xc1, 1, 2, 3, 4]);
     framed.get_mut().write_all(&garbage).await.unwrap();
-    assert_eq!(
-        error_code(next_frame(&mut framed).await.unwrap()),
-        ErrorCode::MalformedFrame
-    );
+    assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::MalformedFrame);
     // A valid MessagePack value that is not a message.
-    framed
-        .get_mut()
-        .write_all(&encode_frame(&(1, "two", 3.0)).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(next_frame(&mut framed).await.unwrap()),
-        ErrorCode::MalformedFrame
-    );
+    framed.get_mut().write_all(&encode_frame(&(1, "two", 3.0)).unwrap()).await.unwrap();
+    assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::MalformedFrame);
     // A second hello.
-    framed
-        .send(ClientMessage::Hello(Hello {
-            version: 1,
-            agent: "x".into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(next_frame(&mut framed).await.unwrap()),
-        ErrorCode::HandshakeRequired
-    );
+    framed.send(ClientMessage::Hello(Hello { version: 1, agent: "x".into() })).await.unwrap();
+    assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::HandshakeRequired);
     // The connection still works.
-    let login = Request::Login {
-        username: "alice".into(),
-        password: "alice-pw".into(),
-    };
-    framed
-        .send(ClientMessage::Request { id: 9, body: login })
-        .await
-        .unwrap();
+    let login = Request::Login { username: "alice".into(), password: "alice-pw".into() };
+    framed.send(ClientMessage::Request { id: 9, body: login }).await.unwrap();
     match next_frame(&mut framed).await.unwrap() {
-        ServerMessage::Reply {
-            id: 9,
-            result: Ok(Reply::LoggedIn { .. }),
-        } => {}
+        ServerMessage::Reply { id: 9, result: Ok(Reply::LoggedIn { .. }) } => {}
         other => panic!("{other:?}"),
     }
     server.stop().await;
@@ -368,10 +239,7 @@ async fn malformed_frames_get_an_error_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_refused_clearly() {
-    let config = Config {
-        max_connections: 1,
-        ..Config::default()
-    };
+    let config = Config { max_connections: 1, ..Config::default() };
     let server = TestServer::start(config).await;
     let (_alice, _events) = server.login("alice").await;
     let err = Client::connect(server.addr).await.err().expect("refused");

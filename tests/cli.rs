@@ -20,19 +20,12 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut command: Command) -> Self {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.kill_on_drop(true);
         let mut child = command.spawn().expect("the binary starts");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Proc {
-            child,
-            stdin,
-            stdout,
-        }
+        Proc { child, stdin, stdout }
     }
 
     /// Reads lines until one contains `needle`; returns it.
@@ -52,18 +45,12 @@ impl Proc {
 
     async fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         stdin.flush().await.unwrap();
     }
 
     async fn exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("exits in time")
-            .unwrap()
+        tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("exits in time").unwrap()
     }
 
     fn signal(&self, signal: Signal) {
@@ -74,14 +61,7 @@ impl Proc {
 /// Starts the server binary on a free port; returns it and its address.
 async fn start_server(db: &Path) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--credentials",
-        CREDENTIALS,
-        "--db",
-    ])
-    .arg(db);
+    cmd.args(["--listen", "127.0.0.1:0", "--credentials", CREDENTIALS, "--db"]).arg(db);
     let mut server = Proc::spawn(cmd);
     let line = server.expect("listening on").await;
     let addr = line.rsplit(' ').next().unwrap().to_owned();
@@ -90,8 +70,7 @@ async fn start_server(db: &Path) -> (Proc, String) {
 
 fn client(addr: &str, user: &str, password: &str) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
-    cmd.args(["--plain", "--server", addr, "--user", user])
-        .env("CONFAB_PASSWORD", password);
+    cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
     Proc::spawn(cmd)
 }
 
@@ -146,14 +125,11 @@ async fn an_acknowledged_message_survives_sigkill() {
     alice.expect("dave is offline").await;
     server.signal(Signal::SIGKILL);
     server.exit().await;
-    alice
-        .expect("error: the connection to the server was lost")
-        .await;
+    alice.expect("error: the connection to the server was lost").await;
     assert_eq!(alice.exit().await.code(), Some(6));
 
     let (_server, addr) = start_server(&db).await;
     let mut dave = client(&addr, "dave", "grohl");
     dave.expect("1 message arrived while you were away").await;
-    dave.expect("alice (while you were away): are you there")
-        .await;
+    dave.expect("alice (while you were away): are you there").await;
 }

@@ -18,10 +18,7 @@ use tokio_util::codec::Framed;
 /// Skips events until `user`'s presence changes; returns the change.
 async fn presence_of(events: &mut confab::client::Events, user: &str) -> PresenceChange {
     loop {
-        if let Event::Presence {
-            user: u, change, ..
-        } = next_event(events).await
-        {
+        if let Event::Presence { user: u, change, .. } = next_event(events).await {
             if u == user {
                 return change;
             }
@@ -32,11 +29,7 @@ async fn presence_of(events: &mut confab::client::Events, user: &str) -> Presenc
 #[tokio::test]
 async fn an_idle_user_is_logged_out_with_a_notice_even_while_receiving() {
     let idle = Duration::from_millis(500);
-    let server = TestServer::start(Config {
-        idle_timeout: idle,
-        ..Config::default()
-    })
-    .await;
+    let server = TestServer::start(Config { idle_timeout: idle, ..Config::default() }).await;
     let (_bob, mut bob_events) = server.login("bob").await;
     let (alice, mut alice_events) = server.login("alice").await;
     // alice keeps sending (so she stays active), bob only receives: bob must still time out.
@@ -55,10 +48,7 @@ async fn an_idle_user_is_logged_out_with_a_notice_even_while_receiving() {
     }
     assert_eq!(notice, Some(EndReason::IdleTimeout));
     closed(&mut bob_events).await;
-    assert_eq!(
-        presence_of(&mut alice_events, "bob").await,
-        PresenceChange::TimedOut
-    );
+    assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::TimedOut);
     // alice, who kept sending, is still logged in.
     assert!(alice.list().await.unwrap().is_empty());
     server.stop().await;
@@ -69,15 +59,9 @@ async fn an_abrupt_disconnect_logs_the_user_out() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let (bob, bob_events) = server.login("bob").await;
-    assert_eq!(
-        presence_of(&mut alice_events, "bob").await,
-        PresenceChange::LoggedIn
-    );
+    assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::LoggedIn);
     drop((bob, bob_events));
-    assert_eq!(
-        presence_of(&mut alice_events, "bob").await,
-        PresenceChange::Disconnected
-    );
+    assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::Disconnected);
     assert!(alice.list().await.unwrap().is_empty());
     let seen = alice.who_else_since(60).await.unwrap();
     assert_eq!(seen.len(), 1);
@@ -112,34 +96,20 @@ async fn shutdown_tells_every_client_and_returns() {
 
 #[tokio::test]
 async fn a_reader_too_slow_is_dropped_and_its_messages_kept() {
-    let config = Config {
-        session_queue: 8,
-        write_timeout: Duration::from_millis(300),
-        ..Config::default()
-    };
+    let config =
+        Config { session_queue: 8, write_timeout: Duration::from_millis(300), ..Config::default() };
     let server = TestServer::start(config).await;
     let (alice, mut alice_events) = server.login("alice").await;
 
     // bob logs in over a raw socket and then never reads.
     let socket = TcpStream::connect(server.addr).await.unwrap();
     let mut bob = Framed::new(socket, ClientCodec::default());
-    bob.send(ClientMessage::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        agent: "slow".into(),
-    }))
-    .await
-    .unwrap();
-    let login = Request::Login {
-        username: "bob".into(),
-        password: password_of("bob"),
-    };
-    bob.send(ClientMessage::Request { id: 1, body: login })
+    bob.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "slow".into() }))
         .await
         .unwrap();
-    assert_eq!(
-        presence_of(&mut alice_events, "bob").await,
-        PresenceChange::LoggedIn
-    );
+    let login = Request::Login { username: "bob".into(), password: password_of("bob") };
+    bob.send(ClientMessage::Request { id: 1, body: login }).await.unwrap();
+    assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::LoggedIn);
 
     // alice writes until the server stops queueing for bob and stores instead.
     let text = "x".repeat(3000);
@@ -151,19 +121,12 @@ async fn a_reader_too_slow_is_dropped_and_its_messages_kept() {
             break;
         }
     }
-    assert_eq!(
-        presence_of(&mut alice_events, "bob").await,
-        PresenceChange::Disconnected
-    );
+    assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::Disconnected);
     drop(bob);
 
     // What the server could not write is waiting for bob, in order, ending with the last.
     let (bob, mut bob_events) = server.connect().await;
-    let waiting = bob
-        .login("bob", &password_of("bob"))
-        .await
-        .unwrap()
-        .offline_messages;
+    let waiting = bob.login("bob", &password_of("bob")).await.unwrap().offline_messages;
     assert!(waiting >= 1);
     let mut last = 0;
     for _ in 0..waiting {

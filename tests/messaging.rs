@@ -9,10 +9,7 @@ use confab::server::Config;
 use confab::store::Store;
 
 fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    result
-        .expect_err("the request should fail")
-        .code()
-        .expect("a server error")
+    result.expect_err("the request should fail").code().expect("a server error")
 }
 
 fn names(users: &[confab::protocol::OnlineUser]) -> Vec<&str> {
@@ -25,21 +22,10 @@ async fn a_message_reaches_an_online_user_with_its_time() {
     let (alice, _a) = server.login("alice").await;
     let (_bob, mut bob_events) = server.login("bob").await;
     let before = now_ms();
-    assert_eq!(
-        alice.msg("bob", "hello bob").await.unwrap(),
-        Delivery::Online
-    );
+    assert_eq!(alice.msg("bob", "hello bob").await.unwrap(), Delivery::Online);
     match next_event(&mut bob_events).await {
-        Event::Message {
-            from,
-            text,
-            sent_at,
-            offline,
-        } => {
-            assert_eq!(
-                (from.as_str(), text.as_str(), offline),
-                ("alice", "hello bob", false)
-            );
+        Event::Message { from, text, sent_at, offline } => {
+            assert_eq!((from.as_str(), text.as_str(), offline), ("alice", "hello bob", false));
             assert!(sent_at >= before && sent_at <= now_ms());
         }
         other => panic!("{other:?}"),
@@ -49,29 +35,14 @@ async fn a_message_reaches_an_online_user_with_its_time() {
 
 #[tokio::test]
 async fn bad_recipients_and_texts_are_clear_errors() {
-    let config = Config {
-        max_message_chars: 10,
-        ..Config::default()
-    };
+    let config = Config { max_message_chars: 10, ..Config::default() };
     let server = TestServer::start(config).await;
     let (alice, _a) = server.login("alice").await;
     assert_eq!(code(alice.msg("alice", "me").await), ErrorCode::SelfTarget);
-    assert_eq!(
-        code(alice.msg("nobody", "hi").await),
-        ErrorCode::UnknownUser
-    );
-    assert_eq!(
-        code(alice.msg("bob", "   ").await),
-        ErrorCode::InvalidArgument
-    );
-    assert_eq!(
-        code(alice.msg("bob", "01234567890").await),
-        ErrorCode::InvalidArgument
-    );
-    assert_eq!(
-        code(alice.msg("bob", "a\x1b[2Jb").await),
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(code(alice.msg("nobody", "hi").await), ErrorCode::UnknownUser);
+    assert_eq!(code(alice.msg("bob", "   ").await), ErrorCode::InvalidArgument);
+    assert_eq!(code(alice.msg("bob", "01234567890").await), ErrorCode::InvalidArgument);
+    assert_eq!(code(alice.msg("bob", "a\x1b[2Jb").await), ErrorCode::InvalidArgument);
     assert_eq!(code(alice.broadcast("").await), ErrorCode::InvalidArgument);
     // Nothing of that was stored for bob.
     let (_bob, mut bob_events) = server.connect().await;
@@ -95,22 +66,13 @@ async fn offline_messages_arrive_at_next_login_oldest_first_with_original_times(
     let info = bob.login("bob", "bob-pw").await.unwrap();
     assert_eq!(info.offline_messages, 3);
     let mut previous = 0;
-    for (i, (from, text)) in [("alice", "first"), ("carol", "second"), ("alice", "third")]
-        .iter()
-        .enumerate()
+    for (i, (from, text)) in
+        [("alice", "first"), ("carol", "second"), ("alice", "third")].iter().enumerate()
     {
         match next_event(&mut bob_events).await {
-            Event::Message {
-                from: f,
-                text: t,
-                sent_at,
-                offline: true,
-            } => {
+            Event::Message { from: f, text: t, sent_at, offline: true } => {
                 assert_eq!((f.as_str(), t.as_str()), (*from, *text));
-                assert!(
-                    sent_at >= previous && sent_at <= sent[i],
-                    "original send time kept"
-                );
+                assert!(sent_at >= previous && sent_at <= sent[i], "original send time kept");
                 previous = sent_at;
             }
             other => panic!("{other:?}"),
@@ -119,10 +81,7 @@ async fn offline_messages_arrive_at_next_login_oldest_first_with_original_times(
     bob.logout().await.unwrap();
     // Delivered once only.
     let (bob, mut bob_events) = server.connect().await;
-    assert_eq!(
-        bob.login("bob", "bob-pw").await.unwrap().offline_messages,
-        0
-    );
+    assert_eq!(bob.login("bob", "bob-pw").await.unwrap().offline_messages, 0);
     assert_quiet(&mut bob_events, &alice, "bob").await;
     server.stop().await;
 }
@@ -133,25 +92,13 @@ async fn offline_messages_survive_a_server_restart() {
     let db = dir.path().join("confab.db");
     let server = TestServer::with_store(seeded_store(&db), Config::default()).await;
     let (alice, _a) = server.login("alice").await;
-    assert_eq!(
-        alice
-            .msg("dave", "see you after the restart")
-            .await
-            .unwrap(),
-        Delivery::Stored
-    );
+    assert_eq!(alice.msg("dave", "see you after the restart").await.unwrap(), Delivery::Stored);
     server.stop().await;
 
     let reopened = confab::store::SqliteStore::open(&db).unwrap();
     let server = TestServer::with_store(reopened, Config::default()).await;
     let (dave, mut dave_events) = server.connect().await;
-    assert_eq!(
-        dave.login("dave", "dave-pw")
-            .await
-            .unwrap()
-            .offline_messages,
-        1
-    );
+    assert_eq!(dave.login("dave", "dave-pw").await.unwrap().offline_messages, 1);
     assert_eq!(
         next_message(&mut dave_events).await,
         ("alice".into(), "see you after the restart".into())
@@ -168,10 +115,7 @@ async fn broadcast_skips_the_sender_and_those_who_block_them() {
     carol.block("alice").await.unwrap();
     let (delivered, skipped) = alice.broadcast("hello all").await.unwrap();
     assert_eq!((delivered, skipped), (1, 1));
-    assert_eq!(
-        next_text(&mut bob_events).await,
-        ("alice".into(), "hello all".into())
-    );
+    assert_eq!(next_text(&mut bob_events).await, ("alice".into(), "hello all".into()));
     // carol got nothing, alice did not get her own broadcast.
     assert_quiet(&mut carol_events, &bob, "carol").await;
     let _ = next_event(&mut alice_events).await; // bob logged in
@@ -229,21 +173,12 @@ async fn blocking_silences_the_blocked_user_in_every_way() {
 
     alice.block("bob").await.unwrap();
     // bob cannot message alice, and nothing is stored.
-    assert_eq!(
-        code(bob.msg("alice", "hi").await),
-        ErrorCode::BlockedByRecipient
-    );
+    assert_eq!(code(bob.msg("alice", "hi").await), ErrorCode::BlockedByRecipient);
     // bob's broadcasts skip alice, and bob is told.
     assert_eq!(bob.broadcast("all").await.unwrap(), (1, 1));
     // bob does not see alice in lists.
     assert_eq!(names(&bob.list().await.unwrap()), ["carol"]);
-    let seen: Vec<_> = bob
-        .who_else_since(60)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let seen: Vec<_> = bob.who_else_since(60).await.unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(seen, ["carol"]);
     // alice still sees bob.
     assert_eq!(names(&alice.list().await.unwrap()), ["bob", "carol"]);
@@ -257,19 +192,10 @@ async fn blocking_silences_the_blocked_user_in_every_way() {
     let (bob, _bob_events) = server.login("bob").await;
     assert_quiet(&mut alice_events, &carol, "alice").await;
     // The block persists and can be undone.
-    assert_eq!(
-        code(bob.msg("alice", "still?").await),
-        ErrorCode::BlockedByRecipient
-    );
+    assert_eq!(code(bob.msg("alice", "still?").await), ErrorCode::BlockedByRecipient);
     alice.unblock("bob").await.unwrap();
-    assert_eq!(
-        bob.msg("alice", "hello again").await.unwrap(),
-        Delivery::Online
-    );
-    assert_eq!(
-        next_message(&mut alice_events).await,
-        ("bob".into(), "hello again".into())
-    );
+    assert_eq!(bob.msg("alice", "hello again").await.unwrap(), Delivery::Online);
+    assert_eq!(next_message(&mut alice_events).await, ("bob".into(), "hello again".into()));
     assert_eq!(names(&bob.list().await.unwrap()), ["alice", "carol"]);
     server.stop().await;
 }
@@ -283,16 +209,11 @@ async fn a_block_survives_a_server_restart() {
     dave.block("carol").await.unwrap();
     server.stop().await;
 
-    let server = TestServer::with_store(
-        confab::store::SqliteStore::open(&db).unwrap(),
-        Config::default(),
-    )
-    .await;
+    let server =
+        TestServer::with_store(confab::store::SqliteStore::open(&db).unwrap(), Config::default())
+            .await;
     let (carol, _c) = server.login("carol").await;
-    assert_eq!(
-        code(carol.msg("dave", "hi").await),
-        ErrorCode::BlockedByRecipient
-    );
+    assert_eq!(code(carol.msg("dave", "hi").await), ErrorCode::BlockedByRecipient);
     server.stop().await;
 }
 
@@ -325,9 +246,7 @@ async fn whoelsesince_uses_overlapping_online_time() {
     let (alice, _a) = server.login("alice").await;
     let (_bob, _b) = server.login("bob").await;
     let seen = |list: Vec<confab::protocol::SeenUser>| {
-        list.into_iter()
-            .map(|u| (u.name, u.online))
-            .collect::<Vec<_>>()
+        list.into_iter().map(|u| (u.name, u.online)).collect::<Vec<_>>()
     };
     assert_eq!(
         seen(alice.who_else_since(200).await.unwrap()),
@@ -335,15 +254,8 @@ async fn whoelsesince_uses_overlapping_online_time() {
     );
     assert_eq!(
         seen(alice.who_else_since(500).await.unwrap()),
-        [
-            ("bob".into(), true),
-            ("carol".into(), false),
-            ("dave".into(), false)
-        ]
+        [("bob".into(), true), ("carol".into(), false), ("dave".into(), false)]
     );
-    assert_eq!(
-        seen(alice.who_else_since(60).await.unwrap()),
-        [("bob".into(), true)]
-    );
+    assert_eq!(seen(alice.who_else_since(60).await.unwrap()), [("bob".into(), true)]);
     server.stop().await;
 }

@@ -46,9 +46,7 @@ struct Args {
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
@@ -97,13 +95,7 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
         println!("confab-server listening on {}", listener.local_addr()?);
-        server::run(
-            listener,
-            StoreHandle::spawn(store),
-            config,
-            shutdown_signal(),
-        )
-        .await?;
+        server::run(listener, StoreHandle::spawn(store), config, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -149,19 +149,19 @@ async fn run_line(client: &Client, line: &str, out: &mut Output) -> Option<u8> {
             return None;
         }
     };
-    let Some(request) = command.clone().into_request() else {
-        let Command::Help { topic } = &command else {
+    let request = match command {
+        Command::Server(request) => request,
+        Command::Help { topic } => {
+            match command::help(topic.as_deref()) {
+                Ok(lines) => lines.into_iter().for_each(|l| out.line(l)),
+                Err(e) => out.line(format::error(e)),
+            }
             return None;
-        };
-        match command::help(topic.as_deref()) {
-            Ok(lines) => lines.into_iter().for_each(|l| out.line(l)),
-            Err(e) => out.line(format::error(e)),
         }
-        return None;
     };
-    match client.request(request).await {
+    match client.request(request.clone()).await {
         Ok(reply) => {
-            for l in format::reply(&command, &reply) {
+            for l in format::reply(&request, &reply) {
                 out.line(l);
             }
             matches!(reply, Reply::LoggedOut).then_some(0)
@@ -202,9 +202,7 @@ fn prompt(label: &str) -> Result<String, String> {
     print!("{label}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
     Ok(line.trim().to_owned())
 }
 
@@ -217,21 +215,14 @@ struct Output {
 
 impl Output {
     fn new(interactive: bool) -> Self {
-        let mut out = Output {
-            printer: None,
-            editor: None,
-            saved_terminal: None,
-        };
+        let mut out = Output { printer: None, editor: None, saved_terminal: None };
         if !interactive {
             return out;
         }
         out.saved_terminal = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
         match rustyline::DefaultEditor::new() {
             Ok(mut editor) => {
-                out.printer = editor
-                    .create_external_printer()
-                    .ok()
-                    .map(|p| Box::new(p) as _);
+                out.printer = editor.create_external_printer().ok().map(|p| Box::new(p) as _);
                 out.editor = Some(editor);
             }
             Err(e) => eprintln!("{}", format::error(format!("no line editor: {e}"))),

@@ -51,12 +51,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         args: "USER",
         summary: "stop receiving anything from USER and hide from them",
     },
-    CommandSpec {
-        name: "/unblock",
-        aliases: &["unblock"],
-        args: "USER",
-        summary: "undo /block",
-    },
+    CommandSpec { name: "/unblock", aliases: &["unblock"], args: "USER", summary: "undo /block" },
     CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
@@ -74,42 +69,13 @@ pub const COMMANDS: &[CommandSpec] = &[
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `/msg USER TEXT`
-    Msg {
-        /// Recipient.
-        to: String,
-        /// Text.
-        text: String,
-    },
-    /// `/broadcast TEXT`
-    Broadcast {
-        /// Text.
-        text: String,
-    },
-    /// `/list`
-    List,
-    /// `/whoelsesince SECS`
-    WhoElseSince {
-        /// Window in seconds.
-        secs: u64,
-    },
-    /// `/block USER`
-    Block {
-        /// Whom.
-        user: String,
-    },
-    /// `/unblock USER`
-    Unblock {
-        /// Whom.
-        user: String,
-    },
-    /// `/help [COMMAND]`
+    /// A command the server carries out.
+    Server(Request),
+    /// `/help [COMMAND]`, answered by the client itself.
     Help {
         /// The command asked about.
         topic: Option<String>,
     },
-    /// `/logout`
-    Logout,
 }
 
 /// Why a line is not a command.
@@ -126,22 +92,6 @@ pub enum ParseError {
     Usage(String),
 }
 
-impl Command {
-    /// The server request this command makes; `None` for commands handled locally.
-    pub fn into_request(self) -> Option<Request> {
-        Some(match self {
-            Command::Msg { to, text } => Request::Msg { to, text },
-            Command::Broadcast { text } => Request::Broadcast { text },
-            Command::List => Request::List,
-            Command::WhoElseSince { secs } => Request::WhoElseSince { secs },
-            Command::Block { user } => Request::Block { user },
-            Command::Unblock { user } => Request::Unblock { user },
-            Command::Logout => Request::Logout,
-            Command::Help { .. } => return None,
-        })
-    }
-}
-
 /// Finds the command named `word` (with or without `/`, any case).
 pub fn lookup(word: &str) -> Option<&'static CommandSpec> {
     let key = word.trim_start_matches('/').to_ascii_lowercase();
@@ -156,12 +106,13 @@ pub fn lookup(word: &str) -> Option<&'static CommandSpec> {
 ///
 /// ```
 /// use confab::client::command::{parse, Command};
+/// use confab::protocol::Request;
 ///
 /// assert_eq!(
 ///     parse("message bob see you at 5"),
-///     Ok(Command::Msg { to: "bob".into(), text: "see you at 5".into() })
+///     Ok(Command::Server(Request::Msg { to: "bob".into(), text: "see you at 5".into() }))
 /// );
-/// assert_eq!(parse("WHOELSE"), Ok(Command::List));
+/// assert_eq!(parse("WHOELSE"), Ok(Command::Server(Request::List)));
 /// assert!(parse("/msg bob").is_err());
 /// ```
 pub fn parse(line: &str) -> Result<Command, ParseError> {
@@ -173,30 +124,28 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     let spec = lookup(word).ok_or_else(|| ParseError::Unknown(word.to_owned()))?;
     let usage = || ParseError::Usage(usage(spec));
     let (first, tail) = split_word(rest);
-    let command = match spec.name {
-        "/msg" if !first.is_empty() && !tail.is_empty() => Command::Msg {
-            to: first.to_owned(),
-            text: tail.to_owned(),
-        },
-        "/broadcast" if !rest.is_empty() => Command::Broadcast {
-            text: rest.to_owned(),
-        },
-        "/list" if rest.is_empty() => Command::List,
-        "/whoelsesince" if tail.is_empty() => Command::WhoElseSince {
-            secs: first.parse().map_err(|_| usage())?,
-        },
-        "/block" if !first.is_empty() && tail.is_empty() => Command::Block {
-            user: first.to_owned(),
-        },
-        "/unblock" if !first.is_empty() && tail.is_empty() => Command::Unblock {
-            user: first.to_owned(),
-        },
-        "/help" if tail.is_empty() => Command::Help {
-            topic: (!first.is_empty()).then(|| first.to_owned()),
-        },
-        "/logout" if rest.is_empty() => Command::Logout,
+    let request = match spec.name {
+        "/msg" if !first.is_empty() && !tail.is_empty() => {
+            Request::Msg { to: first.to_owned(), text: tail.to_owned() }
+        }
+        "/broadcast" if !rest.is_empty() => Request::Broadcast { text: rest.to_owned() },
+        "/list" if rest.is_empty() => Request::List,
+        "/whoelsesince" if tail.is_empty() => {
+            Request::WhoElseSince { secs: first.parse().map_err(|_| usage())? }
+        }
+        "/block" if !first.is_empty() && tail.is_empty() => {
+            Request::Block { user: first.to_owned() }
+        }
+        "/unblock" if !first.is_empty() && tail.is_empty() => {
+            Request::Unblock { user: first.to_owned() }
+        }
+        "/help" if tail.is_empty() => {
+            return Ok(Command::Help { topic: (!first.is_empty()).then(|| first.to_owned()) });
+        }
+        "/logout" if rest.is_empty() => Request::Logout,
         _ => return Err(usage()),
     };
+    let command = Command::Server(request);
     Ok(command)
 }
 
@@ -214,11 +163,7 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
     let Some(topic) = topic else {
         let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0);
         let mut lines = vec!["commands:".to_owned()];
-        lines.extend(
-            COMMANDS
-                .iter()
-                .map(|s| format!("  {:width$}  {}", usage(s), s.summary)),
-        );
+        lines.extend(COMMANDS.iter().map(|s| format!("  {:width$}  {}", usage(s), s.summary)));
         lines.push("/help COMMAND shows a command's aliases".to_owned());
         return Ok(lines);
     };
@@ -242,10 +187,11 @@ mod tests {
     use super::*;
 
     fn msg(to: &str, text: &str) -> Command {
-        Command::Msg {
-            to: to.into(),
-            text: text.into(),
-        }
+        Command::Server(Request::Msg { to: to.into(), text: text.into() })
+    }
+
+    fn server(request: Request) -> Result<Command, ParseError> {
+        Ok(Command::Server(request))
     }
 
     #[test]
@@ -253,11 +199,7 @@ mod tests {
         for spec in COMMANDS {
             for name in std::iter::once(&spec.name).chain(spec.aliases) {
                 assert_eq!(lookup(name), Some(spec), "{name}");
-                assert_eq!(
-                    lookup(&name.to_uppercase()),
-                    Some(spec),
-                    "{name} in capitals"
-                );
+                assert_eq!(lookup(&name.to_uppercase()), Some(spec), "{name} in capitals");
             }
         }
     }
@@ -279,42 +221,26 @@ mod tests {
         assert_eq!(parse("/msg bob a  b"), Ok(msg("bob", "a  b")));
         assert_eq!(
             parse("broadcast  hello   all "),
-            Ok(Command::Broadcast {
-                text: "hello   all".into()
-            })
+            server(Request::Broadcast { text: "hello   all".into() })
         );
     }
 
     #[test]
     fn list_and_logout_aliases() {
         for line in ["/list", "/activeuser", "/whoelse", "whoelse"] {
-            assert_eq!(parse(line), Ok(Command::List), "{line}");
+            assert_eq!(parse(line), server(Request::List), "{line}");
         }
-        for line in [
-            "/logout", "/quit", "/exit", "exit", "quit", "logout", "logoff", "bye",
-        ] {
-            assert_eq!(parse(line), Ok(Command::Logout), "{line}");
+        for line in ["/logout", "/quit", "/exit", "exit", "quit", "logout", "logoff", "bye"] {
+            assert_eq!(parse(line), server(Request::Logout), "{line}");
         }
     }
 
     #[test]
     fn arguments_are_checked() {
-        assert_eq!(
-            parse("/whoelsesince 200"),
-            Ok(Command::WhoElseSince { secs: 200 })
-        );
-        assert_eq!(
-            parse("whoelsesince 200"),
-            Ok(Command::WhoElseSince { secs: 200 })
-        );
-        assert_eq!(
-            parse("/block eve"),
-            Ok(Command::Block { user: "eve".into() })
-        );
-        assert_eq!(
-            parse("unblock eve"),
-            Ok(Command::Unblock { user: "eve".into() })
-        );
+        assert_eq!(parse("/whoelsesince 200"), server(Request::WhoElseSince { secs: 200 }));
+        assert_eq!(parse("whoelsesince 200"), server(Request::WhoElseSince { secs: 200 }));
+        assert_eq!(parse("/block eve"), server(Request::Block { user: "eve".into() }));
+        assert_eq!(parse("unblock eve"), server(Request::Unblock { user: "eve".into() }));
         for bad in [
             "/msg bob",
             "/msg",
@@ -329,19 +255,13 @@ mod tests {
         ] {
             assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
         }
-        assert_eq!(
-            parse("/msg bob").unwrap_err().to_string(),
-            "usage: /msg USER TEXT"
-        );
+        assert_eq!(parse("/msg bob").unwrap_err().to_string(), "usage: /msg USER TEXT");
     }
 
     #[test]
     fn unknown_and_empty_lines_are_errors() {
         assert_eq!(parse("   "), Err(ParseError::Empty));
-        assert_eq!(
-            parse("/dance now"),
-            Err(ParseError::Unknown("/dance".into()))
-        );
+        assert_eq!(parse("/dance now"), Err(ParseError::Unknown("/dance".into())));
         assert_eq!(parse("hello bob"), Err(ParseError::Unknown("hello".into())));
     }
 
@@ -355,24 +275,6 @@ mod tests {
         assert!(one.starts_with("/list: "), "{one}");
         assert!(one.contains("/activeuser"));
         assert!(help(Some("nope")).is_err());
-        assert_eq!(
-            parse("/help msg"),
-            Ok(Command::Help {
-                topic: Some("msg".into())
-            })
-        );
-    }
-
-    #[test]
-    fn commands_map_to_requests() {
-        assert_eq!(
-            msg("b", "t").into_request(),
-            Some(Request::Msg {
-                to: "b".into(),
-                text: "t".into()
-            })
-        );
-        assert_eq!(Command::Help { topic: None }.into_request(), None);
-        assert_eq!(Command::Logout.into_request(), Some(Request::Logout));
+        assert_eq!(parse("/help msg"), Ok(Command::Help { topic: Some("msg".into()) }));
     }
 }

@@ -5,48 +5,23 @@
 
 use chrono::{Local, TimeZone};
 
-use super::command::Command;
 use super::LoginInfo;
-use crate::protocol::{Delivery, EndReason, Event, PresenceChange, Reply, Timestamp};
+use crate::protocol::{Delivery, EndReason, Event, PresenceChange, Reply, Request, Timestamp};
 
 /// One line for a pushed event.
 pub fn event(event: &Event) -> String {
     match event {
-        Event::Message {
-            from,
-            text,
-            sent_at,
-            offline: false,
-        } => {
-            format!(
-                "[{}] {}: {}",
-                clock(*sent_at),
-                sanitize(from),
-                sanitize(text)
-            )
+        Event::Message { from, text, sent_at, offline: false } => {
+            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
         }
-        Event::Message {
-            from,
-            text,
-            sent_at,
-            offline: true,
-        } => format!(
+        Event::Message { from, text, sent_at, offline: true } => format!(
             "[{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(from),
             sanitize(text)
         ),
-        Event::Broadcast {
-            from,
-            text,
-            sent_at,
-        } => {
-            format!(
-                "[{}] {} (broadcast): {}",
-                clock(*sent_at),
-                sanitize(from),
-                sanitize(text)
-            )
+        Event::Broadcast { from, text, sent_at } => {
+            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
         }
         Event::Presence { user, change, at } => {
             let what = match change {
@@ -80,32 +55,14 @@ pub fn login(info: &LoginInfo) -> String {
     line
 }
 
-/// Lines for the successful reply to `command`.
-pub fn reply(command: &Command, reply: &Reply) -> Vec<String> {
-    let line = match (command, reply) {
-        (
-            _,
-            Reply::Sent {
-                to,
-                delivery: Delivery::Online,
-            },
-        ) => format!("sent to {to}"),
-        (
-            _,
-            Reply::Sent {
-                to,
-                delivery: Delivery::Stored,
-            },
-        ) => {
+/// Lines for the successful reply to `request`.
+pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
+    let line = match (request, reply) {
+        (_, Reply::Sent { to, delivery: Delivery::Online }) => format!("sent to {to}"),
+        (_, Reply::Sent { to, delivery: Delivery::Stored }) => {
             format!("{to} is offline; they will get it when they log in")
         }
-        (
-            _,
-            Reply::Broadcasted {
-                delivered,
-                skipped: 0,
-            },
-        ) => {
+        (_, Reply::Broadcasted { delivered, skipped: 0 }) => {
             format!("broadcast sent to {}", users(*delivered))
         }
         (_, Reply::Broadcasted { delivered, skipped }) => format!(
@@ -120,23 +77,17 @@ pub fn reply(command: &Command, reply: &Reply) -> Vec<String> {
                 .map(|u| format!("{} (online since {})", u.name, date_time(u.since)))
                 .collect();
         }
-        (Command::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
+        (Request::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
             format!("nobody else was online in the last {secs} seconds")
         }
         (_, Reply::Seen(list)) => {
             return list
                 .iter()
-                .map(|u| {
-                    format!(
-                        "{} ({})",
-                        u.name,
-                        if u.online { "online" } else { "offline" }
-                    )
-                })
+                .map(|u| format!("{} ({})", u.name, if u.online { "online" } else { "offline" }))
                 .collect();
         }
-        (Command::Block { user }, Reply::Done) => format!("{user} is blocked"),
-        (Command::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
+        (Request::Block { user }, Reply::Done) => format!("{user} is blocked"),
+        (Request::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
         (_, Reply::Done) => "done".to_owned(),
         (_, Reply::LoggedOut) => "logged out; bye".to_owned(),
         (_, Reply::LoggedIn { username, .. }) => format!("logged in as {username}"),
@@ -154,10 +105,7 @@ pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return text.into();
     }
-    text.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect::<String>()
-        .into()
+    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect::<String>().into()
 }
 
 fn users(n: u32) -> String {
@@ -207,10 +155,7 @@ mod tests {
             offline: true,
         });
         assert!(away.contains("alice (while you were away): hi"), "{away}");
-        assert!(
-            away.contains("19"),
-            "offline messages carry their date: {away}"
-        );
+        assert!(away.contains("19"), "offline messages carry their date: {away}");
     }
 
     #[test]
@@ -226,81 +171,36 @@ mod tests {
 
     #[test]
     fn presence_and_session_end_read_plainly() {
-        let p = |change| {
-            event(&Event::Presence {
-                user: "bob".into(),
-                change,
-                at: 0,
-            })
-        };
+        let p = |change| event(&Event::Presence { user: "bob".into(), change, at: 0 });
         assert!(p(PresenceChange::LoggedIn).ends_with("* bob logged in"));
         assert!(p(PresenceChange::TimedOut).ends_with("* bob was logged out (idle)"));
-        assert!(event(&Event::SessionEnded {
-            reason: EndReason::ServerShutdown
-        })
-        .contains("shutting down"));
+        assert!(event(&Event::SessionEnded { reason: EndReason::ServerShutdown })
+            .contains("shutting down"));
     }
 
     #[test]
     fn replies_name_what_happened() {
-        let cmd = Command::List;
-        assert_eq!(
-            reply(&cmd, &Reply::Users(vec![])),
-            ["nobody else is online"]
-        );
+        let cmd = Request::List;
+        assert_eq!(reply(&cmd, &Reply::Users(vec![])), ["nobody else is online"]);
         let users = Reply::Users(vec![
-            OnlineUser {
-                name: "bob".into(),
-                since: 0,
-            },
-            OnlineUser {
-                name: "carol".into(),
-                since: 0,
-            },
+            OnlineUser { name: "bob".into(), since: 0 },
+            OnlineUser { name: "carol".into(), since: 0 },
         ]);
         let lines = reply(&cmd, &users);
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("bob (online since "));
-        let b = Reply::Broadcasted {
-            delivered: 2,
-            skipped: 1,
-        };
-        assert_eq!(
-            reply(&cmd, &b),
-            ["broadcast sent to 2 users; 1 user could not receive it"]
-        );
-        let seen = Reply::Seen(vec![SeenUser {
-            name: "dave".into(),
-            online: false,
-        }]);
-        assert_eq!(
-            reply(&Command::WhoElseSince { secs: 5 }, &seen),
-            ["dave (offline)"]
-        );
-        assert_eq!(
-            reply(&Command::Block { user: "eve".into() }, &Reply::Done),
-            ["eve is blocked"]
-        );
-        let stored = Reply::Sent {
-            to: "bob".into(),
-            delivery: Delivery::Stored,
-        };
-        assert_eq!(
-            reply(&cmd, &stored),
-            ["bob is offline; they will get it when they log in"]
-        );
+        let b = Reply::Broadcasted { delivered: 2, skipped: 1 };
+        assert_eq!(reply(&cmd, &b), ["broadcast sent to 2 users; 1 user could not receive it"]);
+        let seen = Reply::Seen(vec![SeenUser { name: "dave".into(), online: false }]);
+        assert_eq!(reply(&Request::WhoElseSince { secs: 5 }, &seen), ["dave (offline)"]);
+        assert_eq!(reply(&Request::Block { user: "eve".into() }, &Reply::Done), ["eve is blocked"]);
+        let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored };
+        assert_eq!(reply(&cmd, &stored), ["bob is offline; they will get it when they log in"]);
     }
 
     #[test]
     fn login_line_counts_waiting_messages() {
-        let info = LoginInfo {
-            username: "bob".into(),
-            created: false,
-            offline_messages: 2,
-        };
-        assert_eq!(
-            login(&info),
-            "logged in as bob; 2 messages arrived while you were away"
-        );
+        let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
+        assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
     }
 }

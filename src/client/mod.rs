@@ -106,18 +106,11 @@ type Pending = (Request, oneshot::Sender<Result<Reply, ErrorReply>>);
 impl Client {
     /// Connects, performs the version handshake and starts the I/O task.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
-        let socket = TcpStream::connect(addr)
-            .await
-            .map_err(ClientError::Connect)?;
+        let socket = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
         let mut framed = Framed::new(socket, ClientCodec::new(MAX_SERVER_FRAME));
         let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
-        framed
-            .send(ClientMessage::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                agent,
-            }))
-            .await?;
+        framed.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent })).await?;
         let server = match framed.next().await {
             Some(Ok(Ok(ServerMessage::Welcome(w)))) => w.server,
             Some(Ok(Ok(ServerMessage::Reply { result: Err(e), .. }))) => return Err(e.into()),
@@ -140,42 +133,24 @@ impl Client {
     /// Sends any request and waits for its reply.
     pub async fn request(&self, request: Request) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.requests
-            .send((request, tx))
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
+        self.requests.send((request, tx)).await.map_err(|_| ClientError::Disconnected)?;
         Ok(rx.await.map_err(|_| ClientError::Disconnected)??)
     }
 
     /// Logs in (or, with open registration, creates the account).
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginInfo, ClientError> {
-        let req = Request::Login {
-            username: username.into(),
-            password: password.into(),
-        };
+        let req = Request::Login { username: username.into(), password: password.into() };
         match self.request(req).await? {
-            Reply::LoggedIn {
-                username,
-                created,
-                offline_messages,
-            } => Ok(LoginInfo {
-                username,
-                created,
-                offline_messages,
-            }),
+            Reply::LoggedIn { username, created, offline_messages } => {
+                Ok(LoginInfo { username, created, offline_messages })
+            }
             other => Err(unexpected(other)),
         }
     }
 
     /// Sends a direct message.
     pub async fn msg(&self, to: &str, text: &str) -> Result<Delivery, ClientError> {
-        match self
-            .request(Request::Msg {
-                to: to.into(),
-                text: text.into(),
-            })
-            .await?
-        {
+        match self.request(Request::Msg { to: to.into(), text: text.into() }).await? {
             Reply::Sent { delivery, .. } => Ok(delivery),
             other => Err(unexpected(other)),
         }
@@ -183,10 +158,7 @@ impl Client {
 
     /// Broadcasts; returns `(delivered, skipped)`.
     pub async fn broadcast(&self, text: &str) -> Result<(u32, u32), ClientError> {
-        match self
-            .request(Request::Broadcast { text: text.into() })
-            .await?
-        {
+        match self.request(Request::Broadcast { text: text.into() }).await? {
             Reply::Broadcasted { delivered, skipped } => Ok((delivered, skipped)),
             other => Err(unexpected(other)),
         }
@@ -215,8 +187,7 @@ impl Client {
 
     /// Unblocks `user`.
     pub async fn unblock(&self, user: &str) -> Result<(), ClientError> {
-        self.expect_done(Request::Unblock { user: user.into() })
-            .await
+        self.expect_done(Request::Unblock { user: user.into() }).await
     }
 
     /// Logs out; the server then closes the connection.

@@ -53,10 +53,7 @@ pub struct FrameCodec<In, Out> {
 impl<In, Out> FrameCodec<In, Out> {
     /// A codec accepting payloads up to `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        Self {
-            max_frame,
-            _types: PhantomData,
-        }
+        Self { max_frame, _types: PhantomData }
     }
 }
 
@@ -76,10 +73,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         };
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > self.max_frame {
-            return Err(CodecError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(CodecError::TooLarge { len, max: self.max_frame });
         }
         if src.len() < HEADER_LEN + len {
             src.reserve(HEADER_LEN + len - src.len());
@@ -134,21 +128,14 @@ mod tests {
     type ServerSide = FrameCodec<ClientMessage, ServerMessage>;
 
     fn hello() -> ClientMessage {
-        ClientMessage::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            agent: "test".into(),
-        })
+        ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "test".into() })
     }
 
     #[test]
     fn frame_round_trips() {
         let frame = encode_frame(&hello()).unwrap();
         let mut buf = BytesMut::from(&frame[..]);
-        let got = ServerSide::default()
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let got = ServerSide::default().decode(&mut buf).unwrap().unwrap().unwrap();
         assert_eq!(got, hello());
         assert!(buf.is_empty());
     }
@@ -168,10 +155,7 @@ mod tests {
     fn two_frames_in_one_read_decode_in_order() {
         let mut buf = BytesMut::new();
         encode_into(&hello(), &mut buf).unwrap();
-        let req = ClientMessage::Request {
-            id: 7,
-            body: Request::List,
-        };
+        let req = ClientMessage::Request { id: 7, body: Request::List };
         encode_into(&req, &mut buf).unwrap();
         let mut codec = ServerSide::default();
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap().unwrap(), hello());
@@ -184,10 +168,7 @@ mod tests {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         let err = ServerSide::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, CodecError::TooLarge { len, max: 1024 } if len == u32::MAX as usize));
-        assert!(
-            buf.capacity() < 1024,
-            "no room reserved for the announced payload"
-        );
+        assert!(buf.capacity() < 1024, "no room reserved for the announced payload");
     }
 
     #[test]
@@ -195,10 +176,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(3);
         buf.put_slice(&[0xc1, 0xff, 0x00]); // 0xc1 is never valid MessagePack
-        let after = ClientMessage::Request {
-            id: 1,
-            body: Request::Logout,
-        };
+        let after = ClientMessage::Request { id: 1, body: Request::Logout };
         encode_into(&after, &mut buf).unwrap();
         let mut codec = ServerSide::default();
         assert!(codec.decode(&mut buf).unwrap().unwrap().is_err());
@@ -209,11 +187,7 @@ mod tests {
     fn a_valid_value_of_the_wrong_type_is_malformed() {
         let frame = encode_frame(&"just a string").unwrap();
         let mut buf = BytesMut::from(&frame[..]);
-        assert!(ServerSide::default()
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap()
-            .is_err());
+        assert!(ServerSide::default().decode(&mut buf).unwrap().unwrap().is_err());
     }
 
     proptest::proptest! {

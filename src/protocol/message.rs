@@ -250,10 +250,7 @@ pub struct ErrorReply {
 impl ErrorReply {
     /// An error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -312,7 +309,5 @@ pub const MAX_USERNAME_LEN: usize = 32;
 pub fn valid_username(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_USERNAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

@@ -24,14 +24,8 @@ mod tests {
 
     fn requests() -> Vec<Request> {
         let all = vec![
-            Request::Login {
-                username: "alice".into(),
-                password: "pw".into(),
-            },
-            Request::Msg {
-                to: "bob".into(),
-                text: "hi ünïcode ✓".into(),
-            },
+            Request::Login { username: "alice".into(), password: "pw".into() },
+            Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into() },
             Request::Broadcast { text: "all".into() },
             Request::List,
             Request::WhoElseSince { secs: 200 },
@@ -57,31 +51,12 @@ mod tests {
 
     fn replies() -> Vec<Reply> {
         let all = vec![
-            Reply::LoggedIn {
-                username: "alice".into(),
-                created: true,
-                offline_messages: 3,
-            },
-            Reply::Sent {
-                to: "bob".into(),
-                delivery: Delivery::Online,
-            },
-            Reply::Sent {
-                to: "bob".into(),
-                delivery: Delivery::Stored,
-            },
-            Reply::Broadcasted {
-                delivered: 4,
-                skipped: 1,
-            },
-            Reply::Users(vec![OnlineUser {
-                name: "bob".into(),
-                since: 1_700_000_000_000,
-            }]),
-            Reply::Seen(vec![SeenUser {
-                name: "carol".into(),
-                online: false,
-            }]),
+            Reply::LoggedIn { username: "alice".into(), created: true, offline_messages: 3 },
+            Reply::Sent { to: "bob".into(), delivery: Delivery::Online },
+            Reply::Sent { to: "bob".into(), delivery: Delivery::Stored },
+            Reply::Broadcasted { delivered: 4, skipped: 1 },
+            Reply::Users(vec![OnlineUser { name: "bob".into(), since: 1_700_000_000_000 }]),
+            Reply::Seen(vec![SeenUser { name: "carol".into(), online: false }]),
             Reply::Done,
             Reply::LoggedOut,
         ];
@@ -101,17 +76,8 @@ mod tests {
 
     fn events() -> Vec<Event> {
         let mut all = vec![
-            Event::Message {
-                from: "a".into(),
-                text: "t".into(),
-                sent_at: 5,
-                offline: true,
-            },
-            Event::Broadcast {
-                from: "a".into(),
-                text: "t".into(),
-                sent_at: -1,
-            },
+            Event::Message { from: "a".into(), text: "t".into(), sent_at: 5, offline: true },
+            Event::Broadcast { from: "a".into(), text: "t".into(), sent_at: -1 },
         ];
         for change in [
             PresenceChange::LoggedIn,
@@ -119,17 +85,9 @@ mod tests {
             PresenceChange::TimedOut,
             PresenceChange::Disconnected,
         ] {
-            all.push(Event::Presence {
-                user: "bob".into(),
-                change,
-                at: 9,
-            });
+            all.push(Event::Presence { user: "bob".into(), change, at: 9 });
         }
-        for reason in [
-            EndReason::IdleTimeout,
-            EndReason::ServerShutdown,
-            EndReason::TooSlow,
-        ] {
+        for reason in [EndReason::IdleTimeout, EndReason::ServerShutdown, EndReason::TooSlow] {
             all.push(Event::SessionEnded { reason });
         }
         for e in &all {
@@ -153,9 +111,7 @@ mod tests {
             NotLoggedIn,
             AlreadyAuthenticated,
             InvalidCredentials,
-            LockedOut {
-                retry_after_secs: 7,
-            },
+            LockedOut { retry_after_secs: 7 },
             AlreadyLoggedIn,
             UnknownUser,
             SelfTarget,
@@ -195,11 +151,7 @@ mod tests {
     {
         let mut buf = BytesMut::new();
         codec.encode(msg, &mut buf).unwrap();
-        let out = codec
-            .decode(&mut buf)
-            .unwrap()
-            .expect("a whole frame")
-            .unwrap();
+        let out = codec.decode(&mut buf).unwrap().expect("a whole frame").unwrap();
         assert!(buf.is_empty());
         out
     }
@@ -207,16 +159,10 @@ mod tests {
     #[test]
     fn every_client_message_round_trips() {
         let mut codec = FrameCodec::<ClientMessage, ClientMessage>::default();
-        let hello = ClientMessage::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            agent: "x".into(),
-        });
+        let hello = ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "x".into() });
         assert_eq!(round_trip(&mut codec, hello.clone()), hello);
         for (id, body) in requests().into_iter().enumerate() {
-            let msg = ClientMessage::Request {
-                id: id as u32,
-                body,
-            };
+            let msg = ClientMessage::Request { id: id as u32, body };
             assert_eq!(round_trip(&mut codec, msg.clone()), msg);
         }
     }
@@ -224,14 +170,8 @@ mod tests {
     #[test]
     fn every_server_message_round_trips() {
         let mut codec = FrameCodec::<ServerMessage, ServerMessage>::default();
-        let mut all = vec![ServerMessage::Welcome(Welcome {
-            version: 1,
-            server: "s".into(),
-        })];
-        all.extend(replies().into_iter().map(|r| ServerMessage::Reply {
-            id: 3,
-            result: Ok(r),
-        }));
+        let mut all = vec![ServerMessage::Welcome(Welcome { version: 1, server: "s".into() })];
+        all.extend(replies().into_iter().map(|r| ServerMessage::Reply { id: 3, result: Ok(r) }));
         all.extend(error_codes().into_iter().map(|code| ServerMessage::Reply {
             id: u32::MAX,
             result: Err(ErrorReply::new(code, "why")),
@@ -249,10 +189,6 @@ mod tests {
         }))
         .unwrap();
         let mut buf = BytesMut::from(&frame[..]);
-        assert!(ServerCodec::default()
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap()
-            .is_err());
+        assert!(ServerCodec::default().decode(&mut buf).unwrap().unwrap().is_err());
     }
 }

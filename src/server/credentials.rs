@@ -65,9 +65,7 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, Credential
             return Err(syntax("expected `username password`"));
         };
         if !valid_username(name) {
-            return Err(syntax(
-                "usernames are 1-32 letters, digits, '_', '-' or '.'",
-            ));
+            return Err(syntax("usernames are 1-32 letters, digits, '_', '-' or '.'"));
         }
         pairs.push((name.to_owned(), pass.trim().to_owned()));
     }
@@ -77,10 +75,8 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, Credential
 /// Imports the credentials file at `path` into `store`.
 pub fn import(store: &mut dyn Store, path: &Path) -> Result<ImportSummary, CredentialsError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CredentialsError::Read { path: shown.clone(), source })?;
     let mut summary = ImportSummary::default();
     for (name, pass) in parse(&text, &shown)? {
         match store.password_hash(&name)? {
@@ -106,13 +102,7 @@ mod tests {
     #[test]
     fn parses_pairs_comments_and_spaces_in_passwords() {
         let pairs = parse("# demo\n\nalice  open sesame \nbob\tpw\n", "f").unwrap();
-        assert_eq!(
-            pairs,
-            [
-                ("alice".into(), "open sesame".into()),
-                ("bob".into(), "pw".into())
-            ]
-        );
+        assert_eq!(pairs, [("alice".into(), "open sesame".into()), ("bob".into(), "pw".into())]);
     }
 
     #[test]
@@ -129,38 +119,16 @@ mod tests {
         std::fs::write(&file, "alice pw1\nbob pw2\n").unwrap();
         let mut store = SqliteStore::open(":memory:").unwrap();
         let first = import(&mut store, &file).unwrap();
-        assert_eq!(
-            first,
-            ImportSummary {
-                created: 2,
-                ..Default::default()
-            }
-        );
+        assert_eq!(first, ImportSummary { created: 2, ..Default::default() });
         let hash = store.password_hash("alice").unwrap().unwrap();
         assert!(hash.starts_with("$argon2id$") && !hash.contains("pw1"));
         let again = import(&mut store, &file).unwrap();
-        assert_eq!(
-            again,
-            ImportSummary {
-                unchanged: 2,
-                ..Default::default()
-            }
-        );
+        assert_eq!(again, ImportSummary { unchanged: 2, ..Default::default() });
         assert_eq!(store.password_hash("alice").unwrap().unwrap(), hash);
 
         std::fs::write(&file, "alice changed\nbob pw2\n").unwrap();
         let changed = import(&mut store, &file).unwrap();
-        assert_eq!(
-            changed,
-            ImportSummary {
-                updated: 1,
-                unchanged: 1,
-                created: 0
-            }
-        );
-        assert!(password::verify(
-            "changed",
-            &store.password_hash("alice").unwrap().unwrap()
-        ));
+        assert_eq!(changed, ImportSummary { updated: 1, unchanged: 1, created: 0 });
+        assert!(password::verify("changed", &store.password_hash("alice").unwrap().unwrap()));
     }
 }

@@ -54,16 +54,7 @@ impl Peer {
         session: u64,
     ) -> (Self, CancellationToken) {
         let kick = CancellationToken::new();
-        (
-            Self {
-                tx,
-                since,
-                session,
-                kick: kick.clone(),
-                overflow: Vec::new(),
-            },
-            kick,
-        )
+        (Self { tx, since, session, kick: kick.clone(), overflow: Vec::new() }, kick)
     }
 
     /// Queues `frame`; a full queue kicks the peer and keeps the frame in its overflow.
@@ -119,11 +110,8 @@ impl Blocks {
 impl State {
     /// Announces `user`'s presence change to everyone online who has no block with them.
     fn announce(&mut self, user: &str, change: PresenceChange, at: Timestamp) {
-        let Some(frame) = encode_event(Event::Presence {
-            user: user.to_owned(),
-            change,
-            at,
-        }) else {
+        let Some(frame) = encode_event(Event::Presence { user: user.to_owned(), change, at })
+        else {
             return;
         };
         for (name, peer) in self.online.iter_mut() {
@@ -140,17 +128,11 @@ impl Hub {
         users: impl IntoIterator<Item = String>,
         blocks: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
-        let mut state = State {
-            users: users.into_iter().collect(),
-            ..State::default()
-        };
+        let mut state = State { users: users.into_iter().collect(), ..State::default() };
         for (blocker, blocked) in blocks {
             state.blocks.0.entry(blocker).or_default().insert(blocked);
         }
-        Self {
-            state: Mutex::new(state),
-            next_session: AtomicU64::new(1),
-        }
+        Self { state: Mutex::new(state), next_session: AtomicU64::new(1) }
     }
 
     /// A fresh id for a session.
@@ -172,12 +154,7 @@ impl Hub {
     pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
         let mut state = self.state();
         if on {
-            state
-                .blocks
-                .0
-                .entry(blocker.to_owned())
-                .or_default()
-                .insert(blocked.to_owned());
+            state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
         } else if let Some(set) = state.blocks.0.get_mut(blocker) {
             set.remove(blocked);
         }
@@ -284,10 +261,7 @@ impl Hub {
             .online
             .iter()
             .filter(|(name, _)| *name != viewer && !state.blocks.has(name, viewer))
-            .map(|(name, peer)| OnlineUser {
-                name: name.clone(),
-                since: peer.since,
-            })
+            .map(|(name, peer)| OnlineUser { name: name.clone(), since: peer.since })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
@@ -302,16 +276,10 @@ impl Hub {
 
 fn check_target(state: &State, from: &str, to: &str) -> Result<(), ErrorReply> {
     if from == to {
-        return Err(ErrorReply::new(
-            ErrorCode::SelfTarget,
-            "you cannot do that to yourself",
-        ));
+        return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot do that to yourself"));
     }
     if !state.users.contains(to) {
-        return Err(ErrorReply::new(
-            ErrorCode::UnknownUser,
-            format!("there is no user {to}"),
-        ));
+        return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {to}")));
     }
     if state.blocks.has(to, from) {
         return Err(ErrorReply::new(

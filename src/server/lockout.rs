@@ -42,11 +42,7 @@ struct Entry {
 impl Lockout {
     /// `max_failures` consecutive failures lock a name for `duration`. Zero failures disables it.
     pub fn new(max_failures: u32, duration: Duration) -> Self {
-        Self {
-            max_failures,
-            duration,
-            entries: HashMap::new(),
-        }
+        Self { max_failures, duration, entries: HashMap::new() }
     }
 
     /// Starts a login attempt for `name`, or says how long the name stays locked.
@@ -57,18 +53,14 @@ impl Lockout {
             return Ok(());
         }
         if self.entries.len() > PRUNE_ABOVE {
-            self.entries
-                .retain(|_, e| e.in_flight > 0 || e.locked_until.is_some_and(|t| t > now));
+            self.entries.retain(|_, e| e.in_flight > 0 || e.locked_until.is_some_and(|t| t > now));
         }
         let entry = self.entries.entry(name.to_owned()).or_default();
         if let Some(until) = entry.locked_until {
             if until > now {
                 return Err(until - now);
             }
-            *entry = Entry {
-                in_flight: entry.in_flight,
-                ..Entry::default()
-            };
+            *entry = Entry { in_flight: entry.in_flight, ..Entry::default() };
         }
         if entry.failures + entry.in_flight >= self.max_failures {
             // Enough guesses are already being checked; one of them may lock the name.
@@ -123,10 +115,7 @@ mod tests {
         assert_eq!(fail(&mut l, "alice", t0), None);
         assert_eq!(fail(&mut l, "alice", t0), None);
         assert_eq!(fail(&mut l, "alice", t0), Some(LOCK));
-        assert_eq!(
-            l.begin("alice", t0 + Duration::from_secs(4)),
-            Err(Duration::from_secs(6))
-        );
+        assert_eq!(l.begin("alice", t0 + Duration::from_secs(4)), Err(Duration::from_secs(6)));
         assert!(l.begin("bob", t0).is_ok(), "other names are unaffected");
         assert!(l.begin("alice", t0 + LOCK).is_ok(), "the lock expires");
     }
@@ -162,10 +151,7 @@ mod tests {
         for _ in 0..3 {
             l.begin("alice", t0).unwrap();
         }
-        assert!(
-            l.begin("alice", t0).is_err(),
-            "a fourth concurrent guess is refused"
-        );
+        assert!(l.begin("alice", t0).is_err(), "a fourth concurrent guess is refused");
         l.finish("alice", Attempt::Failed, t0);
         l.finish("alice", Attempt::Failed, t0);
         assert_eq!(l.finish("alice", Attempt::Failed, t0), Some(LOCK));

@@ -106,11 +106,7 @@ pub async fn run(
     }
     let users = store.call(|s| s.usernames()).await?;
     let blocks = store.call(|s| s.blocks()).await?;
-    tracing::info!(
-        users = users.len(),
-        "serving on {:?}",
-        listener.local_addr().ok()
-    );
+    tracing::info!(users = users.len(), "serving on {:?}", listener.local_addr().ok());
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
         hub: Hub::new(users, blocks),
@@ -136,23 +132,14 @@ pub async fn run(
             }
         };
         let full = tracker.len() >= shared.config.max_connections;
-        tracker.spawn(session::serve(
-            socket,
-            addr,
-            shared.clone(),
-            stop.clone(),
-            full,
-        ));
+        tracker.spawn(session::serve(socket, addr, shared.clone(), stop.clone(), full));
     }
 
     tracing::info!(sessions = tracker.len(), "shutting down");
     drop(listener);
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "some sessions did not finish in time");
     }
     store.call(|s| s.flush()).await?;

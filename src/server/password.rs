@@ -22,9 +22,7 @@ pub fn verify(password: &str, stored: &str) -> bool {
         tracing::error!("a stored password hash is not in PHC format");
         return false;
     };
-    Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok()
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
 }
 
 /// Spends the same effort as [`verify`] on a hash that matches nothing, so that a login for an

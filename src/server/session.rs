@@ -104,10 +104,9 @@ impl Conn {
                 ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()),
                 false,
             ),
-            Some(Err(e @ CodecError::TooLarge { .. })) => Incoming::Bad(
-                ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()),
-                true,
-            ),
+            Some(Err(e @ CodecError::TooLarge { .. })) => {
+                Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
+            }
             Some(Err(e)) => {
                 tracing::debug!("connection failed: {e}");
                 Incoming::Closed
@@ -134,10 +133,7 @@ impl Conn {
         if self.out.is_empty() {
             return true;
         }
-        let ok = matches!(
-            timeout(limit, self.writer.write_all(&self.out)).await,
-            Ok(Ok(()))
-        );
+        let ok = matches!(timeout(limit, self.writer.write_all(&self.out)).await, Ok(Ok(())));
         self.out.clear();
         if self.out.capacity() > 4 * WRITE_BATCH_BYTES {
             self.out = BytesMut::new();
@@ -161,10 +157,7 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
             ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later")
         }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
-            let welcome = Welcome {
-                version: PROTOCOL_VERSION,
-                server: server_agent(),
-            };
+            let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
             return conn.send(&ServerMessage::Welcome(welcome)).await;
         }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) => ErrorReply::new(
@@ -175,10 +168,9 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
                 hello.version
             ),
         ),
-        Ok(Some(Ok(_))) => ErrorReply::new(
-            ErrorCode::HandshakeRequired,
-            "the first frame must be a hello",
-        ),
+        Ok(Some(Ok(_))) => {
+            ErrorReply::new(ErrorCode::HandshakeRequired, "the first frame must be a hello")
+        }
         Ok(Some(Err(CodecError::TooLarge { .. }))) => {
             ErrorReply::new(ErrorCode::FrameTooLarge, "the first frame is too large")
         }
@@ -231,8 +223,7 @@ async fn unauthenticated(
                         if ok {
                             return Some(me);
                         }
-                        me.leave(shared, Some(PresenceChange::Disconnected), true)
-                            .await;
+                        me.leave(shared, Some(PresenceChange::Disconnected), true).await;
                         return None;
                     }
                     Err(err) => {
@@ -262,11 +253,8 @@ async fn unauthenticated(
 /// Sends the login reply and the messages stored while the user was away, then forgets them.
 async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn) -> bool {
     let offline_messages = me.offline.len() as u32;
-    let reply = Reply::LoggedIn {
-        username: me.name.clone(),
-        created: me.created,
-        offline_messages,
-    };
+    let reply =
+        Reply::LoggedIn { username: me.name.clone(), created: me.created, offline_messages };
     conn.reply(id, Ok(reply));
     for m in &me.offline {
         conn.queue(&ServerMessage::Event(Event::Message {
@@ -281,11 +269,7 @@ async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn)
     }
     if let Some(last) = me.offline.last() {
         let (name, up_to) = (me.name.clone(), last.id);
-        if let Err(e) = shared
-            .store
-            .call(move |s| s.delete_offline(&name, up_to))
-            .await
-        {
+        if let Err(e) = shared.store.call(move |s| s.delete_offline(&name, up_to)).await {
             // They stay stored and come again at the next login: duplicated, never lost.
             tracing::error!(user = %me.name, "cannot forget delivered offline messages: {e}");
         }
@@ -413,12 +397,9 @@ fn keep_for_later(
         .iter()
         .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
         .filter_map(|m| match m {
-            ServerMessage::Event(Event::Message {
-                from,
-                text,
-                sent_at,
-                ..
-            }) => Some((from, text, sent_at)),
+            ServerMessage::Event(Event::Message { from, text, sent_at, .. }) => {
+                Some((from, text, sent_at))
+            }
             _ => None,
         })
         .collect();
@@ -464,11 +445,7 @@ impl LoggedIn {
                 frames.push(frame);
             }
             frames.extend(peer.overflow);
-            let kept = if keep {
-                keep_for_later(shared, name, &frames)
-            } else {
-                None
-            };
+            let kept = if keep { keep_for_later(shared, name, &frames) } else { None };
             (frames, kept)
         });
         let (frames, kept) = left.unwrap_or_default();

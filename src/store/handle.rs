@@ -66,14 +66,9 @@ mod tests {
     #[tokio::test]
     async fn calls_run_on_the_store_thread_in_order() {
         let store = StoreHandle::spawn(SqliteStore::open(":memory:").unwrap());
-        assert!(store
-            .call(|s| s.create_user("alice", "h", 0))
-            .await
-            .unwrap());
-        let name = store
-            .call(|_| Ok(std::thread::current().name().map(str::to_owned)))
-            .await
-            .unwrap();
+        assert!(store.call(|s| s.create_user("alice", "h", 0)).await.unwrap());
+        let name =
+            store.call(|_| Ok(std::thread::current().name().map(str::to_owned))).await.unwrap();
         assert_eq!(name.as_deref(), Some("confab-store"));
         assert_eq!(store.call(|s| s.usernames()).await.unwrap(), ["alice"]);
     }

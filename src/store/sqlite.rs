@@ -72,18 +72,13 @@ impl SqliteStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> StoreResult<i64> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+        Ok(self.conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     fn migrate(&mut self) -> StoreResult<()> {
         let found = self.schema_version()?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
         }
         for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction()?;
@@ -98,9 +93,8 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn password_hash(&mut self, name: &str) -> StoreResult<Option<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT password_hash FROM users WHERE name = ?1")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT password_hash FROM users WHERE name = ?1")?;
         Ok(stmt.query_row([name], |row| row.get(0)).optional()?)
     }
 
@@ -112,24 +106,19 @@ impl Store for SqliteStore {
     }
 
     fn set_password_hash(&mut self, name: &str, password_hash: &str) -> StoreResult<bool> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE users SET password_hash = ?2 WHERE name = ?1")?;
+        let mut stmt =
+            self.conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE name = ?1")?;
         Ok(stmt.execute(params![name, password_hash])? == 1)
     }
 
     fn usernames(&mut self) -> StoreResult<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name FROM users ORDER BY name")?;
+        let mut stmt = self.conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn blocks(&mut self) -> StoreResult<Vec<(String, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT blocker, blocked FROM blocks")?;
+        let mut stmt = self.conn.prepare_cached("SELECT blocker, blocked FROM blocks")?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -142,9 +131,8 @@ impl Store for SqliteStore {
     }
 
     fn remove_block(&mut self, blocker: &str, blocked: &str) -> StoreResult<bool> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?;
+        let mut stmt =
+            self.conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?;
         Ok(stmt.execute([blocker, blocked])? == 1)
     }
 
@@ -188,17 +176,15 @@ impl Store for SqliteStore {
     }
 
     fn record_login(&mut self, user: &str, at: Timestamp) -> StoreResult<i64> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?;
+        let mut stmt =
+            self.conn.prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?;
         stmt.execute(params![user, at])?;
         Ok(self.conn.last_insert_rowid())
     }
 
     fn record_logout(&mut self, session: i64, at: Timestamp) -> StoreResult<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE sessions SET logout_at = ?2 WHERE id = ?1")?;
+        let mut stmt =
+            self.conn.prepare_cached("UPDATE sessions SET logout_at = ?2 WHERE id = ?1")?;
         stmt.execute(params![session, at])?;
         Ok(())
     }
@@ -220,8 +206,7 @@ impl Store for SqliteStore {
     }
 
     fn flush(&mut self) -> StoreResult<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -255,10 +240,7 @@ mod tests {
         let mut s = store();
         assert!(s.add_block("alice", "bob").unwrap());
         assert!(!s.add_block("alice", "bob").unwrap());
-        assert_eq!(
-            s.blocks().unwrap(),
-            [("alice".to_string(), "bob".to_string())]
-        );
+        assert_eq!(s.blocks().unwrap(), [("alice".to_string(), "bob".to_string())]);
         assert!(s.remove_block("alice", "bob").unwrap());
         assert!(!s.remove_block("alice", "bob").unwrap());
         assert!(s.blocks().unwrap().is_empty());
@@ -276,10 +258,7 @@ mod tests {
         s.store_offline("carol", "bob", "two", 10).unwrap();
         s.store_offline("alice", "carol", "other", 20).unwrap();
         let got = s.offline_messages("bob").unwrap();
-        assert_eq!(
-            got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
-            ["one", "two"]
-        );
+        assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["one", "two"]);
         assert_eq!(got[0].sent_at, 30);
         s.delete_offline("bob", first).unwrap();
         assert_eq!(s.offline_messages("bob").unwrap().len(), 1);
@@ -298,10 +277,7 @@ mod tests {
         s.record_logout(b, now - 300 * sec).unwrap();
         s.record_login("carol", now - 5000 * sec).unwrap();
         assert_eq!(s.seen_since(now - 200 * sec).unwrap(), ["alice", "carol"]);
-        assert_eq!(
-            s.seen_since(now - 500 * sec).unwrap(),
-            ["alice", "bob", "carol"]
-        );
+        assert_eq!(s.seen_since(now - 500 * sec).unwrap(), ["alice", "bob", "carol"]);
         assert_eq!(s.seen_since(now - 100 * sec).unwrap(), ["carol"]);
     }
 
@@ -320,9 +296,7 @@ mod tests {
         let path = dir.path().join("sub/confab.db");
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        s.conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        s.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(s);
         let err = SqliteStore::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");

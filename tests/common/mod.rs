@@ -27,9 +27,7 @@ pub fn password_of(user: &str) -> String {
 pub fn seeded_store(path: impl AsRef<Path>) -> SqliteStore {
     let mut store = SqliteStore::open(path).unwrap();
     for user in USERS {
-        store
-            .create_user(user, &password::hash(&password_of(user)), 0)
-            .unwrap();
+        store.create_user(user, &password::hash(&password_of(user)), 0).unwrap();
     }
     store
 }
@@ -56,24 +54,15 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            server::run(listener, StoreHandle::spawn(store), config, shutdown)
-                .await
-                .unwrap();
+            server::run(listener, StoreHandle::spawn(store), config, shutdown).await.unwrap();
         });
-        Self {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Self { addr, stop: Some(stop), task }
     }
 
     /// Shuts the server down gracefully and waits until `run` has returned.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(PATIENCE, &mut self.task)
-            .await
-            .expect("server stops")
-            .unwrap();
+        tokio::time::timeout(PATIENCE, &mut self.task).await.expect("server stops").unwrap();
     }
 
     /// A connected client that has not logged in.

@@ -13,16 +13,10 @@ pub(in crate::server) async fn block(
     user: String,
 ) -> Result<Reply, ErrorReply> {
     if user == me {
-        return Err(ErrorReply::new(
-            ErrorCode::SelfTarget,
-            "you cannot block yourself",
-        ));
+        return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot block yourself"));
     }
     if !shared.hub.is_user(&user) {
-        return Err(ErrorReply::new(
-            ErrorCode::UnknownUser,
-            format!("there is no user {user}"),
-        ));
+        return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {user}")));
     }
     let (blocker, blocked) = (me.to_owned(), user.clone());
     shared
@@ -40,10 +34,7 @@ pub(in crate::server) async fn unblock(
     user: String,
 ) -> Result<Reply, ErrorReply> {
     if !shared.hub.blocks(me, &user) {
-        return Err(ErrorReply::new(
-            ErrorCode::NotBlocked,
-            format!("{user} is not blocked"),
-        ));
+        return Err(ErrorReply::new(ErrorCode::NotBlocked, format!("{user} is not blocked")));
     }
     let (blocker, blocked) = (me.to_owned(), user.clone());
     shared

@@ -7,11 +7,7 @@ use crate::server::Shared;
 
 pub(in crate::server) fn run(shared: &Shared, me: &str, text: String) -> Result<Reply, ErrorReply> {
     check_text(shared, &text)?;
-    let event = Event::Broadcast {
-        from: me.to_owned(),
-        text,
-        sent_at: now_ms(),
-    };
+    let event = Event::Broadcast { from: me.to_owned(), text, sent_at: now_ms() };
     let Some(frame) = encode_event(event) else {
         return Err(internal("encoding a broadcast", "see the log"));
     };

@@ -55,10 +55,7 @@ pub(in crate::server) async fn run(
             format!("passwords are 1-{MAX_PASSWORD_LEN} bytes"),
         ));
     }
-    shared
-        .lockout()
-        .begin(&username, Instant::now())
-        .map_err(locked)?;
+    shared.lockout().begin(&username, Instant::now()).map_err(locked)?;
     let checked = check_password(shared, &username, password).await;
     let attempt = match &checked {
         Ok(_) => Attempt::Succeeded,
@@ -126,15 +123,9 @@ async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, 
         .call(move |s| Ok((s.record_login(&key, since)?, s.offline_messages(&key)?)))
         .await;
     match stored {
-        Ok((history_row, offline)) => Ok(LoggedIn {
-            name,
-            created,
-            rx,
-            kick,
-            session,
-            history_row,
-            offline,
-        }),
+        Ok((history_row, offline)) => {
+            Ok(LoggedIn { name, created, rx, kick, session, history_row, offline })
+        }
         Err(e) => {
             shared.hub.leave(&name, session, None, now_ms(), drop);
             Err(internal("recording a login", e))
@@ -145,24 +136,17 @@ async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorReply> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| internal("password hashing", e))
+    tokio::task::spawn_blocking(f).await.map_err(|e| internal("password hashing", e))
 }
 
 fn invalid_credentials() -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::InvalidCredentials,
-        "invalid username or password",
-    )
+    ErrorReply::new(ErrorCode::InvalidCredentials, "invalid username or password")
 }
 
 fn locked(remaining: std::time::Duration) -> ErrorReply {
     let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
     ErrorReply::new(
-        ErrorCode::LockedOut {
-            retry_after_secs: secs,
-        },
+        ErrorCode::LockedOut { retry_after_secs: secs },
         format!("too many failed logins; this account is locked for {secs} more seconds"),
     )
 }

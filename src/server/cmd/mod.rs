@@ -24,10 +24,9 @@ pub(super) async fn dispatch(
         Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
         Request::Block { user } => block::block(shared, me, user).await,
         Request::Unblock { user } => block::unblock(shared, me, user).await,
-        Request::Login { .. } => Err(ErrorReply::new(
-            ErrorCode::AlreadyAuthenticated,
-            "you are already logged in",
-        )),
+        Request::Login { .. } => {
+            Err(ErrorReply::new(ErrorCode::AlreadyAuthenticated, "you are already logged in"))
+        }
         Request::Logout => unreachable!("the session handles logout"),
     }
 }

@@ -13,27 +13,18 @@ pub(in crate::server) async fn run(
 ) -> Result<Reply, ErrorReply> {
     check_text(shared, &text)?;
     let sent_at = now_ms();
-    let event = Event::Message {
-        from: me.to_owned(),
-        text: text.clone(),
-        sent_at,
-        offline: false,
-    };
+    let event = Event::Message { from: me.to_owned(), text: text.clone(), sent_at, offline: false };
     let Some(frame) = encode_event(event) else {
         return Err(internal("encoding a message", "see the log"));
     };
     let routed = shared.hub.deliver(me, &to, frame, || {
         let (from, to) = (me.to_owned(), to.clone());
-        shared
-            .store
-            .call(move |s| s.store_offline(&from, &to, &text, sent_at))
+        shared.store.call(move |s| s.store_offline(&from, &to, &text, sent_at))
     })?;
     let delivery = match routed {
         Routed::Online => Delivery::Online,
         Routed::Offline(stored) => {
-            stored
-                .await
-                .map_err(|e| internal("storing an offline message", e))?;
+            stored.await.map_err(|e| internal("storing an offline message", e))?;
             Delivery::Stored
         }
     };

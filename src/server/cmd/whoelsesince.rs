@@ -21,10 +21,7 @@ pub(in crate::server) async fn run(
     let seen = names
         .into_iter()
         .filter(|name| name != me && !shared.hub.blocks(name, me))
-        .map(|name| SeenUser {
-            online: shared.hub.is_online(&name),
-            name,
-        })
+        .map(|name| SeenUser { online: shared.hub.is_online(&name), name })
         .collect();
     Ok(Reply::Seen(seen))
 }
