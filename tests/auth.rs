@@ -246,3 +246,28 @@ async fn connections_over_the_limit_are_refused_clearly() {
     assert_eq!(err.code(), Some(ErrorCode::ServerFull));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn random_garbage_never_hurts_the_server_or_other_sessions() {
+    use rand::{Rng, SeedableRng};
+    let server = TestServer::start(Config::default()).await;
+    let (alice, _a) = server.login("alice").await;
+    let (_bob, mut bob_events) = server.login("bob").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..64 {
+        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        let mut bytes = vec![0u8; rng.gen_range(1..2048)];
+        rng.fill(&mut bytes[..]);
+        if round % 2 == 0 {
+            // Half the rounds get past the handshake first.
+            let hello =
+                ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "f".into() });
+            socket.write_all(&encode_frame(&hello).unwrap()).await.unwrap();
+        }
+        // The server may close on us mid-write; that is its right.
+        let _ = socket.write_all(&bytes).await;
+    }
+    assert_eq!(alice.msg("bob", "still fine").await.unwrap(), confab::protocol::Delivery::Online);
+    assert_eq!(next_text(&mut bob_events).await, ("alice".into(), "still fine".into()));
+    server.stop().await;
+}

@@ -110,6 +110,14 @@ async fn a_refused_login_exits_with_its_code() {
     let (_server, addr) = start_server(&dir.path().join("confab.db")).await;
     let mut wrong = client(&addr, "carol", "not-her-password");
     assert_eq!(wrong.exit().await.code(), Some(3));
+    let mut eve = client(&addr, "eve", "dropper");
+    eve.expect("logged in as eve").await;
+    let mut twice = client(&addr, "eve", "dropper");
+    assert_eq!(twice.exit().await.code(), Some(5), "already logged in");
+    assert_eq!(client(&addr, "carol", "guess").exit().await.code(), Some(3));
+    // The third failure locks the name, and then even the right password is refused.
+    assert_eq!(client(&addr, "carol", "guess").exit().await.code(), Some(4));
+    assert_eq!(client(&addr, "carol", "singer").exit().await.code(), Some(4));
     let mut unreachable = client("127.0.0.1:1", "carol", "singer");
     assert_eq!(unreachable.exit().await.code(), Some(6));
 }
