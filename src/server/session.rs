@@ -219,7 +219,7 @@ async fn unauthenticated(
             Incoming::Request(id, Request::Login { username, password }) => {
                 match cmd::login::run(shared, username, password).await {
                     Ok(mut me) => {
-                        let ok = deliver_login(conn, shared, id, &me).await;
+                        let ok = deliver_login(conn, shared, id, &mut me).await;
                         if ok {
                             return Some(me);
                         }
@@ -251,15 +251,19 @@ async fn unauthenticated(
 }
 
 /// Sends the login reply and the messages stored while the user was away, then forgets them.
-async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn) -> bool {
-    let offline_messages = me.offline.len() as u32;
-    let reply =
-        Reply::LoggedIn { username: me.name.clone(), created: me.created, offline_messages };
+async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &mut LoggedIn) -> bool {
+    let offline = std::mem::take(&mut me.offline);
+    let reply = Reply::LoggedIn {
+        username: me.name.clone(),
+        created: me.created,
+        offline_messages: offline.len() as u32,
+    };
     conn.reply(id, Ok(reply));
-    for m in &me.offline {
+    let last = offline.last().map(|m| m.id);
+    for m in offline {
         conn.queue(&ServerMessage::Event(Event::Message {
-            from: m.sender.clone(),
-            text: m.body.clone(),
+            from: m.sender,
+            text: m.body,
             sent_at: m.sent_at,
             offline: true,
         }));
@@ -267,8 +271,8 @@ async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &LoggedIn)
     if !conn.flush().await {
         return false;
     }
-    if let Some(last) = me.offline.last() {
-        let (name, up_to) = (me.name.clone(), last.id);
+    if let Some(up_to) = last {
+        let name = me.name.clone();
         if let Err(e) = shared.store.call(move |s| s.delete_offline(&name, up_to)).await {
             // They stay stored and come again at the next login: duplicated, never lost.
             tracing::error!(user = %me.name, "cannot forget delivered offline messages: {e}");
@@ -295,8 +299,9 @@ async fn authenticated(
 ) {
     let mut deadline = Instant::now() + shared.config.idle_timeout;
     let ending = loop {
+        // Unbiased: a flood of incoming frames must not starve the client's own requests,
+        // nor the other way round.
         let incoming = tokio::select! {
-            biased;
             _ = stop.cancelled() => break Ending::Shutdown,
             _ = me.kick.cancelled() => break Ending::TooSlow,
             _ = sleep_until(deadline) => break Ending::Idle,
