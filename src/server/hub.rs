@@ -58,20 +58,21 @@ impl Peer {
     }
 
     /// Queues `frame`; a full queue kicks the peer and keeps the frame in its overflow.
-    fn push(&mut self, frame: Bytes) {
+    /// False if the session task is gone (it can only have died, as a live session leaves
+    /// the hub before dropping its receiver).
+    fn push(&mut self, frame: Bytes) -> bool {
         if !self.overflow.is_empty() {
             self.overflow.push(frame);
-            return;
+            return true;
         }
         match self.tx.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 self.kick.cancel();
                 self.overflow.push(frame);
+                true
             }
-            // The receiver lives until the session has left the hub, so this is not reached;
-            // if a session task died, its user is offline anyway.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -173,6 +174,10 @@ impl Hub {
     /// Puts `name` online and tells the others; refused if `name` is online already.
     pub fn join(&self, name: &str, peer: Peer) -> Result<(), ErrorReply> {
         let mut state = self.state();
+        if state.online.get(name).is_some_and(|peer| peer.tx.is_closed()) {
+            tracing::error!(user = name, "replacing a session whose task died");
+            state.online.remove(name);
+        }
         if state.online.contains_key(name) {
             return Err(ErrorReply::new(
                 ErrorCode::AlreadyLoggedIn,
@@ -220,13 +225,8 @@ impl Hub {
     ) -> Result<Routed<T>, ErrorReply> {
         let mut state = self.state();
         check_target(&state, from, to)?;
-        match state.online.get_mut(to) {
-            Some(peer) => {
-                peer.push(frame);
-                Ok(Routed::Online)
-            }
-            None => Ok(Routed::Offline(offline())),
-        }
+        let queued = state.online.get_mut(to).is_some_and(|peer| peer.push(frame));
+        Ok(if queued { Routed::Online } else { Routed::Offline(offline()) })
     }
 
     /// Sends a broadcast frame to everyone online but `from` and those blocking `from`.
@@ -239,11 +239,10 @@ impl Hub {
             if name == from {
                 continue;
             }
-            if state.blocks.has(name, from) {
-                skipped += 1;
-            } else {
-                peer.push(frame.clone());
+            if !state.blocks.has(name, from) && peer.push(frame.clone()) {
                 delivered += 1;
+            } else {
+                skipped += 1;
             }
         }
         (delivered, skipped)
@@ -295,4 +294,70 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
     encode_frame(&ServerMessage::Event(event))
         .inspect_err(|e| tracing::error!("cannot encode an event: {e}"))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(["alice", "bob"].map(String::from), [])
+    }
+
+    fn join(
+        hub: &Hub,
+        name: &str,
+        queue: usize,
+    ) -> (mpsc::Receiver<Bytes>, CancellationToken, u64) {
+        let (tx, rx) = mpsc::channel(queue);
+        let session = hub.new_session_id();
+        let (peer, kick) = Peer::new(tx, 0, session);
+        hub.join(name, peer).unwrap();
+        (rx, kick, session)
+    }
+
+    #[test]
+    fn a_full_queue_kicks_and_overflow_keeps_order_until_leave() {
+        let hub = hub();
+        let (mut rx, kick, session) = join(&hub, "bob", 2);
+        for i in 0..5u8 {
+            let routed = hub.deliver("alice", "bob", Bytes::from(vec![i]), || ()).unwrap();
+            assert!(matches!(routed, Routed::Online));
+        }
+        assert!(kick.is_cancelled());
+        let left = hub
+            .leave("bob", session, None, 0, |peer| {
+                let mut all = Vec::new();
+                while let Ok(f) = rx.try_recv() {
+                    all.push(f[0]);
+                }
+                all.extend(peer.overflow.iter().map(|f| f[0]));
+                all
+            })
+            .unwrap();
+        assert_eq!(left, [0, 1, 2, 3, 4]);
+        let routed = hub.deliver("alice", "bob", Bytes::new(), || "stored").unwrap();
+        assert!(matches!(routed, Routed::Offline("stored")));
+    }
+
+    #[test]
+    fn one_session_per_user_unless_the_old_one_died() {
+        let hub = hub();
+        let (rx, _kick, _) = join(&hub, "bob", 4);
+        let (tx, _rx2) = mpsc::channel(4);
+        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99).0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::AlreadyLoggedIn);
+        drop(rx); // the session task is gone without leaving
+        let routed = hub.deliver("alice", "bob", Bytes::new(), || ()).unwrap();
+        assert!(matches!(routed, Routed::Offline(())), "a dead session gets nothing");
+        hub.join("bob", Peer::new(tx, 0, 99).0).unwrap();
+    }
+
+    #[test]
+    fn leave_of_an_old_session_does_not_remove_a_new_one() {
+        let hub = hub();
+        let (_rx, _kick, session) = join(&hub, "bob", 4);
+        assert!(hub.leave("bob", session + 1000, None, 0, |_| ()).is_none());
+        assert!(hub.is_online("bob"));
+    }
 }
