@@ -23,7 +23,8 @@ struct Args {
     #[arg(long, env = "CONFAB_CREDENTIALS")]
     credentials: Option<PathBuf>,
     /// Let an unknown username create an account by logging in.
-    #[arg(long, env = "CONFAB_OPEN_REGISTRATION")]
+    #[arg(long, env = "CONFAB_OPEN_REGISTRATION",
+          value_parser = clap::builder::BoolishValueParser::new())]
     open_registration: bool,
     /// Consecutive failed logins that lock a username (0: never lock).
     #[arg(long, env = "CONFAB_MAX_FAILED_LOGINS", default_value_t = 3)]
@@ -87,6 +88,8 @@ fn main() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         ..Config::default()
     };
+
+    tracing::info!(?config, "settings");
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

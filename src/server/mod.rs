@@ -106,7 +106,8 @@ pub async fn run(
     }
     let users = store.call(|s| s.usernames()).await?;
     let blocks = store.call(|s| s.blocks()).await?;
-    tracing::info!(users = users.len(), "serving on {:?}", listener.local_addr().ok());
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(users = users.len(), %addr, "serving");
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
         hub: Hub::new(users, blocks),
