@@ -1,0 +1,112 @@
+//! The line-mode client on a real terminal (tmux): incoming lines never break a half-typed one.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use confab::server::Config;
+
+/// A tmux server of our own (its own socket name), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let tmux = Tmux { socket: format!("confab-test-{}", std::process::id()) };
+        tmux.run(&["new-session", "-d", "-s", "t", "-x", "100", "-y", "20", command]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-t", "t", "-l", text]);
+    }
+
+    fn press(&self, key: &str) {
+        self.run(&["send-keys", "-t", "t", key]);
+    }
+
+    /// Waits until `check` accepts the screen; returns it.
+    async fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            assert!(start.elapsed() < PATIENCE, "no {what} on screen:\n{screen}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+    }
+}
+
+fn last_line(screen: &str) -> &str {
+    screen.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn an_incoming_message_does_not_break_the_line_being_typed() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, mut alice_events) = server.login("alice").await;
+    let command = format!(
+        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob",
+        env!("CARGO_BIN_EXE_confab"),
+        server.addr
+    );
+    let tmux = Tmux::start(&command);
+    tmux.wait_for("login", |s| s.contains("logged in as bob")).await;
+    let _ = next_event(&mut alice_events).await; // bob logged in
+
+    tmux.type_text("/msg alice half typ");
+    tmux.wait_for("the typed text", |s| last_line(s) == "> /msg alice half typ").await;
+    alice.msg("bob", "interrupting you").await.unwrap();
+    let screen = tmux
+        .wait_for("the message above the prompt", |s| {
+            s.contains("alice: interrupting you") && last_line(s) == "> /msg alice half typ"
+        })
+        .await;
+    let message_row = screen.lines().position(|l| l.contains("interrupting you")).unwrap();
+    let prompt_row = screen.lines().position(|l| l.starts_with("> /msg")).unwrap();
+    assert!(message_row < prompt_row, "the message is printed above the prompt:\n{screen}");
+
+    // Typing goes on where it was; the whole line is sent.
+    tmux.type_text("ed line");
+    tmux.press("Enter");
+    assert_eq!(next_message(&mut alice_events).await, ("bob".into(), "half typed line".into()));
+    tmux.wait_for("the reply", |s| s.contains("sent to alice")).await;
+
+    // Ctrl-C logs out cleanly.
+    tmux.press("C-c");
+    loop {
+        if let confab::protocol::Event::Presence { user, change, .. } =
+            next_event(&mut alice_events).await
+        {
+            assert_eq!(user, "bob");
+            assert_eq!(change, confab::protocol::PresenceChange::LoggedOut);
+            break;
+        }
+    }
+    server.stop().await;
+}
