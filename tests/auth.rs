@@ -17,10 +17,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
-    result.expect_err("the request should fail").code().expect("a server error")
-}
-
 #[tokio::test]
 async fn right_password_logs_in_and_wrong_one_is_refused() {
     let server = TestServer::start(Config::default()).await;

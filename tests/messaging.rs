@@ -3,14 +3,9 @@
 mod common;
 
 use common::*;
-use confab::client::ClientError;
 use confab::protocol::{now_ms, Delivery, ErrorCode, Event, PresenceChange};
 use confab::server::Config;
 use confab::store::Store;
-
-fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    result.expect_err("the request should fail").code().expect("a server error")
-}
 
 fn names(users: &[confab::protocol::OnlineUser]) -> Vec<&str> {
     users.iter().map(|u| u.name.as_str()).collect()

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use confab::client::{Client, ClientEvent, Events};
-use confab::protocol::Event;
+use confab::client::{Client, ClientError, ClientEvent, Events};
+use confab::protocol::{ErrorCode, Event};
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
 use tokio::net::TcpListener;
@@ -127,4 +127,9 @@ pub async fn assert_quiet(events: &mut Events, marker: &Client, to: &str) {
         Event::Message { text, .. } if text == "marker" => {}
         other => panic!("expected only the marker, got {other:?} first"),
     }
+}
+
+/// The server's error code for a request that must fail.
+pub fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    result.expect_err("the request should fail").code().expect("a server error")
 }
