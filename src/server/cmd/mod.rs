@@ -27,7 +27,8 @@ pub(super) async fn dispatch(
         Request::Login { .. } => {
             Err(ErrorReply::new(ErrorCode::AlreadyAuthenticated, "you are already logged in"))
         }
-        Request::Logout => unreachable!("the session handles logout"),
+        // The session ends itself on logout and never passes it here.
+        Request::Logout => Err(internal("dispatch", "logout reached the command table")),
     }
 }
 
