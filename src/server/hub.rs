@@ -166,11 +166,6 @@ impl Hub {
         self.state().blocks.has(blocker, blocked)
     }
 
-    /// Checks that `from` may address `to`: `to` exists, is someone else, and does not block `from`.
-    pub fn check_target(&self, from: &str, to: &str) -> Result<(), ErrorReply> {
-        check_target(&self.state(), from, to)
-    }
-
     /// Puts `name` online and tells the others; refused if `name` is online already.
     pub fn join(&self, name: &str, peer: Peer) -> Result<(), ErrorReply> {
         let mut state = self.state();
@@ -273,12 +268,18 @@ impl Hub {
     }
 }
 
+/// The error for a name that is no account.
+pub fn unknown_user(name: &str) -> ErrorReply {
+    ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {name}"))
+}
+
+/// Checks that `from` may address `to`: `to` exists, is someone else, and does not block `from`.
 fn check_target(state: &State, from: &str, to: &str) -> Result<(), ErrorReply> {
     if from == to {
         return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot do that to yourself"));
     }
     if !state.users.contains(to) {
-        return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {to}")));
+        return Err(unknown_user(to));
     }
     if state.blocks.has(to, from) {
         return Err(ErrorReply::new(

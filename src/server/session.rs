@@ -141,6 +141,12 @@ impl Conn {
         ok
     }
 
+    /// Writes a last message (and anything queued before it), briefly: the connection ends next.
+    async fn goodbye(&mut self, msg: ServerMessage) {
+        self.queue(&msg);
+        self.flush_within(GOODBYE_TIMEOUT).await;
+    }
+
     /// Queues `msg`, writes everything, and reports whether it all went out.
     async fn send(&mut self, msg: &ServerMessage) -> bool {
         self.queue(msg);
@@ -177,8 +183,7 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
         Ok(None | Some(Err(_))) => return false,
         Err(_elapsed) => ErrorReply::new(ErrorCode::HandshakeRequired, "no hello in time"),
     };
-    conn.reply(0, Err(refusal));
-    conn.flush_within(GOODBYE_TIMEOUT).await;
+    conn.goodbye(ServerMessage::Reply { id: 0, result: Err(refusal) }).await;
     false
 }
 
@@ -196,13 +201,11 @@ async fn unauthenticated(
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => {
-                conn.queue(&end_event(EndReason::ServerShutdown));
-                conn.flush_within(GOODBYE_TIMEOUT).await;
+                conn.goodbye(end_event(EndReason::ServerShutdown)).await;
                 return None;
             }
             _ = sleep_until(deadline) => {
-                conn.queue(&end_event(EndReason::IdleTimeout));
-                conn.flush_within(GOODBYE_TIMEOUT).await;
+                conn.goodbye(end_event(EndReason::IdleTimeout)).await;
                 return None;
             }
             incoming = conn.next() => incoming,
@@ -235,8 +238,7 @@ async fn unauthenticated(
                 }
             }
             Incoming::Request(id, Request::Logout) => {
-                conn.reply(id, Ok(Reply::LoggedOut));
-                conn.flush_within(GOODBYE_TIMEOUT).await;
+                conn.goodbye(ServerMessage::Reply { id, result: Ok(Reply::LoggedOut) }).await;
                 return None;
             }
             Incoming::Request(id, _) => {
@@ -454,18 +456,17 @@ impl LoggedIn {
             (frames, kept)
         });
         let (frames, kept) = left.unwrap_or_default();
-        let frames = match kept {
-            Some(stored) => {
-                log_kept(name, stored.await);
-                Vec::new()
-            }
-            None if keep => Vec::new(),
-            None => frames,
-        };
+        if let Some(stored) = kept {
+            log_kept(name, stored.await);
+        }
         let row = self.history_row;
         if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
             tracing::error!(user = %self.name, "cannot record logout: {e}");
         }
-        frames
+        if keep {
+            Vec::new()
+        } else {
+            frames
+        }
     }
 }

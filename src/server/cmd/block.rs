@@ -5,6 +5,7 @@
 
 use super::internal;
 use crate::protocol::{ErrorCode, ErrorReply, Reply};
+use crate::server::hub::unknown_user;
 use crate::server::Shared;
 
 pub(in crate::server) async fn block(
@@ -16,16 +17,9 @@ pub(in crate::server) async fn block(
         return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot block yourself"));
     }
     if !shared.hub.is_user(&user) {
-        return Err(ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {user}")));
+        return Err(unknown_user(&user));
     }
-    let (blocker, blocked) = (me.to_owned(), user.clone());
-    shared
-        .store
-        .call(move |s| s.add_block(&blocker, &blocked))
-        .await
-        .map_err(|e| internal("saving a block", e))?;
-    shared.hub.set_block(me, &user, true);
-    Ok(Reply::Done)
+    record(shared, me, user, true).await
 }
 
 pub(in crate::server) async fn unblock(
@@ -36,12 +30,25 @@ pub(in crate::server) async fn unblock(
     if !shared.hub.blocks(me, &user) {
         return Err(ErrorReply::new(ErrorCode::NotBlocked, format!("{user} is not blocked")));
     }
+    record(shared, me, user, false).await
+}
+
+/// Commits the block (`on`) or its removal, then updates the hub's cache.
+async fn record(shared: &Shared, me: &str, user: String, on: bool) -> Result<Reply, ErrorReply> {
     let (blocker, blocked) = (me.to_owned(), user.clone());
     shared
         .store
-        .call(move |s| s.remove_block(&blocker, &blocked))
+        .call(
+            move |s| {
+                if on {
+                    s.add_block(&blocker, &blocked)
+                } else {
+                    s.remove_block(&blocker, &blocked)
+                }
+            },
+        )
         .await
-        .map_err(|e| internal("removing a block", e))?;
-    shared.hub.set_block(me, &user, false);
+        .map_err(|e| internal("saving a block", e))?;
+    shared.hub.set_block(me, &user, on);
     Ok(Reply::Done)
 }
