@@ -127,8 +127,10 @@ async fn chat(
                     ended_by_server |= matches!(event, Event::SessionEnded { .. });
                     out.line(format::event(&event));
                 }
-                Some(ClientEvent::Closed { .. }) | None if ended_by_server => return EXIT_ENDED_BY_SERVER,
                 Some(ClientEvent::Closed { .. }) | None => {
+                    if ended_by_server {
+                        return EXIT_ENDED_BY_SERVER;
+                    }
                     out.line(format::error("the connection to the server was lost"));
                     return EXIT_CONNECTION;
                 }
