@@ -53,6 +53,42 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec { name: "/unblock", aliases: &["unblock"], args: "USER", summary: "undo /block" },
     CommandSpec {
+        name: "/creategroup",
+        aliases: &[],
+        args: "NAME USER...",
+        summary: "create group NAME (letters and digits) and invite the USERs",
+    },
+    CommandSpec {
+        name: "/joingroup",
+        aliases: &[],
+        args: "NAME",
+        summary: "accept an invitation to group NAME",
+    },
+    CommandSpec {
+        name: "/groupmsg",
+        aliases: &[],
+        args: "NAME TEXT",
+        summary: "send a message to the members of group NAME",
+    },
+    CommandSpec {
+        name: "/leavegroup",
+        aliases: &[],
+        args: "NAME",
+        summary: "leave group NAME, or turn down its invitation",
+    },
+    CommandSpec {
+        name: "/groups",
+        aliases: &[],
+        args: "",
+        summary: "your groups, their members and your invitations",
+    },
+    CommandSpec {
+        name: "/history",
+        aliases: &[],
+        args: "USER-or-GROUP [N]",
+        summary: "the last N (default 20) messages with USER or in GROUP",
+    },
+    CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
         args: "[COMMAND]",
@@ -139,6 +175,27 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "/unblock" if !first.is_empty() && tail.is_empty() => {
             Request::Unblock { user: first.to_owned() }
         }
+        "/creategroup" if !first.is_empty() && !tail.is_empty() => Request::CreateGroup {
+            name: first.to_owned(),
+            invite: tail.split([' ', ',']).filter(|w| !w.is_empty()).map(str::to_owned).collect(),
+        },
+        "/joingroup" if !first.is_empty() && tail.is_empty() => {
+            Request::JoinGroup { group: first.to_owned() }
+        }
+        "/groupmsg" if !first.is_empty() && !tail.is_empty() => {
+            Request::GroupMsg { group: first.to_owned(), text: tail.to_owned() }
+        }
+        "/leavegroup" if !first.is_empty() && tail.is_empty() => {
+            Request::LeaveGroup { group: first.to_owned() }
+        }
+        "/groups" if rest.is_empty() => Request::Groups,
+        "/history" if !first.is_empty() => {
+            let limit = match tail {
+                "" => None,
+                n => Some(n.parse().ok().filter(|&n| n > 0).ok_or_else(usage)?),
+            };
+            Request::History { with: first.to_owned(), limit }
+        }
         "/help" if tail.is_empty() => {
             return Ok(Command::Help { topic: (!first.is_empty()).then(|| first.to_owned()) });
         }
@@ -168,10 +225,11 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
         return Ok(lines);
     };
     let spec = lookup(topic).ok_or_else(|| ParseError::Unknown(topic.to_owned()))?;
-    Ok(vec![
-        format!("{}: {}", usage(spec), spec.summary),
-        format!("aliases: {}", spec.aliases.join(", ")),
-    ])
+    let mut lines = vec![format!("{}: {}", usage(spec), spec.summary)];
+    if !spec.aliases.is_empty() {
+        lines.push(format!("aliases: {}", spec.aliases.join(", ")));
+    }
+    Ok(lines)
 }
 
 /// Splits off the first whitespace-separated word; the rest is trimmed.
@@ -256,6 +314,55 @@ mod tests {
             assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
         }
         assert_eq!(parse("/msg bob").unwrap_err().to_string(), "usage: /msg USER TEXT");
+    }
+
+    #[test]
+    fn group_commands_parse() {
+        assert_eq!(
+            parse("/creategroup devs bob carol"),
+            server(Request::CreateGroup {
+                name: "devs".into(),
+                invite: vec!["bob".into(), "carol".into()]
+            })
+        );
+        assert_eq!(
+            parse("creategroup devs bob, carol"),
+            server(Request::CreateGroup {
+                name: "devs".into(),
+                invite: vec!["bob".into(), "carol".into()]
+            })
+        );
+        assert_eq!(parse("/joingroup devs"), server(Request::JoinGroup { group: "devs".into() }));
+        assert_eq!(
+            parse("/groupmsg devs standup  at 10"),
+            server(Request::GroupMsg { group: "devs".into(), text: "standup  at 10".into() })
+        );
+        assert_eq!(parse("/leavegroup devs"), server(Request::LeaveGroup { group: "devs".into() }));
+        assert_eq!(parse("/groups"), server(Request::Groups));
+        assert_eq!(
+            parse("/history bob"),
+            server(Request::History { with: "bob".into(), limit: None })
+        );
+        assert_eq!(
+            parse("/history devs 5"),
+            server(Request::History { with: "devs".into(), limit: Some(5) })
+        );
+        for bad in [
+            "/creategroup devs",
+            "/creategroup",
+            "/joingroup",
+            "/joingroup a b",
+            "/groupmsg devs",
+            "/leavegroup",
+            "/groups x",
+            "/history",
+            "/history bob 0",
+            "/history bob -3",
+            "/history bob many",
+            "/history bob 5 6",
+        ] {
+            assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
+        }
     }
 
     #[test]

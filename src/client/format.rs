@@ -6,7 +6,10 @@
 use chrono::{Local, TimeZone};
 
 use super::LoginInfo;
-use crate::protocol::{Delivery, EndReason, Event, PresenceChange, Reply, Request, Timestamp};
+use crate::protocol::{
+    Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply, Request,
+    Timestamp,
+};
 
 /// One line for a pushed event.
 pub fn event(event: &Event) -> String {
@@ -37,6 +40,34 @@ pub fn event(event: &Event) -> String {
             EndReason::ServerShutdown => "* the server is shutting down".to_owned(),
             EndReason::TooSlow => "* disconnected: messages were not read fast enough".to_owned(),
         },
+        Event::Invited(inv) => format!(
+            "[{}] * {} invited you to group {} (/joingroup {} to join)",
+            clock(inv.at),
+            sanitize(&inv.by),
+            sanitize(&inv.group),
+            sanitize(&inv.group)
+        ),
+        Event::GroupMessage { group, from, text, sent_at, offline: false } => format!(
+            "[{}] [{}] {}: {}",
+            clock(*sent_at),
+            sanitize(group),
+            sanitize(from),
+            sanitize(text)
+        ),
+        Event::GroupMessage { group, from, text, sent_at, offline: true } => format!(
+            "[{}] [{}] {} (while you were away): {}",
+            date_time(*sent_at),
+            sanitize(group),
+            sanitize(from),
+            sanitize(text)
+        ),
+        Event::GroupMember { group, user, change, at } => {
+            let what = match change {
+                MemberChange::Joined => "joined",
+                MemberChange::Left => "left",
+            };
+            format!("[{}] * [{}] {} {what}", clock(*at), sanitize(group), sanitize(user))
+        }
     }
 }
 
@@ -91,8 +122,68 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         (_, Reply::Done) => "done".to_owned(),
         (_, Reply::LoggedOut) => "logged out; bye".to_owned(),
         (_, Reply::LoggedIn { username, .. }) => format!("logged in as {username}"),
+        (_, Reply::GroupCreated { group, invited }) => {
+            format!("group {group} created; invited {}", invited.join(", "))
+        }
+        (_, Reply::JoinedGroup { group, members }) => {
+            format!("joined {group}; members: {}", members.join(", "))
+        }
+        (_, Reply::LeftGroup { group }) => format!("left {group}"),
+        (_, Reply::GroupSent { group, delivered, stored, skipped }) => {
+            let mut line = format!("sent to {group}: {delivered} online");
+            if *stored > 0 {
+                line.push_str(&format!(", {stored} will get it at their next login"));
+            }
+            if *skipped > 0 {
+                line.push_str(&format!(", {} could not receive it", users(*skipped)));
+            }
+            line
+        }
+        (_, Reply::Groups { groups, invitations }) => {
+            if groups.is_empty() && invitations.is_empty() {
+                return vec!["you are in no groups and have no invitations".to_owned()];
+            }
+            let mut lines: Vec<String> = groups
+                .iter()
+                .map(|g| {
+                    let mut line = format!("{}: {}", g.name, g.members.join(", "));
+                    if !g.invited.is_empty() {
+                        line.push_str(&format!(" (invited: {})", g.invited.join(", ")));
+                    }
+                    line
+                })
+                .collect();
+            lines.extend(invitations.iter().map(|i| {
+                format!(
+                    "invitation to {} from {} ({}); /joingroup {} to join",
+                    i.group,
+                    i.by,
+                    date_time(i.at),
+                    i.group
+                )
+            }));
+            return lines;
+        }
+        (_, Reply::History { with, messages, .. }) if messages.is_empty() => {
+            format!("no messages with {with} yet")
+        }
+        (_, Reply::History { with, group, messages }) => {
+            let what = if *group { "group" } else { "conversation with" };
+            let mut lines = vec![format!("last {} of {what} {with}:", messages_count(messages))];
+            lines.extend(messages.iter().map(|m| {
+                format!("[{}] {}: {}", date_time(m.sent_at), sanitize(&m.from), sanitize(&m.text))
+            }));
+            return lines;
+        }
     };
     vec![line]
+}
+
+fn messages_count(messages: &[HistoryMessage]) -> String {
+    match messages.len() {
+        1 => "1 message".to_owned(),
+        n => format!("{n} messages"),
+    }
 }
 
 /// An error line.

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::protocol::{
-    ClientCodec, ClientMessage, CodecError, Delivery, ErrorCode, ErrorReply, Event, Hello,
-    OnlineUser, Reply, Request, SeenUser, ServerMessage, PROTOCOL_VERSION,
+    ClientCodec, ClientMessage, CodecError, Delivery, ErrorCode, ErrorReply, Event, GroupInfo,
+    Hello, HistoryMessage, Invitation, OnlineUser, Reply, Request, SeenUser, ServerMessage,
+    PROTOCOL_VERSION,
 };
 
 /// Largest frame accepted from the server. Larger than the server's limit for clients: a
@@ -75,6 +76,17 @@ pub struct LoginInfo {
     pub created: bool,
     /// How many stored messages follow as events.
     pub offline_messages: u32,
+}
+
+/// Where a group message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupDelivery {
+    /// Online members it was sent to.
+    pub delivered: u32,
+    /// Offline members it is kept for.
+    pub stored: u32,
+    /// Members who block you.
+    pub skipped: u32,
 }
 
 /// A handle to a server connection; cheap to clone.
@@ -188,6 +200,65 @@ impl Client {
     /// Unblocks `user`.
     pub async fn unblock(&self, user: &str) -> Result<(), ClientError> {
         self.expect_done(Request::Unblock { user: user.into() }).await
+    }
+
+    /// Creates group `name` and invites `invite`; returns who was invited.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        invite: &[&str],
+    ) -> Result<Vec<String>, ClientError> {
+        let invite = invite.iter().map(|u| u.to_string()).collect();
+        match self.request(Request::CreateGroup { name: name.into(), invite }).await? {
+            Reply::GroupCreated { invited, .. } => Ok(invited),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Accepts the invitation to `group`; returns its joined members.
+    pub async fn join_group(&self, group: &str) -> Result<Vec<String>, ClientError> {
+        match self.request(Request::JoinGroup { group: group.into() }).await? {
+            Reply::JoinedGroup { members, .. } => Ok(members),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends to the members of `group`.
+    pub async fn group_msg(&self, group: &str, text: &str) -> Result<GroupDelivery, ClientError> {
+        match self.request(Request::GroupMsg { group: group.into(), text: text.into() }).await? {
+            Reply::GroupSent { delivered, stored, skipped, .. } => {
+                Ok(GroupDelivery { delivered, stored, skipped })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Leaves `group` (or turns down its invitation).
+    pub async fn leave_group(&self, group: &str) -> Result<(), ClientError> {
+        match self.request(Request::LeaveGroup { group: group.into() }).await? {
+            Reply::LeftGroup { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Your groups and pending invitations.
+    pub async fn groups(&self) -> Result<(Vec<GroupInfo>, Vec<Invitation>), ClientError> {
+        match self.request(Request::Groups).await? {
+            Reply::Groups { groups, invitations } => Ok((groups, invitations)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The last messages with a user or in a group, oldest first.
+    pub async fn history(
+        &self,
+        with: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<HistoryMessage>, ClientError> {
+        match self.request(Request::History { with: with.into(), limit }).await? {
+            Reply::History { messages, .. } => Ok(messages),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Logs out; the server then closes the connection.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump it on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Timestamp = i64;
@@ -110,6 +110,39 @@ pub enum Request {
     },
     /// End the session; the server answers and closes the connection.
     Logout,
+    /// Create group `name` with yourself as its first member, and invite `invite`.
+    CreateGroup {
+        /// Group name: letters and digits (see [`valid_group_name`]).
+        name: String,
+        /// Users to invite; at least one other than yourself.
+        invite: Vec<String>,
+    },
+    /// Accept an invitation to `group`.
+    JoinGroup {
+        /// The group.
+        group: String,
+    },
+    /// Send to every joined member of `group` but yourself.
+    GroupMsg {
+        /// The group.
+        group: String,
+        /// Message text.
+        text: String,
+    },
+    /// Leave `group`, or turn down its invitation.
+    LeaveGroup {
+        /// The group.
+        group: String,
+    },
+    /// Your groups and pending invitations.
+    Groups,
+    /// The last messages of a conversation you took part in, oldest first.
+    History {
+        /// A user (your direct messages with them) or a group you have joined.
+        with: String,
+        /// How many messages; the server's default when `None`.
+        limit: Option<u32>,
+    },
 }
 
 /// A successful answer to a [`Request`].
@@ -146,6 +179,85 @@ pub enum Reply {
     Done,
     /// Answer to [`Request::Logout`]; the server closes the connection next.
     LoggedOut,
+    /// A group was created.
+    GroupCreated {
+        /// The group.
+        group: String,
+        /// The users who were invited.
+        invited: Vec<String>,
+    },
+    /// You joined a group.
+    JoinedGroup {
+        /// The group.
+        group: String,
+        /// Its joined members, yourself included, by name.
+        members: Vec<String>,
+    },
+    /// You left a group (or turned down its invitation).
+    LeftGroup {
+        /// The group.
+        group: String,
+    },
+    /// A group message was accepted.
+    GroupSent {
+        /// The group.
+        group: String,
+        /// Online members who were sent it.
+        delivered: u32,
+        /// Offline members for whom it was committed to disk.
+        stored: u32,
+        /// Members who did not get it because they block you.
+        skipped: u32,
+    },
+    /// Answer to [`Request::Groups`].
+    Groups {
+        /// Groups you have joined, by name.
+        groups: Vec<GroupInfo>,
+        /// Invitations you have not answered yet, oldest first.
+        invitations: Vec<Invitation>,
+    },
+    /// Answer to [`Request::History`].
+    History {
+        /// The user or group asked for.
+        with: String,
+        /// Whether `with` is a group.
+        group: bool,
+        /// The messages, oldest first.
+        messages: Vec<HistoryMessage>,
+    },
+}
+
+/// A group you belong to, as listed by [`Request::Groups`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Group name.
+    pub name: String,
+    /// Joined members, yourself included, by name.
+    pub members: Vec<String>,
+    /// Users invited who have not joined yet, by name.
+    pub invited: Vec<String>,
+}
+
+/// An invitation to a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The group.
+    pub group: String,
+    /// Who invited you.
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// One message of a [`Reply::History`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMessage {
+    /// Sender.
+    pub from: String,
+    /// Message text.
+    pub text: String,
+    /// When the server accepted it.
+    pub sent_at: Timestamp,
 }
 
 /// How a direct message reached its recipient.
@@ -212,6 +324,41 @@ pub enum Event {
         /// Why.
         reason: EndReason,
     },
+    /// You were invited to a group; also repeated at login for every pending invitation.
+    Invited(Invitation),
+    /// A message to a group you have joined.
+    GroupMessage {
+        /// The group.
+        group: String,
+        /// Sender.
+        from: String,
+        /// Message text.
+        text: String,
+        /// When the server accepted it.
+        sent_at: Timestamp,
+        /// True when it was stored while you were away.
+        offline: bool,
+    },
+    /// Someone joined or left a group you are in.
+    GroupMember {
+        /// The group.
+        group: String,
+        /// Who.
+        user: String,
+        /// What happened.
+        change: MemberChange,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// A change of group membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Accepted an invitation.
+    Joined,
+    /// Left the group.
+    Left,
 }
 
 /// A change of presence.
@@ -300,6 +447,18 @@ pub enum ErrorCode {
     ServerFull,
     /// Something went wrong inside the server; nothing was done.
     Internal,
+    /// No such group.
+    UnknownGroup,
+    /// A group (or a user) with that name exists already.
+    NameTaken,
+    /// Joining a group you were not invited to.
+    NotInvited,
+    /// Joining a group you have joined already.
+    AlreadyJoined,
+    /// The group exists but you are not in it (nor invited).
+    NotGroupMember,
+    /// You are invited to the group but have not joined it yet.
+    NotJoined,
 }
 
 /// The longest allowed username, in bytes.
@@ -310,4 +469,14 @@ pub fn valid_username(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_USERNAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The longest allowed group name, in bytes.
+pub const MAX_GROUP_NAME_LEN: usize = 32;
+
+/// Whether `name` is a valid group name: 1-32 ASCII letters and digits.
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_GROUP_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }

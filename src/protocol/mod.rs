@@ -32,6 +32,16 @@ mod tests {
             Request::Block { user: "eve".into() },
             Request::Unblock { user: "eve".into() },
             Request::Logout,
+            Request::CreateGroup {
+                name: "devs".into(),
+                invite: vec!["bob".into(), "carol".into()],
+            },
+            Request::JoinGroup { group: "devs".into() },
+            Request::GroupMsg { group: "devs".into(), text: "standup?".into() },
+            Request::LeaveGroup { group: "devs".into() },
+            Request::Groups,
+            Request::History { with: "bob".into(), limit: Some(5) },
+            Request::History { with: "devs".into(), limit: None },
         ];
         // Adding a variant without a sample here fails to compile.
         for r in &all {
@@ -43,7 +53,13 @@ mod tests {
                 | Request::WhoElseSince { .. }
                 | Request::Block { .. }
                 | Request::Unblock { .. }
-                | Request::Logout => {}
+                | Request::Logout
+                | Request::CreateGroup { .. }
+                | Request::JoinGroup { .. }
+                | Request::GroupMsg { .. }
+                | Request::LeaveGroup { .. }
+                | Request::Groups
+                | Request::History { .. } => {}
             }
         }
         all
@@ -59,6 +75,27 @@ mod tests {
             Reply::Seen(vec![SeenUser { name: "carol".into(), online: false }]),
             Reply::Done,
             Reply::LoggedOut,
+            Reply::GroupCreated { group: "devs".into(), invited: vec!["bob".into()] },
+            Reply::JoinedGroup { group: "devs".into(), members: vec!["alice".into()] },
+            Reply::LeftGroup { group: "devs".into() },
+            Reply::GroupSent { group: "devs".into(), delivered: 3, stored: 2, skipped: 1 },
+            Reply::Groups {
+                groups: vec![GroupInfo {
+                    name: "devs".into(),
+                    members: vec!["alice".into()],
+                    invited: vec!["bob".into()],
+                }],
+                invitations: vec![Invitation { group: "ops".into(), by: "carol".into(), at: 3 }],
+            },
+            Reply::History {
+                with: "bob".into(),
+                group: false,
+                messages: vec![HistoryMessage {
+                    from: "bob".into(),
+                    text: "hi".into(),
+                    sent_at: 8,
+                }],
+            },
         ];
         for r in &all {
             match r {
@@ -68,7 +105,13 @@ mod tests {
                 | Reply::Users(_)
                 | Reply::Seen(_)
                 | Reply::Done
-                | Reply::LoggedOut => {}
+                | Reply::LoggedOut
+                | Reply::GroupCreated { .. }
+                | Reply::JoinedGroup { .. }
+                | Reply::LeftGroup { .. }
+                | Reply::GroupSent { .. }
+                | Reply::Groups { .. }
+                | Reply::History { .. } => {}
             }
         }
         all
@@ -90,12 +133,31 @@ mod tests {
         for reason in [EndReason::IdleTimeout, EndReason::ServerShutdown, EndReason::TooSlow] {
             all.push(Event::SessionEnded { reason });
         }
+        all.push(Event::Invited(Invitation { group: "devs".into(), by: "alice".into(), at: 1 }));
+        all.push(Event::GroupMessage {
+            group: "devs".into(),
+            from: "alice".into(),
+            text: "t".into(),
+            sent_at: 2,
+            offline: false,
+        });
+        for change in [MemberChange::Joined, MemberChange::Left] {
+            all.push(Event::GroupMember {
+                group: "devs".into(),
+                user: "bob".into(),
+                change,
+                at: 4,
+            });
+        }
         for e in &all {
             match e {
                 Event::Message { .. }
                 | Event::Broadcast { .. }
                 | Event::Presence { .. }
-                | Event::SessionEnded { .. } => {}
+                | Event::SessionEnded { .. }
+                | Event::Invited(_)
+                | Event::GroupMessage { .. }
+                | Event::GroupMember { .. } => {}
             }
         }
         all
@@ -120,6 +182,12 @@ mod tests {
             InvalidArgument,
             ServerFull,
             Internal,
+            UnknownGroup,
+            NameTaken,
+            NotInvited,
+            AlreadyJoined,
+            NotGroupMember,
+            NotJoined,
         ];
         for c in &all {
             match c {
@@ -138,7 +206,13 @@ mod tests {
                 | NotBlocked
                 | InvalidArgument
                 | ServerFull
-                | Internal => {}
+                | Internal
+                | UnknownGroup
+                | NameTaken
+                | NotInvited
+                | AlreadyJoined
+                | NotGroupMember
+                | NotJoined => {}
             }
         }
         all

@@ -106,11 +106,12 @@ pub async fn run(
     }
     let users = store.call(|s| s.usernames()).await?;
     let blocks = store.call(|s| s.blocks()).await?;
+    let members = store.call(|s| s.group_members()).await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(users = users.len(), %addr, "serving");
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
-        hub: Hub::new(users, blocks),
+        hub: Hub::new(users, blocks, members),
         store: store.clone(),
         config,
     });

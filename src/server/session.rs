@@ -28,7 +28,7 @@ use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
     PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
 };
-use crate::store::StoreResult;
+use crate::store::{Envelope, OfflineMessage, StoreResult, To};
 
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,7 +252,8 @@ async fn unauthenticated(
     }
 }
 
-/// Sends the login reply and the messages stored while the user was away, then forgets them.
+/// Sends the login reply, the messages stored while the user was away and the pending group
+/// invitations, then forgets the messages.
 async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &mut LoggedIn) -> bool {
     let offline = std::mem::take(&mut me.offline);
     let reply = Reply::LoggedIn {
@@ -263,12 +264,10 @@ async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &mut Logge
     conn.reply(id, Ok(reply));
     let last = offline.last().map(|m| m.id);
     for m in offline {
-        conn.queue(&ServerMessage::Event(Event::Message {
-            from: m.sender,
-            text: m.body,
-            sent_at: m.sent_at,
-            offline: true,
-        }));
+        conn.queue(&ServerMessage::Event(offline_event(m.message)));
+    }
+    for invitation in std::mem::take(&mut me.invitations) {
+        conn.queue(&ServerMessage::Event(Event::Invited(invitation)));
     }
     if !conn.flush().await {
         return false;
@@ -392,20 +391,36 @@ fn gather(out: &mut BytesMut, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
     }
 }
 
-/// Stores the direct messages among `frames` for `user`'s next login, so that a message the
-/// server acknowledged is not lost with a connection. The store job is queued before this
-/// returns; `None` if there was nothing to keep.
+/// The event that delivers a stored message at login.
+fn offline_event(m: Envelope) -> Event {
+    let Envelope { sender: from, to, body: text, sent_at } = m;
+    match to {
+        To::User(_) => Event::Message { from, text, sent_at, offline: true },
+        To::Group(group) => Event::GroupMessage { group, from, text, sent_at, offline: true },
+    }
+}
+
+/// Stores the direct and group messages among `frames` for `user`'s next login, so that a
+/// message the server acknowledged is not lost with a connection. The store job is queued
+/// before this returns; `None` if there was nothing to keep.
 fn keep_for_later(
     shared: &Shared,
     user: &str,
     frames: &[Bytes],
 ) -> Option<impl std::future::Future<Output = StoreResult<usize>>> {
+    let keep = |sender, to, body, sent_at| OfflineMessage {
+        recipient: user.to_owned(),
+        message: Envelope { sender, to, body, sent_at },
+    };
     let messages: Vec<_> = frames
         .iter()
         .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
         .filter_map(|m| match m {
             ServerMessage::Event(Event::Message { from, text, sent_at, .. }) => {
-                Some((from, text, sent_at))
+                Some(keep(from, To::User(user.to_owned()), text, sent_at))
+            }
+            ServerMessage::Event(Event::GroupMessage { group, from, text, sent_at, .. }) => {
+                Some(keep(from, To::Group(group), text, sent_at))
             }
             _ => None,
         })
@@ -413,11 +428,8 @@ fn keep_for_later(
     if messages.is_empty() {
         return None;
     }
-    let to = user.to_owned();
     Some(shared.store.call(move |s| {
-        for (from, text, sent_at) in &messages {
-            s.store_offline(from, &to, text, *sent_at)?;
-        }
+        s.store_offline(&messages)?;
         Ok(messages.len())
     }))
 }

@@ -8,11 +8,13 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError, StoreResult, StoredMessage};
-use crate::protocol::Timestamp;
+use super::{
+    Envelope, MemberRecord, OfflineMessage, Store, StoreError, StoreResult, StoredMessage, To,
+};
+use crate::protocol::{HistoryMessage, Timestamp};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -42,6 +44,30 @@ const MIGRATIONS: &[&str] = &[
          logout_at INTEGER
      );
      CREATE INDEX sessions_by_logout ON sessions (logout_at);",
+    // 1 -> 2: groups, group messages kept for offline members, message history.
+    "ALTER TABLE offline_messages ADD COLUMN group_name TEXT;
+     CREATE TABLE groups (
+         name       TEXT PRIMARY KEY,
+         creator    TEXT NOT NULL REFERENCES users(name),
+         created_at INTEGER NOT NULL
+     );
+     CREATE TABLE group_members (
+         group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         user       TEXT NOT NULL REFERENCES users(name),
+         invited_by TEXT,
+         invited_at INTEGER NOT NULL,
+         joined_at  INTEGER,
+         PRIMARY KEY (group_name, user)
+     );
+     -- conversation: '@a b' (the two users, sorted) for direct messages, '#name' for a group.
+     CREATE TABLE history (
+         id           INTEGER PRIMARY KEY,
+         conversation TEXT NOT NULL,
+         sender       TEXT NOT NULL,
+         body         TEXT NOT NULL,
+         sent_at      INTEGER NOT NULL
+     );
+     CREATE INDEX history_by_conversation ON history (conversation, id);",
 ];
 
 /// A [`Store`] in one SQLite database file (or in memory).
@@ -136,32 +162,43 @@ impl Store for SqliteStore {
         Ok(stmt.execute([blocker, blocked])? == 1)
     }
 
-    fn store_offline(
-        &mut self,
-        sender: &str,
-        recipient: &str,
-        body: &str,
-        sent_at: Timestamp,
-    ) -> StoreResult<i64> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO offline_messages (recipient, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        stmt.execute(params![recipient, sender, body, sent_at])?;
-        Ok(self.conn.last_insert_rowid())
+    fn store_offline(&mut self, messages: &[OfflineMessage]) -> StoreResult<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO offline_messages (recipient, sender, group_name, body, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for OfflineMessage { recipient, message: m } in messages {
+                let group = match &m.to {
+                    To::User(_) => None,
+                    To::Group(name) => Some(name),
+                };
+                stmt.execute(params![recipient, m.sender, group, m.body, m.sent_at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn offline_messages(&mut self, recipient: &str) -> StoreResult<Vec<StoredMessage>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, sender, recipient, body, sent_at FROM offline_messages
+            "SELECT id, sender, recipient, group_name, body, sent_at FROM offline_messages
              WHERE recipient = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([recipient], |row| {
+            let group: Option<String> = row.get(3)?;
             Ok(StoredMessage {
                 id: row.get(0)?,
-                sender: row.get(1)?,
-                recipient: row.get(2)?,
-                body: row.get(3)?,
-                sent_at: row.get(4)?,
+                message: Envelope {
+                    sender: row.get(1)?,
+                    to: match group {
+                        Some(name) => To::Group(name),
+                        None => To::User(row.get(2)?),
+                    },
+                    body: row.get(4)?,
+                    sent_at: row.get(5)?,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -205,10 +242,148 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn group_members(&mut self) -> StoreResult<Vec<MemberRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT group_name, user, invited_by, invited_at, joined_at FROM group_members
+             ORDER BY group_name, user",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(MemberRecord {
+                group: row.get(0)?,
+                user: row.get(1)?,
+                invited_by: row.get(2)?,
+                invited_at: row.get(3)?,
+                joined_at: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn create_group(
+        &mut self,
+        name: &str,
+        creator: &str,
+        invited: &[String],
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let tx = self.conn.transaction()?;
+        let created = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO groups (name, creator, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, creator, at])?
+            == 1;
+        if !created {
+            return Ok(false);
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO group_members (group_name, user, invited_by, invited_at, joined_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            stmt.execute(params![name, creator, None::<String>, at, Some(at)])?;
+            for user in invited {
+                stmt.execute(params![name, user, Some(creator), at, None::<Timestamp>])?;
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn join_group(&mut self, group: &str, user: &str, at: Timestamp) -> StoreResult<bool> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE group_members SET joined_at = ?3
+             WHERE group_name = ?1 AND user = ?2 AND joined_at IS NULL",
+        )?;
+        Ok(stmt.execute(params![group, user, at])? == 1)
+    }
+
+    fn leave_group(&mut self, group: &str, user: &str, dissolve: bool) -> StoreResult<bool> {
+        let tx = self.conn.transaction()?;
+        let left = tx
+            .prepare_cached("DELETE FROM group_members WHERE group_name = ?1 AND user = ?2")?
+            .execute([group, user])?
+            == 1;
+        if left && dissolve {
+            // The members' rows go with it (ON DELETE CASCADE).
+            tx.prepare_cached("DELETE FROM groups WHERE name = ?1")?.execute([group])?;
+        }
+        tx.commit()?;
+        Ok(left)
+    }
+
+    fn append_history(&mut self, messages: &[Envelope]) -> StoreResult<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO history (conversation, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in messages {
+                let key = match &m.to {
+                    To::User(to) => direct_key(&m.sender, to),
+                    To::Group(name) => group_key(name),
+                };
+                stmt.execute(params![key, m.sender, m.body, m.sent_at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender, body, sent_at FROM history
+             WHERE conversation = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![direct_key(a, b), limit], history_row)?;
+        oldest_first(rows)
+    }
+
+    fn group_history(
+        &mut self,
+        group: &str,
+        viewer: &str,
+        since: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<HistoryMessage>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender, body, sent_at FROM history
+             WHERE conversation = ?1 AND sent_at >= ?2
+               AND sender NOT IN (SELECT blocked FROM blocks WHERE blocker = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![group_key(group), since, viewer, limit], history_row)?;
+        oldest_first(rows)
+    }
+
     fn flush(&mut self) -> StoreResult<()> {
         self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// The history key of the direct conversation between `a` and `b`, the same both ways.
+fn direct_key(a: &str, b: &str) -> String {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    format!("@{first} {second}")
+}
+
+/// The history key of a group's conversation.
+fn group_key(group: &str) -> String {
+    format!("#{group}")
+}
+
+fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryMessage> {
+    Ok(HistoryMessage { from: row.get(0)?, text: row.get(1)?, sent_at: row.get(2)? })
+}
+
+/// Collects rows read newest first into a list oldest first.
+fn oldest_first(
+    rows: impl Iterator<Item = rusqlite::Result<HistoryMessage>>,
+) -> StoreResult<Vec<HistoryMessage>> {
+    let mut list = rows.collect::<Result<Vec<_>, _>>()?;
+    list.reverse();
+    Ok(list)
 }
 
 #[cfg(test)]
@@ -251,18 +426,77 @@ mod tests {
         assert!(store().add_block("alice", "nobody").is_err());
     }
 
+    fn envelope(sender: &str, to: To, body: &str, sent_at: Timestamp) -> Envelope {
+        Envelope { sender: sender.into(), to, body: body.into(), sent_at }
+    }
+
+    fn offline(recipient: &str, message: Envelope) -> OfflineMessage {
+        OfflineMessage { recipient: recipient.into(), message }
+    }
+
+    fn texts(list: &[HistoryMessage]) -> Vec<&str> {
+        list.iter().map(|m| m.text.as_str()).collect()
+    }
+
     #[test]
     fn offline_messages_come_back_in_order_and_are_deleted_per_recipient() {
         let mut s = store();
-        let first = s.store_offline("alice", "bob", "one", 30).unwrap();
-        s.store_offline("carol", "bob", "two", 10).unwrap();
-        s.store_offline("alice", "carol", "other", 20).unwrap();
+        let one = envelope("alice", To::User("bob".into()), "one", 30);
+        let two = envelope("carol", To::Group("devs".into()), "two", 10);
+        let other = envelope("alice", To::User("carol".into()), "other", 20);
+        s.store_offline(&[offline("bob", one.clone()), offline("bob", two.clone())]).unwrap();
+        s.store_offline(&[offline("carol", other)]).unwrap();
         let got = s.offline_messages("bob").unwrap();
-        assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["one", "two"]);
-        assert_eq!(got[0].sent_at, 30);
-        s.delete_offline("bob", first).unwrap();
+        assert_eq!(got.iter().map(|m| &m.message).collect::<Vec<_>>(), [&one, &two]);
+        s.delete_offline("bob", got[0].id).unwrap();
         assert_eq!(s.offline_messages("bob").unwrap().len(), 1);
         assert_eq!(s.offline_messages("carol").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn groups_record_creation_joining_and_leaving() {
+        let mut s = store();
+        assert!(s.create_group("devs", "alice", &["bob".into(), "carol".into()], 5).unwrap());
+        assert!(!s.create_group("devs", "bob", &["alice".into()], 6).unwrap());
+        assert!(s.join_group("devs", "bob", 7).unwrap());
+        assert!(!s.join_group("devs", "bob", 8).unwrap(), "already joined");
+        assert!(!s.join_group("devs", "nobody", 8).unwrap());
+        let members = s.group_members().unwrap();
+        let row = |user: &str| members.iter().find(|m| m.user == user).unwrap().clone();
+        assert_eq!(row("alice").invited_by, None);
+        assert_eq!(row("alice").joined_at, Some(5));
+        assert_eq!(row("bob").invited_by.as_deref(), Some("alice"));
+        assert_eq!(row("bob").joined_at, Some(7));
+        assert_eq!(row("carol").joined_at, None);
+        assert!(s.leave_group("devs", "bob", false).unwrap());
+        assert!(!s.leave_group("devs", "bob", false).unwrap());
+        assert!(s.leave_group("devs", "alice", true).unwrap());
+        assert!(s.group_members().unwrap().is_empty(), "dissolving drops the invitations");
+        assert!(s.create_group("devs", "bob", &["alice".into()], 9).unwrap(), "name is free");
+    }
+
+    #[test]
+    fn history_is_per_conversation_newest_last_and_limited() {
+        let mut s = store();
+        let dm =
+            |from: &str, to: &str, body: &str, at| envelope(from, To::User(to.into()), body, at);
+        let gm = |from: &str, body: &str, at| envelope(from, To::Group("devs".into()), body, at);
+        s.append_history(&[
+            dm("alice", "bob", "a1", 1),
+            dm("bob", "alice", "b1", 2),
+            dm("alice", "carol", "not ours", 3),
+            gm("carol", "g1", 4),
+            dm("alice", "bob", "a2", 5),
+            gm("bob", "g2", 6),
+        ])
+        .unwrap();
+        assert_eq!(texts(&s.direct_history("bob", "alice", 20).unwrap()), ["a1", "b1", "a2"]);
+        assert_eq!(texts(&s.direct_history("alice", "bob", 2).unwrap()), ["b1", "a2"]);
+        assert_eq!(texts(&s.group_history("devs", "alice", 0, 20).unwrap()), ["g1", "g2"]);
+        assert_eq!(texts(&s.group_history("devs", "alice", 5, 20).unwrap()), ["g2"]);
+        s.add_block("alice", "carol").unwrap();
+        assert_eq!(texts(&s.group_history("devs", "alice", 0, 20).unwrap()), ["g2"]);
+        assert_eq!(texts(&s.group_history("devs", "bob", 0, 1).unwrap()), ["g2"]);
     }
 
     #[test]
@@ -303,15 +537,38 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users VALUES ('alice', 'h', 0), ('bob', 'h', 0);
+                 INSERT INTO offline_messages (recipient, sender, body, sent_at)
+                 VALUES ('bob', 'alice', 'from v1', 3);",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let kept = s.offline_messages("bob").unwrap();
+        assert_eq!(kept[0].message, envelope("alice", To::User("bob".into()), "from v1", 3));
+        assert!(s.create_group("devs", "alice", &["bob".into()], 4).unwrap());
+    }
+
+    #[test]
     fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("confab.db");
         let mut s = SqliteStore::open(&path).unwrap();
         s.create_user("alice", "h", 0).unwrap();
         s.create_user("bob", "h", 0).unwrap();
-        s.store_offline("alice", "bob", "kept", 1).unwrap();
+        s.store_offline(&[offline("bob", envelope("alice", To::User("bob".into()), "kept", 1))])
+            .unwrap();
         drop(s);
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.offline_messages("bob").unwrap()[0].body, "kept");
+        assert_eq!(s.offline_messages("bob").unwrap()[0].message.body, "kept");
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::internal;
-use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Timestamp};
+use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
 use crate::server::hub::Peer;
 use crate::server::lockout::Attempt;
 use crate::server::{password, Shared};
@@ -36,6 +36,8 @@ pub(in crate::server) struct LoggedIn {
     pub history_row: i64,
     /// Messages stored while the user was away, oldest first.
     pub offline: Vec<StoredMessage>,
+    /// Group invitations not answered yet, oldest first.
+    pub invitations: Vec<Invitation>,
 }
 
 pub(in crate::server) async fn run(
@@ -87,6 +89,9 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
                 Err(invalid_credentials())
             }
         }
+        None if shared.config.open_registration && shared.hub.is_group(name) => {
+            Err(ErrorReply::new(ErrorCode::NameTaken, format!("{name} is the name of a group")))
+        }
         None if shared.config.open_registration => {
             let hash = blocking(move || password::hash(&password)).await?;
             let key = name.to_owned();
@@ -116,7 +121,7 @@ async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, 
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
     let (peer, kick) = Peer::new(tx, since, session);
-    shared.hub.join(&name, peer)?;
+    let invitations = shared.hub.join(&name, peer)?;
     let key = name.clone();
     let stored = shared
         .store
@@ -124,7 +129,7 @@ async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, 
         .await;
     match stored {
         Ok((history_row, offline)) => {
-            Ok(LoggedIn { name, created, rx, kick, session, history_row, offline })
+            Ok(LoggedIn { name, created, rx, kick, session, history_row, offline, invitations })
         }
         Err(e) => {
             shared.hub.leave(&name, session, None, now_ms(), drop);

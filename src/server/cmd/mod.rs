@@ -3,6 +3,12 @@
 
 pub(super) mod block;
 pub(super) mod broadcast;
+pub(super) mod creategroup;
+pub(super) mod groupmsg;
+pub(super) mod groups;
+pub(super) mod history;
+pub(super) mod joingroup;
+pub(super) mod leavegroup;
 pub(super) mod list;
 pub(super) mod login;
 pub(super) mod msg;
@@ -24,6 +30,12 @@ pub(super) async fn dispatch(
         Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
         Request::Block { user } => block::block(shared, me, user).await,
         Request::Unblock { user } => block::unblock(shared, me, user).await,
+        Request::CreateGroup { name, invite } => creategroup::run(shared, me, name, invite).await,
+        Request::JoinGroup { group } => joingroup::run(shared, me, group).await,
+        Request::GroupMsg { group, text } => groupmsg::run(shared, me, group, text).await,
+        Request::LeaveGroup { group } => leavegroup::run(shared, me, group).await,
+        Request::Groups => Ok(groups::run(shared, me)),
+        Request::History { with, limit } => history::run(shared, me, with, limit).await,
         Request::Login { .. } => {
             Err(ErrorReply::new(ErrorCode::AlreadyAuthenticated, "you are already logged in"))
         }

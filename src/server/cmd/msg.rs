@@ -4,6 +4,7 @@ use super::{check_text, internal};
 use crate::protocol::{now_ms, Delivery, ErrorReply, Event, Reply};
 use crate::server::hub::{encode_event, Routed};
 use crate::server::Shared;
+use crate::store::{Envelope, OfflineMessage, To};
 
 pub(in crate::server) async fn run(
     shared: &Shared,
@@ -17,10 +18,12 @@ pub(in crate::server) async fn run(
     let Some(frame) = encode_event(event) else {
         return Err(internal("encoding a message", "see the log"));
     };
+    let message = Envelope { sender: me.to_owned(), to: To::User(to.clone()), body: text, sent_at };
     let routed = shared.hub.deliver(me, &to, frame, || {
-        let (from, to) = (me.to_owned(), to.clone());
-        shared.store.call(move |s| s.store_offline(&from, &to, &text, sent_at))
+        let kept = [OfflineMessage { recipient: to.clone(), message: message.clone() }];
+        shared.store.call(move |s| s.store_offline(&kept))
     })?;
+    shared.store.record(message);
     let delivery = match routed {
         Routed::Online => Delivery::Online,
         Routed::Offline(stored) => {

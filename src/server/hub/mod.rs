@@ -9,8 +9,13 @@
 //! (see [`Hub::leave`]), so whatever it keeps for the next login is ordered before any
 //! message that is stored for the user after it left.
 //!
-//! Accounts and blocks are cached here from the store at start-up and written through by
-//! the commands that change them; the store stays the durable copy.
+//! Accounts, blocks and groups are cached here from the store at start-up and written
+//! through by the commands that change them; the store stays the durable copy. Group
+//! membership and routing within groups are in [`groups`].
+
+mod groups;
+
+pub use groups::GroupRouted;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +26,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{
-    encode_frame, ErrorCode, ErrorReply, Event, OnlineUser, PresenceChange, ServerMessage,
-    Timestamp,
+    encode_frame, ErrorCode, ErrorReply, Event, Invitation, OnlineUser, PresenceChange,
+    ServerMessage, Timestamp,
 };
+use crate::store::MemberRecord;
 
 /// Shared routing state.
 #[derive(Default)]
@@ -90,6 +96,7 @@ struct State {
     online: HashMap<String, Peer>,
     users: HashSet<String>,
     blocks: Blocks,
+    groups: groups::Groups,
 }
 
 /// Who blocks whom: blocker -> the users they block.
@@ -124,12 +131,18 @@ impl State {
 }
 
 impl Hub {
-    /// A hub knowing these accounts and `(blocker, blocked)` pairs, with nobody online.
+    /// A hub knowing these accounts, `(blocker, blocked)` pairs and group memberships, with
+    /// nobody online.
     pub fn new(
         users: impl IntoIterator<Item = String>,
         blocks: impl IntoIterator<Item = (String, String)>,
+        members: impl IntoIterator<Item = MemberRecord>,
     ) -> Self {
-        let mut state = State { users: users.into_iter().collect(), ..State::default() };
+        let mut state = State {
+            users: users.into_iter().collect(),
+            groups: groups::Groups::from_records(members),
+            ..State::default()
+        };
         for (blocker, blocked) in blocks {
             state.blocks.0.entry(blocker).or_default().insert(blocked);
         }
@@ -166,8 +179,9 @@ impl Hub {
         self.state().blocks.has(blocker, blocked)
     }
 
-    /// Puts `name` online and tells the others; refused if `name` is online already.
-    pub fn join(&self, name: &str, peer: Peer) -> Result<(), ErrorReply> {
+    /// Puts `name` online and tells the others; refused if `name` is online already. Returns
+    /// `name`'s pending group invitations: any made later are pushed to the session.
+    pub fn join(&self, name: &str, peer: Peer) -> Result<Vec<Invitation>, ErrorReply> {
         let mut state = self.state();
         if state.online.get(name).is_some_and(|peer| peer.tx.is_closed()) {
             tracing::error!(user = name, "replacing a session whose task died");
@@ -182,7 +196,7 @@ impl Hub {
         let since = peer.since;
         state.online.insert(name.to_owned(), peer);
         state.announce(name, PresenceChange::LoggedIn, since);
-        Ok(())
+        Ok(state.groups.invitations(name))
     }
 
     /// Takes session `session` of `name` offline, announcing `change` if given, and hands
@@ -302,7 +316,7 @@ mod tests {
     use super::*;
 
     fn hub() -> Hub {
-        Hub::new(["alice", "bob"].map(String::from), [])
+        Hub::new(["alice", "bob"].map(String::from), [], [])
     }
 
     fn join(

@@ -1,0 +1,45 @@
+//! `/creategroup NAME USER...`: a new group with you as its first member; USERs are invited.
+//!
+//! Invitees are told at once if online, and at their next login otherwise (the hub hands
+//! pending invitations to every new session).
+
+use super::internal;
+use crate::protocol::{now_ms, valid_group_name, ErrorCode, ErrorReply, Reply};
+use crate::server::Shared;
+
+pub(in crate::server) async fn run(
+    shared: &Shared,
+    me: &str,
+    name: String,
+    invite: Vec<String>,
+) -> Result<Reply, ErrorReply> {
+    if !valid_group_name(&name) {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "group names are 1-32 letters and digits",
+        ));
+    }
+    // You are a member anyway; naming someone twice invites them once.
+    let mut invited: Vec<String> = Vec::with_capacity(invite.len());
+    for user in invite {
+        if user != me && !invited.contains(&user) {
+            invited.push(user);
+        }
+    }
+    if invited.is_empty() {
+        return Err(ErrorReply::new(
+            ErrorCode::InvalidArgument,
+            "invite at least one other user: /creategroup NAME USER...",
+        ));
+    }
+    let at = now_ms();
+    let stored = shared.hub.create_group(me, &name, &invited, at, || {
+        let (name, me, invited) = (name.clone(), me.to_owned(), invited.clone());
+        shared.store.call(move |s| s.create_group(&name, &me, &invited, at))
+    })?;
+    match stored.await {
+        Ok(true) => Ok(Reply::GroupCreated { group: name, invited }),
+        Ok(false) => Err(internal("creating a group", format!("{name} already in the store"))),
+        Err(e) => Err(internal("creating a group", e)),
+    }
+}

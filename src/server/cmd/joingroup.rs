@@ -1,0 +1,22 @@
+//! `/joingroup NAME`: accept an invitation; the members are told.
+
+use super::internal;
+use crate::protocol::{now_ms, ErrorReply, Reply};
+use crate::server::Shared;
+
+pub(in crate::server) async fn run(
+    shared: &Shared,
+    me: &str,
+    group: String,
+) -> Result<Reply, ErrorReply> {
+    let at = now_ms();
+    let (members, stored) = shared.hub.join_group(me, &group, at, || {
+        let (group, me) = (group.clone(), me.to_owned());
+        shared.store.call(move |s| s.join_group(&group, &me, at))
+    })?;
+    match stored.await {
+        Ok(true) => Ok(Reply::JoinedGroup { group, members }),
+        Ok(false) => Err(internal("joining a group", format!("no invitation to {group} stored"))),
+        Err(e) => Err(internal("joining a group", e)),
+    }
+}
