@@ -15,8 +15,10 @@ use super::{Envelope, Store, StoreError, StoreResult};
 /// Most history records written in one transaction.
 const HISTORY_BATCH: usize = 4096;
 
+type Call = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
 enum Job {
-    Call(Box<dyn FnOnce(&mut dyn Store) + Send>),
+    Call(Call),
     History(Envelope),
 }
 

@@ -119,6 +119,16 @@ pub async fn next_text(events: &mut Events) -> (String, String) {
     }
 }
 
+/// The next event that is not a presence change.
+pub async fn next_non_presence(events: &mut Events) -> Event {
+    loop {
+        match next_event(events).await {
+            Event::Presence { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Proves that `events` (the session of `to`) received nothing since it was last read:
 /// `marker` sends `to` a message, which must be the very next event.
 pub async fn assert_quiet(events: &mut Events, marker: &Client, to: &str) {

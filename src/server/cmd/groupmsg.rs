@@ -17,27 +17,30 @@ pub(in crate::server) async fn run(
     text: String,
 ) -> Result<Reply, ErrorReply> {
     check_text(shared, &text)?;
-    let sent_at = now_ms();
-    let event = Event::GroupMessage {
-        group: group.clone(),
-        from: me.to_owned(),
-        text: text.clone(),
+    let encode = |sent_at| {
+        let event = Event::GroupMessage {
+            group: group.clone(),
+            from: me.to_owned(),
+            text: text.clone(),
+            sent_at,
+            offline: false,
+        };
+        encode_event(event)
+    };
+    let envelope = |sent_at| Envelope {
+        sender: me.to_owned(),
+        to: To::Group(group.clone()),
+        body: text.clone(),
         sent_at,
-        offline: false,
     };
-    let Some(frame) = encode_event(event) else {
-        return Err(internal("encoding a group message", "see the log"));
-    };
-    let message =
-        Envelope { sender: me.to_owned(), to: To::Group(group.clone()), body: text, sent_at };
-    let routed = shared.hub.group_send(me, &group, frame, |away| {
+    let routed = shared.hub.group_send(me, &group, now_ms(), encode, |away, sent_at| {
         let kept: Vec<OfflineMessage> = away
             .into_iter()
-            .map(|recipient| OfflineMessage { recipient, message: message.clone() })
+            .map(|recipient| OfflineMessage { recipient, message: envelope(sent_at) })
             .collect();
         shared.store.call(move |s| s.store_offline(&kept))
     })?;
-    shared.store.record(message);
+    shared.store.record(envelope(routed.sent_at));
     if let Some(stored) = routed.offline {
         stored.await.map_err(|e| internal("storing a group message", e))?;
     }

@@ -9,8 +9,7 @@ pub(in crate::server) async fn run(
     me: &str,
     group: String,
 ) -> Result<Reply, ErrorReply> {
-    let at = now_ms();
-    let (members, stored) = shared.hub.join_group(me, &group, at, || {
+    let (members, stored) = shared.hub.join_group(me, &group, now_ms(), |at| {
         let (group, me) = (group.clone(), me.to_owned());
         shared.store.call(move |s| s.join_group(&group, &me, at))
     })?;

@@ -7,6 +7,11 @@
 //!
 //! A group exists while it has at least one joined member; when the last one leaves, the
 //! group and its pending invitations go.
+//!
+//! Each group hands out its own timestamps under the lock, never going backwards and never
+//! giving a join the time of an earlier message: a member's history starts at their join
+//! time, so it contains exactly the messages routed after they joined, even within one
+//! millisecond.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,6 +30,8 @@ pub(super) struct Groups(HashMap<String, Group>);
 #[derive(Default)]
 struct Group {
     members: BTreeMap<String, Member>,
+    /// The latest timestamp given to a message or a join in this group.
+    clock: Timestamp,
 }
 
 /// One user's place in a group.
@@ -35,6 +42,8 @@ enum Member {
 
 /// Where [`Hub::group_send`] put a message.
 pub struct GroupRouted<T> {
+    /// The message's timestamp.
+    pub sent_at: Timestamp,
     /// Online members it was queued for.
     pub delivered: u32,
     /// Offline members it is kept for.
@@ -55,7 +64,9 @@ impl Groups {
                 (None, Some(by)) => Member::Invited { by, at: r.invited_at },
                 (None, None) => continue, // not written by this server
             };
-            groups.0.entry(r.group).or_default().members.insert(r.user, member);
+            let group = groups.0.entry(r.group).or_default();
+            group.clock = group.clock.max(r.joined_at.unwrap_or(r.invited_at));
+            group.members.insert(r.user, member);
         }
         groups
     }
@@ -103,6 +114,13 @@ impl Groups {
 }
 
 impl Group {
+    /// A timestamp for a message (`after_last` false) or a join (true): `now`, unless the
+    /// clock is ahead; a join comes strictly after the last message.
+    fn tick(&mut self, now: Timestamp, after_last: bool) -> Timestamp {
+        self.clock = now.max(self.clock + Timestamp::from(after_last));
+        self.clock
+    }
+
     fn joined(&self) -> impl Iterator<Item = &String> {
         self.members.iter().filter(|(_, m)| matches!(m, Member::Joined { .. })).map(|(n, _)| n)
     }
@@ -160,7 +178,7 @@ impl Hub {
         for user in invite {
             check_target(&state, creator, user)?;
         }
-        let mut group = Group::default();
+        let mut group = Group { clock: at, ..Group::default() };
         group.members.insert(creator.to_owned(), Member::Joined { since: at });
         let invitation = Invitation { group: name.to_owned(), by: creator.to_owned(), at };
         let frame = encode_event(Event::Invited(invitation));
@@ -175,13 +193,14 @@ impl Hub {
     }
 
     /// Makes the invited `user` a member of `group` and tells the other members; returns the
-    /// joined members (sorted, `user` included) and `persist`'s result.
+    /// joined members (sorted, `user` included) and the result of `persist`, which gets the
+    /// join time (`now` or just after the group's last message).
     pub fn join_group<T>(
         &self,
         user: &str,
         group: &str,
-        at: Timestamp,
-        persist: impl FnOnce() -> T,
+        now: Timestamp,
+        persist: impl FnOnce(Timestamp) -> T,
     ) -> Result<(Vec<String>, T), ErrorReply> {
         let mut state = self.state();
         let Some(found) = state.groups.0.get_mut(group) else {
@@ -202,10 +221,11 @@ impl Hub {
             }
             Some(Member::Invited { .. }) => {}
         }
+        let at = found.tick(now, true);
         found.members.insert(user.to_owned(), Member::Joined { since: at });
         let members = found.joined().cloned().collect();
         state.announce_member(group, user, MemberChange::Joined, at);
-        Ok((members, persist()))
+        Ok((members, persist(at)))
     }
 
     /// Takes `user` out of `group`, whether joined or only invited, telling the members if
@@ -236,24 +256,32 @@ impl Hub {
         Ok(persist(dissolve))
     }
 
-    /// Routes a group message frame from `from` to the joined members of `group`.
+    /// Routes a group message from `from` to the joined members of `group`.
     ///
-    /// Members who block `from` are skipped. Offline members are passed to `offline`, which
-    /// runs under the routing lock (as in [`Hub::deliver`]) and only if there are any.
+    /// The message gets its timestamp here (`now`, unless the group's clock is ahead) and
+    /// `frame` encodes it with that time. Members who block `from` are skipped. Offline
+    /// members are passed to `offline` with the timestamp; it runs under the routing lock
+    /// (as in [`Hub::deliver`]) and only if there are any.
     pub fn group_send<T>(
         &self,
         from: &str,
         group: &str,
-        frame: Bytes,
-        offline: impl FnOnce(Vec<String>) -> T,
+        now: Timestamp,
+        frame: impl FnOnce(Timestamp) -> Option<Bytes>,
+        offline: impl FnOnce(Vec<String>, Timestamp) -> T,
     ) -> Result<GroupRouted<T>, ErrorReply> {
         let mut state = self.state();
         let state = &mut *state;
         state.groups.joined_since(group, from)?;
-        let members = state.groups.0.get(group).map(Group::joined).into_iter().flatten();
-        let mut routed = GroupRouted { delivered: 0, stored: 0, skipped: 0, offline: None };
+        let Some(found) = state.groups.0.get_mut(group) else { return Err(unknown_group(group)) };
+        let sent_at = found.tick(now, false);
+        let Some(frame) = frame(sent_at) else {
+            return Err(ErrorReply::new(ErrorCode::Internal, "the message could not be encoded"));
+        };
+        let mut routed =
+            GroupRouted { sent_at, delivered: 0, stored: 0, skipped: 0, offline: None };
         let mut away = Vec::new();
-        for name in members {
+        for name in found.joined() {
             if name == from {
                 continue;
             }
@@ -267,7 +295,7 @@ impl Hub {
         }
         if !away.is_empty() {
             routed.stored = away.len() as u32;
-            routed.offline = Some(offline(away));
+            routed.offline = Some(offline(away, sent_at));
         }
         Ok(routed)
     }
@@ -309,6 +337,21 @@ mod tests {
         Hub::new(["alice", "bob", "carol"].map(String::from), [], [])
     }
 
+    fn send(hub: &Hub, from: &str, now: Timestamp) -> Result<GroupRouted<Vec<String>>, ErrorReply> {
+        hub.group_send(from, "devs", now, |_| Some(Bytes::new()), |away, _| away)
+    }
+
+    #[test]
+    fn a_join_is_timed_after_every_earlier_message_and_messages_never_go_back() {
+        let hub = hub();
+        hub.create_group("alice", "devs", &["bob".into(), "carol".into()], 100, || ()).unwrap();
+        assert_eq!(send(&hub, "alice", 100).unwrap().sent_at, 100);
+        let (_, joined) = hub.join_group("bob", "devs", 100, |at| at).unwrap();
+        assert_eq!(joined, 101, "after the message of the same millisecond");
+        assert_eq!(send(&hub, "alice", 99).unwrap().sent_at, 101, "the wall clock went back");
+        assert_eq!(send(&hub, "alice", 250).unwrap().sent_at, 250);
+    }
+
     fn code<T>(r: Result<T, ErrorReply>) -> ErrorCode {
         r.err().expect("an error").code
     }
@@ -323,18 +366,15 @@ mod tests {
             ErrorCode::NameTaken
         );
         assert_eq!(code(hub.create_group("carol", "bob", &invite, 2, || ())), ErrorCode::NameTaken);
-        assert_eq!(code(hub.join_group("bob", "ops", 2, || ())), ErrorCode::UnknownGroup);
-        assert_eq!(code(hub.join_group("carol", "devs", 2, || ())), ErrorCode::NotInvited);
-        assert_eq!(code(hub.join_group("alice", "devs", 2, || ())), ErrorCode::AlreadyJoined);
-        assert_eq!(code(hub.group_send("bob", "devs", Bytes::new(), |_| ())), ErrorCode::NotJoined);
-        assert_eq!(
-            code(hub.group_send("carol", "devs", Bytes::new(), |_| ())),
-            ErrorCode::NotGroupMember
-        );
-        let (members, ()) = hub.join_group("bob", "devs", 3, || ()).unwrap();
+        assert_eq!(code(hub.join_group("bob", "ops", 2, drop)), ErrorCode::UnknownGroup);
+        assert_eq!(code(hub.join_group("carol", "devs", 2, drop)), ErrorCode::NotInvited);
+        assert_eq!(code(hub.join_group("alice", "devs", 2, drop)), ErrorCode::AlreadyJoined);
+        assert_eq!(code(send(&hub, "bob", 2)), ErrorCode::NotJoined);
+        assert_eq!(code(send(&hub, "carol", 2)), ErrorCode::NotGroupMember);
+        let (members, ()) = hub.join_group("bob", "devs", 3, drop).unwrap();
         assert_eq!(members, ["alice", "bob"]);
         assert_eq!(hub.joined_since("devs", "bob").unwrap(), 3);
-        let routed = hub.group_send("bob", "devs", Bytes::new(), |away| away).unwrap();
+        let routed = send(&hub, "bob", 3).unwrap();
         assert_eq!((routed.delivered, routed.stored, routed.skipped), (0, 1, 0));
         assert_eq!(routed.offline.unwrap(), ["alice"]);
     }
