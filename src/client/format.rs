@@ -290,6 +290,40 @@ mod tests {
     }
 
     #[test]
+    fn group_events_and_replies_are_marked_with_the_group() {
+        let g = event(&Event::GroupMessage {
+            group: "devs".into(),
+            from: "bob".into(),
+            text: "standup\x1b[0m".into(),
+            sent_at: 0,
+            offline: false,
+        });
+        assert!(g.ends_with("] [devs] bob: standup\u{fffd}[0m"), "{g}");
+        let inv = event(&Event::Invited(crate::protocol::Invitation {
+            group: "devs".into(),
+            by: "alice".into(),
+            at: 0,
+        }));
+        assert!(inv.ends_with("* alice invited you to group devs (/joingroup devs to join)"));
+        let cmd = Request::Groups;
+        let sent = Reply::GroupSent { group: "devs".into(), delivered: 2, stored: 1, skipped: 1 };
+        assert_eq!(
+            reply(&cmd, &sent),
+            ["sent to devs: 2 online, 1 will get it at their next login, 1 user could not receive it"]
+        );
+        let none = Reply::Groups { groups: vec![], invitations: vec![] };
+        assert_eq!(reply(&cmd, &none), ["you are in no groups and have no invitations"]);
+        let history = Reply::History {
+            with: "bob".into(),
+            group: false,
+            messages: vec![HistoryMessage { from: "bob".into(), text: "hi".into(), sent_at: 0 }],
+        };
+        let lines = reply(&cmd, &history);
+        assert_eq!(lines[0], "last 1 message of conversation with bob:");
+        assert!(lines[1].ends_with("] bob: hi"), "{}", lines[1]);
+    }
+
+    #[test]
     fn login_line_counts_waiting_messages() {
         let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
         assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
