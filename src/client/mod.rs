@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod format;
+pub mod tui;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,582 @@
+//! The full-screen client's state and everything that changes it. No I/O, no clock.
+//!
+//! [`App::handle`] takes one [`UiEvent`] (a key, a server event, the answer to a request, a
+//! tick) and returns the [`Action`]s the driver must carry out (send a request, quit).
+//! [`render`](super::render::render) only reads the state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::complete::{complete, DirEntry};
+use super::input::{Edit, LineEditor};
+use crate::client::command::{self, Command};
+use crate::client::{format, ClientEvent};
+use crate::protocol::{Delivery, Event, OnlineUser, PresenceChange, Reply, Request, Timestamp};
+
+/// The most entries kept in the scrollback.
+pub const SCROLLBACK: usize = 10_000;
+
+/// Everything the UI reacts to.
+#[derive(Debug, Clone)]
+pub enum UiEvent {
+    /// A key press.
+    Key(KeyEvent),
+    /// Text pasted into the terminal.
+    Paste(String),
+    /// The terminal has a new size.
+    Resize {
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
+    /// Something from the server connection.
+    Server(ClientEvent),
+    /// The answer to a request the app asked for.
+    Replied {
+        /// The request.
+        request: Request,
+        /// The reply, or the error to show.
+        result: Result<Reply, String>,
+    },
+    /// A second went by.
+    Tick(Timestamp),
+}
+
+/// What the driver must do for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this request; its answer comes back as [`UiEvent::Replied`], in order.
+    Send(Request),
+    /// Log out (if still connected) and leave.
+    Quit,
+}
+
+/// The state of the server connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    /// Logged in.
+    Connected,
+    /// The server ended the session (idle timeout, shutdown, too slow).
+    Ended(String),
+    /// The connection broke.
+    Lost(String),
+}
+
+/// One entry of the scrollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// When it was sent, for messages.
+    pub at: Option<Timestamp>,
+    /// What it is.
+    pub kind: Kind,
+    /// The message or notice text, as sent (the renderer neutralises control characters).
+    pub text: String,
+}
+
+/// What an [`Entry`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A direct message to you; `offline` if it was stored while you were away.
+    Message {
+        /// Sender.
+        from: String,
+        /// Stored while you were away.
+        offline: bool,
+    },
+    /// A direct message you sent.
+    Sent {
+        /// Recipient.
+        to: String,
+    },
+    /// A broadcast (yours included).
+    Broadcast {
+        /// Sender.
+        from: String,
+    },
+    /// A group message (yours included).
+    Group {
+        /// The group.
+        group: String,
+        /// Sender.
+        from: String,
+        /// Stored while you were away.
+        offline: bool,
+    },
+    /// Presence, invitations, command output.
+    Notice,
+    /// Something went wrong.
+    Error,
+}
+
+/// The full-screen client's state.
+pub struct App {
+    /// Server address, for the status bar.
+    pub server: String,
+    /// Your username.
+    pub me: String,
+    /// The server connection.
+    pub connection: Connection,
+    /// The scrollback, oldest first.
+    pub entries: VecDeque<Entry>,
+    /// Rows scrolled back from the newest; 0 follows new messages.
+    pub scroll: usize,
+    /// Messages that arrived while scrolled back.
+    pub unread: usize,
+    /// Who is online, with their online-since time.
+    pub online: BTreeMap<String, Timestamp>,
+    /// Groups you are in or invited to, for completion.
+    pub groups: BTreeSet<String>,
+    /// The input line.
+    pub input: LineEditor,
+    /// Completion candidates to show above the input line.
+    pub hint: Option<String>,
+    /// Terminal size.
+    pub size: (u16, u16),
+    /// The latest tick's time.
+    pub now: Timestamp,
+    users: BTreeSet<String>,
+    quitting: bool,
+    list_dir: fn(&str) -> Vec<DirEntry>,
+}
+
+impl App {
+    /// The state after logging in as `me` on `server`, with the users online at that moment.
+    pub fn new(server: &str, me: &str, online: Vec<OnlineUser>, size: (u16, u16)) -> Self {
+        let mut app = Self {
+            server: server.to_owned(),
+            me: me.to_owned(),
+            connection: Connection::Connected,
+            entries: VecDeque::new(),
+            scroll: 0,
+            unread: 0,
+            online: BTreeMap::new(),
+            groups: BTreeSet::new(),
+            input: LineEditor::default(),
+            hint: None,
+            size,
+            now: 0,
+            users: BTreeSet::new(),
+            quitting: false,
+            list_dir: read_dir,
+        };
+        app.set_online(online);
+        app
+    }
+
+    /// Uses `list` instead of the file system for path completion (tests).
+    pub fn with_dir_listing(mut self, list: fn(&str) -> Vec<DirEntry>) -> Self {
+        self.list_dir = list;
+        self
+    }
+
+    /// Whether the app has asked to quit.
+    pub fn quitting(&self) -> bool {
+        self.quitting
+    }
+
+    /// Adds a notice line to the scrollback.
+    pub fn notice(&mut self, text: impl Into<String>) {
+        self.push(Entry { at: None, kind: Kind::Notice, text: text.into() });
+    }
+
+    /// Applies one event and returns what the driver must do.
+    pub fn handle(&mut self, event: UiEvent) -> Vec<Action> {
+        match event {
+            UiEvent::Key(key) => return self.key(key),
+            UiEvent::Paste(text) => self.input.insert(&text),
+            UiEvent::Resize { width, height } => self.size = (width, height),
+            UiEvent::Server(ClientEvent::Server(event)) => self.server_event(event),
+            UiEvent::Server(ClientEvent::Closed { error }) => {
+                if self.connection == Connection::Connected {
+                    let why = error.unwrap_or_else(|| "closed by the server".into());
+                    self.error(format!("connection to the server lost: {why}; Ctrl-C leaves"));
+                    self.connection = Connection::Lost(why);
+                }
+            }
+            UiEvent::Replied { request, result } => return self.replied(request, result),
+            UiEvent::Tick(now) => self.now = now,
+        }
+        Vec::new()
+    }
+
+    /// Usernames known to this session (online now, or seen in messages), sorted.
+    pub fn known_users(&self) -> Vec<String> {
+        self.users.iter().filter(|u| **u != self.me).cloned().collect()
+    }
+
+    /// Rows of the message pane.
+    pub fn pane_height(&self) -> usize {
+        usize::from(self.size.1).saturating_sub(2 + usize::from(self.hint.is_some())).max(1)
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Vec<Action> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        if key.code != KeyCode::Tab {
+            self.hint = None;
+        }
+        match key.code {
+            KeyCode::Char('c') if ctrl => return self.quit(),
+            KeyCode::Char('d') if ctrl && self.input.is_empty() => return self.quit(),
+            KeyCode::PageUp => self.scroll_by(self.pane_height().saturating_sub(1).max(1) as isize),
+            KeyCode::PageDown => {
+                self.scroll_by(-(self.pane_height().saturating_sub(1).max(1) as isize))
+            }
+            KeyCode::Up if key.modifiers.contains(KeyModifiers::SHIFT) => self.scroll_by(1),
+            KeyCode::Down if key.modifiers.contains(KeyModifiers::SHIFT) => self.scroll_by(-1),
+            KeyCode::End if ctrl => self.scroll_by(isize::MIN),
+            KeyCode::Tab => self.complete(),
+            KeyCode::Esc => {}
+            _ => {
+                if let Edit::Submitted(line) = self.input.key(key) {
+                    return self.submit(&line);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn quit(&mut self) -> Vec<Action> {
+        self.quitting = true;
+        vec![Action::Quit]
+    }
+
+    fn submit(&mut self, line: &str) -> Vec<Action> {
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        self.scroll_by(isize::MIN);
+        match command::parse(line) {
+            Err(e) => self.error(e.to_string()),
+            Ok(Command::Help { topic }) => match command::help(topic.as_deref()) {
+                Ok(lines) => lines.into_iter().for_each(|l| self.notice(l)),
+                Err(e) => self.error(e.to_string()),
+            },
+            Ok(Command::Server(Request::Logout)) if self.connection != Connection::Connected => {
+                return self.quit();
+            }
+            Ok(Command::Server(_)) if self.connection != Connection::Connected => {
+                self.error("not connected to the server; Ctrl-C leaves");
+            }
+            Ok(Command::Server(request)) => return vec![Action::Send(request)],
+        }
+        Vec::new()
+    }
+
+    fn complete(&mut self) {
+        let mut groups: Vec<String> = self.groups.iter().cloned().collect();
+        groups.sort();
+        let before = self.input.before_cursor();
+        let Some(done) = complete(&before, &self.known_users(), &groups, self.list_dir) else {
+            return;
+        };
+        self.input.replace_before_cursor(&done.before_cursor);
+        self.hint = (!done.candidates.is_empty()).then(|| done.candidates.join("  "));
+    }
+
+    fn server_event(&mut self, event: Event) {
+        match event {
+            Event::Message { from, text, sent_at, offline } => {
+                self.users.insert(from.clone());
+                self.chat(sent_at, Kind::Message { from, offline }, text);
+            }
+            Event::Broadcast { from, text, sent_at } => {
+                self.users.insert(from.clone());
+                self.chat(sent_at, Kind::Broadcast { from }, text);
+            }
+            Event::GroupMessage { group, from, text, sent_at, offline } => {
+                self.users.insert(from.clone());
+                self.groups.insert(group.clone());
+                self.chat(sent_at, Kind::Group { group, from, offline }, text);
+            }
+            Event::Presence { ref user, change, at } => {
+                self.users.insert(user.clone());
+                if change == PresenceChange::LoggedIn {
+                    self.online.insert(user.clone(), at);
+                } else {
+                    self.online.remove(user);
+                }
+                self.notice(format::event(&event));
+            }
+            Event::Invited(ref invitation) => {
+                self.groups.insert(invitation.group.clone());
+                self.notice(format::event(&event));
+            }
+            Event::SessionEnded { .. } => {
+                let line = format::event(&event);
+                self.connection = Connection::Ended(line.trim_start_matches("* ").to_owned());
+                self.error(format!("{line}; Ctrl-C leaves"));
+            }
+            Event::GroupMember { .. } => self.notice(format::event(&event)),
+        }
+    }
+
+    fn replied(&mut self, request: Request, result: Result<Reply, String>) -> Vec<Action> {
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.error(e);
+                return Vec::new();
+            }
+        };
+        let now = self.now;
+        match (&request, &reply) {
+            (Request::Msg { to, text }, Reply::Sent { delivery, .. }) => {
+                self.chat(now, Kind::Sent { to: to.clone() }, text.clone());
+                if *delivery == Delivery::Stored {
+                    self.notice(format::reply(&request, &reply).join(" "));
+                }
+            }
+            (Request::Broadcast { text }, Reply::Broadcasted { skipped, .. }) => {
+                self.chat(now, Kind::Broadcast { from: self.me.clone() }, text.clone());
+                if *skipped > 0 {
+                    self.notice(format::reply(&request, &reply).join(" "));
+                }
+            }
+            (Request::GroupMsg { group, text }, Reply::GroupSent { stored, skipped, .. }) => {
+                let kind =
+                    Kind::Group { group: group.clone(), from: self.me.clone(), offline: false };
+                self.chat(now, kind, text.clone());
+                if *stored > 0 || *skipped > 0 {
+                    self.notice(format::reply(&request, &reply).join(" "));
+                }
+            }
+            (_, Reply::LoggedOut) => return self.quit(),
+            _ => {
+                self.learn(&reply);
+                for line in format::reply(&request, &reply) {
+                    self.notice(line);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Keeps the online list, known users and groups current from a reply.
+    fn learn(&mut self, reply: &Reply) {
+        match reply {
+            Reply::Users(list) => self.set_online(list.clone()),
+            Reply::Seen(list) => self.users.extend(list.iter().map(|u| u.name.clone())),
+            Reply::GroupCreated { group, invited } => {
+                self.groups.insert(group.clone());
+                self.users.extend(invited.iter().cloned());
+            }
+            Reply::JoinedGroup { group, members } => {
+                self.groups.insert(group.clone());
+                self.users.extend(members.iter().cloned());
+            }
+            Reply::LeftGroup { group } => {
+                self.groups.remove(group);
+            }
+            Reply::Groups { groups, invitations } => {
+                self.groups = groups.iter().map(|g| g.name.clone()).collect();
+                self.groups.extend(invitations.iter().map(|i| i.group.clone()));
+                for g in groups {
+                    self.users.extend(g.members.iter().chain(&g.invited).cloned());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_online(&mut self, list: Vec<OnlineUser>) {
+        self.online = list.into_iter().map(|u| (u.name, u.since)).collect();
+        self.users.extend(self.online.keys().cloned());
+    }
+
+    fn chat(&mut self, at: Timestamp, kind: Kind, text: String) {
+        if self.scroll > 0 {
+            self.unread += 1;
+        }
+        self.push(Entry { at: Some(at), kind, text });
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.push(Entry { at: None, kind: Kind::Error, text: text.into() });
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if self.scroll > 0 {
+            // Keep the rows in view where they are.
+            self.scroll += super::render::entry_rows(&entry, self.width());
+        }
+        self.entries.push_back(entry);
+        if self.entries.len() > SCROLLBACK {
+            self.entries.pop_front();
+        }
+    }
+
+    fn width(&self) -> usize {
+        usize::from(self.size.0).max(1)
+    }
+
+    /// Scrolls back by `rows` (forward when negative), within the scrollback.
+    fn scroll_by(&mut self, rows: isize) {
+        let total: usize =
+            self.entries.iter().map(|e| super::render::entry_rows(e, self.width())).sum();
+        let max = total.saturating_sub(self.pane_height());
+        self.scroll = self.scroll.saturating_add_signed(rows).min(max);
+        if self.scroll == 0 {
+            self.unread = 0;
+        }
+    }
+}
+
+/// Lists a directory for path completion; unreadable directories list as empty.
+fn read_dir(dir: &str) -> Vec<DirEntry> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((name, e.file_type().is_ok_and(|t| t.is_dir())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EndReason;
+
+    fn app() -> App {
+        let online = vec![OnlineUser { name: "bob".into(), since: 5 }];
+        App::new("127.0.0.1:4000", "alice", online, (80, 24)).with_dir_listing(|_| vec![])
+    }
+
+    fn key(code: KeyCode) -> UiEvent {
+        UiEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    fn type_line(app: &mut App, text: &str) -> Vec<Action> {
+        for c in text.chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Enter))
+    }
+
+    fn message(from: &str, text: &str) -> UiEvent {
+        UiEvent::Server(ClientEvent::Server(Event::Message {
+            from: from.into(),
+            text: text.into(),
+            sent_at: 1,
+            offline: false,
+        }))
+    }
+
+    #[test]
+    fn a_command_becomes_a_request_and_its_reply_an_entry() {
+        let mut app = app();
+        let actions = type_line(&mut app, "/msg bob hi there");
+        let request = Request::Msg { to: "bob".into(), text: "hi there".into() };
+        assert_eq!(actions, [Action::Send(request.clone())]);
+        assert!(app.input.is_empty());
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        let last = app.entries.back().unwrap();
+        assert_eq!(last.kind, Kind::Sent { to: "bob".into() });
+        assert_eq!(last.text, "hi there");
+    }
+
+    #[test]
+    fn bad_input_is_an_error_entry_and_sends_nothing() {
+        let mut app = app();
+        assert!(type_line(&mut app, "/msg bob").is_empty());
+        assert_eq!(app.entries.back().unwrap().kind, Kind::Error);
+        assert!(type_line(&mut app, "/dance").is_empty());
+        assert!(app.entries.back().unwrap().text.contains("unknown command"));
+        assert!(type_line(&mut app, "/help groupmsg").is_empty());
+        assert!(app.entries.back().unwrap().text.starts_with("/groupmsg NAME TEXT"));
+    }
+
+    #[test]
+    fn an_incoming_message_leaves_the_input_line_alone() {
+        let mut app = app();
+        for c in "/msg bob half-typ".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Left));
+        app.handle(message("bob", "hello"));
+        assert_eq!(app.input.text(), "/msg bob half-typ");
+        assert_eq!(app.input.cursor(), 16);
+    }
+
+    #[test]
+    fn presence_keeps_the_online_list() {
+        let mut app = app();
+        let presence = |user: &str, change| {
+            UiEvent::Server(ClientEvent::Server(Event::Presence {
+                user: user.into(),
+                change,
+                at: 9,
+            }))
+        };
+        app.handle(presence("carol", PresenceChange::LoggedIn));
+        app.handle(presence("bob", PresenceChange::TimedOut));
+        assert_eq!(app.online.keys().collect::<Vec<_>>(), ["carol"]);
+        assert_eq!(app.known_users(), ["bob", "carol"]);
+    }
+
+    #[test]
+    fn scrolling_back_counts_unread_and_holds_the_view() {
+        let mut app = app();
+        app.size = (40, 5); // three rows of messages
+        for i in 0..10 {
+            app.handle(message("bob", &format!("m{i}")));
+        }
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, 2);
+        app.handle(message("bob", "new"));
+        assert_eq!((app.scroll, app.unread), (3, 1));
+        app.handle(key(KeyCode::PageUp));
+        app.handle(key(KeyCode::PageUp));
+        app.handle(key(KeyCode::PageUp));
+        app.handle(key(KeyCode::PageUp));
+        assert_eq!(app.scroll, 11 - 3, "stops at the oldest entry");
+        for _ in 0..6 {
+            app.handle(key(KeyCode::PageDown));
+        }
+        assert_eq!((app.scroll, app.unread), (0, 0));
+    }
+
+    #[test]
+    fn tab_completes_users_and_lists_candidates() {
+        let mut app = app();
+        app.handle(message("bobby", "hi"));
+        for c in "/msg b".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.input.text(), "/msg bob");
+        assert_eq!(app.hint.as_deref(), Some("bob  bobby"));
+        app.handle(key(KeyCode::Char('b')));
+        assert_eq!(app.hint, None);
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.input.text(), "/msg bobby ");
+    }
+
+    #[test]
+    fn ctrl_c_quits_and_a_lost_connection_refuses_commands() {
+        let mut app = app();
+        app.handle(UiEvent::Server(ClientEvent::Server(Event::SessionEnded {
+            reason: EndReason::IdleTimeout,
+        })));
+        assert!(matches!(app.connection, Connection::Ended(_)));
+        assert!(type_line(&mut app, "/list").is_empty());
+        assert!(app.entries.back().unwrap().text.contains("not connected"));
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(app.handle(UiEvent::Key(ctrl_c)), [Action::Quit]);
+        assert!(app.quitting());
+    }
+
+    #[test]
+    fn group_replies_teach_group_names() {
+        let mut app = app();
+        let request = Request::CreateGroup { name: "devs".into(), invite: vec!["carol".into()] };
+        let reply = Reply::GroupCreated { group: "devs".into(), invited: vec!["carol".into()] };
+        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        assert!(app.groups.contains("devs"));
+        assert!(app.known_users().contains(&"carol".to_string()));
+    }
+}

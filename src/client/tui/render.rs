@@ -1,0 +1,322 @@
+//! Drawing the [`App`]: the message pane, a hint line when there is one, the status bar and
+//! the input line. Reads the state, changes nothing.
+//!
+//! Lines are wrapped here (not by ratatui) so that the app can count rows for scrolling
+//! with the same function that draws them: [`entry_rows`].
+
+use ratatui::layout::{Constraint, Layout, Position, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+use unicode_width::UnicodeWidthChar;
+
+use super::app::{App, Connection, Entry, Kind};
+use crate::client::format::{clock, date_time, sanitize};
+
+/// The prompt before the input line.
+const PROMPT: &str = "> ";
+
+/// Sender colours; each name always gets the same one.
+const PALETTE: [Color; 10] = [
+    Color::Cyan,
+    Color::Green,
+    Color::Yellow,
+    Color::Magenta,
+    Color::LightBlue,
+    Color::LightRed,
+    Color::LightGreen,
+    Color::LightCyan,
+    Color::LightMagenta,
+    Color::LightYellow,
+];
+
+/// Draws the whole screen.
+pub fn render(app: &App, frame: &mut Frame) {
+    let hint_rows = u16::from(app.hint.is_some());
+    let [pane, hint, status, input] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(hint_rows),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    render_pane(app, frame, pane);
+    if let Some(text) = &app.hint {
+        frame
+            .render_widget(Paragraph::new(text.as_str()).style(Style::new().fg(Color::Gray)), hint);
+    }
+    frame.render_widget(Paragraph::new(status_line(app, status.width)), status);
+    render_input(app, frame, input);
+}
+
+/// How many rows `entry` takes at `width` columns.
+pub fn entry_rows(entry: &Entry, width: usize) -> usize {
+    wrap(spans(entry, ""), width).len()
+}
+
+/// The colour of `name`'s messages.
+pub fn colour_of(name: &str) -> Color {
+    // FNV-1a: stable across runs and platforms.
+    let hash = name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    PALETTE[(hash % PALETTE.len() as u64) as usize]
+}
+
+fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
+    let (width, height) = (usize::from(area.width).max(1), usize::from(area.height));
+    // Walk back from the newest entry until the rows in view are collected.
+    let want = app.scroll + height;
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    for entry in app.entries.iter().rev() {
+        let mut lines = wrap(spans(entry, &app.me), width);
+        lines.append(&mut rows);
+        rows = lines;
+        if rows.len() >= want {
+            break;
+        }
+    }
+    let end = rows.len().saturating_sub(app.scroll);
+    let start = end.saturating_sub(height);
+    let mut visible: Vec<Line<'static>> = rows.drain(start..end).collect();
+    // Newest at the bottom: pad above when there are fewer rows than the pane has.
+    let padding = height.saturating_sub(visible.len());
+    visible.splice(0..0, std::iter::repeat_n(Line::default(), padding));
+    frame.render_widget(Paragraph::new(visible), area);
+}
+
+fn status_line(app: &App, width: u16) -> Line<'static> {
+    let bar = Style::new().bg(Color::Blue).fg(Color::White);
+    let (state, state_style) = match &app.connection {
+        Connection::Connected => ("connected".to_owned(), bar.fg(Color::LightGreen)),
+        Connection::Ended(why) => (format!("ended: {why}"), bar.fg(Color::LightRed)),
+        Connection::Lost(_) => ("connection lost".to_owned(), bar.fg(Color::LightRed)),
+    };
+    let online: Vec<&str> = app.online.keys().map(String::as_str).collect();
+    let mut segments: Vec<(String, Style)> = vec![
+        (format!(" {}@{}", app.me, app.server), bar.add_modifier(Modifier::BOLD)),
+        (state, state_style),
+        (format!("{} online", online.len()), bar),
+    ];
+    if app.unread > 0 {
+        segments.push((format!("{} unread, PgDn", app.unread), bar.fg(Color::LightYellow)));
+    }
+    let names = format!("[{}]", online.join(" "));
+    let total = |segs: &[(String, Style)]| segs.iter().map(|(s, _)| s.len() + 3).sum::<usize>();
+    if !online.is_empty() && total(&segments) + names.len() + 3 <= usize::from(width) {
+        segments.push((names, bar));
+    }
+    if total(&segments) > usize::from(width) {
+        segments[0].0 = format!(" {}", app.me); // narrow: drop the server address
+    }
+    let mut spans = Vec::new();
+    for (i, (text, style)) in segments.into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::styled(" | ", bar));
+        }
+        spans.push(Span::styled(text, style));
+    }
+    Line::from(spans).style(bar)
+}
+
+fn render_input(app: &App, frame: &mut Frame, area: Rect) {
+    let chars: Vec<char> = app.input.text().chars().collect();
+    let cursor = app.input.cursor();
+    let avail = usize::from(area.width).saturating_sub(PROMPT.len()).max(1);
+    // Scroll the line sideways so the cursor stays in view.
+    let col = |from: usize, to: usize| -> usize {
+        chars[from..to].iter().map(|c| c.width().unwrap_or(0)).sum()
+    };
+    let mut start = 0;
+    while col(start, cursor) >= avail && start < cursor {
+        start += 1;
+    }
+    let shown: String = chars[start..].iter().collect();
+    let line =
+        Line::from(vec![Span::styled(PROMPT, Style::new().fg(Color::DarkGray)), Span::raw(shown)]);
+    frame.render_widget(Paragraph::new(line), area);
+    let x = area.x + (PROMPT.len() + col(start, cursor)) as u16;
+    frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
+}
+
+/// The styled pieces of one entry, before wrapping.
+fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
+    let dim = Style::new().fg(Color::DarkGray);
+    let name = |n: &str| {
+        let style = Style::new().fg(colour_of(n)).add_modifier(Modifier::BOLD);
+        Span::styled(
+            sanitize(n).into_owned(),
+            if n == me { style.add_modifier(Modifier::ITALIC) } else { style },
+        )
+    };
+    let mut out = Vec::new();
+    let offline = matches!(
+        entry.kind,
+        Kind::Message { offline: true, .. } | Kind::Group { offline: true, .. }
+    );
+    if let Some(at) = entry.at {
+        let time = if offline { date_time(at) } else { clock(at) };
+        out.push(Span::styled(format!("{time} "), dim));
+    }
+    let text = sanitize(&entry.text).into_owned();
+    match &entry.kind {
+        Kind::Message { from, .. } => {
+            out.push(name(from));
+            out.push(Span::raw(": "));
+        }
+        Kind::Sent { to } => {
+            out.push(name(me));
+            out.push(Span::styled(" -> ", dim));
+            out.push(name(to));
+            out.push(Span::raw(": "));
+        }
+        Kind::Broadcast { from } => {
+            out.push(name(from));
+            out.push(Span::styled(" (broadcast)", Style::new().fg(Color::Yellow)));
+            out.push(Span::raw(": "));
+        }
+        Kind::Group { group, from, .. } => {
+            out.push(Span::styled(
+                format!("[{}] ", sanitize(group)),
+                Style::new().fg(Color::LightBlue),
+            ));
+            out.push(name(from));
+            out.push(Span::raw(": "));
+        }
+        Kind::Notice => {
+            out.push(Span::styled(text, Style::new().fg(Color::Gray)));
+            return out;
+        }
+        Kind::Error => {
+            out.push(Span::styled(format!("error: {text}"), Style::new().fg(Color::LightRed)));
+            return out;
+        }
+    }
+    if offline {
+        out.push(Span::styled("(while you were away) ", dim.add_modifier(Modifier::ITALIC)));
+    }
+    out.push(Span::raw(text));
+    out
+}
+
+/// Breaks styled spans into rows of at most `width` columns (at least one row).
+fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
+    let mut rows = vec![Vec::<Span<'static>>::new()];
+    let mut used = 0;
+    for span in spans {
+        let mut piece = String::new();
+        for c in span.content.chars() {
+            let w = c.width().unwrap_or(0);
+            if used + w > width && used > 0 {
+                if !piece.is_empty() {
+                    rows.last_mut()
+                        .unwrap()
+                        .push(Span::styled(std::mem::take(&mut piece), span.style));
+                }
+                rows.push(Vec::new());
+                used = 0;
+            }
+            piece.push(c);
+            used += w;
+        }
+        if !piece.is_empty() {
+            rows.last_mut().unwrap().push(Span::styled(piece, span.style));
+        }
+    }
+    rows.into_iter().map(Line::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tui::app::UiEvent;
+    use crate::client::ClientEvent;
+    use crate::protocol::{Event, OnlineUser};
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn screen(app: &App) -> Vec<String> {
+        let (w, h) = app.size;
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| render(app, f)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..h)
+            .map(|y| {
+                (0..w).map(|x| buffer[(x, y)].symbol()).collect::<String>().trim_end().to_owned()
+            })
+            .collect()
+    }
+
+    fn app(width: u16) -> App {
+        let online = vec![
+            OnlineUser { name: "bob".into(), since: 0 },
+            OnlineUser { name: "carol".into(), since: 0 },
+        ];
+        App::new("127.0.0.1:4000", "alice", online, (width, 8))
+    }
+
+    fn incoming(app: &mut App, text: &str) {
+        app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+            from: "bob".into(),
+            text: text.into(),
+            sent_at: 0,
+            offline: false,
+        })));
+    }
+
+    #[test]
+    fn the_input_line_survives_an_incoming_message() {
+        let mut app = app(60);
+        for c in "/msg bob half typed".chars() {
+            app.handle(UiEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)));
+        }
+        let before = screen(&app);
+        incoming(&mut app, "hello alice");
+        let after = screen(&app);
+        assert_eq!(before[7], "> /msg bob half typed");
+        assert_eq!(after[7], before[7], "the input line did not move or change");
+        assert!(after[5].ends_with("bob: hello alice"), "{after:#?}");
+    }
+
+    #[test]
+    fn the_status_bar_shows_user_state_and_who_is_online() {
+        let wide = screen(&app(100));
+        assert!(
+            wide[6].contains("alice@127.0.0.1:4000 | connected | 2 online | [bob carol]"),
+            "{wide:?}"
+        );
+        let narrow = screen(&app(40));
+        assert!(narrow[6].starts_with(" alice | connected | 2 online"), "{narrow:?}");
+    }
+
+    #[test]
+    fn long_lines_wrap_and_narrow_screens_stay_readable() {
+        let mut app = app(30);
+        incoming(&mut app, "a fairly long message that must wrap over rows");
+        let rows = screen(&app);
+        let body: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
+        assert_eq!(body.len(), 2, "{rows:#?}");
+        assert!(rows.iter().all(|r| r.chars().count() <= 30));
+        assert_eq!(entry_rows(app.entries.back().unwrap(), 30), 2);
+    }
+
+    #[test]
+    fn hostile_text_cannot_reach_the_terminal() {
+        let mut app = app(60);
+        incoming(&mut app, "\x1b[2Jboom");
+        assert!(screen(&app).iter().any(|r| r.contains("\u{fffd}[2Jboom")));
+    }
+
+    #[test]
+    fn senders_keep_their_colour() {
+        assert_eq!(colour_of("bob"), colour_of("bob"));
+        let distinct: std::collections::HashSet<_> =
+            ["alice", "bob", "carol", "dave", "eve", "mallory"]
+                .iter()
+                .map(|n| colour_of(n))
+                .collect();
+        assert!(distinct.len() >= 3);
+    }
+}
