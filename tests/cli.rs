@@ -1,5 +1,7 @@
 //! End to end with the built binaries: `confab-server` and `confab --plain` clients.
 
+mod common;
+
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -223,4 +225,49 @@ async fn plain_clients_decline_and_stop_private_chats() {
     dave.send("/logout").await;
     dave.expect("logged out; bye").await;
     assert_eq!(dave.exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_the_peer() {
+    use confab::p2p::{CloseReason, PrivateEvent};
+    use confab::protocol::{ByeReason, Event};
+
+    // Long enough for alice to answer before she times out, even on a busy machine.
+    let config = confab::server::Config {
+        idle_timeout: Duration::from_secs(3),
+        ..confab::server::Config::default()
+    };
+    let server = common::TestServer::start(config).await;
+    let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
+    alice.expect("logged in as alice").await;
+    // bob runs in this process: his own session may time out too, but only the binary ends
+    // its chats on that, so what bob hears is alice's client saying goodbye.
+    let mut bob = server.login_direct("bob").await;
+    bob.chats.request(&bob.client, "alice").await.unwrap();
+    alice.expect("* bob asks for a private chat").await;
+    alice.send("/accept bob").await;
+    let intro = match common::next_non_presence(&mut bob.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("{other:?}"),
+    };
+    bob.chats.connect(intro);
+    assert_eq!(
+        common::next_private(&mut bob.private).await,
+        PrivateEvent::Opened { peer: "alice".into() }
+    );
+    alice.expect("* private chat with bob is open").await;
+    bob.chats.send("alice", "still there?").await.unwrap();
+    alice.expect("bob (private): still there?").await;
+
+    // alice types nothing more: the server logs her out, and her client ends the chat.
+    alice.expect("you were logged out after being idle too long").await;
+    assert_eq!(
+        common::next_private(&mut bob.private).await,
+        PrivateEvent::Closed {
+            peer: "alice".into(),
+            reason: CloseReason::Peer(ByeReason::TimedOut)
+        }
+    );
+    assert_eq!(alice.exit().await.code(), Some(7));
+    server.stop().await;
 }

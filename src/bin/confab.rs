@@ -208,7 +208,16 @@ impl App {
     fn private_event(&mut self, event: &PrivateEvent) -> Option<u8> {
         self.out.line(format::private(event));
         let ended = matches!(event, PrivateEvent::Closed { .. } | PrivateEvent::Failed { .. });
-        let code = self.server_gone.filter(|_| ended && self.chats.is_empty())?;
+        if ended {
+            self.nothing_left()
+        } else {
+            None
+        }
+    }
+
+    /// `Some(code)` when the server is gone and no private chat is left to keep us running.
+    fn nothing_left(&mut self) -> Option<u8> {
+        let code = self.server_gone.filter(|_| self.chats.is_empty())?;
         self.out.line("* no private chat is left and the server is gone; bye");
         Some(code)
     }
@@ -248,7 +257,7 @@ impl App {
                     Err(e) => format::error(e),
                 };
                 self.out.line(line);
-                return self.server_gone.filter(|_| self.chats.is_empty());
+                return self.nothing_left();
             }
         };
         if let Some(code) = self.server_gone {
@@ -269,15 +278,7 @@ impl App {
             }
             Request::AcceptPrivate { user } => {
                 let result = self.chats.accept(&self.client, user).await;
-                let line =
-                    format!("accepted {user}'s private chat request; waiting for them to connect");
-                return match result {
-                    Ok(()) => {
-                        self.out.line(line);
-                        None
-                    }
-                    Err(e) => self.private_outcome(&request, Err(e)),
-                };
+                return self.private_outcome(&request, result.map(Reply::Introduced));
             }
             // Logging out ends every private chat, and each peer is told.
             Request::Logout => self.chats.close_all(ByeReason::LoggedOut).await,
@@ -287,6 +288,7 @@ impl App {
         self.outcome(&request, result)
     }
 
+    /// Shows the outcome of a server request made through the private chats.
     fn private_outcome(
         &mut self,
         request: &Request,

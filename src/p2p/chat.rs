@@ -212,11 +212,12 @@ impl PrivateChats {
         Ok(())
     }
 
-    /// Accepts `from`'s request through the server and readies the listener for them.
+    /// Accepts `from`'s request through the server and readies the listener for them;
+    /// returns the server's introduction of `from`.
     ///
     /// The slot for `from` is reserved before the server is asked, so that `from`'s
     /// connection waits for the token if it arrives before the server's answer is read.
-    pub async fn accept(&self, server: &Client, from: &str) -> Result<(), PrivateError> {
+    pub async fn accept(&self, server: &Client, from: &str) -> Result<Introduction, PrivateError> {
         if self.is_open(from) {
             return Err(PrivateError::AlreadyOpen(from.to_owned()));
         }
@@ -227,7 +228,7 @@ impl PrivateChats {
         let result = match answer {
             Ok(intro) if intro.peer == from => {
                 state.tokens.fill(from, intro.token, Instant::now() + ttl);
-                Ok(())
+                Ok(intro)
             }
             Ok(intro) => {
                 state.tokens.cancel(from);

@@ -161,7 +161,8 @@ impl State {
         encode_event(event).is_some_and(|frame| peer.push(frame))
     }
 
-    /// Tells both sides of the request `(from, to)` that it ended for `reason`.
+    /// Tells both sides of the request `(from, to)` that it ended for `reason` (those of them
+    /// still online).
     fn end_request(&mut self, from: &str, to: &str, reason: RequestEnd) {
         let outgoing = Event::PrivateRequestEnded { peer: to.to_owned(), outgoing: true, reason };
         self.push_event(from, outgoing);
@@ -270,14 +271,9 @@ impl Hub {
         if let Some(change) = change {
             state.announce(name, change, at);
         }
+        // `name` is offline already, so only the other side of each request hears of it.
         for (from, to) in state.requests.forget(name) {
-            let (other, outgoing) = if from == name { (to, false) } else { (from, true) };
-            let event = Event::PrivateRequestEnded {
-                peer: name.to_owned(),
-                outgoing,
-                reason: RequestEnd::PeerLeft,
-            };
-            state.push_event(&other, event);
+            state.end_request(&from, &to, RequestEnd::PeerLeft);
         }
         Some(then(peer))
     }
@@ -300,8 +296,12 @@ impl Hub {
             ));
         }
         let secs = expires.saturating_duration_since(now).as_secs_f64().ceil() as u64;
-        state
-            .push_event(to, Event::PrivateRequest { from: from.to_owned(), expires_in_secs: secs });
+        let asked = Event::PrivateRequest { from: from.to_owned(), expires_in_secs: secs };
+        if !state.push_event(to, asked) {
+            // Only a session whose task died can refuse a frame; it is as good as offline.
+            state.requests.take(from, to, now);
+            return Err(ErrorReply::new(ErrorCode::Offline, format!("{to} is not online")));
+        }
         drop(state);
         self.requests_changed.notify_one();
         Ok(())
