@@ -10,8 +10,8 @@ use common::*;
 use confab::client::Events;
 use confab::p2p::{ChatConfig, CloseReason, PrivateError, PrivateEvent};
 use confab::protocol::{
-    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, RequestEnd, Token,
-    PROTOCOL_VERSION,
+    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, PresenceChange, RequestEnd,
+    Token, PROTOCOL_VERSION,
 };
 use confab::server::Config;
 use futures_util::{SinkExt, StreamExt};
@@ -244,6 +244,26 @@ async fn a_pending_request_goes_when_either_side_logs_out() {
             reason: RequestEnd::PeerLeft
         }
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blocking_the_requester_drops_the_request_without_a_word() {
+    let server = TestServer::start(Config::default()).await;
+    let alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let mut carol = server.login_direct("carol").await;
+    match next_event(&mut bob.events).await {
+        Event::Presence { user, change: PresenceChange::LoggedIn, .. } if user == "carol" => {}
+        other => panic!("{other:?}"),
+    }
+    bob.client.start_private("carol").await.unwrap();
+    assert!(matches!(next_non_presence(&mut carol.events).await, Event::PrivateRequest { .. }));
+    // From here on bob must hear nothing about carol at all: not her logout, not the request.
+    carol.client.block("bob").await.unwrap();
+    assert_eq!(code(carol.client.accept_private("bob").await), ErrorCode::NoSuchRequest);
+    carol.client.logout().await.unwrap();
+    assert_quiet(&mut bob.events, &alice.client, "bob").await;
     server.stop().await;
 }
 

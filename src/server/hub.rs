@@ -220,10 +220,13 @@ impl Hub {
     }
 
     /// Records that `blocker` now blocks (or, with `on == false`, no longer blocks) `blocked`.
+    /// Blocking also drops, silently, a private chat request `blocked` made to `blocker`: its
+    /// end would otherwise tell `blocked` when `blocker` logs out.
     pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
         let mut state = self.state();
         if on {
             state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
+            state.requests.take(blocked, blocker, Instant::now());
         } else if let Some(set) = state.blocks.0.get_mut(blocker) {
             set.remove(blocked);
         }
