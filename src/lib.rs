@@ -1,7 +1,8 @@
 //! Confab: a self-hosted terminal messenger.
 //!
 //! A central server handles accounts, presence and message relay; clients connect to it over
-//! TCP with length-prefixed MessagePack frames.
+//! TCP with length-prefixed MessagePack frames. For a private chat the server introduces two
+//! clients, which then talk over a direct TCP connection of their own.
 //!
 //! # Layout
 //!
@@ -13,7 +14,9 @@
 //!   group membership), one file per command; started with [`server::run`].
 //! - [`client`]: the typed async [`client::Client`], command-line parsing and line formatting
 //!   used by the `confab` binary, the tests and the benchmarks.
-//! - [`p2p`]: direct private chat and UDP file transfer (placeholder for now).
+//! - [`p2p`]: direct links between clients: the token-authenticated private chat
+//!   ([`p2p::PrivateChats`]) and the sockets announced at login; the UDP file transfer is to
+//!   come.
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these.
 

@@ -224,7 +224,8 @@ async fn malformed_frames_get_an_error_and_the_connection_goes_on() {
     framed.send(ClientMessage::Hello(Hello { version: 1, agent: "x".into() })).await.unwrap();
     assert_eq!(error_code(next_frame(&mut framed).await.unwrap()), ErrorCode::HandshakeRequired);
     // The connection still works.
-    let login = Request::Login { username: "alice".into(), password: "alice-pw".into() };
+    let login =
+        Request::Login { username: "alice".into(), password: "alice-pw".into(), direct: None };
     framed.send(ClientMessage::Request { id: 9, body: login }).await.unwrap();
     match next_frame(&mut framed).await.unwrap() {
         ServerMessage::Reply { id: 9, result: Ok(Reply::LoggedIn { .. }) } => {}

@@ -1,5 +1,7 @@
 //! End to end with the built binaries: `confab-server` and `confab --plain` clients.
 
+mod common;
+
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -140,4 +142,132 @@ async fn an_acknowledged_message_survives_sigkill() {
     let mut dave = client(&addr, "dave", "grohl");
     dave.expect("1 message arrived while you were away").await;
     dave.expect("alice (while you were away): are you there").await;
+}
+
+#[tokio::test]
+async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let mut bob = client(&addr, "bob", "builder");
+    bob.expect("logged in as bob").await;
+    let mut alice = client(&addr, "alice", "wonderland");
+    alice.expect("logged in as alice").await;
+    bob.expect("* alice logged in").await;
+
+    alice.send("/help").await;
+    alice.expect("/startprivate USER").await;
+    alice.send("/private bob too early").await;
+    alice.expect("error: no private chat with bob is open; start one with /startprivate bob").await;
+
+    alice.send("startprivate bob").await;
+    alice.expect("asked bob for a private chat; waiting for their answer").await;
+    bob.expect("* alice asks for a private chat: /accept alice or /decline alice").await;
+    bob.send("/accept alice").await;
+    bob.expect("accepted alice's private chat request").await;
+    alice.expect("* bob accepted your private chat request").await;
+    alice.expect("* private chat with bob is open").await;
+    bob.expect("* private chat with alice is open").await;
+
+    alice.send("private bob hello over the direct line").await;
+    alice.expect("sent privately to bob").await;
+    bob.expect("] alice (private): hello over the direct line").await;
+
+    // The server goes; the private chat stays, and both clients say so.
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit().await.code(), Some(0));
+    for who in [&mut alice, &mut bob] {
+        who.expect("the server is shutting down").await;
+        who.expect("the server is gone; your private chats still work").await;
+    }
+    bob.send("/private alice still here").await;
+    alice.expect("] bob (private): still here").await;
+    bob.send("/list").await;
+    bob.expect("error: the server is gone; only /private, /stopprivate and /logout work now").await;
+
+    // alice quits: bob is told, and with no chat and no server left he exits too.
+    alice.send("/logout").await;
+    alice.expect("private chats ended; bye").await;
+    assert_eq!(alice.exit().await.code(), Some(7));
+    bob.expect("* alice logged out; the private chat has ended").await;
+    bob.expect("no private chat is left and the server is gone").await;
+    assert_eq!(bob.exit().await.code(), Some(7));
+}
+
+#[tokio::test]
+async fn plain_clients_decline_and_stop_private_chats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let mut carol = client(&addr, "carol", "singer");
+    carol.expect("logged in as carol").await;
+    let mut dave = client(&addr, "dave", "grohl");
+    dave.expect("logged in as dave").await;
+
+    dave.send("/startprivate carol").await;
+    carol.expect("* dave asks for a private chat").await;
+    carol.send("/decline dave").await;
+    carol.expect("declined dave's private chat request").await;
+    dave.expect("* carol declined your private chat request").await;
+    carol.send("/accept dave").await;
+    carol.expect("error: there is no private chat request from dave").await;
+
+    dave.send("/startprivate carol").await;
+    carol.expect("* dave asks for a private chat").await;
+    carol.send("/accept dave").await;
+    dave.expect("* private chat with carol is open").await;
+    carol.expect("* private chat with dave is open").await;
+    carol.send("/stopprivate dave").await;
+    carol.expect("private chat with dave ended").await;
+    dave.expect("* carol ended the private chat").await;
+    dave.send("/private carol are you there").await;
+    dave.expect("error: no private chat with carol is open").await;
+
+    // With the server up, the private chats do not keep anyone from logging out normally.
+    dave.send("/logout").await;
+    dave.expect("logged out; bye").await;
+    assert_eq!(dave.exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_the_peer() {
+    use confab::p2p::{CloseReason, PrivateEvent};
+    use confab::protocol::{ByeReason, Event};
+
+    // Long enough for alice to answer before she times out, even on a busy machine.
+    let config = confab::server::Config {
+        idle_timeout: Duration::from_secs(3),
+        ..confab::server::Config::default()
+    };
+    let server = common::TestServer::start(config).await;
+    let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
+    alice.expect("logged in as alice").await;
+    // bob runs in this process: his own session may time out too, but only the binary ends
+    // its chats on that, so what bob hears is alice's client saying goodbye.
+    let mut bob = server.login_direct("bob").await;
+    bob.chats.request(&bob.client, "alice").await.unwrap();
+    alice.expect("* bob asks for a private chat").await;
+    alice.send("/accept bob").await;
+    let intro = match common::next_non_presence(&mut bob.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("{other:?}"),
+    };
+    bob.chats.connect(intro);
+    assert_eq!(
+        common::next_private(&mut bob.private).await,
+        PrivateEvent::Opened { peer: "alice".into() }
+    );
+    alice.expect("* private chat with bob is open").await;
+    bob.chats.send("alice", "still there?").await.unwrap();
+    alice.expect("bob (private): still there?").await;
+
+    // alice types nothing more: the server logs her out, and her client ends the chat.
+    alice.expect("you were logged out after being idle too long").await;
+    assert_eq!(
+        common::next_private(&mut bob.private).await,
+        PrivateEvent::Closed {
+            peer: "alice".into(),
+            reason: CloseReason::Peer(ByeReason::TimedOut)
+        }
+    );
+    assert_eq!(alice.exit().await.code(), Some(7));
+    server.stop().await;
 }

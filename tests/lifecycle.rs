@@ -107,7 +107,8 @@ async fn a_reader_too_slow_is_dropped_and_its_messages_kept() {
     bob.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "slow".into() }))
         .await
         .unwrap();
-    let login = Request::Login { username: "bob".into(), password: password_of("bob") };
+    let login =
+        Request::Login { username: "bob".into(), password: password_of("bob"), direct: None };
     bob.send(ClientMessage::Request { id: 1, body: login }).await.unwrap();
     assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::LoggedIn);
 

@@ -44,6 +44,9 @@ struct Args {
     /// Most simultaneous connections.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 20_000)]
     max_connections: usize,
+    /// Seconds a private chat request waits for an answer before it expires.
+    #[arg(long, env = "CONFAB_PRIVATE_REQUEST_TIMEOUT_SECS", default_value = "60", value_parser = seconds)]
+    private_request_timeout_secs: Duration,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         max_frame: args.max_frame_bytes,
         max_message_chars: args.max_message_chars,
         max_connections: args.max_connections,
+        private_request_timeout: args.private_request_timeout_secs,
         ..Config::default()
     };
 

@@ -4,9 +4,16 @@
 //! stdin is a terminal, input goes through a line editor whose external printer puts incoming
 //! lines above the prompt, so a half-typed line is never broken.
 //!
+//! Before logging in, the client binds its direct sockets (private-chat listener and
+//! file-transfer UDP port) on the local address of its server connection and announces their
+//! ports. Private chats run beside the server connection and outlive it: when the server goes
+//! away with chats open, the client says so and keeps going until the user quits or the last
+//! chat ends.
+//!
 //! Exit codes: 0 after logout (or end of input), 1 other errors, 2 bad usage, 3 login refused,
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
-//! 7 session ended by the server (idle timeout, shutdown).
+//! 7 session ended by the server (idle timeout, shutdown). A client that private chats kept
+//! running after the server went away exits with 6 or 7 all the same.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,7 +22,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use confab::client::command::{self, Command};
 use confab::client::{format, Client, ClientError, ClientEvent, Events};
-use confab::protocol::{ErrorCode, Event, Reply};
+use confab::p2p::{
+    ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
+};
+use confab::protocol::{ByeReason, EndReason, ErrorCode, Event, Reply, Request};
 use tokio::sync::mpsc;
 
 const EXIT_ERROR: u8 = 1;
@@ -46,6 +56,12 @@ struct Args {
     /// Line mode: one command per input line, one event per output line (the only mode yet).
     #[arg(long)]
     plain: bool,
+    /// TCP port to take private chats on (0: any free port).
+    #[arg(long, env = "CONFAB_P2P_PORT", default_value_t = 0)]
+    p2p_port: u16,
+    /// UDP port for file transfers (0: any free port).
+    #[arg(long, env = "CONFAB_UDP_PORT", default_value_t = 0)]
+    udp_port: u16,
 }
 
 #[tokio::main]
@@ -77,9 +93,22 @@ async fn main() -> ExitCode {
             });
         }
     };
+    // The UDP socket is not read yet: it is held so that the announced port stays ours for
+    // the file transfer.
+    let sockets = DirectSockets::bind(client.local_addr().ip(), args.p2p_port, args.udp_port).await;
+    let sockets = match sockets {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            eprintln!("{}", format::error(e));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     let mut out = Output::new(interactive);
-    match client.login(&user, &password).await {
-        Ok(info) => out.line(format::login(&info)),
+    let me = match client.login_with(&user, &password, Some(sockets.ports())).await {
+        Ok(info) => {
+            out.line(format::login(&info));
+            info.username
+        }
         Err(e) => {
             eprintln!("{}", format::error(&e));
             return ExitCode::from(match e.code() {
@@ -92,89 +121,207 @@ async fn main() -> ExitCode {
                 None => EXIT_CONNECTION,
             });
         }
-    }
+    };
+    let DirectSockets { tcp, udp: _udp, .. } = sockets;
+    let (chats, private) = PrivateChats::start(&me, tcp, ChatConfig::default());
     let input = spawn_input(&mut out);
-    let code = chat(&client, events, input, &mut out).await;
-    out.restore_terminal();
+    let mut app = App { client, chats, out, ended_by_server: false, server_gone: None };
+    let code = app.run(events, private, input).await;
+    app.out.restore_terminal();
     ExitCode::from(code)
 }
 
-/// The main loop: commands in, events out, until logout or the connection ends.
-async fn chat(
-    client: &Client,
-    mut events: Events,
-    mut input: mpsc::Receiver<String>,
-    out: &mut Output,
-) -> u8 {
-    let mut ended_by_server = false;
-    loop {
-        tokio::select! {
-            line = input.recv() => {
-                // End of input means logout.
-                let line = line.unwrap_or_else(|| "/logout".to_owned());
-                if let Some(code) = run_line(client, &line, out).await {
-                    return code;
-                }
-            }
-            _ = tokio::signal::ctrl_c() => {
-                // Ctrl-C outside the line editor (piped input): log out properly.
-                if let Some(code) = run_line(client, "/logout", out).await {
-                    return code;
-                }
-            }
-            event = events.next() => match event {
-                Some(ClientEvent::Server(event)) => {
-                    ended_by_server |= matches!(event, Event::SessionEnded { .. });
-                    out.line(format::event(&event));
-                }
-                Some(ClientEvent::Closed { .. }) | None => {
-                    if ended_by_server {
-                        return EXIT_ENDED_BY_SERVER;
-                    }
-                    out.line(format::error("the connection to the server was lost"));
-                    return EXIT_CONNECTION;
-                }
-            },
-        }
-    }
+/// The running client: the server connection, the private chats and the screen.
+struct App {
+    client: Client,
+    chats: PrivateChats,
+    out: Output,
+    /// The server said why it ended the session before closing it.
+    ended_by_server: bool,
+    /// Set when the server connection is gone but private chats kept the client running:
+    /// the exit code for when the user quits.
+    server_gone: Option<u8>,
 }
 
-/// Runs one input line; `Some(code)` when the client should exit.
-async fn run_line(client: &Client, line: &str, out: &mut Output) -> Option<u8> {
-    if line.trim().is_empty() {
-        return None;
+impl App {
+    /// The main loop: commands in, events out, until logout or nothing is left to do.
+    async fn run(
+        &mut self,
+        mut events: Events,
+        mut private: PrivateEvents,
+        mut input: mpsc::Receiver<String>,
+    ) -> u8 {
+        loop {
+            let done = tokio::select! {
+                line = input.recv() => {
+                    // End of input means logout.
+                    let line = line.unwrap_or_else(|| "/logout".to_owned());
+                    self.run_line(&line).await
+                }
+                // Ctrl-C outside the line editor (piped input): log out properly.
+                _ = tokio::signal::ctrl_c() => self.run_line("/logout").await,
+                event = events.next(), if self.server_gone.is_none() => self.server_event(event).await,
+                Some(event) = private.next() => self.private_event(&event),
+            };
+            if let Some(code) = done {
+                return code;
+            }
+        }
     }
-    let command = match command::parse(line) {
-        Ok(command) => command,
-        Err(e) => {
-            out.line(format::error(e));
-            return None;
-        }
-    };
-    let request = match command {
-        Command::Server(request) => request,
-        Command::Help { topic } => {
-            match command::help(topic.as_deref()) {
-                Ok(lines) => lines.into_iter().for_each(|l| out.line(l)),
-                Err(e) => out.line(format::error(e)),
+
+    /// Shows a server event and acts on it; `Some(code)` when the client should exit.
+    async fn server_event(&mut self, event: Option<ClientEvent>) -> Option<u8> {
+        let Some(ClientEvent::Server(event)) = event else {
+            return self.server_closed();
+        };
+        self.out.line(format::event(&event));
+        match event {
+            Event::PrivateAccepted(intro) => self.chats.connect(intro),
+            Event::SessionEnded { reason } => {
+                self.ended_by_server = true;
+                // Logged out for idleness: that ends the private chats too. Otherwise the
+                // server is going away, and the private chats need not.
+                if reason == EndReason::IdleTimeout {
+                    self.chats.close_all(ByeReason::TimedOut).await;
+                }
             }
-            return None;
+            _ => {}
         }
-    };
-    match client.request(request.clone()).await {
-        Ok(reply) => {
-            for l in format::reply(&request, &reply) {
-                out.line(l);
-            }
-            matches!(reply, Reply::LoggedOut).then_some(0)
+        None
+    }
+
+    /// The server connection closed: exit, unless private chats keep the client running.
+    fn server_closed(&mut self) -> Option<u8> {
+        let code = if self.ended_by_server { EXIT_ENDED_BY_SERVER } else { EXIT_CONNECTION };
+        if !self.ended_by_server {
+            self.out.line(format::error("the connection to the server was lost"));
         }
-        Err(ClientError::Server(e)) => {
-            out.line(format::error(e));
+        if self.chats.is_empty() {
+            return Some(code);
+        }
+        self.out.line(format::server_gone());
+        self.server_gone = Some(code);
+        None
+    }
+
+    /// Shows a private-chat event; `Some(code)` when it was the last chat without a server.
+    fn private_event(&mut self, event: &PrivateEvent) -> Option<u8> {
+        self.out.line(format::private(event));
+        let ended = matches!(event, PrivateEvent::Closed { .. } | PrivateEvent::Failed { .. });
+        if ended {
+            self.nothing_left()
+        } else {
             None
         }
-        Err(e) => {
-            out.line(format::error(e));
-            Some(EXIT_CONNECTION)
+    }
+
+    /// `Some(code)` when the server is gone and no private chat is left to keep us running.
+    fn nothing_left(&mut self) -> Option<u8> {
+        let code = self.server_gone.filter(|_| self.chats.is_empty())?;
+        self.out.line("* no private chat is left and the server is gone; bye");
+        Some(code)
+    }
+
+    /// Runs one input line; `Some(code)` when the client should exit.
+    async fn run_line(&mut self, line: &str) -> Option<u8> {
+        if line.trim().is_empty() {
+            return None;
+        }
+        let command = match command::parse(line) {
+            Ok(command) => command,
+            Err(e) => {
+                self.out.line(format::error(e));
+                return None;
+            }
+        };
+        let request = match command {
+            Command::Server(request) => request,
+            Command::Help { topic } => {
+                match command::help(topic.as_deref()) {
+                    Ok(lines) => lines.into_iter().for_each(|l| self.out.line(l)),
+                    Err(e) => self.out.line(format::error(e)),
+                }
+                return None;
+            }
+            Command::Private { to, text } => {
+                let line = match self.chats.send(&to, &text).await {
+                    Ok(()) => format::private_sent(&to),
+                    Err(e) => format::error(e),
+                };
+                self.out.line(line);
+                return None;
+            }
+            Command::StopPrivate { user } => {
+                let line = match self.chats.stop(&user).await {
+                    Ok(()) => format::private_stopped(&user),
+                    Err(e) => format::error(e),
+                };
+                self.out.line(line);
+                return self.nothing_left();
+            }
+        };
+        if let Some(code) = self.server_gone {
+            if request == Request::Logout {
+                self.chats.close_all(ByeReason::LoggedOut).await;
+                self.out.line("private chats ended; bye");
+                return Some(code);
+            }
+            self.out.line(format::error(
+                "the server is gone; only /private, /stopprivate and /logout work now",
+            ));
+            return None;
+        }
+        match &request {
+            Request::StartPrivate { user } => {
+                let result = self.chats.request(&self.client, user).await;
+                return self.private_outcome(&request, result.map(|()| Reply::Done));
+            }
+            Request::AcceptPrivate { user } => {
+                let result = self.chats.accept(&self.client, user).await;
+                return self.private_outcome(&request, result.map(Reply::Introduced));
+            }
+            // Logging out ends every private chat, and each peer is told.
+            Request::Logout => self.chats.close_all(ByeReason::LoggedOut).await,
+            _ => {}
+        }
+        let result = self.client.request(request.clone()).await;
+        self.outcome(&request, result)
+    }
+
+    /// Shows the outcome of a server request made through the private chats.
+    fn private_outcome(
+        &mut self,
+        request: &Request,
+        result: Result<Reply, PrivateError>,
+    ) -> Option<u8> {
+        match result {
+            Ok(reply) => self.outcome(request, Ok(reply)),
+            Err(PrivateError::Server(e)) => self.outcome(request, Err(e)),
+            Err(e) => {
+                self.out.line(format::error(e));
+                None
+            }
+        }
+    }
+
+    /// Shows a server request's outcome; `Some(code)` when the client should exit.
+    fn outcome(&mut self, request: &Request, result: Result<Reply, ClientError>) -> Option<u8> {
+        match result {
+            Ok(reply) => {
+                for l in format::reply(request, &reply) {
+                    self.out.line(l);
+                }
+                matches!(reply, Reply::LoggedOut).then_some(0)
+            }
+            Err(ClientError::Server(e)) => {
+                self.out.line(format::error(e));
+                None
+            }
+            // With private chats open, the closed connection is handled as an event.
+            Err(e) => {
+                self.out.line(format::error(e));
+                self.chats.is_empty().then_some(EXIT_CONNECTION)
+            }
         }
     }
 }

@@ -89,6 +89,36 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "the last N (default 20) messages with USER or in GROUP",
     },
     CommandSpec {
+        name: "/startprivate",
+        aliases: &["startprivate"],
+        args: "USER",
+        summary: "ask USER for a private chat over a direct connection the server never sees",
+    },
+    CommandSpec {
+        name: "/accept",
+        aliases: &[],
+        args: "USER",
+        summary: "accept USER's private chat request",
+    },
+    CommandSpec {
+        name: "/decline",
+        aliases: &[],
+        args: "USER",
+        summary: "decline USER's private chat request",
+    },
+    CommandSpec {
+        name: "/private",
+        aliases: &["private"],
+        args: "USER TEXT",
+        summary: "send USER a message over your private chat (works while the server is down)",
+    },
+    CommandSpec {
+        name: "/stopprivate",
+        aliases: &["stopprivate"],
+        args: "USER",
+        summary: "end your private chat with USER; they are told",
+    },
+    CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
         args: "[COMMAND]",
@@ -111,6 +141,18 @@ pub enum Command {
     Help {
         /// The command asked about.
         topic: Option<String>,
+    },
+    /// `/private USER TEXT`: sent over the direct connection, not to the server.
+    Private {
+        /// The peer.
+        to: String,
+        /// Message text.
+        text: String,
+    },
+    /// `/stopprivate USER`: ends the direct connection, not a server request.
+    StopPrivate {
+        /// The peer.
+        user: String,
     },
 }
 
@@ -200,6 +242,21 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
             return Ok(Command::Help { topic: (!first.is_empty()).then(|| first.to_owned()) });
         }
         "/logout" if rest.is_empty() => Request::Logout,
+        "/startprivate" if !first.is_empty() && tail.is_empty() => {
+            Request::StartPrivate { user: first.to_owned() }
+        }
+        "/accept" if !first.is_empty() && tail.is_empty() => {
+            Request::AcceptPrivate { user: first.to_owned() }
+        }
+        "/decline" if !first.is_empty() && tail.is_empty() => {
+            Request::DeclinePrivate { user: first.to_owned() }
+        }
+        "/private" if !first.is_empty() && !tail.is_empty() => {
+            return Ok(Command::Private { to: first.to_owned(), text: tail.to_owned() });
+        }
+        "/stopprivate" if !first.is_empty() && tail.is_empty() => {
+            return Ok(Command::StopPrivate { user: first.to_owned() });
+        }
         _ => return Err(usage()),
     };
     let command = Command::Server(request);
@@ -225,11 +282,8 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
         return Ok(lines);
     };
     let spec = lookup(topic).ok_or_else(|| ParseError::Unknown(topic.to_owned()))?;
-    let mut lines = vec![format!("{}: {}", usage(spec), spec.summary)];
-    if !spec.aliases.is_empty() {
-        lines.push(format!("aliases: {}", spec.aliases.join(", ")));
-    }
-    Ok(lines)
+    let aliases = if spec.aliases.is_empty() { "none".to_owned() } else { spec.aliases.join(", ") };
+    Ok(vec![format!("{}: {}", usage(spec), spec.summary), format!("aliases: {aliases}")])
 }
 
 /// Splits off the first whitespace-separated word; the rest is trimmed.
@@ -363,6 +417,36 @@ mod tests {
         ] {
             assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn private_chat_commands_and_their_aliases() {
+        for line in ["/startprivate bob", "startprivate bob", "STARTPRIVATE bob"] {
+            assert_eq!(parse(line), server(Request::StartPrivate { user: "bob".into() }), "{line}");
+        }
+        assert_eq!(parse("/accept alice"), server(Request::AcceptPrivate { user: "alice".into() }));
+        assert_eq!(
+            parse("decline alice"),
+            server(Request::DeclinePrivate { user: "alice".into() })
+        );
+        for line in ["/private bob psst  there", "private bob psst  there"] {
+            let expected = Command::Private { to: "bob".into(), text: "psst  there".into() };
+            assert_eq!(parse(line), Ok(expected), "{line}");
+        }
+        for line in ["/stopprivate bob", "stopprivate bob"] {
+            assert_eq!(parse(line), Ok(Command::StopPrivate { user: "bob".into() }), "{line}");
+        }
+        for bad in [
+            "/startprivate",
+            "/startprivate a b",
+            "/accept",
+            "/decline a b",
+            "/private bob",
+            "/stopprivate",
+        ] {
+            assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
+        }
+        assert_eq!(help(Some("accept")).unwrap()[1], "aliases: none");
     }
 
     #[test]

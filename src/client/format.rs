@@ -1,14 +1,16 @@
 //! Turning events and replies into lines of text for people. Pure apart from the local time zone.
 //!
 //! Text from other users passes through [`sanitize`], so nobody can send terminal escape
-//! sequences to somebody else's screen.
+//! sequences to somebody else's screen. That includes what arrives over a private chat,
+//! which the server never checked.
 
 use chrono::{Local, TimeZone};
 
 use super::LoginInfo;
+use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
-    Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply, Request,
-    Timestamp,
+    ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
+    Request, RequestEnd, Timestamp,
 };
 
 /// One line for a pushed event.
@@ -68,7 +70,91 @@ pub fn event(event: &Event) -> String {
             };
             format!("[{}] * [{}] {} {what}", clock(*at), sanitize(group), sanitize(user))
         }
+        Event::PrivateRequest { from, expires_in_secs } => {
+            let from = sanitize(from);
+            format!(
+                "* {from} asks for a private chat: /accept {from} or /decline {from} \
+                 (within {expires_in_secs} s)"
+            )
+        }
+        Event::PrivateAccepted(intro) => format!(
+            "* {} accepted your private chat request; connecting directly to {}",
+            sanitize(&intro.peer),
+            intro.addr
+        ),
+        Event::PrivateRequestEnded { peer, outgoing, reason } => {
+            let peer = sanitize(peer);
+            match (outgoing, reason) {
+                (true, RequestEnd::Declined) => {
+                    format!("* {peer} declined your private chat request")
+                }
+                (true, RequestEnd::Expired) => {
+                    format!("* your private chat request to {peer} expired unanswered")
+                }
+                (true, RequestEnd::PeerLeft) => {
+                    format!("* {peer} logged out; your private chat request was dropped")
+                }
+                (false, RequestEnd::Declined) => {
+                    format!("* you declined {peer}'s private chat request")
+                }
+                (false, RequestEnd::Expired) => format!("* {peer}'s private chat request expired"),
+                (false, RequestEnd::PeerLeft) => {
+                    format!("* {peer} logged out; their private chat request was withdrawn")
+                }
+            }
+        }
     }
+}
+
+/// One line for something that happened to a private chat.
+pub fn private(event: &PrivateEvent) -> String {
+    match event {
+        PrivateEvent::Opened { peer } => {
+            let peer = sanitize(peer);
+            format!(
+                "* private chat with {peer} is open: /private {peer} TEXT to write, \
+                 /stopprivate {peer} to end it"
+            )
+        }
+        PrivateEvent::Message { peer, text, sent_at } => {
+            format!("[{}] {} (private): {}", clock(*sent_at), sanitize(peer), sanitize(text))
+        }
+        PrivateEvent::Closed { peer, reason } => {
+            let peer = sanitize(peer);
+            match reason {
+                CloseReason::Peer(ByeReason::Stopped) => format!("* {peer} ended the private chat"),
+                CloseReason::Peer(ByeReason::LoggedOut) => {
+                    format!("* {peer} logged out; the private chat has ended")
+                }
+                CloseReason::Peer(ByeReason::TimedOut) => {
+                    format!("* {peer} was logged out (idle); the private chat has ended")
+                }
+                CloseReason::Lost => {
+                    format!("* the private chat with {peer} was lost (the connection closed)")
+                }
+            }
+        }
+        PrivateEvent::Failed { peer, error: e } => {
+            error(format!("could not open the private chat with {}: {e}", sanitize(peer)))
+        }
+    }
+}
+
+/// The line after a private message was sent.
+pub fn private_sent(peer: &str) -> String {
+    format!("sent privately to {peer}")
+}
+
+/// The line after `/stopprivate`.
+pub fn private_stopped(peer: &str) -> String {
+    format!("private chat with {peer} ended")
+}
+
+/// The line said once when the server connection is gone but private chats remain.
+pub fn server_gone() -> String {
+    "* the server is gone; your private chats still work (/private, /stopprivate; \
+     /logout quits)"
+        .to_owned()
 }
 
 /// The line shown after logging in.
@@ -119,6 +205,15 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         }
         (Request::Block { user }, Reply::Done) => format!("{user} is blocked"),
         (Request::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
+        (Request::StartPrivate { user }, Reply::Done) => {
+            format!("asked {user} for a private chat; waiting for their answer")
+        }
+        (Request::DeclinePrivate { user }, Reply::Done) => {
+            format!("declined {user}'s private chat request")
+        }
+        (_, Reply::Introduced(intro)) => {
+            format!("accepted {}'s private chat request; waiting for them to connect", intro.peer)
+        }
         (_, Reply::Done) => "done".to_owned(),
         (_, Reply::LoggedOut) => "logged out; bye".to_owned(),
         (_, Reply::LoggedIn { username, .. }) => format!("logged in as {username}"),
@@ -321,6 +416,37 @@ mod tests {
         let lines = reply(&cmd, &history);
         assert_eq!(lines[0], "last 1 message of conversation with bob:");
         assert!(lines[1].ends_with("] bob: hi"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn private_messages_are_marked_and_neutralised() {
+        let line = private(&PrivateEvent::Message {
+            peer: "bob".into(),
+            text: "psst\x1b[2J".into(),
+            sent_at: 0,
+        });
+        assert!(line.ends_with("] bob (private): psst\u{fffd}[2J"), "{line}");
+        let closed = |reason| private(&PrivateEvent::Closed { peer: "bob".into(), reason });
+        assert_eq!(closed(CloseReason::Peer(ByeReason::Stopped)), "* bob ended the private chat");
+        assert!(closed(CloseReason::Peer(ByeReason::LoggedOut)).contains("bob logged out"));
+        assert!(closed(CloseReason::Lost).contains("lost"));
+        let failed = private(&PrivateEvent::Failed { peer: "bob".into(), error: "refused".into() });
+        assert!(failed.starts_with("error: ") && failed.ends_with("bob: refused"), "{failed}");
+    }
+
+    #[test]
+    fn private_requests_read_from_each_side() {
+        let request = event(&Event::PrivateRequest { from: "alice".into(), expires_in_secs: 60 });
+        assert!(request.contains("/accept alice or /decline alice (within 60 s)"), "{request}");
+        let ended = |outgoing, reason| {
+            event(&Event::PrivateRequestEnded { peer: "bob".into(), outgoing, reason })
+        };
+        assert_eq!(ended(true, RequestEnd::Declined), "* bob declined your private chat request");
+        assert!(ended(true, RequestEnd::Expired).contains("your private chat request to bob"));
+        assert!(ended(false, RequestEnd::Expired).contains("bob's private chat request expired"));
+        assert!(ended(false, RequestEnd::PeerLeft).contains("withdrawn"));
+        let asked = reply(&Request::StartPrivate { user: "bob".into() }, &Reply::Done);
+        assert_eq!(asked, ["asked bob for a private chat; waiting for their answer"]);
     }
 
     #[test]

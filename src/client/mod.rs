@@ -4,12 +4,17 @@
 //! socket. Requests go to that task over a channel with a oneshot for the reply; the task
 //! numbers them, matches replies by id and forwards server events to the [`Events`] stream.
 //! Dropping every `Client` handle closes the connection.
+//!
+//! Private chats do not go through this connection once they are open: the server only
+//! introduces the two sides ([`Client::start_private`], [`Client::accept_private`]), and
+//! [`crate::p2p::PrivateChats`] carries the chat itself.
 
 pub mod command;
 pub mod format;
 pub mod tui;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -17,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::protocol::{
-    ClientCodec, ClientMessage, CodecError, Delivery, ErrorCode, ErrorReply, Event, GroupInfo,
-    Hello, HistoryMessage, Invitation, OnlineUser, Reply, Request, SeenUser, ServerMessage,
-    PROTOCOL_VERSION,
+    ClientCodec, ClientMessage, CodecError, Delivery, DirectPorts, ErrorCode, ErrorReply, Event,
+    GroupInfo, Hello, HistoryMessage, Introduction, Invitation, OnlineUser, Reply, Request,
+    SeenUser, ServerMessage, PROTOCOL_VERSION,
 };
 
 /// Largest frame accepted from the server. Larger than the server's limit for clients: a
@@ -95,6 +100,7 @@ pub struct GroupDelivery {
 pub struct Client {
     requests: mpsc::Sender<Pending>,
     server: String,
+    local: SocketAddr,
 }
 
 /// The server's pushed events, in the order they arrived.
@@ -121,6 +127,7 @@ impl Client {
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
         let socket = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
+        let local = socket.local_addr().map_err(ClientError::Connect)?;
         let mut framed = Framed::new(socket, ClientCodec::new(MAX_SERVER_FRAME));
         let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
         framed.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent })).await?;
@@ -135,12 +142,18 @@ impl Client {
         let (requests, requests_rx) = mpsc::channel(64);
         let (events_tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(io_task(framed, requests_rx, events_tx));
-        Ok((Client { requests, server }, Events { rx }))
+        Ok((Client { requests, server, local }, Events { rx }))
     }
 
     /// The server's self-description from the handshake.
     pub fn server_agent(&self) -> &str {
         &self.server
+    }
+
+    /// This end of the server connection: the local address the server sees us come from
+    /// (absent NAT), and so the one to bind direct sockets on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 
     /// Sends any request and waits for its reply.
@@ -150,9 +163,20 @@ impl Client {
         Ok(rx.await.map_err(|_| ClientError::Disconnected)??)
     }
 
-    /// Logs in (or, with open registration, creates the account).
+    /// Logs in (or, with open registration, creates the account), taking no direct
+    /// connections: such a session can neither start nor accept private chats.
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginInfo, ClientError> {
-        let req = Request::Login { username: username.into(), password: password.into() };
+        self.login_with(username, password, None).await
+    }
+
+    /// Logs in, announcing the ports where this client takes direct connections.
+    pub async fn login_with(
+        &self,
+        username: &str,
+        password: &str,
+        direct: Option<DirectPorts>,
+    ) -> Result<LoginInfo, ClientError> {
+        let req = Request::Login { username: username.into(), password: password.into(), direct };
         match self.request(req).await? {
             Reply::LoggedIn { username, created, offline_messages } => {
                 Ok(LoginInfo { username, created, offline_messages })
@@ -260,6 +284,25 @@ impl Client {
             Reply::History { messages, .. } => Ok(messages),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Asks `user` for a private chat (see [`crate::p2p::PrivateChats::request`]).
+    pub async fn start_private(&self, user: &str) -> Result<(), ClientError> {
+        self.expect_done(Request::StartPrivate { user: user.into() }).await
+    }
+
+    /// Accepts `user`'s private chat request; returns `user`'s address and the token their
+    /// connection will carry (see [`crate::p2p::PrivateChats::accept`]).
+    pub async fn accept_private(&self, user: &str) -> Result<Introduction, ClientError> {
+        match self.request(Request::AcceptPrivate { user: user.into() }).await? {
+            Reply::Introduced(intro) => Ok(intro),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Declines `user`'s private chat request.
+    pub async fn decline_private(&self, user: &str) -> Result<(), ClientError> {
+        self.expect_done(Request::DeclinePrivate { user: user.into() }).await
     }
 
     /// Logs out; the server then closes the connection.

@@ -1,5 +1,79 @@
-//! Direct peer-to-peer links: private chat over TCP and file transfer over UDP.
+//! Direct peer-to-peer links: private chat over TCP (and, later, file transfer over UDP).
 //!
-//! Not built yet. The server will introduce two users (address, port, one-time token) and
-//! step aside; this module will hold the authenticated private-chat connection and the
-//! sans-io transfer state machines with their single UDP driver. See `docs/ARCHITECTURE.md`.
+//! The server introduces two users and steps aside. Before logging in, a client binds its
+//! [`DirectSockets`] and announces their ports; the server pairs them with the IP address it
+//! sees the client connect from. When one user accepts another's private chat request, the
+//! server gives both a one-time token and the other's address, and the requester connects
+//! straight to the target's listener ([`chat`]). The listener lets the connection in only
+//! with the token the server issued for that user, once ([`tokens`]). What is said on the
+//! link never passes through the server, so it keeps working when the server goes away.
+//!
+//! The UDP socket is bound and announced now so that its port is known to the server; the
+//! file transfer that will use it is not built yet.
+
+pub mod chat;
+pub mod tokens;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::protocol::DirectPorts;
+
+pub use chat::{ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents};
+
+/// The local sockets for direct links, bound before login so that their ports can be
+/// announced to the server.
+#[derive(Debug)]
+pub struct DirectSockets {
+    /// The private-chat listener; hand it to [`PrivateChats::start`].
+    pub tcp: TcpListener,
+    /// The file-transfer socket, kept bound for the transfer.
+    pub udp: UdpSocket,
+    ports: DirectPorts,
+}
+
+/// A direct socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The private-chat listener could not be bound.
+    #[error("cannot listen for private chats on {addr}: {source}")]
+    Tcp {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file-transfer socket could not be bound.
+    #[error("cannot bind the file-transfer port {addr}: {source}")]
+    Udp {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl DirectSockets {
+    /// Binds the TCP listener and the UDP socket on `ip`; a port of 0 picks a free one.
+    ///
+    /// `ip` is best the local address of the server connection: that is the address the
+    /// server will see and tell peers about.
+    pub async fn bind(ip: IpAddr, tcp_port: u16, udp_port: u16) -> Result<Self, BindError> {
+        let addr = SocketAddr::new(ip, tcp_port);
+        let tcp_error = |source| BindError::Tcp { addr, source };
+        let tcp = TcpListener::bind(addr).await.map_err(tcp_error)?;
+        let tcp_port = tcp.local_addr().map_err(tcp_error)?.port();
+        let addr = SocketAddr::new(ip, udp_port);
+        let udp_error = |source| BindError::Udp { addr, source };
+        let udp = UdpSocket::bind(addr).await.map_err(udp_error)?;
+        let udp_port = udp.local_addr().map_err(udp_error)?.port();
+        Ok(Self { tcp, udp, ports: DirectPorts { tcp: tcp_port, udp: udp_port } })
+    }
+
+    /// The ports to announce at login (the ones picked, where 0 was asked for).
+    pub fn ports(&self) -> DirectPorts {
+        self.ports
+    }
+}

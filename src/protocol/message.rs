@@ -4,10 +4,20 @@
 //! that the server echoes in its [`ServerMessage::Reply`]. The server may push
 //! [`ServerMessage::Event`]s at any time. `Hello` and `Welcome` are frozen forever so that
 //! peers of different versions can always tell each other that they disagree.
+//!
+//! The private-chat introduction also travels here: a login announces the client's
+//! [`DirectPorts`]; [`Request::StartPrivate`] makes the server ask the target with
+//! [`Event::PrivateRequest`]; [`Request::AcceptPrivate`] is answered with an [`Introduction`]
+//! (the requester's address and a fresh [`Token`]) while the requester gets the target's
+//! address and the same token in [`Event::PrivateAccepted`]. What the two clients then say to
+//! each other is in [`super::peer`].
+
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump it on any incompatible change.
+/// Version 2: logins announce [`DirectPorts`]; private-chat introductions.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -78,6 +88,9 @@ pub enum Request {
         username: String,
         /// Plain password; the server keeps only an Argon2id hash.
         password: String,
+        /// Where this client takes direct connections; `None` for a client that takes none
+        /// (it can then neither start nor accept private chats).
+        direct: Option<DirectPorts>,
     },
     /// Send a direct message, relayed now or stored until `to` logs in.
     Msg {
@@ -143,6 +156,73 @@ pub enum Request {
         /// How many messages; the server's default when `None`.
         limit: Option<u32>,
     },
+    /// Ask `user` for a private chat; they get an [`Event::PrivateRequest`].
+    StartPrivate {
+        /// Whom to ask.
+        user: String,
+    },
+    /// Accept `user`'s private chat request; answered with [`Reply::Introduced`].
+    AcceptPrivate {
+        /// Who asked.
+        user: String,
+    },
+    /// Decline `user`'s private chat request; they are told.
+    DeclinePrivate {
+        /// Who asked.
+        user: String,
+    },
+}
+
+/// The ports on which a client takes direct connections. The server pairs them with the IP
+/// address it sees the client connect from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectPorts {
+    /// TCP port of the private-chat listener.
+    pub tcp: u16,
+    /// UDP port for file transfers.
+    pub udp: u16,
+}
+
+/// A one-time secret for one direct connection: 128 random bits made by the server.
+///
+/// Comparison with `==` takes the same time wherever the tokens differ, and `Debug` does
+/// not print the secret, so tokens can sit in structures that get logged.
+#[derive(Clone, Copy, Eq, Serialize, Deserialize)]
+pub struct Token(pub [u8; 16]);
+
+impl Token {
+    /// A fresh token from the operating system's random source.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Token(bytes)
+    }
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        // No early exit: the time taken does not depend on where the tokens differ.
+        let diff = self.0.iter().zip(&other.0).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// The server introducing one side of a private chat to the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introduction {
+    /// The other side.
+    pub peer: String,
+    /// The other side's private-chat address: the IP the server sees it at, and its TCP port.
+    pub addr: SocketAddr,
+    /// The one-time token that authenticates the requester's connection to the target.
+    pub token: Token,
 }
 
 /// A successful answer to a [`Request`].
@@ -225,6 +305,8 @@ pub enum Reply {
         /// The messages, oldest first.
         messages: Vec<HistoryMessage>,
     },
+    /// Answer to [`Request::AcceptPrivate`]: the requester, who will connect with the token.
+    Introduced(Introduction),
 }
 
 /// A group you belong to, as listed by [`Request::Groups`].
@@ -350,6 +432,25 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    /// `from` asks you for a private chat: answer with [`Request::AcceptPrivate`] or
+    /// [`Request::DeclinePrivate`].
+    PrivateRequest {
+        /// Who asks.
+        from: String,
+        /// Seconds until the request expires (rounded up).
+        expires_in_secs: u64,
+    },
+    /// Your private chat request was accepted: connect to the target with the token.
+    PrivateAccepted(Introduction),
+    /// A private chat request ended without a chat.
+    PrivateRequestEnded {
+        /// The other side of the request.
+        peer: String,
+        /// True if you asked `peer`; false if `peer` asked you.
+        outgoing: bool,
+        /// Why it ended.
+        reason: RequestEnd,
+    },
 }
 
 /// A change of group membership.
@@ -359,6 +460,17 @@ pub enum MemberChange {
     Joined,
     /// Left the group.
     Left,
+}
+
+/// Why a private chat request ended without a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestEnd {
+    /// The target declined.
+    Declined,
+    /// Nobody answered in time.
+    Expired,
+    /// The other side logged out (or was disconnected).
+    PeerLeft,
 }
 
 /// A change of presence.
@@ -459,6 +571,29 @@ pub enum ErrorCode {
     NotGroupMember,
     /// You are invited to the group but have not joined it yet.
     NotJoined,
+    /// The user exists but is not online.
+    Offline,
+    /// A private chat needs both clients to take direct connections, and one does not.
+    NotReachable,
+    /// You already asked this user for a private chat; wait for the answer.
+    AlreadyAsked,
+    /// There is no private chat request from this user (any more).
+    NoSuchRequest,
+}
+
+/// Why `text` cannot be sent as a message (blank, control characters, more than `max_chars`
+/// characters), or `None` if it can.
+pub fn text_problem(text: &str, max_chars: usize) -> Option<String> {
+    if text.trim().is_empty() {
+        return Some("the message is empty".into());
+    }
+    if text.chars().any(char::is_control) {
+        return Some("messages cannot contain control characters".into());
+    }
+    if text.chars().count() > max_chars {
+        return Some(format!("messages are limited to {max_chars} characters"));
+    }
+    None
 }
 
 /// The longest allowed username, in bytes.

@@ -1,15 +1,18 @@
-//! The wire protocol shared by the server, the client and (later) the direct peer links.
+//! The wire protocol shared by the server, the client and the direct peer links.
 //!
-//! Bytes become frames in [`codec`], frames become typed messages in [`message`]. A
-//! connection opens with [`Hello`] / [`Welcome`]; after that every [`Request`] carries an id
-//! that its [`ServerMessage::Reply`] echoes, and [`Event`]s arrive whenever the server has
-//! something to say.
+//! Bytes become frames in [`codec`], frames become typed messages in [`message`] (client and
+//! server) and [`peer`] (two clients on a direct link). A server connection opens with
+//! [`Hello`] / [`Welcome`]; after that every [`Request`] carries an id that its
+//! [`ServerMessage::Reply`] echoes, and [`Event`]s arrive whenever the server has something to
+//! say.
 
 pub mod codec;
 pub mod message;
+pub mod peer;
 
 pub use codec::{encode_frame, CodecError, FrameCodec, MalformedFrame, DEFAULT_MAX_FRAME};
 pub use message::*;
+pub use peer::{ByeReason, PeerCodec, PeerMessage, MAX_PEER_FRAME};
 
 /// The codec a server uses on a client connection.
 pub type ServerCodec = FrameCodec<ClientMessage, ServerMessage>;
@@ -22,9 +25,22 @@ mod tests {
     use bytes::BytesMut;
     use tokio_util::codec::{Decoder, Encoder};
 
+    fn introduction() -> Introduction {
+        Introduction {
+            peer: "bob".into(),
+            addr: "192.0.2.7:4100".parse().unwrap(),
+            token: Token([7; 16]),
+        }
+    }
+
     fn requests() -> Vec<Request> {
         let all = vec![
-            Request::Login { username: "alice".into(), password: "pw".into() },
+            Request::Login { username: "alice".into(), password: "pw".into(), direct: None },
+            Request::Login {
+                username: "alice".into(),
+                password: "pw".into(),
+                direct: Some(DirectPorts { tcp: 4100, udp: 4101 }),
+            },
             Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into() },
             Request::Broadcast { text: "all".into() },
             Request::List,
@@ -42,6 +58,9 @@ mod tests {
             Request::Groups,
             Request::History { with: "bob".into(), limit: Some(5) },
             Request::History { with: "devs".into(), limit: None },
+            Request::StartPrivate { user: "bob".into() },
+            Request::AcceptPrivate { user: "bob".into() },
+            Request::DeclinePrivate { user: "bob".into() },
         ];
         // Adding a variant without a sample here fails to compile.
         for r in &all {
@@ -59,7 +78,10 @@ mod tests {
                 | Request::GroupMsg { .. }
                 | Request::LeaveGroup { .. }
                 | Request::Groups
-                | Request::History { .. } => {}
+                | Request::History { .. }
+                | Request::StartPrivate { .. }
+                | Request::AcceptPrivate { .. }
+                | Request::DeclinePrivate { .. } => {}
             }
         }
         all
@@ -96,6 +118,7 @@ mod tests {
                     sent_at: 8,
                 }],
             },
+            Reply::Introduced(introduction()),
         ];
         for r in &all {
             match r {
@@ -111,7 +134,8 @@ mod tests {
                 | Reply::LeftGroup { .. }
                 | Reply::GroupSent { .. }
                 | Reply::Groups { .. }
-                | Reply::History { .. } => {}
+                | Reply::History { .. }
+                | Reply::Introduced(_) => {}
             }
         }
         all
@@ -149,6 +173,13 @@ mod tests {
                 at: 4,
             });
         }
+        all.push(Event::PrivateRequest { from: "alice".into(), expires_in_secs: 60 });
+        all.push(Event::PrivateAccepted(introduction()));
+        for reason in [RequestEnd::Declined, RequestEnd::Expired, RequestEnd::PeerLeft] {
+            for outgoing in [true, false] {
+                all.push(Event::PrivateRequestEnded { peer: "bob".into(), outgoing, reason });
+            }
+        }
         for e in &all {
             match e {
                 Event::Message { .. }
@@ -157,7 +188,10 @@ mod tests {
                 | Event::SessionEnded { .. }
                 | Event::Invited(_)
                 | Event::GroupMessage { .. }
-                | Event::GroupMember { .. } => {}
+                | Event::GroupMember { .. }
+                | Event::PrivateRequest { .. }
+                | Event::PrivateAccepted(_)
+                | Event::PrivateRequestEnded { .. } => {}
             }
         }
         all
@@ -188,6 +222,10 @@ mod tests {
             AlreadyJoined,
             NotGroupMember,
             NotJoined,
+            Offline,
+            NotReachable,
+            AlreadyAsked,
+            NoSuchRequest,
         ];
         for c in &all {
             match c {
@@ -212,7 +250,11 @@ mod tests {
                 | NotInvited
                 | AlreadyJoined
                 | NotGroupMember
-                | NotJoined => {}
+                | NotJoined
+                | Offline
+                | NotReachable
+                | AlreadyAsked
+                | NoSuchRequest => {}
             }
         }
         all
@@ -254,6 +296,59 @@ mod tests {
         for msg in all {
             assert_eq!(round_trip(&mut codec, msg.clone()), msg);
         }
+    }
+
+    fn peer_messages() -> Vec<PeerMessage> {
+        let mut all = vec![
+            PeerMessage::Hello {
+                version: PROTOCOL_VERSION,
+                token: Token([1; 16]),
+                username: "a".into(),
+            },
+            PeerMessage::Accepted { username: "b".into() },
+            PeerMessage::Text { text: "psst ✓".into(), sent_at: 1_700_000_000_000 },
+        ];
+        for reason in [ByeReason::Stopped, ByeReason::LoggedOut, ByeReason::TimedOut] {
+            all.push(PeerMessage::Bye { reason });
+        }
+        for m in &all {
+            match m {
+                PeerMessage::Hello { .. }
+                | PeerMessage::Accepted { .. }
+                | PeerMessage::Text { .. }
+                | PeerMessage::Bye { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_peer_message_round_trips() {
+        let mut codec = PeerCodec::new(MAX_PEER_FRAME);
+        for msg in peer_messages() {
+            assert_eq!(round_trip(&mut codec, msg.clone()), msg);
+        }
+    }
+
+    #[test]
+    fn tokens_compare_by_value_and_never_print() {
+        let a = Token::random();
+        assert_eq!(a, Token(a.0));
+        let mut other = a.0;
+        other[15] ^= 1;
+        assert_ne!(a, Token(other));
+        assert_ne!(Token::random(), Token::random());
+        assert_eq!(format!("{a:?}"), "Token(..)");
+        assert!(format!("{:?}", introduction()).contains("token: Token(..)"));
+    }
+
+    #[test]
+    fn text_rules_are_one_function() {
+        assert!(text_problem("hi", 5).is_none());
+        assert!(text_problem("  ", 5).unwrap().contains("empty"));
+        assert!(text_problem("a\x1bb", 5).unwrap().contains("control"));
+        assert!(text_problem("ünïcö", 5).is_none(), "characters, not bytes");
+        assert!(text_problem("123456", 5).unwrap().contains('5'));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod hub;
 pub mod lockout;
 pub mod password;
+pub mod private;
 mod session;
 
 use std::future::Future;
@@ -52,6 +53,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long shutdown waits for sessions to say goodbye.
     pub shutdown_grace: Duration,
+    /// How long a private chat request waits for an answer before it expires.
+    pub private_request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             session_queue: 1024,
             write_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_millis(1500),
+            private_request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +122,11 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Not on the tracker, which counts connections.
+    let expiry = tokio::spawn({
+        let (shared, stop) = (shared.clone(), stop.clone());
+        async move { shared.hub.expire_private_requests(stop).await }
+    });
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -143,6 +152,9 @@ pub async fn run(
     tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "some sessions did not finish in time");
+    }
+    if let Err(e) = expiry.await {
+        tracing::error!("the private request expiry task failed: {e}");
     }
     store.call(|s| s.flush()).await?;
     tracing::info!("store flushed; bye");

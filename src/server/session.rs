@@ -23,6 +23,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
+use super::hub::DirectAddrs;
 use super::Shared;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
@@ -54,7 +55,7 @@ pub(super) async fn serve(
     if !handshake(&mut conn, full).await {
         return;
     }
-    let Some(me) = unauthenticated(&mut conn, &shared, &stop).await else {
+    let Some(me) = unauthenticated(&mut conn, &shared, &stop, addr).await else {
         return;
     };
     tracing::info!(%addr, user = %me.name, "logged in");
@@ -191,11 +192,13 @@ fn server_agent() -> String {
     format!("confab-server {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Answers requests until a login succeeds; `None` if the connection ends first.
+/// Answers requests until a login succeeds; `None` if the connection ends first. `addr` is
+/// where the client connects from, which its announced direct ports are paired with.
 async fn unauthenticated(
     conn: &mut Conn,
     shared: &Shared,
     stop: &CancellationToken,
+    addr: SocketAddr,
 ) -> Option<LoggedIn> {
     let mut deadline = Instant::now() + shared.config.idle_timeout;
     loop {
@@ -219,8 +222,13 @@ async fn unauthenticated(
                     return None;
                 }
             }
-            Incoming::Request(id, Request::Login { username, password }) => {
-                match cmd::login::run(shared, username, password).await {
+            Incoming::Request(id, Request::Login { username, password, direct }) => {
+                let ip = addr.ip().to_canonical();
+                let direct = direct.map(|ports| DirectAddrs {
+                    tcp: SocketAddr::new(ip, ports.tcp),
+                    udp: SocketAddr::new(ip, ports.udp),
+                });
+                match cmd::login::run(shared, username, password, direct).await {
                     Ok(mut me) => {
                         let ok = deliver_login(conn, shared, id, &mut me).await;
                         if ok {

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use confab::client::{Client, ClientError, ClientEvent, Events};
-use confab::protocol::{ErrorCode, Event};
+use confab::p2p::{
+    ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
+};
+use confab::protocol::{ErrorCode, Event, Introduction};
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
 use tokio::net::TcpListener;
@@ -142,4 +145,88 @@ pub async fn assert_quiet(events: &mut Events, marker: &Client, to: &str) {
 /// The server's error code for a request that must fail.
 pub fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
     result.expect_err("the request should fail").code().expect("a server error")
+}
+
+/// A logged-in user whose client takes private chats, set up as the `confab` binary does it.
+pub struct Direct {
+    pub name: String,
+    pub client: Client,
+    pub events: Events,
+    pub chats: PrivateChats,
+    pub private: PrivateEvents,
+    /// The private-chat listener's port, as announced at login.
+    pub port: u16,
+    _udp: tokio::net::UdpSocket,
+}
+
+impl TestServer {
+    /// [`TestServer::login`], announcing direct sockets and starting private chats.
+    pub async fn login_direct(&self, user: &str) -> Direct {
+        self.login_direct_with(user, ChatConfig::default()).await
+    }
+
+    /// [`TestServer::login_direct`] with private-chat settings.
+    pub async fn login_direct_with(&self, user: &str, config: ChatConfig) -> Direct {
+        let (client, events) = self.connect().await;
+        let sockets = DirectSockets::bind(client.local_addr().ip(), 0, 0).await.unwrap();
+        let ports = sockets.ports();
+        client.login_with(user, &password_of(user), Some(ports)).await.unwrap();
+        let DirectSockets { tcp, udp, .. } = sockets;
+        let (chats, private) = PrivateChats::start(user, tcp, config);
+        Direct { name: user.to_owned(), client, events, chats, private, port: ports.tcp, _udp: udp }
+    }
+}
+
+/// The next private-chat event, failing the test if none comes in time.
+pub async fn next_private(events: &mut PrivateEvents) -> PrivateEvent {
+    match tokio::time::timeout(PATIENCE, events.next()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("the private events ended"),
+        Err(_) => panic!("no private event within {PATIENCE:?}"),
+    }
+}
+
+/// The next private-chat event, which must be a message; returns `(peer, text)`.
+pub async fn next_private_message(events: &mut PrivateEvents) -> (String, String) {
+    match next_private(events).await {
+        PrivateEvent::Message { peer, text, .. } => (peer, text),
+        other => panic!("expected a private message, got {other:?}"),
+    }
+}
+
+/// The full introduction: `a` asks, `b` is asked and accepts, `a` connects, both see the
+/// chat open. Returns the introduction `a` was given (`b`'s address and the token).
+pub async fn open_private(a: &mut Direct, b: &mut Direct) -> Introduction {
+    a.chats.request(&a.client, &b.name).await.unwrap();
+    match next_non_presence(&mut b.events).await {
+        Event::PrivateRequest { from, .. } => assert_eq!(from, a.name),
+        other => panic!("expected a private chat request, got {other:?}"),
+    }
+    b.chats.accept(&b.client, &a.name).await.unwrap();
+    let intro = match next_non_presence(&mut a.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("expected an acceptance, got {other:?}"),
+    };
+    a.chats.connect(intro.clone());
+    assert_eq!(next_private(&mut a.private).await, PrivateEvent::Opened { peer: b.name.clone() });
+    assert_eq!(next_private(&mut b.private).await, PrivateEvent::Opened { peer: a.name.clone() });
+    intro
+}
+
+/// Proves that `events` (of `to`'s private chats) received nothing since last read: `marker`
+/// sends `to` a private message, which must be the very next event.
+pub async fn assert_private_quiet(events: &mut PrivateEvents, marker: &Direct, to: &str) {
+    marker.chats.send(to, "marker").await.unwrap();
+    match next_private(events).await {
+        PrivateEvent::Message { peer, text, .. } if peer == marker.name && text == "marker" => {}
+        other => panic!("expected only the marker, got {other:?} first"),
+    }
+}
+
+/// The server's error code for a private-chat command that must fail on the server.
+pub fn private_code<T: std::fmt::Debug>(result: Result<T, PrivateError>) -> ErrorCode {
+    match result.expect_err("the command should fail") {
+        PrivateError::Server(e) => e.code().expect("a server error"),
+        other => panic!("expected a server error, got {other:?}"),
+    }
 }

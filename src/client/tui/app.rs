@@ -12,7 +12,11 @@ use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
 use crate::client::command::{self, Command};
 use crate::client::{format, ClientEvent};
-use crate::protocol::{Delivery, Event, OnlineUser, PresenceChange, Reply, Request, Timestamp};
+use crate::p2p::PrivateEvent;
+use crate::protocol::{
+    ByeReason, Delivery, EndReason, Event, Introduction, OnlineUser, PresenceChange, Reply,
+    Request, Timestamp,
+};
 
 /// The most entries kept in the scrollback.
 pub const SCROLLBACK: usize = 10_000;
@@ -40,6 +44,24 @@ pub enum UiEvent {
         /// The reply, or the error to show.
         result: Result<Reply, String>,
     },
+    /// Something from a private chat.
+    Private(PrivateEvent),
+    /// A `/private` message went out (or could not).
+    PrivateSent {
+        /// The peer.
+        to: String,
+        /// The text.
+        text: String,
+        /// The error to show, if it failed.
+        result: Result<(), String>,
+    },
+    /// A `/stopprivate` finished.
+    PrivateStopped {
+        /// The peer.
+        user: String,
+        /// The error to show, if it failed.
+        result: Result<(), String>,
+    },
     /// A second went by.
     Tick(Timestamp),
 }
@@ -48,8 +70,26 @@ pub enum UiEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send this request; its answer comes back as [`UiEvent::Replied`], in order.
+    /// (`StartPrivate` and `AcceptPrivate` go through the private chats, which need to
+    /// know about them.)
     Send(Request),
-    /// Log out (if still connected) and leave.
+    /// Send a private message; answered with [`UiEvent::PrivateSent`].
+    Private {
+        /// The peer.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// End a private chat; answered with [`UiEvent::PrivateStopped`].
+    StopPrivate {
+        /// The peer.
+        user: String,
+    },
+    /// Connect to a peer who accepted our private chat request.
+    Connect(Introduction),
+    /// End every private chat, telling each peer why.
+    CloseChats(ByeReason),
+    /// End the private chats, log out (if still connected) and leave.
     Quit,
 }
 
@@ -95,6 +135,13 @@ pub enum Kind {
         /// Sender.
         from: String,
     },
+    /// A private message over a direct connection.
+    Private {
+        /// The other side.
+        peer: String,
+        /// True for a message you sent.
+        outgoing: bool,
+    },
     /// A group message (yours included).
     Group {
         /// The group.
@@ -128,6 +175,10 @@ pub struct App {
     pub online: BTreeMap<String, Timestamp>,
     /// Groups you are in or invited to, for completion.
     pub groups: BTreeSet<String>,
+    /// Open private chats, by peer.
+    pub private: BTreeSet<String>,
+    /// Users asking you for a private chat, oldest first.
+    pub asking: Vec<String>,
     /// The input line.
     pub input: LineEditor,
     /// Completion candidates to show above the input line.
@@ -153,6 +204,8 @@ impl App {
             unread: 0,
             online: BTreeMap::new(),
             groups: BTreeSet::new(),
+            private: BTreeSet::new(),
+            asking: Vec::new(),
             input: LineEditor::default(),
             hint: None,
             size,
@@ -187,15 +240,31 @@ impl App {
             UiEvent::Key(key) => return self.key(key),
             UiEvent::Paste(text) => self.input.insert(&text),
             UiEvent::Resize { width, height } => self.size = (width, height),
-            UiEvent::Server(ClientEvent::Server(event)) => self.server_event(event),
+            UiEvent::Server(ClientEvent::Server(event)) => return self.server_event(event),
             UiEvent::Server(ClientEvent::Closed { error }) => {
                 if self.connection == Connection::Connected {
                     let why = error.unwrap_or_else(|| "closed by the server".into());
                     self.error(format!("connection to the server lost: {why}; Ctrl-C leaves"));
                     self.connection = Connection::Lost(why);
                 }
+                self.asking.clear();
+                if !self.private.is_empty() {
+                    self.notice(format::server_gone());
+                }
             }
             UiEvent::Replied { request, result } => return self.replied(request, result),
+            UiEvent::Private(event) => self.private_event(event),
+            UiEvent::PrivateSent { to, text, result } => match result {
+                Ok(()) => self.chat(self.now, Kind::Private { peer: to, outgoing: true }, text),
+                Err(e) => self.error(e),
+            },
+            UiEvent::PrivateStopped { user, result } => match result {
+                Ok(()) => {
+                    self.private.remove(&user);
+                    self.notice(format::private_stopped(&user));
+                }
+                Err(e) => self.error(e),
+            },
             UiEvent::Tick(now) => self.now = now,
         }
         Vec::new()
@@ -206,9 +275,24 @@ impl App {
         self.users.iter().filter(|u| **u != self.me).cloned().collect()
     }
 
-    /// Rows of the message pane.
+    /// Rows of the message pane: the screen less the input line, the status bar, and the
+    /// hint and private-chat prompt lines when they are shown.
     pub fn pane_height(&self) -> usize {
-        usize::from(self.size.1).saturating_sub(2 + usize::from(self.hint.is_some())).max(1)
+        let extra = usize::from(self.hint.is_some()) + usize::from(!self.asking.is_empty());
+        usize::from(self.size.1).saturating_sub(2 + extra).max(1)
+    }
+
+    /// The prompt line for pending private-chat requests, if any.
+    pub fn asking_line(&self) -> Option<String> {
+        let asks: Vec<String> = self
+            .asking
+            .iter()
+            .map(|from| {
+                let from = format::sanitize(from);
+                format!("{from} asks for a private chat: /accept {from} or /decline {from}")
+            })
+            .collect();
+        (!asks.is_empty()).then(|| asks.join(" | "))
     }
 
     fn key(&mut self, key: KeyEvent) -> Vec<Action> {
@@ -253,11 +337,14 @@ impl App {
                 Ok(lines) => lines.into_iter().for_each(|l| self.notice(l)),
                 Err(e) => self.error(e.to_string()),
             },
+            Ok(Command::Private { to, text }) => return vec![Action::Private { to, text }],
+            Ok(Command::StopPrivate { user }) => return vec![Action::StopPrivate { user }],
             Ok(Command::Server(Request::Logout)) if self.connection != Connection::Connected => {
                 return self.quit();
             }
             Ok(Command::Server(_)) if self.connection != Connection::Connected => {
-                self.error("not connected to the server; Ctrl-C leaves");
+                let also = if self.private.is_empty() { "" } else { "; /private still works" };
+                self.error(format!("not connected to the server{also}; Ctrl-C leaves"));
             }
             Ok(Command::Server(request)) => return vec![Action::Send(request)],
         }
@@ -275,7 +362,7 @@ impl App {
         self.hint = (!done.candidates.is_empty()).then(|| done.candidates.join("  "));
     }
 
-    fn server_event(&mut self, event: Event) {
+    fn server_event(&mut self, event: Event) -> Vec<Action> {
         match event {
             Event::Message { from, text, sent_at, offline } => {
                 self.users.insert(from.clone());
@@ -303,16 +390,64 @@ impl App {
                 self.groups.insert(invitation.group.clone());
                 self.notice(format::event(&event));
             }
-            Event::SessionEnded { .. } => {
+            Event::SessionEnded { reason } => {
                 let line = format::event(&event);
                 self.connection = Connection::Ended(line.trim_start_matches("* ").to_owned());
                 self.error(format!("{line}; Ctrl-C leaves"));
+                // Logged out for idleness ends the private chats too; a server going away
+                // does not.
+                if reason == EndReason::IdleTimeout {
+                    return vec![Action::CloseChats(ByeReason::TimedOut)];
+                }
             }
             Event::GroupMember { .. } => self.notice(format::event(&event)),
+            Event::PrivateRequest { ref from, .. } => {
+                self.users.insert(from.clone());
+                if !self.asking.contains(from) {
+                    self.asking.push(from.clone());
+                }
+                self.notice(format::event(&event));
+            }
+            Event::PrivateAccepted(intro) => {
+                self.notice(format::event(&Event::PrivateAccepted(intro.clone())));
+                return vec![Action::Connect(intro)];
+            }
+            Event::PrivateRequestEnded { ref peer, outgoing, .. } => {
+                if !outgoing {
+                    self.asking.retain(|p| p != peer);
+                }
+                self.notice(format::event(&event));
+            }
+        }
+        Vec::new()
+    }
+
+    fn private_event(&mut self, event: PrivateEvent) {
+        match &event {
+            PrivateEvent::Opened { peer } => {
+                self.private.insert(peer.clone());
+                self.notice(format::private(&event));
+            }
+            PrivateEvent::Message { peer, text, sent_at } => {
+                let kind = Kind::Private { peer: peer.clone(), outgoing: false };
+                self.chat(*sent_at, kind, text.clone());
+            }
+            PrivateEvent::Closed { peer, .. } => {
+                self.private.remove(peer);
+                self.notice(format::private(&event));
+            }
+            PrivateEvent::Failed { peer, error } => {
+                self.private.remove(peer);
+                self.error(format!("private chat with {peer}: {error}"));
+            }
         }
     }
 
     fn replied(&mut self, request: Request, result: Result<Reply, String>) -> Vec<Action> {
+        if let Request::AcceptPrivate { user } | Request::DeclinePrivate { user } = &request {
+            // Answered, or the request is gone: either way there is nothing left to answer.
+            self.asking.retain(|p| p != user);
+        }
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {
@@ -487,7 +622,7 @@ mod tests {
         assert!(type_line(&mut app, "/dance").is_empty());
         assert!(app.entries.back().unwrap().text.contains("unknown command"));
         assert!(type_line(&mut app, "/help groupmsg").is_empty());
-        assert!(app.entries.back().unwrap().text.starts_with("/groupmsg NAME TEXT"));
+        assert!(app.entries.iter().any(|e| e.text.starts_with("/groupmsg NAME TEXT")));
     }
 
     #[test]

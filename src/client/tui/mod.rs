@@ -6,8 +6,10 @@
 //! does I/O: it reads the terminal, the server events and a one-second tick, feeds them to
 //! the app, carries out its actions and redraws.
 //!
-//! Requests go to one worker task that sends them one at a time, so their answers come back
-//! in the order they were typed.
+//! Requests (and private messages) go to one worker task that carries them out one at a
+//! time, so their answers come back in the order they were typed. Private chats run beside
+//! the server connection: when the server goes away the interface stays, and `/private`
+//! keeps working.
 
 pub mod app;
 pub mod complete;
@@ -25,24 +27,37 @@ use tokio::sync::mpsc;
 pub use app::{Action, App, Connection, UiEvent};
 
 use super::{Client, Events};
-use crate::protocol::now_ms;
+use crate::p2p::{PrivateChats, PrivateError, PrivateEvents};
+use crate::protocol::{now_ms, ByeReason, Reply, Request};
 
 /// How long quitting waits for the server to confirm the logout.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The connections the interface drives.
+pub struct Links {
+    /// The server connection.
+    pub client: Client,
+    /// Its events.
+    pub events: Events,
+    /// The private chats.
+    pub chats: PrivateChats,
+    /// Their events.
+    pub private: PrivateEvents,
+}
+
 /// Runs the interface on `terminal` until the user quits; returns the final state.
 pub async fn run(
     terminal: &mut DefaultTerminal,
-    client: Client,
-    mut events: Events,
+    links: Links,
     mut app: App,
 ) -> std::io::Result<App> {
+    let Links { client, mut events, chats, mut private } = links;
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let (replies_tx, mut replies) = mpsc::unbounded_channel();
-    let requests = spawn_requests(client.clone(), replies_tx);
+    let jobs = spawn_worker(client.clone(), chats.clone(), replies_tx);
     let mut server_open = true;
     loop {
         terminal.draw(|frame| render::render(&app, frame))?;
@@ -63,41 +78,79 @@ pub async fn run(
                 }
             },
             Some(reply) = replies.recv() => reply,
+            Some(event) = private.next() => UiEvent::Private(event),
             _ = tick.tick() => UiEvent::Tick(now_ms()),
             _ = terminate.recv() => break,
             _ = hangup.recv() => break,
         };
         for action in app.handle(event) {
             match action {
-                Action::Send(request) => {
-                    let _ = requests.send(request);
-                }
+                Action::Connect(intro) => chats.connect(intro),
+                Action::CloseChats(reason) => chats.close_all(reason).await,
                 Action::Quit => {}
+                job => {
+                    let _ = jobs.send(job);
+                }
             }
         }
         if app.quitting() {
             break;
         }
     }
+    chats.close_all(ByeReason::LoggedOut).await;
     if app.connection == Connection::Connected {
         let _ = tokio::time::timeout(LOGOUT_TIMEOUT, client.logout()).await;
     }
     Ok(app)
 }
 
-/// Sends requests one at a time and reports each answer as a [`UiEvent::Replied`].
-fn spawn_requests(
+/// Carries out requests and private messages one at a time and reports each outcome as a
+/// [`UiEvent`].
+fn spawn_worker(
     client: Client,
+    chats: PrivateChats,
     replies: mpsc::UnboundedSender<UiEvent>,
-) -> mpsc::UnboundedSender<crate::protocol::Request> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<crate::protocol::Request>();
+) -> mpsc::UnboundedSender<Action> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
     tokio::spawn(async move {
-        while let Some(request) = rx.recv().await {
-            let result = client.request(request.clone()).await.map_err(|e| e.to_string());
-            if replies.send(UiEvent::Replied { request, result }).is_err() {
+        while let Some(job) = rx.recv().await {
+            let event = match job {
+                Action::Send(request) => {
+                    let result = send(&client, &chats, &request).await;
+                    UiEvent::Replied { request, result }
+                }
+                Action::Private { to, text } => {
+                    let result = chats.send(&to, &text).await.map_err(|e| e.to_string());
+                    UiEvent::PrivateSent { to, text, result }
+                }
+                Action::StopPrivate { user } => {
+                    let result = chats.stop(&user).await.map_err(|e| e.to_string());
+                    UiEvent::PrivateStopped { user, result }
+                }
+                Action::Connect(_) | Action::CloseChats(_) | Action::Quit => continue,
+            };
+            if replies.send(event).is_err() {
                 break;
             }
         }
     });
     tx
+}
+
+/// Sends one request; asking for and accepting private chats go through `chats`, which
+/// keeps the tokens.
+async fn send(client: &Client, chats: &PrivateChats, request: &Request) -> Result<Reply, String> {
+    let private = |e: PrivateError| match e {
+        PrivateError::Server(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    match request {
+        Request::StartPrivate { user } => {
+            chats.request(client, user).await.map(|()| Reply::Done).map_err(private)
+        }
+        Request::AcceptPrivate { user } => {
+            chats.accept(client, user).await.map(Reply::Introduced).map_err(private)
+        }
+        _ => client.request(request.clone()).await.map_err(|e| e.to_string()),
+    }
 }

@@ -34,9 +34,11 @@ const PALETTE: [Color; 10] = [
 /// Draws the whole screen.
 pub fn render(app: &App, frame: &mut Frame) {
     let hint_rows = u16::from(app.hint.is_some());
-    let [pane, hint, status, input] = Layout::vertical([
+    let asking_rows = u16::from(!app.asking.is_empty());
+    let [pane, hint, asking, status, input] = Layout::vertical([
         Constraint::Min(1),
         Constraint::Length(hint_rows),
+        Constraint::Length(asking_rows),
         Constraint::Length(1),
         Constraint::Length(1),
     ])
@@ -45,6 +47,10 @@ pub fn render(app: &App, frame: &mut Frame) {
     if let Some(text) = &app.hint {
         frame
             .render_widget(Paragraph::new(text.as_str()).style(Style::new().fg(Color::Gray)), hint);
+    }
+    if let Some(text) = app.asking_line() {
+        let style = Style::new().fg(Color::Black).bg(Color::Yellow);
+        frame.render_widget(Paragraph::new(text).style(style), asking);
     }
     frame.render_widget(Paragraph::new(status_line(app, status.width)), status);
     render_input(app, frame, input);
@@ -91,6 +97,9 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     let (state, state_style) = match &app.connection {
         Connection::Connected => ("connected".to_owned(), bar.fg(Color::LightGreen)),
         Connection::Ended(why) => (format!("ended: {why}"), bar.fg(Color::LightRed)),
+        Connection::Lost(_) if !app.private.is_empty() => {
+            ("server gone, private chats still work".to_owned(), bar.fg(Color::LightRed))
+        }
         Connection::Lost(_) => ("connection lost".to_owned(), bar.fg(Color::LightRed)),
     };
     let online: Vec<&str> = app.online.keys().map(String::as_str).collect();
@@ -99,6 +108,10 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
         (state, state_style),
         (format!("{} online", online.len()), bar),
     ];
+    if !app.private.is_empty() {
+        let peers: Vec<&str> = app.private.iter().map(String::as_str).collect();
+        segments.push((format!("private: {}", peers.join(" ")), bar.fg(Color::LightMagenta)));
+    }
     if app.unread > 0 {
         segments.push((format!("{} unread, PgDn", app.unread), bar.fg(Color::LightYellow)));
     }
@@ -174,6 +187,19 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
         Kind::Broadcast { from } => {
             out.push(name(from));
             out.push(Span::styled(" (broadcast)", Style::new().fg(Color::Yellow)));
+            out.push(Span::raw(": "));
+        }
+        Kind::Private { peer, outgoing } => {
+            let mark = Span::styled(
+                "[private] ",
+                Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD),
+            );
+            out.push(mark);
+            if *outgoing {
+                out.push(name(me));
+                out.push(Span::styled(" -> ", dim));
+            }
+            out.push(name(peer));
             out.push(Span::raw(": "));
         }
         Kind::Group { group, from, .. } => {

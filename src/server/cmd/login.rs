@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::internal;
 use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
-use crate::server::hub::Peer;
+use crate::server::hub::{DirectAddrs, Peer};
 use crate::server::lockout::Attempt;
 use crate::server::{password, Shared};
 use crate::store::StoredMessage;
@@ -44,6 +44,7 @@ pub(in crate::server) async fn run(
     shared: &Shared,
     username: String,
     password: String,
+    direct: Option<DirectAddrs>,
 ) -> Result<LoggedIn, ErrorReply> {
     if !valid_username(&username) {
         return Err(ErrorReply::new(
@@ -57,6 +58,9 @@ pub(in crate::server) async fn run(
             format!("passwords are 1-{MAX_PASSWORD_LEN} bytes"),
         ));
     }
+    if direct.is_some_and(|d| d.tcp.port() == 0 || d.udp.port() == 0) {
+        return Err(ErrorReply::new(ErrorCode::InvalidArgument, "direct ports cannot be 0"));
+    }
     shared.lockout().begin(&username, Instant::now()).map_err(locked)?;
     let checked = check_password(shared, &username, password).await;
     let attempt = match &checked {
@@ -69,7 +73,7 @@ pub(in crate::server) async fn run(
         return Err(locked(lock));
     }
     let created = checked?;
-    join(shared, username, created).await
+    join(shared, username, created, direct).await
 }
 
 /// Verifies the password; `Ok(true)` when the account was created by this login.
@@ -116,12 +120,17 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
 }
 
 /// Puts the user online, records the session and collects their offline messages.
-async fn join(shared: &Shared, name: String, created: bool) -> Result<LoggedIn, ErrorReply> {
+async fn join(
+    shared: &Shared,
+    name: String,
+    created: bool,
+    direct: Option<DirectAddrs>,
+) -> Result<LoggedIn, ErrorReply> {
     let (tx, rx) = mpsc::channel(shared.config.session_queue);
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
     let (peer, kick) = Peer::new(tx, since, session);
-    let invitations = shared.hub.join(&name, peer)?;
+    let invitations = shared.hub.join(&name, peer.with_direct(direct))?;
     let key = name.clone();
     let stored = shared
         .store

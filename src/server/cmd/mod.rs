@@ -12,10 +12,11 @@ pub(super) mod leavegroup;
 pub(super) mod list;
 pub(super) mod login;
 pub(super) mod msg;
+pub(super) mod private;
 pub(super) mod whoelsesince;
 
 use super::Shared;
-use crate::protocol::{ErrorCode, ErrorReply, Reply, Request};
+use crate::protocol::{text_problem, ErrorCode, ErrorReply, Reply, Request};
 
 /// Runs a request of the logged-in user `me`. Login and logout belong to the session itself.
 pub(super) async fn dispatch(
@@ -41,23 +42,18 @@ pub(super) async fn dispatch(
         }
         // The session ends itself on logout and never passes it here.
         Request::Logout => Err(internal("dispatch", "logout reached the command table")),
+        Request::StartPrivate { user } => private::start(shared, me, user),
+        Request::AcceptPrivate { user } => private::accept(shared, me, user),
+        Request::DeclinePrivate { user } => private::decline(shared, me, user),
     }
 }
 
 /// Checks a message text: not blank, no control characters, not too long.
 fn check_text(shared: &Shared, text: &str) -> Result<(), ErrorReply> {
-    let invalid = |why: String| Err(ErrorReply::new(ErrorCode::InvalidArgument, why));
-    if text.trim().is_empty() {
-        return invalid("the message is empty".into());
+    match text_problem(text, shared.config.max_message_chars) {
+        Some(why) => Err(ErrorReply::new(ErrorCode::InvalidArgument, why)),
+        None => Ok(()),
     }
-    if text.chars().any(char::is_control) {
-        return invalid("messages cannot contain control characters".into());
-    }
-    let max = shared.config.max_message_chars;
-    if text.chars().count() > max {
-        return invalid(format!("messages are limited to {max} characters"));
-    }
-    Ok(())
 }
 
 /// The reply for a failure inside the server; the details go to the log, not the client.

@@ -12,30 +12,51 @@
 //! Accounts, blocks and groups are cached here from the store at start-up and written
 //! through by the commands that change them; the store stays the durable copy. Group
 //! membership and routing within groups are in [`groups`].
-
-mod groups;
-
-pub use groups::GroupRouted;
+//!
+//! Private-chat introductions live here too: each online user's direct-connection addresses,
+//! and the requests waiting for an answer ([`PendingRequests`]). Asking, answering, expiring
+//! and logging out all happen under the routing lock, so a request never outlives either
+//! side's session and the target is only asked once every check has passed.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::private::PendingRequests;
+
+mod groups;
+
 use crate::protocol::{
-    encode_frame, ErrorCode, ErrorReply, Event, Invitation, OnlineUser, PresenceChange,
-    ServerMessage, Timestamp,
+    encode_frame, ErrorCode, ErrorReply, Event, Introduction, Invitation, OnlineUser,
+    PresenceChange, RequestEnd, ServerMessage, Timestamp, Token,
 };
 use crate::store::MemberRecord;
+pub use groups::GroupRouted;
 
 /// Shared routing state.
 #[derive(Default)]
 pub struct Hub {
     state: Mutex<State>,
     next_session: AtomicU64,
+    /// Woken when a private-chat request is added, so that the expiry task re-reads the
+    /// next deadline.
+    requests_changed: Notify,
+}
+
+/// Where an online user takes direct connections: the IP address their session comes from,
+/// with the ports they announced at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectAddrs {
+    /// The private-chat listener.
+    pub tcp: SocketAddr,
+    /// The file-transfer socket.
+    pub udp: SocketAddr,
 }
 
 /// A live session as the hub sees it.
@@ -50,17 +71,26 @@ pub struct Peer {
     pub kick: CancellationToken,
     /// Frames that arrived after the queue filled up, oldest first.
     pub overflow: Vec<Bytes>,
+    /// Where the client takes direct connections, if it announced it at login.
+    pub direct: Option<DirectAddrs>,
 }
 
 impl Peer {
-    /// A peer with an empty overflow.
+    /// A peer with an empty overflow that takes no direct connections.
     pub fn new(
         tx: mpsc::Sender<Bytes>,
         since: Timestamp,
         session: u64,
     ) -> (Self, CancellationToken) {
         let kick = CancellationToken::new();
-        (Self { tx, since, session, kick: kick.clone(), overflow: Vec::new() }, kick)
+        let peer =
+            Self { tx, since, session, kick: kick.clone(), overflow: Vec::new(), direct: None };
+        (peer, kick)
+    }
+
+    /// The same peer, taking direct connections at `direct`.
+    pub fn with_direct(self, direct: Option<DirectAddrs>) -> Self {
+        Self { direct, ..self }
     }
 
     /// Queues `frame`; a full queue kicks the peer and keeps the frame in its overflow.
@@ -97,6 +127,7 @@ struct State {
     users: HashSet<String>,
     blocks: Blocks,
     groups: groups::Groups,
+    requests: PendingRequests,
 }
 
 /// Who blocks whom: blocker -> the users they block.
@@ -128,6 +159,39 @@ impl State {
             }
         }
     }
+
+    /// Queues `event` for `to` if `to` is online; false if not (nothing is stored).
+    fn push_event(&mut self, to: &str, event: Event) -> bool {
+        let Some(peer) = self.online.get_mut(to) else {
+            return false;
+        };
+        encode_event(event).is_some_and(|frame| peer.push(frame))
+    }
+
+    /// Tells both sides of the request `(from, to)` that it ended for `reason` (those of them
+    /// still online).
+    fn end_request(&mut self, from: &str, to: &str, reason: RequestEnd) {
+        let outgoing = Event::PrivateRequestEnded { peer: to.to_owned(), outgoing: true, reason };
+        self.push_event(from, outgoing);
+        let incoming =
+            Event::PrivateRequestEnded { peer: from.to_owned(), outgoing: false, reason };
+        self.push_event(to, incoming);
+    }
+
+    /// The direct addresses of online `user`, or why a private chat with them cannot start.
+    fn direct_of(&self, user: &str, you: bool) -> Result<DirectAddrs, ErrorReply> {
+        let Some(peer) = self.online.get(user) else {
+            return Err(ErrorReply::new(ErrorCode::Offline, format!("{user} is not online")));
+        };
+        peer.direct.ok_or_else(|| {
+            let message = if you {
+                "your client takes no direct connections, so it cannot have private chats".into()
+            } else {
+                format!("{user}'s client takes no direct connections")
+            };
+            ErrorReply::new(ErrorCode::NotReachable, message)
+        })
+    }
 }
 
 impl Hub {
@@ -146,7 +210,11 @@ impl Hub {
         for (blocker, blocked) in blocks {
             state.blocks.0.entry(blocker).or_default().insert(blocked);
         }
-        Self { state: Mutex::new(state), next_session: AtomicU64::new(1) }
+        Self {
+            state: Mutex::new(state),
+            next_session: AtomicU64::new(1),
+            requests_changed: Notify::new(),
+        }
     }
 
     /// A fresh id for a session.
@@ -165,10 +233,13 @@ impl Hub {
     }
 
     /// Records that `blocker` now blocks (or, with `on == false`, no longer blocks) `blocked`.
+    /// Blocking also drops, silently, a private chat request `blocked` made to `blocker`: its
+    /// end would otherwise tell `blocked` when `blocker` logs out.
     pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
         let mut state = self.state();
         if on {
             state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
+            state.requests.take(blocked, blocker, Instant::now());
         } else if let Some(set) = state.blocks.0.get_mut(blocker) {
             set.remove(blocked);
         }
@@ -217,7 +288,93 @@ impl Hub {
         if let Some(change) = change {
             state.announce(name, change, at);
         }
+        // `name` is offline already, so only the other side of each request hears of it.
+        for (from, to) in state.requests.forget(name) {
+            state.end_request(&from, &to, RequestEnd::PeerLeft);
+        }
         Some(then(peer))
+    }
+
+    /// Asks `to`, on behalf of `from`, for a private chat that expires at `expires`.
+    ///
+    /// Refused, and `to` is never asked, when `to` is `from`, unknown, blocks `from` (said
+    /// before anything that would reveal whether `to` is online, as `/msg` does), is offline,
+    /// or when either client takes no direct connections or the same request already waits.
+    pub fn ask_private(&self, from: &str, to: &str, expires: Instant) -> Result<(), ErrorReply> {
+        let now = Instant::now();
+        let mut state = self.state();
+        check_target(&state, from, to)?;
+        state.direct_of(to, false)?;
+        state.direct_of(from, true)?;
+        if !state.requests.ask(from, to, expires, now) {
+            return Err(ErrorReply::new(
+                ErrorCode::AlreadyAsked,
+                format!("you already asked {to} for a private chat; wait for their answer"),
+            ));
+        }
+        let secs = expires.saturating_duration_since(now).as_secs_f64().ceil() as u64;
+        let asked = Event::PrivateRequest { from: from.to_owned(), expires_in_secs: secs };
+        if !state.push_event(to, asked) {
+            // Only a session whose task died can refuse a frame; it is as good as offline.
+            state.requests.take(from, to, now);
+            return Err(ErrorReply::new(ErrorCode::Offline, format!("{to} is not online")));
+        }
+        drop(state);
+        self.requests_changed.notify_one();
+        Ok(())
+    }
+
+    /// `target` accepts `requester`'s request: the requester is sent the target's address and
+    /// `token`, and the target gets back the requester's.
+    pub fn accept_private(
+        &self,
+        requester: &str,
+        target: &str,
+        token: Token,
+    ) -> Result<Introduction, ErrorReply> {
+        let mut state = self.state();
+        if !state.requests.take(requester, target, Instant::now()) {
+            return Err(no_such_request(requester));
+        }
+        // Logging out drops a user's requests under this lock, so both are online here.
+        let (theirs, mine) = (state.direct_of(requester, false)?, state.direct_of(target, true)?);
+        let for_requester = Introduction { peer: target.to_owned(), addr: mine.tcp, token };
+        state.push_event(requester, Event::PrivateAccepted(for_requester));
+        Ok(Introduction { peer: requester.to_owned(), addr: theirs.tcp, token })
+    }
+
+    /// `target` declines `requester`'s request; the requester is told.
+    pub fn decline_private(&self, requester: &str, target: &str) -> Result<(), ErrorReply> {
+        let mut state = self.state();
+        if !state.requests.take(requester, target, Instant::now()) {
+            return Err(no_such_request(requester));
+        }
+        let event = Event::PrivateRequestEnded {
+            peer: target.to_owned(),
+            outgoing: true,
+            reason: RequestEnd::Declined,
+        };
+        state.push_event(requester, event);
+        Ok(())
+    }
+
+    /// Expires private-chat requests at their deadlines, telling both sides, until `stop`.
+    pub async fn expire_private_requests(&self, stop: CancellationToken) {
+        loop {
+            // `notify_one` leaves a permit when nobody waits, so a request added after the
+            // deadline is read still wakes this loop.
+            let changed = self.requests_changed.notified();
+            let next = self.state().requests.next_deadline();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => continue,
+                _ = tokio::time::sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {}
+            }
+            let mut state = self.state();
+            for (from, to) in state.requests.expire(Instant::now()) {
+                state.end_request(&from, &to, RequestEnd::Expired);
+            }
+        }
     }
 
     /// Routes a direct message frame from `from` to `to`.
@@ -302,6 +459,17 @@ fn check_target(state: &State, from: &str, to: &str) -> Result<(), ErrorReply> {
         ));
     }
     Ok(())
+}
+
+fn no_such_request(from: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::NoSuchRequest,
+        format!("there is no private chat request from {from} (it may have expired)"),
+    )
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// Encodes an event frame; an event that cannot be encoded is logged and dropped.

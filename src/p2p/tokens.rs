@@ -1,0 +1,167 @@
+//! The tokens a private-chat listener accepts: at most one per expected peer, each used once.
+//!
+//! Pure bookkeeping; the caller passes `now`. Accepting a request happens in two steps
+//! because of a race: the server sends the requester its token at the same moment as it
+//! answers the target, so the requester's `Hello` can reach the target's listener before the
+//! target has read the answer. So the target first [`reserve`](Tokens::reserve)s a slot for
+//! the requester (before asking the server), then [`fill`](Tokens::fill)s it with the token
+//! from the answer. A `Hello` that finds an unfilled slot is told to [`Verdict::Wait`]; one
+//! that finds no slot, a different token or an expired slot is rejected. A token that
+//! matches is consumed, so it cannot be replayed. A wrong token does not consume the slot:
+//! otherwise anyone able to reach the port could spoil a chat by guessing badly.
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+
+use crate::protocol::Token;
+
+/// Expected peers and their tokens.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    expected: HashMap<String, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// `None` until the server's answer has been read.
+    token: Option<Token>,
+    until: Instant,
+}
+
+/// What to do with a `Hello` from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The token is right: open the chat. The token is used up.
+    Accept,
+    /// A token for this peer is on its way: check again when it arrives.
+    Wait,
+    /// Close the connection.
+    Reject(Rejection),
+}
+
+/// Why a `Hello` was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No token is expected from this user: never issued, or already used.
+    #[error("no token is expected from this user (never issued, or already used)")]
+    Unexpected,
+    /// The token differs from the one the server issued for this user.
+    #[error("wrong token")]
+    WrongToken,
+    /// The token was not used in time.
+    #[error("the token has expired")]
+    Expired,
+}
+
+impl Tokens {
+    /// Expects a token for `peer`, to arrive by [`Tokens::fill`]; replaces any earlier one.
+    pub fn reserve(&mut self, peer: &str, until: Instant) {
+        self.expected.insert(peer.to_owned(), Slot { token: None, until });
+    }
+
+    /// Sets the token for a reserved `peer`, valid until `until`. False if nothing was reserved.
+    pub fn fill(&mut self, peer: &str, token: Token, until: Instant) -> bool {
+        let Some(slot) = self.expected.get_mut(peer) else {
+            return false;
+        };
+        *slot = Slot { token: Some(token), until };
+        true
+    }
+
+    /// Forgets what was expected for `peer`.
+    pub fn cancel(&mut self, peer: &str) {
+        self.expected.remove(peer);
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.expected.clear();
+    }
+
+    /// Judges a `Hello` from `peer` carrying `token`.
+    pub fn check(&mut self, peer: &str, token: &Token, now: Instant) -> Verdict {
+        let verdict = match self.expected.get(peer) {
+            None => Verdict::Reject(Rejection::Unexpected),
+            Some(slot) if slot.until <= now => Verdict::Reject(Rejection::Expired),
+            Some(Slot { token: None, .. }) => Verdict::Wait,
+            Some(Slot { token: Some(expected), .. }) if expected == token => Verdict::Accept,
+            Some(_) => Verdict::Reject(Rejection::WrongToken),
+        };
+        if matches!(verdict, Verdict::Accept | Verdict::Reject(Rejection::Expired)) {
+            self.expected.remove(peer);
+        }
+        self.expected.retain(|_, slot| slot.until > now);
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_token_is_accepted_once_for_its_user_only() {
+        let now = Instant::now();
+        let (mut tokens, token) = (Tokens::default(), Token::random());
+        tokens.reserve("alice", now + TTL);
+        assert!(tokens.fill("alice", token, now + TTL));
+        assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
+    }
+
+    #[test]
+    fn a_wrong_token_is_rejected_without_spoiling_the_right_one() {
+        let now = Instant::now();
+        let (mut tokens, token) = (Tokens::default(), Token::random());
+        tokens.reserve("alice", now + TTL);
+        tokens.fill("alice", token, now + TTL);
+        let forged = Token::random();
+        assert_eq!(tokens.check("alice", &forged, now), Verdict::Reject(Rejection::WrongToken));
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_hello_before_the_token_waits_for_it() {
+        let now = Instant::now();
+        let (mut tokens, token) = (Tokens::default(), Token::random());
+        tokens.reserve("alice", now + TTL);
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Wait);
+        tokens.fill("alice", token, now + TTL);
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+        assert!(!tokens.fill("bob", token, now + TTL), "nothing reserved for bob");
+        assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
+    }
+
+    #[test]
+    fn tokens_expire_and_cancelled_slots_are_gone() {
+        let now = Instant::now();
+        let (mut tokens, token) = (Tokens::default(), Token::random());
+        tokens.reserve("alice", now + TTL);
+        tokens.fill("alice", token, now + TTL);
+        assert_eq!(tokens.check("alice", &token, now + TTL), Verdict::Reject(Rejection::Expired));
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
+        tokens.reserve("bob", now + TTL);
+        tokens.cancel("bob");
+        assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
+        tokens.reserve("carol", now + TTL);
+        tokens.fill("carol", token, now + TTL);
+        tokens.clear();
+        assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
+    }
+
+    #[test]
+    fn stale_slots_are_pruned() {
+        let now = Instant::now();
+        let mut tokens = Tokens::default();
+        for i in 0..100 {
+            tokens.reserve(&format!("user{i}"), now + TTL);
+        }
+        tokens.check("nobody", &Token::random(), now + TTL);
+        assert!(tokens.expected.is_empty());
+    }
+}

@@ -1,0 +1,506 @@
+//! Private chats: the server's introduction, the authenticated direct link, and how chats end.
+//! Real server, real clients, real loopback sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use confab::client::Events;
+use confab::p2p::{ChatConfig, CloseReason, PrivateError, PrivateEvent};
+use confab::protocol::{
+    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, PresenceChange, RequestEnd,
+    Token, PROTOCOL_VERSION,
+};
+use confab::server::Config;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// Proves that `to` was asked nothing: a marker message from `marker` is the next event
+/// that is not a presence change.
+async fn never_asked(events: &mut Events, marker: &Direct, to: &str) {
+    marker.client.msg(to, "marker").await.unwrap();
+    match next_non_presence(events).await {
+        Event::Message { text, .. } if text == "marker" => {}
+        other => panic!("expected only the marker, got {other:?} first"),
+    }
+}
+
+/// A raw connection to a private-chat listener, as an attacker would open one.
+async fn raw_peer(port: u16) -> Framed<TcpStream, PeerCodec> {
+    Framed::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), PeerCodec::default())
+}
+
+/// The listener must close the connection without accepting it.
+async fn assert_refused(mut conn: Framed<TcpStream, PeerCodec>) {
+    match tokio::time::timeout(PATIENCE, conn.next()).await {
+        Ok(None | Some(Err(_))) => {}
+        Ok(Some(frame)) => panic!("expected the connection closed, got {frame:?}"),
+        Err(_) => panic!("the connection was not closed within {PATIENCE:?}"),
+    }
+}
+
+fn hello(token: Token, username: &str) -> PeerMessage {
+    PeerMessage::Hello { version: PROTOCOL_VERSION, token, username: username.into() }
+}
+
+fn text(text: &str) -> PeerMessage {
+    PeerMessage::Text { text: text.into(), sent_at: 0 }
+}
+
+#[tokio::test]
+async fn the_server_introduces_and_the_chat_runs_directly() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let intro = open_private(&mut alice, &mut bob).await;
+    // alice was told where bob's listener is: the address bob connects to the server from.
+    assert_eq!(intro.peer, "bob");
+    assert_eq!(intro.addr, SocketAddr::from(([127, 0, 0, 1], bob.port)));
+    assert_eq!(alice.chats.peers(), ["bob"]);
+    assert_eq!(bob.chats.peers(), ["alice"]);
+
+    alice.chats.send("bob", "psst, bob").await.unwrap();
+    let before = confab::protocol::now_ms();
+    bob.chats.send("alice", "psst yourself").await.unwrap();
+    assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), "psst, bob".into()));
+    match next_private(&mut alice.private).await {
+        PrivateEvent::Message { peer, text, sent_at } => {
+            assert_eq!((peer.as_str(), text.as_str()), ("bob", "psst yourself"));
+            assert!(sent_at >= before);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Neither server session saw any of it.
+    never_asked(&mut bob.events, &alice, "bob").await;
+    never_asked(&mut alice.events, &bob, "alice").await;
+
+    // A second request while the chat is open is refused by the client itself.
+    assert!(matches!(
+        alice.chats.request(&alice.client, "bob").await,
+        Err(PrivateError::AlreadyOpen(peer)) if peer == "bob"
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn both_sides_get_the_same_token_and_each_others_address() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    alice.client.start_private("bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    // bob answers through the bare client, so his listener never learns the token.
+    let for_bob = bob.client.accept_private("alice").await.unwrap();
+    let for_alice = match next_non_presence(&mut alice.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(for_bob.token, for_alice.token);
+    assert_eq!((for_bob.peer.as_str(), for_alice.peer.as_str()), ("alice", "bob"));
+    assert_eq!(for_bob.addr, SocketAddr::from(([127, 0, 0, 1], alice.port)));
+    assert_eq!(for_alice.addr, SocketAddr::from(([127, 0, 0, 1], bob.port)));
+    // A token the listener was not given is refused, even one the server issued.
+    alice.chats.connect(for_alice);
+    assert!(
+        matches!(next_private(&mut alice.private).await, PrivateEvent::Failed { peer, .. } if peer == "bob")
+    );
+    assert!(bob.chats.is_empty());
+    // A fresh introduction gets a fresh token.
+    let again = open_private(&mut alice, &mut bob).await;
+    assert_ne!(again.token, for_bob.token);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_are_clear_and_the_target_is_never_asked() {
+    let server = TestServer::start(Config::default()).await;
+    let alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let mut carol = server.login_direct("carol").await;
+    carol.client.block("alice").await.unwrap();
+    let ask = |user: &'static str| alice.client.start_private(user);
+
+    assert_eq!(code(ask("nobody").await), ErrorCode::UnknownUser);
+    assert_eq!(code(ask("alice").await), ErrorCode::SelfTarget);
+    assert_eq!(code(ask("dave").await), ErrorCode::Offline);
+    let blocked = ask("carol").await.unwrap_err();
+    assert_eq!(blocked.code(), Some(ErrorCode::BlockedByRecipient));
+    assert_eq!(blocked.to_string(), "carol has blocked you", "as /msg says it");
+    never_asked(&mut carol.events, &bob, "carol").await;
+
+    // A client that takes no direct connections can neither be asked nor ask.
+    let (dave, mut dave_events) = server.login("dave").await;
+    assert_eq!(code(ask("dave").await), ErrorCode::NotReachable);
+    assert_eq!(code(dave.start_private("bob").await), ErrorCode::NotReachable);
+    never_asked(&mut dave_events, &bob, "dave").await;
+
+    // Asking twice asks once.
+    ask("bob").await.unwrap();
+    assert_eq!(code(ask("bob").await), ErrorCode::AlreadyAsked);
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    never_asked(&mut bob.events, &carol, "bob").await;
+
+    // Being blocked is said whether the blocker is online or not: it never reveals presence.
+    carol.client.logout().await.unwrap();
+    assert_eq!(code(ask("carol").await), ErrorCode::BlockedByRecipient);
+    // Nobody asked can accept or decline.
+    assert_eq!(code(bob.client.accept_private("carol").await), ErrorCode::NoSuchRequest);
+    assert_eq!(code(bob.client.decline_private("dave").await), ErrorCode::NoSuchRequest);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_declined_request_tells_the_requester_and_is_gone() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    alice.chats.request(&alice.client, "bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    bob.client.decline_private("alice").await.unwrap();
+    assert_eq!(
+        next_non_presence(&mut alice.events).await,
+        Event::PrivateRequestEnded {
+            peer: "bob".into(),
+            outgoing: true,
+            reason: RequestEnd::Declined
+        }
+    );
+    assert_eq!(
+        private_code(bob.chats.accept(&bob.client, "alice").await),
+        ErrorCode::NoSuchRequest
+    );
+    // alice may ask again.
+    open_private(&mut alice, &mut bob).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_request_expires_for_both_sides() {
+    let config =
+        Config { private_request_timeout: Duration::from_millis(300), ..Config::default() };
+    let server = TestServer::start(config).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    alice.chats.request(&alice.client, "bob").await.unwrap();
+    assert_eq!(
+        next_non_presence(&mut bob.events).await,
+        Event::PrivateRequest { from: "alice".into(), expires_in_secs: 1 }
+    );
+    assert_eq!(
+        next_non_presence(&mut alice.events).await,
+        Event::PrivateRequestEnded {
+            peer: "bob".into(),
+            outgoing: true,
+            reason: RequestEnd::Expired
+        }
+    );
+    assert_eq!(
+        next_non_presence(&mut bob.events).await,
+        Event::PrivateRequestEnded {
+            peer: "alice".into(),
+            outgoing: false,
+            reason: RequestEnd::Expired
+        }
+    );
+    assert_eq!(
+        private_code(bob.chats.accept(&bob.client, "alice").await),
+        ErrorCode::NoSuchRequest
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_request_goes_when_either_side_logs_out() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let carol = server.login_direct("carol").await;
+    // The requester leaves: the target is told, and the request cannot be accepted.
+    carol.client.start_private("bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    carol.client.logout().await.unwrap();
+    assert_eq!(
+        next_non_presence(&mut bob.events).await,
+        Event::PrivateRequestEnded {
+            peer: "carol".into(),
+            outgoing: false,
+            reason: RequestEnd::PeerLeft
+        }
+    );
+    assert_eq!(code(bob.client.accept_private("carol").await), ErrorCode::NoSuchRequest);
+    // The target leaves: the requester is told.
+    alice.client.start_private("bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    drop(bob);
+    assert_eq!(
+        next_non_presence(&mut alice.events).await,
+        Event::PrivateRequestEnded {
+            peer: "bob".into(),
+            outgoing: true,
+            reason: RequestEnd::PeerLeft
+        }
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blocking_the_requester_drops_the_request_without_a_word() {
+    let server = TestServer::start(Config::default()).await;
+    let alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let mut carol = server.login_direct("carol").await;
+    match next_event(&mut bob.events).await {
+        Event::Presence { user, change: PresenceChange::LoggedIn, .. } if user == "carol" => {}
+        other => panic!("{other:?}"),
+    }
+    bob.client.start_private("carol").await.unwrap();
+    assert!(matches!(next_non_presence(&mut carol.events).await, Event::PrivateRequest { .. }));
+    // From here on bob must hear nothing about carol at all: not her logout, not the request.
+    carol.client.block("bob").await.unwrap();
+    assert_eq!(code(carol.client.accept_private("bob").await), ErrorCode::NoSuchRequest);
+    carol.client.logout().await.unwrap();
+    assert_quiet(&mut bob.events, &alice.client, "bob").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_token_is_refused_and_injects_nothing() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let hasty = ChatConfig { hello_timeout: Duration::from_millis(300), ..ChatConfig::default() };
+    let mut bob = server.login_direct_with("bob", hasty).await;
+    alice.chats.request(&alice.client, "bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    bob.chats.accept(&bob.client, "alice").await.unwrap();
+    let intro = match next_non_presence(&mut alice.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("{other:?}"),
+    };
+
+    // bob now expects alice with intro.token. Before alice connects, others try their luck,
+    // each following the hello with a message that must never show up.
+    let attempts = [
+        vec![hello(Token::random(), "alice"), text("forged token")],
+        vec![hello(intro.token, "carol"), text("the right token, the wrong user")],
+        vec![text("no hello at all")],
+        vec![
+            PeerMessage::Hello { version: 1, token: intro.token, username: "alice".into() },
+            text("an old version"),
+        ],
+    ];
+    for frames in attempts {
+        let mut conn = raw_peer(bob.port).await;
+        for frame in frames {
+            // The listener may already have hung up; that is its right.
+            let _ = conn.send(frame).await;
+        }
+        assert_refused(conn).await;
+    }
+    // Garbage, and silence past the hello timeout.
+    let mut garbage = raw_peer(bob.port).await;
+    let _ = garbage.get_mut().write_all(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1]).await;
+    assert_refused(garbage).await;
+    assert_refused(raw_peer(bob.port).await).await;
+
+    // None of that used up alice's token: she gets in, and her words are the first bob sees.
+    alice.chats.connect(intro);
+    assert_eq!(next_private(&mut alice.private).await, PrivateEvent::Opened { peer: "bob".into() });
+    assert_eq!(next_private(&mut bob.private).await, PrivateEvent::Opened { peer: "alice".into() });
+    alice.chats.send("bob", "the real alice").await.unwrap();
+    assert_eq!(
+        next_private_message(&mut bob.private).await,
+        ("alice".into(), "the real alice".into())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_token_is_refused_and_injects_nothing() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let intro = open_private(&mut alice, &mut bob).await;
+    let mut replay = raw_peer(bob.port).await;
+    replay.send(hello(intro.token, "alice")).await.unwrap();
+    let _ = replay.send(text("replayed")).await;
+    assert_refused(replay).await;
+    // The real chat is untouched and nothing else reached bob.
+    assert_eq!(bob.chats.peers(), ["alice"]);
+    assert_private_quiet(&mut bob.private, &alice, "bob").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let ttl = Duration::from_millis(200);
+    let mut bob = server
+        .login_direct_with("bob", ChatConfig { token_ttl: ttl, ..ChatConfig::default() })
+        .await;
+    alice.chats.request(&alice.client, "bob").await.unwrap();
+    assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
+    bob.chats.accept(&bob.client, "alice").await.unwrap();
+    let intro = match next_non_presence(&mut alice.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("{other:?}"),
+    };
+    // Nothing to await here but time itself.
+    tokio::time::sleep(2 * ttl).await;
+    alice.chats.connect(intro);
+    assert!(matches!(next_private(&mut alice.private).await, PrivateEvent::Failed { .. }));
+    assert!(bob.chats.is_empty());
+    assert!(bob.private.try_next().is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stopprivate_from_either_side_tells_the_other() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+
+    open_private(&mut alice, &mut bob).await;
+    alice.chats.stop("bob").await.unwrap();
+    assert_eq!(
+        next_private(&mut bob.private).await,
+        PrivateEvent::Closed {
+            peer: "alice".into(),
+            reason: CloseReason::Peer(ByeReason::Stopped)
+        }
+    );
+    assert!(alice.chats.is_empty() && bob.chats.is_empty());
+    let err = alice.chats.send("bob", "hello?").await.unwrap_err();
+    assert!(matches!(err, PrivateError::NotOpen(_)));
+    assert!(err.to_string().contains("/startprivate bob"), "{err}");
+    assert!(matches!(bob.chats.stop("alice").await, Err(PrivateError::NotOpen(_))));
+
+    open_private(&mut alice, &mut bob).await;
+    bob.chats.stop("alice").await.unwrap();
+    assert_eq!(
+        next_private(&mut alice.private).await,
+        PrivateEvent::Closed { peer: "bob".into(), reason: CloseReason::Peer(ByeReason::Stopped) }
+    );
+    assert!(matches!(bob.chats.send("alice", "x").await, Err(PrivateError::NotOpen(_))));
+    // Ending it locally is no event: the one who stopped it knows.
+    assert!(bob.private.try_next().is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn logging_out_or_vanishing_ends_every_chat_and_the_peers_are_told() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let mut carol = server.login_direct("carol").await;
+    open_private(&mut alice, &mut bob).await;
+    open_private(&mut alice, &mut carol).await;
+    open_private(&mut bob, &mut carol).await;
+
+    // alice logs out as the client does it: every chat says goodbye first.
+    alice.chats.close_all(ByeReason::LoggedOut).await;
+    alice.client.logout().await.unwrap();
+    let logged_out = CloseReason::Peer(ByeReason::LoggedOut);
+    for peer in [&mut bob, &mut carol] {
+        assert_eq!(
+            next_private(&mut peer.private).await,
+            PrivateEvent::Closed { peer: "alice".into(), reason: logged_out }
+        );
+    }
+    assert_eq!(bob.chats.peers(), ["carol"]);
+
+    // carol's client vanishes without a word: bob learns the chat is lost.
+    drop(carol);
+    assert_eq!(
+        next_private(&mut bob.private).await,
+        PrivateEvent::Closed { peer: "carol".into(), reason: CloseReason::Lost }
+    );
+    assert!(bob.chats.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn several_private_chats_at_once_each_with_its_own_peer() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let mut carol = server.login_direct("carol").await;
+    let mut dave = server.login_direct("dave").await;
+    open_private(&mut alice, &mut bob).await;
+    open_private(&mut carol, &mut alice).await;
+    open_private(&mut alice, &mut dave).await;
+    assert_eq!(alice.chats.peers(), ["bob", "carol", "dave"]);
+
+    for round in 0..3 {
+        for peer in ["bob", "carol", "dave"] {
+            alice.chats.send(peer, &format!("{round} for {peer}")).await.unwrap();
+        }
+    }
+    for peer in [&mut bob, &mut carol, &mut dave] {
+        for round in 0..3 {
+            let expected = format!("{round} for {}", peer.name);
+            assert_eq!(next_private_message(&mut peer.private).await, ("alice".into(), expected));
+        }
+    }
+    // Answers come back tagged with who sent them, whatever the order.
+    let (b, c, d) = (bob.chats.clone(), carol.chats.clone(), dave.chats.clone());
+    let (rb, rc, rd) = tokio::join!(
+        b.send("alice", "from bob"),
+        c.send("alice", "from carol"),
+        d.send("alice", "from dave")
+    );
+    rb.unwrap();
+    rc.unwrap();
+    rd.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_private_message(&mut alice.private).await);
+    }
+    got.sort();
+    let want: Vec<_> = ["bob", "carol", "dave"].map(|p| (p.to_owned(), format!("from {p}"))).into();
+    assert_eq!(got, want);
+
+    // Ending one leaves the others.
+    carol.chats.stop("alice").await.unwrap();
+    assert!(
+        matches!(next_private(&mut alice.private).await, PrivateEvent::Closed { peer, .. } if peer == "carol")
+    );
+    assert_eq!(alice.chats.peers(), ["bob", "dave"]);
+    assert_private_quiet(&mut alice.private, &dave, "alice").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_chat_outlives_the_server() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    open_private(&mut alice, &mut bob).await;
+
+    server.stop().await;
+    for events in [&mut alice.events, &mut bob.events] {
+        assert_eq!(
+            next_non_presence(events).await,
+            Event::SessionEnded { reason: EndReason::ServerShutdown }
+        );
+        closed(events).await;
+    }
+    assert!(alice.client.list().await.is_err(), "the server is gone");
+
+    alice.chats.send("bob", "is the server down?").await.unwrap();
+    assert_eq!(
+        next_private_message(&mut bob.private).await,
+        ("alice".into(), "is the server down?".into())
+    );
+    bob.chats.send("alice", "yes, and we do not care").await.unwrap();
+    assert_eq!(
+        next_private_message(&mut alice.private).await,
+        ("bob".into(), "yes, and we do not care".into())
+    );
+    bob.chats.stop("alice").await.unwrap();
+    assert!(matches!(next_private(&mut alice.private).await, PrivateEvent::Closed { .. }));
+}
