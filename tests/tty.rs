@@ -1,8 +1,10 @@
-//! The line-mode client on a real terminal (tmux): incoming lines never break a half-typed one.
+//! The client on a real terminal (tmux): in line mode and full screen, incoming lines never
+//! break a half-typed one, and Ctrl-C logs out.
 
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,9 +16,12 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let tmux = Tmux { socket: format!("confab-test-{}", std::process::id()) };
-        tmux.run(&["new-session", "-d", "-s", "t", "-x", "100", "-y", "20", command]);
+    fn start(command: &str, width: u16, height: u16) -> Tmux {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmux = Tmux { socket: format!("confab-test-{}-{n}", std::process::id()) };
+        let (w, h) = (width.to_string(), height.to_string());
+        tmux.run(&["new-session", "-d", "-s", "t", "-x", &w, "-y", &h, command]);
         tmux
     }
 
@@ -71,11 +76,11 @@ async fn an_incoming_message_does_not_break_the_line_being_typed() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob",
+        "env CONFAB_PASSWORD=bob-pw {} --plain --server {} --user bob",
         env!("CARGO_BIN_EXE_confab"),
         server.addr
     );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::start(&command, 100, 20);
     tmux.wait_for("login", |s| s.contains("logged in as bob")).await;
     let _ = next_event(&mut alice_events).await; // bob logged in
 
@@ -99,14 +104,61 @@ async fn an_incoming_message_does_not_break_the_line_being_typed() {
 
     // Ctrl-C logs out cleanly.
     tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    server.stop().await;
+}
+
+async fn bob_logs_out(alice_events: &mut confab::client::Events) {
     loop {
         if let confab::protocol::Event::Presence { user, change, .. } =
-            next_event(&mut alice_events).await
+            next_event(alice_events).await
         {
             assert_eq!(user, "bob");
             assert_eq!(change, confab::protocol::PresenceChange::LoggedOut);
-            break;
+            return;
         }
     }
+}
+
+#[tokio::test]
+async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, mut alice_events) = server.login("alice").await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // The shell stays after confab exits, so the restored terminal can be looked at.
+    let command = format!(
+        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+         echo confab exited $?; sleep 30",
+        env!("CARGO_BIN_EXE_confab"),
+        server.addr,
+        log.path().display()
+    );
+    let tmux = Tmux::start(&command, 60, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected | 1 online | [alice]")).await;
+    let _ = next_event(&mut alice_events).await; // bob logged in
+
+    tmux.type_text("/msg alice half typ");
+    tmux.wait_for("the typed text", |s| last_line(s) == "> /msg alice half typ").await;
+    alice.msg("bob", "interrupting you").await.unwrap();
+    let screen = tmux
+        .wait_for("the message in the pane", |s| {
+            s.contains("] alice: interrupting you") && last_line(s) == "> /msg alice half typ"
+        })
+        .await;
+    let rows: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    let status = rows[rows.len() - 2];
+    assert!(status.contains("| connected |"), "the status bar sits above the input:\n{screen}");
+
+    tmux.type_text("ed line");
+    tmux.press("Enter");
+    assert_eq!(next_message(&mut alice_events).await, ("bob".into(), "half typed line".into()));
+    tmux.wait_for("bob's own message", |s| s.contains("bob -> alice: half typed line")).await;
+    tmux.wait_for("an empty input line", |s| last_line(s) == ">").await;
+
+    // Ctrl-C logs out, and the terminal is handed back in its normal mode.
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    let screen = tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    assert!(!screen.contains("bob | connected"), "the alternate screen is gone:\n{screen}");
     server.stop().await;
 }

@@ -1,8 +1,10 @@
-//! `confab`: the terminal client, in line mode.
+//! `confab`: the terminal client.
 //!
-//! Each input line is a command; each event or reply is printed as one line at once. When
-//! stdin is a terminal, input goes through a line editor whose external printer puts incoming
-//! lines above the prompt, so a half-typed line is never broken.
+//! On a terminal it opens the full-screen interface (`confab::client::tui`), logging to a
+//! file. With `--plain`, or when stdin or stdout is not a terminal, it runs in line mode:
+//! each input line is a command; each event or reply is printed as one line at once. When
+//! stdin is a terminal, line mode reads through a line editor whose external printer puts
+//! incoming lines above the prompt, so a half-typed line is never broken.
 //!
 //! Before logging in, the client binds its direct sockets (private-chat listener and
 //! file-transfer UDP port) on the local address of its server connection and announces their
@@ -21,7 +23,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confab::client::command::{self, Command};
-use confab::client::{format, Client, ClientError, ClientEvent, Events};
+use confab::client::tui::{self, Links};
+use confab::client::{format, Client, ClientError, ClientEvent, Events, LoginInfo};
 use confab::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
@@ -53,9 +56,13 @@ struct Args {
     /// Read the password from the first line of this file.
     #[arg(long)]
     password_file: Option<PathBuf>,
-    /// Line mode: one command per input line, one event per output line (the only mode yet).
+    /// Line mode: one command per input line, one event per output line. The default when
+    /// stdin or stdout is not a terminal; otherwise the full-screen interface opens.
     #[arg(long)]
     plain: bool,
+    /// Where the full-screen interface writes its log (default: confab.log in the data dir).
+    #[arg(long, env = "CONFAB_LOG_FILE")]
+    log_file: Option<PathBuf>,
     /// TCP port to take private chats on (0: any free port).
     #[arg(long, env = "CONFAB_P2P_PORT", default_value_t = 0)]
     p2p_port: u16,
@@ -67,14 +74,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let interactive = std::io::stdin().is_terminal();
+    let full_screen = !args.plain && interactive && std::io::stdout().is_terminal();
+    if let Err(e) = init_tracing(full_screen.then(|| log_path(&args))) {
+        eprintln!("{}", format::error(e));
+        return ExitCode::from(EXIT_ERROR);
+    }
     let (user, password) = match credentials(&args, interactive) {
         Ok(pair) => pair,
         Err(message) => {
@@ -103,12 +108,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let mut out = Output::new(interactive);
-    let me = match client.login_with(&user, &password, Some(sockets.ports())).await {
-        Ok(info) => {
-            out.line(format::login(&info));
-            info.username
-        }
+    let info = match client.login_with(&user, &password, Some(sockets.ports())).await {
+        Ok(info) => info,
         Err(e) => {
             eprintln!("{}", format::error(&e));
             return ExitCode::from(match e.code() {
@@ -123,12 +124,76 @@ async fn main() -> ExitCode {
         }
     };
     let DirectSockets { tcp, udp: _udp, .. } = sockets;
-    let (chats, private) = PrivateChats::start(&me, tcp, ChatConfig::default());
+    let (chats, private) = PrivateChats::start(&info.username, tcp, ChatConfig::default());
+    if full_screen {
+        return full_screen_client(&args.server, info, Links { client, events, chats, private })
+            .await;
+    }
+    let mut out = Output::new(interactive);
+    out.line(format::login(&info));
     let input = spawn_input(&mut out);
     let mut app = App { client, chats, out, ended_by_server: false, server_gone: None };
     let code = app.run(events, private, input).await;
     app.out.restore_terminal();
     ExitCode::from(code)
+}
+
+/// Runs the full-screen interface until the user quits; the terminal is restored on every
+/// way out, a panic included (`ratatui::init` installs a hook for that).
+async fn full_screen_client(server: &str, info: LoginInfo, links: Links) -> ExitCode {
+    let online = links.client.list().await.unwrap_or_default();
+    let size = crossterm::terminal::size().unwrap_or((80, 24));
+    let mut app = tui::App::new(server, &info.username, online, size);
+    app.notice(format::login(&info));
+    app.notice("/help lists the commands; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    let mut terminal = ratatui::init();
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
+    let result = tui::run(&mut terminal, links, app).await;
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
+    ratatui::restore();
+    match result {
+        Ok(app) => ExitCode::from(match app.connection {
+            tui::Connection::Connected => 0,
+            tui::Connection::Ended(_) => EXIT_ENDED_BY_SERVER,
+            tui::Connection::Lost(_) => EXIT_CONNECTION,
+        }),
+        Err(e) => {
+            eprintln!("{}", format::error(format!("terminal: {e}")));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Logs to stderr in line mode, and to `file` under the full-screen interface, which owns
+/// the screen. The level comes from `RUST_LOG` (default `warn`).
+fn init_tracing(file: Option<PathBuf>) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let Some(path) = file else {
+        builder.with_writer(std::io::stderr).init();
+        return Ok(());
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+    builder.with_ansi(false).with_writer(std::sync::Mutex::new(log)).init();
+    Ok(())
+}
+
+/// `--log-file`, or `confab.log` in the user's data directory.
+fn log_path(args: &Args) -> PathBuf {
+    args.log_file.clone().unwrap_or_else(|| {
+        directories::ProjectDirs::from("", "", "confab")
+            .map(|d| d.data_local_dir().join("confab.log"))
+            .unwrap_or_else(|| PathBuf::from("confab.log"))
+    })
 }
 
 /// The running client: the server connection, the private chats and the screen.

@@ -170,7 +170,7 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
     );
     if let Some(at) = entry.at {
         let time = if offline { date_time(at) } else { clock(at) };
-        out.push(Span::styled(format!("{time} "), dim));
+        out.push(Span::styled(format!("[{time}] "), dim));
     }
     let text = sanitize(&entry.text).into_owned();
     match &entry.kind {
@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn long_lines_wrap_and_narrow_screens_stay_readable() {
         let mut app = app(30);
-        incoming(&mut app, "a fairly long message that must wrap over rows");
+        incoming(&mut app, "a fairly long message that must wrap now");
         let rows = screen(&app);
         let body: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
         assert_eq!(body.len(), 2, "{rows:#?}");
