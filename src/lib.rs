@@ -13,7 +13,8 @@
 //! - [`server`]: accept loop, one session task per connection, the hub that routes (and holds
 //!   group membership), one file per command; started with [`server::run`].
 //! - [`client`]: the typed async [`client::Client`], command-line parsing and line formatting
-//!   used by the `confab` binary, the tests and the benchmarks.
+//!   used by the `confab` binary, the tests and the benchmarks, and the full-screen interface
+//!   ([`client::tui`]: a pure `App`, its renderer and the terminal driver).
 //! - [`p2p`]: direct links between clients: the token-authenticated private chat
 //!   ([`p2p::PrivateChats`]) and the sockets announced at login; the UDP file transfer is to
 //!   come.

@@ -1,4 +1,5 @@
-//! The client side: a typed async [`Client`], the command-line parser and line formatting.
+//! The client side: a typed async [`Client`], the command-line parser, line formatting and the
+//! full-screen interface ([`tui`]).
 //!
 //! [`Client::connect`] opens the connection, says hello and spawns one I/O task that owns the
 //! socket. Requests go to that task over a channel with a oneshot for the reply; the task
