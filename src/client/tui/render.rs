@@ -336,6 +336,32 @@ mod tests {
     }
 
     #[test]
+    fn private_chats_show_in_the_status_bar_and_requests_above_the_input() {
+        let mut app = app(100);
+        app.handle(UiEvent::Server(ClientEvent::Server(Event::PrivateRequest {
+            from: "carol".into(),
+            expires_in_secs: 60,
+        })));
+        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Opened { peer: "bob".into() }));
+        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
+            peer: "bob".into(),
+            text: "psst".into(),
+            sent_at: 0,
+        }));
+        let rows = screen(&app);
+        // 8 rows: the pane, the request prompt, the status bar, the input line.
+        assert!(rows[4].ends_with("] [private] bob: psst"), "{rows:#?}");
+        assert!(rows[5].starts_with("carol asks for a private chat: /accept carol"), "{rows:#?}");
+        assert!(rows[6].contains("| private: bob |"), "{rows:#?}");
+        assert_eq!(rows[7], ">");
+        app.handle(UiEvent::Replied {
+            request: crate::protocol::Request::DeclinePrivate { user: "carol".into() },
+            result: Ok(crate::protocol::Reply::Done),
+        });
+        assert!(!screen(&app).iter().any(|r| r.starts_with("carol asks")), "answered");
+    }
+
+    #[test]
     fn senders_keep_their_colour() {
         assert_eq!(colour_of("bob"), colour_of("bob"));
         let distinct: std::collections::HashSet<_> =
