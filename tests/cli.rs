@@ -228,6 +228,42 @@ async fn plain_clients_decline_and_stop_private_chats() {
 }
 
 #[tokio::test]
+async fn chatting_privately_counts_as_activity_for_the_idle_timeout() {
+    let config = confab::server::Config {
+        idle_timeout: Duration::from_secs(2),
+        ..confab::server::Config::default()
+    };
+    let server = common::TestServer::start(config).await;
+    let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
+    alice.expect("logged in as alice").await;
+    let mut bob = server.login_direct("bob").await;
+    bob.chats.request(&bob.client, "alice").await.unwrap();
+    alice.expect("* bob asks for a private chat").await;
+    alice.send("/accept bob").await;
+    let confab::protocol::Event::PrivateAccepted(intro) =
+        common::next_non_presence(&mut bob.events).await
+    else {
+        panic!("expected the introduction")
+    };
+    bob.chats.connect(intro);
+    alice.expect("* private chat with bob is open").await;
+
+    // Private messages only, for twice the idle period.
+    for i in 0..8 {
+        alice.send(&format!("/private bob note {i}")).await;
+        alice.expect("sent privately to bob").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Still logged in: the server answers (bob, who did nothing, has timed out meanwhile).
+    alice.send("/whoelsesince 60").await;
+    assert_eq!(alice.expect("bob (").await, "bob (offline)");
+    alice.send("/logout").await;
+    alice.expect("logged out; bye").await;
+    assert_eq!(alice.exit().await.code(), Some(0), "alice was never logged out for idleness");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_the_peer() {
     use confab::p2p::{CloseReason, PrivateEvent};
     use confab::protocol::{ByeReason, Event};

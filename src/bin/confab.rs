@@ -310,7 +310,10 @@ impl App {
             }
             Command::Private { to, text } => {
                 let line = match self.chats.send(&to, &text).await {
-                    Ok(()) => format::private_sent(&to),
+                    Ok(()) => {
+                        self.keep_alive();
+                        format::private_sent(&to)
+                    }
                     Err(e) => format::error(e),
                 };
                 self.out.line(line);
@@ -354,6 +357,15 @@ impl App {
     }
 
     /// Shows the outcome of a server request made through the private chats.
+    /// The server does not see private messages: tell it the user is active, so that chatting
+    /// privately does not end in an idle timeout.
+    fn keep_alive(&self) {
+        if self.server_gone.is_none() {
+            let client = self.client.clone();
+            tokio::spawn(async move { client.keep_alive().await });
+        }
+    }
+
     fn private_outcome(
         &mut self,
         request: &Request,

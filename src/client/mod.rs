@@ -306,6 +306,12 @@ impl Client {
         self.expect_done(Request::DeclinePrivate { user: user.into() }).await
     }
 
+    /// Tells the server the user is active, so that the idle timeout starts again; for what
+    /// the server does not see, such as private messages.
+    pub async fn keep_alive(&self) -> Result<(), ClientError> {
+        self.expect_done(Request::Ping).await
+    }
+
     /// Logs out; the server then closes the connection.
     pub async fn logout(&self) -> Result<(), ClientError> {
         match self.request(Request::Logout).await? {

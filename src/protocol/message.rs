@@ -171,6 +171,9 @@ pub enum Request {
         /// Who asked.
         user: String,
     },
+    /// Nothing but "the user is active": resets the idle timeout. Clients send it when the
+    /// user does something the server does not see, such as a private message.
+    Ping,
 }
 
 /// The ports on which a client takes direct connections. The server pairs them with the IP

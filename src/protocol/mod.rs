@@ -61,6 +61,7 @@ mod tests {
             Request::StartPrivate { user: "bob".into() },
             Request::AcceptPrivate { user: "bob".into() },
             Request::DeclinePrivate { user: "bob".into() },
+            Request::Ping,
         ];
         // Adding a variant without a sample here fails to compile.
         for r in &all {
@@ -81,7 +82,8 @@ mod tests {
                 | Request::History { .. }
                 | Request::StartPrivate { .. }
                 | Request::AcceptPrivate { .. }
-                | Request::DeclinePrivate { .. } => {}
+                | Request::DeclinePrivate { .. }
+                | Request::Ping => {}
             }
         }
         all

@@ -121,6 +121,11 @@ fn spawn_worker(
                 }
                 Action::Private { to, text } => {
                     let result = chats.send(&to, &text).await.map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        // The server does not see private messages, but they are activity:
+                        // without this, chatting privately would end in an idle timeout.
+                        let _ = client.keep_alive().await;
+                    }
                     UiEvent::PrivateSent { to, text, result }
                 }
                 Action::StopPrivate { user } => {

@@ -45,6 +45,8 @@ pub(super) async fn dispatch(
         Request::StartPrivate { user } => private::start(shared, me, user),
         Request::AcceptPrivate { user } => private::accept(shared, me, user),
         Request::DeclinePrivate { user } => private::decline(shared, me, user),
+        // The session has reset its idle deadline already: every request does.
+        Request::Ping => Ok(Reply::Done),
     }
 }
 
