@@ -227,6 +227,25 @@ async fn plain_clients_decline_and_stop_private_chats() {
     assert_eq!(dave.exit().await.code(), Some(0));
 }
 
+/// `asker` (in this process) asks the `confab` binary of alice for a private chat, which
+/// she accepts; returns once both sides have it open.
+async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
+    use confab::p2p::PrivateEvent;
+    asker.chats.request(&asker.client, "alice").await.unwrap();
+    alice.expect(&format!("* {} asks for a private chat", asker.name)).await;
+    alice.send(&format!("/accept {}", asker.name)).await;
+    let intro = match common::next_non_presence(&mut asker.events).await {
+        confab::protocol::Event::PrivateAccepted(intro) => intro,
+        other => panic!("expected the introduction, got {other:?}"),
+    };
+    asker.chats.connect(intro);
+    assert_eq!(
+        common::next_private(&mut asker.private).await,
+        PrivateEvent::Opened { peer: "alice".into() }
+    );
+    alice.expect(&format!("* private chat with {} is open", asker.name)).await;
+}
+
 #[tokio::test]
 async fn chatting_privately_counts_as_activity_for_the_idle_timeout() {
     let config = confab::server::Config {
@@ -237,16 +256,7 @@ async fn chatting_privately_counts_as_activity_for_the_idle_timeout() {
     let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
     alice.expect("logged in as alice").await;
     let mut bob = server.login_direct("bob").await;
-    bob.chats.request(&bob.client, "alice").await.unwrap();
-    alice.expect("* bob asks for a private chat").await;
-    alice.send("/accept bob").await;
-    let confab::protocol::Event::PrivateAccepted(intro) =
-        common::next_non_presence(&mut bob.events).await
-    else {
-        panic!("expected the introduction")
-    };
-    bob.chats.connect(intro);
-    alice.expect("* private chat with bob is open").await;
+    accepted_by_binary(&mut bob, &mut alice).await;
 
     // Private messages only, for twice the idle period.
     for i in 0..8 {
@@ -266,7 +276,7 @@ async fn chatting_privately_counts_as_activity_for_the_idle_timeout() {
 #[tokio::test]
 async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_the_peer() {
     use confab::p2p::{CloseReason, PrivateEvent};
-    use confab::protocol::{ByeReason, Event};
+    use confab::protocol::ByeReason;
 
     // Long enough for alice to answer before she times out, even on a busy machine.
     let config = confab::server::Config {
@@ -279,19 +289,7 @@ async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_th
     // bob runs in this process: his own session may time out too, but only the binary ends
     // its chats on that, so what bob hears is alice's client saying goodbye.
     let mut bob = server.login_direct("bob").await;
-    bob.chats.request(&bob.client, "alice").await.unwrap();
-    alice.expect("* bob asks for a private chat").await;
-    alice.send("/accept bob").await;
-    let intro = match common::next_non_presence(&mut bob.events).await {
-        Event::PrivateAccepted(intro) => intro,
-        other => panic!("{other:?}"),
-    };
-    bob.chats.connect(intro);
-    assert_eq!(
-        common::next_private(&mut bob.private).await,
-        PrivateEvent::Opened { peer: "alice".into() }
-    );
-    alice.expect("* private chat with bob is open").await;
+    accepted_by_binary(&mut bob, &mut alice).await;
     bob.chats.send("alice", "still there?").await.unwrap();
     alice.expect("bob (private): still there?").await;
 
