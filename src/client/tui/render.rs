@@ -226,31 +226,46 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
     out
 }
 
-/// Breaks styled spans into rows of at most `width` columns (at least one row).
+/// Breaks styled spans into rows of at most `width` columns (at least one row), at the last
+/// space that fits when there is one, else in the middle of the word.
 fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
-    let mut rows = vec![Vec::<Span<'static>>::new()];
+    let mut rows: Vec<Vec<(char, Style)>> = Vec::new();
+    let mut row: Vec<(char, Style)> = Vec::new();
     let mut used = 0;
-    for span in spans {
-        let mut piece = String::new();
+    for span in &spans {
         for c in span.content.chars() {
             let w = c.width().unwrap_or(0);
-            if used + w > width && used > 0 {
-                if !piece.is_empty() {
-                    rows.last_mut()
-                        .unwrap()
-                        .push(Span::styled(std::mem::take(&mut piece), span.style));
-                }
-                rows.push(Vec::new());
-                used = 0;
+            if used + w > width && !row.is_empty() {
+                // Carry the unfinished word over, if the row has a space to break at.
+                let carry = match row.iter().rposition(|(c, _)| *c == ' ') {
+                    Some(space) if space > 0 => {
+                        let rest = row.split_off(space + 1);
+                        row.pop();
+                        rest
+                    }
+                    _ => Vec::new(),
+                };
+                rows.push(std::mem::replace(&mut row, carry));
+                used = row.iter().map(|(c, _)| c.width().unwrap_or(0)).sum();
             }
-            piece.push(c);
+            row.push((c, span.style));
             used += w;
         }
-        if !piece.is_empty() {
-            rows.last_mut().unwrap().push(Span::styled(piece, span.style));
+    }
+    rows.push(row);
+    rows.into_iter().map(|row| line_of(&row)).collect()
+}
+
+/// Joins styled characters back into spans, one per run of the same style.
+fn line_of(row: &[(char, Style)]) -> Line<'static> {
+    let mut spans: Vec<Span<'static>> = Vec::new();
+    for &(c, style) in row {
+        match spans.last_mut() {
+            Some(last) if last.style == style => last.content.to_mut().push(c),
+            _ => spans.push(Span::styled(c.to_string(), style)),
         }
     }
-    rows.into_iter().map(Line::from).collect()
+    Line::from(spans)
 }
 
 #[cfg(test)]
@@ -359,6 +374,35 @@ mod tests {
             result: Ok(crate::protocol::Reply::Done),
         });
         assert!(!screen(&app).iter().any(|r| r.starts_with("carol asks")), "answered");
+    }
+
+    #[test]
+    fn offline_and_group_messages_are_marked_and_a_resize_reflows() {
+        let mut app = app(60);
+        app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+            from: "bob".into(),
+            text: "sent while you slept".into(),
+            sent_at: 0,
+            offline: true,
+        })));
+        app.handle(UiEvent::Server(ClientEvent::Server(Event::GroupMessage {
+            group: "devs".into(),
+            from: "carol".into(),
+            text: "standup".into(),
+            sent_at: 0,
+            offline: false,
+        })));
+        let rows = screen(&app);
+        assert!(rows[3].ends_with("] bob: (while you were away) sent while"), "{rows:#?}");
+        assert_eq!(rows[4], "you slept", "wrapped at a space");
+        assert!(rows[5].ends_with("] [devs] carol: standup"), "{rows:#?}");
+        app.handle(UiEvent::Resize { width: 30, height: 6 });
+        let rows = screen(&app);
+        assert_eq!(rows.len(), 6);
+        assert!(rows.iter().all(|r| r.chars().count() <= 30));
+        assert_eq!(rows[3], "standup", "the newest row stays at the bottom: {rows:#?}");
+        let long = wrap(vec![Span::raw("x".repeat(25))], 10);
+        assert_eq!(long.len(), 3, "a word longer than the row is broken");
     }
 
     #[test]
