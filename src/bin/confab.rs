@@ -339,24 +339,14 @@ impl App {
             ));
             return None;
         }
-        match &request {
-            Request::StartPrivate { user } => {
-                let result = self.chats.request(&self.client, user).await;
-                return self.private_outcome(&request, result.map(|()| Reply::Done));
-            }
-            Request::AcceptPrivate { user } => {
-                let result = self.chats.accept(&self.client, user).await;
-                return self.private_outcome(&request, result.map(Reply::Introduced));
-            }
+        if request == Request::Logout {
             // Logging out ends every private chat, and each peer is told.
-            Request::Logout => self.chats.close_all(ByeReason::LoggedOut).await,
-            _ => {}
+            self.chats.close_all(ByeReason::LoggedOut).await;
         }
-        let result = self.client.request(request.clone()).await;
-        self.outcome(&request, result)
+        let result = self.chats.server_request(&self.client, request.clone()).await;
+        self.private_outcome(&request, result)
     }
 
-    /// Shows the outcome of a server request made through the private chats.
     /// The server does not see private messages: tell it the user is active, so that chatting
     /// privately does not end in an idle timeout.
     fn keep_alive(&self) {
@@ -366,6 +356,7 @@ impl App {
         }
     }
 
+    /// Shows the outcome of a server request made through the private chats.
     fn private_outcome(
         &mut self,
         request: &Request,

@@ -43,8 +43,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::tokens::{Tokens, Verdict};
 use crate::client::{Client, ClientError};
 use crate::protocol::{
-    now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Timestamp,
-    MAX_PEER_FRAME, PROTOCOL_VERSION,
+    now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Reply,
+    Request, Timestamp, MAX_PEER_FRAME, PROTOCOL_VERSION,
 };
 
 /// Incoming connections that may be waiting for their `Hello` at once; more are dropped.
@@ -242,6 +242,25 @@ impl PrivateChats {
         drop(state);
         self.inner.tokens_changed.notify_waiters();
         result
+    }
+
+    /// Sends `request` to the server. Asking for and accepting a private chat go through
+    /// [`request`](Self::request) and [`accept`](Self::accept), which keep the tokens; every
+    /// other request goes straight to the server.
+    pub async fn server_request(
+        &self,
+        server: &Client,
+        request: Request,
+    ) -> Result<Reply, PrivateError> {
+        match request {
+            Request::StartPrivate { user } => {
+                self.request(server, &user).await.map(|()| Reply::Done)
+            }
+            Request::AcceptPrivate { user } => {
+                self.accept(server, &user).await.map(Reply::Introduced)
+            }
+            other => Ok(server.request(other).await?),
+        }
     }
 
     /// Connects to the peer who accepted our request, as the server introduced them. The

@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 pub use app::{Action, App, Connection, UiEvent};
 
 use super::{Client, Events};
-use crate::p2p::{PrivateChats, PrivateError, PrivateEvents};
-use crate::protocol::{now_ms, ByeReason, Reply, Request};
+use crate::p2p::{PrivateChats, PrivateEvents};
+use crate::protocol::{now_ms, ByeReason};
 
 /// How long quitting waits for the server to confirm the logout.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -116,8 +116,8 @@ fn spawn_worker(
         while let Some(job) = rx.recv().await {
             let event = match job {
                 Action::Send(request) => {
-                    let result = send(&client, &chats, &request).await;
-                    UiEvent::Replied { request, result }
+                    let result = chats.server_request(&client, request.clone()).await;
+                    UiEvent::Replied { request, result: result.map_err(|e| e.to_string()) }
                 }
                 Action::Private { to, text } => {
                     let result = chats.send(&to, &text).await.map_err(|e| e.to_string());
@@ -140,22 +140,4 @@ fn spawn_worker(
         }
     });
     tx
-}
-
-/// Sends one request; asking for and accepting private chats go through `chats`, which
-/// keeps the tokens.
-async fn send(client: &Client, chats: &PrivateChats, request: &Request) -> Result<Reply, String> {
-    let private = |e: PrivateError| match e {
-        PrivateError::Server(e) => e.to_string(),
-        other => other.to_string(),
-    };
-    match request {
-        Request::StartPrivate { user } => {
-            chats.request(client, user).await.map(|()| Reply::Done).map_err(private)
-        }
-        Request::AcceptPrivate { user } => {
-            chats.accept(client, user).await.map(Reply::Introduced).map_err(private)
-        }
-        _ => client.request(request.clone()).await.map_err(|e| e.to_string()),
-    }
 }
