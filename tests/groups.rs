@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use confab::protocol::{ErrorCode, Event, GroupInfo, Invitation, MemberChange};
 use confab::server::Config;
-use confab::store::SqliteStore;
 
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -170,7 +169,7 @@ async fn a_member_does_not_receive_group_messages_from_someone_they_block() {
 async fn offline_members_get_group_messages_in_order_after_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
-    let server = TestServer::with_store(seeded_store(&db), Config::default()).await;
+    let server = TestServer::on_disk(&db).await;
     let (alice, _a) = server.login("alice").await;
     let (bob, _b) = server.login("bob").await;
     alice.create_group("devs", &["bob"]).await.unwrap();
@@ -182,7 +181,7 @@ async fn offline_members_get_group_messages_in_order_after_a_server_restart() {
     assert_eq!(alice.group_msg("devs", "three").await.unwrap().stored, 1);
     server.stop().await;
 
-    let server = TestServer::with_store(SqliteStore::open(&db).unwrap(), Config::default()).await;
+    let server = TestServer::reopen(&db).await;
     let (bob, mut bob_events) = server.connect().await;
     assert_eq!(bob.login("bob", &password_of("bob")).await.unwrap().offline_messages, 3);
     assert_eq!(
@@ -301,7 +300,7 @@ async fn group_history_is_for_joined_members_and_starts_when_they_joined() {
 async fn history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
-    let server = TestServer::with_store(seeded_store(&db), Config::default()).await;
+    let server = TestServer::on_disk(&db).await;
     let (alice, _a) = server.login("alice").await;
     let (_bob, _b) = server.login("bob").await;
     alice.msg("bob", "remember me").await.unwrap();
@@ -309,7 +308,7 @@ async fn history_survives_a_restart() {
     alice.group_msg("devs", "group memory").await.unwrap();
     server.stop().await;
 
-    let server = TestServer::with_store(SqliteStore::open(&db).unwrap(), Config::default()).await;
+    let server = TestServer::reopen(&db).await;
     let (bob, _b) = server.login("bob").await;
     assert_eq!(bob.history("alice", None).await.unwrap()[0].text, "remember me");
     let (alice, _a) = server.login("alice").await;

@@ -85,13 +85,12 @@ async fn offline_messages_arrive_at_next_login_oldest_first_with_original_times(
 async fn offline_messages_survive_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
-    let server = TestServer::with_store(seeded_store(&db), Config::default()).await;
+    let server = TestServer::on_disk(&db).await;
     let (alice, _a) = server.login("alice").await;
     assert_eq!(alice.msg("dave", "see you after the restart").await.unwrap(), Delivery::Stored);
     server.stop().await;
 
-    let reopened = confab::store::SqliteStore::open(&db).unwrap();
-    let server = TestServer::with_store(reopened, Config::default()).await;
+    let server = TestServer::reopen(&db).await;
     let (dave, mut dave_events) = server.connect().await;
     assert_eq!(dave.login("dave", "dave-pw").await.unwrap().offline_messages, 1);
     assert_eq!(
@@ -199,14 +198,12 @@ async fn blocking_silences_the_blocked_user_in_every_way() {
 async fn a_block_survives_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
-    let server = TestServer::with_store(seeded_store(&db), Config::default()).await;
+    let server = TestServer::on_disk(&db).await;
     let (dave, _d) = server.login("dave").await;
     dave.block("carol").await.unwrap();
     server.stop().await;
 
-    let server =
-        TestServer::with_store(confab::store::SqliteStore::open(&db).unwrap(), Config::default())
-            .await;
+    let server = TestServer::reopen(&db).await;
     let (carol, _c) = server.login("carol").await;
     assert_eq!(code(carol.msg("dave", "hi").await), ErrorCode::BlockedByRecipient);
     server.stop().await;

@@ -62,6 +62,16 @@ impl TestServer {
         Self { addr, stop: Some(stop), task }
     }
 
+    /// A server with default settings on a new database file at `db`, holding [`USERS`].
+    pub async fn on_disk(db: &Path) -> Self {
+        Self::with_store(seeded_store(db), Config::default()).await
+    }
+
+    /// A server with default settings on the database file an earlier server left at `db`.
+    pub async fn reopen(db: &Path) -> Self {
+        Self::with_store(SqliteStore::open(db).unwrap(), Config::default()).await
+    }
+
     /// Shuts the server down gracefully and waits until `run` has returned.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
