@@ -70,6 +70,13 @@ async fn start_server(db: &Path) -> (Proc, String) {
     (server, addr)
 }
 
+/// A `confab --plain` client that has logged in as `user`.
+async fn logged_in(addr: &str, user: &str, password: &str) -> Proc {
+    let mut proc = client(addr, user, password);
+    proc.expect(&format!("logged in as {user}")).await;
+    proc
+}
+
 fn client(addr: &str, user: &str, password: &str) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
@@ -80,10 +87,8 @@ fn client(addr: &str, user: &str, password: &str) -> Proc {
 async fn two_plain_clients_chat_through_the_server_binary() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = client(&addr, "bob", "builder");
-    bob.expect("logged in as bob").await;
-    let mut alice = client(&addr, "alice", "wonderland");
-    alice.expect("logged in as alice").await;
+    let mut bob = logged_in(&addr, "bob", "builder").await;
+    let mut alice = logged_in(&addr, "alice", "wonderland").await;
     bob.expect("* alice logged in").await;
 
     alice.send("/msg bob hello from alice").await;
@@ -112,8 +117,7 @@ async fn a_refused_login_exits_with_its_code() {
     let (_server, addr) = start_server(&dir.path().join("confab.db")).await;
     let mut wrong = client(&addr, "carol", "not-her-password");
     assert_eq!(wrong.exit().await.code(), Some(3));
-    let mut eve = client(&addr, "eve", "dropper");
-    eve.expect("logged in as eve").await;
+    let _eve = logged_in(&addr, "eve", "dropper").await; // stays logged in
     let mut twice = client(&addr, "eve", "dropper");
     assert_eq!(twice.exit().await.code(), Some(5), "already logged in");
     assert_eq!(client(&addr, "carol", "guess").exit().await.code(), Some(3));
@@ -129,8 +133,7 @@ async fn an_acknowledged_message_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
     let (mut server, addr) = start_server(&db).await;
-    let mut alice = client(&addr, "alice", "wonderland");
-    alice.expect("logged in as alice").await;
+    let mut alice = logged_in(&addr, "alice", "wonderland").await;
     alice.send("/msg dave are you there").await;
     alice.expect("dave is offline").await;
     server.signal(Signal::SIGKILL);
@@ -148,10 +151,8 @@ async fn an_acknowledged_message_survives_sigkill() {
 async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = client(&addr, "bob", "builder");
-    bob.expect("logged in as bob").await;
-    let mut alice = client(&addr, "alice", "wonderland");
-    alice.expect("logged in as alice").await;
+    let mut bob = logged_in(&addr, "bob", "builder").await;
+    let mut alice = logged_in(&addr, "alice", "wonderland").await;
     bob.expect("* alice logged in").await;
 
     alice.send("/help").await;
@@ -197,10 +198,8 @@ async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_serve
 async fn plain_clients_decline_and_stop_private_chats() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut carol = client(&addr, "carol", "singer");
-    carol.expect("logged in as carol").await;
-    let mut dave = client(&addr, "dave", "grohl");
-    dave.expect("logged in as dave").await;
+    let mut carol = logged_in(&addr, "carol", "singer").await;
+    let mut dave = logged_in(&addr, "dave", "grohl").await;
 
     dave.send("/startprivate carol").await;
     carol.expect("* dave asks for a private chat").await;
@@ -253,8 +252,8 @@ async fn chatting_privately_counts_as_activity_for_the_idle_timeout() {
         ..confab::server::Config::default()
     };
     let server = common::TestServer::start(config).await;
-    let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
-    alice.expect("logged in as alice").await;
+    let mut alice =
+        logged_in(&server.addr.to_string(), "alice", &common::password_of("alice")).await;
     let mut bob = server.login_direct("bob").await;
     accepted_by_binary(&mut bob, &mut alice).await;
 
@@ -284,8 +283,8 @@ async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_th
         ..confab::server::Config::default()
     };
     let server = common::TestServer::start(config).await;
-    let mut alice = client(&server.addr.to_string(), "alice", &common::password_of("alice"));
-    alice.expect("logged in as alice").await;
+    let mut alice =
+        logged_in(&server.addr.to_string(), "alice", &common::password_of("alice")).await;
     // bob runs in this process: his own session may time out too, but only the binary ends
     // its chats on that, so what bob hears is alice's client saying goodbye.
     let mut bob = server.login_direct("bob").await;
