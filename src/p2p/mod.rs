@@ -1,4 +1,4 @@
-//! Direct peer-to-peer links: private chat over TCP (and, later, file transfer over UDP).
+//! Direct peer-to-peer links: private chat over TCP and file transfer over UDP.
 //!
 //! The server introduces two users and steps aside. Before logging in, a client binds its
 //! [`DirectSockets`] and announces their ports; the server pairs them with the IP address it
@@ -8,11 +8,13 @@
 //! with the token the server issued for that user, once ([`tokens`]). What is said on the
 //! link never passes through the server, so it keeps working when the server goes away.
 //!
-//! The UDP socket is bound and announced now so that its port is known to the server; the
-//! file transfer that will use it is not built yet.
+//! Files go the same way over the UDP socket ([`transfer`]): for `/p2pvideo`, the server
+//! gives the sender the receiver's UDP address and a one-time token, and tells the receiver
+//! the sender's; the chunks, acknowledgements and the SHA-256 never pass through the server.
 
 pub mod chat;
 pub mod tokens;
+pub mod transfer;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,267 @@
+//! Congestion control and pacing: a model of the path in the manner of BBR.
+//!
+//! Loss is a poor congestion signal on the links this transfer is for: on Wi-Fi, or a
+//! lossy tunnel, 1 to 5 % of datagrams vanish whatever the sending rate, and a controller
+//! that halves its window at each loss (Reno, CUBIC) crawls. So, like BBR, the sender
+//! measures instead of guessing:
+//!
+//! - the bottleneck bandwidth: the largest delivery rate sampled over the last
+//!   [`BW_WINDOW_ROUNDS`] round trips (bytes newly acknowledged over the time they took);
+//! - the propagation delay: the smallest RTT seen.
+//!
+//! It then paces datagrams at `pacing_gain * bandwidth` and allows `cwnd_gain * bandwidth
+//! * min_rtt` (plus headroom for acknowledgements that arrive in bursts) in flight.
+//! `Startup` doubles the rate every round trip (gain 2/ln 2) until the bandwidth stops
+//! growing by a quarter for three rounds; one round of `Drain` empties the queue that built;
+//! then `ProbeBw` cycles its gain through 1.25, 0.75 and six rounds of 1 to find more room
+//! and give it back. A retransmission timeout, a sign that the path changed completely,
+//! starts over from `Startup`.
+//!
+//! Pacing is a token bucket refilled at the pacing rate and capped at a small burst, so
+//! the driver can send a batch of datagrams (one GSO call) per wake-up without flooding a
+//! queue.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How many round trips the bandwidth estimate remembers.
+pub const BW_WINDOW_ROUNDS: u64 = 10;
+/// Datagrams allowed in flight before the first estimate.
+const INITIAL_WINDOW: u64 = 32;
+/// Never fewer datagrams than this in flight.
+const MIN_WINDOW: u64 = 16;
+/// The pacing gain of `Startup`: the rate doubles each round trip.
+const STARTUP_GAIN: f64 = 2.885;
+/// ProbeBw's gain cycle, one phase per min-RTT.
+const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// Extra time's worth of bandwidth allowed in flight, for acknowledgements that are
+/// delayed or arrive in batches.
+const ACK_HEADROOM: Duration = Duration::from_millis(2);
+/// The pacing bucket holds at least this many datagrams' worth...
+const MIN_BURST: u64 = 64;
+/// ...or this long at the pacing rate, whichever is more.
+const BURST_TIME: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Startup,
+    Drain,
+    ProbeBw { phase: usize, since: Instant },
+}
+
+/// What one acknowledgement taught about the path.
+#[derive(Debug, Clone, Copy)]
+pub struct AckSample {
+    /// Bytes delivered in total, this acknowledgement included.
+    pub delivered: u64,
+    /// Bytes that had been delivered when the newest newly acknowledged chunk was sent.
+    pub delivered_at_send: u64,
+    /// Delivery rate in bytes per second, if it could be measured.
+    pub rate: Option<f64>,
+}
+
+/// The sender's model of the path: how fast to pace and how much to keep in flight.
+#[derive(Debug, Clone)]
+pub struct Congestion {
+    mode: Mode,
+    datagram: u64,
+    bw_samples: VecDeque<(u64, f64)>,
+    btl_bw: f64,
+    min_rtt: Option<Duration>,
+    round: u64,
+    next_round_delivered: u64,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Congestion {
+    /// A fresh model for datagrams of at most `datagram` bytes, starting at `now`.
+    pub fn new(datagram: usize, now: Instant) -> Self {
+        Self {
+            mode: Mode::Startup,
+            datagram: datagram as u64,
+            bw_samples: VecDeque::new(),
+            btl_bw: 0.0,
+            min_rtt: None,
+            round: 0,
+            next_round_delivered: 0,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            tokens: (MIN_BURST * datagram as u64) as f64,
+            refilled: now,
+        }
+    }
+
+    /// Takes what an acknowledgement taught: a delivery-rate sample and the current min RTT.
+    pub fn on_ack(&mut self, now: Instant, sample: AckSample, min_rtt: Option<Duration>) {
+        self.min_rtt = min_rtt;
+        let round_start = sample.delivered_at_send >= self.next_round_delivered;
+        if round_start {
+            self.round += 1;
+            self.next_round_delivered = sample.delivered;
+        }
+        if let Some(rate) = sample.rate.filter(|r| r.is_finite() && *r > 0.0) {
+            self.bw_samples.push_back((self.round, rate));
+        }
+        while self.bw_samples.front().is_some_and(|(r, _)| r + BW_WINDOW_ROUNDS < self.round) {
+            self.bw_samples.pop_front();
+        }
+        self.btl_bw = self.bw_samples.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+        if round_start {
+            self.on_round(now);
+        }
+        if let Mode::ProbeBw { phase, since } = self.mode {
+            if now.duration_since(since) >= self.min_rtt.unwrap_or(Duration::from_millis(1)) {
+                let phase = (phase + 1) % PROBE_GAINS.len();
+                self.mode = Mode::ProbeBw { phase, since: now };
+            }
+        }
+    }
+
+    /// A retransmission timeout: the model is stale, so measure again from `Startup`.
+    pub fn on_rto(&mut self) {
+        self.mode = Mode::Startup;
+        self.bw_samples.clear();
+        self.btl_bw = 0.0;
+        self.full_bw = 0.0;
+        self.full_bw_rounds = 0;
+    }
+
+    /// Bytes that may be in flight.
+    pub fn window(&self) -> u64 {
+        let floor = MIN_WINDOW * self.datagram;
+        let Some(min_rtt) = self.min_rtt.filter(|_| self.btl_bw > 0.0) else {
+            return INITIAL_WINDOW * self.datagram;
+        };
+        let gain = if self.mode == Mode::Startup { STARTUP_GAIN } else { 2.0 };
+        let bdp = self.btl_bw * min_rtt.as_secs_f64();
+        let headroom = self.btl_bw * ACK_HEADROOM.as_secs_f64();
+        ((gain * bdp + headroom) as u64).max(floor)
+    }
+
+    /// The pacing rate in bytes per second; `srtt` sets it before the first estimate.
+    pub fn pacing_rate(&self, srtt: Option<Duration>) -> f64 {
+        let gain = match self.mode {
+            Mode::Startup => STARTUP_GAIN,
+            Mode::Drain => 1.0 / STARTUP_GAIN,
+            Mode::ProbeBw { phase, .. } => PROBE_GAINS[phase],
+        };
+        if self.btl_bw > 0.0 {
+            return gain * self.btl_bw;
+        }
+        let rtt = srtt.unwrap_or(Duration::from_millis(100)).max(Duration::from_micros(10));
+        STARTUP_GAIN * (INITIAL_WINDOW * self.datagram) as f64 / rtt.as_secs_f64()
+    }
+
+    /// Whether `bytes` may leave now; refills the bucket first.
+    pub fn can_send(&mut self, now: Instant, bytes: usize, srtt: Option<Duration>) -> bool {
+        let rate = self.pacing_rate(srtt);
+        let burst = (MIN_BURST * self.datagram) as f64;
+        let cap = burst.max(rate * BURST_TIME.as_secs_f64());
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + rate * elapsed).min(cap);
+        self.refilled = now;
+        self.tokens >= bytes as f64
+    }
+
+    /// `bytes` left: take them from the bucket.
+    pub fn on_sent(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+
+    /// When the bucket will hold `bytes` again.
+    pub fn next_send_time(&self, bytes: usize, srtt: Option<Duration>) -> Instant {
+        let missing = (bytes as f64 - self.tokens).max(0.0);
+        let wait = missing / self.pacing_rate(srtt);
+        self.refilled + Duration::from_secs_f64(wait.min(1.0))
+    }
+
+    /// The bottleneck bandwidth estimate in bytes per second (0 before the first sample).
+    pub fn bandwidth(&self) -> f64 {
+        self.btl_bw
+    }
+
+    fn on_round(&mut self, now: Instant) {
+        match self.mode {
+            Mode::Startup => {
+                if self.btl_bw >= self.full_bw * 1.25 {
+                    self.full_bw = self.btl_bw;
+                    self.full_bw_rounds = 0;
+                } else {
+                    self.full_bw_rounds += 1;
+                    if self.full_bw_rounds >= 3 {
+                        self.mode = Mode::Drain;
+                    }
+                }
+            }
+            Mode::Drain => self.mode = Mode::ProbeBw { phase: 2, since: now },
+            Mode::ProbeBw { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DG: usize = 1000;
+
+    /// Feeds `rounds` round trips of acknowledgements at `rate` bytes/s.
+    fn feed(cc: &mut Congestion, now: &mut Instant, delivered: &mut u64, rate: f64, rounds: u32) {
+        for _ in 0..rounds {
+            let before = *delivered;
+            *delivered += 10_000;
+            *now += Duration::from_millis(10);
+            let sample =
+                AckSample { delivered: *delivered, delivered_at_send: before, rate: Some(rate) };
+            cc.on_ack(*now, sample, Some(Duration::from_millis(10)));
+        }
+    }
+
+    #[test]
+    fn leaves_startup_when_the_bandwidth_stops_growing_and_paces_near_it() {
+        let mut now = Instant::now();
+        let mut cc = Congestion::new(DG, now);
+        let mut delivered = 0;
+        feed(&mut cc, &mut now, &mut delivered, 1e6, 1);
+        assert_eq!(cc.mode, Mode::Startup);
+        assert!(cc.pacing_rate(None) > 2.0 * 1e6, "startup paces above the estimate");
+        feed(&mut cc, &mut now, &mut delivered, 1e6, 5);
+        assert!(matches!(cc.mode, Mode::ProbeBw { .. }), "{:?}", cc.mode);
+        let rate = cc.pacing_rate(None);
+        assert!((0.7e6..=1.3e6).contains(&rate), "probe paces near the bottleneck: {rate}");
+        // 2 * bdp + headroom: 2 * 1e6 * 0.01 + 1e6 * 0.002.
+        assert_eq!(cc.window(), 22_000);
+    }
+
+    #[test]
+    fn forgets_old_bandwidth_and_restarts_after_a_timeout() {
+        let mut now = Instant::now();
+        let mut cc = Congestion::new(DG, now);
+        let mut delivered = 0;
+        feed(&mut cc, &mut now, &mut delivered, 8e6, 3);
+        feed(&mut cc, &mut now, &mut delivered, 1e6, BW_WINDOW_ROUNDS as u32 + 2);
+        assert_eq!(cc.bandwidth(), 1e6, "samples older than the window are forgotten");
+        cc.on_rto();
+        assert_eq!(cc.bandwidth(), 0.0);
+        assert_eq!(cc.window(), INITIAL_WINDOW * DG as u64);
+    }
+
+    #[test]
+    fn the_bucket_paces_bursts() {
+        let now = Instant::now();
+        let mut cc = Congestion::new(DG, now);
+        let srtt = Some(Duration::from_millis(10));
+        let mut sent = 0;
+        while cc.can_send(now, DG, srtt) {
+            cc.on_sent(DG);
+            sent += 1;
+        }
+        assert_eq!(sent, MIN_BURST, "one burst at first");
+        let next = cc.next_send_time(DG, srtt);
+        assert!(next > now);
+        assert!(cc.can_send(next, DG, srtt), "and one more datagram when the bucket says");
+    }
+}

@@ -1,0 +1,880 @@
+//! The one driver of every transfer: it owns the UDP socket, the files and the timers.
+//!
+//! [`Transfers::start`] moves the client's UDP socket onto a thread of its own with a
+//! single-threaded tokio runtime, so file reads and writes (page-cache copies of at most a
+//! few hundred kilobytes at a time) never hold up the user interface. The handle sends it
+//! commands; what happens comes back through the callback given to `start`, called on that
+//! thread.
+//!
+//! Each turn of the loop: receive every datagram waiting (with GRO and `recvmmsg` through
+//! quinn-udp), check each one and hand it to its machine; act on expired deadlines; read
+//! file bytes the senders want and write what the receivers hand out; report events; then
+//! send what the machines have, batched into GSO calls of equal-sized datagrams. A
+//! datagram is dropped and counted ([`Transfers::stats`]) when it does not parse, when its
+//! transfer id is unknown, or when its source address or token is not the one the server
+//! gave for that transfer; no machine ever sees it.
+//!
+//! The server announces an incoming file with [`Transfers::expect`] (the sender's address,
+//! the token, the name and size). The sender's first `Offer` datagram must match all of
+//! them. The receiver writes into a hidden `.SENDER_FILE.SIZE.part` file in the download
+//! directory, and only after the SHA-256 matches moves it to `SENDER_FILE`, adding `-1`,
+//! `-2`... before the extension rather than replace a file. A transfer that fails keeps
+//! its part file, so offering the same file again resumes from it; a SHA-256 mismatch
+//! deletes it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSliceMut, Read, Seek};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use sha2::{Digest, Sha256};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::receiver::{resume_point, Receiver, ReceiverConfig, ReceiverEvent};
+use super::sender::{Sender, SenderConfig, SenderEvent};
+use super::wire::{self, Header, Packet, TransferId, MAX_NAME_LEN};
+use super::TransferError;
+use crate::protocol::Token;
+
+/// How often a transfer's progress is reported at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Receive buffers handed to one `recvmmsg`.
+const RECV_BUFFERS: usize = 16;
+/// The largest UDP payload, and so the size of one receive buffer's segment.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams one machine may send per turn of the loop before the next gets its turn.
+const SEND_BUDGET: usize = 256;
+/// `recvmmsg` calls per turn of the loop at most.
+const RECV_CALLS: usize = 32;
+
+/// Settings of the transfer engine. `Default` gives what the `confab` client uses.
+#[derive(Debug, Clone)]
+pub struct TransferConfig {
+    /// Where received files go.
+    pub download_dir: PathBuf,
+    /// Accept every verified offer without asking.
+    pub auto_accept: bool,
+    /// The sending side's settings (chunk size among them).
+    pub sender: SenderConfig,
+    /// The receiving side's settings.
+    pub receiver: ReceiverConfig,
+    /// How long an offer the server announced may take to arrive.
+    pub offer_ttl: Duration,
+    /// Socket send and receive buffer size asked of the kernel.
+    pub socket_buffer: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            download_dir: PathBuf::from("."),
+            auto_accept: false,
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+            offer_ttl: Duration::from_secs(60),
+            socket_buffer: 8 << 20,
+        }
+    }
+}
+
+/// Which way a transfer goes, seen from this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// This client sends the file.
+    Send,
+    /// This client receives it.
+    Receive,
+}
+
+/// One transfer, as the user knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Its id (random, chosen by the sender).
+    pub id: TransferId,
+    /// The other user.
+    pub peer: String,
+    /// The file's name, without directories.
+    pub name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Which way it goes.
+    pub direction: Direction,
+}
+
+/// A file the server said is coming: from its `FileOffer` event.
+#[derive(Debug, Clone)]
+pub struct IncomingFile {
+    /// The sender.
+    pub from: String,
+    /// The sender's UDP address, as the server sees it.
+    pub addr: SocketAddr,
+    /// The transfer's token.
+    pub token: Token,
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What happened to a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferEvent {
+    /// Receiving: the offer arrived; answer with [`Transfers::accept`] or
+    /// [`Transfers::decline`]. `resume_from` bytes are here already from an earlier try.
+    /// (With `auto_accept` this is followed by `Started` at once.)
+    Offered {
+        /// The transfer.
+        transfer: Transfer,
+        /// Bytes a part file from an earlier attempt holds.
+        resume_from: u64,
+    },
+    /// Sending: the receiver has the offer and is asking its user.
+    Waiting {
+        /// The transfer.
+        transfer: Transfer,
+    },
+    /// The offer was accepted; data flows, starting after `resume_from` bytes.
+    Started {
+        /// The transfer.
+        transfer: Transfer,
+        /// Bytes the receiver had already.
+        resume_from: u64,
+    },
+    /// Bytes the receiver has acknowledged (sending) or received in order (receiving).
+    Progress {
+        /// The transfer.
+        id: TransferId,
+        /// Which way it goes.
+        direction: Direction,
+        /// Bytes done.
+        done: u64,
+        /// File size.
+        total: u64,
+    },
+    /// Sending: the receiver has the whole file, SHA-256 checked.
+    Sent {
+        /// The transfer.
+        transfer: Transfer,
+    },
+    /// Receiving: the file is saved at `path`, SHA-256 checked.
+    Received {
+        /// The transfer.
+        transfer: Transfer,
+        /// Where it was saved.
+        path: PathBuf,
+    },
+    /// The transfer ended without the file arriving.
+    Failed {
+        /// The transfer.
+        transfer: Transfer,
+        /// Why.
+        error: TransferError,
+    },
+}
+
+/// Datagrams the engine threw away, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Did not parse (damaged, truncated, foreign).
+    pub malformed: u64,
+    /// Named a transfer this client does not have.
+    pub unknown: u64,
+    /// Came from the wrong address or carried the wrong token.
+    pub forged: u64,
+}
+
+/// A handle on the transfer engine. Dropping every clone cancels what is still running
+/// (telling the peers) and stops the engine's thread.
+#[derive(Debug, Clone)]
+pub struct Transfers {
+    commands: mpsc::UnboundedSender<Command>,
+    counters: Arc<Counters>,
+    local_addr: SocketAddr,
+    chunk_size: u32,
+}
+
+impl Transfers {
+    /// Starts the engine on `socket` (the UDP socket announced at login), reporting every
+    /// [`TransferEvent`] to `on_event` from the engine's thread.
+    pub fn start(
+        socket: std::net::UdpSocket,
+        config: TransferConfig,
+        on_event: impl FnMut(TransferEvent) + Send + 'static,
+    ) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let local_addr = socket.local_addr()?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let chunk_size = config.sender.chunk_size;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let engine_counters = counters.clone();
+        std::thread::Builder::new().name("confab-transfers".into()).spawn(move || {
+            runtime.block_on(async move {
+                match Engine::new(socket, config, engine_counters, Box::new(on_event)) {
+                    Ok(engine) => engine.run(rx).await,
+                    Err(error) => tracing::error!("file transfers cannot start: {error}"),
+                }
+            });
+        })?;
+        Ok(Self { commands, counters, local_addr, chunk_size })
+    }
+
+    /// The server announced a file from `incoming.from`: its offer will be let in.
+    pub fn expect(&self, incoming: IncomingFile) {
+        let _ = self.commands.send(Command::Expect(incoming));
+    }
+
+    /// Starts sending the file at `path` to `peer` at `addr` with the server's `token`.
+    ///
+    /// The file is opened here, so a missing or unreadable file is an error at once.
+    pub fn send(
+        &self,
+        peer: &str,
+        addr: SocketAddr,
+        token: Token,
+        path: &Path,
+    ) -> Result<Transfer, TransferError> {
+        let (file, name, size) = open_for_sending(path)?;
+        let id = rand::random::<TransferId>();
+        let transfer =
+            Transfer { id, peer: peer.to_owned(), name, size, direction: Direction::Send };
+        let command = Command::Send { transfer: transfer.clone(), addr, token, file };
+        self.commands.send(command).map_err(|_| stopped())?;
+        Ok(transfer)
+    }
+
+    /// Accepts the offer `id` (after [`TransferEvent::Offered`]).
+    pub fn accept(&self, id: TransferId) {
+        let _ = self.commands.send(Command::Accept(id));
+    }
+
+    /// Declines the offer `id`; the sender is told.
+    pub fn decline(&self, id: TransferId) {
+        let _ = self.commands.send(Command::Decline(id));
+    }
+
+    /// Cancels transfer `id` in either direction; the peer is told.
+    pub fn cancel(&self, id: TransferId) {
+        let _ = self.commands.send(Command::Cancel(id));
+    }
+
+    /// Datagrams dropped so far.
+    pub fn stats(&self) -> TransferStats {
+        TransferStats {
+            malformed: self.counters.malformed.load(Ordering::Relaxed),
+            unknown: self.counters.unknown.load(Ordering::Relaxed),
+            forged: self.counters.forged.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The local address of the transfer socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The chunk size this client sends with.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+}
+
+/// Checks that `path` is a readable regular file and opens it: the file, its name and size.
+pub fn open_for_sending(path: &Path) -> Result<(File, String, u64), TransferError> {
+    let io_error = |e: io::Error| TransferError::Io(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(io_error)?;
+    let meta = file.metadata().map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(TransferError::Io(format!("{} is not a regular file", path.display())));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(safe_file_name)
+        .ok_or_else(|| TransferError::Io(format!("{}: unusable file name", path.display())))?;
+    Ok((file, name.to_owned(), meta.len()))
+}
+
+/// `name` if it is a plain file name that is safe to create in the download directory: no
+/// directory parts, no leading dot, no control characters, not too long.
+pub fn safe_file_name(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control);
+    ok.then_some(name)
+}
+
+fn stopped() -> TransferError {
+    TransferError::Io("the transfer engine has stopped".into())
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    malformed: AtomicU64,
+    unknown: AtomicU64,
+    forged: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Command {
+    Expect(IncomingFile),
+    Send { transfer: Transfer, addr: SocketAddr, token: Token, file: File },
+    Accept(TransferId),
+    Decline(TransferId),
+    Cancel(TransferId),
+}
+
+type OnEvent = Box<dyn FnMut(TransferEvent) + Send>;
+
+/// The state machine of one transfer, with its file.
+enum Machine {
+    Send { sender: Box<Sender>, file: File },
+    Receive { receiver: Receiver, part: PathBuf, file: Option<File> },
+}
+
+struct Running {
+    transfer: Transfer,
+    peer: SocketAddr,
+    token: Token,
+    machine: Machine,
+    /// Accepted: progress is worth reporting.
+    started: bool,
+    reported: Option<(Instant, u64)>,
+    over: bool,
+}
+
+struct Expected {
+    incoming: IncomingFile,
+    until: Instant,
+}
+
+struct Engine {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    config: TransferConfig,
+    counters: Arc<Counters>,
+    on_event: OnEvent,
+    running: HashMap<TransferId, Running>,
+    expected: Vec<Expected>,
+    recv_buffers: Vec<Vec<u8>>,
+    out: Vec<u8>,
+    batch: Vec<u8>,
+}
+
+impl Engine {
+    fn new(
+        socket: std::net::UdpSocket,
+        config: TransferConfig,
+        counters: Arc<Counters>,
+        on_event: OnEvent,
+    ) -> io::Result<Self> {
+        let state = UdpSocketState::new((&socket).into())?;
+        // Best effort: the kernel caps these at its limits.
+        let _ = state.set_send_buffer_size((&socket).into(), config.socket_buffer);
+        let _ = state.set_recv_buffer_size((&socket).into(), config.socket_buffer);
+        let socket = UdpSocket::from_std(socket)?;
+        let segments = state.gro_segments().max(1);
+        let buffer = (MAX_DATAGRAM * segments).min(1 << 20);
+        Ok(Self {
+            socket,
+            state,
+            config,
+            counters,
+            on_event,
+            running: HashMap::new(),
+            expected: Vec::new(),
+            recv_buffers: vec![vec![0; buffer]; RECV_BUFFERS],
+            out: Vec::with_capacity(MAX_DATAGRAM),
+            batch: Vec::with_capacity(MAX_DATAGRAM),
+        })
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                ready = self.socket.readable() => {
+                    if let Err(error) = ready {
+                        tracing::error!("transfer socket failed: {error}");
+                        break;
+                    }
+                    self.receive();
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.turn().await;
+        }
+        // Every handle is gone: cancel what runs, tell the peers, and stop.
+        for running in self.running.values_mut() {
+            match &mut running.machine {
+                Machine::Send { sender, .. } => sender.cancel(),
+                Machine::Receive { receiver, .. } => receiver.cancel(),
+            }
+        }
+        self.turn().await;
+    }
+
+    /// Everything after new input: timeouts, file I/O, events, sending, clean-up.
+    async fn turn(&mut self) {
+        let now = Instant::now();
+        self.expected.retain(|e| e.until > now);
+        for running in self.running.values_mut() {
+            match &mut running.machine {
+                Machine::Send { sender, .. } => sender.handle_timeout(now),
+                Machine::Receive { receiver, .. } => receiver.handle_timeout(now),
+            }
+        }
+        let ids: Vec<TransferId> = self.running.keys().copied().collect();
+        for id in &ids {
+            self.service(*id, now);
+        }
+        self.transmit(&ids, now).await;
+        self.running.retain(|_, r| !r.over);
+    }
+
+    /// File I/O and events of one transfer.
+    fn service(&mut self, id: TransferId, now: Instant) {
+        let Some(running) = self.running.get_mut(&id) else {
+            return;
+        };
+        let mut events = Vec::new();
+        match &mut running.machine {
+            Machine::Send { sender, file } => {
+                while let Some(range) = sender.wants_data() {
+                    let mut data = BytesMut::zeroed((range.end - range.start) as usize);
+                    match file.read_exact_at(&mut data, range.start) {
+                        Ok(()) => sender.push_data(now, data.freeze()),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            sender.abort(TransferError::FileChanged);
+                        }
+                        Err(e) => sender.abort(TransferError::Io(format!("reading: {e}"))),
+                    }
+                }
+                while let Some(event) = sender.poll_event() {
+                    let t = running.transfer.clone();
+                    events.push(match event {
+                        SenderEvent::Waiting => TransferEvent::Waiting { transfer: t },
+                        SenderEvent::Accepted { resume_from } => {
+                            running.started = true;
+                            TransferEvent::Started { transfer: t, resume_from }
+                        }
+                        SenderEvent::Finished => TransferEvent::Sent { transfer: t },
+                        SenderEvent::Failed(error) => TransferEvent::Failed { transfer: t, error },
+                    });
+                }
+                running.over = sender.is_over();
+            }
+            Machine::Receive { receiver, part, file } => {
+                while let Some((offset, data)) = receiver.poll_write() {
+                    let written = match file {
+                        Some(file) => file.write_all_at(&data, offset),
+                        None => Err(io::Error::other("no part file")),
+                    };
+                    if let Err(e) = written {
+                        receiver
+                            .abort(TransferError::Io(format!("writing {}: {e}", part.display())));
+                        break;
+                    }
+                }
+                while let Some(event) = receiver.poll_event() {
+                    let t = running.transfer.clone();
+                    match event {
+                        ReceiverEvent::Verified => {
+                            let saved = save(file.take(), part, &self.config.download_dir, &t);
+                            receiver.confirm(now, saved.clone().map(|_| ()));
+                            events.push(match saved {
+                                Ok(path) => TransferEvent::Received { transfer: t, path },
+                                Err(error) => TransferEvent::Failed { transfer: t, error },
+                            });
+                        }
+                        ReceiverEvent::Failed(error) => {
+                            if error == TransferError::HashMismatch {
+                                let _ = std::fs::remove_file(&*part);
+                            }
+                            events.push(TransferEvent::Failed { transfer: t, error });
+                        }
+                    }
+                }
+                running.over = receiver.is_over();
+            }
+        }
+        if let Some(progress) = progress_event(running, now) {
+            events.insert(0, progress);
+        }
+        for event in events {
+            (self.on_event)(event);
+        }
+    }
+
+    /// Sends what every machine has, batching equal-sized datagrams to one peer into GSO
+    /// calls.
+    async fn transmit(&mut self, ids: &[TransferId], now: Instant) {
+        let max_segments = self.state.max_gso_segments().max(1);
+        for id in ids {
+            let mut budget = SEND_BUDGET;
+            let mut segment = 0;
+            let mut count = 0;
+            self.batch.clear();
+            loop {
+                self.out.clear();
+                let Some(running) = self.running.get_mut(id) else {
+                    break;
+                };
+                let peer = running.peer;
+                let more = budget > 0
+                    && match &mut running.machine {
+                        Machine::Send { sender, .. } => sender.poll_transmit(now, &mut self.out),
+                        Machine::Receive { receiver, .. } => {
+                            receiver.poll_transmit(now, &mut self.out)
+                        }
+                    };
+                if !more {
+                    self.flush(peer, segment, count).await;
+                    break;
+                }
+                budget -= 1;
+                let len = self.out.len();
+                let fits = count > 0
+                    && count < max_segments
+                    && len <= segment
+                    && self.batch.len() + len <= MAX_DATAGRAM;
+                if !fits && count > 0 {
+                    self.flush(peer, segment, count).await;
+                    count = 0;
+                }
+                if count == 0 {
+                    segment = len;
+                }
+                self.batch.extend_from_slice(&self.out);
+                count += 1;
+                if len < segment {
+                    // A shorter datagram can only end a GSO batch.
+                    self.flush(peer, segment, count).await;
+                    count = 0;
+                }
+            }
+        }
+    }
+
+    /// Sends the batch: `count` datagrams of `segment` bytes (the last may be shorter).
+    async fn flush(&mut self, peer: SocketAddr, segment: usize, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let transmit = Transmit {
+            destination: peer,
+            ecn: None,
+            contents: &self.batch,
+            segment_size: (count > 1).then_some(segment),
+            src_ip: None,
+        };
+        loop {
+            let sent = self.socket.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.socket.writable().await.is_err() {
+                        break;
+                    }
+                }
+                // Like a loss on the way: the machines resend what is not acknowledged.
+                Err(e) => {
+                    tracing::debug!("sending to {peer} failed: {e}");
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
+        self.batch.clear();
+    }
+
+    /// Reads every datagram waiting and hands each to its machine.
+    fn receive(&mut self) {
+        let mut meta = [RecvMeta::default(); RECV_BUFFERS];
+        // Bounded, so that a flood cannot starve acknowledgements and timers.
+        for _ in 0..RECV_CALLS {
+            let mut buffers = std::mem::take(&mut self.recv_buffers);
+            let received = {
+                let mut slices: Vec<IoSliceMut<'_>> =
+                    buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                self.socket.try_io(Interest::READABLE, || {
+                    self.state.recv((&self.socket).into(), &mut slices, &mut meta)
+                })
+            };
+            let count = match received {
+                Ok(count) => count,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!("receiving failed: {e}");
+                    }
+                    self.recv_buffers = buffers;
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for (buffer, meta) in buffers.iter().zip(&meta).take(count) {
+                let stride = meta.stride.max(1);
+                for datagram in buffer[..meta.len].chunks(stride) {
+                    self.datagram(now, meta.addr, datagram);
+                }
+            }
+            self.recv_buffers = buffers;
+        }
+    }
+
+    /// Checks one datagram and hands it to its machine, or drops and counts it.
+    fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok((header, packet)) = wire::parse(bytes) else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let from = normalize(from);
+        let Some(running) = self.running.get_mut(&header.id) else {
+            if let Packet::Offer { size, chunk_size, name } = packet {
+                self.offer(now, from, header, size, chunk_size, name);
+            } else {
+                self.counters.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        if running.peer != from || running.token != header.token {
+            self.counters.forged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match &mut running.machine {
+            Machine::Send { sender, .. } => sender.handle(now, packet),
+            Machine::Receive { receiver, .. } => receiver.handle(now, packet),
+        }
+    }
+
+    /// A first `Offer`: let it in only if the server announced exactly it.
+    fn offer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: Header,
+        size: u64,
+        chunk_size: u32,
+        name: &str,
+    ) {
+        let found = self.expected.iter().position(|e| {
+            let i = &e.incoming;
+            i.token == header.token && i.addr == from && i.name == name && i.size == size
+        });
+        let Some(index) = found else {
+            self.counters.forged.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let incoming = self.expected.swap_remove(index).incoming;
+        let transfer = Transfer {
+            id: header.id,
+            peer: incoming.from.clone(),
+            name: incoming.name.clone(),
+            size,
+            direction: Direction::Receive,
+        };
+        let part = self
+            .config
+            .download_dir
+            .join(format!(".{}_{}.{}.part", incoming.from, incoming.name, size));
+        let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        let receiver = Receiver::new(header, size, chunk_size, self.config.receiver.clone(), now);
+        let machine = Machine::Receive { receiver, part, file: None };
+        let running = Running {
+            transfer,
+            peer: from,
+            token: header.token,
+            machine,
+            started: false,
+            reported: None,
+            over: false,
+        };
+        let resume_from = resume_point(have, size, chunk_size);
+        let event = TransferEvent::Offered { transfer: running.transfer.clone(), resume_from };
+        self.running.insert(header.id, running);
+        (self.on_event)(event);
+        if self.config.auto_accept {
+            self.accept(header.id);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Expect(incoming) => {
+                let until = now + self.config.offer_ttl;
+                self.expected.push(Expected { incoming, until });
+            }
+            Command::Send { transfer, addr, token, file } => {
+                let header = Header { id: transfer.id, token };
+                let config = self.config.sender.clone();
+                let sender = Sender::new(header, &transfer.name, transfer.size, config, now);
+                let machine = Machine::Send { sender: Box::new(sender), file };
+                let running = Running {
+                    transfer,
+                    peer: normalize(addr),
+                    token,
+                    machine,
+                    started: false,
+                    reported: None,
+                    over: false,
+                };
+                self.running.insert(running.transfer.id, running);
+            }
+            Command::Accept(id) => self.accept(id),
+            Command::Decline(id) => {
+                if let Some(Machine::Receive { receiver, .. }) =
+                    self.running.get_mut(&id).map(|r| &mut r.machine)
+                {
+                    receiver.decline();
+                }
+            }
+            Command::Cancel(id) => {
+                let Some(running) = self.running.get_mut(&id) else {
+                    return;
+                };
+                match &mut running.machine {
+                    Machine::Send { sender, .. } => sender.cancel(),
+                    Machine::Receive { receiver, .. } => receiver.cancel(),
+                }
+            }
+        }
+    }
+
+    /// Opens (or reopens) the part file, hashes what it holds, and accepts.
+    fn accept(&mut self, id: TransferId) {
+        let now = Instant::now();
+        let Some(running) = self.running.get_mut(&id) else {
+            return;
+        };
+        let Machine::Receive { receiver, part, file } = &mut running.machine else {
+            return;
+        };
+        if file.is_some() {
+            return;
+        }
+        match open_part(part, running.transfer.size, receiver.chunk_size()) {
+            Ok((opened, resume_from, prefix)) => {
+                *file = Some(opened);
+                receiver.accept(now, resume_from, prefix);
+                running.started = true;
+                let transfer = running.transfer.clone();
+                (self.on_event)(TransferEvent::Started { transfer, resume_from });
+            }
+            Err(e) => receiver.abort(TransferError::Io(format!("{}: {e}", part.display()))),
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let machines = self.running.values().filter_map(|r| match &r.machine {
+            Machine::Send { sender, .. } => sender.poll_timeout(),
+            Machine::Receive { receiver, .. } => receiver.poll_timeout(),
+        });
+        let expiries = self.expected.iter().map(|e| e.until);
+        let progress =
+            self.running.values().filter_map(|r| r.reported.map(|(at, _)| at + PROGRESS_INTERVAL));
+        machines.chain(expiries).chain(progress).min().unwrap_or(far)
+    }
+}
+
+/// Opens the part file, keeps the whole chunks it holds, and hashes them.
+fn open_part(part: &Path, size: u64, chunk_size: u32) -> io::Result<(File, u64, Sha256)> {
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part)?;
+    let have = file.metadata()?.len();
+    let resume_from = resume_point(have, size, chunk_size);
+    file.set_len(resume_from)?;
+    let mut hasher = Sha256::new();
+    file.rewind()?;
+    let mut buffer = vec![0; 1 << 20];
+    let mut left = resume_from;
+    while left > 0 {
+        let n = file.read(&mut buffer[..left.min(1 << 20) as usize])?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        hasher.update(&buffer[..n]);
+        left -= n as u64;
+    }
+    Ok((file, resume_from, hasher))
+}
+
+/// Moves a verified part file to `SENDER_NAME` in `dir`, never replacing a file.
+fn save(
+    file: Option<File>,
+    part: &Path,
+    dir: &Path,
+    transfer: &Transfer,
+) -> Result<PathBuf, TransferError> {
+    let io_error = |e: io::Error| TransferError::Io(format!("saving {}: {e}", transfer.name));
+    if let Some(file) = file {
+        file.sync_all().map_err(io_error)?;
+    }
+    let name = format!("{}_{}", transfer.peer, transfer.name);
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+        _ => (name.clone(), String::new()),
+    };
+    for n in 0u32.. {
+        let candidate = if n == 0 { dir.join(&name) } else { dir.join(format!("{stem}-{n}{ext}")) };
+        // A hard link fails rather than replace an existing file, unlike rename.
+        match std::fs::hard_link(part, &candidate) {
+            Ok(()) => {
+                std::fs::remove_file(part).map_err(io_error)?;
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    unreachable!("u32 names ran out")
+}
+
+/// A progress event for `running` if it moved and the last one is old enough.
+fn progress_event(running: &mut Running, now: Instant) -> Option<TransferEvent> {
+    if !running.started {
+        return None;
+    }
+    let (done, total) = match &running.machine {
+        Machine::Send { sender, .. } => sender.progress(),
+        Machine::Receive { receiver, .. } => receiver.progress(),
+    };
+    let due = match running.reported {
+        None => true,
+        Some((at, last)) => done != last && (done == total || now >= at + PROGRESS_INTERVAL),
+    };
+    if !due {
+        return None;
+    }
+    running.reported = Some((now, done));
+    let direction = running.transfer.direction;
+    Some(TransferEvent::Progress { id: running.transfer.id, direction, done, total })
+}
+
+/// IPv4 addresses seen through an IPv6 socket, written the IPv4 way, so they compare equal.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}

@@ -1,0 +1,415 @@
+//! The receiving side of one transfer, as a state machine that does no I/O and reads no clock.
+//!
+//! It is made when an `Offer` arrives that the server announced, and answers `Waiting`
+//! until its user (or `--auto-accept`) decides: [`Receiver::accept`] or
+//! [`Receiver::decline`]. After accepting it takes `Data` chunks, keeps the ones that arrive
+//! ahead of a gap in memory (at most [`ReceiverConfig::window`] chunks past the cumulative
+//! point, the window it advertised), and hands the file bytes out strictly in order through
+//! [`Receiver::poll_write`], hashing them as they go. So the temporary file grows from the
+//! front and its length is always what a resumed transfer can keep.
+//!
+//! Acknowledgements go out after every [`ReceiverConfig::ack_every`] chunks, at once when a
+//! chunk arrives out of order or twice (the sender needs to hear about gaps quickly), and at
+//! the latest [`ReceiverConfig::ack_delay`] after a chunk. When every chunk is in and the
+//! sender's `Finish` has given its SHA-256, the two digests are compared:
+//! [`ReceiverEvent::Verified`] asks the driver to move the file into place and report back
+//! through [`Receiver::confirm`], and `Done` tells the sender. The machine lingers a while
+//! afterwards to answer a repeated `Finish` whose `Done` was lost.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use super::wire::{self, Ack, Header, Packet, MAX_ACK_RANGES};
+use super::TransferError;
+
+/// Settings of the receiving side.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Chunks past the cumulative point that may be buffered; advertised to the sender.
+    pub window: u32,
+    /// The transfer fails when nothing is heard from the sender for this long.
+    pub idle_timeout: Duration,
+    /// Acknowledge after this many chunks...
+    pub ack_every: u32,
+    /// ...or this long after the first unacknowledged one.
+    pub ack_delay: Duration,
+    /// How long a finished transfer still answers a repeated `Finish`.
+    pub linger: Duration,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            window: 16_384,
+            idle_timeout: Duration::from_secs(10),
+            ack_every: 8,
+            ack_delay: Duration::from_millis(1),
+            linger: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the receiver has to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// Every byte is in and the SHA-256 matches: save the file, then call
+    /// [`Receiver::confirm`].
+    Verified,
+    /// The transfer is over without success.
+    Failed(TransferError),
+}
+
+/// Counters of what arrived and was not used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Chunks that had arrived already.
+    pub duplicates: u64,
+    /// Chunks beyond the window or the file, or of the wrong length.
+    pub rejected: u64,
+}
+
+/// The datagram the receiver owes the sender, other than acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Waiting,
+    Accept,
+    Decline,
+    Done(bool),
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Asking,
+    Receiving,
+    Verifying,
+    Finished { until: Instant },
+    Failed,
+    Closed,
+}
+
+/// The receiving side of one transfer.
+#[derive(Debug)]
+pub struct Receiver {
+    header: Header,
+    size: u64,
+    chunk: u64,
+    chunks: u64,
+    config: ReceiverConfig,
+    phase: Phase,
+    /// Every chunk below `next` has been handed out in order.
+    next: u64,
+    resumed: u64,
+    ahead: BTreeMap<u64, Bytes>,
+    hasher: Sha256,
+    pending: BytesMut,
+    pending_offset: u64,
+    sender_sha: Option<[u8; 32]>,
+    reply: Option<Reply>,
+    unacked: u32,
+    ack_now: bool,
+    ack_deadline: Option<Instant>,
+    last_heard: Instant,
+    events: VecDeque<ReceiverEvent>,
+    stats: ReceiverStats,
+}
+
+/// Where a transfer of a `size`-byte file in `chunk_size` chunks resumes when `have` bytes
+/// of it are on disk already: the largest whole number of chunks not above `have`.
+pub fn resume_point(have: u64, size: u64, chunk_size: u32) -> u64 {
+    if have >= size {
+        return size;
+    }
+    let chunk = u64::from(chunk_size.max(1));
+    have / chunk * chunk
+}
+
+impl Receiver {
+    /// A receiver for an offer of `size` bytes in chunks of `chunk_size`, which has just
+    /// arrived under `header`; it answers `Waiting` at once.
+    pub fn new(
+        header: Header,
+        size: u64,
+        chunk_size: u32,
+        config: ReceiverConfig,
+        now: Instant,
+    ) -> Self {
+        let chunk = u64::from(chunk_size.max(1));
+        Self {
+            header,
+            size,
+            chunk,
+            chunks: size.div_ceil(chunk),
+            config,
+            phase: Phase::Asking,
+            next: 0,
+            resumed: 0,
+            ahead: BTreeMap::new(),
+            hasher: Sha256::new(),
+            pending: BytesMut::new(),
+            pending_offset: 0,
+            sender_sha: None,
+            reply: Some(Reply::Waiting),
+            unacked: 0,
+            ack_now: false,
+            ack_deadline: None,
+            last_heard: now,
+            events: VecDeque::new(),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// The user accepted. `resume_from` bytes (from [`resume_point`]) are on disk already,
+    /// and `prefix` is the SHA-256 state after hashing exactly them.
+    pub fn accept(&mut self, now: Instant, resume_from: u64, prefix: Sha256) {
+        if self.phase != Phase::Asking {
+            return;
+        }
+        let resume_from = resume_point(resume_from, self.size, self.chunk as u32);
+        self.next = if resume_from == self.size { self.chunks } else { resume_from / self.chunk };
+        self.resumed = resume_from;
+        self.pending_offset = resume_from;
+        self.hasher = prefix;
+        self.phase = Phase::Receiving;
+        self.reply = Some(Reply::Accept);
+        self.last_heard = now;
+    }
+
+    /// The user declined; the sender is told.
+    pub fn decline(&mut self) {
+        if self.phase == Phase::Asking {
+            self.phase = Phase::Failed;
+            self.reply = Some(Reply::Decline);
+        }
+    }
+
+    /// Gives up the transfer; the sender is told.
+    pub fn cancel(&mut self) {
+        if matches!(self.phase, Phase::Asking | Phase::Receiving | Phase::Verifying) {
+            self.fail(TransferError::Cancelled, Some(Reply::Cancel));
+        }
+    }
+
+    /// Fails the transfer for a reason found outside the machine (a file write error); the
+    /// sender is told.
+    pub fn abort(&mut self, error: TransferError) {
+        if matches!(self.phase, Phase::Asking | Phase::Receiving | Phase::Verifying) {
+            self.fail(error, Some(Reply::Cancel));
+        }
+    }
+
+    /// The chunk size of the offer.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk as u32
+    }
+
+    /// The driver tried to save the verified file: `Ok` once it is in place.
+    pub fn confirm(&mut self, now: Instant, saved: Result<(), TransferError>) {
+        if self.phase != Phase::Verifying {
+            return;
+        }
+        match saved {
+            Ok(()) => {
+                self.phase = Phase::Finished { until: now + self.config.linger };
+                self.reply = Some(Reply::Done(true));
+            }
+            Err(error) => self.fail(error, Some(Reply::Done(false))),
+        }
+    }
+
+    /// Takes one datagram from the sender (already checked for token and address).
+    pub fn handle(&mut self, now: Instant, packet: Packet<'_>) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.last_heard = now;
+        match (packet, self.phase) {
+            (Packet::Offer { .. }, Phase::Asking) => self.reply = Some(Reply::Waiting),
+            (Packet::Offer { .. }, Phase::Receiving) => self.reply = Some(Reply::Accept),
+            (Packet::Data { seq, payload }, Phase::Receiving) => self.on_data(now, seq, payload),
+            (Packet::Finish { sha256 }, Phase::Receiving) => {
+                self.sender_sha = Some(sha256);
+                self.ack_now = true;
+                self.maybe_verify();
+            }
+            (Packet::Finish { .. }, Phase::Finished { .. }) => self.reply = Some(Reply::Done(true)),
+            (Packet::Cancel, Phase::Asking | Phase::Receiving | Phase::Verifying) => {
+                self.fail(TransferError::CancelledByPeer, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// File bytes to write next, at their offset, if any. They come strictly in order.
+    pub fn poll_write(&mut self) -> Option<(u64, Bytes)> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let offset = self.pending_offset;
+        let data = self.pending.split().freeze();
+        self.pending_offset += data.len() as u64;
+        Some((offset, data))
+    }
+
+    /// Writes the next datagram to send now, if any, at the end of `out`; returns whether
+    /// it did.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        if let Some(reply) = self.reply.take() {
+            let packet = match reply {
+                Reply::Waiting => Packet::Waiting,
+                Reply::Accept => {
+                    let window = self.config.window;
+                    Packet::Accept { resume_from: self.resumed, window }
+                }
+                Reply::Decline => Packet::Decline,
+                Reply::Done(ok) => Packet::Done { ok },
+                Reply::Cancel => Packet::Cancel,
+            };
+            wire::encode(self.header, &packet, out);
+            return true;
+        }
+        let due = self.ack_now || self.ack_deadline.is_some_and(|d| now >= d);
+        if !due || !matches!(self.phase, Phase::Receiving | Phase::Verifying) {
+            return false;
+        }
+        self.ack_now = false;
+        self.ack_deadline = None;
+        self.unacked = 0;
+        wire::encode(self.header, &Packet::Ack(self.ack()), out);
+        true
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.reply.is_some() || self.ack_now {
+            return Some(self.last_heard);
+        }
+        match self.phase {
+            Phase::Closed | Phase::Failed => None,
+            Phase::Finished { until } => Some(until),
+            _ => {
+                let idle = self.last_heard + self.config.idle_timeout;
+                Some(self.ack_deadline.map_or(idle, |d| d.min(idle)))
+            }
+        }
+    }
+
+    /// Acts on whatever deadline has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Finished { until } if now >= until => self.phase = Phase::Closed,
+            Phase::Asking | Phase::Receiving | Phase::Verifying
+                if now >= self.last_heard + self.config.idle_timeout =>
+            {
+                self.fail(TransferError::PeerSilent, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next thing to report, if any.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes received in order (a resumed prefix included), and the file size.
+    pub fn progress(&self) -> (u64, u64) {
+        ((self.next * self.chunk).min(self.size), self.size)
+    }
+
+    /// True once nothing more will be sent or received.
+    pub fn is_over(&self) -> bool {
+        self.reply.is_none() && matches!(self.phase, Phase::Failed | Phase::Closed)
+    }
+
+    /// True once the file has been verified and saved.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished { .. } | Phase::Closed) && self.next == self.chunks
+    }
+
+    /// Counters of chunks that were not used.
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+
+    fn on_data(&mut self, now: Instant, seq: u64, payload: &[u8]) {
+        if seq >= self.chunks
+            || payload.len() as u64 != self.chunk.min(self.size - seq * self.chunk)
+        {
+            self.stats.rejected += 1;
+            return;
+        }
+        if seq < self.next || self.ahead.contains_key(&seq) {
+            // A duplicate means an acknowledgement went missing: say again what we have.
+            self.stats.duplicates += 1;
+            self.ack_now = true;
+            return;
+        }
+        if seq >= self.next + u64::from(self.config.window) {
+            self.stats.rejected += 1;
+            return;
+        }
+        if seq == self.next {
+            self.take_in_order(payload);
+            while let Some(data) = self.ahead.remove(&self.next) {
+                self.take_in_order(&data);
+            }
+        } else {
+            self.ahead.insert(seq, Bytes::copy_from_slice(payload));
+            self.ack_now = true;
+        }
+        self.unacked += 1;
+        if self.unacked >= self.config.ack_every || self.next == self.chunks {
+            self.ack_now = true;
+        }
+        self.ack_deadline.get_or_insert(now + self.config.ack_delay);
+        self.maybe_verify();
+    }
+
+    fn take_in_order(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.pending.extend_from_slice(data);
+        self.next += 1;
+    }
+
+    fn maybe_verify(&mut self) {
+        let Some(theirs) = self.sender_sha else {
+            return;
+        };
+        if self.phase != Phase::Receiving || self.next != self.chunks {
+            return;
+        }
+        let ours: [u8; 32] = self.hasher.clone().finalize().into();
+        if ours == theirs {
+            self.phase = Phase::Verifying;
+            self.events.push_back(ReceiverEvent::Verified);
+        } else {
+            self.fail(TransferError::HashMismatch, Some(Reply::Done(false)));
+        }
+    }
+
+    fn fail(&mut self, error: TransferError, reply: Option<Reply>) {
+        self.phase = Phase::Failed;
+        self.ack_now = false;
+        self.ack_deadline = None;
+        self.reply = reply;
+        self.events.push_back(ReceiverEvent::Failed(error));
+    }
+
+    fn ack(&self) -> Ack {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &seq in self.ahead.keys() {
+            if let Some(last) = ranges.last_mut().filter(|last| last.1 == seq) {
+                last.1 = seq + 1;
+            } else if ranges.len() == MAX_ACK_RANGES {
+                break;
+            } else {
+                ranges.push((seq, seq + 1));
+            }
+        }
+        Ack { cumulative: self.next, ranges }
+    }
+}

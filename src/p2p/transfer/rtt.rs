@@ -1,0 +1,116 @@
+//! Round-trip time estimation and the retransmission timeout, as RFC 6298 computes them.
+//!
+//! `SRTT` and `RTTVAR` are smoothed from samples with gains 1/8 and 1/4, the timeout is
+//! `SRTT + max(G, 4 * RTTVAR)` clamped to `[min_rto, max_rto]`, and each expiry doubles it
+//! until a fresh sample arrives. Samples come only from chunks sent once (Karn's rule): the
+//! sender never asks which copy of a retransmitted chunk an acknowledgement is for.
+//!
+//! One deliberate difference: RFC 6298 rounds the timeout up to one second. Like Linux
+//! (200 ms) this uses a smaller floor, [`RttEstimator::new`]'s `min_rto`, because a
+//! transfer between two machines on one network would otherwise stall for a second at
+//! every lost tail.
+
+use std::time::Duration;
+
+/// Clock granularity `G` of RFC 6298.
+const GRANULARITY: Duration = Duration::from_millis(1);
+/// The timeout before any sample, as RFC 6298 (2.1) sets it.
+const INITIAL_RTO: Duration = Duration::from_secs(1);
+
+/// Smoothed RTT, its variation, the smallest RTT seen and the retransmission timeout.
+#[derive(Debug, Clone)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min_rtt: Option<Duration>,
+    backoff: u32,
+    min_rto: Duration,
+    max_rto: Duration,
+}
+
+impl RttEstimator {
+    /// An estimator with no samples whose timeout stays within `[min_rto, max_rto]`.
+    pub fn new(min_rto: Duration, max_rto: Duration) -> Self {
+        Self { srtt: None, rttvar: Duration::ZERO, min_rtt: None, backoff: 0, min_rto, max_rto }
+    }
+
+    /// Takes one RTT measurement (RFC 6298, 2.2 and 2.3) and resets the backoff.
+    pub fn on_sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        self.backoff = 0;
+    }
+
+    /// A timeout expired: the next one is twice as long (RFC 6298, 5.5).
+    pub fn on_timeout(&mut self) {
+        self.backoff = (self.backoff + 1).min(16);
+    }
+
+    /// The current retransmission timeout.
+    pub fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            None => INITIAL_RTO,
+            Some(srtt) => srtt + GRANULARITY.max(self.rttvar * 4),
+        };
+        let rto = base.clamp(self.min_rto, self.max_rto);
+        rto.saturating_mul(1 << self.backoff).min(self.max_rto)
+    }
+
+    /// The smoothed RTT, if there has been a sample.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The smallest RTT sampled so far.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn follows_rfc_6298() {
+        let mut rtt = RttEstimator::new(ms(200), ms(60_000));
+        assert_eq!(rtt.rto(), ms(1000), "before any sample");
+        rtt.on_sample(ms(100));
+        // SRTT = 100, RTTVAR = 50: RTO = 100 + 4 * 50.
+        assert_eq!(rtt.rto(), ms(300));
+        rtt.on_sample(ms(200));
+        // RTTVAR = 3/4 * 50 + 1/4 * 100 = 62.5; SRTT = 7/8 * 100 + 1/8 * 200 = 112.5.
+        assert_eq!(rtt.srtt(), Some(Duration::from_micros(112_500)));
+        assert_eq!(rtt.rto(), Duration::from_micros(112_500 + 250_000));
+        assert_eq!(rtt.min_rtt(), Some(ms(100)));
+    }
+
+    #[test]
+    fn backs_off_and_stays_within_its_bounds() {
+        let mut rtt = RttEstimator::new(ms(200), ms(5_000));
+        rtt.on_sample(ms(1));
+        assert_eq!(rtt.rto(), ms(200), "floored at min_rto");
+        rtt.on_timeout();
+        assert_eq!(rtt.rto(), ms(400));
+        for _ in 0..20 {
+            rtt.on_timeout();
+        }
+        assert_eq!(rtt.rto(), ms(5_000), "capped at max_rto");
+        rtt.on_sample(ms(1));
+        assert_eq!(rtt.rto(), ms(200), "a fresh sample resets the backoff");
+    }
+}

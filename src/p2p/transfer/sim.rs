@@ -1,0 +1,455 @@
+//! The two state machines driven against each other over a simulated link, in virtual time.
+//!
+//! The link has a bottleneck rate with a tail-drop queue, a one-way delay, and random loss,
+//! duplication, reordering, truncation and corruption, all from a seeded generator so every
+//! run is repeatable. The harness plays the driver's part: it reads the file for the sender,
+//! checks each datagram's transfer id and token as the engine does, writes what the receiver
+//! hands out (asserting it comes in order) and saves the file when it is verified.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use super::receiver::resume_point;
+use super::wire::{self, Header, Packet};
+use super::*;
+use crate::protocol::Token;
+
+/// More steps than any run here needs; reaching it means the machines are stuck.
+const MAX_STEPS: u64 = 3_000_000;
+
+#[derive(Debug, Clone)]
+struct Link {
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+    corrupt: f64,
+    truncate: f64,
+    delay: Duration,
+    /// Bottleneck rate in bytes per second.
+    rate: f64,
+    /// Longest queue at the bottleneck, as time to drain it.
+    queue: Duration,
+    /// After this many datagrams towards the receiver the link goes dead both ways.
+    cut_after: Option<u64>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            corrupt: 0.0,
+            truncate: 0.0,
+            delay: Duration::from_millis(5),
+            rate: 12.5e6,
+            queue: Duration::from_millis(20),
+            cut_after: None,
+        }
+    }
+}
+
+impl Link {
+    fn lossy(loss: f64) -> Self {
+        Self { loss, ..Self::default() }
+    }
+}
+
+/// One direction of the link.
+#[derive(Default)]
+struct Pipe {
+    queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+    busy_until: Option<Instant>,
+    count: u64,
+}
+
+impl Pipe {
+    fn send(&mut self, now: Instant, link: &Link, rng: &mut StdRng, mut datagram: Vec<u8>) {
+        self.count += 1;
+        if link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
+            return;
+        }
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start.duration_since(now) > link.queue {
+            return; // tail drop at the bottleneck
+        }
+        let departure = start + Duration::from_secs_f64(datagram.len() as f64 / link.rate);
+        self.busy_until = Some(departure);
+        if rng.gen_bool(link.truncate) {
+            let len = rng.gen_range(0..datagram.len());
+            datagram.truncate(len);
+        }
+        if rng.gen_bool(link.corrupt) && !datagram.is_empty() {
+            let i = rng.gen_range(0..datagram.len());
+            datagram[i] ^= 1 << rng.gen_range(0..8);
+        }
+        let mut arrival = departure + link.delay;
+        if rng.gen_bool(link.reorder) {
+            arrival += link.delay.mul_f64(rng.gen_range(0.0..2.0));
+        }
+        if rng.gen_bool(link.duplicate) {
+            self.queue.push(Reverse((arrival + link.delay / 3, rng.next_u64(), datagram.clone())));
+        }
+        self.queue.push(Reverse((arrival, rng.next_u64(), datagram)));
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            return self.queue.pop().map(|Reverse((_, _, d))| d);
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((at, _, _))| *at)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Accept,
+    Decline,
+    /// Accept, then cancel once this many bytes have been received.
+    CancelAt(u64),
+}
+
+struct Sim {
+    link: Link,
+    rng: StdRng,
+    now: Instant,
+    start: Instant,
+    header: Header,
+    file: Vec<u8>,
+    sender: Sender,
+    receiver: Option<Receiver>,
+    receiver_config: ReceiverConfig,
+    answer: Answer,
+    /// Bytes the receiver had on disk before the offer (a resumed transfer).
+    prefix: Vec<u8>,
+    written: Vec<u8>,
+    saved: bool,
+    sender_cancel_at: Option<u64>,
+    to_receiver: Pipe,
+    to_sender: Pipe,
+    sender_result: Option<Result<(), TransferError>>,
+    receiver_result: Option<Result<(), TransferError>>,
+    forged: u64,
+}
+
+struct Outcome {
+    sender: Option<Result<(), TransferError>>,
+    receiver: Option<Result<(), TransferError>>,
+    written: Vec<u8>,
+    saved: bool,
+    elapsed: Duration,
+    stats: sender::SenderStats,
+    forged: u64,
+}
+
+impl Sim {
+    fn new(file: Vec<u8>, link: Link, seed: u64) -> Self {
+        let now = Instant::now();
+        let header = Header { id: 42, token: Token([5; 16]) };
+        let config = SenderConfig { chunk_size: 1000, ..SenderConfig::default() };
+        let sender = Sender::new(header, "clip.mp4", file.len() as u64, config, now);
+        Self {
+            link,
+            rng: StdRng::seed_from_u64(seed),
+            now,
+            start: now,
+            header,
+            file,
+            sender,
+            receiver: None,
+            receiver_config: ReceiverConfig::default(),
+            answer: Answer::Accept,
+            prefix: Vec::new(),
+            written: Vec::new(),
+            saved: false,
+            sender_cancel_at: None,
+            to_receiver: Pipe::default(),
+            to_sender: Pipe::default(),
+            sender_result: None,
+            receiver_result: None,
+            forged: 0,
+        }
+    }
+
+    fn run(mut self) -> Outcome {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < MAX_STEPS, "no end after {MAX_STEPS} steps");
+            self.step();
+            let receiver_over =
+                self.receiver.as_ref().is_none_or(|r| r.is_over() || r.is_finished());
+            if self.sender.is_over() && receiver_over && self.to_sender.queue.is_empty() {
+                break;
+            }
+            let deadlines = [
+                self.to_receiver.next_due(),
+                self.to_sender.next_due(),
+                self.sender.poll_timeout(),
+                self.receiver.as_ref().and_then(Receiver::poll_timeout),
+            ];
+            let Some(next) = deadlines.into_iter().flatten().min() else {
+                break;
+            };
+            self.now = next.max(self.now + Duration::from_micros(1));
+            self.sender.handle_timeout(self.now);
+            if let Some(receiver) = &mut self.receiver {
+                receiver.handle_timeout(self.now);
+            }
+        }
+        Outcome {
+            sender: self.sender_result,
+            receiver: self.receiver_result,
+            written: self.written,
+            saved: self.saved,
+            elapsed: self.now - self.start,
+            stats: self.sender.stats(),
+            forged: self.forged,
+        }
+    }
+
+    /// One turn, in the engine's order: deliver what is due, feed the sender file bytes,
+    /// take the receiver's writes and events, then send.
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(datagram) = self.to_receiver.pop_due(now) {
+            self.deliver_to_receiver(&datagram);
+        }
+        while let Some(datagram) = self.to_sender.pop_due(now) {
+            match wire::parse(&datagram) {
+                Ok((header, packet)) if header == self.header => self.sender.handle(now, packet),
+                _ => self.forged += 1,
+            }
+        }
+        while let Some(range) = self.sender.wants_data() {
+            let data = Bytes::copy_from_slice(&self.file[range.start as usize..range.end as usize]);
+            self.sender.push_data(now, data);
+        }
+        if self.sender_cancel_at.is_some_and(|at| self.sender.progress().0 >= at) {
+            self.sender_cancel_at = None;
+            self.sender.cancel();
+        }
+        while let Some(event) = self.sender.poll_event() {
+            match event {
+                SenderEvent::Finished => self.sender_result = Some(Ok(())),
+                SenderEvent::Failed(error) => self.sender_result = Some(Err(error)),
+                SenderEvent::Waiting | SenderEvent::Accepted { .. } => {}
+            }
+        }
+        if let Some(receiver) = &mut self.receiver {
+            while let Some((offset, data)) = receiver.poll_write() {
+                assert_eq!(offset, self.written.len() as u64, "writes come in order");
+                self.written.extend_from_slice(&data);
+            }
+            if let Answer::CancelAt(at) = self.answer {
+                if receiver.progress().0 >= at {
+                    self.answer = Answer::Accept;
+                    receiver.cancel();
+                }
+            }
+            while let Some(event) = receiver.poll_event() {
+                match event {
+                    ReceiverEvent::Verified => {
+                        self.saved = true;
+                        self.receiver_result = Some(Ok(()));
+                        receiver.confirm(now, Ok(()));
+                    }
+                    ReceiverEvent::Failed(error) => self.receiver_result = Some(Err(error)),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        while self.sender.poll_transmit(now, &mut out) {
+            self.to_receiver.send(now, &self.link, &mut self.rng, std::mem::take(&mut out));
+        }
+        if let Some(receiver) = &mut self.receiver {
+            while receiver.poll_transmit(now, &mut out) {
+                self.to_sender.send(now, &self.link, &mut self.rng, std::mem::take(&mut out));
+            }
+        }
+    }
+
+    fn deliver_to_receiver(&mut self, datagram: &[u8]) {
+        let now = self.now;
+        let Ok((header, packet)) = wire::parse(datagram) else {
+            self.forged += 1;
+            return;
+        };
+        if header != self.header {
+            self.forged += 1;
+            return;
+        }
+        if let Some(receiver) = &mut self.receiver {
+            receiver.handle(now, packet);
+            return;
+        }
+        let Packet::Offer { size, chunk_size, .. } = packet else {
+            return; // nothing to match it with yet
+        };
+        let mut receiver =
+            Receiver::new(header, size, chunk_size, self.receiver_config.clone(), now);
+        match self.answer {
+            Answer::Decline => receiver.decline(),
+            Answer::Accept | Answer::CancelAt(_) => {
+                let have = resume_point(self.prefix.len() as u64, size, chunk_size) as usize;
+                self.written = self.prefix[..have].to_vec();
+                let mut prefix = Sha256::new();
+                prefix.update(&self.written);
+                receiver.accept(now, have as u64, prefix);
+            }
+        }
+        self.receiver = Some(receiver);
+    }
+}
+
+fn random_file(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+fn assert_delivered(outcome: &Outcome, file: &[u8]) {
+    assert_eq!(outcome.sender, Some(Ok(())), "the sender finished");
+    assert_eq!(outcome.receiver, Some(Ok(())), "the receiver verified");
+    assert!(outcome.saved);
+    assert!(
+        outcome.written == file,
+        "byte-identical ({} of {} bytes)",
+        outcome.written.len(),
+        file.len()
+    );
+}
+
+#[test]
+fn awkward_sizes_arrive_intact_on_a_clean_link() {
+    for len in [0, 1, 999, 1000, 1001, 64 * 1000, 250_000] {
+        let file = random_file(len, len as u64);
+        let outcome = Sim::new(file.clone(), Link::default(), 1).run();
+        assert_delivered(&outcome, &file);
+        assert_eq!(outcome.stats.retransmitted, 0, "{len} bytes: nothing lost, nothing resent");
+    }
+}
+
+#[test]
+fn the_window_fills_the_link_instead_of_stopping_and_waiting() {
+    // 2 MB over 12.5 MB/s with a 10 ms round trip: stop-and-wait would take 20 s.
+    let file = random_file(2_000_000, 7);
+    let outcome = Sim::new(file.clone(), Link::default(), 2).run();
+    assert_delivered(&outcome, &file);
+    let ideal = Duration::from_secs_f64(2_000_000.0 / 12.5e6);
+    assert!(outcome.elapsed < ideal * 3, "took {:?} of virtual time", outcome.elapsed);
+}
+
+#[test]
+fn random_loss_of_10_and_30_percent() {
+    for (loss, seed) in [(0.1, 3), (0.3, 4), (0.3, 5)] {
+        let file = random_file(300_000, seed);
+        let outcome = Sim::new(file.clone(), Link::lossy(loss), seed).run();
+        assert_delivered(&outcome, &file);
+        assert!(outcome.stats.retransmitted > 0);
+    }
+}
+
+#[test]
+fn duplication_reordering_truncation_and_corruption() {
+    let link = Link {
+        loss: 0.05,
+        duplicate: 0.1,
+        reorder: 0.2,
+        corrupt: 0.05,
+        truncate: 0.05,
+        ..Link::default()
+    };
+    for seed in 10..14 {
+        let file = random_file(200_000, seed);
+        let outcome = Sim::new(file.clone(), link.clone(), seed).run();
+        assert_delivered(&outcome, &file);
+        assert!(outcome.forged > 0, "damaged datagrams were seen and dropped");
+    }
+}
+
+#[test]
+fn a_silent_receiver_fails_the_transfer_in_bounded_time() {
+    let file = random_file(500_000, 20);
+    let link = Link { cut_after: Some(100), ..Link::default() };
+    let outcome = Sim::new(file, link, 20).run();
+    assert_eq!(outcome.sender, Some(Err(TransferError::PeerSilent)));
+    assert_eq!(outcome.receiver, Some(Err(TransferError::PeerSilent)));
+    assert!(!outcome.saved);
+    assert!(outcome.elapsed < Duration::from_secs(30), "{:?}", outcome.elapsed);
+}
+
+#[test]
+fn nobody_answering_the_offer_is_a_clear_error() {
+    let link = Link { cut_after: Some(0), ..Link::default() };
+    let outcome = Sim::new(random_file(10, 21), link, 21).run();
+    assert_eq!(outcome.sender, Some(Err(TransferError::PeerSilent)));
+    assert!(outcome.receiver.is_none());
+}
+
+#[test]
+fn decline_and_cancel_from_either_side() {
+    let file = random_file(300_000, 22);
+    let mut sim = Sim::new(file.clone(), Link::default(), 22);
+    sim.answer = Answer::Decline;
+    let outcome = sim.run();
+    assert_eq!(outcome.sender, Some(Err(TransferError::Declined)));
+    assert!(outcome.written.is_empty());
+
+    let mut sim = Sim::new(file.clone(), Link::default(), 23);
+    sim.answer = Answer::CancelAt(50_000);
+    let outcome = sim.run();
+    assert_eq!(outcome.receiver, Some(Err(TransferError::Cancelled)));
+    assert_eq!(outcome.sender, Some(Err(TransferError::CancelledByPeer)));
+    assert!(!outcome.saved);
+
+    let mut sim = Sim::new(file, Link::default(), 24);
+    sim.sender_cancel_at = Some(50_000);
+    let outcome = sim.run();
+    assert_eq!(outcome.sender, Some(Err(TransferError::Cancelled)));
+    assert_eq!(outcome.receiver, Some(Err(TransferError::CancelledByPeer)));
+    assert!(!outcome.saved);
+}
+
+#[test]
+fn an_interrupted_transfer_resumes_from_what_the_receiver_has() {
+    let file = random_file(400_000, 30);
+    let link = Link { cut_after: Some(150), ..Link::lossy(0.05) };
+    let first = Sim::new(file.clone(), link, 30).run();
+    assert_eq!(first.sender, Some(Err(TransferError::PeerSilent)));
+    let have = first.written.len();
+    assert!(have > 0 && have < file.len(), "part of the file arrived: {have}");
+
+    let mut again = Sim::new(file.clone(), Link::lossy(0.05), 31);
+    again.prefix = first.written;
+    let outcome = again.run();
+    assert_delivered(&outcome, &file);
+    let chunks_left = (file.len() - have).div_ceil(1000) as u64;
+    assert!(
+        outcome.stats.data_sent - outcome.stats.retransmitted == chunks_left,
+        "only the missing chunks were sent"
+    );
+}
+
+#[test]
+fn a_damaged_prefix_is_caught_by_the_sha256() {
+    let file = random_file(50_000, 40);
+    let mut sim = Sim::new(file.clone(), Link::default(), 40);
+    let mut prefix = file[..20_000].to_vec();
+    prefix[123] ^= 1;
+    sim.prefix = prefix;
+    let outcome = sim.run();
+    assert_eq!(outcome.sender, Some(Err(TransferError::HashMismatch)));
+    assert_eq!(outcome.receiver, Some(Err(TransferError::HashMismatch)));
+    assert!(!outcome.saved);
+}

@@ -1,0 +1,406 @@
+//! The datagrams of a file transfer, and their byte layout.
+//!
+//! Every datagram starts with the same 28-byte header and ends with a CRC-32 of everything
+//! before it:
+//!
+//! ```text
+//! "CF" | version (1) | kind (1) | transfer id (8) | token (16) | body ... | crc32 (4)
+//! ```
+//!
+//! All integers are big-endian. The token is the one the server issued for this transfer;
+//! the [engine](super::engine) drops any datagram whose token, transfer id or source address
+//! does not match, before a state machine sees it. The CRC lets a corrupted datagram be
+//! dropped (and the chunk sent again) instead of being written. Bodies by kind:
+//!
+//! | kind | sent by | body |
+//! | --- | --- | --- |
+//! | `Offer` | sender | size (8), chunk size (4), name length (2), name (UTF-8) |
+//! | `Waiting` | receiver | (none): the offer arrived and the user is being asked |
+//! | `Accept` | receiver | resume offset in bytes (8), receive window in chunks (4) |
+//! | `Decline` | receiver | (none) |
+//! | `Data` | sender | sequence number (8), chunk bytes |
+//! | `Ack` | receiver | cumulative point (8), range count (2), ranges (start 8, end 8)... |
+//! | `Finish` | sender | SHA-256 of the whole file (32) |
+//! | `Done` | receiver | 1 if the SHA-256 matched and the file is in place, else 0 |
+//! | `Cancel` | either | (none) |
+//!
+//! An `Ack` says every chunk below the cumulative point has arrived, and so has every chunk
+//! in each half-open range `[start, end)` above it.
+
+use crate::protocol::Token;
+
+/// Identifies one transfer between two clients; chosen at random by the sender.
+pub type TransferId = u64;
+
+/// Bytes before the body: magic, version, kind, transfer id, token.
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 16;
+/// Bytes after the body: the CRC-32.
+pub const TRAILER_LEN: usize = 4;
+/// Bytes of a `Data` datagram that are not file data.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 8 + TRAILER_LEN;
+/// The default chunk size: a `Data` datagram of 1440 bytes fits a 1500-byte MTU under IPv4
+/// or IPv6 headers (1500 - 40 - 8 = 1452).
+pub const DEFAULT_CHUNK_SIZE: u32 = 1400;
+/// The largest chunk size allowed: a datagram must fit in 64 KiB.
+pub const MAX_CHUNK_SIZE: u32 = 65_000;
+/// The most selective-ack ranges one `Ack` carries.
+pub const MAX_ACK_RANGES: usize = 64;
+/// The longest file name an offer may carry, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+const MAGIC: [u8; 2] = *b"CF";
+const VERSION: u8 = 1;
+
+/// What every datagram says about whom it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The transfer.
+    pub id: TransferId,
+    /// The server-issued token of the transfer.
+    pub token: Token,
+}
+
+/// One datagram's meaning, borrowing from the bytes it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// The sender offers a file.
+    Offer {
+        /// File size in bytes.
+        size: u64,
+        /// Bytes per chunk (the last chunk may be shorter).
+        chunk_size: u32,
+        /// The file's name, without any directory.
+        name: &'a str,
+    },
+    /// The receiver has the offer and is asking its user.
+    Waiting,
+    /// The receiver accepts, already holding the first `resume_from` bytes.
+    Accept {
+        /// Bytes the receiver already has (a multiple of the chunk size).
+        resume_from: u64,
+        /// How many chunks past the cumulative point the receiver will buffer.
+        window: u32,
+    },
+    /// The receiver declines.
+    Decline,
+    /// One chunk of the file.
+    Data {
+        /// Chunk number: the chunk starts at `seq * chunk_size`.
+        seq: u64,
+        /// The chunk's bytes.
+        payload: &'a [u8],
+    },
+    /// What the receiver has.
+    Ack(Ack),
+    /// Every chunk is acknowledged; this is the file's SHA-256.
+    Finish {
+        /// SHA-256 of the whole file.
+        sha256: [u8; 32],
+    },
+    /// The receiver's verdict after `Finish`.
+    Done {
+        /// The SHA-256 matched and the file is saved.
+        ok: bool,
+    },
+    /// Either side gives up the transfer.
+    Cancel,
+}
+
+/// An acknowledgement: everything below `cumulative`, and everything in `ranges`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ack {
+    /// Every chunk below this has arrived.
+    pub cumulative: u64,
+    /// Half-open ranges `[start, end)` above `cumulative` that have arrived, ascending.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Why a datagram was not understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its kind needs.
+    #[error("datagram too short")]
+    Truncated,
+    /// Not a Confab transfer datagram, or another version of the protocol.
+    #[error("not a Confab transfer datagram")]
+    Foreign,
+    /// The CRC does not match: damaged on the way.
+    #[error("checksum mismatch")]
+    Corrupted,
+    /// A kind byte this version does not know.
+    #[error("unknown datagram kind {0}")]
+    UnknownKind(u8),
+    /// The body does not make sense (bad name, ranges out of order, bad chunk size...).
+    #[error("malformed datagram body")]
+    Malformed,
+}
+
+const OFFER: u8 = 1;
+const WAITING: u8 = 2;
+const ACCEPT: u8 = 3;
+const DECLINE: u8 = 4;
+const DATA: u8 = 5;
+const ACK: u8 = 6;
+const FINISH: u8 = 7;
+const DONE: u8 = 8;
+const CANCEL: u8 = 9;
+
+/// Parses one datagram. Nothing is trusted: every length is checked before it is used.
+pub fn parse(bytes: &[u8]) -> Result<(Header, Packet<'_>), WireError> {
+    if bytes.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(if bytes.starts_with(&MAGIC) {
+            WireError::Truncated
+        } else {
+            WireError::Foreign
+        });
+    }
+    if bytes[..2] != MAGIC || bytes[2] != VERSION {
+        return Err(WireError::Foreign);
+    }
+    let (signed, crc) = bytes.split_at(bytes.len() - TRAILER_LEN);
+    if crc32fast::hash(signed).to_be_bytes() != crc {
+        return Err(WireError::Corrupted);
+    }
+    let kind = signed[3];
+    let mut r = Reader(&signed[4..]);
+    let id = r.u64()?;
+    let token = Token(r.array()?);
+    let header = Header { id, token };
+    let packet = match kind {
+        OFFER => {
+            let size = r.u64()?;
+            let chunk_size = r.u32()?;
+            let len = usize::from(r.u16()?);
+            let name = std::str::from_utf8(r.take(len)?).map_err(|_| WireError::Malformed)?;
+            if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE || len > MAX_NAME_LEN {
+                return Err(WireError::Malformed);
+            }
+            Packet::Offer { size, chunk_size, name }
+        }
+        WAITING => Packet::Waiting,
+        ACCEPT => Packet::Accept { resume_from: r.u64()?, window: r.u32()? },
+        DECLINE => Packet::Decline,
+        DATA => {
+            let seq = r.u64()?;
+            return Ok((header, Packet::Data { seq, payload: r.0 }));
+        }
+        ACK => {
+            let cumulative = r.u64()?;
+            let count = usize::from(r.u16()?);
+            if count > MAX_ACK_RANGES {
+                return Err(WireError::Malformed);
+            }
+            let mut ranges = Vec::with_capacity(count);
+            let mut floor = cumulative;
+            for _ in 0..count {
+                let (start, end) = (r.u64()?, r.u64()?);
+                // Ascending, non-empty, disjoint and above the cumulative point.
+                if start <= floor || end <= start {
+                    return Err(WireError::Malformed);
+                }
+                ranges.push((start, end));
+                floor = end;
+            }
+            Packet::Ack(Ack { cumulative, ranges })
+        }
+        FINISH => Packet::Finish { sha256: r.array()? },
+        DONE => Packet::Done { ok: r.u8()? == 1 },
+        CANCEL => Packet::Cancel,
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(WireError::Malformed);
+    }
+    Ok((header, packet))
+}
+
+/// Appends `packet` as one datagram to `out`, CRC included.
+pub fn encode(header: Header, packet: &Packet<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let kind = match packet {
+        Packet::Offer { .. } => OFFER,
+        Packet::Waiting => WAITING,
+        Packet::Accept { .. } => ACCEPT,
+        Packet::Decline => DECLINE,
+        Packet::Data { .. } => DATA,
+        Packet::Ack(_) => ACK,
+        Packet::Finish { .. } => FINISH,
+        Packet::Done { .. } => DONE,
+        Packet::Cancel => CANCEL,
+    };
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[VERSION, kind]);
+    out.extend_from_slice(&header.id.to_be_bytes());
+    out.extend_from_slice(&header.token.0);
+    match packet {
+        Packet::Offer { size, chunk_size, name } => {
+            let name = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
+            out.extend_from_slice(&size.to_be_bytes());
+            out.extend_from_slice(&chunk_size.to_be_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name);
+        }
+        Packet::Accept { resume_from, window } => {
+            out.extend_from_slice(&resume_from.to_be_bytes());
+            out.extend_from_slice(&window.to_be_bytes());
+        }
+        Packet::Data { seq, payload } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Packet::Ack(ack) => {
+            let ranges = &ack.ranges[..ack.ranges.len().min(MAX_ACK_RANGES)];
+            out.extend_from_slice(&ack.cumulative.to_be_bytes());
+            out.extend_from_slice(&(ranges.len() as u16).to_be_bytes());
+            for (start, end) in ranges {
+                out.extend_from_slice(&start.to_be_bytes());
+                out.extend_from_slice(&end.to_be_bytes());
+            }
+        }
+        Packet::Finish { sha256 } => out.extend_from_slice(sha256),
+        Packet::Done { ok } => out.push(u8::from(*ok)),
+        Packet::Waiting | Packet::Decline | Packet::Cancel => {}
+    }
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// Cuts fixed-size fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.array().map(u64::from_be_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header() -> Header {
+        Header { id: 0x0102_0304_0506_0708, token: Token([7; 16]) }
+    }
+
+    fn round_trip(packet: Packet<'_>) {
+        let mut out = Vec::new();
+        encode(header(), &packet, &mut out);
+        assert_eq!(parse(&out), Ok((header(), packet)));
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let payload = [1u8, 2, 3];
+        let samples = [
+            Packet::Offer { size: 5 << 32, chunk_size: 1400, name: "clip.mp4" },
+            Packet::Waiting,
+            Packet::Accept { resume_from: 2800, window: 4096 },
+            Packet::Decline,
+            Packet::Data { seq: 9, payload: &payload },
+            Packet::Data { seq: 0, payload: &[] },
+            Packet::Ack(Ack { cumulative: 4, ranges: vec![(6, 8), (10, 11)] }),
+            Packet::Ack(Ack::default()),
+            Packet::Finish { sha256: [9; 32] },
+            Packet::Done { ok: true },
+            Packet::Done { ok: false },
+            Packet::Cancel,
+        ];
+        for packet in samples {
+            // A new kind without a sample here fails to compile.
+            match packet {
+                Packet::Offer { .. }
+                | Packet::Waiting
+                | Packet::Accept { .. }
+                | Packet::Decline
+                | Packet::Data { .. }
+                | Packet::Ack(_)
+                | Packet::Finish { .. }
+                | Packet::Done { .. }
+                | Packet::Cancel => round_trip(packet),
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_datagram_of_the_default_chunk_fits_a_1500_byte_mtu() {
+        let mut out = Vec::new();
+        let chunk = vec![0; DEFAULT_CHUNK_SIZE as usize];
+        encode(header(), &Packet::Data { seq: 1, payload: &chunk }, &mut out);
+        assert_eq!(out.len(), DEFAULT_CHUNK_SIZE as usize + DATA_OVERHEAD);
+        assert!(out.len() <= 1500 - 40 - 8);
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let mut out = Vec::new();
+        encode(header(), &Packet::Data { seq: 3, payload: b"hello" }, &mut out);
+        for i in 0..out.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x20;
+            assert!(parse(&bad).is_err(), "flipped byte {i} went unnoticed");
+        }
+        for len in 0..out.len() {
+            assert!(parse(&out[..len]).is_err(), "truncated to {len} went unnoticed");
+        }
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n............."), Err(WireError::Foreign));
+    }
+
+    #[test]
+    fn ack_ranges_must_ascend_above_the_cumulative_point() {
+        let bad = [vec![(4, 6)], vec![(6, 6)], vec![(6, 8), (7, 9)], vec![(8, 9), (5, 6)]];
+        for ranges in bad {
+            let mut out = Vec::new();
+            encode(header(), &Packet::Ack(Ack { cumulative: 4, ranges }), &mut out);
+            assert_eq!(parse(&out), Err(WireError::Malformed));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_with_a_valid_crc_never_panic(
+            kind in 0u8..12,
+            body in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&[VERSION, kind]);
+            bytes.extend_from_slice(&[0; 24]);
+            bytes.extend_from_slice(&body);
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_be_bytes());
+            let _ = parse(&bytes);
+        }
+    }
+}
