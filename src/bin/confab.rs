@@ -10,24 +10,30 @@
 //! file-transfer UDP port) on the local address of its server connection and announces their
 //! ports. Private chats run beside the server connection and outlive it: when the server goes
 //! away with chats open, the client says so and keeps going until the user quits or the last
-//! chat ends.
+//! chat ends. File transfers (`/p2pvideo`) run on the UDP socket the same way; in line mode
+//! each one gets a progress bar (bytes, rate, ETA) on stderr while it runs.
 //!
 //! Exit codes: 0 after logout (or end of input), 1 other errors, 2 bad usage, 3 login refused,
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
 //! 7 session ended by the server (idle timeout, shutdown). A client that private chats kept
 //! running after the server went away exits with 6 or 7 all the same.
 
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use confab::client::command::{self, Command};
+use confab::client::command::{self, Command, FileCommand};
 use confab::client::tui::{self, Links};
-use confab::client::{format, Client, ClientError, ClientEvent, Events, LoginInfo};
+use confab::client::{files, format, Client, ClientError, ClientEvent, Events, LoginInfo};
+use confab::p2p::transfer::{
+    IncomingFile, SenderConfig, TransferConfig, TransferEvent, TransferId, Transfers,
+};
 use confab::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use confab::protocol::{ByeReason, EndReason, ErrorCode, Event, Reply, Request};
 use tokio::sync::mpsc;
 
@@ -69,6 +75,16 @@ struct Args {
     /// UDP port for file transfers (0: any free port).
     #[arg(long, env = "CONFAB_UDP_PORT", default_value_t = 0)]
     udp_port: u16,
+    /// Where received files are saved (as SENDER_FILE).
+    #[arg(long, env = "CONFAB_DOWNLOAD_DIR", default_value = ".")]
+    download_dir: PathBuf,
+    /// Accept every file offer without asking.
+    #[arg(long, env = "CONFAB_AUTO_ACCEPT")]
+    auto_accept: bool,
+    /// File bytes per UDP datagram when sending (the default fits a 1500-byte MTU).
+    #[arg(long, env = "CONFAB_CHUNK_SIZE", default_value_t = confab::p2p::transfer::wire::DEFAULT_CHUNK_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(confab::p2p::transfer::wire::MAX_CHUNK_SIZE)))]
+    chunk_size: u32,
 }
 
 #[tokio::main]
@@ -98,8 +114,6 @@ async fn main() -> ExitCode {
             });
         }
     };
-    // The UDP socket is not read yet: it is held so that the announced port stays ours for
-    // the file transfer.
     let sockets = DirectSockets::bind(client.local_addr().ip(), args.p2p_port, args.udp_port).await;
     let sockets = match sockets {
         Ok(sockets) => sockets,
@@ -123,17 +137,44 @@ async fn main() -> ExitCode {
             });
         }
     };
-    let DirectSockets { tcp, udp: _udp, .. } = sockets;
+    let DirectSockets { tcp, udp, .. } = sockets;
     let (chats, private) = PrivateChats::start(&info.username, tcp, ChatConfig::default());
+    let (transfer_tx, transfer_events) = mpsc::unbounded_channel();
+    let config = TransferConfig {
+        download_dir: args.download_dir.clone(),
+        auto_accept: args.auto_accept,
+        sender: SenderConfig { chunk_size: args.chunk_size, ..SenderConfig::default() },
+        ..TransferConfig::default()
+    };
+    let started = udp.into_std().and_then(|udp| {
+        Transfers::start(udp, config, move |event| {
+            let _ = transfer_tx.send(event);
+        })
+    });
+    let transfers = match started {
+        Ok(transfers) => transfers,
+        Err(e) => {
+            eprintln!("{}", format::error(format!("cannot start file transfers: {e}")));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     if full_screen {
-        return full_screen_client(&args.server, info, Links { client, events, chats, private })
-            .await;
+        let links = Links { client, events, chats, private, transfers, transfer_events };
+        return full_screen_client(&args.server, info, links).await;
     }
     let mut out = Output::new(interactive);
     out.line(format::login(&info));
     let input = spawn_input(&mut out);
-    let mut app = App { client, chats, out, ended_by_server: false, server_gone: None };
-    let code = app.run(events, private, input).await;
+    let mut app = App {
+        client,
+        chats,
+        transfers,
+        bars: Bars::default(),
+        out,
+        ended_by_server: false,
+        server_gone: None,
+    };
+    let code = app.run(events, private, transfer_events, input).await;
     app.out.restore_terminal();
     ExitCode::from(code)
 }
@@ -200,6 +241,8 @@ fn log_path(args: &Args) -> PathBuf {
 struct App {
     client: Client,
     chats: PrivateChats,
+    transfers: Transfers,
+    bars: Bars,
     out: Output,
     /// The server said why it ended the session before closing it.
     ended_by_server: bool,
@@ -214,6 +257,7 @@ impl App {
         &mut self,
         mut events: Events,
         mut private: PrivateEvents,
+        mut transfer_events: mpsc::UnboundedReceiver<TransferEvent>,
         mut input: mpsc::Receiver<String>,
     ) -> u8 {
         loop {
@@ -227,6 +271,7 @@ impl App {
                 _ = tokio::signal::ctrl_c() => self.run_line("/logout").await,
                 event = events.next(), if self.server_gone.is_none() => self.server_event(event).await,
                 Some(event) = private.next() => self.private_event(&event),
+                Some(event) = transfer_events.recv() => self.transfer_event(&event),
             };
             if let Some(code) = done {
                 return code;
@@ -242,6 +287,9 @@ impl App {
         self.out.line(format::event(&event));
         match event {
             Event::PrivateAccepted(intro) => self.chats.connect(intro),
+            Event::FileOffer { from, name, size } => {
+                self.transfers.expect(IncomingFile::new(&from, &name, size));
+            }
             Event::SessionEnded { reason } => {
                 self.ended_by_server = true;
                 // Logged out for idleness: that ends the private chats too. Otherwise the
@@ -261,7 +309,7 @@ impl App {
         if !self.ended_by_server {
             self.out.line(format::error("the connection to the server was lost"));
         }
-        if self.chats.is_empty() {
+        if self.direct_links_idle() {
             return Some(code);
         }
         self.out.line(format::server_gone());
@@ -281,9 +329,30 @@ impl App {
     }
 
     /// `Some(code)` when the server is gone and no private chat is left to keep us running.
+    fn transfer_event(&mut self, event: &TransferEvent) -> Option<u8> {
+        self.bars.update(event);
+        if let Some(line) = format::transfer(event) {
+            self.out.line(line);
+        }
+        let ended = matches!(
+            event,
+            TransferEvent::Sent { .. } | TransferEvent::Received { .. } | TransferEvent::Failed { .. }
+        );
+        if ended {
+            self.nothing_left()
+        } else {
+            None
+        }
+    }
+
+    /// No private chat is open and no file transfer runs.
+    fn direct_links_idle(&self) -> bool {
+        self.chats.is_empty() && self.bars.is_empty()
+    }
+
     fn nothing_left(&mut self) -> Option<u8> {
-        let code = self.server_gone.filter(|_| self.chats.is_empty())?;
-        self.out.line("* no private chat is left and the server is gone; bye");
+        let code = self.server_gone.filter(|_| self.direct_links_idle())?;
+        self.out.line("* no private chat or transfer is left and the server is gone; bye");
         Some(code)
     }
 
@@ -327,21 +396,36 @@ impl App {
                 self.out.line(line);
                 return self.nothing_left();
             }
+            Command::File(FileCommand::Send { .. }) if self.server_gone.is_some() => {
+                self.out.line(format::error("the server is gone: it introduces you to the receiver"));
+                return None;
+            }
+            Command::File(file) => {
+                let line = match files::run(&self.client, &self.transfers, file).await {
+                    Ok(line) => line,
+                    Err(e) => format::error(e),
+                };
+                self.out.line(line);
+                return None;
+            }
         };
         if let Some(code) = self.server_gone {
             if request == Request::Logout {
                 self.chats.close_all(ByeReason::LoggedOut).await;
-                self.out.line("private chats ended; bye");
+                self.cancel_transfers();
+                self.out.line("private chats and transfers ended; bye");
                 return Some(code);
             }
             self.out.line(format::error(
-                "the server is gone; only /private, /stopprivate and /logout work now",
+                "the server is gone; only /private, /stopprivate, file transfers already \
+                 running, /cancel and /logout work now",
             ));
             return None;
         }
         if request == Request::Logout {
-            // Logging out ends every private chat, and each peer is told.
+            // Logging out ends every private chat and transfer, and each peer is told.
             self.chats.close_all(ByeReason::LoggedOut).await;
+            self.cancel_transfers();
         }
         let result = self.chats.server_request(&self.client, request.clone()).await;
         self.private_outcome(&request, result)
@@ -349,6 +433,12 @@ impl App {
 
     /// The server does not see private messages: tell it the user is active, so that chatting
     /// privately does not end in an idle timeout.
+    fn cancel_transfers(&self) {
+        for transfer in self.transfers.list() {
+            self.transfers.cancel(transfer.id);
+        }
+    }
+
     fn keep_alive(&self) {
         if self.server_gone.is_none() {
             let client = self.client.clone();
@@ -421,6 +511,54 @@ fn prompt(label: &str) -> Result<String, String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
     Ok(line.trim().to_owned())
+}
+
+/// One progress bar per running transfer: bytes, rate and ETA, counted from what the
+/// receiver acknowledged. Drawn on stderr, and only when it is a terminal.
+#[derive(Default)]
+struct Bars {
+    multi: MultiProgress,
+    bars: HashMap<TransferId, ProgressBar>,
+}
+
+impl Bars {
+    fn update(&mut self, event: &TransferEvent) {
+        match event {
+            TransferEvent::Started { transfer, resume_from } => {
+                let style = ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                let bar = self.multi.add(ProgressBar::new(transfer.size).with_style(style));
+                let arrow = match transfer.direction {
+                    confab::p2p::transfer::Direction::Send => "↑",
+                    confab::p2p::transfer::Direction::Receive => "↓",
+                };
+                bar.set_prefix(format!("{arrow} {}", format::sanitize(&transfer.name)));
+                bar.set_position(*resume_from);
+                bar.reset_eta();
+                self.bars.insert(transfer.id, bar);
+            }
+            TransferEvent::Progress { id, done, .. } => {
+                if let Some(bar) = self.bars.get(id) {
+                    bar.set_position(*done);
+                }
+            }
+            TransferEvent::Sent { transfer }
+            | TransferEvent::Received { transfer, .. }
+            | TransferEvent::Failed { transfer, .. } => {
+                if let Some(bar) = self.bars.remove(&transfer.id) {
+                    bar.finish_and_clear();
+                }
+            }
+            TransferEvent::Offered { .. } | TransferEvent::Waiting { .. } => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bars.is_empty()
+    }
 }
 
 /// Where lines go: straight to stdout, or above the line editor's prompt.

@@ -119,6 +119,30 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "end your private chat with USER; they are told",
     },
     CommandSpec {
+        name: "/p2pvideo",
+        aliases: &["/sendfile", "p2pvideo", "sendfile"],
+        args: "USER FILE",
+        summary: "send USER a file straight over UDP (they accept; checked with SHA-256)",
+    },
+    CommandSpec {
+        name: "/acceptfile",
+        aliases: &[],
+        args: "USER",
+        summary: "accept the file USER offers (resumes a part you already have)",
+    },
+    CommandSpec {
+        name: "/declinefile",
+        aliases: &[],
+        args: "USER",
+        summary: "decline the file USER offers",
+    },
+    CommandSpec {
+        name: "/cancel",
+        aliases: &[],
+        args: "USER",
+        summary: "stop every file transfer with USER, either way; they are told",
+    },
+    CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
         args: "[COMMAND]",
@@ -152,6 +176,35 @@ pub enum Command {
     /// `/stopprivate USER`: ends the direct connection, not a server request.
     StopPrivate {
         /// The peer.
+        user: String,
+    },
+    /// A file-transfer command (see [`crate::client::files`]).
+    File(FileCommand),
+}
+
+/// The file-transfer commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCommand {
+    /// `/p2pvideo USER FILE`.
+    Send {
+        /// The receiver.
+        to: String,
+        /// The file's path, as typed.
+        path: String,
+    },
+    /// `/acceptfile USER`.
+    Accept {
+        /// The sender.
+        from: String,
+    },
+    /// `/declinefile USER`.
+    Decline {
+        /// The sender.
+        from: String,
+    },
+    /// `/cancel USER`.
+    Cancel {
+        /// The other side.
         user: String,
     },
 }
@@ -257,6 +310,21 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "/stopprivate" if !first.is_empty() && tail.is_empty() => {
             return Ok(Command::StopPrivate { user: first.to_owned() });
         }
+        "/p2pvideo" if !first.is_empty() && !tail.is_empty() => {
+            return Ok(Command::File(FileCommand::Send {
+                to: first.to_owned(),
+                path: tail.to_owned(),
+            }));
+        }
+        "/acceptfile" if !first.is_empty() && tail.is_empty() => {
+            return Ok(Command::File(FileCommand::Accept { from: first.to_owned() }));
+        }
+        "/declinefile" if !first.is_empty() && tail.is_empty() => {
+            return Ok(Command::File(FileCommand::Decline { from: first.to_owned() }));
+        }
+        "/cancel" if !first.is_empty() && tail.is_empty() => {
+            return Ok(Command::File(FileCommand::Cancel { user: first.to_owned() }));
+        }
         _ => return Err(usage()),
     };
     let command = Command::Server(request);
@@ -314,6 +382,23 @@ mod tests {
                 assert_eq!(lookup(&name.to_uppercase()), Some(spec), "{name} in capitals");
             }
         }
+    }
+
+    #[test]
+    fn file_commands() {
+        let send = |to: &str, path: &str| {
+            Ok(Command::File(FileCommand::Send { to: to.into(), path: path.into() }))
+        };
+        assert_eq!(parse("/p2pvideo bob clip.mp4"), send("bob", "clip.mp4"));
+        assert_eq!(parse("/sendfile bob my clip.mp4"), send("bob", "my clip.mp4"));
+        assert!(parse("/p2pvideo bob").is_err());
+        let accept = Command::File(FileCommand::Accept { from: "alice".into() });
+        assert_eq!(parse("/acceptfile alice"), Ok(accept));
+        let decline = Command::File(FileCommand::Decline { from: "alice".into() });
+        assert_eq!(parse("/declinefile alice"), Ok(decline));
+        let cancel = Command::File(FileCommand::Cancel { user: "alice".into() });
+        assert_eq!(parse("/cancel alice"), Ok(cancel));
+        assert!(parse("/cancel").is_err());
     }
 
     #[test]

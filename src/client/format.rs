@@ -7,6 +7,7 @@
 use chrono::{Local, TimeZone};
 
 use super::LoginInfo;
+use crate::p2p::transfer::{Direction, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
@@ -103,7 +104,78 @@ pub fn event(event: &Event) -> String {
                 }
             }
         }
+        Event::FileOffer { from, name, size } => format!(
+            "* {} is sending you {} ({}) directly",
+            sanitize(&from.peer),
+            sanitize(name),
+            bytes(*size)
+        ),
     }
+}
+
+/// One line for something that happened to a file transfer; `None` for progress, which
+/// front ends draw as a bar or gauge instead.
+pub fn transfer(event: &TransferEvent) -> Option<String> {
+    Some(match event {
+        TransferEvent::Offered { transfer: t, resume_from } => {
+            let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
+            let resume = match resume_from {
+                0 => String::new(),
+                n => format!("; you have {} of it already", bytes(*n)),
+            };
+            format!(
+                "* {peer} offers {name} ({}{resume}): /acceptfile {peer} or /declinefile {peer}",
+                bytes(t.size)
+            )
+        }
+        TransferEvent::Waiting { transfer: t } => {
+            format!("* {} has your offer of {}; waiting for an answer", sanitize(&t.peer), sanitize(&t.name))
+        }
+        TransferEvent::Started { transfer: t, resume_from } => {
+            let resume = match resume_from {
+                0 => String::new(),
+                n => format!(", resuming after {}", bytes(*n)),
+            };
+            let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
+            match t.direction {
+                Direction::Send => format!("* {peer} accepted {name}; sending{resume}"),
+                Direction::Receive => format!("* receiving {name} from {peer}{resume}"),
+            }
+        }
+        TransferEvent::Progress { .. } => return None,
+        TransferEvent::Sent { transfer: t } => {
+            format!("{} has been uploaded to {}", sanitize(&t.name), sanitize(&t.peer))
+        }
+        TransferEvent::Received { transfer: t, path } => format!(
+            "received {} from {} ({} bytes, sha256 ok), saved as {}",
+            sanitize(&t.name),
+            sanitize(&t.peer),
+            t.size,
+            sanitize(&path.display().to_string())
+        ),
+        TransferEvent::Failed { transfer: t, error } => {
+            let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
+            match t.direction {
+                Direction::Send => format!("* sending {name} to {peer} failed: {error}"),
+                Direction::Receive => format!("* receiving {name} from {peer} failed: {error}"),
+            }
+        }
+    })
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`, `4.0 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// One line for something that happened to a private chat.

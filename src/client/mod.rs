@@ -11,6 +11,7 @@
 //! [`crate::p2p::PrivateChats`] carries the chat itself.
 
 pub mod command;
+pub mod files;
 pub mod format;
 pub mod tui;
 
@@ -304,6 +305,21 @@ impl Client {
     /// Declines `user`'s private chat request.
     pub async fn decline_private(&self, user: &str) -> Result<(), ClientError> {
         self.expect_done(Request::DeclinePrivate { user: user.into() }).await
+    }
+
+    /// Offers `to` the file `name` (`size` bytes); returns `to`'s UDP address and the
+    /// transfer's token (see [`crate::p2p::transfer::Transfers::send`]).
+    pub async fn send_file(
+        &self,
+        to: &str,
+        name: &str,
+        size: u64,
+    ) -> Result<Introduction, ClientError> {
+        let request = Request::SendFile { to: to.into(), name: name.into(), size };
+        match self.request(request).await? {
+            Reply::Introduced(intro) => Ok(intro),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Tells the server the user is active, so that the idle timeout starts again; for what

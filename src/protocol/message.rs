@@ -10,7 +10,9 @@
 //! [`Event::PrivateRequest`]; [`Request::AcceptPrivate`] is answered with an [`Introduction`]
 //! (the requester's address and a fresh [`Token`]) while the requester gets the target's
 //! address and the same token in [`Event::PrivateAccepted`]. What the two clients then say to
-//! each other is in [`super::peer`].
+//! each other is in [`super::peer`]. A file offer ([`Request::SendFile`]) is introduced the
+//! same way in one step: the sender gets the receiver's UDP address and a token, and the
+//! receiver an [`Event::FileOffer`] with the sender's.
 
 use std::net::SocketAddr;
 
@@ -18,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump it on any incompatible change.
 /// Version 2: logins announce [`DirectPorts`]; private-chat introductions.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: file offers ([`Request::SendFile`], [`Event::FileOffer`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Timestamp = i64;
@@ -174,6 +177,16 @@ pub enum Request {
     /// Nothing but "the user is active": resets the idle timeout. Clients send it when the
     /// user does something the server does not see, such as a private message.
     Ping,
+    /// Offer `user` a file over UDP (`/p2pvideo`). Answered with [`Reply::Introduced`]
+    /// (their UDP address and a one-time token); they get an [`Event::FileOffer`].
+    SendFile {
+        /// The receiver.
+        to: String,
+        /// The file's name, without directories.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 /// The ports on which a client takes direct connections. The server pairs them with the IP
@@ -454,6 +467,16 @@ pub enum Event {
         /// Why it ended.
         reason: RequestEnd,
     },
+    /// `from.peer` is about to send you a file straight over UDP: let in the offer that
+    /// comes from `from.addr` with `from.token`.
+    FileOffer {
+        /// The sender, its UDP address and the transfer's token.
+        from: Introduction,
+        /// The file's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 /// A change of group membership.
@@ -597,6 +620,20 @@ pub fn text_problem(text: &str, max_chars: usize) -> Option<String> {
         return Some(format!("messages are limited to {max_chars} characters"));
     }
     None
+}
+
+/// The longest file name a file offer may carry, in bytes.
+pub const MAX_FILE_NAME_LEN: usize = 255;
+
+/// Whether `name` is a plain file name that is safe to create in a download directory: not
+/// empty, at most [`MAX_FILE_NAME_LEN`] bytes, no directory separators, no leading dot (so
+/// neither `..` nor a hidden file), no control characters.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_LEN
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
 }
 
 /// The longest allowed username, in bytes.

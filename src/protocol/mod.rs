@@ -62,6 +62,7 @@ mod tests {
             Request::AcceptPrivate { user: "bob".into() },
             Request::DeclinePrivate { user: "bob".into() },
             Request::Ping,
+            Request::SendFile { to: "bob".into(), name: "clip.mp4".into(), size: 5 << 32 },
         ];
         // Adding a variant without a sample here fails to compile.
         for r in &all {
@@ -83,7 +84,8 @@ mod tests {
                 | Request::StartPrivate { .. }
                 | Request::AcceptPrivate { .. }
                 | Request::DeclinePrivate { .. }
-                | Request::Ping => {}
+                | Request::Ping
+                | Request::SendFile { .. } => {}
             }
         }
         all
@@ -182,6 +184,7 @@ mod tests {
                 all.push(Event::PrivateRequestEnded { peer: "bob".into(), outgoing, reason });
             }
         }
+        all.push(Event::FileOffer { from: introduction(), name: "clip.mp4".into(), size: 1 });
         for e in &all {
             match e {
                 Event::Message { .. }
@@ -193,7 +196,8 @@ mod tests {
                 | Event::GroupMember { .. }
                 | Event::PrivateRequest { .. }
                 | Event::PrivateAccepted(_)
-                | Event::PrivateRequestEnded { .. } => {}
+                | Event::PrivateRequestEnded { .. }
+                | Event::FileOffer { .. } => {}
             }
         }
         all

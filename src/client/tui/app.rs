@@ -10,8 +10,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
-use crate::client::command::{self, Command};
+use crate::client::command::{self, Command, FileCommand};
 use crate::client::{format, ClientEvent};
+use crate::p2p::transfer::{Direction, IncomingFile, Transfer, TransferEvent, TransferId};
 use crate::p2p::PrivateEvent;
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, Introduction, OnlineUser, PresenceChange, Reply,
@@ -62,6 +63,10 @@ pub enum UiEvent {
         /// The error to show, if it failed.
         result: Result<(), String>,
     },
+    /// Something happened to a file transfer.
+    Transfer(TransferEvent),
+    /// A file command finished: the line to show, or the error.
+    FileDone(Result<String, String>),
     /// A second went by.
     Tick(Timestamp),
 }
@@ -85,6 +90,10 @@ pub enum Action {
         /// The peer.
         user: String,
     },
+    /// Carry out a file command; answered with [`UiEvent::FileDone`].
+    File(FileCommand),
+    /// Let in the file offer the server announced.
+    Expect(IncomingFile),
     /// Connect to a peer who accepted our private chat request.
     Connect(Introduction),
     /// End every private chat, telling each peer why.
@@ -179,6 +188,10 @@ pub struct App {
     pub private: BTreeSet<String>,
     /// Users asking you for a private chat, oldest first.
     pub asking: Vec<String>,
+    /// File offers waiting for your answer, oldest first.
+    pub offers: Vec<Transfer>,
+    /// File transfers under way, with the bytes done, by id.
+    pub transfers: BTreeMap<TransferId, (Transfer, u64)>,
     /// The input line.
     pub input: LineEditor,
     /// Completion candidates to show above the input line.
@@ -206,6 +219,8 @@ impl App {
             groups: BTreeSet::new(),
             private: BTreeSet::new(),
             asking: Vec::new(),
+            offers: Vec::new(),
+            transfers: BTreeMap::new(),
             input: LineEditor::default(),
             hint: None,
             size,
@@ -265,6 +280,9 @@ impl App {
                 }
                 Err(e) => self.error(e),
             },
+            UiEvent::Transfer(event) => self.transfer_event(event),
+            UiEvent::FileDone(Ok(line)) => self.notice(line),
+            UiEvent::FileDone(Err(e)) => self.error(e),
             UiEvent::Tick(now) => self.now = now,
         }
         Vec::new()
@@ -278,21 +296,62 @@ impl App {
     /// Rows of the message pane: the screen less the input line, the status bar, and the
     /// hint and private-chat prompt lines when they are shown.
     pub fn pane_height(&self) -> usize {
-        let extra = usize::from(self.hint.is_some()) + usize::from(!self.asking.is_empty());
+        let extra = usize::from(self.hint.is_some()) + usize::from(self.asking_line().is_some());
         usize::from(self.size.1).saturating_sub(2 + extra).max(1)
     }
 
-    /// The prompt line for pending private-chat requests, if any.
+    /// The prompt line for pending private-chat requests and file offers, if any.
     pub fn asking_line(&self) -> Option<String> {
-        let asks: Vec<String> = self
-            .asking
-            .iter()
-            .map(|from| {
-                let from = format::sanitize(from);
-                format!("{from} asks for a private chat: /accept {from} or /decline {from}")
-            })
-            .collect();
+        let chats = self.asking.iter().map(|from| {
+            let from = format::sanitize(from);
+            format!("{from} asks for a private chat: /accept {from} or /decline {from}")
+        });
+        let files = self.offers.iter().map(|t| {
+            let (from, name) = (format::sanitize(&t.peer), format::sanitize(&t.name));
+            let size = format::bytes(t.size);
+            format!("{from} offers {name} ({size}): /acceptfile {from} or /declinefile {from}")
+        });
+        let asks: Vec<String> = chats.chain(files).collect();
         (!asks.is_empty()).then(|| asks.join(" | "))
+    }
+
+    fn transfer_event(&mut self, event: TransferEvent) {
+        match &event {
+            TransferEvent::Offered { transfer, .. } => self.offers.push(transfer.clone()),
+            TransferEvent::Started { transfer, resume_from } => {
+                self.offers.retain(|t| t.id != transfer.id);
+                self.transfers.insert(transfer.id, (transfer.clone(), *resume_from));
+            }
+            TransferEvent::Progress { id, done, .. } => {
+                if let Some((_, at)) = self.transfers.get_mut(id) {
+                    *at = *done;
+                }
+            }
+            TransferEvent::Sent { transfer }
+            | TransferEvent::Received { transfer, .. }
+            | TransferEvent::Failed { transfer, .. } => {
+                self.offers.retain(|t| t.id != transfer.id);
+                self.transfers.remove(&transfer.id);
+            }
+            TransferEvent::Waiting { .. } => {}
+        }
+        match (&event, format::transfer(&event)) {
+            (TransferEvent::Failed { .. }, Some(line)) => self.error(line),
+            (_, Some(line)) => self.notice(line),
+            (_, None) => {}
+        }
+    }
+
+    /// The status-bar gauge of each transfer: arrow, name and percentage.
+    pub fn transfer_gauges(&self) -> Vec<String> {
+        self.transfers
+            .values()
+            .map(|(t, done)| {
+                let arrow = if t.direction == Direction::Send { '↑' } else { '↓' };
+                let percent = if t.size == 0 { 100 } else { done * 100 / t.size };
+                format!("{arrow}{} {percent}%", format::sanitize(&t.name))
+            })
+            .collect()
     }
 
     fn key(&mut self, key: KeyEvent) -> Vec<Action> {
@@ -339,6 +398,12 @@ impl App {
             },
             Ok(Command::Private { to, text }) => return vec![Action::Private { to, text }],
             Ok(Command::StopPrivate { user }) => return vec![Action::StopPrivate { user }],
+            Ok(Command::File(FileCommand::Send { .. }))
+                if self.connection != Connection::Connected =>
+            {
+                self.error("not connected to the server: it introduces you to the receiver");
+            }
+            Ok(Command::File(file)) => return vec![Action::File(file)],
             Ok(Command::Server(Request::Logout)) if self.connection != Connection::Connected => {
                 return self.quit();
             }
@@ -417,6 +482,11 @@ impl App {
                     self.asking.retain(|p| p != peer);
                 }
                 self.notice(format::event(&event));
+            }
+            Event::FileOffer { ref from, ref name, size } => {
+                self.users.insert(from.peer.clone());
+                self.notice(format::event(&event));
+                return vec![Action::Expect(IncomingFile::new(from, name, size))];
             }
         }
         Vec::new()

@@ -6,6 +6,9 @@
 //! does I/O: it reads the terminal, the server events and a one-second tick, feeds them to
 //! the app, carries out its actions and redraws.
 //!
+//! File transfers run on the transfer engine's own thread; their events come in through a
+//! channel, and the status bar shows a gauge for each.
+//!
 //! Requests (and private messages) go to one worker task that carries them out one at a
 //! time, so their answers come back in the order they were typed. Private chats run beside
 //! the server connection: when the server goes away the interface stays, and `/private`
@@ -26,7 +29,8 @@ use tokio::sync::mpsc;
 
 pub use app::{Action, App, Connection, UiEvent};
 
-use super::{Client, Events};
+use super::{files, format, Client, Events};
+use crate::p2p::transfer::{TransferEvent, Transfers};
 use crate::p2p::{PrivateChats, PrivateEvents};
 use crate::protocol::{now_ms, ByeReason};
 
@@ -43,6 +47,10 @@ pub struct Links {
     pub chats: PrivateChats,
     /// Their events.
     pub private: PrivateEvents,
+    /// The file-transfer engine.
+    pub transfers: Transfers,
+    /// Its events (the engine's callback sends them here).
+    pub transfer_events: mpsc::UnboundedReceiver<TransferEvent>,
 }
 
 /// Runs the interface on `terminal` until the user quits; returns the final state.
@@ -51,13 +59,13 @@ pub async fn run(
     links: Links,
     mut app: App,
 ) -> std::io::Result<App> {
-    let Links { client, mut events, chats, mut private } = links;
+    let Links { client, mut events, chats, mut private, transfers, mut transfer_events } = links;
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let (replies_tx, mut replies) = mpsc::unbounded_channel();
-    let jobs = spawn_worker(client.clone(), chats.clone(), replies_tx);
+    let jobs = spawn_worker(client.clone(), chats.clone(), transfers.clone(), replies_tx);
     let mut server_open = true;
     loop {
         terminal.draw(|frame| render::render(&app, frame))?;
@@ -79,6 +87,7 @@ pub async fn run(
             },
             Some(reply) = replies.recv() => reply,
             Some(event) = private.next() => UiEvent::Private(event),
+            Some(event) = transfer_events.recv() => UiEvent::Transfer(event),
             _ = tick.tick() => UiEvent::Tick(now_ms()),
             _ = terminate.recv() => break,
             _ = hangup.recv() => break,
@@ -86,6 +95,7 @@ pub async fn run(
         for action in app.handle(event) {
             match action {
                 Action::Connect(intro) => chats.connect(intro),
+                Action::Expect(incoming) => transfers.expect(incoming),
                 Action::CloseChats(reason) => chats.close_all(reason).await,
                 Action::Quit => {}
                 job => {
@@ -109,6 +119,7 @@ pub async fn run(
 fn spawn_worker(
     client: Client,
     chats: PrivateChats,
+    transfers: Transfers,
     replies: mpsc::UnboundedSender<UiEvent>,
 ) -> mpsc::UnboundedSender<Action> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
@@ -132,7 +143,13 @@ fn spawn_worker(
                     let result = chats.stop(&user).await.map_err(|e| e.to_string());
                     UiEvent::PrivateStopped { user, result }
                 }
-                Action::Connect(_) | Action::CloseChats(_) | Action::Quit => continue,
+                Action::File(command) => {
+                    let result = files::run(&client, &transfers, command).await;
+                    UiEvent::FileDone(result.map_err(|e| format::error(e)))
+                }
+                Action::Connect(_) | Action::CloseChats(_) | Action::Expect(_) | Action::Quit => {
+                    continue
+                }
             };
             if replies.send(event).is_err() {
                 break;

@@ -34,7 +34,7 @@ const PALETTE: [Color; 10] = [
 /// Draws the whole screen.
 pub fn render(app: &App, frame: &mut Frame) {
     let hint_rows = u16::from(app.hint.is_some());
-    let asking_rows = u16::from(!app.asking.is_empty());
+    let asking_rows = u16::from(app.asking_line().is_some());
     let [pane, hint, asking, status, input] = Layout::vertical([
         Constraint::Min(1),
         Constraint::Length(hint_rows),
@@ -111,6 +111,10 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     if !app.private.is_empty() {
         let peers: Vec<&str> = app.private.iter().map(String::as_str).collect();
         segments.push((format!("private: {}", peers.join(" ")), bar.fg(Color::LightMagenta)));
+    }
+    let gauges = app.transfer_gauges();
+    if !gauges.is_empty() {
+        segments.push((gauges.join(" "), bar.fg(Color::LightCyan)));
     }
     if app.unread > 0 {
         segments.push((format!("{} unread, PgDn", app.unread), bar.fg(Color::LightYellow)));

@@ -41,9 +41,9 @@ use tokio::sync::mpsc;
 
 use super::receiver::{resume_point, Receiver, ReceiverConfig, ReceiverEvent};
 use super::sender::{Sender, SenderConfig, SenderEvent};
-use super::wire::{self, Header, Packet, TransferId, MAX_NAME_LEN};
+use super::wire::{self, Header, Packet, TransferId};
 use super::TransferError;
-use crate::protocol::Token;
+use crate::protocol::{valid_file_name, Token};
 
 /// How often a transfer's progress is reported at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -111,7 +111,7 @@ pub struct Transfer {
 }
 
 /// A file the server said is coming: from its `FileOffer` event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingFile {
     /// The sender.
     pub from: String,
@@ -123,6 +123,14 @@ pub struct IncomingFile {
     pub name: String,
     /// Its size in bytes.
     pub size: u64,
+}
+
+impl IncomingFile {
+    /// The file of a server's `FileOffer` event: `from` is the sender's introduction.
+    pub fn new(from: &crate::protocol::Introduction, name: &str, size: u64) -> Self {
+        let (from, addr, token) = (from.peer.clone(), from.addr, from.token);
+        Self { from, addr, token, name: name.to_owned(), size }
+    }
 }
 
 /// What happened to a transfer.
@@ -197,6 +205,7 @@ pub struct TransferStats {
 #[derive(Debug, Clone)]
 pub struct Transfers {
     commands: mpsc::UnboundedSender<Command>,
+    table: Table,
     counters: Arc<Counters>,
     local_addr: SocketAddr,
     chunk_size: u32,
@@ -214,18 +223,21 @@ impl Transfers {
         let local_addr = socket.local_addr()?;
         let (commands, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
+        let table = Table::default();
+        let engine_table = table.clone();
         let chunk_size = config.sender.chunk_size;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let engine_counters = counters.clone();
         std::thread::Builder::new().name("confab-transfers".into()).spawn(move || {
             runtime.block_on(async move {
-                match Engine::new(socket, config, engine_counters, Box::new(on_event)) {
+                let on_event = Box::new(on_event);
+                match Engine::new(socket, config, engine_table, engine_counters, on_event) {
                     Ok(engine) => engine.run(rx).await,
                     Err(error) => tracing::error!("file transfers cannot start: {error}"),
                 }
             });
         })?;
-        Ok(Self { commands, counters, local_addr, chunk_size })
+        Ok(Self { commands, table, counters, local_addr, chunk_size })
     }
 
     /// The server announced a file from `incoming.from`: its offer will be let in.
@@ -233,23 +245,40 @@ impl Transfers {
         let _ = self.commands.send(Command::Expect(incoming));
     }
 
-    /// Starts sending the file at `path` to `peer` at `addr` with the server's `token`.
-    ///
-    /// The file is opened here, so a missing or unreadable file is an error at once.
+    /// Starts sending `file` to `peer` at `addr` with the server's `token` (from the
+    /// server's answer to [`Request::SendFile`](crate::protocol::Request::SendFile)).
     pub fn send(
         &self,
         peer: &str,
         addr: SocketAddr,
         token: Token,
-        path: &Path,
+        file: OutgoingFile,
     ) -> Result<Transfer, TransferError> {
-        let (file, name, size) = open_for_sending(path)?;
         let id = rand::random::<TransferId>();
+        let OutgoingFile { file, name, size } = file;
         let transfer =
             Transfer { id, peer: peer.to_owned(), name, size, direction: Direction::Send };
+        self.table.insert(&transfer, false);
         let command = Command::Send { transfer: transfer.clone(), addr, token, file };
         self.commands.send(command).map_err(|_| stopped())?;
         Ok(transfer)
+    }
+
+    /// The oldest offer from `user` that waits for an answer.
+    pub fn offer_from(&self, user: &str) -> Option<Transfer> {
+        self.table.find(|t, accepted| {
+            !accepted && t.direction == Direction::Receive && t.peer == user
+        })
+    }
+
+    /// Every transfer with `user`, either way, offers included.
+    pub fn with(&self, user: &str) -> Vec<Transfer> {
+        self.table.all().into_iter().filter(|t| t.peer == user).collect()
+    }
+
+    /// Every transfer in progress or waiting for an answer.
+    pub fn list(&self) -> Vec<Transfer> {
+        self.table.all()
     }
 
     /// Accepts the offer `id` (after [`TransferEvent::Offered`]).
@@ -287,31 +316,62 @@ impl Transfers {
     }
 }
 
-/// Checks that `path` is a readable regular file and opens it: the file, its name and size.
-pub fn open_for_sending(path: &Path) -> Result<(File, String, u64), TransferError> {
-    let io_error = |e: io::Error| TransferError::Io(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(io_error)?;
-    let meta = file.metadata().map_err(io_error)?;
-    if !meta.is_file() {
-        return Err(TransferError::Io(format!("{} is not a regular file", path.display())));
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(safe_file_name)
-        .ok_or_else(|| TransferError::Io(format!("{}: unusable file name", path.display())))?;
-    Ok((file, name.to_owned(), meta.len()))
+/// A file opened for sending, with the name and size the offer will carry.
+#[derive(Debug)]
+pub struct OutgoingFile {
+    file: File,
+    /// The file's name, without directories.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
-/// `name` if it is a plain file name that is safe to create in the download directory: no
-/// directory parts, no leading dot, no control characters, not too long.
-pub fn safe_file_name(name: &str) -> Option<&str> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\'])
-        && !name.chars().any(char::is_control);
-    ok.then_some(name)
+impl OutgoingFile {
+    /// Opens `path`, which must be a readable regular file with a usable name.
+    pub fn open(path: &Path) -> Result<Self, TransferError> {
+        let io_error = |e: io::Error| TransferError::Io(format!("{}: {e}", path.display()));
+        let file = File::open(path).map_err(io_error)?;
+        let meta = file.metadata().map_err(io_error)?;
+        if !meta.is_file() {
+            return Err(TransferError::Io(format!("{} is not a regular file", path.display())));
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| valid_file_name(n))
+            .ok_or_else(|| TransferError::Io(format!("{}: unusable file name", path.display())))?;
+        Ok(Self { file, name: name.to_owned(), size: meta.len() })
+    }
+}
+
+/// What the handle can see of the engine's transfers: each with whether it was accepted.
+#[derive(Debug, Clone, Default)]
+struct Table(Arc<std::sync::Mutex<Vec<(Transfer, bool)>>>);
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Transfer, bool)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, transfer: &Transfer, accepted: bool) {
+        self.lock().push((transfer.clone(), accepted));
+    }
+
+    fn accepted(&self, id: TransferId) {
+        self.lock().iter_mut().filter(|(t, _)| t.id == id).for_each(|(_, a)| *a = true);
+    }
+
+    fn remove(&self, id: TransferId) {
+        self.lock().retain(|(t, _)| t.id != id);
+    }
+
+    fn find(&self, pick: impl Fn(&Transfer, bool) -> bool) -> Option<Transfer> {
+        self.lock().iter().find(|(t, a)| pick(t, *a)).map(|(t, _)| t.clone())
+    }
+
+    fn all(&self) -> Vec<Transfer> {
+        self.lock().iter().map(|(t, _)| t.clone()).collect()
+    }
 }
 
 fn stopped() -> TransferError {
@@ -339,7 +399,7 @@ type OnEvent = Box<dyn FnMut(TransferEvent) + Send>;
 /// The state machine of one transfer, with its file.
 enum Machine {
     Send { sender: Box<Sender>, file: File },
-    Receive { receiver: Receiver, part: PathBuf, file: Option<File> },
+    Receive { receiver: Box<Receiver>, part: PathBuf, file: Option<File> },
 }
 
 struct Running {
@@ -362,6 +422,7 @@ struct Engine {
     socket: UdpSocket,
     state: UdpSocketState,
     config: TransferConfig,
+    table: Table,
     counters: Arc<Counters>,
     on_event: OnEvent,
     running: HashMap<TransferId, Running>,
@@ -375,6 +436,7 @@ impl Engine {
     fn new(
         socket: std::net::UdpSocket,
         config: TransferConfig,
+        table: Table,
         counters: Arc<Counters>,
         on_event: OnEvent,
     ) -> io::Result<Self> {
@@ -389,6 +451,7 @@ impl Engine {
             socket,
             state,
             config,
+            table,
             counters,
             on_event,
             running: HashMap::new(),
@@ -444,7 +507,13 @@ impl Engine {
             self.service(*id, now);
         }
         self.transmit(&ids, now).await;
-        self.running.retain(|_, r| !r.over);
+        let table = &self.table;
+        self.running.retain(|id, r| {
+            if r.over {
+                table.remove(*id);
+            }
+            !r.over
+        });
     }
 
     /// File I/O and events of one transfer.
@@ -471,6 +540,7 @@ impl Engine {
                         SenderEvent::Waiting => TransferEvent::Waiting { transfer: t },
                         SenderEvent::Accepted { resume_from } => {
                             running.started = true;
+                            self.table.accepted(running.transfer.id);
                             TransferEvent::Started { transfer: t, resume_from }
                         }
                         SenderEvent::Finished => TransferEvent::Sent { transfer: t },
@@ -677,7 +747,7 @@ impl Engine {
             let i = &e.incoming;
             i.token == header.token && i.addr == from && i.name == name && i.size == size
         });
-        let Some(index) = found else {
+        let Some(index) = found.filter(|_| valid_file_name(name)) else {
             self.counters.forged.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -695,7 +765,7 @@ impl Engine {
             .join(format!(".{}_{}.{}.part", incoming.from, incoming.name, size));
         let have = std::fs::metadata(&part).map_or(0, |m| m.len());
         let receiver = Receiver::new(header, size, chunk_size, self.config.receiver.clone(), now);
-        let machine = Machine::Receive { receiver, part, file: None };
+        let machine = Machine::Receive { receiver: Box::new(receiver), part, file: None };
         let running = Running {
             transfer,
             peer: from,
@@ -707,6 +777,7 @@ impl Engine {
         };
         let resume_from = resume_point(have, size, chunk_size);
         let event = TransferEvent::Offered { transfer: running.transfer.clone(), resume_from };
+        self.table.insert(&running.transfer, false);
         self.running.insert(header.id, running);
         (self.on_event)(event);
         if self.config.auto_accept {
@@ -774,6 +845,7 @@ impl Engine {
                 *file = Some(opened);
                 receiver.accept(now, resume_from, prefix);
                 running.started = true;
+                self.table.accepted(id);
                 let transfer = running.transfer.clone();
                 (self.on_event)(TransferEvent::Started { transfer, resume_from });
             }

@@ -27,7 +27,7 @@
 //! An `Ack` says every chunk below the cumulative point has arrived, and so has every chunk
 //! in each half-open range `[start, end)` above it.
 
-use crate::protocol::Token;
+use crate::protocol::{Token, MAX_FILE_NAME_LEN as MAX_NAME_LEN};
 
 /// Identifies one transfer between two clients; chosen at random by the sender.
 pub type TransferId = u64;
@@ -45,8 +45,6 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1400;
 pub const MAX_CHUNK_SIZE: u32 = 65_000;
 /// The most selective-ack ranges one `Ack` carries.
 pub const MAX_ACK_RANGES: usize = 64;
-/// The longest file name an offer may carry, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
 
 const MAGIC: [u8; 2] = *b"CF";
 const VERSION: u8 = 1;

@@ -13,6 +13,7 @@ pub(super) mod list;
 pub(super) mod login;
 pub(super) mod msg;
 pub(super) mod private;
+pub(super) mod sendfile;
 pub(super) mod whoelsesince;
 
 use super::Shared;
@@ -47,6 +48,7 @@ pub(super) async fn dispatch(
         Request::DeclinePrivate { user } => private::decline(shared, me, user),
         // The session has reset its idle deadline already: every request does.
         Request::Ping => Ok(Reply::Done),
+        Request::SendFile { to, name, size } => sendfile::run(shared, me, to, name, size),
     }
 }
 

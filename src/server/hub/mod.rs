@@ -185,7 +185,7 @@ impl State {
         };
         peer.direct.ok_or_else(|| {
             let message = if you {
-                "your client takes no direct connections, so it cannot have private chats".into()
+                "your client takes no direct connections (private chats, files)".into()
             } else {
                 format!("{user}'s client takes no direct connections")
             };
@@ -375,6 +375,31 @@ impl Hub {
                 state.end_request(&from, &to, RequestEnd::Expired);
             }
         }
+    }
+
+    /// Introduces `from` and `to` for a file transfer: `to` is told about the offer of
+    /// `name` (`size` bytes) with `from`'s UDP address and `token`, and `from` gets `to`'s.
+    ///
+    /// Refused, and `to` is never told, for the same reasons as a private chat request:
+    /// `to` is `from`, unknown, blocks `from`, is offline, or either client takes no direct
+    /// connections.
+    pub fn offer_file(
+        &self,
+        from: &str,
+        to: &str,
+        name: String,
+        size: u64,
+        token: Token,
+    ) -> Result<Introduction, ErrorReply> {
+        let mut state = self.state();
+        check_target(&state, from, to)?;
+        let theirs = state.direct_of(to, false)?;
+        let mine = state.direct_of(from, true)?;
+        let sender = Introduction { peer: from.to_owned(), addr: mine.udp, token };
+        if !state.push_event(to, Event::FileOffer { from: sender, name, size }) {
+            return Err(ErrorReply::new(ErrorCode::Offline, format!("{to} is not online")));
+        }
+        Ok(Introduction { peer: to.to_owned(), addr: theirs.udp, token })
     }
 
     /// Routes a direct message frame from `from` to `to`.

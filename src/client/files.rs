@@ -1,0 +1,73 @@
+//! The file commands, carried out the same way by every front end.
+//!
+//! `/p2pvideo USER FILE` opens the file, asks the server to introduce the two clients
+//! ([`Client::send_file`]) and hands the receiver's address and token to the transfer
+//! engine. `/acceptfile`, `/declinefile` and `/cancel` act on the engine alone: the server
+//! has done its part once it has introduced the two. What happens next arrives as
+//! [`TransferEvent`](crate::p2p::transfer::TransferEvent)s.
+
+use std::path::Path;
+
+use super::command::FileCommand;
+use super::format::{bytes, sanitize};
+use super::{Client, ClientError};
+use crate::p2p::transfer::{OutgoingFile, TransferError, Transfers};
+
+/// Why a file command did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The server refused the offer, or could not be asked.
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The file could not be opened, or the engine has stopped.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// `/acceptfile` or `/declinefile` with no offer from that user.
+    #[error("{0} has not offered you a file (or the offer has gone)")]
+    NoOffer(String),
+    /// `/cancel` with no transfer with that user.
+    #[error("there is no file transfer with {0}")]
+    NoTransfer(String),
+}
+
+/// Carries out `command`; returns the line that says what was done.
+pub async fn run(
+    client: &Client,
+    transfers: &Transfers,
+    command: FileCommand,
+) -> Result<String, FileError> {
+    match command {
+        FileCommand::Send { to, path } => {
+            let file = OutgoingFile::open(Path::new(&path))?;
+            let intro = client.send_file(&to, &file.name, file.size).await?;
+            let transfer = transfers.send(&intro.peer, intro.addr, intro.token, file)?;
+            Ok(format!(
+                "* offering {} ({}) to {}; waiting for them to accept",
+                sanitize(&transfer.name),
+                bytes(transfer.size),
+                sanitize(&to)
+            ))
+        }
+        FileCommand::Accept { from } => {
+            let offer = transfers.offer_from(&from).ok_or(FileError::NoOffer(from))?;
+            transfers.accept(offer.id);
+            Ok(format!("* accepting {} from {}", sanitize(&offer.name), sanitize(&offer.peer)))
+        }
+        FileCommand::Decline { from } => {
+            let offer = transfers.offer_from(&from).ok_or(FileError::NoOffer(from))?;
+            transfers.decline(offer.id);
+            Ok(format!("* declined {} from {}", sanitize(&offer.name), sanitize(&offer.peer)))
+        }
+        FileCommand::Cancel { user } => {
+            let all = transfers.with(&user);
+            if all.is_empty() {
+                return Err(FileError::NoTransfer(user));
+            }
+            for transfer in &all {
+                transfers.cancel(transfer.id);
+            }
+            let names: Vec<String> = all.iter().map(|t| sanitize(&t.name).into_owned()).collect();
+            Ok(format!("* cancelling {} with {}", names.join(", "), sanitize(&user)))
+        }
+    }
+}
