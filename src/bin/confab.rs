@@ -33,8 +33,8 @@ use confab::p2p::transfer::{
 use confab::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use confab::protocol::{ByeReason, EndReason, ErrorCode, Event, Reply, Request};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 const EXIT_ERROR: u8 = 1;
@@ -336,7 +336,9 @@ impl App {
         }
         let ended = matches!(
             event,
-            TransferEvent::Sent { .. } | TransferEvent::Received { .. } | TransferEvent::Failed { .. }
+            TransferEvent::Sent { .. }
+                | TransferEvent::Received { .. }
+                | TransferEvent::Failed { .. }
         );
         if ended {
             self.nothing_left()
@@ -397,7 +399,8 @@ impl App {
                 return self.nothing_left();
             }
             Command::File(FileCommand::Send { .. }) if self.server_gone.is_some() => {
-                self.out.line(format::error("the server is gone: it introduces you to the receiver"));
+                self.out
+                    .line(format::error("the server is gone: it introduces you to the receiver"));
                 return None;
             }
             Command::File(file) => {

@@ -129,7 +129,11 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
             )
         }
         TransferEvent::Waiting { transfer: t } => {
-            format!("* {} has your offer of {}; waiting for an answer", sanitize(&t.peer), sanitize(&t.name))
+            format!(
+                "* {} has your offer of {}; waiting for an answer",
+                sanitize(&t.peer),
+                sanitize(&t.name)
+            )
         }
         TransferEvent::Started { transfer: t, resume_from } => {
             let resume = match resume_from {

@@ -166,7 +166,8 @@ pub struct Direct {
     pub private: PrivateEvents,
     /// The private-chat listener's port, as announced at login.
     pub port: u16,
-    _udp: tokio::net::UdpSocket,
+    /// The file-transfer socket, bound and announced at login.
+    pub udp: tokio::net::UdpSocket,
 }
 
 impl TestServer {
@@ -183,7 +184,7 @@ impl TestServer {
         client.login_with(user, &password_of(user), Some(ports)).await.unwrap();
         let DirectSockets { tcp, udp, .. } = sockets;
         let (chats, private) = PrivateChats::start(user, tcp, config);
-        Direct { name: user.to_owned(), client, events, chats, private, port: ports.tcp, _udp: udp }
+        Direct { name: user.to_owned(), client, events, chats, private, port: ports.tcp, udp }
     }
 }
 

@@ -266,9 +266,8 @@ impl Transfers {
 
     /// The oldest offer from `user` that waits for an answer.
     pub fn offer_from(&self, user: &str) -> Option<Transfer> {
-        self.table.find(|t, accepted| {
-            !accepted && t.direction == Direction::Receive && t.peer == user
-        })
+        self.table
+            .find(|t, accepted| !accepted && t.direction == Direction::Receive && t.peer == user)
     }
 
     /// Every transfer with `user`, either way, offers included.
@@ -335,11 +334,10 @@ impl OutgoingFile {
         if !meta.is_file() {
             return Err(TransferError::Io(format!("{} is not a regular file", path.display())));
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| valid_file_name(n))
-            .ok_or_else(|| TransferError::Io(format!("{}: unusable file name", path.display())))?;
+        let name =
+            path.file_name().and_then(|n| n.to_str()).filter(|n| valid_file_name(n)).ok_or_else(
+                || TransferError::Io(format!("{}: unusable file name", path.display())),
+            )?;
         Ok(Self { file, name: name.to_owned(), size: meta.len() })
     }
 }

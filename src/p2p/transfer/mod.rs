@@ -22,8 +22,8 @@ pub mod sender;
 pub mod wire;
 
 pub use engine::{
-    Direction, IncomingFile, OutgoingFile, Transfer, TransferConfig, TransferEvent,
-    TransferStats, Transfers,
+    Direction, IncomingFile, OutgoingFile, Transfer, TransferConfig, TransferEvent, TransferStats,
+    Transfers,
 };
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{Sender, SenderConfig, SenderEvent};
