@@ -78,8 +78,13 @@ async fn logged_in(addr: &str, user: &str, password: &str) -> Proc {
 }
 
 fn client(addr: &str, user: &str, password: &str) -> Proc {
+    client_with(addr, user, password, &[])
+}
+
+fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
+    cmd.args(extra);
     Proc::spawn(cmd)
 }
 
@@ -303,4 +308,59 @@ async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_th
     );
     assert_eq!(alice.exit().await.code(), Some(7));
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let download_dir = downloads.to_str().unwrap();
+    let mut bob = client_with(&addr, "bob", "builder", &["--download-dir", download_dir]);
+    bob.expect("logged in as bob").await;
+    let mut carol =
+        client_with(&addr, "carol", "singer", &["--download-dir", download_dir, "--auto-accept"]);
+    carol.expect("logged in as carol").await;
+    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    let clip = dir.path().join("clip.mp4");
+    let data: Vec<u8> =
+        (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&clip, &data).unwrap();
+
+    // Bob is asked, and accepts.
+    alice.send(&format!("/p2pvideo bob {}", clip.display())).await;
+    alice.expect("offering clip.mp4 (2.9 MiB) to bob").await;
+    bob.expect("alice is sending you clip.mp4").await;
+    bob.expect("alice offers clip.mp4 (2.9 MiB): /acceptfile alice or /declinefile alice").await;
+    bob.send("/acceptfile alice").await;
+    alice.expect("clip.mp4 has been uploaded to bob").await;
+    bob.expect("received clip.mp4 from alice (3000000 bytes, sha256 ok)").await;
+    assert!(std::fs::read(downloads.join("alice_clip.mp4")).unwrap() == data);
+
+    // Carol accepts by herself; the name is taken, so hers gets a suffix.
+    alice.send(&format!("/sendfile carol {}", clip.display())).await;
+    alice.expect("clip.mp4 has been uploaded to carol").await;
+    carol.expect("received clip.mp4 from alice (3000000 bytes, sha256 ok)").await;
+    assert!(std::fs::read(downloads.join("alice_clip-1.mp4")).unwrap() == data);
+
+    // Wrong arguments and missing things are clear errors.
+    alice.send("/p2pvideo bob").await;
+    alice.expect("error: usage: /p2pvideo USER FILE").await;
+    alice.send("/p2pvideo bob /no/such/file").await;
+    alice.expect("error: /no/such/file:").await;
+    bob.send("/acceptfile alice").await;
+    bob.expect("error: alice has not offered you a file").await;
+    alice.send(&format!("/p2pvideo bob {}", clip.display())).await;
+    bob.expect("alice offers clip.mp4").await;
+    bob.send("/declinefile alice").await;
+    bob.expect("declined clip.mp4 from alice").await;
+    alice.expect("sending clip.mp4 to bob failed: declined").await;
+
+    for p in [&mut alice, &mut bob, &mut carol] {
+        p.send("/logout").await;
+        assert_eq!(p.exit().await.code(), Some(0));
+    }
+    server.signal(Signal::SIGTERM);
+    server.exit().await;
 }

@@ -378,7 +378,7 @@ impl Side {
 #[tokio::test]
 async fn the_server_introduces_sender_and_receiver() {
     let server = TestServer::start(Config::default()).await;
-    let mut alice = server.login_direct("alice").await;
+    let alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
 
     let intro = alice.client.send_file("bob", "clip.mp4", 1234).await.unwrap();

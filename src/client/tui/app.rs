@@ -348,7 +348,7 @@ impl App {
             .values()
             .map(|(t, done)| {
                 let arrow = if t.direction == Direction::Send { '↑' } else { '↓' };
-                let percent = if t.size == 0 { 100 } else { done * 100 / t.size };
+                let percent = (done * 100).checked_div(t.size).unwrap_or(100);
                 format!("{arrow}{} {percent}%", format::sanitize(&t.name))
             })
             .collect()

@@ -145,7 +145,7 @@ fn spawn_worker(
                 }
                 Action::File(command) => {
                     let result = files::run(&client, &transfers, command).await;
-                    UiEvent::FileDone(result.map_err(|e| format::error(e)))
+                    UiEvent::FileDone(result.map_err(format::error))
                 }
                 Action::Connect(_) | Action::CloseChats(_) | Action::Expect(_) | Action::Quit => {
                     continue

@@ -381,6 +381,57 @@ mod tests {
     }
 
     #[test]
+    fn the_status_bar_shows_a_transfer_and_offers_wait_above_the_input() {
+        use crate::p2p::transfer::{Direction, Transfer, TransferEvent};
+        let mut app = app(100);
+        let clip = Transfer {
+            id: 1,
+            peer: "bob".into(),
+            name: "clip.mp4".into(),
+            size: 2_000_000,
+            direction: Direction::Send,
+        };
+        let song = Transfer {
+            id: 2,
+            peer: "carol".into(),
+            name: "song.ogg".into(),
+            size: 4096,
+            direction: Direction::Receive,
+        };
+        app.handle(UiEvent::Transfer(TransferEvent::Started {
+            transfer: clip.clone(),
+            resume_from: 0,
+        }));
+        app.handle(UiEvent::Transfer(TransferEvent::Progress {
+            id: 1,
+            direction: Direction::Send,
+            done: 900_000,
+            total: 2_000_000,
+        }));
+        app.handle(UiEvent::Transfer(TransferEvent::Offered {
+            transfer: song.clone(),
+            resume_from: 0,
+        }));
+        let rows = screen(&app);
+        assert!(
+            rows[5].starts_with("carol offers song.ogg (4.0 KiB): /acceptfile carol"),
+            "{rows:#?}"
+        );
+        assert!(rows[6].contains("| ↑clip.mp4 45%"), "{rows:#?}");
+        assert_eq!(rows[7], ">");
+
+        app.handle(UiEvent::Transfer(TransferEvent::Started { transfer: song, resume_from: 0 }));
+        let rows = screen(&app);
+        assert!(!rows.iter().any(|r| r.starts_with("carol offers")), "answered: {rows:#?}");
+        assert!(rows[6].contains("↑clip.mp4 45% ↓song.ogg 0%"), "{rows:#?}");
+
+        app.handle(UiEvent::Transfer(TransferEvent::Sent { transfer: clip }));
+        let rows = screen(&app);
+        assert!(!rows[6].contains("clip.mp4"), "{rows:#?}");
+        assert!(rows.iter().any(|r| r.contains("clip.mp4 has been uploaded to bob")), "{rows:#?}");
+    }
+
+    #[test]
     fn offline_and_group_messages_are_marked_and_a_resize_reflows() {
         let mut app = app(60);
         app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
