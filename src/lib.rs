@@ -16,8 +16,8 @@
 //!   used by the `confab` binary, the tests and the benchmarks, and the full-screen interface
 //!   ([`client::tui`]: a pure `App`, its renderer and the terminal driver).
 //! - [`p2p`]: direct links between clients: the token-authenticated private chat
-//!   ([`p2p::PrivateChats`]) and the sockets announced at login; the UDP file transfer is to
-//!   come.
+//!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
+//!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these.
 
