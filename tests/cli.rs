@@ -188,14 +188,14 @@ async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_serve
     bob.send("/private alice still here").await;
     alice.expect("] bob (private): still here").await;
     bob.send("/list").await;
-    bob.expect("error: the server is gone; only /private, /stopprivate and /logout work now").await;
+    bob.expect("error: the server is gone; only /private, /stopprivate, file transfers").await;
 
     // alice quits: bob is told, and with no chat and no server left he exits too.
     alice.send("/logout").await;
-    alice.expect("private chats ended; bye").await;
+    alice.expect("private chats and transfers ended; bye").await;
     assert_eq!(alice.exit().await.code(), Some(7));
     bob.expect("* alice logged out; the private chat has ended").await;
-    bob.expect("no private chat is left and the server is gone").await;
+    bob.expect("no private chat or transfer is left and the server is gone").await;
     assert_eq!(bob.exit().await.code(), Some(7));
 }
 

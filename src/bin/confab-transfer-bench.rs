@@ -83,8 +83,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (transfers, what) = match &args.side {
         Side::Recv { bind, from, expect, dir } => {
             let file = OutgoingFile::open(expect).context("--expect")?;
-            let config =
-                TransferConfig { download_dir: dir.clone(), auto_accept: true, ..Default::default() };
+            let config = TransferConfig {
+                download_dir: dir.clone(),
+                auto_accept: true,
+                ..Default::default()
+            };
             let transfers = Transfers::start(UdpSocket::bind(bind)?, config, on_event)?;
             transfers.expect(IncomingFile {
                 from: "sender".into(),
