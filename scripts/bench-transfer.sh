@@ -11,6 +11,7 @@
 # median of RUNS runs, file to file: Confab's from the receiver's acceptance until the file
 # is SHA-256 checked and in place, socat's from its start until the receiver exits.
 set -euo pipefail
+shopt -s inherit_errexit
 SIZE_MIB=${1:-1024}
 RUNS=${2:-3}
 cd "$(dirname "$0")/.."
@@ -84,7 +85,7 @@ confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE
   local recv=$!
   sleep 0.2
   run_in "$1" "$BENCH" send --bind "$3:47302" --to "$4:47301" --file "$5" >/dev/null
-  wait $recv
+  wait $recv || { echo "the receiver failed" >&2; exit 1; }
   cmp -s "$5" "$WORK/recv/sender_$(basename "$5")" || { echo "corrupt" >&2; exit 1; }
   awk '{ print $7 }' "$WORK/recv.out"
 }

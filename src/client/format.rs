@@ -530,4 +530,31 @@ mod tests {
         let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
         assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
     }
+
+    #[test]
+    fn sizes_and_transfer_lines() {
+        use crate::p2p::transfer::{Transfer, TransferError};
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3_000_000), "2.9 MiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+        let t = |direction| Transfer {
+            id: 1,
+            peer: "bob\x1b[2J".into(),
+            name: "clip.mp4".into(),
+            size: 12,
+            direction,
+        };
+        let sent = transfer(&TransferEvent::Sent { transfer: t(Direction::Send) }).unwrap();
+        assert_eq!(sent, "clip.mp4 has been uploaded to bob\u{fffd}[2J");
+        let failed = TransferEvent::Failed {
+            transfer: t(Direction::Receive),
+            error: TransferError::HashMismatch,
+        };
+        assert!(transfer(&failed).unwrap().starts_with("* receiving clip.mp4 from bob"));
+        let progress =
+            TransferEvent::Progress { id: 1, direction: Direction::Send, done: 1, total: 2 };
+        assert_eq!(transfer(&progress), None, "progress is drawn, not printed");
+    }
 }

@@ -208,7 +208,6 @@ pub struct Transfers {
     table: Table,
     counters: Arc<Counters>,
     local_addr: SocketAddr,
-    chunk_size: u32,
 }
 
 impl Transfers {
@@ -225,7 +224,6 @@ impl Transfers {
         let counters = Arc::new(Counters::default());
         let table = Table::default();
         let engine_table = table.clone();
-        let chunk_size = config.sender.chunk_size;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let engine_counters = counters.clone();
         std::thread::Builder::new().name("confab-transfers".into()).spawn(move || {
@@ -237,7 +235,7 @@ impl Transfers {
                 }
             });
         })?;
-        Ok(Self { commands, table, counters, local_addr, chunk_size })
+        Ok(Self { commands, table, counters, local_addr })
     }
 
     /// The server announced a file from `incoming.from`: its offer will be let in.
@@ -307,11 +305,6 @@ impl Transfers {
     /// The local address of the transfer socket.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The chunk size this client sends with.
-    pub fn chunk_size(&self) -> u32 {
-        self.chunk_size
     }
 }
 
@@ -428,6 +421,8 @@ struct Engine {
     recv_buffers: Vec<Vec<u8>>,
     out: Vec<u8>,
     batch: Vec<u8>,
+    /// Events of this turn, reported once its datagrams are sent.
+    outbox: Vec<TransferEvent>,
 }
 
 impl Engine {
@@ -457,6 +452,7 @@ impl Engine {
             recv_buffers: vec![vec![0; buffer]; RECV_BUFFERS],
             out: Vec::with_capacity(MAX_DATAGRAM),
             batch: Vec::with_capacity(MAX_DATAGRAM),
+            outbox: Vec::new(),
         })
     }
 
@@ -505,6 +501,11 @@ impl Engine {
             self.service(*id, now);
         }
         self.transmit(&ids, now).await;
+        // Reported only now, after sending: a receiver's `Done` is on its way before the
+        // application hears "received" (and perhaps exits).
+        for event in std::mem::take(&mut self.outbox) {
+            (self.on_event)(event);
+        }
         let table = &self.table;
         self.running.retain(|id, r| {
             if r.over {
@@ -584,9 +585,7 @@ impl Engine {
         if let Some(progress) = progress_event(running, now) {
             events.insert(0, progress);
         }
-        for event in events {
-            (self.on_event)(event);
-        }
+        self.outbox.extend(events);
     }
 
     /// Sends what every machine has, batching equal-sized datagrams to one peer into GSO
