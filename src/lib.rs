@@ -21,6 +21,7 @@
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these.
 
+pub mod bench;
 pub mod client;
 pub mod p2p;
 pub mod protocol;
