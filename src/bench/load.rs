@@ -6,10 +6,13 @@
 //! into one shared scratch buffer, finds the benchmark messages in it by a marker, and writes
 //! what it has to send with one `write` per batch.
 //!
-//! Every message text is `@@SENDER:NANOS:` padded to [`TEXT_LEN`] characters: the sending
-//! client's index and the send time in nanoseconds since the generator's epoch, so that the
-//! receiver computes the latency and gives the sender its credit back. A sender keeps at most
-//! a window of deliveries outstanding (closed loop: "as fast as the server takes them"), or,
+//! Every message text is `@@SENDER:SLOT:NANOS:` padded to [`TEXT_LEN`] characters: the
+//! sending client's index, which of its window slots the message holds, and the send time in
+//! nanoseconds since the generator's epoch, so that the receiver computes the latency and
+//! gives the sender its credit back. A sender keeps at most a window of messages outstanding,
+//! a message being outstanding until every one of its copies has arrived, so that no
+//! recipient's backlog can grow without bound (closed loop: "as fast as the server takes
+//! them"), or,
 //! at a fixed offered load, one pacer task sends on a schedule without ever waiting for the
 //! server (open loop), so that a stalled server shows up in the latencies instead of slowing
 //! the load down.
@@ -92,8 +95,10 @@ struct Ctx {
     proto: Proto,
     pattern: Pattern,
     epoch: Instant,
-    /// Deliveries one sender may have outstanding before it waits (0 while not sending).
+    /// Messages one sender may have outstanding before it waits (0 while not sending).
     window: Cell<u32>,
+    /// Deliveries of paced messages not yet received.
+    paced: Cell<u64>,
     /// Deliveries each message makes (1, or the group size minus one).
     copies: u32,
     conns: RefCell<Vec<Rc<Conn>>>,
@@ -120,7 +125,10 @@ struct Conn {
     out: RefCell<BytesMut>,
     /// An incomplete frame or line left over from the last read.
     partial: RefCell<Vec<u8>>,
-    outstanding: Cell<u32>,
+    /// Copies not yet received of the message in each window slot.
+    slots: RefCell<Vec<u32>>,
+    /// Slots holding a message.
+    busy: Cell<u32>,
     wake: Notify,
     next_id: Cell<u32>,
     rng: RefCell<StdRng>,
@@ -146,6 +154,7 @@ impl Generator {
             pattern,
             epoch: Instant::now(),
             window: Cell::new(0),
+            paced: Cell::new(0),
             copies: match pattern {
                 Pattern::Direct => 1,
                 Pattern::Group => n.saturating_sub(1).max(1) as u32,
@@ -208,7 +217,10 @@ impl Generator {
 
     /// Lets every client send, keeping at most `window` messages outstanding each.
     pub fn start_sending(&self, window: u32) {
-        self.ctx.window.set(window * self.ctx.copies);
+        for conn in self.ctx.conns.borrow().iter() {
+            conn.slots.borrow_mut().resize(window as usize, 0);
+        }
+        self.ctx.window.set(window);
         for conn in self.ctx.conns.borrow().iter() {
             conn.wake.notify_one();
         }
@@ -235,8 +247,8 @@ impl Generator {
                 let from = rng.gen_range(0..conns.len());
                 let conn = &conns[from];
                 let to = other(&mut rng, from, conns.len());
-                compose(ctx, conn, to, ctx.now());
-                conn.outstanding.set(conn.outstanding.get() + ctx.copies);
+                compose(ctx, conn, to, NO_SLOT, ctx.now());
+                ctx.paced.set(ctx.paced.get() + u64::from(ctx.copies));
                 if conn.flush().is_err() || !conn.out.borrow().is_empty() {
                     conn.wake.notify_one();
                 }
@@ -276,9 +288,10 @@ impl Generator {
         }
     }
 
-    /// Deliveries not yet received.
+    /// Messages (windowed) and deliveries (paced) not yet received.
     pub fn outstanding(&self) -> u64 {
-        self.ctx.conns.borrow().iter().map(|c| u64::from(c.outstanding.get())).sum()
+        let windowed: u64 = self.ctx.conns.borrow().iter().map(|c| u64::from(c.busy.get())).sum();
+        windowed + self.ctx.paced.get()
     }
 
     /// Waits until no client has received anything for `quiet` (at most `limit`).
@@ -301,15 +314,19 @@ impl Ctx {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// A benchmark message from `sender`, stamped `sent`, arrived at `now`.
-    fn delivered(&self, sender: usize, sent: u64, now: u64) {
-        if let Some(conn) = self.conns.borrow().get(sender) {
-            let left = conn.outstanding.get().saturating_sub(1);
-            conn.outstanding.set(left);
-            let window = self.window.get();
-            // Woken when one more message fits in the window again.
-            if window > 0 && left + self.copies == window {
-                conn.wake.notify_one();
+    /// A copy of the message in `slot` of `sender`, stamped `sent`, arrived at `now`.
+    fn delivered(&self, Mark { sender, slot, sent }: Mark, now: u64) {
+        if slot == NO_SLOT {
+            self.paced.set(self.paced.get().saturating_sub(1));
+        } else if let Some(conn) = self.conns.borrow().get(sender) {
+            let mut slots = conn.slots.borrow_mut();
+            if let Some(left) = slots.get_mut(slot) {
+                if *left == 1 {
+                    // The message is complete: its slot is free again.
+                    conn.busy.set(conn.busy.get().saturating_sub(1));
+                    conn.wake.notify_one();
+                }
+                *left = left.saturating_sub(1);
             }
         }
         let (start, end) = (self.start.get(), self.end.get());
@@ -364,8 +381,8 @@ impl Conn {
         let data = &scratch[..kept + n];
         let used = match ctx.proto {
             Proto::Confab => scan_frames(data, |payload| {
-                if let Some((sender, sent)) = find_mark(payload) {
-                    ctx.delivered(sender, sent, now);
+                if let Some(mark) = find_mark(payload) {
+                    ctx.delivered(mark, now);
                 }
             }),
             Proto::Irc => scan_lines(data, |line| {
@@ -374,8 +391,8 @@ impl Conn {
                     out.extend_from_slice(b"PONG ");
                     out.extend_from_slice(token);
                     out.extend_from_slice(b"\r\n");
-                } else if let Some((sender, sent)) = find_mark(line) {
-                    ctx.delivered(sender, sent, now);
+                } else if let Some(mark) = find_mark(line) {
+                    ctx.delivered(mark, now);
                 }
             }),
         };
@@ -389,12 +406,20 @@ impl Conn {
 
     /// Queues messages until the window is full.
     fn refill(&self, ctx: &Ctx) {
-        let window = ctx.window.get();
+        if self.busy.get() >= ctx.window.get() {
+            return;
+        }
         let n = ctx.names.len();
-        while window > 0 && self.outstanding.get() + ctx.copies <= window {
+        let now = ctx.now();
+        let mut slots = self.slots.borrow_mut();
+        for slot in 0..slots.len() {
+            if slots[slot] > 0 {
+                continue;
+            }
+            slots[slot] = ctx.copies;
+            self.busy.set(self.busy.get() + 1);
             let to = other(&mut self.rng.borrow_mut(), self.index, n);
-            compose(ctx, self, to, ctx.now());
-            self.outstanding.set(self.outstanding.get() + ctx.copies);
+            compose(ctx, self, to, slot, now);
         }
     }
 }
@@ -437,10 +462,11 @@ fn other(rng: &mut StdRng, me: usize, n: usize) -> usize {
     }
 }
 
-/// Appends one message from `conn` (to client `to`, or to the group) stamped `stamp`.
-fn compose(ctx: &Ctx, conn: &Conn, to: usize, stamp: u64) {
+/// Appends one message from `conn` (to client `to`, or to the group) in window slot `slot`,
+/// stamped `stamp`.
+fn compose(ctx: &Ctx, conn: &Conn, to: usize, slot: usize, stamp: u64) {
     let mut text = String::with_capacity(TEXT_LEN);
-    let _ = write!(text, "@@{}:{stamp}:", conn.index);
+    let _ = write!(text, "@@{}:{slot}:{stamp}:", conn.index);
     while text.len() < TEXT_LEN {
         text.push('x');
     }
@@ -491,14 +517,26 @@ fn scan_lines(data: &[u8], mut f: impl FnMut(&[u8])) -> usize {
     pos
 }
 
-/// The sender index and send time in a benchmark message, if `bytes` holds one.
-fn find_mark(bytes: &[u8]) -> Option<(usize, u64)> {
+/// What a benchmark message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    sender: usize,
+    slot: usize,
+    sent: u64,
+}
+
+/// The slot of a paced message, which holds no window slot.
+const NO_SLOT: usize = 999_999;
+
+/// The benchmark data in a message, if `bytes` holds one.
+fn find_mark(bytes: &[u8]) -> Option<Mark> {
     let at = bytes.windows(MARK.len()).position(|w| w == MARK)?;
-    let mut fields = bytes[at + MARK.len()..].splitn(3, |&b| b == b':');
-    let sender = parse_digits(fields.next()?)?;
+    let mut fields = bytes[at + MARK.len()..].splitn(4, |&b| b == b':');
+    let sender = usize::try_from(parse_digits(fields.next()?)?).ok()?;
+    let slot = usize::try_from(parse_digits(fields.next()?)?).ok()?;
     let sent = parse_digits(fields.next()?)?;
     fields.next()?;
-    Some((usize::try_from(sender).ok()?, sent))
+    Some(Mark { sender, slot, sent })
 }
 
 fn parse_digits(bytes: &[u8]) -> Option<u64> {
@@ -552,7 +590,8 @@ async fn setup(ctx: &Ctx, addr: SocketAddr, i: usize) -> Result<Rc<Conn>, BenchE
         stream: io.stream,
         out: RefCell::new(BytesMut::new()),
         partial: RefCell::new(io.buf.to_vec()),
-        outstanding: Cell::new(0),
+        slots: RefCell::new(Vec::new()),
+        busy: Cell::new(0),
         wake: Notify::new(),
         next_id: Cell::new(100),
         rng: RefCell::new(StdRng::seed_from_u64(i as u64)),
@@ -641,7 +680,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let event = crate::protocol::Event::Message {
             from: "u1".into(),
-            text: "@@17:123456789:xxxx".into(),
+            text: "@@17:2:123456789:xxxx".into(),
             sent_at: 5,
             offline: false,
         };
@@ -650,15 +689,15 @@ mod tests {
         buf.extend_from_slice(&[0, 0, 0, 9, 1]); // the start of another frame
         let mut seen = Vec::new();
         assert_eq!(scan_frames(&buf, |p| seen.push(find_mark(p))), whole);
-        assert_eq!(seen, [Some((17, 123_456_789))]);
+        assert_eq!(seen, [Some(Mark { sender: 17, slot: 2, sent: 123_456_789 })]);
 
-        let lines = b":u1!~u1@127.0.0.1 PRIVMSG u2 :@@3:99:xx\r\nPING :x\r\n:part";
+        let lines = b":u1!~u1@127.0.0.1 PRIVMSG u2 :@@3:0:99:xx\r\nPING :x\r\n:part";
         let mut seen = Vec::new();
         let used = scan_lines(lines, |l| seen.push(find_mark(l)));
         assert_eq!(&lines[used..], b":part");
-        assert_eq!(seen, [Some((3, 99)), None]);
-        assert_eq!(find_mark(b"@@12:"), None, "cut short");
-        assert_eq!(find_mark(b"@@1x:2:"), None, "not digits");
+        assert_eq!(seen, [Some(Mark { sender: 3, slot: 0, sent: 99 }), None]);
+        assert_eq!(find_mark(b"@@12:1:5"), None, "cut short");
+        assert_eq!(find_mark(b"@@1x:2:3:"), None, "not digits");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! - **paced** (N clients, a rate): one pacer sends from random clients to random others at a
 //!   fixed offered load, stamping each message with its scheduled time;
 //! - **fan-out** (a group of M): every member sends to the group (an IRC channel), each
-//!   message delivered to the M-1 others; the window counts deliveries;
+//!   message delivered to the M-1 others, and outstanding until every copy has arrived;
 //! - **idle** (N clients): connected and logged in, doing nothing; the server's resident
 //!   memory after minus before, divided by N.
 //!
@@ -117,8 +117,8 @@ pub struct Options {
     pub measure: Duration,
     /// Direct messages each client keeps outstanding in the direct workloads.
     pub window: u32,
-    /// Group messages each member keeps outstanding (each counts the group size minus one
-    /// deliveries) in the fan-out workload.
+    /// Group messages each member keeps outstanding (until every copy has arrived) in the
+    /// fan-out workload.
     pub fanout_window: u32,
     /// Longest time logging in the clients of one workload may take.
     pub setup_limit: Duration,
@@ -213,7 +213,9 @@ async fn drive(options: &Options, server: &Server, workload: Workload) -> Result
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes()?;
     let began = Instant::now();
-    let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit).await?;
+    let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit)
+        .await
+        .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
     let setup_secs = began.elapsed().as_secs_f64();
     // Logins announce themselves to everyone online: wait until that has been read.
     let quiet = if idle { Duration::from_secs(1) } else { Duration::from_millis(200) };
@@ -253,9 +255,10 @@ async fn drive(options: &Options, server: &Server, workload: Workload) -> Result
     }
     if gen.closed() > 0 {
         return Err(BenchError::Setup(format!(
-            "{} closed {} of the {clients} connections during {workload}",
+            "{} closed {} of the {clients} connections during {workload}; server log:\n{}",
             server.kind.name(),
-            gen.closed()
+            gen.closed(),
+            server.log_tail(10)
         )));
     }
     Ok(figures)

@@ -153,6 +153,17 @@ impl Server {
         }
     }
 
+    /// The last lines of the server's log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let name = match self.kind {
+            Kind::Confab => "server.log",
+            Kind::Ngircd => "ngircd.log",
+        };
+        let log = std::fs::read_to_string(self._dir.path().join(name)).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
