@@ -46,6 +46,8 @@ const MARK: &[u8] = b"@@";
 const SCRATCH: usize = 256 * 1024;
 /// Connections logging in at the same time.
 const SETUP_CONCURRENCY: usize = 64;
+/// Tries at connecting a client whose connection was reset or refused.
+const SETUP_ATTEMPTS: u32 = 5;
 /// Most latency samples kept per measurement.
 const MAX_SAMPLES: usize = 20_000_000;
 
@@ -179,7 +181,18 @@ impl Generator {
             tokio::task::spawn_local(async move {
                 let set_up = {
                     let Ok(_permit) = permits.acquire().await else { return };
-                    setup(&ctx, addr, i).await
+                    let mut attempt = 1;
+                    loop {
+                        match setup(&ctx, addr, i).await {
+                            // ngIRCd listens with a backlog of 10: a burst of connects can be
+                            // reset before it accepts them. Try such a client again.
+                            Err(BenchError::Io { .. }) if attempt < SETUP_ATTEMPTS => {
+                                attempt += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            done => break done,
+                        }
+                    }
                 };
                 match set_up {
                     Ok(conn) => {
@@ -616,7 +629,7 @@ impl SetupIo {
 
     async fn fill(&mut self) -> Result<(), BenchError> {
         match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) => Err(BenchError::Setup("the server closed the connection".into())),
+            Ok(0) => Err(BenchError::io("reading", std::io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => Ok(()),
             Err(e) => Err(BenchError::io("reading", e)),
         }
