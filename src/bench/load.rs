@@ -87,7 +87,8 @@ impl Window {
             return None;
         }
         self.latencies.sort_unstable();
-        let rank = ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len());
+        let rank =
+            ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len());
         Some(self.latencies[rank - 1] as f64 / 1000.0)
     }
 }
@@ -311,7 +312,9 @@ impl Generator {
     pub async fn settle(&self, quiet: Duration, limit: Duration) {
         let deadline = Instant::now() + limit;
         let quiet_ns = quiet.as_nanos() as u64;
-        while Instant::now() < deadline && self.ctx.now().saturating_sub(self.ctx.last_rx.get()) < quiet_ns {
+        while Instant::now() < deadline
+            && self.ctx.now().saturating_sub(self.ctx.last_rx.get()) < quiet_ns
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -556,7 +559,9 @@ fn parse_digits(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() || bytes.len() > 19 {
         return None;
     }
-    bytes.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
+    bytes
+        .iter()
+        .try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
 }
 
 /// Connects client `i` and logs it in (and into the group, for the fan-out).
@@ -573,7 +578,8 @@ async fn setup(ctx: &Ctx, addr: SocketAddr, i: usize) -> Result<Rc<Conn>, BenchE
                 ServerMessage::Welcome(_) => {}
                 other => return Err(BenchError::Setup(format!("no welcome: {other:?}"))),
             }
-            let login = Request::Login { username: name.clone(), password: PASSWORD.into(), direct: None };
+            let login =
+                Request::Login { username: name.clone(), password: PASSWORD.into(), direct: None };
             io.request(login).await?;
             if ctx.pattern == Pattern::Group {
                 if i == 0 {
@@ -715,7 +721,8 @@ mod tests {
 
     #[test]
     fn quantiles_take_the_sample_at_the_rank() {
-        let mut w = Window { latencies: (1..=1000).map(|i| i * 1000).collect(), ..Window::default() };
+        let mut w =
+            Window { latencies: (1..=1000).map(|i| i * 1000).collect(), ..Window::default() };
         assert_eq!(w.quantile_us(0.5), Some(500.0));
         assert_eq!(w.quantile_us(0.99), Some(990.0));
         assert_eq!(w.quantile_us(0.999), Some(999.0));

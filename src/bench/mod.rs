@@ -199,7 +199,11 @@ pub fn measure(
     result
 }
 
-async fn drive(options: &Options, server: &Server, workload: Workload) -> Result<Figures, BenchError> {
+async fn drive(
+    options: &Options,
+    server: &Server,
+    workload: Workload,
+) -> Result<Figures, BenchError> {
     let proto = match server.kind {
         Kind::Confab => Proto::Confab,
         Kind::Ngircd => Proto::Irc,
@@ -213,9 +217,10 @@ async fn drive(options: &Options, server: &Server, workload: Workload) -> Result
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes()?;
     let began = Instant::now();
-    let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit)
-        .await
-        .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
+    let gen =
+        Generator::connect(proto, server.addr, clients, pattern, options.setup_limit)
+            .await
+            .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
     let setup_secs = began.elapsed().as_secs_f64();
     // Logins announce themselves to everyone online: wait until that has been read.
     let quiet = if idle { Duration::from_secs(1) } else { Duration::from_millis(200) };

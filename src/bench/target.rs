@@ -94,7 +94,8 @@ impl Template {
         drop(crate::store::SqliteStore::open(&db)?);
         let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None)
             .map_err(|e| BenchError::Setup(format!("argon2 parameters: {e}")))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let hash = argon
             .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
             .map_err(|e| BenchError::Setup(format!("hashing: {e}")))?
@@ -106,7 +107,9 @@ impl Template {
                 .prepare("INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, 0)")
                 .map_err(crate::store::StoreError::from)?;
             for i in 0..users {
-                insert.execute([user_name(i), hash.clone()]).map_err(crate::store::StoreError::from)?;
+                insert
+                    .execute([user_name(i), hash.clone()])
+                    .map_err(crate::store::StoreError::from)?;
             }
         }
         tx.commit().map_err(crate::store::StoreError::from)?;
@@ -174,8 +177,10 @@ impl Server {
         let path = format!("/proc/{}/stat", self.pid());
         let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
         // The command name may contain spaces: fields are counted after its closing ')'.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
         let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
         match (tick(11), tick(12)) {
             (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / TICKS_PER_SEC as f64),
@@ -330,8 +335,8 @@ fn free_port() -> Result<u16, BenchError> {
 /// new soft limit.
 pub fn raise_fd_limit() -> Result<u64, BenchError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-        .map_err(|e| BenchError::io("getrlimit", e.into()))?;
+    let (_, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| BenchError::io("getrlimit", e.into()))?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
         .map_err(|e| BenchError::io("setrlimit", e.into()))?;
     Ok(hard)

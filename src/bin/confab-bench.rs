@@ -91,7 +91,9 @@ fn options(args: &Args, programs: Programs) -> anyhow::Result<Options> {
     let mut workloads = Vec::new();
     for name in &args.only {
         match name.as_str() {
-            "direct" => workloads.extend(args.clients.iter().map(|&clients| Workload::Direct { clients })),
+            "direct" => {
+                workloads.extend(args.clients.iter().map(|&clients| Workload::Direct { clients }))
+            }
             "paced" => workloads.extend(
                 args.clients.iter().map(|&clients| Workload::Paced { clients, rate: args.rate }),
             ),
