@@ -19,6 +19,9 @@
 //!   ([`p2p::PrivateChats`]) and the sockets announced at login; the UDP file transfer is to
 //!   come.
 //!
+//! - [`bench`]: the relay benchmark behind `confab-bench`: the same workloads against
+//!   `confab-server` and ngIRCd, from a single-threaded raw-socket load generator.
+//!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these.
 
 pub mod bench;
