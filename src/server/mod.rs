@@ -12,6 +12,7 @@
 mod cmd;
 pub mod credentials;
 pub mod hub;
+pub mod inbox;
 pub mod lockout;
 pub mod password;
 pub mod private;

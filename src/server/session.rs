@@ -6,20 +6,24 @@
 //! on five things at once: server shutdown, being kicked as too slow, the idle deadline,
 //! frames queued for this user by other sessions, and the next request from the client.
 //! Replies and queued frames share one output buffer, written with as few syscalls as the
-//! queue allows.
+//! queue allows: the requests that arrived together are all answered before one write, and
+//! everything queued by other sessions goes out with it.
+//!
+//! An idle connection holds no buffers: the read buffer is allocated when the socket becomes
+//! readable and freed once every frame in it has been handled, and the output buffer is freed
+//! once written. The waits of the logged-in loop live across iterations (the idle deadline
+//! is only re-armed when it fires), so a request costs no timer or cancellation bookkeeping.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
@@ -27,7 +31,8 @@ use super::hub::DirectAddrs;
 use super::Shared;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
-    PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome, PROTOCOL_VERSION,
+    MalformedFrame, PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome,
+    PROTOCOL_VERSION,
 };
 use crate::store::{Envelope, OfflineMessage, StoreResult, To};
 
@@ -35,10 +40,10 @@ use crate::store::{Envelope, OfflineMessage, StoreResult, To};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a goodbye may take to write before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Queued frames gathered into one write, at most.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// Initial read buffer; small so that idle connections stay cheap.
-const READ_BUFFER: usize = 512;
+/// Room made in the read buffer for each read.
+const READ_CHUNK: usize = 4096;
+/// Room made in the output buffer before the first frame of a batch.
+const OUT_CHUNK: usize = 512;
 
 /// Serves one connection from accept to close. `full` means the server is at its limit.
 pub(super) async fn serve(
@@ -72,9 +77,14 @@ enum Incoming {
     Closed,
 }
 
-/// The socket of one client, with its output buffer.
+/// A frame as read: a message, a well-framed payload that did not decode, or a stream error.
+type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>;
+
+/// The socket of one client, with its read and output buffers (empty while idle).
 struct Conn {
-    reader: FramedRead<OwnedReadHalf, ServerCodec>,
+    reader: OwnedReadHalf,
+    input: BytesMut,
+    codec: ServerCodec,
     writer: OwnedWriteHalf,
     out: BytesMut,
     write_timeout: Duration,
@@ -82,19 +92,59 @@ struct Conn {
 
 impl Conn {
     fn new(socket: TcpStream, shared: &Shared) -> Self {
-        let (read, writer) = socket.into_split();
-        let codec = ServerCodec::new(shared.config.max_frame);
+        let (reader, writer) = socket.into_split();
         Self {
-            reader: FramedRead::with_capacity(read, codec, READ_BUFFER),
+            reader,
+            input: BytesMut::new(),
+            codec: ServerCodec::new(shared.config.max_frame),
             writer,
             out: BytesMut::new(),
             write_timeout: shared.config.write_timeout,
         }
     }
 
+    /// The next frame; `None` once the client has closed the connection. Cancel-safe: bytes
+    /// are only read when they can be kept, and the buffer is allocated only when readable.
+    async fn read(&mut self) -> Option<Read> {
+        loop {
+            match self.codec.decode(&mut self.input) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.input.is_empty() && self.input.capacity() > 0 {
+                self.input = BytesMut::new();
+            }
+            if let Err(e) = self.reader.readable().await {
+                return Some(Err(e.into()));
+            }
+            self.input.reserve(READ_CHUNK);
+            match self.reader.try_read_buf(&mut self.input) {
+                Ok(0) if self.input.is_empty() => return None,
+                Ok(0) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut short");
+                    return Some(Err(e.into()));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Whether a whole frame is waiting in the read buffer, so that answering it needs no
+    /// read and the output can wait for its reply.
+    fn frame_buffered(&self) -> bool {
+        let Some(header) = self.input.get(..codec::HEADER_LEN) else {
+            return false;
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        self.input.len() >= codec::HEADER_LEN + len
+    }
+
     /// The next frame from the client. Cancel-safe: nothing is written here.
     async fn next(&mut self) -> Incoming {
-        match self.reader.next().await {
+        match self.read().await {
             None => Incoming::Closed,
             Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
             Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
@@ -116,6 +166,7 @@ impl Conn {
     }
 
     fn queue(&mut self, msg: &ServerMessage) {
+        self.out.reserve(OUT_CHUNK);
         if let Err(e) = codec::encode_into(msg, &mut self.out) {
             tracing::error!("cannot encode a reply: {e}");
         }
@@ -135,10 +186,8 @@ impl Conn {
             return true;
         }
         let ok = matches!(timeout(limit, self.writer.write_all(&self.out)).await, Ok(Ok(())));
-        self.out.clear();
-        if self.out.capacity() > 4 * WRITE_BATCH_BYTES {
-            self.out = BytesMut::new();
-        }
+        // Freed rather than kept: an idle session holds no output buffer.
+        self.out = BytesMut::new();
         ok
     }
 
@@ -158,7 +207,7 @@ impl Conn {
 /// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it. A server
 /// that is `full` reads the hello before refusing, so the refusal is not lost to a reset.
 async fn handshake(conn: &mut Conn, full: bool) -> bool {
-    let incoming = timeout(HANDSHAKE_TIMEOUT, conn.reader.next()).await;
+    let incoming = timeout(HANDSHAKE_TIMEOUT, conn.read()).await;
     let refusal = match incoming {
         Ok(Some(Ok(Ok(ClientMessage::Hello(_))))) if full => {
             ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later")
@@ -306,24 +355,43 @@ async fn authenticated(
     stop: &CancellationToken,
     mut me: LoggedIn,
 ) {
-    let mut deadline = Instant::now() + shared.config.idle_timeout;
+    let idle = shared.config.idle_timeout;
+    let mut active = Instant::now();
+    // These waits live across iterations: making them afresh for every request would
+    // register and drop a timer and two cancellation waiters each time.
+    let shutdown = stop.clone().cancelled_owned();
+    let kicked = me.kick.clone().cancelled_owned();
+    let idle_timer = sleep_until(active + idle);
+    tokio::pin!(shutdown, kicked, idle_timer);
     let ending = loop {
         // Unbiased: a flood of incoming frames must not starve the client's own requests,
         // nor the other way round.
         let incoming = tokio::select! {
-            _ = stop.cancelled() => break Ending::Shutdown,
-            _ = me.kick.cancelled() => break Ending::TooSlow,
-            _ = sleep_until(deadline) => break Ending::Idle,
-            Some(frame) = me.rx.recv() => {
-                gather(&mut conn.out, frame, &mut me.rx);
-                if !conn.flush().await {
+            _ = &mut shutdown => break Ending::Shutdown,
+            _ = &mut kicked => break Ending::TooSlow,
+            _ = &mut idle_timer => {
+                // The timer was armed for an earlier deadline; requests since have moved it.
+                let deadline = active + idle;
+                if Instant::now() >= deadline {
+                    break Ending::Idle;
+                }
+                idle_timer.as_mut().reset(deadline);
+                continue;
+            }
+            _ = me.rx.ready() => {
+                let frames = me.rx.take();
+                conn.out.reserve(frames.iter().map(Bytes::len).sum());
+                for frame in frames {
+                    conn.out.extend_from_slice(&frame);
+                }
+                if !conn.frame_buffered() && !conn.flush().await {
                     break Ending::Dropped;
                 }
                 continue;
             }
             incoming = conn.next() => incoming,
         };
-        deadline = Instant::now() + shared.config.idle_timeout;
+        active = Instant::now();
         let (id, request) = match incoming {
             Incoming::Closed => break Ending::Dropped,
             Incoming::Bad(err, fatal) => {
@@ -342,7 +410,8 @@ async fn authenticated(
         }
         let result = cmd::dispatch(shared, &me.name, request).await;
         conn.reply(id, result);
-        if !conn.flush().await {
+        // Requests that came together are answered together, in one write.
+        if !conn.frame_buffered() && !conn.flush().await {
             break Ending::Dropped;
         }
     };
@@ -387,15 +456,6 @@ impl Ending {
             Ending::TooSlow => "too slow",
             Ending::Dropped => "connection dropped",
         }
-    }
-}
-
-/// Moves queued frames into `out` after `first`, up to one write batch.
-fn gather(out: &mut BytesMut, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) {
-    out.extend_from_slice(&first);
-    while out.len() < WRITE_BATCH_BYTES {
-        let Ok(frame) = rx.try_recv() else { break };
-        out.extend_from_slice(&frame);
     }
 }
 
@@ -465,12 +525,9 @@ impl LoggedIn {
         keep: bool,
     ) -> Vec<Bytes> {
         let at = now_ms();
-        let (name, rx) = (&self.name, &mut self.rx);
+        let (name, rx) = (&self.name, &self.rx);
         let left = shared.hub.leave(name, self.session, presence, at, |peer| {
-            let mut frames = Vec::new();
-            while let Ok(frame) = rx.try_recv() {
-                frames.push(frame);
-            }
+            let mut frames: Vec<Bytes> = rx.take().into();
             frames.extend(peer.overflow);
             let kept = if keep { keep_for_later(shared, name, &frames) } else { None };
             (frames, kept)

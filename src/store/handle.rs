@@ -1,12 +1,19 @@
 //! Runs a blocking [`Store`] on its own thread and lets async code call it.
 //!
-//! The thread takes jobs from one queue in order. History records are not run one by one:
-//! consecutive records are gathered into a batch that is written in one transaction just
-//! before the next call runs or when the queue runs dry, so a call always sees the history
-//! recorded before it was queued, and a busy relay pays for one commit per batch.
+//! The thread takes jobs from one queue in order. History records do not go through that
+//! queue one by one: [`StoreHandle::record`] appends to a shared batch under a short lock, and
+//! only the first record of a batch (or the one that fills it) wakes the thread. The batch is
+//! written in one transaction just before the next call runs, or 20 ms (`HISTORY_DELAY`)
+//! after its first record, or when it is full. So a call always sees the history recorded
+//! before it was queued, and the relay pays for one commit and one thread wake-up per batch
+//! rather than per message, even at a moderate rate. A crash can lose the last few
+//! milliseconds of history, never an offline message: those go through
+//! [`StoreHandle::call`] and are acknowledged once committed.
 
 use std::future::Future;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -14,12 +21,31 @@ use super::{Envelope, Store, StoreError, StoreResult};
 
 /// Most history records written in one transaction.
 const HISTORY_BATCH: usize = 4096;
+/// Longest a history record waits for others to share its commit.
+const HISTORY_DELAY: Duration = Duration::from_millis(20);
 
 type Call = Box<dyn FnOnce(&mut dyn Store) + Send>;
 
 enum Job {
     Call(Call),
-    History(Envelope),
+    /// The history batch got its first record: write it within `HISTORY_DELAY`.
+    HistoryStarted,
+    /// The history batch is full: write it now.
+    HistoryFull,
+}
+
+/// History records waiting for their transaction.
+#[derive(Default)]
+struct Batch(Mutex<Vec<Envelope>>);
+
+impl Batch {
+    fn lock(&self) -> MutexGuard<'_, Vec<Envelope>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Vec<Envelope> {
+        std::mem::take(&mut *self.lock())
+    }
 }
 
 /// A cloneable async front to a [`Store`] running on a dedicated thread.
@@ -29,41 +55,48 @@ enum Job {
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,
+    history: Arc<Batch>,
 }
 
 impl StoreHandle {
     /// Moves `store` onto a new thread named `confab-store`.
     pub fn spawn(store: impl Store) -> Self {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let history = Arc::new(Batch::default());
+        let batch = history.clone();
         std::thread::Builder::new()
             .name("confab-store".into())
             .spawn(move || {
                 let mut store = store;
-                let mut history = Vec::new();
-                while let Ok(first) = rx.recv() {
-                    // Everything already queued, without waiting; then commit the history.
-                    for job in std::iter::once(first).chain(rx.try_iter()) {
-                        match job {
-                            Job::History(message) => {
-                                history.push(message);
-                                if history.len() >= HISTORY_BATCH {
-                                    write_history(&mut store, &mut history);
-                                }
-                            }
-                            Job::Call(call) => {
-                                write_history(&mut store, &mut history);
-                                call(&mut store);
-                            }
+                let mut due: Option<Instant> = None;
+                loop {
+                    let job = match due {
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                    };
+                    match job {
+                        Ok(Job::HistoryStarted) => {
+                            due.get_or_insert_with(|| Instant::now() + HISTORY_DELAY);
                         }
+                        Ok(Job::HistoryFull) | Err(RecvTimeoutError::Timeout) => {
+                            write_history(&mut store, batch.take());
+                            due = None;
+                        }
+                        Ok(Job::Call(call)) => {
+                            write_history(&mut store, batch.take());
+                            due = None;
+                            call(&mut store);
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    write_history(&mut store, &mut history);
                 }
+                write_history(&mut store, batch.take());
                 if let Err(e) = store.flush() {
                     tracing::warn!("final store flush failed: {e}");
                 }
             })
             .expect("spawning the store thread");
-        Self { jobs }
+        Self { jobs, history }
     }
 
     /// Queues `f` to run on the store thread; the returned future yields its result.
@@ -88,24 +121,36 @@ impl StoreHandle {
 
     /// Adds a relayed message to the history without waiting for it to be written.
     ///
-    /// It is committed with the batch it lands in, before any call queued after it runs. A
-    /// failed write is logged: history is a convenience, unlike offline messages, which go
-    /// through [`StoreHandle::call`] and are acknowledged only once committed.
+    /// It is committed with the batch it lands in, within 20 ms and before any call queued
+    /// after it runs. A failed write is logged: history is a convenience, unlike offline
+    /// messages, which go through [`StoreHandle::call`] and are acknowledged only once
+    /// committed.
     pub fn record(&self, message: Envelope) {
-        if self.jobs.send(Job::History(message)).is_err() {
-            tracing::warn!("history not recorded: the store has shut down");
+        let len = {
+            let mut batch = self.history.lock();
+            batch.push(message);
+            batch.len()
+        };
+        let wake = match len {
+            1 => Some(Job::HistoryStarted),
+            HISTORY_BATCH => Some(Job::HistoryFull),
+            _ => None,
+        };
+        if let Some(job) = wake {
+            if self.jobs.send(job).is_err() {
+                tracing::warn!("history not recorded: the store has shut down");
+            }
         }
     }
 }
 
-fn write_history(store: &mut impl Store, batch: &mut Vec<Envelope>) {
+fn write_history(store: &mut impl Store, batch: Vec<Envelope>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = store.append_history(batch) {
+    if let Err(e) = store.append_history(&batch) {
         tracing::error!(lost = batch.len(), "cannot write message history: {e}");
     }
-    batch.clear();
 }
 
 #[cfg(test)]

@@ -6,13 +6,13 @@
 //! registration an unknown name costs the same hashing work and gets the same reply as a
 //! wrong password.
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::internal;
 use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
 use crate::server::hub::{DirectAddrs, Peer};
+use crate::server::inbox::{inbox, InboxReceiver};
 use crate::server::lockout::Attempt;
 use crate::server::{password, Shared};
 use crate::store::StoredMessage;
@@ -27,7 +27,7 @@ pub(in crate::server) struct LoggedIn {
     /// Whether this login created the account.
     pub created: bool,
     /// Frames other sessions queued for this one.
-    pub rx: mpsc::Receiver<bytes::Bytes>,
+    pub rx: InboxReceiver,
     /// Cancelled by the hub when `rx` overflows.
     pub kick: CancellationToken,
     /// The hub's id of this session.
@@ -126,7 +126,7 @@ async fn join(
     created: bool,
     direct: Option<DirectAddrs>,
 ) -> Result<LoggedIn, ErrorReply> {
-    let (tx, rx) = mpsc::channel(shared.config.session_queue);
+    let (tx, rx) = inbox(shared.config.session_queue);
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
     let (peer, kick) = Peer::new(tx, since, session);

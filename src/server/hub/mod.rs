@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::{InboxSender, TrySendError};
 use super::private::PendingRequests;
 
 mod groups;
@@ -62,7 +63,7 @@ pub struct DirectAddrs {
 /// A live session as the hub sees it.
 pub struct Peer {
     /// Encoded frames for this session's socket.
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: InboxSender,
     /// When the session logged in.
     pub since: Timestamp,
     /// Unique id of this session (see [`Hub::new_session_id`]).
@@ -77,11 +78,7 @@ pub struct Peer {
 
 impl Peer {
     /// A peer with an empty overflow that takes no direct connections.
-    pub fn new(
-        tx: mpsc::Sender<Bytes>,
-        since: Timestamp,
-        session: u64,
-    ) -> (Self, CancellationToken) {
+    pub fn new(tx: InboxSender, since: Timestamp, session: u64) -> (Self, CancellationToken) {
         let kick = CancellationToken::new();
         let peer =
             Self { tx, since, session, kick: kick.clone(), overflow: Vec::new(), direct: None };
@@ -103,12 +100,12 @@ impl Peer {
         }
         match self.tx.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+            Err(TrySendError::Full(frame)) => {
                 self.kick.cancel();
                 self.overflow.push(frame);
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     }
 }
@@ -507,17 +504,14 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::inbox::{inbox, InboxReceiver};
 
     fn hub() -> Hub {
         Hub::new(["alice", "bob"].map(String::from), [], [])
     }
 
-    fn join(
-        hub: &Hub,
-        name: &str,
-        queue: usize,
-    ) -> (mpsc::Receiver<Bytes>, CancellationToken, u64) {
-        let (tx, rx) = mpsc::channel(queue);
+    fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, CancellationToken, u64) {
+        let (tx, rx) = inbox(queue);
         let session = hub.new_session_id();
         let (peer, kick) = Peer::new(tx, 0, session);
         hub.join(name, peer).unwrap();
@@ -527,7 +521,7 @@ mod tests {
     #[test]
     fn a_full_queue_kicks_and_overflow_keeps_order_until_leave() {
         let hub = hub();
-        let (mut rx, kick, session) = join(&hub, "bob", 2);
+        let (rx, kick, session) = join(&hub, "bob", 2);
         for i in 0..5u8 {
             let routed = hub.deliver("alice", "bob", Bytes::from(vec![i]), || ()).unwrap();
             assert!(matches!(routed, Routed::Online));
@@ -536,9 +530,7 @@ mod tests {
         let left = hub
             .leave("bob", session, None, 0, |peer| {
                 let mut all = Vec::new();
-                while let Ok(f) = rx.try_recv() {
-                    all.push(f[0]);
-                }
+                all.extend(rx.take().iter().map(|f| f[0]));
                 all.extend(peer.overflow.iter().map(|f| f[0]));
                 all
             })
@@ -552,7 +544,7 @@ mod tests {
     fn one_session_per_user_unless_the_old_one_died() {
         let hub = hub();
         let (rx, _kick, _) = join(&hub, "bob", 4);
-        let (tx, _rx2) = mpsc::channel(4);
+        let (tx, _rx2) = inbox(4);
         let err = hub.join("bob", Peer::new(tx.clone(), 0, 99).0).unwrap_err();
         assert_eq!(err.code, ErrorCode::AlreadyLoggedIn);
         drop(rx); // the session task is gone without leaving
