@@ -107,12 +107,7 @@ async fn round_trip(a: &mut Side, b: &mut Side, name: &str, data: &[u8]) -> Path
     let source = tempfile::tempdir().unwrap();
     let path = write_file(source.path(), name, data);
     introduce(a, b, &path);
-    let saved = b
-        .until(|e| match e {
-            TransferEvent::Received { path, .. } => Some(path.clone()),
-            _ => None,
-        })
-        .await;
+    let saved = b.received().await;
     a.until(|e| matches!(e, TransferEvent::Sent { .. }).then_some(())).await;
     saved
 }
@@ -193,12 +188,7 @@ async fn forged_and_stray_datagrams_are_dropped_and_counted() {
     mallory.send_to(&out, bob.addr()).unwrap();
 
     bob.transfers.accept(transfer.id);
-    let saved = bob
-        .until(|e| match e {
-            TransferEvent::Received { path, .. } => Some(path.clone()),
-            _ => None,
-        })
-        .await;
+    let saved = bob.received().await;
     alice.until(|e| matches!(e, TransferEvent::Sent { .. }).then_some(())).await;
     assert!(std::fs::read(saved).unwrap() == data);
     let bob_stats = bob.transfers.stats();
@@ -238,12 +228,7 @@ async fn an_interrupted_transfer_resumes_from_the_part_file() {
         })
         .await;
     assert_eq!(resumed, expected, "the sender starts after what bob has");
-    let saved = bob
-        .until(|e| match e {
-            TransferEvent::Received { path, .. } => Some(path.clone()),
-            _ => None,
-        })
-        .await;
+    let saved = bob.received().await;
     assert!(std::fs::read(saved).unwrap() == data);
     assert!(!part.exists(), "the part file became the file");
 }
@@ -362,6 +347,15 @@ async fn several_transfers_run_at_once_in_both_directions() {
 }
 
 impl Side {
+    /// Waits for a file to arrive; returns where it was saved.
+    async fn received(&mut self) -> PathBuf {
+        self.until(|e| match e {
+            TransferEvent::Received { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     async fn until_failure(&mut self) -> TransferError {
         loop {
             match self.next().await {
