@@ -566,6 +566,8 @@ impl Engine {
                         ReceiverEvent::Verified => {
                             let saved = save(file.take(), part, &self.config.download_dir, &t);
                             receiver.confirm(now, saved.clone().map(|_| ()));
+                            // Done; the machine only lingers to repeat its `Done`.
+                            self.table.remove(t.id);
                             events.push(match saved {
                                 Ok(path) => TransferEvent::Received { transfer: t, path },
                                 Err(error) => TransferEvent::Failed { transfer: t, error },
