@@ -72,7 +72,11 @@ async fn start_server(db: &Path) -> (Proc, String) {
 
 /// A `confab --plain` client that has logged in as `user`.
 async fn logged_in(addr: &str, user: &str, password: &str) -> Proc {
-    let mut proc = client(addr, user, password);
+    logged_in_with(addr, user, password, &[]).await
+}
+
+async fn logged_in_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
+    let mut proc = client_with(addr, user, password, extra);
     proc.expect(&format!("logged in as {user}")).await;
     proc
 }
@@ -317,11 +321,9 @@ async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
     let downloads = dir.path().join("downloads");
     std::fs::create_dir(&downloads).unwrap();
     let download_dir = downloads.to_str().unwrap();
-    let mut bob = client_with(&addr, "bob", "builder", &["--download-dir", download_dir]);
-    bob.expect("logged in as bob").await;
-    let mut carol =
-        client_with(&addr, "carol", "singer", &["--download-dir", download_dir, "--auto-accept"]);
-    carol.expect("logged in as carol").await;
+    let mut bob = logged_in_with(&addr, "bob", "builder", &["--download-dir", download_dir]).await;
+    let carol_args = ["--download-dir", download_dir, "--auto-accept"];
+    let mut carol = logged_in_with(&addr, "carol", "singer", &carol_args).await;
     let mut alice = logged_in(&addr, "alice", "wonderland").await;
     let clip = dir.path().join("clip.mp4");
     let data: Vec<u8> =

@@ -534,11 +534,8 @@ impl Bars {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
                 let bar = self.multi.add(ProgressBar::new(transfer.size).with_style(style));
-                let arrow = match transfer.direction {
-                    confab::p2p::transfer::Direction::Send => "↑",
-                    confab::p2p::transfer::Direction::Receive => "↓",
-                };
-                bar.set_prefix(format!("{arrow} {}", format::sanitize(&transfer.name)));
+                let (arrow, name) = (transfer.direction.arrow(), format::sanitize(&transfer.name));
+                bar.set_prefix(format!("{arrow} {name}"));
                 bar.set_position(*resume_from);
                 bar.reset_eta();
                 self.bars.insert(transfer.id, bar);

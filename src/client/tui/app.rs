@@ -12,7 +12,7 @@ use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
 use crate::client::command::{self, Command, FileCommand};
 use crate::client::{format, ClientEvent};
-use crate::p2p::transfer::{Direction, IncomingFile, Transfer, TransferEvent, TransferId};
+use crate::p2p::transfer::{IncomingFile, Transfer, TransferEvent, TransferId};
 use crate::p2p::PrivateEvent;
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, Introduction, OnlineUser, PresenceChange, Reply,
@@ -347,9 +347,8 @@ impl App {
         self.transfers
             .values()
             .map(|(t, done)| {
-                let arrow = if t.direction == Direction::Send { '↑' } else { '↓' };
                 let percent = (done * 100).checked_div(t.size).unwrap_or(100);
-                format!("{arrow}{} {percent}%", format::sanitize(&t.name))
+                format!("{}{} {percent}%", t.direction.arrow(), format::sanitize(&t.name))
             })
             .collect()
     }

@@ -95,6 +95,16 @@ pub enum Direction {
     Receive,
 }
 
+impl Direction {
+    /// The arrow progress displays put before a transfer's name.
+    pub fn arrow(self) -> char {
+        match self {
+            Direction::Send => '↑',
+            Direction::Receive => '↓',
+        }
+    }
+}
+
 /// One transfer, as the user knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
@@ -393,6 +403,50 @@ enum Machine {
     Receive { receiver: Box<Receiver>, part: PathBuf, file: Option<File> },
 }
 
+impl Machine {
+    fn handle(&mut self, now: Instant, packet: Packet<'_>) {
+        match self {
+            Machine::Send { sender, .. } => sender.handle(now, packet),
+            Machine::Receive { receiver, .. } => receiver.handle(now, packet),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Machine::Send { sender, .. } => sender.handle_timeout(now),
+            Machine::Receive { receiver, .. } => receiver.handle_timeout(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::Send { sender, .. } => sender.poll_timeout(),
+            Machine::Receive { receiver, .. } => receiver.poll_timeout(),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        match self {
+            Machine::Send { sender, .. } => sender.poll_transmit(now, out),
+            Machine::Receive { receiver, .. } => receiver.poll_transmit(now, out),
+        }
+    }
+
+    fn cancel(&mut self) {
+        match self {
+            Machine::Send { sender, .. } => sender.cancel(),
+            Machine::Receive { receiver, .. } => receiver.cancel(),
+        }
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        match self {
+            Machine::Send { sender, .. } => sender.progress(),
+            Machine::Receive { receiver, .. } => receiver.progress(),
+        }
+    }
+}
+
 struct Running {
     transfer: Transfer,
     peer: SocketAddr,
@@ -402,6 +456,13 @@ struct Running {
     started: bool,
     reported: Option<(Instant, u64)>,
     over: bool,
+}
+
+impl Running {
+    fn new(transfer: Transfer, peer: SocketAddr, token: Token, machine: Machine) -> Self {
+        let peer = normalize(peer);
+        Self { transfer, peer, token, machine, started: false, reported: None, over: false }
+    }
 }
 
 struct Expected {
@@ -478,10 +539,7 @@ impl Engine {
         }
         // Every handle is gone: cancel what runs, tell the peers, and stop.
         for running in self.running.values_mut() {
-            match &mut running.machine {
-                Machine::Send { sender, .. } => sender.cancel(),
-                Machine::Receive { receiver, .. } => receiver.cancel(),
-            }
+            running.machine.cancel()
         }
         self.turn().await;
     }
@@ -491,10 +549,7 @@ impl Engine {
         let now = Instant::now();
         self.expected.retain(|e| e.until > now);
         for running in self.running.values_mut() {
-            match &mut running.machine {
-                Machine::Send { sender, .. } => sender.handle_timeout(now),
-                Machine::Receive { receiver, .. } => receiver.handle_timeout(now),
-            }
+            running.machine.handle_timeout(now)
         }
         let ids: Vec<TransferId> = self.running.keys().copied().collect();
         for id in &ids {
@@ -605,13 +660,7 @@ impl Engine {
                     break;
                 };
                 let peer = running.peer;
-                let more = budget > 0
-                    && match &mut running.machine {
-                        Machine::Send { sender, .. } => sender.poll_transmit(now, &mut self.out),
-                        Machine::Receive { receiver, .. } => {
-                            receiver.poll_transmit(now, &mut self.out)
-                        }
-                    };
+                let more = budget > 0 && running.machine.poll_transmit(now, &mut self.out);
                 if !more {
                     self.flush(peer, segment, count).await;
                     break;
@@ -726,10 +775,7 @@ impl Engine {
             self.counters.forged.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match &mut running.machine {
-            Machine::Send { sender, .. } => sender.handle(now, packet),
-            Machine::Receive { receiver, .. } => receiver.handle(now, packet),
-        }
+        running.machine.handle(now, packet)
     }
 
     /// A first `Offer`: let it in only if the server announced exactly it.
@@ -765,15 +811,7 @@ impl Engine {
         let have = std::fs::metadata(&part).map_or(0, |m| m.len());
         let receiver = Receiver::new(header, size, chunk_size, self.config.receiver.clone(), now);
         let machine = Machine::Receive { receiver: Box::new(receiver), part, file: None };
-        let running = Running {
-            transfer,
-            peer: from,
-            token: header.token,
-            machine,
-            started: false,
-            reported: None,
-            over: false,
-        };
+        let running = Running::new(transfer, from, header.token, machine);
         let resume_from = resume_point(have, size, chunk_size);
         let event = TransferEvent::Offered { transfer: running.transfer.clone(), resume_from };
         self.table.insert(&running.transfer, false);
@@ -796,15 +834,7 @@ impl Engine {
                 let config = self.config.sender.clone();
                 let sender = Sender::new(header, &transfer.name, transfer.size, config, now);
                 let machine = Machine::Send { sender: Box::new(sender), file };
-                let running = Running {
-                    transfer,
-                    peer: normalize(addr),
-                    token,
-                    machine,
-                    started: false,
-                    reported: None,
-                    over: false,
-                };
+                let running = Running::new(transfer, addr, token, machine);
                 self.running.insert(running.transfer.id, running);
             }
             Command::Accept(id) => self.accept(id),
@@ -819,10 +849,7 @@ impl Engine {
                 let Some(running) = self.running.get_mut(&id) else {
                     return;
                 };
-                match &mut running.machine {
-                    Machine::Send { sender, .. } => sender.cancel(),
-                    Machine::Receive { receiver, .. } => receiver.cancel(),
-                }
+                running.machine.cancel()
             }
         }
     }
@@ -854,10 +881,7 @@ impl Engine {
 
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let machines = self.running.values().filter_map(|r| match &r.machine {
-            Machine::Send { sender, .. } => sender.poll_timeout(),
-            Machine::Receive { receiver, .. } => receiver.poll_timeout(),
-        });
+        let machines = self.running.values().filter_map(|r| r.machine.poll_timeout());
         let expiries = self.expected.iter().map(|e| e.until);
         let progress =
             self.running.values().filter_map(|r| r.reported.map(|(at, _)| at + PROGRESS_INTERVAL));
@@ -923,10 +947,7 @@ fn progress_event(running: &mut Running, now: Instant) -> Option<TransferEvent> 
     if !running.started {
         return None;
     }
-    let (done, total) = match &running.machine {
-        Machine::Send { sender, .. } => sender.progress(),
-        Machine::Receive { receiver, .. } => receiver.progress(),
-    };
+    let (done, total) = running.machine.progress();
     let due = match running.reported {
         None => true,
         Some((at, last)) => done != last && (done == total || now >= at + PROGRESS_INTERVAL),

@@ -401,10 +401,8 @@ impl Sender {
     }
 
     fn accept(&mut self, resume_from: u64, window: u32) {
-        self.resume = (resume_from.min(self.size) / self.chunk).min(self.chunks);
-        if resume_from >= self.size {
-            self.resume = self.chunks;
-        }
+        // Whole chunks only; all of them when the receiver has the whole file.
+        self.resume = if resume_from >= self.size { self.chunks } else { resume_from / self.chunk };
         self.base = self.resume;
         self.next_new = self.resume;
         self.acked_bytes = (self.resume * self.chunk).min(self.size);
