@@ -117,3 +117,6 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
