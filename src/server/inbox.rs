@@ -6,11 +6,16 @@
 //! takes everything queued with one lock ([`InboxReceiver::take`]) instead of one atomic
 //! handshake per frame. The queue's memory is handed to the receiver with the frames, so an
 //! inbox that has been drained holds none.
+//!
+//! The inbox also carries the [`Signal`]s that end a session from outside: an inbox that
+//! overflows marks its session too slow, and the server marks every inbox at shutdown. So a
+//! logged-in session waits on two things only, its inbox and its socket, and keeps no
+//! cancellation waiters of its own.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -18,7 +23,13 @@ use futures_util::task::AtomicWaker;
 /// Creates an inbox holding at most `capacity` frames.
 pub fn inbox(capacity: usize) -> (InboxSender, InboxReceiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { frames: VecDeque::new(), capacity, open: true }),
+        state: Mutex::new(State {
+            frames: VecDeque::new(),
+            capacity,
+            open: true,
+            too_slow: false,
+            shutdown: false,
+        }),
         waker: AtomicWaker::new(),
     });
     (InboxSender { shared: shared.clone() }, InboxReceiver { shared })
@@ -33,6 +44,15 @@ pub struct InboxSender {
 /// The session side of an inbox. Dropping it closes the inbox.
 pub struct InboxReceiver {
     shared: Arc<Shared>,
+}
+
+/// Why a session must end, as its inbox tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The server is shutting down.
+    Shutdown,
+    /// The inbox overflowed: the session reads too slowly for what is sent to it.
+    TooSlow,
 }
 
 /// Why [`InboxSender::try_send`] did not queue a frame.
@@ -53,6 +73,8 @@ struct State {
     frames: VecDeque<Bytes>,
     capacity: usize,
     open: bool,
+    too_slow: bool,
+    shutdown: bool,
 }
 
 impl Shared {
@@ -63,20 +85,30 @@ impl Shared {
 }
 
 impl InboxSender {
-    /// Queues `frame` and wakes the receiver, unless the inbox is full or closed.
+    /// Queues `frame` and wakes the receiver, unless the inbox is full or closed. A full
+    /// inbox also signals [`Signal::TooSlow`].
     pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
-        {
+        let result = {
             let mut state = self.shared.state();
             if !state.open {
                 return Err(TrySendError::Closed);
             }
             if state.frames.len() >= state.capacity {
-                return Err(TrySendError::Full(frame));
+                state.too_slow = true;
+                Err(TrySendError::Full(frame))
+            } else {
+                state.frames.push_back(frame);
+                Ok(())
             }
-            state.frames.push_back(frame);
-        }
+        };
         self.shared.waker.wake();
-        Ok(())
+        result
+    }
+
+    /// Tells the receiver that the server is shutting down.
+    pub fn shut_down(&self) {
+        self.shared.state().shutdown = true;
+        self.shared.waker.wake();
     }
 
     /// Whether the receiver has been dropped.
@@ -86,17 +118,33 @@ impl InboxSender {
 }
 
 impl InboxReceiver {
-    /// Waits until at least one frame is queued. Cancel-safe: it takes nothing.
+    /// Ready once a frame or a signal is waiting; takes nothing. When pending, the task of
+    /// `cx` is woken by the next frame or signal.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.waker.register(cx.waker());
+        let state = self.shared.state();
+        if state.frames.is_empty() && !state.too_slow && !state.shutdown {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Waits until a frame or a signal is waiting. Cancel-safe: it takes nothing.
     pub async fn ready(&self) {
-        poll_fn(|cx| {
-            self.shared.waker.register(cx.waker());
-            if self.shared.state().frames.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// The signal waiting, if any; shutdown comes first. Signals stay set once sent.
+    pub fn signal(&self) -> Option<Signal> {
+        let state = self.shared.state();
+        if state.shutdown {
+            Some(Signal::Shutdown)
+        } else if state.too_slow {
+            Some(Signal::TooSlow)
+        } else {
+            None
+        }
     }
 
     /// Takes every queued frame, oldest first, leaving the inbox empty.
@@ -120,9 +168,11 @@ mod tests {
         let (tx, rx) = inbox(2);
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         tx.try_send(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(rx.signal(), None);
         assert!(
             matches!(tx.try_send(Bytes::from_static(b"c")), Err(TrySendError::Full(f)) if f == "c")
         );
+        assert_eq!(rx.signal(), Some(Signal::TooSlow));
         assert_eq!(rx.take(), [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
         assert!(rx.take().is_empty());
         tx.try_send(Bytes::from_static(b"d")).unwrap();
@@ -143,5 +193,22 @@ mod tests {
         tx.try_send(Bytes::from_static(b"x")).unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         assert_eq!(got.unwrap().unwrap(), [Bytes::from_static(b"x")]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_wakes_an_empty_inbox_and_outranks_too_slow() {
+        let (tx, rx) = inbox(1);
+        let waiting = tokio::spawn(async move {
+            rx.ready().await;
+            rx
+        });
+        tokio::task::yield_now().await;
+        tx.shut_down();
+        let rx = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        let rx = rx.unwrap().unwrap();
+        assert!(rx.take().is_empty());
+        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        assert!(tx.try_send(Bytes::from_static(b"y")).is_err());
+        assert_eq!(rx.signal(), Some(Signal::Shutdown));
     }
 }

@@ -149,7 +149,9 @@ pub async fn run(
 
     tracing::info!(sessions = tracker.len(), "shutting down");
     drop(listener);
+    // In this order: a session that logs in after the hub tells everyone sees `stop`.
     stop.cancel();
+    shared.hub.shut_down_all();
     tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "some sessions did not finish in time");

@@ -2,25 +2,31 @@
 //!
 //! A connection goes through three phases, each its own function so that the state of each
 //! is plain from the types: the handshake ([`handshake`]), the wait for a successful login
-//! ([`unauthenticated`]) and the logged-in loop ([`authenticated`]). The logged-in loop waits
-//! on five things at once: server shutdown, being kicked as too slow, the idle deadline,
-//! frames queued for this user by other sessions, and the next request from the client.
-//! Replies and queued frames share one output buffer, written with as few syscalls as the
-//! queue allows: the requests that arrived together are all answered before one write, and
-//! everything queued by other sessions goes out with it.
+//! ([`unauthenticated`]) and the logged-in loop ([`logged_in`]), followed by the goodbye
+//! ([`end`]). The phases other than the loop are boxed, so that a logged-in session, which
+//! may sit idle for hours, holds only the loop's small state.
+//!
+//! The logged-in loop waits on three things at once: its inbox (frames queued by other
+//! sessions, and the signals for shutdown and for being too slow), its socket and the idle
+//! deadline. Each wake-up handles everything that is ready, then writes once: queued frames
+//! and the replies to every request read go out together, written directly when the socket
+//! takes them (the usual case) and only otherwise through a timed wait.
 //!
 //! An idle connection holds no buffers: the read buffer is allocated when the socket becomes
 //! readable and freed once every frame in it has been handled, and the output buffer is freed
-//! once written. The waits of the logged-in loop live across iterations (the idle deadline
-//! is only re-armed when it fires), so a request costs no timer or cancellation bookkeeping.
+//! once written. The idle deadline is only re-armed when it fires, so a request costs no
+//! timer bookkeeping.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use std::future::{poll_fn, Future};
+use std::io::ErrorKind;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::Decoder;
@@ -28,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
 use super::hub::DirectAddrs;
+use super::inbox::Signal;
 use super::Shared;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
@@ -57,14 +64,21 @@ pub(super) async fn serve(
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
     let mut conn = Conn::new(socket, &shared);
-    if !handshake(&mut conn, full).await {
+    if !Box::pin(handshake(&mut conn, full)).await {
         return;
     }
-    let Some(me) = unauthenticated(&mut conn, &shared, &stop, addr).await else {
+    let Some(me) = Box::pin(unauthenticated(&mut conn, &shared, &stop, addr)).await else {
         return;
     };
     tracing::info!(%addr, user = %me.name, "logged in");
-    authenticated(conn, &shared, &stop, me).await;
+    // The hub tells the sessions logged in when the server stops; one that logged in just
+    // after that sees the token instead.
+    let ending = if stop.is_cancelled() {
+        Ending::Shutdown
+    } else {
+        logged_in(&mut conn, &shared, &me).await
+    };
+    Box::pin(end(conn, &shared, me, ending)).await;
 }
 
 /// What the client sent next, already sorted into what to do about it.
@@ -82,87 +96,81 @@ type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>;
 
 /// The socket of one client, with its read and output buffers (empty while idle).
 struct Conn {
-    reader: OwnedReadHalf,
+    socket: TcpStream,
     input: BytesMut,
     codec: ServerCodec,
-    writer: OwnedWriteHalf,
     out: BytesMut,
     write_timeout: Duration,
 }
 
+/// What one read from the socket gave.
+enum Filled {
+    /// Bytes were added to the read buffer, or there were none to read after all.
+    Data,
+    /// The client closed the connection; `None` if cleanly, between frames.
+    Closed(Option<CodecError>),
+}
+
 impl Conn {
     fn new(socket: TcpStream, shared: &Shared) -> Self {
-        let (reader, writer) = socket.into_split();
         Self {
-            reader,
+            socket,
             input: BytesMut::new(),
             codec: ServerCodec::new(shared.config.max_frame),
-            writer,
             out: BytesMut::new(),
             write_timeout: shared.config.write_timeout,
         }
     }
 
-    /// The next frame; `None` once the client has closed the connection. Cancel-safe: bytes
-    /// are only read when they can be kept, and the buffer is allocated only when readable.
-    async fn read(&mut self) -> Option<Read> {
-        loop {
-            match self.codec.decode(&mut self.input) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            if self.input.is_empty() && self.input.capacity() > 0 {
-                self.input = BytesMut::new();
-            }
-            if let Err(e) = self.reader.readable().await {
-                return Some(Err(e.into()));
-            }
-            self.input.reserve(READ_CHUNK);
-            match self.reader.try_read_buf(&mut self.input) {
-                Ok(0) if self.input.is_empty() => return None,
-                Ok(0) => {
-                    let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut short");
-                    return Some(Err(e.into()));
+    /// The next whole frame in the read buffer, if there is one.
+    fn decode(&mut self) -> Option<Read> {
+        match self.codec.decode(&mut self.input) {
+            Ok(Some(frame)) => Some(Ok(frame)),
+            Ok(None) => {
+                if self.input.is_empty() && self.input.capacity() > 0 {
+                    self.input = BytesMut::new();
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Some(Err(e.into())),
+                None
             }
+            Err(e) => Some(Err(e)),
         }
     }
 
-    /// Whether a whole frame is waiting in the read buffer, so that answering it needs no
-    /// read and the output can wait for its reply.
-    fn frame_buffered(&self) -> bool {
-        let Some(header) = self.input.get(..codec::HEADER_LEN) else {
-            return false;
-        };
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        self.input.len() >= codec::HEADER_LEN + len
+    /// Reads what the socket has, without waiting. The buffer is only allocated here, when
+    /// the socket is readable.
+    fn fill(&mut self) -> Filled {
+        self.input.reserve(READ_CHUNK);
+        match self.socket.try_read_buf(&mut self.input) {
+            Ok(0) if self.input.is_empty() => Filled::Closed(None),
+            Ok(0) => {
+                let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
+                Filled::Closed(Some(e.into()))
+            }
+            Ok(_) => Filled::Data,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Filled::Data,
+            Err(e) => Filled::Closed(Some(e.into())),
+        }
+    }
+
+    /// The next frame; `None` once the client has closed the connection. Cancel-safe: bytes
+    /// are only read when they can be kept.
+    async fn read(&mut self) -> Option<Read> {
+        loop {
+            if let Some(read) = self.decode() {
+                return Some(read);
+            }
+            if let Err(e) = self.socket.readable().await {
+                return Some(Err(e.into()));
+            }
+            if let Filled::Closed(error) = self.fill() {
+                return error.map(Err);
+            }
+        }
     }
 
     /// The next frame from the client. Cancel-safe: nothing is written here.
     async fn next(&mut self) -> Incoming {
-        match self.read().await {
-            None => Incoming::Closed,
-            Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
-            Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
-                ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
-                false,
-            ),
-            Some(Ok(Err(malformed))) => Incoming::Bad(
-                ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()),
-                false,
-            ),
-            Some(Err(e @ CodecError::TooLarge { .. })) => {
-                Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
-            }
-            Some(Err(e)) => {
-                tracing::debug!("connection failed: {e}");
-                Incoming::Closed
-            }
-        }
+        sort(self.read().await)
     }
 
     fn queue(&mut self, msg: &ServerMessage) {
@@ -182,10 +190,22 @@ impl Conn {
     }
 
     async fn flush_within(&mut self, limit: Duration) -> bool {
-        if self.out.is_empty() {
-            return true;
+        // Most writes fit in the socket's buffer: try without waiting first.
+        while !self.out.is_empty() {
+            match self.socket.try_write(&self.out) {
+                Ok(n) if n > 0 => self.out.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Ok(_) | Err(_) => {
+                    self.out = BytesMut::new();
+                    return false;
+                }
+            }
         }
-        let ok = matches!(timeout(limit, self.writer.write_all(&self.out)).await, Ok(Ok(())));
+        let ok = self.out.is_empty()
+            || matches!(
+                Box::pin(timeout(limit, self.socket.write_all(&self.out))).await,
+                Ok(Ok(()))
+            );
         // Freed rather than kept: an idle session holds no output buffer.
         self.out = BytesMut::new();
         ok
@@ -201,6 +221,28 @@ impl Conn {
     async fn send(&mut self, msg: &ServerMessage) -> bool {
         self.queue(msg);
         self.flush().await
+    }
+}
+
+/// Sorts what a read gave into what to do about it.
+fn sort(read: Option<Read>) -> Incoming {
+    match read {
+        None => Incoming::Closed,
+        Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
+        Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
+            ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
+            false,
+        ),
+        Some(Ok(Err(malformed))) => {
+            Incoming::Bad(ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()), false)
+        }
+        Some(Err(e @ CodecError::TooLarge { .. })) => {
+            Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
+        }
+        Some(Err(e)) => {
+            tracing::debug!("connection failed: {e}");
+            Incoming::Closed
+        }
     }
 }
 
@@ -348,74 +390,92 @@ enum Ending {
     Dropped,
 }
 
-/// The logged-in loop.
-async fn authenticated(
-    mut conn: Conn,
-    shared: &Shared,
-    stop: &CancellationToken,
-    mut me: LoggedIn,
-) {
+/// The logged-in loop; returns why it ended, with anything still to write in `conn.out`.
+async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
     let idle = shared.config.idle_timeout;
     let mut active = Instant::now();
-    // These waits live across iterations: making them afresh for every request would
-    // register and drop a timer and two cancellation waiters each time.
-    let shutdown = stop.clone().cancelled_owned();
-    let kicked = me.kick.clone().cancelled_owned();
+    // Armed once and only moved when it fires: resetting it per request would cost a timer
+    // update each time.
     let idle_timer = sleep_until(active + idle);
-    tokio::pin!(shutdown, kicked, idle_timer);
-    let ending = loop {
-        // Unbiased: a flood of incoming frames must not starve the client's own requests,
-        // nor the other way round.
-        let incoming = tokio::select! {
-            _ = &mut shutdown => break Ending::Shutdown,
-            _ = &mut kicked => break Ending::TooSlow,
-            _ = &mut idle_timer => {
-                // The timer was armed for an earlier deadline; requests since have moved it.
-                let deadline = active + idle;
-                if Instant::now() >= deadline {
-                    break Ending::Idle;
-                }
-                idle_timer.as_mut().reset(deadline);
-                continue;
+    tokio::pin!(idle_timer);
+    loop {
+        // Everything that is ready is handled in this pass, so neither a flood of incoming
+        // frames nor the client's own requests can starve the other.
+        let (inbox, socket, timer) = poll_fn(|cx| {
+            let inbox = me.rx.poll_ready(cx).is_ready();
+            let socket = conn.socket.poll_read_ready(cx);
+            let timer = idle_timer.as_mut().poll(cx).is_ready();
+            if inbox || socket.is_ready() || timer {
+                Poll::Ready((inbox, socket, timer))
+            } else {
+                Poll::Pending
             }
-            _ = me.rx.ready() => {
-                let frames = me.rx.take();
-                conn.out.reserve(frames.iter().map(Bytes::len).sum());
-                for frame in frames {
-                    conn.out.extend_from_slice(&frame);
-                }
-                if !conn.frame_buffered() && !conn.flush().await {
-                    break Ending::Dropped;
-                }
-                continue;
+        })
+        .await;
+        if timer {
+            // The timer was armed for an earlier deadline; requests since have moved it.
+            let deadline = active + idle;
+            if Instant::now() >= deadline {
+                return Ending::Idle;
             }
-            incoming = conn.next() => incoming,
-        };
-        active = Instant::now();
-        let (id, request) = match incoming {
-            Incoming::Closed => break Ending::Dropped,
-            Incoming::Bad(err, fatal) => {
-                conn.reply(0, Err(err));
-                if !conn.flush().await || fatal {
-                    break Ending::Dropped;
-                }
-                continue;
-            }
-            Incoming::Request(id, request) => (id, request),
-        };
-        if let Request::Logout = request {
-            // Logout is not a command of its own: it ends this loop.
-            conn.reply(id, Ok(Reply::LoggedOut));
-            break Ending::LoggedOut;
+            idle_timer.as_mut().reset(deadline);
         }
-        let result = cmd::dispatch(shared, &me.name, request).await;
-        conn.reply(id, result);
-        // Requests that came together are answered together, in one write.
-        if !conn.frame_buffered() && !conn.flush().await {
-            break Ending::Dropped;
+        if inbox {
+            match me.rx.signal() {
+                Some(Signal::Shutdown) => return Ending::Shutdown,
+                Some(Signal::TooSlow) => return Ending::TooSlow,
+                None => {}
+            }
+            let frames = me.rx.take();
+            conn.out.reserve(frames.iter().map(Bytes::len).sum());
+            for frame in frames {
+                conn.out.extend_from_slice(&frame);
+            }
         }
-    };
+        match socket {
+            Poll::Ready(Ok(())) => {
+                if let Filled::Closed(_) = conn.fill() {
+                    return Ending::Dropped;
+                }
+                // Requests that came together are answered together, in one write.
+                while let Some(read) = conn.decode() {
+                    active = Instant::now();
+                    match sort(Some(read)) {
+                        Incoming::Request(id, Request::Logout) => {
+                            // Logout is not a command of its own: it ends this loop.
+                            conn.reply(id, Ok(Reply::LoggedOut));
+                            return Ending::LoggedOut;
+                        }
+                        Incoming::Request(id, request) => {
+                            // Boxed: the handlers' futures are only alive during a request.
+                            let result = Box::pin(cmd::dispatch(shared, &me.name, request)).await;
+                            conn.reply(id, result);
+                        }
+                        Incoming::Bad(err, fatal) => {
+                            conn.reply(0, Err(err));
+                            if fatal {
+                                return Ending::Dropped;
+                            }
+                        }
+                        Incoming::Closed => return Ending::Dropped,
+                    }
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!("connection failed: {e}");
+                return Ending::Dropped;
+            }
+            Poll::Pending => {}
+        }
+        if !conn.flush().await {
+            return Ending::Dropped;
+        }
+    }
+}
 
+/// Ends a logged-in session: takes the user offline, then writes what is still queued (or
+/// keeps it for the next login if the client cannot take it) and the goodbye.
+async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) {
     let presence = match ending {
         Ending::LoggedOut => Some(PresenceChange::LoggedOut),
         Ending::Idle => Some(PresenceChange::TimedOut),
@@ -443,7 +503,7 @@ async fn authenticated(
             log_kept(&me.name, stored.await);
         }
     }
-    let _ = conn.writer.shutdown().await;
+    let _ = conn.socket.shutdown().await;
     tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
 }
 

@@ -7,7 +7,6 @@
 //! wrong password.
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::internal;
 use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
@@ -26,10 +25,8 @@ pub(in crate::server) struct LoggedIn {
     pub name: String,
     /// Whether this login created the account.
     pub created: bool,
-    /// Frames other sessions queued for this one.
+    /// Frames other sessions queued for this one, and the signals that end this session.
     pub rx: InboxReceiver,
-    /// Cancelled by the hub when `rx` overflows.
-    pub kick: CancellationToken,
     /// The hub's id of this session.
     pub session: u64,
     /// The login-history row of this session.
@@ -129,8 +126,8 @@ async fn join(
     let (tx, rx) = inbox(shared.config.session_queue);
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
-    let (peer, kick) = Peer::new(tx, since, session);
-    let invitations = shared.hub.join(&name, peer.with_direct(direct))?;
+    let peer = Peer::new(tx, since, session).with_direct(direct);
+    let invitations = shared.hub.join(&name, peer)?;
     let key = name.clone();
     let stored = shared
         .store
@@ -138,7 +135,7 @@ async fn join(
         .await;
     match stored {
         Ok((history_row, offline)) => {
-            Ok(LoggedIn { name, created, rx, kick, session, history_row, offline, invitations })
+            Ok(LoggedIn { name, created, rx, session, history_row, offline, invitations })
         }
         Err(e) => {
             shared.hub.leave(&name, session, None, now_ms(), drop);

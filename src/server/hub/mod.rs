@@ -3,7 +3,7 @@
 //! Sessions share one [`Hub`]. Each online user has a bounded queue of encoded frames that
 //! its session task drains onto the socket; routing a message is a lookup and a `try_send`
 //! under a short lock, and a fan-out encodes its frame once and shares the bytes. A session
-//! whose queue is full is not waited for: it is kicked (its `kick` token is cancelled) and
+//! whose queue is full is not waited for: it is kicked (its inbox signals it as too slow) and
 //! further frames wait in its `overflow` until it leaves, so one slow reader never stalls
 //! anyone. A leaving session collects its queue and overflow under the same lock that routes
 //! (see [`Hub::leave`]), so whatever it keeps for the next login is ordered before any
@@ -68,8 +68,6 @@ pub struct Peer {
     pub since: Timestamp,
     /// Unique id of this session (see [`Hub::new_session_id`]).
     pub session: u64,
-    /// Cancelled to make the session end because it reads too slowly.
-    pub kick: CancellationToken,
     /// Frames that arrived after the queue filled up, oldest first.
     pub overflow: Vec<Bytes>,
     /// Where the client takes direct connections, if it announced it at login.
@@ -78,11 +76,8 @@ pub struct Peer {
 
 impl Peer {
     /// A peer with an empty overflow that takes no direct connections.
-    pub fn new(tx: InboxSender, since: Timestamp, session: u64) -> (Self, CancellationToken) {
-        let kick = CancellationToken::new();
-        let peer =
-            Self { tx, since, session, kick: kick.clone(), overflow: Vec::new(), direct: None };
-        (peer, kick)
+    pub fn new(tx: InboxSender, since: Timestamp, session: u64) -> Self {
+        Self { tx, since, session, overflow: Vec::new(), direct: None }
     }
 
     /// The same peer, taking direct connections at `direct`.
@@ -90,7 +85,8 @@ impl Peer {
         Self { direct, ..self }
     }
 
-    /// Queues `frame`; a full queue kicks the peer and keeps the frame in its overflow.
+    /// Queues `frame`; a full queue kicks the peer (the inbox signals it as too slow) and
+    /// keeps the frame in its overflow.
     /// False if the session task is gone (it can only have died, as a live session leaves
     /// the hub before dropping its receiver).
     fn push(&mut self, frame: Bytes) -> bool {
@@ -101,7 +97,6 @@ impl Peer {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(TrySendError::Full(frame)) => {
-                self.kick.cancel();
                 self.overflow.push(frame);
                 true
             }
@@ -290,6 +285,14 @@ impl Hub {
             state.end_request(&from, &to, RequestEnd::PeerLeft);
         }
         Some(then(peer))
+    }
+
+    /// Tells every logged-in session that the server is shutting down. A session that logs
+    /// in after this sees the server's stop token cancelled instead.
+    pub fn shut_down_all(&self) {
+        for peer in self.state().online.values() {
+            peer.tx.shut_down();
+        }
     }
 
     /// Asks `to`, on behalf of `from`, for a private chat that expires at `expires`.
@@ -504,29 +507,28 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::inbox::{inbox, InboxReceiver};
+    use crate::server::inbox::{inbox, InboxReceiver, Signal};
 
     fn hub() -> Hub {
         Hub::new(["alice", "bob"].map(String::from), [], [])
     }
 
-    fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, CancellationToken, u64) {
+    fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, u64) {
         let (tx, rx) = inbox(queue);
         let session = hub.new_session_id();
-        let (peer, kick) = Peer::new(tx, 0, session);
-        hub.join(name, peer).unwrap();
-        (rx, kick, session)
+        hub.join(name, Peer::new(tx, 0, session)).unwrap();
+        (rx, session)
     }
 
     #[test]
     fn a_full_queue_kicks_and_overflow_keeps_order_until_leave() {
         let hub = hub();
-        let (rx, kick, session) = join(&hub, "bob", 2);
+        let (rx, session) = join(&hub, "bob", 2);
         for i in 0..5u8 {
             let routed = hub.deliver("alice", "bob", Bytes::from(vec![i]), || ()).unwrap();
             assert!(matches!(routed, Routed::Online));
         }
-        assert!(kick.is_cancelled());
+        assert_eq!(rx.signal(), Some(Signal::TooSlow));
         let left = hub
             .leave("bob", session, None, 0, |peer| {
                 let mut all = Vec::new();
@@ -543,20 +545,31 @@ mod tests {
     #[test]
     fn one_session_per_user_unless_the_old_one_died() {
         let hub = hub();
-        let (rx, _kick, _) = join(&hub, "bob", 4);
+        let (rx, _) = join(&hub, "bob", 4);
         let (tx, _rx2) = inbox(4);
-        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99).0).unwrap_err();
+        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99)).unwrap_err();
         assert_eq!(err.code, ErrorCode::AlreadyLoggedIn);
         drop(rx); // the session task is gone without leaving
         let routed = hub.deliver("alice", "bob", Bytes::new(), || ()).unwrap();
         assert!(matches!(routed, Routed::Offline(())), "a dead session gets nothing");
-        hub.join("bob", Peer::new(tx, 0, 99).0).unwrap();
+        hub.join("bob", Peer::new(tx, 0, 99)).unwrap();
+    }
+
+    #[test]
+    fn shutdown_reaches_every_online_session() {
+        let hub = hub();
+        let (alice, _) = join(&hub, "alice", 4);
+        let (bob, _) = join(&hub, "bob", 4);
+        assert_eq!(bob.signal(), None);
+        hub.shut_down_all();
+        assert_eq!(alice.signal(), Some(Signal::Shutdown));
+        assert_eq!(bob.signal(), Some(Signal::Shutdown));
     }
 
     #[test]
     fn leave_of_an_old_session_does_not_remove_a_new_one() {
         let hub = hub();
-        let (_rx, _kick, session) = join(&hub, "bob", 4);
+        let (_rx, session) = join(&hub, "bob", 4);
         assert!(hub.leave("bob", session + 1000, None, 0, |_| ()).is_none());
         assert!(hub.is_online("bob"));
     }
