@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     pub store: StoreHandle,
     pub hub: Hub,
     lockout: Mutex<Lockout>,
+    /// Turns at password hashing, one per core.
+    pub hashing: Semaphore,
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ pub async fn run(
     tracing::info!(users = users.len(), %addr, "serving");
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
+        hashing: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         hub: Hub::new(users, blocks, members),
         store: store.clone(),
         config,

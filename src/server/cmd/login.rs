@@ -83,7 +83,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
         .map_err(|e| internal("reading an account", e))?;
     match stored {
         Some(hash) => {
-            let ok = blocking(move || password::verify(&password, &hash)).await?;
+            let ok = hashing(shared, move || password::verify(&password, &hash)).await?;
             if ok {
                 Ok(false)
             } else {
@@ -94,7 +94,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
             Err(ErrorReply::new(ErrorCode::NameTaken, format!("{name} is the name of a group")))
         }
         None if shared.config.open_registration => {
-            let hash = blocking(move || password::hash(&password)).await?;
+            let hash = hashing(shared, move || password::hash(&password)).await?;
             let key = name.to_owned();
             let created = shared
                 .store
@@ -110,7 +110,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
             Ok(true)
         }
         None => {
-            blocking(move || password::verify_dummy(&password)).await?;
+            hashing(shared, move || password::verify_dummy(&password)).await?;
             Err(invalid_credentials())
         }
     }
@@ -144,9 +144,14 @@ async fn join(
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs password hashing `f` on the blocking pool, at most one per core at a time: it is
+/// pure CPU work, and a burst of logins would otherwise grow the pool to hundreds of threads
+/// (and their memory) that only take turns on the same cores.
+async fn hashing<T: Send + 'static>(
+    shared: &Shared,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorReply> {
+    let _turn = shared.hashing.acquire().await.map_err(|e| internal("password hashing", e))?;
     tokio::task::spawn_blocking(f).await.map_err(|e| internal("password hashing", e))
 }
 
