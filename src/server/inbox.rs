@@ -135,6 +135,13 @@ impl InboxReceiver {
         poll_fn(|cx| self.poll_ready(cx)).await
     }
 
+    /// Ready once a signal is waiting (frames do not count). When pending, the task of `cx`
+    /// is woken by the next frame or signal.
+    pub fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<Signal> {
+        self.shared.waker.register(cx.waker());
+        self.signal().map_or(Poll::Pending, Poll::Ready)
+    }
+
     /// The signal waiting, if any; shutdown comes first. Signals stay set once sent.
     pub fn signal(&self) -> Option<Signal> {
         let state = self.shared.state();

@@ -26,7 +26,7 @@ use std::io::ErrorKind;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::Decoder;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
 use super::hub::DirectAddrs;
-use super::inbox::Signal;
+use super::inbox::{InboxReceiver, Signal};
 use super::Shared;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
@@ -140,7 +140,21 @@ impl Conn {
     /// the socket is readable.
     fn fill(&mut self) -> Filled {
         self.input.reserve(READ_CHUNK);
-        match self.socket.try_read_buf(&mut self.input) {
+        let room = self.input.capacity() - self.input.len();
+        // A read that returns less than it had room for has emptied the socket's receive
+        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
+        // saves the read that would otherwise only find the queue empty (one syscall per
+        // wake-up when messages come one at a time). Data that arrives later is a new edge:
+        // tokio only clears readiness that no event has renewed since it was read.
+        let read = self.socket.try_io(Interest::READABLE, || {
+            let n = self.socket.try_read_buf(&mut self.input)?;
+            if n > 0 && n < room {
+                Err(ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match read {
             Ok(0) if self.input.is_empty() => Filled::Closed(None),
             Ok(0) => {
                 let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
@@ -190,25 +204,61 @@ impl Conn {
     }
 
     async fn flush_within(&mut self, limit: Duration) -> bool {
-        // Most writes fit in the socket's buffer: try without waiting first.
-        while !self.out.is_empty() {
-            match self.socket.try_write(&self.out) {
-                Ok(n) if n > 0 => self.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Ok(_) | Err(_) => {
-                    self.out = BytesMut::new();
-                    return false;
-                }
+        let written = match self.write_now() {
+            Ok(false) => {
+                let all = timeout(limit, self.socket.write_all(&self.out));
+                matches!(Box::pin(all).await, Ok(Ok(())))
             }
-        }
-        let ok = self.out.is_empty()
-            || matches!(
-                Box::pin(timeout(limit, self.socket.write_all(&self.out))).await,
-                Ok(Ok(()))
-            );
+            done => done.unwrap_or(false),
+        };
         // Freed rather than kept: an idle session holds no output buffer.
         self.out = BytesMut::new();
-        ok
+        written
+    }
+
+    /// Like [`flush`](Self::flush), but it gives up as soon as `inbox` signals that the
+    /// session must end: a client too slow to read is dropped at once rather than after the
+    /// write timeout, and shutdown does not wait for it either.
+    async fn flush_watching(&mut self, inbox: &InboxReceiver) -> bool {
+        let written = match self.write_now() {
+            Ok(false) => Box::pin(timeout(self.write_timeout, async {
+                loop {
+                    let signalled = poll_fn(|cx| {
+                        if inbox.poll_signal(cx).is_ready() {
+                            Poll::Ready(true)
+                        } else {
+                            // An error shows in the write that follows.
+                            self.socket.poll_write_ready(cx).map(|_| false)
+                        }
+                    })
+                    .await;
+                    match self.write_now() {
+                        _ if signalled => return false,
+                        Ok(false) => {}
+                        done => return done.unwrap_or(false),
+                    }
+                }
+            }))
+            .await
+            .unwrap_or(false),
+            done => done.unwrap_or(false),
+        };
+        self.out = BytesMut::new();
+        written
+    }
+
+    /// Writes what the socket takes without waiting; true once nothing is left. Most writes
+    /// fit in the socket's buffer, so this is usually the whole flush.
+    fn write_now(&mut self) -> std::io::Result<bool> {
+        while !self.out.is_empty() {
+            match self.socket.try_write(&self.out) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Writes a last message (and anything queued before it), briefly: the connection ends next.
@@ -421,10 +471,8 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             idle_timer.as_mut().reset(deadline);
         }
         if inbox {
-            match me.rx.signal() {
-                Some(Signal::Shutdown) => return Ending::Shutdown,
-                Some(Signal::TooSlow) => return Ending::TooSlow,
-                None => {}
+            if let Some(signal) = me.rx.signal() {
+                return signal.into();
             }
             let frames = me.rx.take();
             conn.out.reserve(frames.iter().map(Bytes::len).sum());
@@ -467,8 +515,8 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             }
             Poll::Pending => {}
         }
-        if !conn.flush().await {
-            return Ending::Dropped;
+        if !conn.flush_watching(&me.rx).await {
+            return me.rx.signal().map_or(Ending::Dropped, Ending::from);
         }
     }
 }
@@ -505,6 +553,15 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
     }
     let _ = conn.socket.shutdown().await;
     tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
+}
+
+impl From<Signal> for Ending {
+    fn from(signal: Signal) -> Self {
+        match signal {
+            Signal::Shutdown => Ending::Shutdown,
+            Signal::TooSlow => Ending::TooSlow,
+        }
+    }
 }
 
 impl Ending {
