@@ -62,8 +62,13 @@ impl Proc {
 
 /// Starts the server binary on a free port; returns it and its address.
 async fn start_server(db: &Path) -> (Proc, String) {
+    start_server_with(db, &[]).await
+}
+
+async fn start_server_with(db: &Path, extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
     cmd.args(["--listen", "127.0.0.1:0", "--credentials", CREDENTIALS, "--db"]).arg(db);
+    cmd.args(extra);
     let mut server = Proc::spawn(cmd);
     let line = server.expect("listening on").await;
     let addr = line.rsplit(' ').next().unwrap().to_owned();
@@ -118,6 +123,21 @@ async fn two_plain_clients_chat_through_the_server_binary() {
     bob.expect("the server is shutting down").await;
     assert_eq!(server.exit().await.code(), Some(0));
     assert_eq!(bob.exit().await.code(), Some(7));
+}
+
+#[tokio::test]
+async fn the_server_binary_also_serves_on_several_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    let (mut server, addr) = start_server_with(&db, &["--threads", "3"]).await;
+    let mut bob = logged_in(&addr, "bob", "builder").await;
+    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    alice.send("/msg bob over three threads").await;
+    alice.expect("sent to bob").await;
+    bob.expect("alice: over three threads").await;
+    server.signal(Signal::SIGTERM);
+    bob.expect("the server is shutting down").await;
+    assert_eq!(server.exit().await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -47,6 +47,11 @@ struct Args {
     /// Seconds a private chat request waits for an answer before it expires.
     #[arg(long, env = "CONFAB_PRIVATE_REQUEST_TIMEOUT_SECS", default_value = "60", value_parser = seconds)]
     private_request_timeout_secs: Duration,
+    /// Threads serving connections. One event loop is the cheapest per message; more spread
+    /// the relay over cores. The database and password hashing have threads of their own.
+    #[arg(long, env = "CONFAB_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -95,7 +100,16 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(?config, "settings");
 
-    let runtime = tokio::runtime::Runtime::new()?;
+    // One thread by default: the relay's own work per message is small next to the syscalls,
+    // and a single event loop saves the hand-offs between workers (about a fifth of the CPU
+    // per delivered message in the relay benchmark, docs/BENCHMARKS.md).
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
