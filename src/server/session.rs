@@ -124,16 +124,13 @@ impl Conn {
 
     /// The next whole frame in the read buffer, if there is one.
     fn decode(&mut self) -> Option<Read> {
-        match self.codec.decode(&mut self.input) {
-            Ok(Some(frame)) => Some(Ok(frame)),
-            Ok(None) => {
-                if self.input.is_empty() && self.input.capacity() > 0 {
-                    self.input = BytesMut::new();
-                }
-                None
-            }
-            Err(e) => Some(Err(e)),
+        let read = self.codec.decode(&mut self.input).transpose();
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            // Freed as soon as it is empty, not at the next read: an idle session holds no
+            // read buffer, including right after a read that the next one may be hours away.
+            self.input = BytesMut::new();
         }
+        read
     }
 
     /// Reads what the socket has, without waiting. The buffer is only allocated here, when
