@@ -143,7 +143,7 @@ impl State {
                 continue;
             }
             if let Some(peer) = self.online.get_mut(name) {
-                peer.push(frame.clone());
+                peer.push_ephemeral(frame.clone());
             }
         }
     }
