@@ -121,6 +121,25 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Appends `messages` to the history in one transaction.
+    fn insert_history(&mut self, messages: &[Envelope]) -> StoreResult<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO history (conversation, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for m in messages {
+                let key = match &m.to {
+                    To::User(to) => direct_key(&m.sender, to),
+                    To::Group(name) => group_key(name),
+                };
+                stmt.execute(params![key, m.sender, m.body, m.sent_at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The last `limit` messages of `conversation` sent at or after `since`, oldest first,
     /// leaving out senders whom `viewer` blocks. It reads the index partitions newest first
     /// and stops as soon as it has `limit` messages or reaches one sent before `since`.
@@ -359,22 +378,9 @@ impl Store for SqliteStore {
         // only a power cut can take back the last ones, until the next FULL commit (any other
         // write) or checkpoint makes them durable. Offline messages keep the full guarantee.
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO history (conversation, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for m in messages {
-                let key = match &m.to {
-                    To::User(to) => direct_key(&m.sender, to),
-                    To::Group(name) => group_key(name),
-                };
-                stmt.execute(params![key, m.sender, m.body, m.sent_at])?;
-            }
-        }
-        tx.commit()?;
+        let written = self.insert_history(messages);
         self.conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(())
+        written
     }
 
     fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryMessage>> {
@@ -571,6 +577,18 @@ mod tests {
         // New messages go after every stored one, in the newest partition.
         s.append_history(&[envelope("bob", To::User("alice".into()), "new", 9)]).unwrap();
         assert_eq!(texts(&s.direct_history("alice", "bob", 1).unwrap()), ["new"]);
+    }
+
+    #[test]
+    fn a_failed_history_write_leaves_later_commits_durable() {
+        let mut s = store();
+        s.conn.execute_batch("DROP TABLE history").unwrap();
+        let lost = envelope("alice", To::User("bob".into()), "lost", 1);
+        assert!(s.append_history(&[lost]).is_err());
+        // The history transaction ran with synchronous = NORMAL; the next commits must not.
+        let synchronous: i64 =
+            s.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap();
+        assert_eq!(synchronous, 2, "FULL");
     }
 
     #[test]
