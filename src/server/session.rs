@@ -467,16 +467,11 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             }
             idle_timer.as_mut().reset(deadline);
         }
-        if inbox {
-            if let Some(signal) = me.rx.signal() {
-                return signal.into();
-            }
-            let frames = me.rx.take();
-            conn.out.reserve(frames.iter().map(Bytes::len).sum());
-            for frame in frames {
-                conn.out.extend_from_slice(&frame);
-            }
+        if let Some(signal) = me.rx.signal() {
+            return signal.into();
         }
+        // The socket before the inbox: a client that has gone leaves its queued frames in
+        // the inbox, where leaving keeps them for its next login.
         match socket {
             Poll::Ready(Ok(())) => {
                 if let Filled::Closed(_) = conn.fill() {
@@ -511,6 +506,13 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 return Ending::Dropped;
             }
             Poll::Pending => {}
+        }
+        if inbox {
+            let frames = me.rx.take();
+            conn.out.reserve(frames.iter().map(Bytes::len).sum());
+            for frame in frames {
+                conn.out.extend_from_slice(&frame);
+            }
         }
         if !conn.flush_watching(&me.rx).await {
             return me.rx.signal().map_or(Ending::Dropped, Ending::from);
