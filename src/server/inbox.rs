@@ -9,7 +9,7 @@
 //!
 //! The inbox also carries the [`Signal`]s that end a session from outside: an inbox that
 //! overflows marks its session too slow, and the server marks every inbox at shutdown. So a
-//! logged-in session waits on two things only, its inbox and its socket, and keeps no
+//! logged-in session waits on its inbox, its socket and its idle timer only, and keeps no
 //! cancellation waiters of its own.
 
 use std::collections::VecDeque;

@@ -145,7 +145,7 @@ async fn join(
 }
 
 /// Runs password hashing `f` on the blocking pool, at most one per core at a time: it is
-/// pure CPU work, and a burst of logins would otherwise grow the pool to hundreds of threads
+/// pure CPU work, and a burst of logins would otherwise grow the pool to dozens of threads
 /// (and their memory) that only take turns on the same cores.
 async fn hashing<T: Send + 'static>(
     shared: &Shared,
