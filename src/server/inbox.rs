@@ -13,7 +13,6 @@
 //! cancellation waiters of its own.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -130,11 +129,6 @@ impl InboxReceiver {
         }
     }
 
-    /// Waits until a frame or a signal is waiting. Cancel-safe: it takes nothing.
-    pub async fn ready(&self) {
-        poll_fn(|cx| self.poll_ready(cx)).await
-    }
-
     /// Ready once a signal is waiting (frames do not count). When pending, the task of `cx`
     /// is woken by the next frame or signal.
     pub fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<Signal> {
@@ -169,6 +163,7 @@ impl Drop for InboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
 
     #[test]
     fn frames_come_out_in_order_up_to_the_capacity() {
@@ -193,7 +188,7 @@ mod tests {
     async fn ready_waits_for_a_frame() {
         let (tx, rx) = inbox(4);
         let waiting = tokio::spawn(async move {
-            rx.ready().await;
+            poll_fn(|cx| rx.poll_ready(cx)).await;
             rx.take()
         });
         tokio::task::yield_now().await;
@@ -206,7 +201,7 @@ mod tests {
     async fn shutdown_wakes_an_empty_inbox_and_outranks_too_slow() {
         let (tx, rx) = inbox(1);
         let waiting = tokio::spawn(async move {
-            rx.ready().await;
+            poll_fn(|cx| rx.poll_ready(cx)).await;
             rx
         });
         tokio::task::yield_now().await;

@@ -197,15 +197,16 @@ impl Conn {
 
     /// Writes everything queued, within the configured write timeout.
     async fn flush(&mut self) -> bool {
-        self.flush_within(self.write_timeout).await
+        self.flush_within(self.write_timeout, None).await
     }
 
-    async fn flush_within(&mut self, limit: Duration) -> bool {
+    /// Writes everything queued within `limit` and reports whether it all went out; the
+    /// output buffer is freed either way. With `inbox`, it also gives up as soon as the inbox
+    /// signals that the session must end: a client too slow to read is dropped at once rather
+    /// than after the write timeout, and shutdown does not wait for it either.
+    async fn flush_within(&mut self, limit: Duration, inbox: Option<&InboxReceiver>) -> bool {
         let written = match self.write_now() {
-            Ok(false) => {
-                let all = timeout(limit, self.socket.write_all(&self.out));
-                matches!(Box::pin(all).await, Ok(Ok(())))
-            }
+            Ok(false) => Box::pin(timeout(limit, self.write_rest(inbox))).await.unwrap_or(false),
             done => done.unwrap_or(false),
         };
         // Freed rather than kept: an idle session holds no output buffer.
@@ -213,35 +214,25 @@ impl Conn {
         written
     }
 
-    /// Like [`flush`](Self::flush), but it gives up as soon as `inbox` signals that the
-    /// session must end: a client too slow to read is dropped at once rather than after the
-    /// write timeout, and shutdown does not wait for it either.
-    async fn flush_watching(&mut self, inbox: &InboxReceiver) -> bool {
-        let written = match self.write_now() {
-            Ok(false) => Box::pin(timeout(self.write_timeout, async {
-                loop {
-                    let signalled = poll_fn(|cx| {
-                        if inbox.poll_signal(cx).is_ready() {
-                            Poll::Ready(true)
-                        } else {
-                            // An error shows in the write that follows.
-                            self.socket.poll_write_ready(cx).map(|_| false)
-                        }
-                    })
-                    .await;
-                    match self.write_now() {
-                        _ if signalled => return false,
-                        Ok(false) => {}
-                        done => return done.unwrap_or(false),
-                    }
+    /// Waits until the socket has taken all the output; false on an error or a signal.
+    async fn write_rest(&mut self, inbox: Option<&InboxReceiver>) -> bool {
+        loop {
+            let signalled = poll_fn(|cx| {
+                if inbox.is_some_and(|inbox| inbox.poll_signal(cx).is_ready()) {
+                    return Poll::Ready(true);
                 }
-            }))
-            .await
-            .unwrap_or(false),
-            done => done.unwrap_or(false),
-        };
-        self.out = BytesMut::new();
-        written
+                // An error shows in the write that follows.
+                self.socket.poll_write_ready(cx).map(|_| false)
+            })
+            .await;
+            if signalled {
+                return false;
+            }
+            match self.write_now() {
+                Ok(false) => {}
+                done => return done.unwrap_or(false),
+            }
+        }
     }
 
     /// Writes what the socket takes without waiting; true once nothing is left. Most writes
@@ -261,7 +252,7 @@ impl Conn {
     /// Writes a last message (and anything queued before it), briefly: the connection ends next.
     async fn goodbye(&mut self, msg: ServerMessage) {
         self.queue(&msg);
-        self.flush_within(GOODBYE_TIMEOUT).await;
+        self.flush_within(GOODBYE_TIMEOUT, None).await;
     }
 
     /// Queues `msg`, writes everything, and reports whether it all went out.
@@ -514,7 +505,7 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 conn.out.extend_from_slice(&frame);
             }
         }
-        if !conn.flush_watching(&me.rx).await {
+        if !conn.flush_within(conn.write_timeout, Some(&me.rx)).await {
             return me.rx.signal().map_or(Ending::Dropped, Ending::from);
         }
     }
@@ -544,7 +535,7 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
     if let Some(reason) = goodbye {
         conn.queue(&end_event(reason));
     }
-    if !conn.flush_within(GOODBYE_TIMEOUT).await {
+    if !conn.flush_within(GOODBYE_TIMEOUT, None).await {
         // Too late to keep them ahead of anything stored since, but better late than lost.
         if let Some(stored) = keep_for_later(shared, &me.name, &left) {
             log_kept(&me.name, stored.await);
