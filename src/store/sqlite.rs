@@ -158,20 +158,20 @@ impl SqliteStore {
         };
         let mut stmt = self.conn.prepare_cached(PARTITION_HISTORY)?;
         let viewer = viewer.unwrap_or("");
-        for partition in (0..=newest >> HISTORY_PARTITION_BITS).rev() {
+        let limit = limit as usize;
+        'walk: for partition in (0..=newest >> HISTORY_PARTITION_BITS).rev() {
             let mut rows = stmt.query(params![partition, conversation, viewer])?;
-            while let Some(row) = rows.next()? {
+            while found.len() < limit {
+                let Some(row) = rows.next()? else {
+                    continue 'walk; // an older partition may have more
+                };
                 let message = history_row(row)?;
                 if message.sent_at < since {
-                    found.reverse();
-                    return Ok(found);
+                    break 'walk;
                 }
                 found.push(message);
-                if found.len() >= limit as usize {
-                    found.reverse();
-                    return Ok(found);
-                }
             }
+            break; // enough
         }
         found.reverse();
         Ok(found)
@@ -571,6 +571,7 @@ mod tests {
         }
         let all = ["m5", "m5000", "m13000", "m13001"];
         assert_eq!(texts(&s.direct_history("bob", "alice", 20).unwrap()), all);
+        assert_eq!(texts(&s.direct_history("bob", "alice", 0).unwrap()), [""; 0]);
         assert_eq!(texts(&s.direct_history("bob", "alice", 3).unwrap()), &all[1..]);
         assert_eq!(texts(&s.group_history("devs", "bob", 0, 20).unwrap()), ["m5001"]);
         assert_eq!(texts(&s.group_history("devs", "bob", 5_002, 20).unwrap()), [""; 0]);
