@@ -76,6 +76,18 @@ struct State {
     shutdown: bool,
 }
 
+impl State {
+    fn signal(&self) -> Option<Signal> {
+        if self.shutdown {
+            Some(Signal::Shutdown)
+        } else if self.too_slow {
+            Some(Signal::TooSlow)
+        } else {
+            None
+        }
+    }
+}
+
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every update is a single push or take: consistent across a panic elsewhere.
@@ -117,15 +129,14 @@ impl InboxSender {
 }
 
 impl InboxReceiver {
-    /// Ready once a frame or a signal is waiting; takes nothing. When pending, the task of
-    /// `cx` is woken by the next frame or signal.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once a frame or a signal is waiting, with the signal if there is one; takes
+    /// nothing. When pending, the task of `cx` is woken by the next frame or signal.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Option<Signal>> {
         self.shared.waker.register(cx.waker());
         let state = self.shared.state();
-        if state.frames.is_empty() && !state.too_slow && !state.shutdown {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        match state.signal() {
+            None if state.frames.is_empty() => Poll::Pending,
+            signal => Poll::Ready(signal),
         }
     }
 
@@ -138,14 +149,7 @@ impl InboxReceiver {
 
     /// The signal waiting, if any; shutdown comes first. Signals stay set once sent.
     pub fn signal(&self) -> Option<Signal> {
-        let state = self.shared.state();
-        if state.shutdown {
-            Some(Signal::Shutdown)
-        } else if state.too_slow {
-            Some(Signal::TooSlow)
-        } else {
-            None
-        }
+        self.shared.state().signal()
     }
 
     /// Takes every queued frame, oldest first, leaving the inbox empty.

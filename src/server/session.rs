@@ -440,10 +440,10 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
         // Everything that is ready is handled in this pass, so neither a flood of incoming
         // frames nor the client's own requests can starve the other.
         let (inbox, socket, timer) = poll_fn(|cx| {
-            let inbox = me.rx.poll_ready(cx).is_ready();
+            let inbox = me.rx.poll_ready(cx);
             let socket = conn.socket.poll_read_ready(cx);
             let timer = idle_timer.as_mut().poll(cx).is_ready();
-            if inbox || socket.is_ready() || timer {
+            if inbox.is_ready() || socket.is_ready() || timer {
                 Poll::Ready((inbox, socket, timer))
             } else {
                 Poll::Pending
@@ -458,7 +458,7 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             }
             idle_timer.as_mut().reset(deadline);
         }
-        if let Some(signal) = me.rx.signal() {
+        if let Poll::Ready(Some(signal)) = inbox {
             return signal.into();
         }
         // The socket before the inbox: a client that has gone leaves its queued frames in
@@ -498,7 +498,7 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             }
             Poll::Pending => {}
         }
-        if inbox {
+        if inbox.is_ready() {
             let frames = me.rx.take();
             conn.out.reserve(frames.iter().map(Bytes::len).sum());
             for frame in frames {
