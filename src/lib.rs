@@ -19,12 +19,10 @@
 //!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
 //!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).
 //!
-//! - [`bench`]: the relay benchmark behind `confab-bench`: the same workloads against
-//!   `confab-server` and ngIRCd, from a single-threaded raw-socket load generator.
-//!
-//! The binaries in `src/bin` only parse arguments, set up logging and call into these.
+//! The binaries in `src/bin` only parse arguments, set up logging and call into these; the
+//! benchmarks (`confab-bench`, `confab-transfer-bench`) keep their own modules there, outside
+//! the product library.
 
-pub mod bench;
 pub mod client;
 pub mod p2p;
 pub mod protocol;

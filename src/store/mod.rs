@@ -108,6 +108,10 @@ pub trait Store: Send + 'static {
     fn password_hash(&mut self, name: &str) -> StoreResult<Option<String>>;
     /// Creates an account; false if the name is taken (the existing account is unchanged).
     fn create_user(&mut self, name: &str, password_hash: &str, at: Timestamp) -> StoreResult<bool>;
+    /// Creates the accounts `(name, password_hash)` that do not exist yet, in one transaction;
+    /// returns how many were created. For seeding many accounts at once (one commit, not one
+    /// per account).
+    fn create_users(&mut self, accounts: &[(String, String)], at: Timestamp) -> StoreResult<usize>;
     /// Replaces the password hash of an existing account; false if there is no such account.
     fn set_password_hash(&mut self, name: &str, password_hash: &str) -> StoreResult<bool>;
     /// Every account name.

@@ -192,6 +192,21 @@ impl Store for SqliteStore {
         Ok(stmt.execute(params![name, password_hash, at])? == 1)
     }
 
+    fn create_users(&mut self, accounts: &[(String, String)], at: Timestamp) -> StoreResult<usize> {
+        let tx = self.conn.transaction()?;
+        let mut created = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, hash) in accounts {
+                created += stmt.execute(params![name, hash, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(created)
+    }
+
     fn set_password_hash(&mut self, name: &str, password_hash: &str) -> StoreResult<bool> {
         let mut stmt =
             self.conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE name = ?1")?;

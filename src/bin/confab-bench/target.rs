@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::BenchError;
+use confab::store::{SqliteStore, Store};
+
+use crate::run::BenchError;
 
 /// The password of every benchmark account.
 pub const PASSWORD: &str = "bench-pw";
@@ -89,9 +91,6 @@ impl Template {
         use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
         let dir = ScratchDir::new("template")?;
         let db = dir.path().join("confab.db");
-        // The store creates the schema; the accounts go in below in one transaction, as
-        // `Store::create_user` commits (and syncs) each one.
-        drop(crate::store::SqliteStore::open(&db)?);
         let params = argon2::Params::new(argon2::Params::MIN_M_COST, 1, 1, None)
             .map_err(|e| BenchError::Setup(format!("argon2 parameters: {e}")))?;
         let argon =
@@ -100,20 +99,10 @@ impl Template {
             .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
             .map_err(|e| BenchError::Setup(format!("hashing: {e}")))?
             .to_string();
-        let mut conn = rusqlite::Connection::open(&db).map_err(crate::store::StoreError::from)?;
-        let tx = conn.transaction().map_err(crate::store::StoreError::from)?;
-        {
-            let mut insert = tx
-                .prepare("INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, 0)")
-                .map_err(crate::store::StoreError::from)?;
-            for i in 0..users {
-                insert
-                    .execute([user_name(i), hash.clone()])
-                    .map_err(crate::store::StoreError::from)?;
-            }
-        }
-        tx.commit().map_err(crate::store::StoreError::from)?;
-        drop(conn);
+        let accounts: Vec<_> = (0..users).map(|i| (user_name(i), hash.clone())).collect();
+        let mut store = SqliteStore::open(&db)?;
+        store.create_users(&accounts, 0)?;
+        drop(store);
         Ok(Self { _dir: dir, db })
     }
 }
@@ -174,18 +163,24 @@ impl Server {
 
     /// CPU time used so far (user + system, all threads, in seconds), from /proc.
     pub fn cpu_secs(&self) -> Result<f64, BenchError> {
-        let path = format!("/proc/{}/stat", self.pid());
-        let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-        // The command name may contain spaces: fields are counted after its closing ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        match (tick(11), tick(12)) {
-            (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / TICKS_PER_SEC as f64),
-            _ => Err(BenchError::Setup(format!("cannot parse {path}"))),
+        proc_cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// CPU time used so far by each of the server's threads, by thread id, in seconds.
+    pub fn thread_cpu_secs(&self) -> Result<Vec<(u32, f64)>, BenchError> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let entries = std::fs::read_dir(&dir).map_err(|e| BenchError::io(&dir, e))?;
+        let mut threads = Vec::new();
+        for entry in entries.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // A thread may end between the listing and the read.
+            if let Ok(secs) = proc_cpu_secs(&format!("{dir}/{tid}/stat")) {
+                threads.push((tid, secs));
+            }
         }
+        Ok(threads)
     }
 
     /// Resident memory now, in bytes, from /proc.
@@ -323,6 +318,21 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Server { kind: Kind::Ngircd, addr, child, _dir: dir })
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's or a thread's).
+pub fn proc_cpu_secs(path: &str) -> Result<f64, BenchError> {
+    let stat = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    // The command name may contain spaces: fields are counted after its closing ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / TICKS_PER_SEC as f64),
+        _ => Err(BenchError::Setup(format!("cannot parse {path}"))),
+    }
 }
 
 fn free_port() -> Result<u16, BenchError> {

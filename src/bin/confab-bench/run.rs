@@ -1,8 +1,8 @@
-//! The relay benchmark behind `confab-bench`: the same workloads against `confab-server` and
+//! The measurements of `confab-bench`: the same workloads against `confab-server` and
 //! ngIRCd, in the same run, so that every figure can be read as a ratio.
 //!
-//! Each measurement starts a fresh server process ([`target`]), connects and logs in the
-//! clients from a single-threaded load generator ([`load`]), lets the load run for a warm-up,
+//! Each measurement starts a fresh server process ([`crate::target`]), connects and logs in the
+//! clients from a single-threaded load generator ([`crate::load`]), lets the load run for a warm-up,
 //! then measures for a fixed time: deliveries received, the latency of every message sent in
 //! the window (from the send time carried in its text), and the server's CPU time from
 //! `/proc/PID/stat` over the window. CPU time per delivered message is the fair figure when
@@ -19,13 +19,10 @@
 //!
 //! Every phase is bounded in time and stops by itself.
 
-pub mod load;
-pub mod target;
-
 use std::time::{Duration, Instant};
 
-use load::{Generator, Pattern, Proto, Window};
-use target::{Kind, Programs, Server, Template};
+use crate::load::{Generator, Pattern, Proto, Window};
+use crate::target::{Kind, Programs, Server, Template};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +37,14 @@ pub enum BenchError {
     },
     /// Preparing the database failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] confab::store::StoreError),
     /// A server did not start, or a client could not log in, or the server dropped clients.
     #[error("{0}")]
     Setup(String),
 }
 
 impl BenchError {
-    fn io(context: &str, source: std::io::Error) -> Self {
+    pub fn io(context: &str, source: std::io::Error) -> Self {
         BenchError::Io { context: context.to_owned(), source }
     }
 }
@@ -141,6 +138,16 @@ pub struct Figures {
     pub rss_per_conn: Option<f64>,
     /// Seconds it took to connect and log in the clients.
     pub setup_secs: f64,
+    /// The server's CPU use in the window, all threads, in per cent of one core.
+    pub server_pct: Option<f64>,
+    /// The server's busiest thread in the window, in per cent of one core.
+    pub busiest_pct: Option<f64>,
+    /// The load generator's CPU use in the window, in per cent of one core.
+    pub generator_pct: Option<f64>,
+    /// For workloads that run as fast as the server goes: whether the server's busiest
+    /// thread was saturated ([`SATURATED_PCT`]). A throughput figure without it measured
+    /// the generator, not the server, and is invalid.
+    pub saturated: Option<bool>,
 }
 
 /// The servers to measure: Confab, and ngIRCd if it is available.
@@ -158,7 +165,7 @@ pub fn run(
     options: &Options,
     mut report: impl FnMut(usize, Workload, Kind, &Figures),
 ) -> Result<Vec<(Workload, Kind, Vec<Figures>)>, BenchError> {
-    target::raise_fd_limit()?;
+    crate::target::raise_fd_limit()?;
     let users = options.workloads.iter().map(Workload::clients).max().unwrap_or(0);
     let template = Template::create(users)?;
     let kinds = kinds(&options.programs);
@@ -253,7 +260,14 @@ async fn drive(
     if let Some((cpu, mut w)) = window {
         let secs = w.elapsed.as_secs_f64();
         figures.rate = Some(w.delivered as f64 / secs);
-        figures.cpu_us = (w.delivered > 0).then(|| cpu * 1e6 / w.delivered as f64);
+        figures.cpu_us = (w.delivered > 0).then(|| cpu.server_secs * 1e6 / w.delivered as f64);
+        figures.server_pct = Some(cpu.server);
+        figures.busiest_pct = Some(cpu.busiest);
+        figures.generator_pct = Some(cpu.generator);
+        // Closed-loop workloads measure how fast the server goes: that only holds if the
+        // server, not the generator, was the bottleneck.
+        figures.saturated =
+            (!matches!(workload, Workload::Paced { .. })).then_some(cpu.busiest >= SATURATED_PCT);
         figures.p50_us = w.quantile_us(0.5);
         figures.p99_us = w.quantile_us(0.99);
         figures.p999_us = w.quantile_us(0.999);
@@ -269,22 +283,57 @@ async fn drive(
     Ok(figures)
 }
 
-/// Warm-up, then the measurement window; returns the server's CPU seconds in the window and
-/// what the clients saw.
+/// CPU use over a measurement window, in per cent of one core.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// The server process, all threads.
+    server: f64,
+    /// The server's busiest thread: a single event loop at 100 % is the bottleneck.
+    busiest: f64,
+    /// The load generator (this thread).
+    generator: f64,
+    /// The server's CPU seconds in the window.
+    server_secs: f64,
+}
+
+/// A server's event loop is taken as saturated from this share of a core.
+pub const SATURATED_PCT: f64 = 90.0;
+
+/// Warm-up, then the measurement window; returns the CPU use in the window and what the
+/// clients saw.
 async fn timed(
     options: &Options,
     server: &Server,
     gen: &Generator,
-) -> Result<(f64, Window), BenchError> {
+) -> Result<(CpuUse, Window), BenchError> {
     tokio::time::sleep(options.warmup).await;
-    let cpu_before = server.cpu_secs()?;
+    let before = (server.cpu_secs()?, server.thread_cpu_secs()?, generator_cpu_secs()?);
+    let began = Instant::now();
     gen.begin_window();
     tokio::time::sleep(options.measure).await;
     gen.end_window();
-    let cpu = server.cpu_secs()? - cpu_before;
+    let after = (server.cpu_secs()?, server.thread_cpu_secs()?, generator_cpu_secs()?);
+    let secs = began.elapsed().as_secs_f64();
+    let busiest = after
+        .1
+        .iter()
+        .map(|(tid, t)| t - before.1.iter().find(|(b, _)| b == tid).map_or(0.0, |(_, t0)| *t0))
+        .fold(0.0, f64::max);
+    let pct = |cpu: f64| cpu * 100.0 / secs;
+    let cpu = CpuUse {
+        server: pct(after.0 - before.0),
+        busiest: pct(busiest),
+        generator: pct(after.2 - before.2),
+        server_secs: after.0 - before.0,
+    };
     gen.stop_sending();
     let window = gen.finish(Duration::from_secs(5)).await;
     Ok((cpu, window))
+}
+
+/// CPU seconds of the thread driving the load generator.
+fn generator_cpu_secs() -> Result<f64, BenchError> {
+    crate::target::proc_cpu_secs("/proc/thread-self/stat")
 }
 
 /// The median of the figures that are present.
@@ -299,16 +348,21 @@ pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
 }
 
 /// A Markdown table of the medians: one row per workload and figure, Confab and ngIRCd side
-/// by side with their ratio.
+/// by side with their ratio, and each server's CPU use beside them. A throughput figure from
+/// a run whose server was not saturated is marked, and its ratio is invalid.
 pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
     type Pick = fn(&Figures) -> Option<f64>;
-    let figures: [(&str, Pick, f64); 6] = [
+    let figures: [(&str, Pick, f64); 10] = [
         ("deliveries/s", |f| f.rate, 1.0),
         ("server CPU µs per delivery", |f| f.cpu_us, 1.0),
+        ("server CPU % (all threads)", |f| f.server_pct, 1.0),
+        ("server busiest thread CPU %", |f| f.busiest_pct, 1.0),
+        ("generator CPU %", |f| f.generator_pct, 1.0),
         ("latency p50 ms", |f| f.p50_us, 1e-3),
         ("latency p99 ms", |f| f.p99_us, 1e-3),
         ("latency p99.9 ms", |f| f.p999_us, 1e-3),
         ("RSS per connection KB", |f| f.rss_per_conn, 1.0 / 1024.0),
+        ("connect and log in all, s", |f| Some(f.setup_secs), 1.0),
     ];
     let mut out = String::from("| workload | figure | Confab | ngIRCd | Confab / ngIRCd |\n");
     out.push_str("| --- | --- | ---: | ---: | ---: |\n");
@@ -319,23 +373,33 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
         }
     }
     for w in workloads {
-        let of = |kind: Kind, pick: Pick| {
-            results
-                .iter()
-                .find(|(rw, rk, _)| *rw == w && *rk == kind)
-                .and_then(|(_, _, all)| median(all.iter().map(pick)))
+        let runs = |kind: Kind| {
+            results.iter().find(|(rw, rk, _)| *rw == w && *rk == kind).map(|(_, _, all)| all)
+        };
+        let of = |kind: Kind, pick: Pick| runs(kind).and_then(|all| median(all.iter().map(pick)));
+        // Unsaturated if any run of the workload was.
+        let unsaturated = |kind: Kind| {
+            runs(kind).is_some_and(|all| all.iter().any(|f| f.saturated == Some(false)))
         };
         for (label, pick, scale) in figures {
             let (c, n) = (of(Kind::Confab, pick), of(Kind::Ngircd, pick));
             if c.is_none() && n.is_none() {
                 continue;
             }
-            let show = |v: Option<f64>| v.map_or("-".into(), |v| fmt_num(v * scale));
+            let throughput = label == "deliveries/s";
+            let show = |v: Option<f64>, kind: Kind| {
+                let mark = if throughput && unsaturated(kind) { " (not saturated)" } else { "" };
+                v.map_or("-".into(), |v| format!("{}{mark}", fmt_num(v * scale)))
+            };
             let ratio = match (c, n) {
+                _ if throughput && (unsaturated(Kind::Confab) || unsaturated(Kind::Ngircd)) => {
+                    "invalid".into()
+                }
                 (Some(c), Some(n)) if n != 0.0 => format!("{:.2}", c / n),
                 _ => "-".into(),
             };
-            out.push_str(&format!("| {w} | {label} | {} | {} | {ratio} |\n", show(c), show(n)));
+            let (c, n) = (show(c, Kind::Confab), show(n, Kind::Ngircd));
+            out.push_str(&format!("| {w} | {label} | {c} | {n} | {ratio} |\n"));
         }
     }
     out

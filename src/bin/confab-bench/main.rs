@@ -1,12 +1,17 @@
 //! `confab-bench`: the relay benchmark, Confab against ngIRCd. Parses flags, runs
-//! [`confab::bench::run`], prints each measurement as it comes and a table of medians.
+//! [`run::run`], prints each measurement as it comes and a table of medians.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use confab::bench::{self, target::Programs, Figures, Options, Workload};
+mod load;
+mod run;
+mod target;
+
+use run::{Figures, Options, Workload};
+use target::Programs;
 
 /// Relay benchmark: the same workloads against confab-server and ngIRCd, side by side.
 #[derive(Parser, Debug)]
@@ -80,10 +85,10 @@ fn main() -> anyhow::Result<()> {
     let programs = Programs { confab_server, ngircd };
     let options = if args.smoke { smoke(programs) } else { options(&args, programs)? };
 
-    let results = bench::run(&options, |run, workload, kind, f| {
+    let results = run::run(&options, |run, workload, kind, f| {
         eprintln!("run {run}: {workload}: {}: {}", kind.name(), describe(f));
     })?;
-    println!("{}", bench::table(&results));
+    println!("{}", run::table(&results));
     Ok(())
 }
 
@@ -145,7 +150,7 @@ fn describe(f: &Figures) -> String {
     let mut parts = Vec::new();
     let mut put = |label: &str, v: Option<f64>, scale: f64, unit: &str| {
         if let Some(v) = v {
-            parts.push(format!("{label} {}{unit}", bench::fmt_num(v * scale)));
+            parts.push(format!("{label} {}{unit}", run::fmt_num(v * scale)));
         }
     };
     put("", f.rate, 1.0, " deliveries/s");
@@ -154,5 +159,11 @@ fn describe(f: &Figures) -> String {
     put("p99", f.p99_us, 1e-3, " ms");
     put("p99.9", f.p999_us, 1e-3, " ms");
     put("rss", f.rss_per_conn, 1.0 / 1024.0, " KB/conn");
+    put("server cpu", f.server_pct, 1.0, " %");
+    put("busiest thread", f.busiest_pct, 1.0, " %");
+    put("generator cpu", f.generator_pct, 1.0, " %");
+    if f.saturated == Some(false) {
+        parts.push("NOT SATURATED: this throughput is invalid".into());
+    }
     format!("{} (setup {:.1} s)", parts.join(", ").trim_start(), f.setup_secs)
 }

@@ -2,7 +2,7 @@
 //!
 //! Everything runs on a single-threaded runtime (a `LocalSet`), so that the generator takes at
 //! most one of the machine's cores and its shared state needs no atomics. Connections are raw
-//! sockets, not [`crate::client::Client`]s: each one is a task that reads whatever arrived
+//! sockets, not [`confab::client::Client`]s: each one is a task that reads whatever arrived
 //! into one shared scratch buffer, finds the benchmark messages in it by a marker, and writes
 //! what it has to send with one `write` per batch.
 //!
@@ -30,9 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
-use super::target::{user_name, PASSWORD};
-use super::BenchError;
-use crate::protocol::{
+use crate::run::BenchError;
+use crate::target::{user_name, PASSWORD};
+use confab::protocol::{
     codec, ClientMessage, Hello, Reply, Request, ServerMessage, PROTOCOL_VERSION,
 };
 
@@ -697,7 +697,7 @@ mod tests {
     #[test]
     fn marks_are_found_in_frames_and_lines() {
         let mut buf = BytesMut::new();
-        let event = crate::protocol::Event::Message {
+        let event = confab::protocol::Event::Message {
             from: "u1".into(),
             text: "@@17:2:123456789:xxxx".into(),
             sent_at: 5,
