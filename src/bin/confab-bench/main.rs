@@ -1,4 +1,4 @@
-//! `confab-bench`: the relay benchmark, Confab against ngIRCd. Parses flags, runs
+//! `confab-bench`: the relay benchmark, Confab against ngIRCd and InspIRCd. Parses flags, runs
 //! [`run::run`], prints each measurement as it comes and a table of medians.
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ mod target;
 use run::{Figures, Options, Workload};
 use target::Programs;
 
-/// Relay benchmark: the same workloads against confab-server and ngIRCd, side by side.
+/// Relay benchmark: the same workloads against confab-server, ngIRCd and InspIRCd, side by side.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -53,9 +53,15 @@ struct Args {
     /// The ngircd binary (default: `ngircd` on the PATH or in /usr/sbin).
     #[arg(long)]
     ngircd: Option<PathBuf>,
-    /// Measure Confab only.
+    /// The inspircd binary (default: `inspircd` on the PATH or in /usr/sbin).
+    #[arg(long)]
+    inspircd: Option<PathBuf>,
+    /// Leave ngIRCd out.
     #[arg(long)]
     no_ngircd: bool,
+    /// Leave InspIRCd out.
+    #[arg(long)]
+    no_inspircd: bool,
     /// A run of a second or two with a few clients, to check that everything works.
     #[arg(long)]
     smoke: bool,
@@ -78,11 +84,16 @@ fn main() -> anyhow::Result<()> {
             .context("locating this binary's directory")?
             .join("confab-server"),
     };
-    let ngircd = if args.no_ngircd { None } else { args.ngircd.clone().or_else(find_ngircd) };
+    let ngircd = if args.no_ngircd { None } else { args.ngircd.clone().or_else(|| find("ngircd")) };
     if ngircd.is_none() && !args.no_ngircd {
-        eprintln!("ngircd not found: measuring Confab only (apt-get install ngircd)");
+        eprintln!("ngircd not found: leaving ngIRCd out (apt-get install ngircd)");
     }
-    let programs = Programs { confab_server, ngircd };
+    let inspircd =
+        if args.no_inspircd { None } else { args.inspircd.clone().or_else(|| find("inspircd")) };
+    if inspircd.is_none() && !args.no_inspircd {
+        eprintln!("inspircd not found: leaving InspIRCd out (apt-get install inspircd)");
+    }
+    let programs = Programs { confab_server, ngircd, inspircd };
     let options = if args.smoke { smoke(programs) } else { options(&args, programs)? };
 
     let results = run::run(&options, |run, workload, kind, f| {
@@ -138,11 +149,12 @@ fn smoke(programs: Programs) -> Options {
     }
 }
 
-fn find_ngircd() -> Option<PathBuf> {
+/// `program` on the PATH or in /usr/sbin.
+fn find(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("ngircd"))
+        .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }
 

@@ -150,11 +150,14 @@ pub struct Figures {
     pub saturated: Option<bool>,
 }
 
-/// The servers to measure: Confab, and ngIRCd if it is available.
+/// The servers to measure: Confab, and ngIRCd and InspIRCd where they are available.
 pub fn kinds(programs: &Programs) -> Vec<Kind> {
     let mut kinds = vec![Kind::Confab];
     if programs.ngircd.is_some() {
         kinds.push(Kind::Ngircd);
+    }
+    if programs.inspircd.is_some() {
+        kinds.push(Kind::Inspircd);
     }
     kinds
 }
@@ -213,7 +216,7 @@ async fn drive(
 ) -> Result<Figures, BenchError> {
     let proto = match server.kind {
         Kind::Confab => Proto::Confab,
-        Kind::Ngircd => Proto::Irc,
+        Kind::Ngircd | Kind::Inspircd => Proto::Irc,
     };
     let (clients, pattern) = match workload {
         Workload::Fanout { members } => (members, Pattern::Group),
@@ -347,8 +350,8 @@ pub fn median(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
 }
 
-/// A Markdown table of the medians: one row per workload and figure, Confab and ngIRCd side
-/// by side with their ratio, and each server's CPU use beside them. A throughput figure from
+/// A Markdown table of the medians: one row per workload and figure, every server side by
+/// side with Confab's ratio to each, and each server's CPU use beside them. A throughput figure from
 /// a run whose server was not saturated is marked, and its ratio is invalid.
 pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
     type Pick = fn(&Figures) -> Option<f64>;
@@ -364,14 +367,28 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
         ("RSS per connection KB", |f| f.rss_per_conn, 1.0 / 1024.0),
         ("connect and log in all, s", |f| Some(f.setup_secs), 1.0),
     ];
-    let mut out = String::from("| workload | figure | Confab | ngIRCd | Confab / ngIRCd |\n");
-    out.push_str("| --- | --- | ---: | ---: | ---: |\n");
+    let mut kinds: Vec<Kind> = Vec::new();
     let mut workloads: Vec<Workload> = Vec::new();
-    for (w, _, _) in results {
+    for (w, k, _) in results {
         if !workloads.contains(w) {
             workloads.push(*w);
         }
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
     }
+    kinds.sort_by_key(|k| *k as u8);
+    let others: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Confab).collect();
+    let mut out = String::from("| workload | figure |");
+    for k in &kinds {
+        out.push_str(&format!(" {} |", k.name()));
+    }
+    for k in &others {
+        out.push_str(&format!(" Confab / {} |", k.name()));
+    }
+    out.push_str("\n| --- | --- |");
+    out.push_str(&" ---: |".repeat(kinds.len() + others.len()));
+    out.push('\n');
     for w in workloads {
         let runs = |kind: Kind| {
             results.iter().find(|(rw, rk, _)| *rw == w && *rk == kind).map(|(_, _, all)| all)
@@ -382,24 +399,29 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
             runs(kind).is_some_and(|all| all.iter().any(|f| f.saturated == Some(false)))
         };
         for (label, pick, scale) in figures {
-            let (c, n) = (of(Kind::Confab, pick), of(Kind::Ngircd, pick));
-            if c.is_none() && n.is_none() {
+            let values: Vec<Option<f64>> = kinds.iter().map(|&k| of(k, pick)).collect();
+            if values.iter().all(Option::is_none) {
                 continue;
             }
             let throughput = label == "deliveries/s";
-            let show = |v: Option<f64>, kind: Kind| {
+            out.push_str(&format!("| {w} | {label} |"));
+            for (&kind, v) in kinds.iter().zip(&values) {
                 let mark = if throughput && unsaturated(kind) { " (not saturated)" } else { "" };
-                v.map_or("-".into(), |v| format!("{}{mark}", fmt_num(v * scale)))
-            };
-            let ratio = match (c, n) {
-                _ if throughput && (unsaturated(Kind::Confab) || unsaturated(Kind::Ngircd)) => {
-                    "invalid".into()
-                }
-                (Some(c), Some(n)) if n != 0.0 => format!("{:.2}", c / n),
-                _ => "-".into(),
-            };
-            let (c, n) = (show(c, Kind::Confab), show(n, Kind::Ngircd));
-            out.push_str(&format!("| {w} | {label} | {c} | {n} | {ratio} |\n"));
+                let shown = v.map_or("-".into(), |v| format!("{}{mark}", fmt_num(v * scale)));
+                out.push_str(&format!(" {shown} |"));
+            }
+            let confab = of(Kind::Confab, pick);
+            for &other in &others {
+                let ratio = match (confab, of(other, pick)) {
+                    _ if throughput && (unsaturated(Kind::Confab) || unsaturated(other)) => {
+                        "invalid".into()
+                    }
+                    (Some(c), Some(n)) if n != 0.0 => format!("{:.2}", c / n),
+                    _ => "-".into(),
+                };
+                out.push_str(&format!(" {ratio} |"));
+            }
+            out.push('\n');
         }
     }
     out

@@ -1,4 +1,4 @@
-//! The servers under test: a `confab-server` or an `ngircd` process started on loopback in a
+//! The servers under test: a `confab-server`, `ngircd` or `inspircd` process started on loopback in a
 //! scratch directory of its own, and what `/proc` says about it.
 //!
 //! Confab gets a fresh copy of a database prepared once per benchmark (the accounts `u0`,
@@ -39,6 +39,8 @@ pub enum Kind {
     Confab,
     /// ngIRCd.
     Ngircd,
+    /// InspIRCd.
+    Inspircd,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
         match self {
             Kind::Confab => "Confab",
             Kind::Ngircd => "ngIRCd",
+            Kind::Inspircd => "InspIRCd",
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Programs {
     pub confab_server: PathBuf,
     /// The `ngircd` binary, if ngIRCd is to be measured.
     pub ngircd: Option<PathBuf>,
+    /// The `inspircd` binary, if InspIRCd is to be measured.
+    pub inspircd: Option<PathBuf>,
 }
 
 /// A running server process.
@@ -142,6 +147,12 @@ impl Server {
                 };
                 start_ngircd(ngircd)
             }
+            Kind::Inspircd => {
+                let Some(inspircd) = &programs.inspircd else {
+                    return Err(BenchError::Setup("InspIRCd is not available".into()));
+                };
+                start_inspircd(inspircd)
+            }
         }
     }
 
@@ -150,6 +161,7 @@ impl Server {
         let name = match self.kind {
             Kind::Confab => "server.log",
             Kind::Ngircd => "ngircd.log",
+            Kind::Inspircd => "inspircd.log",
         };
         let log = std::fs::read_to_string(self._dir.path().join(name)).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
@@ -295,7 +307,7 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
     let log = std::fs::File::create(dir.path().join("ngircd.log"))
         .map_err(|e| BenchError::io("creating the ngircd log", e))?;
     let log2 = log.try_clone().map_err(|e| BenchError::io("ngircd log", e))?;
-    let mut child = Command::new(program)
+    let child = Command::new(program)
         .arg("-n")
         .arg("-f")
         .arg(&conf)
@@ -304,6 +316,66 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
         .stderr(log2)
         .spawn()
         .map_err(|e| BenchError::io(&format!("starting {}", program.display()), e))?;
+    wait_listening(Kind::Ngircd, child, port, dir, "ngircd.log")
+}
+
+/// InspIRCd with one connect class that lets everything in: no per-IP or global limit, no
+/// fake lag or command rate, send and receive queues far above what the benchmark queues, no
+/// DNS or ident lookups, no ping timeouts within a run. `--runasroot`: it refuses root
+/// otherwise, and the benchmark often runs as root.
+fn start_inspircd(program: &Path) -> Result<Server, BenchError> {
+    let dir = ScratchDir::new("inspircd")?;
+    let port = free_port()?;
+    let conf = dir.path().join("inspircd.conf");
+    let text = format!(
+        "<server name=\"bench.confab.local\" description=\"confab-bench\" network=\"bench\">\n\
+         <admin name=\"bench\" nick=\"bench\" email=\"bench@localhost\">\n\
+         <bind address=\"127.0.0.1\" port=\"{port}\" type=\"clients\">\n\
+         <connect name=\"bench\" allow=\"*\" timeout=\"60\" pingfreq=\"3600\" \
+         hardsendq=\"1073741824\" softsendq=\"1073741824\" recvq=\"1073741824\" \
+         threshold=\"1000000\" commandrate=\"4000000\" fakelag=\"no\" localmax=\"1000000\" \
+         globalmax=\"1000000\" maxconnwarn=\"no\" resolvehostnames=\"no\" useident=\"no\" \
+         limit=\"1000000\">\n\
+         <channels users=\"1000000\" opers=\"1000000\">\n\
+         <limits maxnick=\"16\">\n\
+         <performance somaxconn=\"4096\" softlimit=\"100000\" clonesonconnect=\"no\" \
+         quietbursts=\"yes\" nouserdns=\"yes\">\n\
+         <security maxtargets=\"20\">\n\
+         <options syntaxhints=\"no\">\n\
+         <dns server=\"127.0.0.1\" timeout=\"1\">\n\
+         <files motd=\"{motd}\">\n\
+         <pid file=\"{pid}\">\n\
+         <log method=\"file\" type=\"* -USERINPUT -USEROUTPUT\" level=\"default\" target=\"{log}\">\n",
+        pid = dir.path().join("inspircd.pid").display(),
+        log = dir.path().join("inspircd.log").display(),
+        motd = dir.path().join("motd.txt").display(),
+    );
+    std::fs::write(dir.path().join("motd.txt"), "bench\n")
+        .map_err(|e| BenchError::io("writing the motd", e))?;
+    std::fs::write(&conf, text).map_err(|e| BenchError::io("writing inspircd.conf", e))?;
+    let out = std::fs::File::create(dir.path().join("inspircd.out"))
+        .map_err(|e| BenchError::io("creating the inspircd output file", e))?;
+    let err = out.try_clone().map_err(|e| BenchError::io("inspircd output", e))?;
+    let child = Command::new(program)
+        .args(["--nofork", "--runasroot"])
+        .arg(format!("--config={}", conf.display()))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| BenchError::io(&format!("starting {}", program.display()), e))?;
+    wait_listening(Kind::Inspircd, child, port, dir, "inspircd.log")
+}
+
+/// Waits until the child listens on `port` of loopback; on failure kills it and returns the
+/// end of `log` (in `dir`) as the error.
+fn wait_listening(
+    kind: Kind,
+    mut child: Child,
+    port: u16,
+    dir: ScratchDir,
+    log: &str,
+) -> Result<Server, BenchError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -312,12 +384,12 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
         }
         if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
             let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("ngircd.log")).unwrap_or_default();
-            return Err(BenchError::Setup(format!("ngircd did not start: {log}")));
+            let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+            return Err(BenchError::Setup(format!("{} did not start: {text}", kind.name())));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Server { kind: Kind::Ngircd, addr, child, _dir: dir })
+    Ok(Server { kind, addr, child, _dir: dir })
 }
 
 /// User + system CPU seconds from a `/proc/.../stat` file (a process's or a thread's).
