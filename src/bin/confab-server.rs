@@ -47,6 +47,11 @@ struct Args {
     /// Seconds a private chat request waits for an answer before it expires.
     #[arg(long, env = "CONFAB_PRIVATE_REQUEST_TIMEOUT_SECS", default_value = "60", value_parser = seconds)]
     private_request_timeout_secs: Duration,
+    /// Frames queued for one session before it counts as too slow to read and is
+    /// disconnected (what it missed comes again at its next login).
+    #[arg(long, env = "CONFAB_SESSION_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    session_queue: u32,
     /// Threads serving connections. One event loop is the cheapest per message; more spread
     /// the relay over cores. The database and password hashing have threads of their own.
     #[arg(long, env = "CONFAB_THREADS", default_value_t = 1,
@@ -95,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         max_message_chars: args.max_message_chars,
         max_connections: args.max_connections,
         private_request_timeout: args.private_request_timeout_secs,
+        session_queue: args.session_queue as usize,
         ..Config::default()
     };
 

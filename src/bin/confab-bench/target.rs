@@ -3,7 +3,7 @@
 //!
 //! Confab gets a fresh copy of a database prepared once per benchmark (the accounts `u0`,
 //! `u1`, ... with one password), its default settings otherwise (history stored, `synchronous
-//! = FULL`), and only the limits raised that would refuse the benchmark (idle timeout). The
+//! = FULL`), and only the limits raised that would refuse the benchmark (idle timeout, session queue). The
 //! accounts' password hash uses the smallest Argon2 parameters: a stored hash carries its own
 //! parameters, so this only makes the 10,000 logins of the idle workload take seconds instead
 //! of minutes; no login happens while anything is measured.
@@ -245,7 +245,10 @@ fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchErro
     let log = std::fs::File::create(dir.path().join("server.log"))
         .map_err(|e| BenchError::io("creating the server log", e))?;
     let mut child = Command::new(program)
-        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600", "--db"])
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600"])
+        // As deep as the IRC servers' send queues are set: a fan-out keeps every member's
+        // window of messages outstanding at once.
+        .args(["--session-queue", "1000000", "--db"])
         .arg(&db)
         .env_remove("CONFAB_OPEN_REGISTRATION")
         .stdin(Stdio::null())
