@@ -10,6 +10,7 @@
 //! an offline recipient); each recipient's session task writes its queue to its socket.
 
 mod cmd;
+mod conn;
 pub mod credentials;
 pub mod hub;
 pub mod inbox;

@@ -1,56 +1,44 @@
-//! One task per client connection.
+//! One task per client connection: the phases of a session.
 //!
 //! A connection goes through three phases, each its own function so that the state of each
 //! is plain from the types: the handshake ([`handshake`]), the wait for a successful login
 //! ([`unauthenticated`]) and the logged-in loop ([`logged_in`]), followed by the goodbye
 //! ([`end`]). The phases other than the loop are boxed, so that a logged-in session, which
-//! may sit idle for hours, holds only the loop's small state.
+//! may sit idle for hours, holds only the loop's small state. The socket and its buffers are
+//! [`Conn`]'s (`server::conn`).
 //!
 //! The logged-in loop waits on three things at once: its inbox (frames queued by other
 //! sessions, and the signals for shutdown and for being too slow), its socket and the idle
 //! deadline. Each wake-up handles everything that is ready, then writes once: queued frames
 //! and the replies to every request read go out together, written directly when the socket
-//! takes them (the usual case) and only otherwise through a timed wait.
-//!
-//! An idle connection holds no buffers: the read buffer is allocated when the socket becomes
-//! readable and freed once every frame in it has been handled, and the output buffer is freed
-//! once written. The idle deadline is only re-armed when it fires, so a request costs no
-//! timer bookkeeping.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+//! takes them (the usual case) and only otherwise through a timed wait. The idle deadline is
+//! only re-armed when it fires, so a request costs no timer bookkeeping.
 
 use std::future::{poll_fn, Future};
-use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, Interest};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
+use super::conn::{sort, Conn, Filled, Incoming, GOODBYE_TIMEOUT};
 use super::hub::DirectAddrs;
-use super::inbox::{InboxReceiver, Signal};
+use super::inbox::Signal;
 use super::Shared;
 use crate::protocol::{
     codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
-    MalformedFrame, PresenceChange, Reply, Request, ServerCodec, ServerMessage, Welcome,
-    PROTOCOL_VERSION,
+    PresenceChange, Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
 };
 use crate::store::{Envelope, OfflineMessage, StoreResult, To};
 
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a goodbye may take to write before the connection is dropped anyway.
-const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Room made in the read buffer for each read.
-const READ_CHUNK: usize = 4096;
-/// Room made in the output buffer before the first frame of a batch.
-const OUT_CHUNK: usize = 512;
 
 /// Serves one connection from accept to close. `full` means the server is at its limit.
 pub(super) async fn serve(
@@ -79,209 +67,6 @@ pub(super) async fn serve(
         logged_in(&mut conn, &shared, &me).await
     };
     Box::pin(end(conn, &shared, me, ending)).await;
-}
-
-/// What the client sent next, already sorted into what to do about it.
-enum Incoming {
-    /// A request to handle.
-    Request(u32, Request),
-    /// A frame to answer with an error; the connection ends after it if `fatal`.
-    Bad(ErrorReply, bool),
-    /// The client closed the connection or it failed.
-    Closed,
-}
-
-/// A frame as read: a message, a well-framed payload that did not decode, or a stream error.
-type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>;
-
-/// The socket of one client, with its read and output buffers (empty while idle).
-struct Conn {
-    socket: TcpStream,
-    input: BytesMut,
-    codec: ServerCodec,
-    out: BytesMut,
-    write_timeout: Duration,
-}
-
-/// What one read from the socket gave.
-enum Filled {
-    /// Bytes were added to the read buffer, or there were none to read after all.
-    Data,
-    /// The client closed the connection; `None` if cleanly, between frames.
-    Closed(Option<CodecError>),
-}
-
-impl Conn {
-    fn new(socket: TcpStream, shared: &Shared) -> Self {
-        Self {
-            socket,
-            input: BytesMut::new(),
-            codec: ServerCodec::new(shared.config.max_frame),
-            out: BytesMut::new(),
-            write_timeout: shared.config.write_timeout,
-        }
-    }
-
-    /// The next whole frame in the read buffer, if there is one.
-    fn decode(&mut self) -> Option<Read> {
-        let read = self.codec.decode(&mut self.input).transpose();
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            // Freed as soon as it is empty, not at the next read: an idle session holds no
-            // read buffer, including right after a read that the next one may be hours away.
-            self.input = BytesMut::new();
-        }
-        read
-    }
-
-    /// Reads what the socket has, without waiting. The buffer is only allocated here, when
-    /// the socket is readable.
-    fn fill(&mut self) -> Filled {
-        self.input.reserve(READ_CHUNK);
-        let room = self.input.capacity() - self.input.len();
-        // A read that returns less than it had room for has emptied the socket's receive
-        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
-        // saves the read that would otherwise only find the queue empty (one syscall per
-        // wake-up when messages come one at a time). Data that arrives later is a new edge:
-        // tokio only clears readiness that no event has renewed since it was read.
-        let read = self.socket.try_io(Interest::READABLE, || {
-            let n = self.socket.try_read_buf(&mut self.input)?;
-            if n > 0 && n < room {
-                Err(ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match read {
-            Ok(0) if self.input.is_empty() => Filled::Closed(None),
-            Ok(0) => {
-                let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
-                Filled::Closed(Some(e.into()))
-            }
-            Ok(_) => Filled::Data,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Filled::Data,
-            Err(e) => Filled::Closed(Some(e.into())),
-        }
-    }
-
-    /// The next frame; `None` once the client has closed the connection. Cancel-safe: bytes
-    /// are only read when they can be kept.
-    async fn read(&mut self) -> Option<Read> {
-        loop {
-            if let Some(read) = self.decode() {
-                return Some(read);
-            }
-            if let Err(e) = self.socket.readable().await {
-                return Some(Err(e.into()));
-            }
-            if let Filled::Closed(error) = self.fill() {
-                return error.map(Err);
-            }
-        }
-    }
-
-    /// The next frame from the client. Cancel-safe: nothing is written here.
-    async fn next(&mut self) -> Incoming {
-        sort(self.read().await)
-    }
-
-    fn queue(&mut self, msg: &ServerMessage) {
-        self.out.reserve(OUT_CHUNK);
-        if let Err(e) = codec::encode_into(msg, &mut self.out) {
-            tracing::error!("cannot encode a reply: {e}");
-        }
-    }
-
-    fn reply(&mut self, id: u32, result: Result<Reply, ErrorReply>) {
-        self.queue(&ServerMessage::Reply { id, result });
-    }
-
-    /// Writes everything queued, within the configured write timeout.
-    async fn flush(&mut self) -> bool {
-        self.flush_within(self.write_timeout, None).await
-    }
-
-    /// Writes everything queued within `limit` and reports whether it all went out; the
-    /// output buffer is freed either way. With `inbox`, it also gives up as soon as the inbox
-    /// signals that the session must end: a client too slow to read is dropped at once rather
-    /// than after the write timeout, and shutdown does not wait for it either.
-    async fn flush_within(&mut self, limit: Duration, inbox: Option<&InboxReceiver>) -> bool {
-        let written = match self.write_now() {
-            Ok(false) => Box::pin(timeout(limit, self.write_rest(inbox))).await.unwrap_or(false),
-            done => done.unwrap_or(false),
-        };
-        // Freed rather than kept: an idle session holds no output buffer.
-        self.out = BytesMut::new();
-        written
-    }
-
-    /// Waits until the socket has taken all the output; false on an error or a signal.
-    async fn write_rest(&mut self, inbox: Option<&InboxReceiver>) -> bool {
-        loop {
-            let signalled = poll_fn(|cx| {
-                if inbox.is_some_and(|inbox| inbox.poll_signal(cx).is_ready()) {
-                    return Poll::Ready(true);
-                }
-                // An error shows in the write that follows.
-                self.socket.poll_write_ready(cx).map(|_| false)
-            })
-            .await;
-            if signalled {
-                return false;
-            }
-            match self.write_now() {
-                Ok(false) => {}
-                done => return done.unwrap_or(false),
-            }
-        }
-    }
-
-    /// Writes what the socket takes without waiting; true once nothing is left. Most writes
-    /// fit in the socket's buffer, so this is usually the whole flush.
-    fn write_now(&mut self) -> std::io::Result<bool> {
-        while !self.out.is_empty() {
-            match self.socket.try_write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Writes a last message (and anything queued before it), briefly: the connection ends next.
-    async fn goodbye(&mut self, msg: ServerMessage) {
-        self.queue(&msg);
-        self.flush_within(GOODBYE_TIMEOUT, None).await;
-    }
-
-    /// Queues `msg`, writes everything, and reports whether it all went out.
-    async fn send(&mut self, msg: &ServerMessage) -> bool {
-        self.queue(msg);
-        self.flush().await
-    }
-}
-
-/// Sorts what a read gave into what to do about it.
-fn sort(read: Option<Read>) -> Incoming {
-    match read {
-        None => Incoming::Closed,
-        Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
-        Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
-            ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
-            false,
-        ),
-        Some(Ok(Err(malformed))) => {
-            Incoming::Bad(ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()), false)
-        }
-        Some(Err(e @ CodecError::TooLarge { .. })) => {
-            Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
-        }
-        Some(Err(e)) => {
-            tracing::debug!("connection failed: {e}");
-            Incoming::Closed
-        }
-    }
 }
 
 /// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it. A server

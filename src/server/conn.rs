@@ -1,0 +1,242 @@
+//! The socket of one client connection: its buffers, reading and sorting frames, queuing
+//! replies and writing them out.
+//!
+//! [`Conn`] is the plumbing under the session phases of [`super::session`], as mini-redis's
+//! `connection.rs` is under its commands. Reads go through [`Conn::fill`] and [`Conn::decode`]
+//! (or [`Conn::read`], which waits), writes are queued into one output buffer and written by
+//! [`Conn::flush`] at once when the socket takes them, else through a wait bounded by the write
+//! timeout. An idle connection holds no buffers: the read buffer is allocated when the socket
+//! becomes readable and freed once every frame in it has been handled, and the output buffer is
+//! freed once written.
+
+use std::future::poll_fn;
+use std::io::ErrorKind;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Decoder;
+
+use super::inbox::InboxReceiver;
+use super::Shared;
+use crate::protocol::{
+    codec, ClientMessage, CodecError, ErrorCode, ErrorReply, MalformedFrame, Reply, Request,
+    ServerCodec, ServerMessage,
+};
+
+/// How long a goodbye may take to write before the connection is dropped anyway.
+pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Room made in the read buffer for each read.
+const READ_CHUNK: usize = 4096;
+/// Room made in the output buffer before the first frame of a batch.
+const OUT_CHUNK: usize = 512;
+
+/// What the client sent next, already sorted into what to do about it.
+pub(super) enum Incoming {
+    /// A request to handle.
+    Request(u32, Request),
+    /// A frame to answer with an error; the connection ends after it if `fatal`.
+    Bad(ErrorReply, bool),
+    /// The client closed the connection or it failed.
+    Closed,
+}
+
+/// A frame as read: a message, a well-framed payload that did not decode, or a stream error.
+pub(super) type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>;
+
+/// The socket of one client, with its read and output buffers (empty while idle).
+pub(super) struct Conn {
+    pub(super) socket: TcpStream,
+    input: BytesMut,
+    codec: ServerCodec,
+    pub(super) out: BytesMut,
+    pub(super) write_timeout: Duration,
+}
+
+/// What one read from the socket gave.
+pub(super) enum Filled {
+    /// Bytes were added to the read buffer, or there were none to read after all.
+    Data,
+    /// The client closed the connection; `None` if cleanly, between frames.
+    Closed(Option<CodecError>),
+}
+
+impl Conn {
+    pub(super) fn new(socket: TcpStream, shared: &Shared) -> Self {
+        Self {
+            socket,
+            input: BytesMut::new(),
+            codec: ServerCodec::new(shared.config.max_frame),
+            out: BytesMut::new(),
+            write_timeout: shared.config.write_timeout,
+        }
+    }
+
+    /// The next whole frame in the read buffer, if there is one.
+    pub(super) fn decode(&mut self) -> Option<Read> {
+        let read = self.codec.decode(&mut self.input).transpose();
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            // Freed as soon as it is empty, not at the next read: an idle session holds no
+            // read buffer, including right after a read that the next one may be hours away.
+            self.input = BytesMut::new();
+        }
+        read
+    }
+
+    /// Reads what the socket has, without waiting. The buffer is only allocated here, when
+    /// the socket is readable.
+    pub(super) fn fill(&mut self) -> Filled {
+        self.input.reserve(READ_CHUNK);
+        let room = self.input.capacity() - self.input.len();
+        // A read that returns less than it had room for has emptied the socket's receive
+        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
+        // saves the read that would otherwise only find the queue empty (one syscall per
+        // wake-up when messages come one at a time). Data that arrives later is a new edge:
+        // tokio only clears readiness that no event has renewed since it was read.
+        let read = self.socket.try_io(Interest::READABLE, || {
+            let n = self.socket.try_read_buf(&mut self.input)?;
+            if n > 0 && n < room {
+                Err(ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match read {
+            Ok(0) if self.input.is_empty() => Filled::Closed(None),
+            Ok(0) => {
+                let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
+                Filled::Closed(Some(e.into()))
+            }
+            Ok(_) => Filled::Data,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Filled::Data,
+            Err(e) => Filled::Closed(Some(e.into())),
+        }
+    }
+
+    /// The next frame; `None` once the client has closed the connection. Cancel-safe: bytes
+    /// are only read when they can be kept.
+    pub(super) async fn read(&mut self) -> Option<Read> {
+        loop {
+            if let Some(read) = self.decode() {
+                return Some(read);
+            }
+            if let Err(e) = self.socket.readable().await {
+                return Some(Err(e.into()));
+            }
+            if let Filled::Closed(error) = self.fill() {
+                return error.map(Err);
+            }
+        }
+    }
+
+    /// The next frame from the client. Cancel-safe: nothing is written here.
+    pub(super) async fn next(&mut self) -> Incoming {
+        sort(self.read().await)
+    }
+
+    pub(super) fn queue(&mut self, msg: &ServerMessage) {
+        self.out.reserve(OUT_CHUNK);
+        if let Err(e) = codec::encode_into(msg, &mut self.out) {
+            tracing::error!("cannot encode a reply: {e}");
+        }
+    }
+
+    pub(super) fn reply(&mut self, id: u32, result: Result<Reply, ErrorReply>) {
+        self.queue(&ServerMessage::Reply { id, result });
+    }
+
+    /// Writes everything queued, within the configured write timeout.
+    pub(super) async fn flush(&mut self) -> bool {
+        self.flush_within(self.write_timeout, None).await
+    }
+
+    /// Writes everything queued within `limit` and reports whether it all went out; the
+    /// output buffer is freed either way. With `inbox`, it also gives up as soon as the inbox
+    /// signals that the session must end: a client too slow to read is dropped at once rather
+    /// than after the write timeout, and shutdown does not wait for it either.
+    pub(super) async fn flush_within(
+        &mut self,
+        limit: Duration,
+        inbox: Option<&InboxReceiver>,
+    ) -> bool {
+        let written = match self.write_now() {
+            Ok(false) => Box::pin(timeout(limit, self.write_rest(inbox))).await.unwrap_or(false),
+            done => done.unwrap_or(false),
+        };
+        // Freed rather than kept: an idle session holds no output buffer.
+        self.out = BytesMut::new();
+        written
+    }
+
+    /// Waits until the socket has taken all the output; false on an error or a signal.
+    async fn write_rest(&mut self, inbox: Option<&InboxReceiver>) -> bool {
+        loop {
+            let signalled = poll_fn(|cx| {
+                if inbox.is_some_and(|inbox| inbox.poll_signal(cx).is_ready()) {
+                    return Poll::Ready(true);
+                }
+                // An error shows in the write that follows.
+                self.socket.poll_write_ready(cx).map(|_| false)
+            })
+            .await;
+            if signalled {
+                return false;
+            }
+            match self.write_now() {
+                Ok(false) => {}
+                done => return done.unwrap_or(false),
+            }
+        }
+    }
+
+    /// Writes what the socket takes without waiting; true once nothing is left. Most writes
+    /// fit in the socket's buffer, so this is usually the whole flush.
+    fn write_now(&mut self) -> std::io::Result<bool> {
+        while !self.out.is_empty() {
+            match self.socket.try_write(&self.out) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a last message (and anything queued before it), briefly: the connection ends next.
+    pub(super) async fn goodbye(&mut self, msg: ServerMessage) {
+        self.queue(&msg);
+        self.flush_within(GOODBYE_TIMEOUT, None).await;
+    }
+
+    /// Queues `msg`, writes everything, and reports whether it all went out.
+    pub(super) async fn send(&mut self, msg: &ServerMessage) -> bool {
+        self.queue(msg);
+        self.flush().await
+    }
+}
+
+/// Sorts what a read gave into what to do about it.
+pub(super) fn sort(read: Option<Read>) -> Incoming {
+    match read {
+        None => Incoming::Closed,
+        Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
+        Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
+            ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
+            false,
+        ),
+        Some(Ok(Err(malformed))) => {
+            Incoming::Bad(ErrorReply::new(ErrorCode::MalformedFrame, malformed.to_string()), false)
+        }
+        Some(Err(e @ CodecError::TooLarge { .. })) => {
+            Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
+        }
+        Some(Err(e)) => {
+            tracing::debug!("connection failed: {e}");
+            Incoming::Closed
+        }
+    }
+}
