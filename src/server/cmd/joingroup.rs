@@ -9,9 +9,9 @@ pub(in crate::server) async fn run(
     me: &str,
     group: String,
 ) -> Result<Reply, ErrorReply> {
-    let (members, stored) = shared.hub.join_group(me, &group, now_ms(), |at| {
+    let (members, stored) = shared.hub.join_group(me, &group, now_ms(), |at, joined_id| {
         let (group, me) = (group.clone(), me.to_owned());
-        shared.store.call(move |s| s.join_group(&group, &me, at))
+        shared.store.call(move |s| s.join_group(&group, &me, at, joined_id))
     })?;
     match stored.await {
         Ok(true) => Ok(Reply::JoinedGroup { group, members }),
