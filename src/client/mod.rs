@@ -139,6 +139,7 @@ struct Acks {
 /// The server's pushed events, in the order they arrived.
 pub struct Events {
     rx: mpsc::UnboundedReceiver<ClientEvent>,
+    acks: Arc<Acks>,
 }
 
 impl Events {
@@ -150,6 +151,23 @@ impl Events {
     /// An event that has already arrived, without waiting.
     pub fn try_next(&mut self) -> Option<ClientEvent> {
         self.rx.try_recv().ok()
+    }
+
+    /// [`Client::ack`], for a front end that holds the events rather than the client.
+    pub fn ack(&self, id: u64) {
+        self.acks.shown(id);
+    }
+}
+
+impl Acks {
+    fn shown(&self, id: u64) {
+        if self.shown.fetch_max(id, Ordering::AcqRel) >= id {
+            return;
+        }
+        let unsent = self.unsent.fetch_add(1, Ordering::AcqRel) + 1;
+        if unsent == 1 || unsent >= ACK_EVERY {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -176,19 +194,13 @@ impl Client {
         let (events_tx, rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acks::default());
         tokio::spawn(io_task(framed, requests_rx, events_tx, acks.clone()));
-        Ok((Client { requests, server, local, acks }, Events { rx }))
+        Ok((Client { requests, server, local, acks: acks.clone() }, Events { rx, acks }))
     }
 
     /// Tells the server, soon and cumulatively, that the message with log id `id` (and every
     /// one before it) has been shown to the user. Call it once the message is on screen.
     pub fn ack(&self, id: u64) {
-        if self.acks.shown.fetch_max(id, Ordering::AcqRel) >= id {
-            return;
-        }
-        let unsent = self.acks.unsent.fetch_add(1, Ordering::AcqRel) + 1;
-        if unsent == 1 || unsent >= ACK_EVERY {
-            self.acks.wake.notify_one();
-        }
+        self.acks.shown(id);
     }
 
     /// The server's self-description from the handshake.
