@@ -474,7 +474,11 @@ mod tests {
         assert_eq!(parse("/joingroup devs"), server(Request::JoinGroup { group: "devs".into() }));
         assert_eq!(
             parse("/groupmsg devs standup  at 10"),
-            server(Request::GroupMsg { group: "devs".into(), text: "standup  at 10".into(), send_id: None })
+            server(Request::GroupMsg {
+                group: "devs".into(),
+                text: "standup  at 10".into(),
+                send_id: None
+            })
         );
         assert_eq!(parse("/leavegroup devs"), server(Request::LeaveGroup { group: "devs".into() }));
         assert_eq!(parse("/groups"), server(Request::Groups));

@@ -217,8 +217,8 @@ impl Client {
     /// Sends any request and waits for its reply. A message without a send id gets a fresh
     /// random one.
     pub async fn request(&self, mut request: Request) -> Result<Reply, ClientError> {
-        if let Request::Msg { send_id: id @ None, .. } | Request::GroupMsg { send_id: id @ None, .. } =
-            &mut request
+        if let Request::Msg { send_id: id @ None, .. }
+        | Request::GroupMsg { send_id: id @ None, .. } = &mut request
         {
             *id = Some(rand::random());
         }

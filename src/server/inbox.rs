@@ -185,9 +185,7 @@ mod tests {
         tx.try_send(f(b"a")).unwrap();
         tx.try_send(f(b"b")).unwrap();
         assert_eq!(rx.signal(), None);
-        assert!(
-            matches!(tx.try_send(f(b"c")), Err(TrySendError::Full((_, c))) if c == "c")
-        );
+        assert!(matches!(tx.try_send(f(b"c")), Err(TrySendError::Full((_, c))) if c == "c"));
         assert_eq!(rx.signal(), Some(Signal::TooSlow));
         assert_eq!(rx.take(), [f(b"a"), f(b"b")]);
         assert!(rx.take().is_empty());

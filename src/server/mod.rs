@@ -13,8 +13,8 @@
 
 mod cmd;
 mod conn;
-pub mod delivery;
 pub mod credentials;
+pub mod delivery;
 pub mod hub;
 pub mod inbox;
 pub mod lockout;
@@ -132,7 +132,11 @@ pub async fn run(
     }
     let start = store
         .call(|s| {
-            Ok(LogStart { last_id: s.last_log_id()?, cursors: s.cursors()?, backlogs: s.backlogs()? })
+            Ok(LogStart {
+                last_id: s.last_log_id()?,
+                cursors: s.cursors()?,
+                backlogs: s.backlogs()?,
+            })
         })
         .await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -18,8 +18,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Backlog, HistoryRow, LogEntry, LogRow, MemberRecord, Millis, Store, StoreError, StoreResult,
-    To,
+    Backlog, HistoryRow, LogEntry, LogRow, MemberRecord, Millis, Store, StoreError, StoreResult, To,
 };
 
 /// The schema version this build writes.
@@ -637,7 +636,14 @@ mod tests {
     }
 
     fn entry(id: u64, sender: &str, to: To, body: &str) -> LogEntry {
-        LogEntry { id, sender: sender.into(), to, body: body.into(), sent_at: id as i64, send_id: None }
+        LogEntry {
+            id,
+            sender: sender.into(),
+            to,
+            body: body.into(),
+            sent_at: id as i64,
+            send_id: None,
+        }
     }
 
     fn dm(id: u64, from: &str, to: &str, body: &str) -> LogEntry {
@@ -819,8 +825,7 @@ mod tests {
             gm(4, "carol", "bob has not"),
             dm(5, "alice", "carol", "newest"),
         ];
-        s.append_log(&log, &[("bob".into(), 2), ("alice".into(), 5), ("carol".into(), 5)])
-            .unwrap();
+        s.append_log(&log, &[("bob".into(), 2), ("alice".into(), 5), ("carol".into(), 5)]).unwrap();
         assert_eq!(s.prune_log(1).unwrap(), 0, "only messages sent before the cut-off go");
         assert_eq!(s.prune_log(100).unwrap(), 2, "1 and 2");
         let left: Vec<String> = s
@@ -931,7 +936,10 @@ mod tests {
         // The history is all there once, as before.
         let direct = s.direct_history("bob", "alice", 20).unwrap();
         assert_eq!(texts(&direct), ["delivered", "kept 1"]);
-        assert_eq!(texts(&s.group_history("devs", "bob", 20).unwrap()), ["group delivered", "group kept"]);
+        assert_eq!(
+            texts(&s.group_history("devs", "bob", 20).unwrap()),
+            ["group delivered", "group kept"]
+        );
         assert_eq!(texts(&s.direct_history("bob", "carol", 20).unwrap()), ["kept 2"]);
         // bob has exactly his three offline messages waiting, in order, the group one as such.
         let groups: Vec<(String, u64)> = members

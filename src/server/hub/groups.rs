@@ -309,4 +309,3 @@ impl Hub {
 fn unknown_group(name: &str) -> ErrorReply {
     ErrorReply::new(ErrorCode::UnknownGroup, format!("there is no group {name}"))
 }
-

@@ -279,7 +279,12 @@ impl Hub {
                 let mut state = self.state();
                 let log = &mut state.log;
                 let cursors: Vec<(String, u64)> = log.moved.drain().collect();
-                (std::mem::take(&mut log.batch), std::mem::take(&mut log.waiting), cursors, log.closing)
+                (
+                    std::mem::take(&mut log.batch),
+                    std::mem::take(&mut log.waiting),
+                    cursors,
+                    log.closing,
+                )
             };
             if entries.is_empty() && cursors.is_empty() {
                 if closing {
@@ -334,8 +339,27 @@ impl Hub {
 
 impl State {
     /// Routes a committed message to the sessions of its recipients; `frame` is `None` for a
-    /// repeat that the store left out (it is not routed again).
+    /// repeat that the store left out (it is not routed again, and no longer waits for
+    /// anyone).
     fn route(&mut self, entry: &LogEntry, frame: Option<&Bytes>) -> Sent {
+        if frame.is_none() {
+            let size = entry.body.len() as u64;
+            let recipients = match &entry.to {
+                To::User(to) => vec![to.clone()],
+                To::Group(group) => self
+                    .groups
+                    .joined_with_ids(group)
+                    .filter(|(m, _)| **m != entry.sender && !self.blocks.has(m, &entry.sender))
+                    .map(|(m, _)| m.clone())
+                    .collect(),
+            };
+            for r in recipients {
+                if let Some(backlog) = self.log.backlogs.get_mut(&r) {
+                    backlog.count = backlog.count.saturating_sub(1);
+                    backlog.bytes = backlog.bytes.saturating_sub(size);
+                }
+            }
+        }
         match &entry.to {
             To::User(to) => {
                 // Blocked since it was sent: the log does not give it to `to` either.

@@ -554,4 +554,3 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
         .inspect_err(|e| tracing::error!("cannot encode an event: {e}"))
         .ok()
 }
-
