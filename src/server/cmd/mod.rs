@@ -83,6 +83,10 @@ impl From<HubError> for ErrorReply {
             HubError::UnknownGroup(_) => ErrorCode::UnknownGroup,
             HubError::NotGroupMember(_) => ErrorCode::NotGroupMember,
             HubError::NotJoined(_) => ErrorCode::NotJoined,
+            HubError::NameTaken(_) => ErrorCode::NameTaken,
+            HubError::NotInvited(_) => ErrorCode::NotInvited,
+            HubError::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
+            HubError::NotBlocked(_) => ErrorCode::NotBlocked,
             HubError::Store(_) | HubError::LogClosed => {
                 return internal("the message log", e);
             }

@@ -1,9 +1,9 @@
 //! Groups: who is invited to and who has joined which group, and routing within a group.
 //!
 //! The table lives inside the hub's state so that a membership check and the routing that
-//! depends on it happen under one lock. Every change takes a `persist` closure that runs
-//! under that lock too, like [`Hub::deliver`]'s `offline`: it queues the store write, so
-//! writes reach the store in the order the hub applied them.
+//! depends on it happen under one lock. Every change queues its store write under that lock
+//! too (the hub holds the store handle), so writes reach the store in the order the hub
+//! applied them; the caller awaits the returned [`Stored`].
 //!
 //! A group exists while it has at least one joined member; when the last one leaves, the
 //! group and its pending invitations go.
@@ -15,10 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{check_target, encode_event, Blocks, Hub, HubError, State};
-use crate::protocol::{
-    ErrorCode, ErrorReply, Event, GroupInfo, Invitation, MemberChange, Timestamp,
-};
+use super::{check_target, encode_event, persist, Blocks, Hub, HubError, State, Stored};
+use crate::protocol::{Event, GroupInfo, Invitation, MemberChange, Timestamp};
 use crate::store::MemberRecord;
 
 /// Every group, by name.
@@ -175,24 +173,20 @@ impl Hub {
     }
 
     /// Creates group `name` with `creator` joined and invites `invite` (other users, no
-    /// duplicates), telling those online; `persist` runs under the lock.
+    /// duplicates), telling those online, and queues the store write.
     ///
     /// Refused when the name belongs to a group or a user, or when an invitee does not exist
     /// or blocks `creator`; nothing changes then.
-    pub fn create_group<T>(
+    pub fn create_group(
         &self,
         creator: &str,
         name: &str,
         invite: &[String],
         at: Timestamp,
-        persist: impl FnOnce() -> T,
-    ) -> Result<T, ErrorReply> {
+    ) -> Result<Stored, HubError> {
         let mut state = self.state();
         if state.groups.contains(name) || state.users.contains(name) {
-            return Err(ErrorReply::new(
-                ErrorCode::NameTaken,
-                format!("the name {name} is taken; choose another group name"),
-            ));
+            return Err(HubError::NameTaken(name.to_owned()));
         }
         for user in invite {
             check_target(&state, creator, user)?;
@@ -209,60 +203,48 @@ impl Hub {
             }
         }
         state.groups.0.insert(name.to_owned(), group);
-        Ok(persist())
+        let (name, creator, invite) = (name.to_owned(), creator.to_owned(), invite.to_vec());
+        Ok(persist(&self.store, "creating a group", move |s| {
+            s.create_group(&name, &creator, &invite, at)
+        }))
     }
 
-    /// Makes the invited `user` a member of `group` and tells the other members; returns the
-    /// joined members (sorted, `user` included) and the result of `persist`, which gets the
-    /// join time (`now` or just after the group's last message) and the last log id before
-    /// the join (the member gets the group's messages after it).
-    pub fn join_group<T>(
+    /// Makes the invited `user` a member of `group`, tells the other members and queues the
+    /// store write; returns the joined members (sorted, `user` included). The join is timed
+    /// `now` or just after the group's last message, and the member gets the group's
+    /// messages logged after it.
+    pub fn join_group(
         &self,
         user: &str,
         group: &str,
         now: Timestamp,
-        persist: impl FnOnce(Timestamp, u64) -> T,
-    ) -> Result<(Vec<String>, T), ErrorReply> {
+    ) -> Result<(Vec<String>, Stored), HubError> {
         let mut state = self.state();
+        let state = &mut *state;
         let Some(found) = state.groups.0.get_mut(group) else {
-            return Err(unknown_group(group));
+            return Err(HubError::UnknownGroup(group.to_owned()));
         };
         match found.members.get(user) {
-            None => {
-                return Err(ErrorReply::new(
-                    ErrorCode::NotInvited,
-                    format!("you have not been invited to {group}"),
-                ))
-            }
-            Some(Member::Joined { .. }) => {
-                return Err(ErrorReply::new(
-                    ErrorCode::AlreadyJoined,
-                    format!("you are already a member of {group}"),
-                ))
-            }
+            None => return Err(HubError::NotInvited(group.to_owned())),
+            Some(Member::Joined { .. }) => return Err(HubError::AlreadyJoined(group.to_owned())),
             Some(Member::Invited { .. }) => {}
         }
         let at = found.tick(now, true);
         let joined_id = state.log.last_id();
-        let Some(found) = state.groups.0.get_mut(group) else {
-            return Err(unknown_group(group));
-        };
         found.members.insert(user.to_owned(), Member::Joined { since: at, joined_id });
         let members = found.joined().cloned().collect();
         state.announce_member(group, user, MemberChange::Joined, at);
-        Ok((members, persist(at, joined_id)))
+        let (group, user) = (group.to_owned(), user.to_owned());
+        let stored = persist(&self.store, "joining a group", move |s| {
+            s.join_group(&group, &user, at, joined_id)
+        });
+        Ok((members, stored))
     }
 
     /// Takes `user` out of `group`, whether joined or only invited, telling the members if
-    /// `user` had joined. `persist` learns whether the group dissolves (no joined member
-    /// left) and runs under the lock.
-    pub fn leave_group<T>(
-        &self,
-        user: &str,
-        group: &str,
-        at: Timestamp,
-        persist: impl FnOnce(bool) -> T,
-    ) -> Result<T, ErrorReply> {
+    /// `user` had joined, and queues the store write; the group dissolves when no joined
+    /// member is left.
+    pub fn leave_group(&self, user: &str, group: &str, at: Timestamp) -> Result<Stored, HubError> {
         let mut state = self.state();
         let was_joined = matches!(state.groups.member(group, user)?, Member::Joined { .. });
         if was_joined {
@@ -278,7 +260,8 @@ impl Hub {
         if dissolve {
             state.groups.0.remove(group);
         }
-        Ok(persist(dissolve))
+        let (group, user) = (group.to_owned(), user.to_owned());
+        Ok(persist(&self.store, "leaving a group", move |s| s.leave_group(&group, &user, dissolve)))
     }
 
     /// When `user` joined `group`; an error unless they are a member now.
@@ -305,7 +288,90 @@ impl Hub {
     }
 }
 
-/// The error for a name that is no group.
-fn unknown_group(name: &str) -> ErrorReply {
-    ErrorReply::new(ErrorCode::UnknownGroup, format!("there is no group {name}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::hub::log::Sent;
+    use crate::server::hub::tests::{hub_with, join};
+    use crate::store::To;
+
+    async fn send(hub: &Hub, from: &str, now: Timestamp) -> Result<Sent, HubError> {
+        hub.send(from, To::Group("devs".into()), "hi".into(), None, now)?.outcome().await
+    }
+
+    #[tokio::test]
+    async fn a_join_is_timed_after_every_earlier_message_and_messages_never_go_back() {
+        let hub = hub_with(0);
+        hub.create_group("alice", "devs", &["bob".into(), "carol".into()], 100)
+            .unwrap()
+            .await
+            .unwrap();
+        let at = |hub: &Hub| hub.state().groups.0["devs"].clock;
+        send(&hub, "alice", 100).await.unwrap();
+        assert_eq!(at(&hub), 100);
+        hub.join_group("bob", "devs", 100).unwrap().1.await.unwrap();
+        assert_eq!(hub.joined_since("devs", "bob").unwrap(), 101, "after the same millisecond");
+        send(&hub, "alice", 99).await.unwrap();
+        assert_eq!(at(&hub), 101, "the wall clock went back");
+    }
+
+    #[tokio::test]
+    async fn membership_rules_and_their_errors() {
+        let hub = hub_with(0);
+        let invite = ["bob".to_string()];
+        hub.create_group("alice", "devs", &invite, 1).unwrap().await.unwrap();
+        let code = |r: Result<Stored, HubError>| r.err().expect("an error");
+        assert_eq!(
+            code(hub.create_group("carol", "devs", &invite, 2)),
+            HubError::NameTaken("devs".into())
+        );
+        assert_eq!(
+            code(hub.create_group("carol", "bob", &invite, 2)),
+            HubError::NameTaken("bob".into())
+        );
+        let join =
+            |user: &str, group: &str| hub.join_group(user, group, 2).err().expect("an error");
+        assert_eq!(join("bob", "ops"), HubError::UnknownGroup("ops".into()));
+        assert_eq!(join("carol", "devs"), HubError::NotInvited("devs".into()));
+        assert_eq!(join("alice", "devs"), HubError::AlreadyJoined("devs".into()));
+        assert_eq!(send(&hub, "bob", 2).await, Err(HubError::NotJoined("devs".into())));
+        assert_eq!(send(&hub, "carol", 2).await, Err(HubError::NotGroupMember("devs".into())));
+        let (members, stored) = hub.join_group("bob", "devs", 3).unwrap();
+        stored.await.unwrap();
+        assert_eq!(members, ["alice", "bob"]);
+        let sent = send(&hub, "bob", 3).await.unwrap();
+        assert_eq!(sent, Sent::Group { group: "devs".into(), delivered: 0, stored: 1, skipped: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_member_gets_only_what_was_sent_after_joining() {
+        let hub = hub_with(0);
+        hub.create_group("alice", "devs", &["bob".into()], 1).unwrap().await.unwrap();
+        let (rx, session) = join(&hub, "bob", 16);
+        assert!(hub.go_live("bob", session, 0));
+        send(&hub, "alice", 2).await.unwrap(); // id 1, before bob joined
+        hub.join_group("bob", "devs", 3).unwrap().1.await.unwrap();
+        assert_eq!(hub.memberships("bob"), [("devs".to_string(), 1)]);
+        send(&hub, "alice", 4).await.unwrap(); // id 2
+        let ids: Vec<u64> = rx.take().into_iter().map(|(id, _)| id).filter(|id| *id > 0).collect();
+        assert_eq!(ids, [2]);
+    }
+
+    #[tokio::test]
+    async fn the_last_member_leaving_dissolves_the_group_and_its_invitations() {
+        let hub = hub_with(0);
+        hub.create_group("alice", "devs", &["bob".into(), "carol".into()], 1)
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(hub.groups_of("carol").1.len(), 1);
+        hub.leave_group("bob", "devs", 2).unwrap().await.unwrap();
+        assert_eq!(
+            hub.leave_group("bob", "devs", 2).err(),
+            Some(HubError::NotGroupMember("devs".into()))
+        );
+        hub.leave_group("alice", "devs", 3).unwrap().await.unwrap();
+        assert!(!hub.is_group("devs"));
+        assert!(hub.groups_of("carol").1.is_empty());
+    }
 }

@@ -75,6 +75,38 @@ pub enum HubError {
     /// The server is shutting down and the log writer has stopped.
     #[error("the server is shutting down")]
     LogClosed,
+    /// A group or a user already has this name.
+    #[error("the name {0} is taken; choose another group name")]
+    NameTaken(String),
+    /// Joining a group without an invitation.
+    #[error("you have not been invited to {0}")]
+    NotInvited(String),
+    /// Joining a group already joined.
+    #[error("you are already a member of {0}")]
+    AlreadyJoined(String),
+    /// Unblocking someone not blocked.
+    #[error("{0} is not blocked")]
+    NotBlocked(String),
+}
+
+/// A store write the hub queued under its lock (so writes reach the store in the order the
+/// hub applied them); resolves once committed.
+pub type Stored = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HubError>> + Send>>;
+
+/// Queues `write` on `store`; the returned future fails if it did not change what it should.
+fn persist(
+    store: &StoreHandle,
+    what: &'static str,
+    write: impl FnOnce(&mut dyn crate::store::Store) -> crate::store::StoreResult<bool> + Send + 'static,
+) -> Stored {
+    let done = store.call(write);
+    Box::pin(async move {
+        match done.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HubError::Store(format!("{what}: the store disagreed"))),
+            Err(e) => Err(HubError::Store(format!("{what}: {e}"))),
+        }
+    })
 }
 
 /// What [`Hub::join`] hands a session that has just logged in.
@@ -295,17 +327,31 @@ impl Hub {
         self.state().users.insert(name.to_owned());
     }
 
-    /// Records that `blocker` now blocks (or, with `on == false`, no longer blocks) `blocked`.
-    /// Blocking also drops, silently, a private chat request `blocked` made to `blocker`: its
-    /// end would otherwise tell `blocked` when `blocker` logs out.
-    pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
+    /// Makes `blocker` block (or, with `on == false`, no longer block) `blocked`, and queues
+    /// the store write. Blocking also drops, silently, a private chat request `blocked` made
+    /// to `blocker`: its end would otherwise tell `blocked` when `blocker` logs out. Blocking
+    /// again is no error.
+    pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) -> Result<Stored, HubError> {
         let mut state = self.state();
-        if on {
-            state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
-            state.requests.take(blocked, blocker, Instant::now());
-        } else if let Some(set) = state.blocks.0.get_mut(blocker) {
-            set.remove(blocked);
+        if blocker == blocked {
+            return Err(HubError::SelfTarget);
         }
+        if !state.users.contains(blocked) {
+            return Err(HubError::UnknownUser(blocked.to_owned()));
+        }
+        let (a, b) = (blocker.to_owned(), blocked.to_owned());
+        if on {
+            state.blocks.0.entry(a.clone()).or_default().insert(b.clone());
+            state.requests.take(blocked, blocker, Instant::now());
+            // Already blocked is fine: `add_block` then changes nothing.
+            return Ok(persist(&self.store, "saving a block", move |s| {
+                s.add_block(&a, &b).map(|_| true)
+            }));
+        }
+        if !state.blocks.0.get_mut(blocker).is_some_and(|set| set.remove(blocked)) {
+            return Err(HubError::NotBlocked(b));
+        }
+        Ok(persist(&self.store, "removing a block", move |s| s.remove_block(&a, &b)))
     }
 
     /// Whether `blocker` blocks `blocked`.
@@ -518,11 +564,6 @@ impl Hub {
     }
 }
 
-/// The error for a name that is no account.
-pub fn unknown_user(name: &str) -> ErrorReply {
-    ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {name}"))
-}
-
 /// Checks that `from` may address `to`: `to` exists, is someone else, and does not block `from`.
 fn check_target(state: &State, from: &str, to: &str) -> Result<(), HubError> {
     if from == to {
@@ -553,4 +594,142 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
     encode_frame(&ServerMessage::Event(event))
         .inspect_err(|e| tracing::error!("cannot encode an event: {e}"))
         .ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::server::inbox::{inbox, InboxReceiver, Signal};
+    use crate::store::{SqliteStore, To};
+
+    /// A hub over an in-memory store knowing alice, bob and carol, with mailboxes of `room`.
+    pub(crate) fn hub_with(room: u64) -> std::sync::Arc<Hub> {
+        let mut db = SqliteStore::open(":memory:").unwrap();
+        let users = ["alice", "bob", "carol"].map(String::from);
+        for user in &users {
+            crate::store::Store::create_user(&mut db, user, "hash", 0).unwrap();
+        }
+        let store = StoreHandle::spawn(db);
+        let mailbox = Mailbox { messages: room, bytes: 0 };
+        let hub = std::sync::Arc::new(Hub::new(users, [], [], LogStart::default(), mailbox, store));
+        let writer = hub.clone();
+        tokio::spawn(async move { writer.write_log().await });
+        hub
+    }
+
+    pub(crate) fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, u64) {
+        let (tx, rx) = inbox(queue);
+        let session = hub.new_session_id();
+        hub.join(name, Peer::new(tx, 0, session)).unwrap();
+        (rx, session)
+    }
+
+    async fn send(hub: &Hub, from: &str, to: &str, text: &str) -> Result<log::Sent, HubError> {
+        hub.send(from, To::User(to.into()), text.into(), None, 0)?.outcome().await
+    }
+
+    fn ids(rx: &InboxReceiver) -> Vec<u64> {
+        rx.take().into_iter().map(|(id, _)| id).filter(|id| *id != 0).collect()
+    }
+
+    #[tokio::test]
+    async fn a_catching_up_session_is_sent_nothing_until_it_has_read_past_what_was_routed() {
+        let hub = hub_with(0);
+        let (rx, session) = join(&hub, "bob", 16);
+        let sent = send(&hub, "alice", "bob", "during catch-up").await.unwrap();
+        assert_eq!(sent, log::Sent::Direct { to: "bob".into(), online: true });
+        assert!(ids(&rx).is_empty(), "not queued while catching up");
+        assert!(!hub.go_live("bob", session, 0), "message 1 was routed and not read yet");
+        assert!(hub.go_live("bob", session, 1), "read from the log: live after it");
+        send(&hub, "alice", "bob", "live").await.unwrap();
+        assert_eq!(ids(&rx), [2]);
+        assert!(!hub.go_live("bob", session + 1, 2), "another session's switch is refused");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_and_drops_while_the_log_keeps_everything() {
+        let hub = hub_with(0);
+        let (rx, session) = join(&hub, "bob", 2);
+        assert!(hub.go_live("bob", session, 0));
+        for i in 0..5 {
+            send(&hub, "alice", "bob", &format!("m{i}")).await.unwrap();
+        }
+        assert_eq!(rx.signal(), Some(Signal::TooSlow));
+        assert_eq!(ids(&rx), [1, 2]);
+        assert!(hub.leave("bob", session, None, 0));
+        let (cursor, waiting) = Hub::cursor_of(&hub.state(), "bob");
+        assert_eq!((cursor, waiting.count), (0, 5), "nothing acknowledged: all five wait");
+        let page = hub.store.call(|s| s.log_after("bob", 0, &[], 10, 1 << 20)).await.unwrap();
+        assert_eq!(page.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_move_the_cursor_and_free_the_mailbox() {
+        let hub = hub_with(2);
+        send(&hub, "alice", "bob", "one").await.unwrap();
+        send(&hub, "carol", "bob", "two").await.unwrap();
+        assert_eq!(
+            send(&hub, "alice", "bob", "three").await,
+            Err(HubError::MailboxFull("bob".into()))
+        );
+        hub.acked("bob", 1, Backlog { count: 1, bytes: 3 });
+        send(&hub, "alice", "bob", "three").await.unwrap();
+        let (tx, _rx) = inbox(4);
+        let joined = hub.join("bob", Peer::new(tx, 0, 99)).unwrap();
+        assert_eq!((joined.cursor, joined.waiting.count), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_send_id_shares_the_first_outcome_and_makes_no_second_row() {
+        let hub = hub_with(0);
+        let (rx, session) = join(&hub, "bob", 16);
+        assert!(hub.go_live("bob", session, 0));
+        let first = hub.send("alice", To::User("bob".into()), "x".into(), Some(9), 0).unwrap();
+        let again = hub.send("alice", To::User("bob".into()), "x".into(), Some(9), 1).unwrap();
+        assert_eq!(first.outcome().await, again.outcome().await);
+        assert_eq!(ids(&rx), [1]);
+        let other = hub.send("alice", To::User("bob".into()), "y".into(), Some(10), 2).unwrap();
+        other.outcome().await.unwrap();
+        assert_eq!(ids(&rx), [2]);
+    }
+
+    #[tokio::test]
+    async fn one_session_per_user_unless_the_old_one_died() {
+        let hub = hub_with(0);
+        let (rx, _) = join(&hub, "bob", 4);
+        let (tx, _rx2) = inbox(4);
+        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99)).err().unwrap();
+        assert_eq!(err.code, ErrorCode::AlreadyLoggedIn);
+        drop(rx); // the session task is gone without leaving
+        hub.join("bob", Peer::new(tx, 0, 99)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_reaches_every_online_session() {
+        let hub = hub_with(0);
+        let (alice, _) = join(&hub, "alice", 4);
+        let (bob, _) = join(&hub, "bob", 4);
+        assert_eq!(bob.signal(), None);
+        hub.shut_down_all();
+        assert_eq!(alice.signal(), Some(Signal::Shutdown));
+        assert_eq!(bob.signal(), Some(Signal::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn leave_of_an_old_session_does_not_remove_a_new_one() {
+        let hub = hub_with(0);
+        let (_rx, session) = join(&hub, "bob", 4);
+        assert!(!hub.leave("bob", session + 1000, None, 0));
+        assert!(hub.is_online("bob"));
+    }
+
+    #[tokio::test]
+    async fn the_log_writer_commits_what_is_left_when_closed() {
+        let hub = hub_with(0);
+        let accepted = hub.send("alice", To::User("bob".into()), "last".into(), None, 0).unwrap();
+        hub.close_log();
+        accepted.outcome().await.unwrap();
+        let page = hub.store.call(|s| s.log_after("bob", 0, &[], 10, 1 << 20)).await.unwrap();
+        assert_eq!(page[0].body, "last");
+    }
 }
