@@ -296,8 +296,13 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 }
                 // Requests that came together are answered together, in one write.
                 while let Some(read) = conn.decode() {
-                    active = Instant::now();
-                    match sort(Some(read)) {
+                    let incoming = sort(Some(read));
+                    // Acknowledgements are the client's, not the user's: receiving messages
+                    // does not keep an absent user logged in.
+                    if !matches!(incoming, Incoming::Ack(_)) {
+                        active = Instant::now();
+                    }
+                    match incoming {
                         Incoming::Request(id, Request::Logout) => {
                             // Logout is not a command of its own: it ends this loop.
                             conn.reply(id, Ok(Reply::LoggedOut));
