@@ -388,3 +388,55 @@ async fn login_once_gone(server: &TestServer, user: &str) -> (Client, Events, us
     }
     panic!("{user}'s old session never ended");
 }
+
+#[tokio::test]
+async fn text_logs_show_the_messages_and_who_is_online_in_the_course_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let config = Config { text_logs: Some(logs.clone()), ..Config::default() };
+    let server = TestServer::start(config).await;
+    let (alice, _a) = server.login("alice").await;
+    let bob = server.login_direct("bob").await;
+    alice.msg("bob", "hello; bob").await.unwrap();
+    alice.create_group("devs", &["bob"]).await.unwrap();
+    bob.client.join_group("devs").await.unwrap();
+    alice.group_msg("devs", "standup").await.unwrap();
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap();
+    let line = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
+    let direct = line(&read("messagelog.txt"));
+    assert_eq!(direct.len(), 1);
+    let fields: Vec<&str> = direct[0].splitn(4, "; ").collect();
+    assert_eq!((fields[0], fields[2], fields[3]), ("1", "alice", "hello; bob"));
+    let when = fields[1];
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(when, "%d %b %Y %H:%M:%S").is_ok(),
+        "{when:?} is not like 01 Jun 2023 15:00:01"
+    );
+    assert!(
+        read("devs_messagelog.txt").starts_with("1; ")
+            && read("devs_messagelog.txt").ends_with("; alice; standup\n")
+    );
+    let users = line(&read("userlog.txt"));
+    assert_eq!(users.len(), 2);
+    assert!(users[0].starts_with("1; ") && users[0].ends_with("; alice; -; -"), "{users:?}");
+    let udp = bob.udp.local_addr().unwrap();
+    assert!(
+        users[1].starts_with("2; ")
+            && users[1].ends_with(&format!("; bob; {}; {}", udp.ip(), udp.port())),
+        "{users:?}"
+    );
+    // alice leaves: bob is renumbered.
+    alice.logout().await.unwrap();
+    let renumbered = async {
+        loop {
+            let users = line(&read("userlog.txt"));
+            if users.len() == 1 {
+                return users;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let users = tokio::time::timeout(PATIENCE, renumbered).await.unwrap();
+    assert!(users[0].starts_with("1; ") && users[0].contains("; bob; "), "{users:?}");
+    server.stop().await;
+}

@@ -63,6 +63,10 @@ struct Args {
     /// (default: keep them for ever).
     #[arg(long, env = "CONFAB_RETENTION_DAYS", value_parser = days)]
     retention_days: Option<Duration>,
+    /// Also write the log as plain text in this directory: messagelog.txt,
+    /// GROUP_messagelog.txt and userlog.txt (the Tessenger course spec's formats).
+    #[arg(long, env = "CONFAB_TEXT_LOGS")]
+    text_logs: Option<PathBuf>,
     /// Threads serving connections. One event loop is the cheapest per message; more spread
     /// the relay over cores. The database and password hashing have threads of their own.
     #[arg(long, env = "CONFAB_THREADS", default_value_t = 1,
@@ -121,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         private_request_timeout: args.private_request_timeout_secs,
         mailbox: Mailbox { messages: args.mailbox_messages, bytes: args.mailbox_bytes },
         retention: args.retention_days,
+        text_logs: args.text_logs.clone(),
         ..Config::default()
     };
 

@@ -21,6 +21,7 @@ pub mod lockout;
 pub mod password;
 pub mod private;
 mod session;
+pub mod textlog;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -67,6 +68,8 @@ pub struct Config {
     /// Messages older than this are deleted once every recipient has had them (`None`:
     /// kept for ever).
     pub retention: Option<Duration>,
+    /// Where to write the log as plain text too (`--text-logs`; see [`textlog`]).
+    pub text_logs: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             private_request_timeout: Duration::from_secs(60),
             mailbox: Mailbox { messages: 10_000, bytes: 64 << 20 },
             retention: None,
+            text_logs: None,
         }
     }
 }
@@ -95,6 +99,9 @@ pub enum ServerError {
     /// The store failed while loading the initial state.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The text log directory could not be created.
+    #[error("cannot create the text log directory: {0}")]
+    TextLogs(#[source] std::io::Error),
 }
 
 /// State shared by every session.
@@ -141,10 +148,14 @@ pub async fn run(
         .await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(users = users.len(), %addr, last_id = start.last_id, "serving");
+    let mut hub = Hub::new(users, blocks, members, start, config.mailbox, store.clone());
+    if let Some(dir) = &config.text_logs {
+        hub = hub.with_text_logs(textlog::TextLogs::open(dir).map_err(ServerError::TextLogs)?);
+    }
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
         hashing: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
-        hub: Hub::new(users, blocks, members, start, config.mailbox, store.clone()),
+        hub,
         store: store.clone(),
         config,
     });

@@ -293,10 +293,17 @@ impl Hub {
                 self.log_wake.notified().await;
                 continue;
             }
+            let text_logs = self.text_logs.clone();
             let committed = self
                 .store
                 .call(move |s| {
                     let stored = s.append_log(&entries, &cursors);
+                    if let (Some(logs), Ok(stored)) = (text_logs, &stored) {
+                        let committed = entries.iter().zip(stored).filter(|(_, &s)| s);
+                        let mut logs =
+                            logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        logs.messages(committed.map(|(e, _)| e));
+                    }
                     Ok((entries, stored))
                 })
                 .await;

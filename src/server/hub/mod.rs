@@ -28,6 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::server::textlog::{OnlineEntry, TextLogs};
 use crate::store::{Backlog, StoreHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +124,8 @@ pub struct Joined {
 pub struct Hub {
     state: Mutex<State>,
     store: StoreHandle,
+    /// `--text-logs`: written on the store thread, after what they describe.
+    text_logs: Option<std::sync::Arc<Mutex<TextLogs>>>,
     /// Woken when the log has something to commit.
     log_wake: Notify,
     next_session: AtomicU64,
@@ -306,10 +309,36 @@ impl Hub {
         Self {
             state: Mutex::new(state),
             store,
+            text_logs: None,
             log_wake: Notify::new(),
             next_session: AtomicU64::new(1),
             requests_changed: Notify::new(),
         }
+    }
+
+    /// The same hub, also writing the log and who is online as text (`--text-logs`).
+    pub fn with_text_logs(self, logs: TextLogs) -> Self {
+        Self { text_logs: Some(std::sync::Arc::new(Mutex::new(logs))), ..self }
+    }
+
+    /// Queues a rewrite of the text user log, if there is one; called under the lock, so
+    /// the rewrites reach the store thread in the order of the changes.
+    fn log_users(&self, state: &State) {
+        let Some(logs) = &self.text_logs else { return };
+        let online: Vec<OnlineEntry> = state
+            .online
+            .iter()
+            .map(|(user, p)| OnlineEntry {
+                user: user.clone(),
+                since: p.since,
+                udp: p.direct.map(|d| d.udp),
+            })
+            .collect();
+        let logs = logs.clone();
+        drop(self.store.call(move |_| {
+            logs.lock().unwrap_or_else(PoisonError::into_inner).users(online);
+            Ok(())
+        }));
     }
 
     /// A fresh id for a session.
@@ -377,6 +406,7 @@ impl Hub {
         let since = peer.since;
         state.online.insert(name.to_owned(), peer);
         state.announce(name, PresenceChange::LoggedIn, since);
+        self.log_users(&state);
         let (cursor, waiting) = Hub::cursor_of(&state, name);
         Ok(Joined { invitations: state.groups.invitations(name), cursor, waiting })
     }
@@ -395,6 +425,7 @@ impl Hub {
             return false;
         }
         state.online.remove(name);
+        self.log_users(&state);
         if let Some(change) = change {
             state.announce(name, change, at);
         }
