@@ -1,5 +1,5 @@
-//! Store micro-benchmark: the cost of appending relayed messages to the history, and of the
-//! `/history` queries, as the history grows.
+//! Store micro-benchmark: the cost of appending relayed messages to the log (the history),
+//! and of the `/history` queries, as the log grows.
 //!
 //! ```sh
 //! cargo run --release --example history_store -- [MESSAGES] [BATCH] [USERS]
@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use confab::store::{Envelope, SqliteStore, Store, To};
+use confab::store::{LogEntry, SqliteStore, Store, To};
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args().nth(n).map_or(default, |a| a.parse().expect("a whole number"))
@@ -37,8 +37,10 @@ fn main() {
     let (mut done, mut lap_start) = (0, 0);
     let (mut spent, mut lap) = (0.0, 0.0);
     while done < total {
-        let messages: Vec<Envelope> = (0..batch.min(total - done))
-            .map(|_| Envelope {
+        let messages: Vec<LogEntry> = (done..done + batch.min(total - done))
+            .map(|i| LogEntry {
+                id: i as u64 + 1,
+                send_id: None,
                 sender: names[random(users)].clone(),
                 to: To::User(names[random(users)].clone()),
                 body: "a message of about the usual length".into(),
@@ -46,7 +48,7 @@ fn main() {
             })
             .collect();
         let started = Instant::now();
-        store.append_history(&messages).expect("appending");
+        store.append_log(&messages, &[]).expect("appending");
         let secs = started.elapsed().as_secs_f64();
         spent += secs;
         lap += secs;

@@ -7,11 +7,17 @@
 //! # Layout
 //!
 //! - [`protocol`]: wire messages (serde enums) and the framed codec; shared by everything.
-//! - [`store`]: durable state (accounts, blocks, groups, offline messages, message and login
-//!   history) behind the [`store::Store`] trait, with the embedded SQLite backend; no
-//!   networking.
-//! - [`server`]: accept loop, one session task per connection, the hub that routes (and holds
-//!   group membership), one file per command; started with [`server::run`].
+//! - [`store`]: durable state (accounts, blocks, groups, the message log with each user's
+//!   delivery cursor, login history) behind the [`store::Store`] trait, with the embedded
+//!   SQLite backend; no networking and no wire types.
+//! - [`server`]: accept loop, the socket plumbing (`conn`) and the phases of one session task
+//!   per connection, the hub that routes (and holds group membership, the log's ids, cursors
+//!   and quotas, and commits the log in groups: [`server::hub::log`]), the catch-up
+//!   bookkeeping ([`server::delivery`]), one file per command; started with [`server::run`].
+//!
+//! Delivery: every relayed message is committed to the log before its sender's reply, carries
+//! its log id to the recipient, and is sent again at the next login until the client
+//! acknowledges it ([`client::Client::ack`]); see docs/ARCHITECTURE.md.
 //! - [`client`]: the typed async [`client::Client`], command-line parsing and line formatting
 //!   used by the `confab` binary, the tests and the benchmarks, and the full-screen interface
 //!   ([`client::tui`]: a pure `App`, its renderer and the terminal driver).

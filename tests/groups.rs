@@ -266,7 +266,7 @@ async fn history_shows_your_own_conversations_oldest_first() {
 }
 
 #[tokio::test]
-async fn group_history_is_for_joined_members_and_starts_when_they_joined() {
+async fn group_history_is_for_joined_members_and_includes_what_came_before_they_joined() {
     let server = TestServer::start(Config::default()).await;
     let (alice, _a) = server.login("alice").await;
     let (bob, _b) = server.login("bob").await;
@@ -287,7 +287,14 @@ async fn group_history_is_for_joined_members_and_starts_when_they_joined() {
         texts(alice.history("devs", None).await.unwrap()),
         ["alice: before carol", "bob: after carol"]
     );
-    assert_eq!(texts(carol.history("devs", None).await.unwrap()), ["bob: after carol"]);
+    // The group's history is the team's: carol sees what came before she joined too.
+    assert_eq!(
+        texts(carol.history("devs", None).await.unwrap()),
+        ["alice: before carol", "bob: after carol"]
+    );
+    // Leaving ends access.
+    carol.leave_group("devs").await.unwrap();
+    assert_eq!(code(carol.history("devs", None).await), ErrorCode::NotGroupMember);
     assert_eq!(
         code(dave.history("ops", None).await),
         ErrorCode::UnknownUser,

@@ -19,7 +19,7 @@ async fn a_message_reaches_an_online_user_with_its_time() {
     let before = now_ms();
     assert_eq!(alice.msg("bob", "hello bob").await.unwrap(), Delivery::Online);
     match next_event(&mut bob_events).await {
-        Event::Message { from, text, sent_at, offline } => {
+        Event::Message { from, text, sent_at, offline, .. } => {
             assert_eq!((from.as_str(), text.as_str(), offline), ("alice", "hello bob", false));
             assert!(sent_at >= before && sent_at <= now_ms());
         }
@@ -65,7 +65,7 @@ async fn offline_messages_arrive_at_next_login_oldest_first_with_original_times(
         [("alice", "first"), ("carol", "second"), ("alice", "third")].iter().enumerate()
     {
         match next_event(&mut bob_events).await {
-            Event::Message { from: f, text: t, sent_at, offline: true } => {
+            Event::Message { from: f, text: t, sent_at, offline: true, .. } => {
                 assert_eq!((f.as_str(), t.as_str()), (*from, *text));
                 assert!(sent_at >= previous && sent_at <= sent[i], "original send time kept");
                 previous = sent_at;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use confab::protocol::DEFAULT_MAX_FRAME;
+use confab::server::hub::log::Mailbox;
 use confab::server::{self, credentials, Config};
 use confab::store::{SqliteStore, StoreHandle};
 
@@ -52,6 +53,25 @@ struct Args {
     #[arg(long, env = "CONFAB_SESSION_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     session_queue: u32,
+    /// When commits reach the disk: `never` (the default) leaves it to the OS, which survives a
+    /// killed server but a power cut may take back the last moments; `always` syncs every
+    /// commit (slower, survives a power cut).
+    #[arg(long, env = "CONFAB_FSYNC", default_value = "never", value_parser = ["never", "always"])]
+    fsync: String,
+    /// Most messages waiting for one recipient before senders get "mailbox full" (0: no limit).
+    #[arg(long, env = "CONFAB_MAILBOX_MESSAGES", default_value_t = 10_000)]
+    mailbox_messages: u64,
+    /// Most bytes of message text waiting for one recipient (0: no limit).
+    #[arg(long, env = "CONFAB_MAILBOX_BYTES", default_value_t = 64 << 20)]
+    mailbox_bytes: u64,
+    /// Delete messages older than this many days once every recipient has had them
+    /// (default: keep them for ever).
+    #[arg(long, env = "CONFAB_RETENTION_DAYS", value_parser = days)]
+    retention_days: Option<Duration>,
+    /// Also write the log as plain text in this directory: messagelog.txt,
+    /// GROUP_messagelog.txt and userlog.txt (the Tessenger course spec's formats).
+    #[arg(long, env = "CONFAB_TEXT_LOGS")]
+    text_logs: Option<PathBuf>,
     /// Threads serving connections. One event loop is the cheapest per message; more spread
     /// the relay over cores. The database and password hashing have threads of their own.
     #[arg(long, env = "CONFAB_THREADS", default_value_t = 1,
@@ -65,6 +85,14 @@ fn seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn days(s: &str) -> Result<Duration, String> {
+    let days: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of days"))?;
+    if !(days.is_finite() && days > 0.0 && days < 1e6) {
+        return Err(format!("'{s}' must be a positive number of days"));
+    }
+    Ok(Duration::from_secs_f64(days * 86_400.0))
 }
 
 fn default_db() -> PathBuf {
@@ -84,8 +112,8 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     let db = args.db.clone().unwrap_or_else(default_db);
-    let mut store =
-        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    let mut store = SqliteStore::open_with(&db, args.fsync == "always")
+        .with_context(|| format!("opening the database {}", db.display()))?;
     tracing::info!("database: {}", db.display());
     if let Some(path) = &args.credentials {
         let summary = credentials::import(&mut store, path)?;
@@ -101,6 +129,9 @@ fn main() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         private_request_timeout: args.private_request_timeout_secs,
         session_queue: args.session_queue as usize,
+        mailbox: Mailbox { messages: args.mailbox_messages, bytes: args.mailbox_bytes },
+        retention: args.retention_days,
+        text_logs: args.text_logs.clone(),
         ..Config::default()
     };
 

@@ -13,6 +13,10 @@
 //! chat ends. File transfers (`/p2pvideo`) run on the UDP socket the same way; in line mode
 //! each one gets a progress bar (bytes, rate, ETA) on stderr while it runs.
 //!
+//! Every message is acknowledged to the server once its line is printed and stdout flushed;
+//! at the end of input the client first waits until the messages that waited at login have
+//! all been printed (the server's "caught up"), so `confab < /dev/null` prints them all.
+//!
 //! Exit codes: 0 after logout (or end of input), 1 other errors, 2 bad usage, 3 login refused,
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
 //! 7 session ended by the server (idle timeout, shutdown). A client that private chats kept
@@ -173,6 +177,8 @@ async fn main() -> ExitCode {
         out,
         ended_by_server: false,
         server_gone: None,
+        caught_up: false,
+        input_done: false,
     };
     let code = app.run(events, private, transfer_events, input).await;
     app.out.restore_terminal();
@@ -249,6 +255,10 @@ struct App {
     /// Set when the server connection is gone but private chats kept the client running:
     /// the exit code for when the user quits.
     server_gone: Option<u8>,
+    /// The messages that waited at login have all been shown.
+    caught_up: bool,
+    /// Input has ended: log out once caught up.
+    input_done: bool,
 }
 
 impl App {
@@ -262,11 +272,15 @@ impl App {
     ) -> u8 {
         loop {
             let done = tokio::select! {
-                line = input.recv() => {
-                    // End of input means logout.
-                    let line = line.unwrap_or_else(|| "/logout".to_owned());
-                    self.run_line(&line).await
-                }
+                line = input.recv(), if !self.input_done => match line {
+                    Some(line) => self.run_line(&line).await,
+                    // End of input means logout, once what waited at login is shown.
+                    None if self.caught_up => self.run_line("/logout").await,
+                    None => {
+                        self.input_done = true;
+                        None
+                    }
+                },
                 // Ctrl-C outside the line editor (piped input): log out properly.
                 _ = tokio::signal::ctrl_c() => self.run_line("/logout").await,
                 event = events.next(), if self.server_gone.is_none() => self.server_event(event).await,
@@ -284,7 +298,18 @@ impl App {
         let Some(ClientEvent::Server(event)) = event else {
             return self.server_closed();
         };
+        if event == Event::CaughtUp {
+            self.caught_up = true;
+            if self.input_done {
+                return self.run_line("/logout").await;
+            }
+            return None;
+        }
         self.out.line(format::event(&event));
+        // Printed and flushed: the server need not send it again.
+        if let Some(id) = event.message_id() {
+            self.client.ack(id);
+        }
         match event {
             Event::PrivateAccepted(intro) => self.chats.connect(intro),
             Event::FileOffer { from, name, size } => {

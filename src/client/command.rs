@@ -241,7 +241,7 @@ pub fn lookup(word: &str) -> Option<&'static CommandSpec> {
 ///
 /// assert_eq!(
 ///     parse("message bob see you at 5"),
-///     Ok(Command::Server(Request::Msg { to: "bob".into(), text: "see you at 5".into() }))
+///     Ok(Command::Server(Request::Msg { to: "bob".into(), text: "see you at 5".into(), send_id: None }))
 /// );
 /// assert_eq!(parse("WHOELSE"), Ok(Command::Server(Request::List)));
 /// assert!(parse("/msg bob").is_err());
@@ -257,7 +257,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     let (first, tail) = split_word(rest);
     let request = match spec.name {
         "/msg" if !first.is_empty() && !tail.is_empty() => {
-            Request::Msg { to: first.to_owned(), text: tail.to_owned() }
+            Request::Msg { to: first.to_owned(), text: tail.to_owned(), send_id: None }
         }
         "/broadcast" if !rest.is_empty() => Request::Broadcast { text: rest.to_owned() },
         "/list" if rest.is_empty() => Request::List,
@@ -278,7 +278,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
             Request::JoinGroup { group: first.to_owned() }
         }
         "/groupmsg" if !first.is_empty() && !tail.is_empty() => {
-            Request::GroupMsg { group: first.to_owned(), text: tail.to_owned() }
+            Request::GroupMsg { group: first.to_owned(), text: tail.to_owned(), send_id: None }
         }
         "/leavegroup" if !first.is_empty() && tail.is_empty() => {
             Request::LeaveGroup { group: first.to_owned() }
@@ -367,7 +367,7 @@ mod tests {
     use super::*;
 
     fn msg(to: &str, text: &str) -> Command {
-        Command::Server(Request::Msg { to: to.into(), text: text.into() })
+        Command::Server(Request::Msg { to: to.into(), text: text.into(), send_id: None })
     }
 
     fn server(request: Request) -> Result<Command, ParseError> {
@@ -474,7 +474,11 @@ mod tests {
         assert_eq!(parse("/joingroup devs"), server(Request::JoinGroup { group: "devs".into() }));
         assert_eq!(
             parse("/groupmsg devs standup  at 10"),
-            server(Request::GroupMsg { group: "devs".into(), text: "standup  at 10".into() })
+            server(Request::GroupMsg {
+                group: "devs".into(),
+                text: "standup  at 10".into(),
+                send_id: None
+            })
         );
         assert_eq!(parse("/leavegroup devs"), server(Request::LeaveGroup { group: "devs".into() }));
         assert_eq!(parse("/groups"), server(Request::Groups));

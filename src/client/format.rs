@@ -17,10 +17,10 @@ use crate::protocol::{
 /// One line for a pushed event.
 pub fn event(event: &Event) -> String {
     match event {
-        Event::Message { from, text, sent_at, offline: false } => {
+        Event::Message { from, text, sent_at, offline: false, .. } => {
             format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
         }
-        Event::Message { from, text, sent_at, offline: true } => format!(
+        Event::Message { from, text, sent_at, offline: true, .. } => format!(
             "[{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(from),
@@ -29,6 +29,7 @@ pub fn event(event: &Event) -> String {
         Event::Broadcast { from, text, sent_at } => {
             format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
         }
+        Event::CaughtUp => "* you have every message that waited for you".to_owned(),
         Event::Presence { user, change, at } => {
             let what = match change {
                 PresenceChange::LoggedIn => "logged in",
@@ -50,14 +51,14 @@ pub fn event(event: &Event) -> String {
             sanitize(&inv.group),
             sanitize(&inv.group)
         ),
-        Event::GroupMessage { group, from, text, sent_at, offline: false } => format!(
+        Event::GroupMessage { group, from, text, sent_at, offline: false, .. } => format!(
             "[{}] [{}] {}: {}",
             clock(*sent_at),
             sanitize(group),
             sanitize(from),
             sanitize(text)
         ),
-        Event::GroupMessage { group, from, text, sent_at, offline: true } => format!(
+        Event::GroupMessage { group, from, text, sent_at, offline: true, .. } => format!(
             "[{}] [{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(group),
@@ -403,6 +404,7 @@ mod tests {
     #[test]
     fn messages_show_time_sender_and_text() {
         let line = event(&Event::Message {
+            id: 1,
             from: "alice".into(),
             text: "hi bob".into(),
             sent_at: 0,
@@ -411,6 +413,7 @@ mod tests {
         assert!(line.ends_with("] alice: hi bob"), "{line}");
         assert!(line.starts_with('[') && line.len() == "[00:00:00] alice: hi bob".len());
         let away = event(&Event::Message {
+            id: 1,
             from: "alice".into(),
             text: "hi".into(),
             sent_at: 0,
@@ -463,6 +466,7 @@ mod tests {
     #[test]
     fn group_events_and_replies_are_marked_with_the_group() {
         let g = event(&Event::GroupMessage {
+            id: 1,
             group: "devs".into(),
             from: "bob".into(),
             text: "standup\x1b[0m".into(),

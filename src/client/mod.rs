@@ -6,6 +6,16 @@
 //! numbers them, matches replies by id and forwards server events to the [`Events`] stream.
 //! Dropping every `Client` handle closes the connection.
 //!
+//! Delivery: every message event carries its log id. The front end calls [`Client::ack`]
+//! once it has shown a message (printed and flushed, or put in its pane); the I/O task sends
+//! the server a cumulative acknowledgement within [`ACK_DELAY`] of the first unacknowledged
+//! message or once [`ACK_EVERY`] have been shown, and always before any request (so before a
+//! logout) and before it closes the connection. Whatever was not acknowledged comes again at
+//! the next login. The I/O task drops a message whose id it has already passed on, so a
+//! front end never sees one twice on one connection. Sends carry an id ([`Request::Msg`]'s
+//! `send_id`) that the client picks unless the caller did, so a resend after a lost reply is
+//! never delivered twice.
+//!
 //! Private chats do not go through this connection once they are open: the server only
 //! introduces the two sides ([`Client::start_private`], [`Client::accept_private`]), and
 //! [`crate::p2p::PrivateChats`] carries the chat itself.
@@ -17,10 +27,14 @@ pub mod tui;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Framed;
 
 use crate::protocol::{
@@ -28,6 +42,11 @@ use crate::protocol::{
     GroupInfo, Hello, HistoryMessage, Introduction, Invitation, OnlineUser, Reply, Request,
     SeenUser, ServerMessage, PROTOCOL_VERSION,
 };
+
+/// Longest an acknowledgement waits to be sent once a message has been shown.
+pub const ACK_DELAY: Duration = Duration::from_millis(100);
+/// Messages shown after which the acknowledgement goes out at once.
+pub const ACK_EVERY: u32 = 64;
 
 /// Largest frame accepted from the server. Larger than the server's limit for clients: a
 /// list of every user online can be long, and the server is the party we chose to trust.
@@ -103,11 +122,24 @@ pub struct Client {
     requests: mpsc::Sender<Pending>,
     server: String,
     local: SocketAddr,
+    acks: Arc<Acks>,
+}
+
+/// What the front end has shown, for the I/O task to acknowledge.
+#[derive(Default)]
+struct Acks {
+    /// The highest message id shown.
+    shown: AtomicU64,
+    /// Messages shown since the last acknowledgement went out.
+    unsent: AtomicU32,
+    /// Wakes the I/O task: the first unsent message, or [`ACK_EVERY`] of them.
+    wake: Notify,
 }
 
 /// The server's pushed events, in the order they arrived.
 pub struct Events {
     rx: mpsc::UnboundedReceiver<ClientEvent>,
+    acks: Arc<Acks>,
 }
 
 impl Events {
@@ -119,6 +151,23 @@ impl Events {
     /// An event that has already arrived, without waiting.
     pub fn try_next(&mut self) -> Option<ClientEvent> {
         self.rx.try_recv().ok()
+    }
+
+    /// [`Client::ack`], for a front end that holds the events rather than the client.
+    pub fn ack(&self, id: u64) {
+        self.acks.shown(id);
+    }
+}
+
+impl Acks {
+    fn shown(&self, id: u64) {
+        if self.shown.fetch_max(id, Ordering::AcqRel) >= id {
+            return;
+        }
+        let unsent = self.unsent.fetch_add(1, Ordering::AcqRel) + 1;
+        if unsent == 1 || unsent >= ACK_EVERY {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -143,8 +192,15 @@ impl Client {
         };
         let (requests, requests_rx) = mpsc::channel(64);
         let (events_tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(io_task(framed, requests_rx, events_tx));
-        Ok((Client { requests, server, local }, Events { rx }))
+        let acks = Arc::new(Acks::default());
+        tokio::spawn(io_task(framed, requests_rx, events_tx, acks.clone()));
+        Ok((Client { requests, server, local, acks: acks.clone() }, Events { rx, acks }))
+    }
+
+    /// Tells the server, soon and cumulatively, that the message with log id `id` (and every
+    /// one before it) has been shown to the user. Call it once the message is on screen.
+    pub fn ack(&self, id: u64) {
+        self.acks.shown(id);
     }
 
     /// The server's self-description from the handshake.
@@ -158,8 +214,14 @@ impl Client {
         self.local
     }
 
-    /// Sends any request and waits for its reply.
-    pub async fn request(&self, request: Request) -> Result<Reply, ClientError> {
+    /// Sends any request and waits for its reply. A message without a send id gets a fresh
+    /// random one.
+    pub async fn request(&self, mut request: Request) -> Result<Reply, ClientError> {
+        if let Request::Msg { send_id: id @ None, .. }
+        | Request::GroupMsg { send_id: id @ None, .. } = &mut request
+        {
+            *id = Some(rand::random());
+        }
         let (tx, rx) = oneshot::channel();
         self.requests.send((request, tx)).await.map_err(|_| ClientError::Disconnected)?;
         Ok(rx.await.map_err(|_| ClientError::Disconnected)??)
@@ -189,7 +251,8 @@ impl Client {
 
     /// Sends a direct message.
     pub async fn msg(&self, to: &str, text: &str) -> Result<Delivery, ClientError> {
-        match self.request(Request::Msg { to: to.into(), text: text.into() }).await? {
+        let request = Request::Msg { to: to.into(), text: text.into(), send_id: None };
+        match self.request(request).await? {
             Reply::Sent { delivery, .. } => Ok(delivery),
             other => Err(unexpected(other)),
         }
@@ -252,7 +315,8 @@ impl Client {
 
     /// Sends to the members of `group`.
     pub async fn group_msg(&self, group: &str, text: &str) -> Result<GroupDelivery, ClientError> {
-        match self.request(Request::GroupMsg { group: group.into(), text: text.into() }).await? {
+        let request = Request::GroupMsg { group: group.into(), text: text.into(), send_id: None };
+        match self.request(request).await? {
             Reply::GroupSent { delivered, stored, skipped, .. } => {
                 Ok(GroupDelivery { delivered, stored, skipped })
             }
@@ -348,17 +412,27 @@ fn unexpected(reply: Reply) -> ClientError {
     ClientError::Protocol(format!("{reply:?}"))
 }
 
-/// Owns the socket: writes requests, routes replies by id and forwards events.
+/// Owns the socket: writes requests and acknowledgements, routes replies by id and forwards
+/// events (each message once).
 async fn io_task(
     mut framed: Framed<TcpStream, ClientCodec>,
     mut requests: mpsc::Receiver<Pending>,
     events: mpsc::UnboundedSender<ClientEvent>,
+    acks: Arc<Acks>,
 ) {
     let mut pending: HashMap<u32, oneshot::Sender<Result<Reply, ErrorReply>>> = HashMap::new();
     let mut next_id: u32 = 1;
+    // The highest id acknowledged to the server, and the highest passed on to the front end.
+    let (mut acked, mut forwarded) = (0u64, 0u64);
+    let mut ack_due: Option<Instant> = None;
     let error = loop {
         tokio::select! {
             request = requests.recv() => {
+                // Acknowledged first, so that a logout (or anything) follows what was shown.
+                if let Err(e) = send_ack(&mut framed, &acks, &mut acked).await {
+                    break Some(e.to_string());
+                }
+                ack_due = None;
                 // Every handle dropped: close the connection.
                 let Some((body, reply)) = request else { return };
                 let id = next_id;
@@ -384,15 +458,52 @@ async fn io_task(
                     }
                 },
                 Some(Ok(Ok(ServerMessage::Event(event)))) => {
+                    if let Some(id) = event.message_id() {
+                        if id <= forwarded {
+                            continue; // passed on already
+                        }
+                        forwarded = id;
+                    }
                     let _ = events.send(ClientEvent::Server(event));
                 }
                 Some(Ok(Ok(ServerMessage::Welcome(_)))) => {
                     tracing::warn!("ignoring a second welcome from the server");
                 }
             },
+            _ = acks.wake.notified() => {
+                if acks.unsent.load(Ordering::Acquire) < ACK_EVERY {
+                    ack_due.get_or_insert_with(|| Instant::now() + ACK_DELAY);
+                    continue;
+                }
+                ack_due = None;
+                if let Err(e) = send_ack(&mut framed, &acks, &mut acked).await {
+                    break Some(e.to_string());
+                }
+            }
+            _ = sleep_until(ack_due.unwrap_or_else(Instant::now)), if ack_due.is_some() => {
+                ack_due = None;
+                if let Err(e) = send_ack(&mut framed, &acks, &mut acked).await {
+                    break Some(e.to_string());
+                }
+            }
         }
     };
     // Pending requests fail with `Disconnected` as their senders drop.
     drop(pending);
     let _ = events.send(ClientEvent::Closed { error });
+}
+
+/// Sends the acknowledgement of what has been shown, if it has moved since `acked`.
+async fn send_ack(
+    framed: &mut Framed<TcpStream, ClientCodec>,
+    acks: &Acks,
+    acked: &mut u64,
+) -> Result<(), CodecError> {
+    acks.unsent.store(0, Ordering::Release);
+    let up_to = acks.shown.load(Ordering::Acquire);
+    if up_to <= *acked {
+        return Ok(());
+    }
+    *acked = up_to;
+    framed.send(ClientMessage::Ack { up_to }).await
 }

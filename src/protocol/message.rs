@@ -21,7 +21,14 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bump it on any incompatible change.
 /// Version 2: logins announce [`DirectPorts`]; private-chat introductions.
 /// Version 3: file offers ([`Request::SendFile`], [`Event::FileOffer`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: the delivery log: message events carry the log's id, clients acknowledge what
+/// they have shown ([`ClientMessage::Ack`]), sends carry a client-chosen id, catch-up ends with
+/// [`Event::CaughtUp`].
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// A message's id in the server's log: unique and increasing in the order the server
+/// accepted messages. Every message a session receives has a larger id than the one before.
+pub type MessageId = u64;
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Timestamp = i64;
@@ -45,6 +52,12 @@ pub enum ClientMessage {
         id: u32,
         /// What to do.
         body: Request,
+    },
+    /// "I have shown every message up to and including `up_to`": cumulative, never answered.
+    /// The server sends again, at the next login, whatever was not acknowledged.
+    Ack {
+        /// The highest [`MessageId`] shown.
+        up_to: MessageId,
     },
 }
 
@@ -101,6 +114,9 @@ pub enum Request {
         to: String,
         /// Message text.
         text: String,
+        /// Chosen by the client, unique per sender: a repeat gets the first reply and is not
+        /// delivered again. `None` sends without that guarantee.
+        send_id: Option<u64>,
     },
     /// Send to every online user except the sender and those who blocked the sender.
     Broadcast {
@@ -144,6 +160,8 @@ pub enum Request {
         group: String,
         /// Message text.
         text: String,
+        /// As in [`Request::Msg`].
+        send_id: Option<u64>,
     },
     /// Leave `group`, or turn down its invitation.
     LeaveGroup {
@@ -244,13 +262,14 @@ pub struct Introduction {
 /// A successful answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// Login succeeded; offline messages follow as [`Event::Message`]s, oldest first.
+    /// Login succeeded; the messages waiting follow as [`Event::Message`]s and
+    /// [`Event::GroupMessage`]s, oldest first, then [`Event::CaughtUp`].
     LoggedIn {
         /// The account name.
         username: String,
         /// Whether this login created the account (open registration).
         created: bool,
-        /// How many stored messages follow.
+        /// How many messages are waiting (not yet acknowledged); they follow.
         offline_messages: u32,
     },
     /// A direct message was accepted.
@@ -390,13 +409,15 @@ pub struct SeenUser {
 pub enum Event {
     /// A direct message.
     Message {
+        /// Its id in the log; acknowledge it once shown.
+        id: MessageId,
         /// Sender.
         from: String,
         /// Message text.
         text: String,
         /// When the server accepted it.
         sent_at: Timestamp,
-        /// True when it was stored while you were away.
+        /// True when it was waiting for you at login.
         offline: bool,
     },
     /// A broadcast.
@@ -426,6 +447,8 @@ pub enum Event {
     Invited(Invitation),
     /// A message to a group you have joined.
     GroupMessage {
+        /// Its id in the log; acknowledge it once shown.
+        id: MessageId,
         /// The group.
         group: String,
         /// Sender.
@@ -467,6 +490,8 @@ pub enum Event {
         /// Why it ended.
         reason: RequestEnd,
     },
+    /// Every message that waited at login has been sent; what follows is live.
+    CaughtUp,
     /// `from.peer` is about to send you a file straight over UDP: let in the offer that
     /// comes from `from.addr` with `from.token`.
     FileOffer {
@@ -605,6 +630,18 @@ pub enum ErrorCode {
     AlreadyAsked,
     /// There is no private chat request from this user (any more).
     NoSuchRequest,
+    /// The recipient has too many messages waiting; nothing was stored.
+    MailboxFull,
+}
+
+impl Event {
+    /// The log id of a message event; `None` for every other event.
+    pub fn message_id(&self) -> Option<MessageId> {
+        match self {
+            Event::Message { id, .. } | Event::GroupMessage { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// Why `text` cannot be sent as a message (blank, control characters, more than `max_chars`

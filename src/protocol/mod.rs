@@ -41,7 +41,7 @@ mod tests {
                 password: "pw".into(),
                 direct: Some(DirectPorts { tcp: 4100, udp: 4101 }),
             },
-            Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into() },
+            Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into(), send_id: Some(7) },
             Request::Broadcast { text: "all".into() },
             Request::List,
             Request::WhoElseSince { secs: 200 },
@@ -53,7 +53,7 @@ mod tests {
                 invite: vec!["bob".into(), "carol".into()],
             },
             Request::JoinGroup { group: "devs".into() },
-            Request::GroupMsg { group: "devs".into(), text: "standup?".into() },
+            Request::GroupMsg { group: "devs".into(), text: "standup?".into(), send_id: None },
             Request::LeaveGroup { group: "devs".into() },
             Request::Groups,
             Request::History { with: "bob".into(), limit: Some(5) },
@@ -147,7 +147,8 @@ mod tests {
 
     fn events() -> Vec<Event> {
         let mut all = vec![
-            Event::Message { from: "a".into(), text: "t".into(), sent_at: 5, offline: true },
+            Event::Message { id: 3, from: "a".into(), text: "t".into(), sent_at: 5, offline: true },
+            Event::CaughtUp,
             Event::Broadcast { from: "a".into(), text: "t".into(), sent_at: -1 },
         ];
         for change in [
@@ -163,6 +164,7 @@ mod tests {
         }
         all.push(Event::Invited(Invitation { group: "devs".into(), by: "alice".into(), at: 1 }));
         all.push(Event::GroupMessage {
+            id: u64::MAX,
             group: "devs".into(),
             from: "alice".into(),
             text: "t".into(),
@@ -197,6 +199,7 @@ mod tests {
                 | Event::PrivateRequest { .. }
                 | Event::PrivateAccepted(_)
                 | Event::PrivateRequestEnded { .. }
+                | Event::CaughtUp
                 | Event::FileOffer { .. } => {}
             }
         }
@@ -232,6 +235,7 @@ mod tests {
             NotReachable,
             AlreadyAsked,
             NoSuchRequest,
+            MailboxFull,
         ];
         for c in &all {
             match c {
@@ -260,7 +264,8 @@ mod tests {
                 | Offline
                 | NotReachable
                 | AlreadyAsked
-                | NoSuchRequest => {}
+                | NoSuchRequest
+                | MailboxFull => {}
             }
         }
         all
@@ -283,6 +288,8 @@ mod tests {
         let mut codec = FrameCodec::<ClientMessage, ClientMessage>::default();
         let hello = ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "x".into() });
         assert_eq!(round_trip(&mut codec, hello.clone()), hello);
+        let ack = ClientMessage::Ack { up_to: u64::MAX - 1 };
+        assert_eq!(round_trip(&mut codec, ack.clone()), ack);
         for (id, body) in requests().into_iter().enumerate() {
             let msg = ClientMessage::Request { id: id as u32, body };
             assert_eq!(round_trip(&mut codec, msg.clone()), msg);

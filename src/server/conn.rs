@@ -38,6 +38,8 @@ const OUT_CHUNK: usize = 512;
 pub(super) enum Incoming {
     /// A request to handle.
     Request(u32, Request),
+    /// The client has shown every message up to this id.
+    Ack(u64),
     /// A frame to answer with an error; the connection ends after it if `fatal`.
     Bad(ErrorReply, bool),
     /// The client closed the connection or it failed.
@@ -224,6 +226,7 @@ pub(super) fn sort(read: Option<Read>) -> Incoming {
     match read {
         None => Incoming::Closed,
         Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
+        Some(Ok(Ok(ClientMessage::Ack { up_to }))) => Incoming::Ack(up_to),
         Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
             ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
             false,

@@ -1,5 +1,8 @@
 //! A session's inbox: the bounded queue of encoded frames that other sessions route to it.
 //!
+//! Each frame comes with the log id of the message it carries (0 for events that are not
+//! messages), so that the session knows what it has sent without decoding anything.
+//!
 //! It does what a bounded `tokio::sync::mpsc` channel of `Bytes` did here, for less: an idle
 //! inbox is one small allocation (a mutex, an empty `VecDeque` and a waker), where the channel
 //! kept a block of slots and cache-padded counters per session, and the receiving session
@@ -18,6 +21,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+
+/// An encoded frame and the log id of the message in it (0 for any other event).
+pub type Frame = (u64, Bytes);
 
 /// Creates an inbox holding at most `capacity` frames.
 pub fn inbox(capacity: usize) -> (InboxSender, InboxReceiver) {
@@ -58,7 +64,7 @@ pub enum Signal {
 #[derive(Debug)]
 pub enum TrySendError {
     /// The inbox holds its capacity already; the frame is handed back.
-    Full(Bytes),
+    Full(Frame),
     /// The receiver is gone.
     Closed,
 }
@@ -69,7 +75,7 @@ struct Shared {
 }
 
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     capacity: usize,
     open: bool,
     too_slow: bool,
@@ -98,7 +104,7 @@ impl Shared {
 impl InboxSender {
     /// Queues `frame` and wakes the receiver, unless the inbox is full or closed. A full
     /// inbox also signals [`Signal::TooSlow`].
-    pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
+    pub fn try_send(&self, frame: Frame) -> Result<(), TrySendError> {
         let result = {
             let mut state = self.shared.state();
             if !state.open {
@@ -153,7 +159,7 @@ impl InboxReceiver {
     }
 
     /// Takes every queued frame, oldest first, leaving the inbox empty.
-    pub fn take(&self) -> VecDeque<Bytes> {
+    pub fn take(&self) -> VecDeque<Frame> {
         std::mem::take(&mut self.shared.state().frames)
     }
 }
@@ -169,23 +175,25 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
 
+    fn f(bytes: &'static [u8]) -> Frame {
+        (bytes.len() as u64, Bytes::from_static(bytes))
+    }
+
     #[test]
     fn frames_come_out_in_order_up_to_the_capacity() {
         let (tx, rx) = inbox(2);
-        tx.try_send(Bytes::from_static(b"a")).unwrap();
-        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        tx.try_send(f(b"a")).unwrap();
+        tx.try_send(f(b"b")).unwrap();
         assert_eq!(rx.signal(), None);
-        assert!(
-            matches!(tx.try_send(Bytes::from_static(b"c")), Err(TrySendError::Full(f)) if f == "c")
-        );
+        assert!(matches!(tx.try_send(f(b"c")), Err(TrySendError::Full((_, c))) if c == "c"));
         assert_eq!(rx.signal(), Some(Signal::TooSlow));
-        assert_eq!(rx.take(), [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(rx.take(), [f(b"a"), f(b"b")]);
         assert!(rx.take().is_empty());
-        tx.try_send(Bytes::from_static(b"d")).unwrap();
+        tx.try_send(f(b"d")).unwrap();
         assert!(!tx.is_closed());
         drop(rx);
         assert!(tx.is_closed());
-        assert!(matches!(tx.try_send(Bytes::new()), Err(TrySendError::Closed)));
+        assert!(matches!(tx.try_send(f(b"")), Err(TrySendError::Closed)));
     }
 
     #[tokio::test]
@@ -196,9 +204,9 @@ mod tests {
             rx.take()
         });
         tokio::task::yield_now().await;
-        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        tx.try_send(f(b"x")).unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
-        assert_eq!(got.unwrap().unwrap(), [Bytes::from_static(b"x")]);
+        assert_eq!(got.unwrap().unwrap(), [f(b"x")]);
     }
 
     #[tokio::test]
@@ -213,8 +221,8 @@ mod tests {
         let rx = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         let rx = rx.unwrap().unwrap();
         assert!(rx.take().is_empty());
-        tx.try_send(Bytes::from_static(b"x")).unwrap();
-        assert!(tx.try_send(Bytes::from_static(b"y")).is_err());
+        tx.try_send(f(b"x")).unwrap();
+        assert!(tx.try_send(f(b"y")).is_err());
         assert_eq!(rx.signal(), Some(Signal::Shutdown));
     }
 }

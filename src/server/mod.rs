@@ -5,19 +5,23 @@
 //! tells every client goodbye, waits briefly for sessions to finish and flushes the store.
 //!
 //! A message's path: a session task decodes a [`Request`](crate::protocol::Request), the
-//! handler in [`cmd`] checks it against the [`hub::Hub`], encodes the outgoing event once
-//! and queues the bytes on each recipient session's channel (or commits it to the store for
-//! an offline recipient); each recipient's session task writes its queue to its socket.
+//! handler in [`cmd`] hands it to the [`hub::Hub`], which checks it, gives it its log id and
+//! queues it for the next group commit; the log writer commits it, then encodes the event
+//! once and queues the bytes on each live recipient session's inbox, and the sender gets its
+//! reply. Each recipient's session task writes its inbox to its socket; a recipient that is
+//! offline or still catching up reads it from the log (`delivery`).
 
 mod cmd;
 mod conn;
 pub mod credentials;
+pub mod delivery;
 pub mod hub;
 pub mod inbox;
 pub mod lockout;
 pub mod password;
 pub mod private;
 mod session;
+pub mod textlog;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::protocol::{now_ms, DEFAULT_MAX_FRAME};
 use crate::store::{StoreError, StoreHandle};
+use hub::log::{LogStart, Mailbox};
 use hub::Hub;
 use lockout::Lockout;
 
@@ -58,6 +63,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a private chat request waits for an answer before it expires.
     pub private_request_timeout: Duration,
+    /// Most messages and bytes of text waiting for one recipient (0: no limit).
+    pub mailbox: Mailbox,
+    /// Messages older than this are deleted once every recipient has had them (`None`:
+    /// kept for ever).
+    pub retention: Option<Duration>,
+    /// Where to write the log as plain text too (`--text-logs`; see [`textlog`]).
+    pub text_logs: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -74,6 +86,9 @@ impl Default for Config {
             write_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_millis(1500),
             private_request_timeout: Duration::from_secs(60),
+            mailbox: Mailbox { messages: 10_000, bytes: 64 << 20 },
+            retention: None,
+            text_logs: None,
         }
     }
 }
@@ -84,6 +99,9 @@ pub enum ServerError {
     /// The store failed while loading the initial state.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The text log directory could not be created.
+    #[error("cannot create the text log directory: {0}")]
+    TextLogs(#[source] std::io::Error),
 }
 
 /// State shared by every session.
@@ -116,14 +134,49 @@ pub async fn run(
     let users = store.call(|s| s.usernames()).await?;
     let blocks = store.call(|s| s.blocks()).await?;
     let members = store.call(|s| s.group_members()).await?;
+    if let Some(keep) = config.retention {
+        prune(&store, keep).await;
+    }
+    let start = store
+        .call(|s| {
+            Ok(LogStart {
+                last_id: s.last_log_id()?,
+                cursors: s.cursors()?,
+                backlogs: s.backlogs()?,
+            })
+        })
+        .await?;
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(users = users.len(), %addr, "serving");
+    tracing::info!(users = users.len(), %addr, last_id = start.last_id, "serving");
+    let mut hub = Hub::new(users, blocks, members, start, config.mailbox, store.clone());
+    if let Some(dir) = &config.text_logs {
+        hub = hub.with_text_logs(textlog::TextLogs::open(dir).map_err(ServerError::TextLogs)?);
+    }
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
         hashing: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
-        hub: Hub::new(users, blocks, members),
+        hub,
         store: store.clone(),
         config,
+    });
+    let writer = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.hub.write_log().await }
+    });
+    let pruning = config_retention(&shared).map(|keep| {
+        let (store, stop) = (store.clone(), CancellationToken::new());
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(PRUNE_EVERY) => prune(&store, keep).await,
+                    }
+                }
+            }
+        });
+        (task, stop)
     });
 
     let stop = CancellationToken::new();
@@ -164,7 +217,33 @@ pub async fn run(
     if let Err(e) = expiry.await {
         tracing::error!("the private request expiry task failed: {e}");
     }
+    if let Some((task, stop)) = pruning {
+        stop.cancel();
+        let _ = task.await;
+    }
+    // Every session has ended: the last sends and acknowledgements are committed now.
+    shared.hub.close_log();
+    if let Err(e) = writer.await {
+        tracing::error!("the log writer failed: {e}");
+    }
     store.call(|s| s.flush()).await?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// How often the log is pruned when a retention is set.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+fn config_retention(shared: &Shared) -> Option<Duration> {
+    shared.config.retention
+}
+
+/// Deletes what is older than `keep` and every recipient has had.
+async fn prune(store: &StoreHandle, keep: Duration) {
+    let before = now_ms().saturating_sub(keep.as_millis().min(i64::MAX as u128) as i64);
+    match store.call(move |s| s.prune_log(before)).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "old messages deleted from the log"),
+        Err(e) => tracing::error!("cannot prune the message log: {e}"),
+    }
 }

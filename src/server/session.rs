@@ -7,20 +7,28 @@
 //! may sit idle for hours, holds only the loop's small state. The socket and its buffers are
 //! [`Conn`]'s (`server::conn`).
 //!
-//! The logged-in loop waits on three things at once: its inbox (frames queued by other
-//! sessions, and the signals for shutdown and for being too slow), its socket and the idle
-//! deadline. Each wake-up handles everything that is ready, then writes once: queued frames
-//! and the replies to every request read go out together, written directly when the socket
-//! takes them (the usual case) and only otherwise through a timed wait. The idle deadline is
-//! only re-armed when it fires, so a request costs no timer bookkeeping.
+//! The logged-in loop waits on four things at once: its inbox (frames queued by other
+//! sessions, and the signals for shutdown and for being too slow), its socket, the idle
+//! deadline and, while it catches up, the next page read from the log. Each wake-up handles
+//! everything that is ready, then writes once: log pages, queued frames and the replies to
+//! every request read go out together, written directly when the socket takes them (the usual
+//! case) and only otherwise through a timed wait. The idle deadline is only re-armed when it
+//! fires, so a request costs no timer bookkeeping.
+//!
+//! Delivery (`server::delivery`): the session first streams what lies after the user's
+//! cursor, page by page as the client acknowledges, then switches to live under the hub's
+//! lock with no gap and no duplicate at the seam, and ends the catch-up with
+//! [`Event::CaughtUp`]. Acknowledgements move the user's cursor in the hub. When a session
+//! ends, nothing needs keeping: whatever the client had not acknowledged is still in the log
+//! after its cursor and comes again at the next login.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -28,14 +36,24 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
 use super::conn::{sort, Conn, Filled, Incoming, GOODBYE_TIMEOUT};
+use super::delivery::{Delivery, PAGE_BYTES, PAGE_MESSAGES};
 use super::hub::DirectAddrs;
 use super::inbox::Signal;
 use super::Shared;
 use crate::protocol::{
-    codec, now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event,
-    PresenceChange, Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
+    now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
+    Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
 };
-use crate::store::{Envelope, OfflineMessage, StoreResult, To};
+use crate::store::{LogRow, StoreResult, To};
+
+/// A catch-up page being read from the log.
+type PageRead = Pin<Box<dyn Future<Output = StoreResult<Vec<LogRow>>> + Send>>;
+/// Unacknowledged messages per queued frame of the session queue before a live session
+/// counts as too slow: a client that reads but does not acknowledge is one too.
+const UNACKED_PER_QUEUED: usize = 8;
+/// Empty catch-up reads in a row after which a session goes live even though the hub noted
+/// a newer message for it (which the log then does not give this user: see `go_live`).
+const EMPTY_READS_BEFORE_LIVE: u32 = 3;
 
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,11 +162,10 @@ async fn unauthenticated(
                 });
                 match cmd::login::run(shared, username, password, direct).await {
                     Ok(mut me) => {
-                        let ok = deliver_login(conn, shared, id, &mut me).await;
-                        if ok {
+                        if deliver_login(conn, id, &mut me).await {
                             return Some(me);
                         }
-                        me.leave(shared, Some(PresenceChange::Disconnected), true).await;
+                        me.leave(shared, Some(PresenceChange::Disconnected)).await;
                         return None;
                     }
                     Err(err) => {
@@ -163,6 +180,8 @@ async fn unauthenticated(
                 conn.goodbye(ServerMessage::Reply { id, result: Ok(Reply::LoggedOut) }).await;
                 return None;
             }
+            // Nothing was sent yet, so there is nothing to acknowledge.
+            Incoming::Ack(_) => {}
             Incoming::Request(id, _) => {
                 let err = ErrorReply::new(ErrorCode::NotLoggedIn, "log in first");
                 conn.reply(id, Err(err));
@@ -174,34 +193,19 @@ async fn unauthenticated(
     }
 }
 
-/// Sends the login reply, the messages stored while the user was away and the pending group
-/// invitations, then forgets the messages.
-async fn deliver_login(conn: &mut Conn, shared: &Shared, id: u32, me: &mut LoggedIn) -> bool {
-    let offline = std::mem::take(&mut me.offline);
+/// Sends the login reply (with how many messages wait) and the pending group invitations;
+/// the waiting messages follow from the logged-in loop.
+async fn deliver_login(conn: &mut Conn, id: u32, me: &mut LoggedIn) -> bool {
     let reply = Reply::LoggedIn {
         username: me.name.clone(),
         created: me.created,
-        offline_messages: offline.len() as u32,
+        offline_messages: me.waiting.min(u64::from(u32::MAX)) as u32,
     };
     conn.reply(id, Ok(reply));
-    let last = offline.last().map(|m| m.id);
-    for m in offline {
-        conn.queue(&ServerMessage::Event(offline_event(m.message)));
-    }
     for invitation in std::mem::take(&mut me.invitations) {
         conn.queue(&ServerMessage::Event(Event::Invited(invitation)));
     }
-    if !conn.flush().await {
-        return false;
-    }
-    if let Some(up_to) = last {
-        let name = me.name.clone();
-        if let Err(e) = shared.store.call(move |s| s.delete_offline(&name, up_to)).await {
-            // They stay stored and come again at the next login: duplicated, never lost.
-            tracing::error!(user = %me.name, "cannot forget delivered offline messages: {e}");
-        }
-    }
-    true
+    conn.flush().await
 }
 
 /// How a logged-in session ended.
@@ -221,15 +225,23 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
     // update each time.
     let idle_timer = sleep_until(active + idle);
     tokio::pin!(idle_timer);
+    let mut delivery = Delivery::new(me.cursor);
+    let mut page: Option<PageRead> = None;
+    let mut empty_reads = 0;
+    let max_unacked = shared.config.session_queue.saturating_mul(UNACKED_PER_QUEUED).max(1);
     loop {
+        if page.is_none() && delivery.may_read() {
+            page = Some(read_page(shared, &me.name, delivery.last_sent()));
+        }
         // Everything that is ready is handled in this pass, so neither a flood of incoming
         // frames nor the client's own requests can starve the other.
-        let (inbox, socket, timer) = poll_fn(|cx| {
+        let (inbox, socket, timer, read) = poll_fn(|cx| {
             let inbox = me.rx.poll_ready(cx);
             let socket = conn.socket.poll_read_ready(cx);
             let timer = idle_timer.as_mut().poll(cx).is_ready();
-            if inbox.is_ready() || socket.is_ready() || timer {
-                Poll::Ready((inbox, socket, timer))
+            let read = page.as_mut().map_or(Poll::Pending, |p| p.as_mut().poll(cx));
+            if inbox.is_ready() || socket.is_ready() || timer || read.is_ready() {
+                Poll::Ready((inbox, socket, timer, read))
             } else {
                 Poll::Pending
             }
@@ -246,8 +258,37 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
         if let Poll::Ready(Some(signal)) = inbox {
             return signal.into();
         }
-        // The socket before the inbox: a client that has gone leaves its queued frames in
-        // the inbox, where leaving keeps them for its next login.
+        if let Poll::Ready(read) = read {
+            page = None;
+            let rows = match read {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // The client logs in again and resumes from its cursor.
+                    tracing::error!(user = %me.name, "cannot read the message log: {e}");
+                    return Ending::Dropped;
+                }
+            };
+            if let Some(last) = rows.last().map(|m| m.id) {
+                empty_reads = 0;
+                for row in rows {
+                    delivery.sent(row.id, row.body.len());
+                    conn.queue(&ServerMessage::Event(waiting_event(row)));
+                }
+                delivery.page_sent(last);
+            } else {
+                empty_reads += 1;
+                let sent = delivery.last_sent();
+                if shared.hub.go_live(&me.name, me.session, sent)
+                    || empty_reads >= EMPTY_READS_BEFORE_LIVE
+                        && shared.hub.force_live(&me.name, me.session, sent)
+                {
+                    delivery.live();
+                    conn.queue(&ServerMessage::Event(Event::CaughtUp));
+                }
+            }
+        }
+        // The socket before the inbox, so that an acknowledgement read now counts before
+        // what is written next.
         match socket {
             Poll::Ready(Ok(())) => {
                 if let Filled::Closed(_) = conn.fill() {
@@ -255,8 +296,13 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 }
                 // Requests that came together are answered together, in one write.
                 while let Some(read) = conn.decode() {
-                    active = Instant::now();
-                    match sort(Some(read)) {
+                    let incoming = sort(Some(read));
+                    // Acknowledgements are the client's, not the user's: receiving messages
+                    // does not keep an absent user logged in.
+                    if !matches!(incoming, Incoming::Ack(_)) {
+                        active = Instant::now();
+                    }
+                    match incoming {
                         Incoming::Request(id, Request::Logout) => {
                             // Logout is not a command of its own: it ends this loop.
                             conn.reply(id, Ok(Reply::LoggedOut));
@@ -266,6 +312,11 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                             // Boxed: the handlers' futures are only alive during a request.
                             let result = Box::pin(cmd::dispatch(shared, &me.name, request)).await;
                             conn.reply(id, result);
+                        }
+                        Incoming::Ack(up_to) => {
+                            if let Some((cursor, acked)) = delivery.ack(up_to) {
+                                shared.hub.acked(&me.name, cursor, acked);
+                            }
                         }
                         Incoming::Bad(err, fatal) => {
                             conn.reply(0, Err(err));
@@ -285,9 +336,15 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
         }
         if inbox.is_ready() {
             let frames = me.rx.take();
-            conn.out.reserve(frames.iter().map(Bytes::len).sum());
-            for frame in frames {
+            conn.out.reserve(frames.iter().map(|(_, f)| f.len()).sum());
+            for (id, frame) in frames {
+                if id != 0 {
+                    delivery.sent(id, frame.len());
+                }
                 conn.out.extend_from_slice(&frame);
+            }
+            if delivery.unacked() > max_unacked {
+                return Ending::TooSlow;
             }
         }
         if !conn.flush_within(conn.write_timeout, Some(&me.rx)).await {
@@ -296,8 +353,9 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
     }
 }
 
-/// Ends a logged-in session: takes the user offline, then writes what is still queued (or
-/// keeps it for the next login if the client cannot take it) and the goodbye.
+/// Ends a logged-in session: takes the user offline, then writes the replies still queued and
+/// the goodbye. Frames still in the inbox are dropped: whatever the client has not
+/// acknowledged is in the log and comes again at its next login.
 async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) {
     let presence = match ending {
         Ending::LoggedOut => Some(PresenceChange::LoggedOut),
@@ -311,20 +369,12 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
         Ending::TooSlow => Some(EndReason::TooSlow),
         Ending::LoggedOut | Ending::Dropped => None,
     };
-    // A session that can still write sends what was queued for it; one that cannot keeps it.
-    let writable = !matches!(ending, Ending::Dropped | Ending::TooSlow);
-    let left = me.leave(shared, presence, !writable).await;
-    for frame in &left {
-        conn.out.extend_from_slice(frame);
-    }
+    me.leave(shared, presence).await;
     if let Some(reason) = goodbye {
         conn.queue(&end_event(reason));
     }
-    if !conn.flush_within(GOODBYE_TIMEOUT, None).await {
-        // Too late to keep them ahead of anything stored since, but better late than lost.
-        if let Some(stored) = keep_for_later(shared, &me.name, &left) {
-            log_kept(&me.name, stored.await);
-        }
+    if !matches!(ending, Ending::Dropped) {
+        conn.flush_within(GOODBYE_TIMEOUT, None).await;
     }
     let _ = conn.socket.shutdown().await;
     tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
@@ -351,53 +401,21 @@ impl Ending {
     }
 }
 
-/// The event that delivers a stored message at login.
-fn offline_event(m: Envelope) -> Event {
-    let Envelope { sender: from, to, body: text, sent_at } = m;
+/// Starts reading `user`'s next catch-up page, after id `after`.
+fn read_page(shared: &Shared, user: &str, after: u64) -> PageRead {
+    let groups = shared.hub.memberships(user);
+    let user = user.to_owned();
+    Box::pin(
+        shared.store.call(move |s| s.log_after(&user, after, &groups, PAGE_MESSAGES, PAGE_BYTES)),
+    )
+}
+
+/// The event that delivers a message from the log at catch-up.
+fn waiting_event(m: LogRow) -> Event {
+    let LogRow { id, sender: from, to, body: text, sent_at } = m;
     match to {
-        To::User(_) => Event::Message { from, text, sent_at, offline: true },
-        To::Group(group) => Event::GroupMessage { group, from, text, sent_at, offline: true },
-    }
-}
-
-/// Stores the direct and group messages among `frames` for `user`'s next login, so that a
-/// message the server acknowledged is not lost with a connection. The store job is queued
-/// before this returns; `None` if there was nothing to keep.
-fn keep_for_later(
-    shared: &Shared,
-    user: &str,
-    frames: &[Bytes],
-) -> Option<impl std::future::Future<Output = StoreResult<usize>>> {
-    let keep = |sender, to, body, sent_at| OfflineMessage {
-        recipient: user.to_owned(),
-        message: Envelope { sender, to, body, sent_at },
-    };
-    let messages: Vec<_> = frames
-        .iter()
-        .filter_map(|f| codec::decode_payload::<ServerMessage>(&f[codec::HEADER_LEN..]).ok())
-        .filter_map(|m| match m {
-            ServerMessage::Event(Event::Message { from, text, sent_at, .. }) => {
-                Some(keep(from, To::User(user.to_owned()), text, sent_at))
-            }
-            ServerMessage::Event(Event::GroupMessage { group, from, text, sent_at, .. }) => {
-                Some(keep(from, To::Group(group), text, sent_at))
-            }
-            _ => None,
-        })
-        .collect();
-    if messages.is_empty() {
-        return None;
-    }
-    Some(shared.store.call(move |s| {
-        s.store_offline(&messages)?;
-        Ok(messages.len())
-    }))
-}
-
-fn log_kept(user: &str, stored: StoreResult<usize>) {
-    match stored {
-        Ok(count) => tracing::info!(user, count, "kept undelivered messages for the next login"),
-        Err(e) => tracing::error!(user, "lost undelivered messages: {e}"),
+        To::User(_) => Event::Message { id, from, text, sent_at, offline: true },
+        To::Group(group) => Event::GroupMessage { id, group, from, text, sent_at, offline: true },
     }
 }
 
@@ -406,36 +424,13 @@ fn end_event(reason: EndReason) -> ServerMessage {
 }
 
 impl LoggedIn {
-    /// Takes the user offline in the hub (announcing `presence`), records the logout and
-    /// returns the frames still queued for this session. With `keep`, the direct messages
-    /// among them are stored for the next login instead; their store job is queued while the
-    /// hub is locked, so it runs before that of any message routed after this session left.
-    async fn leave(
-        &mut self,
-        shared: &Shared,
-        presence: Option<PresenceChange>,
-        keep: bool,
-    ) -> Vec<Bytes> {
+    /// Takes the user offline in the hub (announcing `presence`) and records the logout.
+    async fn leave(&mut self, shared: &Shared, presence: Option<PresenceChange>) {
         let at = now_ms();
-        let (name, rx) = (&self.name, &self.rx);
-        let left = shared.hub.leave(name, self.session, presence, at, |peer| {
-            let mut frames: Vec<Bytes> = rx.take().into();
-            frames.extend(peer.overflow);
-            let kept = if keep { keep_for_later(shared, name, &frames) } else { None };
-            (frames, kept)
-        });
-        let (frames, kept) = left.unwrap_or_default();
-        if let Some(stored) = kept {
-            log_kept(name, stored.await);
-        }
+        shared.hub.leave(&self.name, self.session, presence, at);
         let row = self.history_row;
         if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
             tracing::error!(user = %self.name, "cannot record logout: {e}");
-        }
-        if keep {
-            Vec::new()
-        } else {
-            frames
         }
     }
 }

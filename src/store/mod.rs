@@ -1,5 +1,5 @@
-//! Durable state: accounts, blocks, groups, offline messages, message history and login
-//! history. No networking.
+//! Durable state: accounts, blocks, groups, the message log, delivery cursors and login
+//! history. No networking, and no wire types: the server maps these to the protocol's.
 //!
 //! [`Store`] is the small synchronous interface a backend implements; [`SqliteStore`] is the
 //! embedded default. The server never calls a backend from an async worker thread: it goes
@@ -7,10 +7,12 @@
 //! a time, so each call is a short message round trip for the async side and the backend
 //! needs no locking of its own. Every write has committed by the time its call returns.
 //!
-//! Message history is the exception, because every relayed message adds to it: the relay
-//! hands history records to [`StoreHandle::record`] without waiting, and the store thread
-//! writes whatever has queued up in one transaction (see [`Store::append_history`]), so the
-//! cost of a commit is shared by every message that arrived while the previous one ran.
+//! The message log ([`Store::append_log`]) is the history, the offline mailbox and the
+//! catch-up source at once: every relayed direct and group message is one row with an id the
+//! server assigned (a group message is stored once), and each user's cursor says up to which
+//! id they have acknowledged delivery. What lies after a user's cursor, addressed to them or
+//! to a group they joined before it was sent, is what they have not had yet
+//! ([`Store::log_after`]).
 
 mod handle;
 mod sqlite;
@@ -18,7 +20,8 @@ mod sqlite;
 pub use handle::StoreHandle;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
-use crate::protocol::{HistoryMessage, Timestamp};
+/// Milliseconds since the Unix epoch, UTC (the store's own name for the server's timestamps).
+pub type Millis = i64;
 
 /// A failure of the durable store.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +57,11 @@ pub enum To {
     Group(String),
 }
 
-/// A relayed message: who sent what to whom, and when.
+/// One message of the log, as the server appends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub struct LogEntry {
+    /// The id the server assigned: unique, larger than every id appended before.
+    pub id: u64,
     /// Sender.
     pub sender: String,
     /// The user or group it was addressed to.
@@ -64,25 +69,44 @@ pub struct Envelope {
     /// Message text.
     pub body: String,
     /// When the server accepted it.
-    pub sent_at: Timestamp,
+    pub sent_at: Millis,
+    /// The sender's id for this send, unique per sender when given.
+    pub send_id: Option<u64>,
 }
 
-/// A message to keep for a recipient who is offline.
+/// One message of the log as one recipient gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfflineMessage {
-    /// Who gets it at their next login (for a group message, one member).
-    pub recipient: String,
-    /// The message.
-    pub message: Envelope,
+pub struct LogRow {
+    /// Its id in the log.
+    pub id: u64,
+    /// Sender.
+    pub sender: String,
+    /// Where it was addressed: the recipient, or the group it was sent to.
+    pub to: To,
+    /// Message text.
+    pub body: String,
+    /// When the server accepted it.
+    pub sent_at: Millis,
 }
 
-/// A message kept for a recipient who was offline, as read back.
+/// One message of a conversation's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Store-assigned id, increasing in the order messages were stored.
-    pub id: i64,
-    /// The message.
-    pub message: Envelope,
+pub struct HistoryRow {
+    /// Sender.
+    pub sender: String,
+    /// Message text.
+    pub body: String,
+    /// When the server accepted it.
+    pub sent_at: Millis,
+}
+
+/// What one user has not acknowledged yet: how many messages, and their text in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Messages.
+    pub count: u64,
+    /// Bytes of message text.
+    pub bytes: u64,
 }
 
 /// One user's place in one group.
@@ -95,9 +119,11 @@ pub struct MemberRecord {
     /// Who invited them; `None` for the group's creator.
     pub invited_by: Option<String>,
     /// When they were invited (for the creator: when the group was created).
-    pub invited_at: Timestamp,
+    pub invited_at: Millis,
     /// When they joined; `None` while the invitation is pending.
-    pub joined_at: Option<Timestamp>,
+    pub joined_at: Option<Millis>,
+    /// The last log id assigned before they joined: they get the group's messages after it.
+    pub joined_id: Option<u64>,
 }
 
 /// The operations the server needs from a durable backend.
@@ -107,11 +133,11 @@ pub trait Store: Send + 'static {
     /// The stored password hash of `name`, if the account exists.
     fn password_hash(&mut self, name: &str) -> StoreResult<Option<String>>;
     /// Creates an account; false if the name is taken (the existing account is unchanged).
-    fn create_user(&mut self, name: &str, password_hash: &str, at: Timestamp) -> StoreResult<bool>;
+    fn create_user(&mut self, name: &str, password_hash: &str, at: Millis) -> StoreResult<bool>;
     /// Creates the accounts `(name, password_hash)` that do not exist yet, in one transaction;
     /// returns how many were created. For seeding many accounts at once (one commit, not one
     /// per account).
-    fn create_users(&mut self, accounts: &[(String, String)], at: Timestamp) -> StoreResult<usize>;
+    fn create_users(&mut self, accounts: &[(String, String)], at: Millis) -> StoreResult<usize>;
     /// Replaces the password hash of an existing account; false if there is no such account.
     fn set_password_hash(&mut self, name: &str, password_hash: &str) -> StoreResult<bool>;
     /// Every account name.
@@ -124,22 +150,14 @@ pub trait Store: Send + 'static {
     /// Removes a block; false if there was none.
     fn remove_block(&mut self, blocker: &str, blocked: &str) -> StoreResult<bool>;
 
-    /// Stores messages for offline recipients, in order, in one transaction; committed on
-    /// return.
-    fn store_offline(&mut self, messages: &[OfflineMessage]) -> StoreResult<()>;
-    /// Messages waiting for `recipient`, oldest first.
-    fn offline_messages(&mut self, recipient: &str) -> StoreResult<Vec<StoredMessage>>;
-    /// Forgets delivered messages of `recipient` with ids up to and including `up_to`.
-    fn delete_offline(&mut self, recipient: &str, up_to: i64) -> StoreResult<()>;
-
     /// Records the start of a session and returns its id.
-    fn record_login(&mut self, user: &str, at: Timestamp) -> StoreResult<i64>;
+    fn record_login(&mut self, user: &str, at: Millis) -> StoreResult<i64>;
     /// Records the end of a session.
-    fn record_logout(&mut self, session: i64, at: Timestamp) -> StoreResult<()>;
+    fn record_logout(&mut self, session: i64, at: Millis) -> StoreResult<()>;
     /// Ends sessions left open by a server that stopped without saying so; returns how many.
-    fn close_open_sessions(&mut self, at: Timestamp) -> StoreResult<usize>;
+    fn close_open_sessions(&mut self, at: Millis) -> StoreResult<usize>;
     /// Users with a session that was online at some moment in `[since, now]`, sorted by name.
-    fn seen_since(&mut self, since: Timestamp) -> StoreResult<Vec<String>>;
+    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<String>>;
 
     /// Every group membership and pending invitation.
     fn group_members(&mut self) -> StoreResult<Vec<MemberRecord>>;
@@ -150,27 +168,59 @@ pub trait Store: Send + 'static {
         name: &str,
         creator: &str,
         invited: &[String],
-        at: Timestamp,
+        at: Millis,
     ) -> StoreResult<bool>;
-    /// Turns `user`'s invitation to `group` into membership; false if there was none.
-    fn join_group(&mut self, group: &str, user: &str, at: Timestamp) -> StoreResult<bool>;
+    /// Turns `user`'s invitation to `group` into membership at `at`, after log id
+    /// `joined_id`; false if there was no invitation.
+    fn join_group(
+        &mut self,
+        group: &str,
+        user: &str,
+        at: Millis,
+        joined_id: u64,
+    ) -> StoreResult<bool>;
     /// Removes `user` (member or invited) from `group`; with `dissolve`, deletes the group and
     /// its remaining invitations. False if `user` was not in it.
     fn leave_group(&mut self, group: &str, user: &str, dissolve: bool) -> StoreResult<bool>;
 
-    /// Appends relayed messages to the history, in order, in one transaction.
-    fn append_history(&mut self, messages: &[Envelope]) -> StoreResult<()>;
+    /// Appends `entries` to the log (in id order) and moves the given users' cursors, in one
+    /// transaction. Returns, per entry, whether it was stored: false for a repeat of a
+    /// `(sender, send_id)` already in the log.
+    fn append_log(
+        &mut self,
+        entries: &[LogEntry],
+        cursors: &[(String, u64)],
+    ) -> StoreResult<Vec<bool>>;
+    /// `user`'s messages after id `after`, oldest first: direct ones to them, and those of
+    /// each `(group, joined_id)` after `joined_id` (from others, not from senders `user`
+    /// blocks). At most `limit` of them and, past the first, `max_bytes` of text.
+    fn log_after(
+        &mut self,
+        user: &str,
+        after: u64,
+        groups: &[(String, u64)],
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<LogRow>>;
+    /// Every stored cursor: `(user, acknowledged up to)`.
+    fn cursors(&mut self) -> StoreResult<Vec<(String, u64)>>;
+    /// What each user has waiting after their stored cursor.
+    fn backlogs(&mut self) -> StoreResult<Vec<(String, Backlog)>>;
+    /// The highest log id ever handed out (so the next is larger), 0 for an empty log.
+    fn last_log_id(&mut self) -> StoreResult<u64>;
+    /// Deletes messages sent before `before` that every recipient has acknowledged; returns
+    /// how many went.
+    fn prune_log(&mut self, before: Millis) -> StoreResult<usize>;
     /// The last `limit` direct messages between `a` and `b`, oldest first.
-    fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryMessage>>;
-    /// The last `limit` messages of `group` sent at or after `since`, leaving out senders
-    /// whom `viewer` blocks; oldest first.
+    fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryRow>>;
+    /// The last `limit` messages of `group`, leaving out senders whom `viewer` blocks; oldest
+    /// first.
     fn group_history(
         &mut self,
         group: &str,
         viewer: &str,
-        since: Timestamp,
         limit: u32,
-    ) -> StoreResult<Vec<HistoryMessage>>;
+    ) -> StoreResult<Vec<HistoryRow>>;
 
     /// Makes sure everything written so far is in the main database file.
     fn flush(&mut self) -> StoreResult<()>;

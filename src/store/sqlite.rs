@@ -1,20 +1,28 @@
 //! The embedded SQLite backend.
 //!
 //! The schema is versioned with `PRAGMA user_version`; [`SqliteStore::open`] migrates an older
-//! file forward and refuses a newer one. The database runs in WAL mode with
-//! `synchronous = FULL`, so a committed row survives a killed process and a power cut.
+//! file forward and refuses a newer one. The database runs in WAL mode. By default commits
+//! skip the fsync (`synchronous = NORMAL`): a committed row survives a killed server, and a
+//! power cut or kernel crash can take back the commits of the last moments (those not yet
+//! checkpointed or synced by the OS). [`SqliteStore::open_with`]`(path, true)` syncs every
+//! commit (`synchronous = FULL`), for those who want a commit to survive a power cut too.
+//!
+//! The `history` table is the message log: one row per relayed message, keyed by the id the
+//! server assigned, with its recipient (direct) or group. Three indexes make the log's reads
+//! bounded seeks: `log_by_recipient (recipient, id)` and `log_by_group (group_name, id)` for
+//! "what comes after id X for user U", and `history_by_partition` for `/history`. The
+//! `cursors` table keeps, per user, the id up to which they have acknowledged delivery.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Envelope, MemberRecord, OfflineMessage, Store, StoreError, StoreResult, StoredMessage, To,
+    Backlog, HistoryRow, LogEntry, LogRow, MemberRecord, Millis, Store, StoreError, StoreResult, To,
 };
-use crate::protocol::{HistoryMessage, Timestamp};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -71,6 +79,39 @@ const MIGRATIONS: &[&str] = &[
     // 2 -> 3: the history index partitioned by id range (see `HISTORY_PARTITION_BITS`).
     "DROP INDEX history_by_conversation;
      CREATE INDEX history_by_partition ON history (id >> 12, conversation, id);",
+    // 3 -> 4: the history becomes the message log. Each row names its recipient (direct) or
+    // group; every user gets a cursor at the end of the old history (all of it was
+    // delivered); the offline copies move into the log after it (a group message kept for
+    // an offline member becomes a row addressed to that member, with its group, and
+    // conversation '' so that /history does not show it twice), and every existing member
+    // receives the group's messages from here on.
+    "ALTER TABLE history ADD COLUMN recipient TEXT;
+     ALTER TABLE history ADD COLUMN group_name TEXT;
+     ALTER TABLE history ADD COLUMN send_id INTEGER;
+     ALTER TABLE history ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+     UPDATE history SET
+         size = length(CAST(body AS BLOB)),
+         group_name = CASE WHEN substr(conversation, 1, 1) = '#' THEN substr(conversation, 2) END,
+         recipient = CASE WHEN substr(conversation, 1, 1) = '@' THEN
+             CASE WHEN substr(conversation, 2, instr(conversation, ' ') - 2) = sender
+                  THEN substr(conversation, instr(conversation, ' ') + 1)
+                  ELSE substr(conversation, 2, instr(conversation, ' ') - 2) END END;
+     CREATE TABLE cursors (
+         user  TEXT PRIMARY KEY,
+         up_to INTEGER NOT NULL
+     );
+     INSERT INTO cursors (user, up_to)
+         SELECT name, (SELECT coalesce(max(id), 0) FROM history) FROM users;
+     INSERT INTO history (conversation, sender, body, sent_at, recipient, group_name, size)
+         SELECT '', sender, body, sent_at, recipient, group_name, length(CAST(body AS BLOB))
+         FROM offline_messages ORDER BY id;
+     DROP TABLE offline_messages;
+     ALTER TABLE group_members ADD COLUMN joined_id INTEGER;
+     UPDATE group_members SET joined_id = (SELECT coalesce(max(id), 0) FROM history)
+         WHERE joined_at IS NOT NULL;
+     CREATE INDEX log_by_recipient ON history (recipient, id) WHERE recipient IS NOT NULL;
+     CREATE INDEX log_by_group ON history (group_name, id) WHERE recipient IS NULL;
+     CREATE UNIQUE INDEX log_send_ids ON history (sender, send_id) WHERE send_id IS NOT NULL;",
 ];
 
 /// A [`Store`] in one SQLite database file (or in memory).
@@ -79,8 +120,14 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`; `:memory:` gives a private in-memory one.
+    /// Opens (creating if needed) the database at `path`, committing without fsync; `:memory:`
+    /// gives a private in-memory one.
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        Self::open_with(path, false)
+    }
+
+    /// [`SqliteStore::open`], syncing every commit to disk if `fsync_always`.
+    pub fn open_with(path: impl AsRef<Path>, fsync_always: bool) -> StoreResult<Self> {
         let path = path.as_ref();
         let conn = if path.as_os_str() == ":memory:" {
             Connection::open_in_memory()?
@@ -91,7 +138,8 @@ impl SqliteStore {
             Connection::open(path)?
         };
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let synchronous = if fsync_always { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Self { conn };
@@ -121,35 +169,15 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Appends `messages` to the history in one transaction.
-    fn insert_history(&mut self, messages: &[Envelope]) -> StoreResult<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO history (conversation, sender, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for m in messages {
-                let key = match &m.to {
-                    To::User(to) => direct_key(&m.sender, to),
-                    To::Group(name) => group_key(name),
-                };
-                stmt.execute(params![key, m.sender, m.body, m.sent_at])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The last `limit` messages of `conversation` sent at or after `since`, oldest first,
-    /// leaving out senders whom `viewer` blocks. It reads the index partitions newest first
-    /// and stops as soon as it has `limit` messages or reaches one sent before `since`.
+    /// The last `limit` messages of `conversation`, oldest first, leaving out senders whom
+    /// `viewer` blocks. It reads the index partitions newest first and stops as soon as it
+    /// has `limit` messages.
     fn recent_history(
         &mut self,
         conversation: &str,
         viewer: Option<&str>,
-        since: Timestamp,
         limit: u32,
-    ) -> StoreResult<Vec<HistoryMessage>> {
+    ) -> StoreResult<Vec<HistoryRow>> {
         let newest: Option<i64> =
             self.conn.query_row("SELECT max(id) FROM history", [], |row| row.get(0))?;
         let mut found = Vec::new();
@@ -165,11 +193,7 @@ impl SqliteStore {
                 let Some(row) = rows.next()? else {
                     continue 'walk; // an older partition may have more
                 };
-                let message = history_row(row)?;
-                if message.sent_at < since {
-                    break 'walk;
-                }
-                found.push(message);
+                found.push(history_row(row)?);
             }
             break; // enough
         }
@@ -185,14 +209,14 @@ impl Store for SqliteStore {
         Ok(stmt.query_row([name], |row| row.get(0)).optional()?)
     }
 
-    fn create_user(&mut self, name: &str, password_hash: &str, at: Timestamp) -> StoreResult<bool> {
+    fn create_user(&mut self, name: &str, password_hash: &str, at: Millis) -> StoreResult<bool> {
         let mut stmt = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
         )?;
         Ok(stmt.execute(params![name, password_hash, at])? == 1)
     }
 
-    fn create_users(&mut self, accounts: &[(String, String)], at: Timestamp) -> StoreResult<usize> {
+    fn create_users(&mut self, accounts: &[(String, String)], at: Millis) -> StoreResult<usize> {
         let tx = self.conn.transaction()?;
         let mut created = 0;
         {
@@ -238,78 +262,28 @@ impl Store for SqliteStore {
         Ok(stmt.execute([blocker, blocked])? == 1)
     }
 
-    fn store_offline(&mut self, messages: &[OfflineMessage]) -> StoreResult<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO offline_messages (recipient, sender, group_name, body, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for OfflineMessage { recipient, message: m } in messages {
-                let group = match &m.to {
-                    To::User(_) => None,
-                    To::Group(name) => Some(name),
-                };
-                stmt.execute(params![recipient, m.sender, group, m.body, m.sent_at])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn offline_messages(&mut self, recipient: &str) -> StoreResult<Vec<StoredMessage>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, sender, recipient, group_name, body, sent_at FROM offline_messages
-             WHERE recipient = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([recipient], |row| {
-            let group: Option<String> = row.get(3)?;
-            Ok(StoredMessage {
-                id: row.get(0)?,
-                message: Envelope {
-                    sender: row.get(1)?,
-                    to: match group {
-                        Some(name) => To::Group(name),
-                        None => To::User(row.get(2)?),
-                    },
-                    body: row.get(4)?,
-                    sent_at: row.get(5)?,
-                },
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn delete_offline(&mut self, recipient: &str, up_to: i64) -> StoreResult<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM offline_messages WHERE recipient = ?1 AND id <= ?2")?;
-        stmt.execute(params![recipient, up_to])?;
-        Ok(())
-    }
-
-    fn record_login(&mut self, user: &str, at: Timestamp) -> StoreResult<i64> {
+    fn record_login(&mut self, user: &str, at: Millis) -> StoreResult<i64> {
         let mut stmt =
             self.conn.prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?;
         stmt.execute(params![user, at])?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    fn record_logout(&mut self, session: i64, at: Timestamp) -> StoreResult<()> {
+    fn record_logout(&mut self, session: i64, at: Millis) -> StoreResult<()> {
         let mut stmt =
             self.conn.prepare_cached("UPDATE sessions SET logout_at = ?2 WHERE id = ?1")?;
         stmt.execute(params![session, at])?;
         Ok(())
     }
 
-    fn close_open_sessions(&mut self, at: Timestamp) -> StoreResult<usize> {
+    fn close_open_sessions(&mut self, at: Millis) -> StoreResult<usize> {
         let mut stmt = self.conn.prepare_cached(
             "UPDATE sessions SET logout_at = max(login_at, ?1) WHERE logout_at IS NULL",
         )?;
         Ok(stmt.execute([at])?)
     }
 
-    fn seen_since(&mut self, since: Timestamp) -> StoreResult<Vec<String>> {
+    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT user FROM sessions
              WHERE logout_at IS NULL OR logout_at >= ?1 ORDER BY user",
@@ -320,8 +294,8 @@ impl Store for SqliteStore {
 
     fn group_members(&mut self) -> StoreResult<Vec<MemberRecord>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT group_name, user, invited_by, invited_at, joined_at FROM group_members
-             ORDER BY group_name, user",
+            "SELECT group_name, user, invited_by, invited_at, joined_at, joined_id
+             FROM group_members ORDER BY group_name, user",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(MemberRecord {
@@ -330,6 +304,7 @@ impl Store for SqliteStore {
                 invited_by: row.get(2)?,
                 invited_at: row.get(3)?,
                 joined_at: row.get(4)?,
+                joined_id: row.get::<_, Option<i64>>(5)?.map(|id| id as u64),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -340,7 +315,7 @@ impl Store for SqliteStore {
         name: &str,
         creator: &str,
         invited: &[String],
-        at: Timestamp,
+        at: Millis,
     ) -> StoreResult<bool> {
         let tx = self.conn.transaction()?;
         let created = tx
@@ -359,19 +334,25 @@ impl Store for SqliteStore {
             )?;
             stmt.execute(params![name, creator, None::<String>, at, Some(at)])?;
             for user in invited {
-                stmt.execute(params![name, user, Some(creator), at, None::<Timestamp>])?;
+                stmt.execute(params![name, user, Some(creator), at, None::<Millis>])?;
             }
         }
         tx.commit()?;
         Ok(true)
     }
 
-    fn join_group(&mut self, group: &str, user: &str, at: Timestamp) -> StoreResult<bool> {
+    fn join_group(
+        &mut self,
+        group: &str,
+        user: &str,
+        at: Millis,
+        joined_id: u64,
+    ) -> StoreResult<bool> {
         let mut stmt = self.conn.prepare_cached(
-            "UPDATE group_members SET joined_at = ?3
+            "UPDATE group_members SET joined_at = ?3, joined_id = ?4
              WHERE group_name = ?1 AND user = ?2 AND joined_at IS NULL",
         )?;
-        Ok(stmt.execute(params![group, user, at])? == 1)
+        Ok(stmt.execute(params![group, user, at, joined_id as i64])? == 1)
     }
 
     fn leave_group(&mut self, group: &str, user: &str, dissolve: bool) -> StoreResult<bool> {
@@ -388,28 +369,140 @@ impl Store for SqliteStore {
         Ok(left)
     }
 
-    fn append_history(&mut self, messages: &[Envelope]) -> StoreResult<()> {
-        // History commits skip the fsync: in WAL mode they still survive a killed server, and
-        // only a power cut can take back the last ones, until the next FULL commit (any other
-        // write) or checkpoint makes them durable. Offline messages keep the full guarantee.
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let written = self.insert_history(messages);
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        written
+    fn append_log(
+        &mut self,
+        entries: &[LogEntry],
+        cursors: &[(String, u64)],
+    ) -> StoreResult<Vec<bool>> {
+        let tx = self.conn.transaction()?;
+        let mut stored = Vec::with_capacity(entries.len());
+        {
+            // A repeated (sender, send_id) is left out by the unique index, not an error: the
+            // first copy was stored, and one batch must not fail for another's repeat.
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO history
+                     (id, conversation, sender, body, sent_at, recipient, group_name, send_id, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for m in entries {
+                let (key, recipient, group) = match &m.to {
+                    To::User(to) => (direct_key(&m.sender, to), Some(to), None),
+                    To::Group(name) => (group_key(name), None, Some(name)),
+                };
+                let send_id = m.send_id.map(|id| id as i64);
+                let size = m.body.len() as i64;
+                let row = params![
+                    m.id as i64,
+                    key,
+                    m.sender,
+                    m.body,
+                    m.sent_at,
+                    recipient,
+                    group,
+                    send_id,
+                    size
+                ];
+                stored.push(insert.execute(row)? == 1);
+            }
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO cursors (user, up_to) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET up_to = max(up_to, excluded.up_to)",
+            )?;
+            for (user, up_to) in cursors {
+                cursor.execute(params![user, *up_to as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(stored)
     }
 
-    fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryMessage>> {
-        self.recent_history(&direct_key(a, b), None, 0, limit)
+    fn log_after(
+        &mut self,
+        user: &str,
+        after: u64,
+        groups: &[(String, u64)],
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<LogRow>> {
+        let mut found = Vec::new();
+        let mut direct = self.conn.prepare_cached(LOG_DIRECT)?;
+        let rows = direct.query_map(params![user, after as i64, limit as i64], log_row)?;
+        for row in rows {
+            found.push(row?);
+        }
+        let mut group = self.conn.prepare_cached(LOG_GROUP)?;
+        for (name, joined_id) in groups {
+            let from = after.max(*joined_id) as i64;
+            let rows = group.query_map(params![name, from, user, limit as i64], log_row)?;
+            for row in rows {
+                found.push(row?);
+            }
+        }
+        // Each query gave its first `limit` after `after`, so the first `limit` of all of
+        // them are among these.
+        found.sort_by_key(|m| m.id);
+        found.truncate(limit);
+        let mut bytes = 0;
+        let fits = found
+            .iter()
+            .position(|m| {
+                bytes += m.body.len();
+                bytes > max_bytes
+            })
+            .map_or(found.len(), |over| over.max(1));
+        found.truncate(fits);
+        Ok(found)
+    }
+
+    fn cursors(&mut self) -> StoreResult<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT user, up_to FROM cursors")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn backlogs(&mut self) -> StoreResult<Vec<(String, Backlog)>> {
+        let mut all: std::collections::BTreeMap<String, Backlog> = Default::default();
+        for sql in [BACKLOG_DIRECT, BACKLOG_GROUP] {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            })?;
+            for row in rows {
+                let (user, count, bytes) = row?;
+                let b = all.entry(user).or_default();
+                b.count += count as u64;
+                b.bytes += bytes as u64;
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn last_log_id(&mut self) -> StoreResult<u64> {
+        let last: i64 = self.conn.query_row(
+            "SELECT max(coalesce((SELECT max(id) FROM history), 0),
+                        coalesce((SELECT max(up_to) FROM cursors), 0),
+                        coalesce((SELECT max(joined_id) FROM group_members), 0))",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(last as u64)
+    }
+
+    fn prune_log(&mut self, before: Millis) -> StoreResult<usize> {
+        Ok(self.conn.prepare_cached(PRUNE_LOG)?.execute([before])?)
+    }
+
+    fn direct_history(&mut self, a: &str, b: &str, limit: u32) -> StoreResult<Vec<HistoryRow>> {
+        self.recent_history(&direct_key(a, b), None, limit)
     }
 
     fn group_history(
         &mut self,
         group: &str,
         viewer: &str,
-        since: Timestamp,
         limit: u32,
-    ) -> StoreResult<Vec<HistoryMessage>> {
-        self.recent_history(&group_key(group), Some(viewer), since, limit)
+    ) -> StoreResult<Vec<HistoryRow>> {
+        self.recent_history(&group_key(group), Some(viewer), limit)
     }
 
     fn flush(&mut self) -> StoreResult<()> {
@@ -452,8 +545,69 @@ fn group_key(group: &str) -> String {
     format!("#{group}")
 }
 
-fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryMessage> {
-    Ok(HistoryMessage { from: row.get(0)?, text: row.get(1)?, sent_at: row.get(2)? })
+fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
+    Ok(HistoryRow { sender: row.get(0)?, body: row.get(1)?, sent_at: row.get(2)? })
+}
+
+/// A user's direct messages after an id (and group messages kept for them by the v3
+/// migration, which name the group), leaving out senders they block.
+const LOG_DIRECT: &str = "SELECT id, sender, recipient, group_name, body, sent_at FROM history
+     WHERE recipient = ?1 AND id > ?2
+       AND sender NOT IN (SELECT blocked FROM blocks WHERE blocker = ?1)
+     ORDER BY id LIMIT ?3";
+
+/// A group's messages after an id, for member ?3: not their own, not from senders they block.
+const LOG_GROUP: &str = "SELECT id, sender, recipient, group_name, body, sent_at FROM history
+     WHERE recipient IS NULL AND group_name = ?1 AND id > ?2 AND sender != ?3
+       AND sender NOT IN (SELECT blocked FROM blocks WHERE blocker = ?3)
+     ORDER BY id LIMIT ?4";
+
+/// Per recipient: direct messages after their cursor, as [`LOG_DIRECT`] counts them.
+const BACKLOG_DIRECT: &str = "SELECT h.recipient, count(*), sum(h.size) FROM history h
+     LEFT JOIN cursors c ON c.user = h.recipient
+     WHERE h.recipient IS NOT NULL AND h.id > coalesce(c.up_to, 0)
+       AND h.sender NOT IN (SELECT blocked FROM blocks WHERE blocker = h.recipient)
+     GROUP BY h.recipient";
+
+/// Per member: group messages after both their join and their cursor, as [`LOG_GROUP`].
+const BACKLOG_GROUP: &str = "SELECT m.user, count(*), sum(h.size) FROM group_members m
+     LEFT JOIN cursors c ON c.user = m.user
+     JOIN history h ON h.recipient IS NULL AND h.group_name = m.group_name
+       AND h.id > max(coalesce(m.joined_id, 0), coalesce(c.up_to, 0))
+       AND h.sender != m.user
+       AND h.sender NOT IN (SELECT blocked FROM blocks WHERE blocker = m.user)
+     WHERE m.joined_at IS NOT NULL
+     GROUP BY m.user";
+
+/// Messages sent before ?1 that no recipient still waits for: a direct one at or below its
+/// recipient's cursor, a group one at or below the cursor of every member who joined before
+/// it. The newest row always stays, so the highest id ever handed out is never forgotten.
+const PRUNE_LOG: &str = "DELETE FROM history WHERE sent_at < ?1
+     AND id < (SELECT max(id) FROM history)
+     AND CASE WHEN recipient IS NOT NULL
+         THEN id <= coalesce((SELECT up_to FROM cursors WHERE user = history.recipient), 0)
+         ELSE NOT EXISTS (SELECT 1 FROM group_members m
+             LEFT JOIN cursors c ON c.user = m.user
+             WHERE m.group_name = history.group_name AND m.joined_at IS NOT NULL
+               AND coalesce(m.joined_id, 0) < history.id
+               AND coalesce(c.up_to, 0) < history.id)
+     END";
+
+fn log_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
+    let recipient: Option<String> = row.get(2)?;
+    let group: Option<String> = row.get(3)?;
+    let to = match (group, recipient) {
+        (Some(group), _) => To::Group(group),
+        (None, Some(user)) => To::User(user),
+        (None, None) => To::User(String::new()),
+    };
+    Ok(LogRow {
+        id: row.get::<_, i64>(0)? as u64,
+        sender: row.get(1)?,
+        to,
+        body: row.get(4)?,
+        sent_at: row.get(5)?,
+    })
 }
 
 #[cfg(test)]
@@ -496,31 +650,31 @@ mod tests {
         assert!(store().add_block("alice", "nobody").is_err());
     }
 
-    fn envelope(sender: &str, to: To, body: &str, sent_at: Timestamp) -> Envelope {
-        Envelope { sender: sender.into(), to, body: body.into(), sent_at }
+    fn entry(id: u64, sender: &str, to: To, body: &str) -> LogEntry {
+        LogEntry {
+            id,
+            sender: sender.into(),
+            to,
+            body: body.into(),
+            sent_at: id as i64,
+            send_id: None,
+        }
     }
 
-    fn offline(recipient: &str, message: Envelope) -> OfflineMessage {
-        OfflineMessage { recipient: recipient.into(), message }
+    fn dm(id: u64, from: &str, to: &str, body: &str) -> LogEntry {
+        entry(id, from, To::User(to.into()), body)
     }
 
-    fn texts(list: &[HistoryMessage]) -> Vec<&str> {
-        list.iter().map(|m| m.text.as_str()).collect()
+    fn gm(id: u64, from: &str, body: &str) -> LogEntry {
+        entry(id, from, To::Group("devs".into()), body)
     }
 
-    #[test]
-    fn offline_messages_come_back_in_order_and_are_deleted_per_recipient() {
-        let mut s = store();
-        let one = envelope("alice", To::User("bob".into()), "one", 30);
-        let two = envelope("carol", To::Group("devs".into()), "two", 10);
-        let other = envelope("alice", To::User("carol".into()), "other", 20);
-        s.store_offline(&[offline("bob", one.clone()), offline("bob", two.clone())]).unwrap();
-        s.store_offline(&[offline("carol", other)]).unwrap();
-        let got = s.offline_messages("bob").unwrap();
-        assert_eq!(got.iter().map(|m| &m.message).collect::<Vec<_>>(), [&one, &two]);
-        s.delete_offline("bob", got[0].id).unwrap();
-        assert_eq!(s.offline_messages("bob").unwrap().len(), 1);
-        assert_eq!(s.offline_messages("carol").unwrap().len(), 1);
+    fn texts(list: &[HistoryRow]) -> Vec<&str> {
+        list.iter().map(|m| m.body.as_str()).collect()
+    }
+
+    fn bodies(list: &[LogRow]) -> Vec<&str> {
+        list.iter().map(|m| m.body.as_str()).collect()
     }
 
     #[test]
@@ -528,15 +682,15 @@ mod tests {
         let mut s = store();
         assert!(s.create_group("devs", "alice", &["bob".into(), "carol".into()], 5).unwrap());
         assert!(!s.create_group("devs", "bob", &["alice".into()], 6).unwrap());
-        assert!(s.join_group("devs", "bob", 7).unwrap());
-        assert!(!s.join_group("devs", "bob", 8).unwrap(), "already joined");
-        assert!(!s.join_group("devs", "nobody", 8).unwrap());
+        assert!(s.join_group("devs", "bob", 7, 40).unwrap());
+        assert!(!s.join_group("devs", "bob", 8, 41).unwrap(), "already joined");
+        assert!(!s.join_group("devs", "nobody", 8, 41).unwrap());
         let members = s.group_members().unwrap();
         let row = |user: &str| members.iter().find(|m| m.user == user).unwrap().clone();
         assert_eq!(row("alice").invited_by, None);
         assert_eq!(row("alice").joined_at, Some(5));
         assert_eq!(row("bob").invited_by.as_deref(), Some("alice"));
-        assert_eq!(row("bob").joined_at, Some(7));
+        assert_eq!((row("bob").joined_at, row("bob").joined_id), (Some(7), Some(40)));
         assert_eq!(row("carol").joined_at, None);
         assert!(s.leave_group("devs", "bob", false).unwrap());
         assert!(!s.leave_group("devs", "bob", false).unwrap());
@@ -548,78 +702,157 @@ mod tests {
     #[test]
     fn history_is_per_conversation_newest_last_and_limited() {
         let mut s = store();
-        let dm =
-            |from: &str, to: &str, body: &str, at| envelope(from, To::User(to.into()), body, at);
-        let gm = |from: &str, body: &str, at| envelope(from, To::Group("devs".into()), body, at);
-        s.append_history(&[
-            dm("alice", "bob", "a1", 1),
-            dm("bob", "alice", "b1", 2),
-            dm("alice", "carol", "not ours", 3),
-            gm("carol", "g1", 4),
-            dm("alice", "bob", "a2", 5),
-            gm("bob", "g2", 6),
-        ])
+        s.append_log(
+            &[
+                dm(1, "alice", "bob", "a1"),
+                dm(2, "bob", "alice", "b1"),
+                dm(3, "alice", "carol", "not ours"),
+                gm(4, "carol", "g1"),
+                dm(5, "alice", "bob", "a2"),
+                gm(6, "bob", "g2"),
+            ],
+            &[],
+        )
         .unwrap();
         assert_eq!(texts(&s.direct_history("bob", "alice", 20).unwrap()), ["a1", "b1", "a2"]);
         assert_eq!(texts(&s.direct_history("alice", "bob", 2).unwrap()), ["b1", "a2"]);
-        assert_eq!(texts(&s.group_history("devs", "alice", 0, 20).unwrap()), ["g1", "g2"]);
-        assert_eq!(texts(&s.group_history("devs", "alice", 5, 20).unwrap()), ["g2"]);
+        assert_eq!(texts(&s.group_history("devs", "alice", 20).unwrap()), ["g1", "g2"]);
         s.add_block("alice", "carol").unwrap();
-        assert_eq!(texts(&s.group_history("devs", "alice", 0, 20).unwrap()), ["g2"]);
-        assert_eq!(texts(&s.group_history("devs", "bob", 0, 1).unwrap()), ["g2"]);
+        assert_eq!(texts(&s.group_history("devs", "alice", 20).unwrap()), ["g2"]);
+        assert_eq!(texts(&s.group_history("devs", "bob", 1).unwrap()), ["g2"]);
     }
 
     #[test]
     fn history_spans_index_partitions() {
         let mut s = store();
         // Rows in partitions 0, 1 and 3 (none in 2), so a query has to walk across them.
-        let ids = [5_i64, 5_000, 5_001, 13_000, 13_001];
-        for (i, id) in ids.into_iter().enumerate() {
-            let conversation = if i == 2 { "#devs" } else { "@alice bob" };
-            s.conn
-                .execute(
-                    "INSERT INTO history (id, conversation, sender, body, sent_at)
-                     VALUES (?1, ?2, 'alice', ?3, ?4)",
-                    params![id, conversation, format!("m{id}"), id],
-                )
-                .unwrap();
-        }
+        let ids = [5_u64, 5_000, 5_001, 13_000, 13_001];
+        let rows: Vec<LogEntry> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let body = format!("m{id}");
+                if i == 2 {
+                    gm(id, "alice", &body)
+                } else {
+                    dm(id, "alice", "bob", &body)
+                }
+            })
+            .collect();
+        s.append_log(&rows, &[]).unwrap();
         let all = ["m5", "m5000", "m13000", "m13001"];
         assert_eq!(texts(&s.direct_history("bob", "alice", 20).unwrap()), all);
         assert_eq!(texts(&s.direct_history("bob", "alice", 0).unwrap()), [""; 0]);
         assert_eq!(texts(&s.direct_history("bob", "alice", 3).unwrap()), &all[1..]);
-        assert_eq!(texts(&s.group_history("devs", "bob", 0, 20).unwrap()), ["m5001"]);
-        assert_eq!(texts(&s.group_history("devs", "bob", 5_002, 20).unwrap()), [""; 0]);
-        // New messages go after every stored one, in the newest partition.
-        s.append_history(&[envelope("bob", To::User("alice".into()), "new", 9)]).unwrap();
+        assert_eq!(texts(&s.group_history("devs", "bob", 20).unwrap()), ["m5001"]);
+        s.append_log(&[dm(13_002, "bob", "alice", "new")], &[]).unwrap();
         assert_eq!(texts(&s.direct_history("alice", "bob", 1).unwrap()), ["new"]);
     }
 
     #[test]
-    fn a_failed_history_write_leaves_later_commits_durable() {
+    fn the_log_after_a_cursor_merges_direct_and_group_messages_in_id_order() {
         let mut s = store();
-        s.conn.execute_batch("DROP TABLE history").unwrap();
-        let lost = envelope("alice", To::User("bob".into()), "lost", 1);
-        assert!(s.append_history(&[lost]).is_err());
-        // The history transaction ran with synchronous = NORMAL; the next commits must not.
-        let synchronous: i64 =
-            s.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap();
-        assert_eq!(synchronous, 2, "FULL");
+        s.append_log(
+            &[
+                dm(1, "alice", "bob", "d1"),
+                gm(2, "alice", "g-before-join"),
+                gm(3, "alice", "g1"),
+                dm(4, "alice", "carol", "not bob's"),
+                gm(5, "bob", "bob's own"),
+                dm(6, "carol", "bob", "d2"),
+                gm(7, "carol", "g2"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let groups = [("devs".to_string(), 2)];
+        let all = s.log_after("bob", 0, &groups, 100, 1 << 20).unwrap();
+        assert_eq!(bodies(&all), ["d1", "g1", "d2", "g2"]);
+        assert_eq!(all[1].to, To::Group("devs".into()));
+        assert_eq!(all[2].to, To::User("bob".into()));
+        assert_eq!(bodies(&s.log_after("bob", 3, &groups, 100, 1 << 20).unwrap()), ["d2", "g2"]);
+        assert_eq!(bodies(&s.log_after("bob", 0, &groups, 2, 1 << 20).unwrap()), ["d1", "g1"]);
+        // A page holds at least one message, then stops before the byte limit.
+        assert_eq!(bodies(&s.log_after("bob", 0, &groups, 100, 1).unwrap()), ["d1"]);
+        assert_eq!(bodies(&s.log_after("bob", 0, &groups, 100, 4).unwrap()), ["d1", "g1"]);
+        assert_eq!(bodies(&s.log_after("bob", 0, &[], 100, 1 << 20).unwrap()), ["d1", "d2"]);
+        s.add_block("bob", "carol").unwrap();
+        assert_eq!(bodies(&s.log_after("bob", 0, &groups, 100, 1 << 20).unwrap()), ["d1", "g1"]);
     }
 
     #[test]
-    fn history_queries_seek_the_partition_index() {
+    fn log_reads_seek_their_indexes() {
         let s = store();
-        let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {PARTITION_HISTORY}")).unwrap();
-        let plan: Vec<String> = stmt
-            .query_map(params![1, "@alice bob", "carol"], |row| row.get(3))
+        let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            stmt.query_map(params, |row| row.get(3)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        let direct = plan(LOG_DIRECT, &[&"bob", &0, &256]);
+        assert!(direct.iter().any(|p| p.contains("USING INDEX log_by_recipient")), "{direct:?}");
+        let group = plan(LOG_GROUP, &[&"devs", &0, &"bob", &256]);
+        assert!(group.iter().any(|p| p.contains("USING INDEX log_by_group")), "{group:?}");
+        let history = plan(PARTITION_HISTORY, &[&1, &"@alice bob", &"carol"]);
+        assert!(
+            history.iter().any(|p| p.contains("USING INDEX history_by_partition")),
+            "{history:?}"
+        );
+    }
+
+    #[test]
+    fn cursors_only_move_forward_and_backlogs_count_what_lies_after_them() {
+        let mut s = store();
+        s.create_group("devs", "alice", &["bob".into()], 0).unwrap();
+        s.join_group("devs", "bob", 0, 1).unwrap();
+        let log = [dm(1, "alice", "bob", "d1"), gm(2, "alice", "g1"), dm(3, "carol", "bob", "d2")];
+        s.append_log(&log, &[("bob".into(), 1)]).unwrap();
+        s.append_log(&[], &[("bob".into(), 0), ("carol".into(), 3)]).unwrap();
+        let mut cursors = s.cursors().unwrap();
+        cursors.sort();
+        assert_eq!(cursors, [("bob".to_string(), 1), ("carol".to_string(), 3)]);
+        assert_eq!(s.backlogs().unwrap(), [("bob".to_string(), Backlog { count: 2, bytes: 4 })]);
+        assert_eq!(s.last_log_id().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_repeated_send_id_is_left_out_of_the_log() {
+        let mut s = store();
+        let mut first = dm(1, "alice", "bob", "once");
+        first.send_id = Some(u64::MAX);
+        let mut again = dm(2, "alice", "bob", "once");
+        again.send_id = Some(u64::MAX);
+        let mut other = dm(3, "carol", "bob", "same id, other sender");
+        other.send_id = Some(u64::MAX);
+        assert_eq!(s.append_log(&[first], &[]).unwrap(), [true]);
+        assert_eq!(s.append_log(&[again, other], &[]).unwrap(), [false, true]);
+        let got = s.log_after("bob", 0, &[], 10, 1 << 20).unwrap();
+        assert_eq!(bodies(&got), ["once", "same id, other sender"]);
+    }
+
+    #[test]
+    fn pruning_keeps_what_a_recipient_has_not_acknowledged() {
+        let mut s = store();
+        s.create_group("devs", "alice", &["bob".into()], 0).unwrap();
+        s.join_group("devs", "bob", 0, 0).unwrap();
+        let log = [
+            dm(1, "alice", "bob", "acked"),
+            gm(2, "carol", "seen by both"),
+            dm(3, "alice", "bob", "not acked"),
+            gm(4, "carol", "bob has not"),
+            dm(5, "alice", "carol", "newest"),
+        ];
+        s.append_log(&log, &[("bob".into(), 2), ("alice".into(), 5), ("carol".into(), 5)]).unwrap();
+        assert_eq!(s.prune_log(1).unwrap(), 0, "only messages sent before the cut-off go");
+        assert_eq!(s.prune_log(100).unwrap(), 2, "1 and 2");
+        let left: Vec<String> = s
+            .conn
+            .prepare("SELECT body FROM history ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(
-            plan.iter().any(|step| step.contains("USING INDEX history_by_partition")),
-            "{plan:?}"
-        );
+        assert_eq!(left, ["not acked", "bob has not", "newest"]);
+        assert_eq!(s.last_log_id().unwrap(), 5);
     }
 
     #[test]
@@ -660,25 +893,97 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_is_migrated_and_keeps_its_data() {
+    fn fsync_always_syncs_every_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-            conn.execute_batch(
-                "INSERT INTO users VALUES ('alice', 'h', 0), ('bob', 'h', 0);
-                 INSERT INTO offline_messages (recipient, sender, body, sent_at)
-                 VALUES ('bob', 'alice', 'from v1', 3);",
-            )
-            .unwrap();
+        let sync = |fsync| {
+            let s = SqliteStore::open_with(dir.path().join("s.db"), fsync).unwrap();
+            s.conn.pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0)).unwrap()
+        };
+        assert_eq!(sync(false), 1, "NORMAL");
+        assert_eq!(sync(true), 2, "FULL");
+    }
+
+    /// A database as schema version 3 left it: accounts, a block, a group with a pending
+    /// invitation, direct and group history, and offline messages (direct and group).
+    fn version_3_database(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
         }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users VALUES ('alice', 'h', 0), ('bob', 'h', 0), ('carol', 'h', 0),
+                                      ('dave', 'h', 0);
+             INSERT INTO blocks VALUES ('carol', 'dave');
+             INSERT INTO groups VALUES ('devs', 'alice', 1);
+             INSERT INTO group_members VALUES ('devs', 'alice', NULL, 1, 1),
+                                              ('devs', 'bob', 'alice', 1, 2),
+                                              ('devs', 'carol', 'alice', 1, 2),
+                                              ('devs', 'dave', 'alice', 1, NULL);
+             -- bob was online for the first two, offline for the rest.
+             INSERT INTO history (conversation, sender, body, sent_at) VALUES
+                 ('@alice bob', 'alice', 'delivered', 10),
+                 ('#devs', 'carol', 'group delivered', 11),
+                 ('@alice bob', 'alice', 'kept 1', 12),
+                 ('#devs', 'alice', 'group kept', 13),
+                 ('@bob carol', 'carol', 'kept 2', 14);
+             INSERT INTO offline_messages (recipient, sender, group_name, body, sent_at) VALUES
+                 ('bob', 'alice', NULL, 'kept 1', 12),
+                 ('bob', 'alice', 'devs', 'group kept', 13),
+                 ('bob', 'carol', NULL, 'kept 2', 14);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_3_database_is_migrated_and_each_offline_message_is_delivered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        version_3_database(&path);
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        let kept = s.offline_messages("bob").unwrap();
-        assert_eq!(kept[0].message, envelope("alice", To::User("bob".into()), "from v1", 3));
-        assert!(s.create_group("devs", "alice", &["bob".into()], 4).unwrap());
+        assert_eq!(s.usernames().unwrap(), ["alice", "bob", "carol", "dave"]);
+        assert_eq!(s.password_hash("bob").unwrap().as_deref(), Some("h"));
+        assert_eq!(s.blocks().unwrap(), [("carol".to_string(), "dave".to_string())]);
+        let members = s.group_members().unwrap();
+        assert_eq!(members.len(), 4);
+        assert!(members.iter().any(|m| m.user == "dave" && m.joined_at.is_none()));
+        // The history is all there once, as before.
+        let direct = s.direct_history("bob", "alice", 20).unwrap();
+        assert_eq!(texts(&direct), ["delivered", "kept 1"]);
+        assert_eq!(
+            texts(&s.group_history("devs", "bob", 20).unwrap()),
+            ["group delivered", "group kept"]
+        );
+        assert_eq!(texts(&s.direct_history("bob", "carol", 20).unwrap()), ["kept 2"]);
+        // bob has exactly his three offline messages waiting, in order, the group one as such.
+        let groups: Vec<(String, u64)> = members
+            .iter()
+            .filter(|m| m.user == "bob")
+            .map(|m| (m.group.clone(), m.joined_id.unwrap()))
+            .collect();
+        let bob = cursor(&mut s, "bob");
+        let waiting = s.log_after("bob", bob, &groups, 100, 1 << 20).unwrap();
+        assert_eq!(bodies(&waiting), ["kept 1", "group kept", "kept 2"]);
+        assert_eq!(waiting[1].to, To::Group("devs".into()));
+        assert_eq!(s.backlogs().unwrap(), [("bob".to_string(), Backlog { count: 3, bytes: 22 })]);
+        // Nobody else has anything waiting: alice and carol saw everything live.
+        for user in ["alice", "carol"] {
+            let groups = [("devs".to_string(), groups[0].1)];
+            let at = cursor(&mut s, user);
+            assert!(s.log_after(user, at, &groups, 100, 1 << 20).unwrap().is_empty());
+        }
+        // Once acknowledged, nothing comes again; new ids go after every old one.
+        let last = waiting.last().unwrap().id;
+        s.append_log(&[], &[("bob".into(), last)]).unwrap();
+        let bob = cursor(&mut s, "bob");
+        assert!(s.log_after("bob", bob, &groups, 100, 1 << 20).unwrap().is_empty());
+        assert_eq!(s.last_log_id().unwrap(), last);
+        assert!(s.create_group("ops", "alice", &["bob".into()], 4).unwrap());
+    }
+
+    fn cursor(s: &mut SqliteStore, user: &str) -> u64 {
+        s.cursors().unwrap().into_iter().find(|(u, _)| u == user).map_or(0, |(_, c)| c)
     }
 
     #[test]
@@ -688,10 +993,9 @@ mod tests {
         let mut s = SqliteStore::open(&path).unwrap();
         s.create_user("alice", "h", 0).unwrap();
         s.create_user("bob", "h", 0).unwrap();
-        s.store_offline(&[offline("bob", envelope("alice", To::User("bob".into()), "kept", 1))])
-            .unwrap();
+        s.append_log(&[dm(1, "alice", "bob", "kept")], &[]).unwrap();
         drop(s);
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.offline_messages("bob").unwrap()[0].message.body, "kept");
+        assert_eq!(s.log_after("bob", 0, &[], 10, 1 << 20).unwrap()[0].body, "kept");
     }
 }

@@ -91,8 +91,24 @@ impl TestServer {
     }
 }
 
-/// The next server event, failing the test if none comes in time.
+/// The next server event other than [`Event::CaughtUp`] (which ends every login's catch-up),
+/// failing the test if none comes in time. A message is acknowledged as shown.
 pub async fn next_event(events: &mut Events) -> Event {
+    loop {
+        match next_any_event(events).await {
+            Event::CaughtUp => continue,
+            event => {
+                if let Some(id) = event.message_id() {
+                    events.ack(id);
+                }
+                return event;
+            }
+        }
+    }
+}
+
+/// The next server event, [`Event::CaughtUp`] included, acknowledging nothing.
+pub async fn next_any_event(events: &mut Events) -> Event {
     match tokio::time::timeout(PATIENCE, events.next()).await {
         Ok(Some(ClientEvent::Server(event))) => event,
         Ok(other) => panic!("expected an event, got {other:?}"),

@@ -396,11 +396,24 @@ impl Conn {
         ctx.last_rx.set(now);
         let data = &scratch[..kept + n];
         let used = match ctx.proto {
-            Proto::Confab => scan_frames(data, |payload| {
-                if let Some(mark) = find_mark(payload) {
-                    ctx.delivered(mark, now);
+            Proto::Confab => {
+                let mut got = false;
+                let used = scan_frames(data, |payload| {
+                    if let Some(mark) = find_mark(payload) {
+                        ctx.delivered(mark, now);
+                        got = true;
+                    }
+                });
+                // Everything read is shown: acknowledged with the highest id there is, which
+                // the server takes as "all I was sent" (protocol version 4).
+                if got {
+                    let ack = ClientMessage::Ack { up_to: u64::MAX };
+                    if let Err(e) = codec::encode_into(&ack, &mut self.out.borrow_mut()) {
+                        tracing::error!("encoding an acknowledgement: {e}");
+                    }
                 }
-            }),
+                used
+            }
             Proto::Irc => scan_lines(data, |line| {
                 if let Some(token) = line.strip_prefix(b"PING ") {
                     let mut out = self.out.borrow_mut();
@@ -492,8 +505,8 @@ fn compose(ctx: &Ctx, conn: &Conn, to: usize, slot: usize, stamp: u64) {
             let id = conn.next_id.get().wrapping_add(1);
             conn.next_id.set(id);
             let body = match ctx.pattern {
-                Pattern::Direct => Request::Msg { to: ctx.names[to].clone(), text },
-                Pattern::Group => Request::GroupMsg { group: GROUP.into(), text },
+                Pattern::Direct => Request::Msg { to: ctx.names[to].clone(), text, send_id: None },
+                Pattern::Group => Request::GroupMsg { group: GROUP.into(), text, send_id: None },
             };
             if let Err(e) = codec::encode_into(&ClientMessage::Request { id, body }, &mut out) {
                 tracing::error!("encoding a request: {e}");
@@ -698,6 +711,7 @@ mod tests {
     fn marks_are_found_in_frames_and_lines() {
         let mut buf = BytesMut::new();
         let event = confab::protocol::Event::Message {
+            id: 1,
             from: "u1".into(),
             text: "@@17:2:123456789:xxxx".into(),
             sent_at: 5,

@@ -428,7 +428,7 @@ impl App {
 
     fn server_event(&mut self, event: Event) -> Vec<Action> {
         match event {
-            Event::Message { from, text, sent_at, offline } => {
+            Event::Message { from, text, sent_at, offline, .. } => {
                 self.users.insert(from.clone());
                 self.chat(sent_at, Kind::Message { from, offline }, text);
             }
@@ -436,7 +436,9 @@ impl App {
                 self.users.insert(from.clone());
                 self.chat(sent_at, Kind::Broadcast { from }, text);
             }
-            Event::GroupMessage { group, from, text, sent_at, offline } => {
+            // The login notice said how many were waiting; they are in the pane now.
+            Event::CaughtUp => {}
+            Event::GroupMessage { group, from, text, sent_at, offline, .. } => {
                 self.users.insert(from.clone());
                 self.groups.insert(group.clone());
                 self.chat(sent_at, Kind::Group { group, from, offline }, text);
@@ -526,7 +528,7 @@ impl App {
         };
         let now = self.now;
         match (&request, &reply) {
-            (Request::Msg { to, text }, Reply::Sent { delivery, .. }) => {
+            (Request::Msg { to, text, .. }, Reply::Sent { delivery, .. }) => {
                 self.chat(now, Kind::Sent { to: to.clone() }, text.clone());
                 if *delivery == Delivery::Stored {
                     self.notice(format::reply(&request, &reply).join(" "));
@@ -538,7 +540,7 @@ impl App {
                     self.notice(format::reply(&request, &reply).join(" "));
                 }
             }
-            (Request::GroupMsg { group, text }, Reply::GroupSent { stored, skipped, .. }) => {
+            (Request::GroupMsg { group, text, .. }, Reply::GroupSent { stored, skipped, .. }) => {
                 let kind =
                     Kind::Group { group: group.clone(), from: self.me.clone(), offline: false };
                 self.chat(now, kind, text.clone());
@@ -662,6 +664,7 @@ mod tests {
 
     fn message(from: &str, text: &str) -> UiEvent {
         UiEvent::Server(ClientEvent::Server(Event::Message {
+            id: 1,
             from: from.into(),
             text: text.into(),
             sent_at: 1,
@@ -673,7 +676,7 @@ mod tests {
     fn a_command_becomes_a_request_and_its_reply_an_entry() {
         let mut app = app();
         let actions = type_line(&mut app, "/msg bob hi there");
-        let request = Request::Msg { to: "bob".into(), text: "hi there".into() };
+        let request = Request::Msg { to: "bob".into(), text: "hi there".into(), send_id: None };
         assert_eq!(actions, [Action::Send(request.clone())]);
         assert!(app.input.is_empty());
         let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };

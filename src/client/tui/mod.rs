@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 pub use app::{Action, App, Connection, UiEvent};
 
-use super::{files, format, Client, Events};
+use super::{files, format, Client, ClientEvent, Events};
 use crate::p2p::transfer::{TransferEvent, Transfers};
 use crate::p2p::{PrivateChats, PrivateEvents};
 use crate::protocol::{now_ms, ByeReason};
@@ -92,7 +92,16 @@ pub async fn run(
             _ = terminate.recv() => break,
             _ = hangup.recv() => break,
         };
-        for action in app.handle(event) {
+        let shown = match &event {
+            UiEvent::Server(ClientEvent::Server(event)) => event.message_id(),
+            _ => None,
+        };
+        let actions = app.handle(event);
+        // In the pane now: the server need not send it again.
+        if let Some(id) = shown {
+            client.ack(id);
+        }
+        for action in actions {
             match action {
                 Action::Connect(intro) => chats.connect(intro),
                 Action::Expect(incoming) => transfers.expect(incoming),

@@ -304,6 +304,7 @@ mod tests {
 
     fn incoming(app: &mut App, text: &str) {
         app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+            id: 1,
             from: "bob".into(),
             text: text.into(),
             sent_at: 0,
@@ -435,12 +436,14 @@ mod tests {
     fn offline_and_group_messages_are_marked_and_a_resize_reflows() {
         let mut app = app(60);
         app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+            id: 1,
             from: "bob".into(),
             text: "sent while you slept".into(),
             sent_at: 0,
             offline: true,
         })));
         app.handle(UiEvent::Server(ClientEvent::Server(Event::GroupMessage {
+            id: 1,
             group: "devs".into(),
             from: "carol".into(),
             text: "standup".into(),

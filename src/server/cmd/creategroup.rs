@@ -3,7 +3,6 @@
 //! Invitees are told at once if online, and at their next login otherwise (the hub hands
 //! pending invitations to every new session).
 
-use super::internal;
 use crate::protocol::{now_ms, valid_group_name, ErrorCode, ErrorReply, Reply};
 use crate::server::Shared;
 
@@ -32,14 +31,6 @@ pub(in crate::server) async fn run(
             "invite at least one other user: /creategroup NAME USER...",
         ));
     }
-    let at = now_ms();
-    let stored = shared.hub.create_group(me, &name, &invited, at, || {
-        let (name, me, invited) = (name.clone(), me.to_owned(), invited.clone());
-        shared.store.call(move |s| s.create_group(&name, &me, &invited, at))
-    })?;
-    match stored.await {
-        Ok(true) => Ok(Reply::GroupCreated { group: name, invited }),
-        Ok(false) => Err(internal("creating a group", format!("{name} already in the store"))),
-        Err(e) => Err(internal("creating a group", e)),
-    }
+    shared.hub.create_group(me, &name, &invited, now_ms())?.await?;
+    Ok(Reply::GroupCreated { group: name, invited })
 }

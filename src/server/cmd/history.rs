@@ -1,11 +1,13 @@
 //! `/history USER-or-GROUP [N]`: the last N messages of one of your own conversations.
 //!
-//! With a user: the direct messages between you and them. With a group: its messages since
-//! you joined it, without those from senders you block. Group names never equal usernames
+//! With a user: the direct messages between you and them. With a group you have joined: its
+//! messages, from before you joined too (the group's history is the team's), without those
+//! from senders you block. Leaving a group ends access to its history. Group names never equal usernames
 //! (creation and registration both refuse that), so a name is never ambiguous.
 
 use super::internal;
-use crate::protocol::{ErrorCode, ErrorReply, Reply};
+use crate::protocol::{ErrorCode, ErrorReply, HistoryMessage, Reply};
+use crate::server::hub::HubError;
 use crate::server::Shared;
 
 /// Messages returned when no count is given.
@@ -37,15 +39,19 @@ pub(in crate::server) async fn run(
         }
         shared.store.call(move |s| s.direct_history(&me, &key, limit)).await
     } else {
-        let since = shared.hub.joined_since(&with, &me).map_err(|e| match e.code {
-            ErrorCode::UnknownGroup => ErrorReply::new(
+        shared.hub.joined_since(&with, &me).map_err(|e| match e {
+            HubError::UnknownGroup(_) => ErrorReply::new(
                 ErrorCode::UnknownUser,
                 format!("there is no user or group named {with}"),
             ),
-            _ => e,
+            e => e.into(),
         })?;
-        shared.store.call(move |s| s.group_history(&key, &me, since, limit)).await
+        shared.store.call(move |s| s.group_history(&key, &me, limit)).await
     };
-    let messages = read.map_err(|e| internal("reading history", e))?;
+    let rows = read.map_err(|e| internal("reading history", e))?;
+    let messages = rows
+        .into_iter()
+        .map(|m| HistoryMessage { from: m.sender, text: m.body, sent_at: m.sent_at })
+        .collect();
     Ok(Reply::History { with, group, messages })
 }

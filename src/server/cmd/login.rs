@@ -10,11 +10,10 @@ use tokio::time::Instant;
 
 use super::internal;
 use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
-use crate::server::hub::{DirectAddrs, Peer};
+use crate::server::hub::{DirectAddrs, Joined, Peer};
 use crate::server::inbox::{inbox, InboxReceiver};
 use crate::server::lockout::Attempt;
 use crate::server::{password, Shared};
-use crate::store::StoredMessage;
 
 /// Longest accepted password, in bytes.
 const MAX_PASSWORD_LEN: usize = 1024;
@@ -31,8 +30,10 @@ pub(in crate::server) struct LoggedIn {
     pub session: u64,
     /// The login-history row of this session.
     pub history_row: i64,
-    /// Messages stored while the user was away, oldest first.
-    pub offline: Vec<StoredMessage>,
+    /// The user's acknowledged position in the log: catch-up starts after it.
+    pub cursor: u64,
+    /// How many messages wait after it.
+    pub waiting: u64,
     /// Group invitations not answered yet, oldest first.
     pub invitations: Vec<Invitation>,
 }
@@ -116,7 +117,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
     }
 }
 
-/// Puts the user online, records the session and collects their offline messages.
+/// Puts the user online, catching up, and records the session.
 async fn join(
     shared: &Shared,
     name: String,
@@ -127,18 +128,22 @@ async fn join(
     let session = shared.hub.new_session_id();
     let since: Timestamp = now_ms();
     let peer = Peer::new(tx, since, session).with_direct(direct);
-    let invitations = shared.hub.join(&name, peer)?;
+    let Joined { invitations, cursor, waiting } = shared.hub.join(&name, peer)?;
     let key = name.clone();
-    let stored = shared
-        .store
-        .call(move |s| Ok((s.record_login(&key, since)?, s.offline_messages(&key)?)))
-        .await;
+    let stored = shared.store.call(move |s| s.record_login(&key, since)).await;
     match stored {
-        Ok((history_row, offline)) => {
-            Ok(LoggedIn { name, created, rx, session, history_row, offline, invitations })
-        }
+        Ok(history_row) => Ok(LoggedIn {
+            name,
+            created,
+            rx,
+            session,
+            history_row,
+            cursor,
+            waiting: waiting.count,
+            invitations,
+        }),
         Err(e) => {
-            shared.hub.leave(&name, session, None, now_ms(), drop);
+            shared.hub.leave(&name, session, None, now_ms());
             Err(internal("recording a login", e))
         }
     }

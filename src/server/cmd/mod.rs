@@ -16,6 +16,7 @@ pub(super) mod private;
 pub(super) mod sendfile;
 pub(super) mod whoelsesince;
 
+use super::hub::HubError;
 use super::Shared;
 use crate::protocol::{text_problem, ErrorCode, ErrorReply, Reply, Request};
 
@@ -26,7 +27,7 @@ pub(super) async fn dispatch(
     request: Request,
 ) -> Result<Reply, ErrorReply> {
     match request {
-        Request::Msg { to, text } => msg::run(shared, me, to, text).await,
+        Request::Msg { to, text, send_id } => msg::run(shared, me, to, text, send_id).await,
         Request::Broadcast { text } => broadcast::run(shared, me, text),
         Request::List => Ok(list::run(shared, me)),
         Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
@@ -34,7 +35,9 @@ pub(super) async fn dispatch(
         Request::Unblock { user } => block::unblock(shared, me, user).await,
         Request::CreateGroup { name, invite } => creategroup::run(shared, me, name, invite).await,
         Request::JoinGroup { group } => joingroup::run(shared, me, group).await,
-        Request::GroupMsg { group, text } => groupmsg::run(shared, me, group, text).await,
+        Request::GroupMsg { group, text, send_id } => {
+            groupmsg::run(shared, me, group, text, send_id).await
+        }
         Request::LeaveGroup { group } => leavegroup::run(shared, me, group).await,
         Request::Groups => Ok(groups::run(shared, me)),
         Request::History { with, limit } => history::run(shared, me, with, limit).await,
@@ -67,4 +70,27 @@ fn internal(context: &str, e: impl std::fmt::Display) -> ErrorReply {
         ErrorCode::Internal,
         format!("internal server error ({context}); nothing was done"),
     )
+}
+
+/// The one place where the hub's refusals become wire replies.
+impl From<HubError> for ErrorReply {
+    fn from(e: HubError) -> Self {
+        let code = match &e {
+            HubError::SelfTarget => ErrorCode::SelfTarget,
+            HubError::UnknownUser(_) => ErrorCode::UnknownUser,
+            HubError::Blocked(_) => ErrorCode::BlockedByRecipient,
+            HubError::MailboxFull(_) => ErrorCode::MailboxFull,
+            HubError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            HubError::NotGroupMember(_) => ErrorCode::NotGroupMember,
+            HubError::NotJoined(_) => ErrorCode::NotJoined,
+            HubError::NameTaken(_) => ErrorCode::NameTaken,
+            HubError::NotInvited(_) => ErrorCode::NotInvited,
+            HubError::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
+            HubError::NotBlocked(_) => ErrorCode::NotBlocked,
+            HubError::Store(_) | HubError::LogClosed => {
+                return internal("the message log", e);
+            }
+        };
+        ErrorReply::new(code, e.to_string())
+    }
 }

@@ -1,13 +1,15 @@
 //! The routing table: who is online, who exists, who blocks whom.
 //!
 //! Sessions share one [`Hub`]. Each online user has a bounded queue of encoded frames that
-//! its session task drains onto the socket; routing a message is a lookup and a `try_send`
-//! under a short lock, and a fan-out encodes its frame once and shares the bytes. A session
-//! whose queue is full is not waited for: it is kicked (its inbox signals it as too slow) and
-//! further frames wait in its `overflow` until it leaves, so one slow reader never stalls
-//! anyone. A leaving session collects its queue and overflow under the same lock that routes
-//! (see [`Hub::leave`]), so whatever it keeps for the next login is ordered before any
-//! message that is stored for the user after it left.
+//! its session task drains onto the socket; routing is a lookup and a `try_send` under a
+//! short lock, and a fan-out encodes its frame once and shares the bytes. A session whose
+//! queue is full is not waited for: it is kicked (its inbox signals it as too slow) and what
+//! does not fit is dropped, which loses nothing: every message is in the log, and whatever
+//! the session had not acknowledged comes again at its next login.
+//!
+//! Direct and group messages go through the log ([`log`]): the hub gives each its id, the
+//! log writer commits them in batches and routes them after the commit. The hub holds the
+//! store handle for that; its errors are [`HubError`]s, which the commands map to replies.
 //!
 //! Accounts, blocks and groups are cached here from the store at start-up and written
 //! through by the commands that change them; the store stays the durable copy. Group
@@ -25,6 +27,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use crate::server::textlog::{OnlineEntry, TextLogs};
+use crate::store::{Backlog, StoreHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,18 +37,97 @@ use super::inbox::{InboxSender, TrySendError};
 use super::private::PendingRequests;
 
 mod groups;
+pub mod log;
 
 use crate::protocol::{
     encode_frame, ErrorCode, ErrorReply, Event, Introduction, Invitation, OnlineUser,
     PresenceChange, RequestEnd, ServerMessage, Timestamp, Token,
 };
 use crate::store::MemberRecord;
-pub use groups::GroupRouted;
+use log::{LogStart, LogState, Mailbox};
+
+/// Why the hub refused something. The commands map these to wire replies (`cmd`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The target is the sender.
+    #[error("you cannot do that to yourself")]
+    SelfTarget,
+    /// No such account.
+    #[error("there is no user {0}")]
+    UnknownUser(String),
+    /// The target blocks the sender.
+    #[error("{0} has blocked you")]
+    Blocked(String),
+    /// This recipient has as much waiting as the mailbox limits allow.
+    #[error("{0}'s mailbox is full; try again once they have read their messages")]
+    MailboxFull(String),
+    /// No such group.
+    #[error("there is no group {0}")]
+    UnknownGroup(String),
+    /// The sender is neither a member of this group nor invited.
+    #[error("you are not in group {0}")]
+    NotGroupMember(String),
+    /// The sender is invited to this group but has not joined it.
+    #[error("you are invited to {0} but have not joined it: /joingroup {0}")]
+    NotJoined(String),
+    /// The log could not be committed; nothing was stored.
+    #[error("the message log could not be written: {0}")]
+    Store(String),
+    /// The server is shutting down and the log writer has stopped.
+    #[error("the server is shutting down")]
+    LogClosed,
+    /// A group or a user already has this name.
+    #[error("the name {0} is taken; choose another group name")]
+    NameTaken(String),
+    /// Joining a group without an invitation.
+    #[error("you have not been invited to {0}")]
+    NotInvited(String),
+    /// Joining a group already joined.
+    #[error("you are already a member of {0}")]
+    AlreadyJoined(String),
+    /// Unblocking someone not blocked.
+    #[error("{0} is not blocked")]
+    NotBlocked(String),
+}
+
+/// A store write the hub queued under its lock (so writes reach the store in the order the
+/// hub applied them); resolves once committed.
+pub type Stored = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HubError>> + Send>>;
+
+/// Queues `write` on `store`; the returned future fails if it did not change what it should.
+fn persist(
+    store: &StoreHandle,
+    what: &'static str,
+    write: impl FnOnce(&mut dyn crate::store::Store) -> crate::store::StoreResult<bool> + Send + 'static,
+) -> Stored {
+    let done = store.call(write);
+    Box::pin(async move {
+        match done.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HubError::Store(format!("{what}: the store disagreed"))),
+            Err(e) => Err(HubError::Store(format!("{what}: {e}"))),
+        }
+    })
+}
+
+/// What [`Hub::join`] hands a session that has just logged in.
+pub struct Joined {
+    /// Pending group invitations, oldest first.
+    pub invitations: Vec<Invitation>,
+    /// The user's acknowledged position in the log: catch-up starts after it.
+    pub cursor: u64,
+    /// What waits after it.
+    pub waiting: Backlog,
+}
 
 /// Shared routing state.
-#[derive(Default)]
 pub struct Hub {
     state: Mutex<State>,
+    store: StoreHandle,
+    /// `--text-logs`: written on the store thread, after what they describe.
+    text_logs: Option<std::sync::Arc<Mutex<TextLogs>>>,
+    /// Woken when the log has something to commit.
+    log_wake: Notify,
     next_session: AtomicU64,
     /// Woken when a private-chat request is added, so that the expiry task re-reads the
     /// next deadline.
@@ -68,16 +152,31 @@ pub struct Peer {
     pub since: Timestamp,
     /// Unique id of this session (see [`Hub::new_session_id`]).
     pub session: u64,
-    /// Frames that arrived after the queue filled up, oldest first.
-    pub overflow: Vec<Bytes>,
     /// Where the client takes direct connections, if it announced it at login.
     pub direct: Option<DirectAddrs>,
+    /// How messages reach this session.
+    feed: Feed,
+}
+
+/// How messages reach a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// The session reads the log itself; routing only notes the highest id routed to it.
+    CatchingUp {
+        /// The highest id routed to the session so far.
+        routed: u64,
+    },
+    /// Messages after `from` are queued for the session.
+    Live {
+        /// The highest id the session had read from the log when it went live.
+        from: u64,
+    },
 }
 
 impl Peer {
-    /// A peer with an empty overflow that takes no direct connections.
+    /// A peer, catching up, that takes no direct connections.
     pub fn new(tx: InboxSender, since: Timestamp, session: u64) -> Self {
-        Self { tx, since, session, overflow: Vec::new(), direct: None }
+        Self { tx, since, session, direct: None, feed: Feed::CatchingUp { routed: 0 } }
     }
 
     /// The same peer, taking direct connections at `direct`.
@@ -85,54 +184,40 @@ impl Peer {
         Self { direct, ..self }
     }
 
-    /// Queues `frame`; a full queue kicks the peer (the inbox signals it as too slow) and
-    /// keeps the frame in its overflow.
-    /// False if the session task is gone (it can only have died, as a live session leaves
-    /// the hub before dropping its receiver).
+    /// Queues an event that is not a message; a full queue kicks the peer (the inbox
+    /// signals it as too slow) and drops the frame. False if the session task is gone (it can
+    /// only have died, as a live session leaves the hub before dropping its receiver).
     fn push(&mut self, frame: Bytes) -> bool {
-        if !self.overflow.is_empty() {
-            self.overflow.push(frame);
-            return true;
-        }
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(TrySendError::Full(frame)) => {
-                self.overflow.push(frame);
-                true
-            }
-            Err(TrySendError::Closed) => false,
-        }
+        !matches!(self.tx.try_send((0, frame)), Err(TrySendError::Closed))
     }
 
-    /// Queues `frame` if the session can still take it; otherwise drops it. For events that
-    /// only matter to a session that goes on (presence, group members coming and going): a
-    /// kicked session ends without reading them, and its overflow keeps only what is stored
-    /// for the next login. This bounds what a mass disconnect costs, where every leave is
-    /// announced to everyone still online: without it, the overflows of the sessions kicked
-    /// meanwhile grew by one presence event per leave (over 900 MB for 10,000 clients).
+    /// Queues an event that only matters to a session that goes on (presence, group members
+    /// coming and going); one that cannot take it is on its way out anyway.
     fn push_ephemeral(&mut self, frame: Bytes) {
-        if self.overflow.is_empty() {
-            // A full inbox signals its session as too slow; the frame is not needed after that.
-            let _ = self.tx.try_send(frame);
+        let _ = self.tx.try_send((0, frame));
+    }
+
+    /// Hands message `id` to the session as its feed says: queued if live and new to it,
+    /// noted if it is catching up. A session too slow to take it is kicked; the message
+    /// stays in the log for its next login.
+    fn offer(&mut self, id: u64, frame: &Bytes) {
+        match &mut self.feed {
+            Feed::CatchingUp { routed } => *routed = (*routed).max(id),
+            Feed::Live { from } if id > *from => {
+                let _ = self.tx.try_send((id, frame.clone()));
+            }
+            Feed::Live { .. } => {}
         }
     }
 }
 
-/// Where [`Hub::deliver`] put a message.
-pub enum Routed<T> {
-    /// Queued for the recipient's live session.
-    Online,
-    /// The recipient is offline; the closure's result.
-    Offline(T),
-}
-
-#[derive(Default)]
 struct State {
     online: HashMap<String, Peer>,
     users: HashSet<String>,
     blocks: Blocks,
     groups: groups::Groups,
     requests: PendingRequests,
+    log: LogState,
 }
 
 /// Who blocks whom: blocker -> the users they block.
@@ -200,26 +285,60 @@ impl State {
 }
 
 impl Hub {
-    /// A hub knowing these accounts, `(blocker, blocked)` pairs and group memberships, with
-    /// nobody online.
+    /// A hub knowing these accounts, `(blocker, blocked)` pairs, group memberships and log
+    /// positions, with nobody online, writing the log through `store`.
     pub fn new(
         users: impl IntoIterator<Item = String>,
         blocks: impl IntoIterator<Item = (String, String)>,
         members: impl IntoIterator<Item = MemberRecord>,
+        start: LogStart,
+        mailbox: Mailbox,
+        store: StoreHandle,
     ) -> Self {
         let mut state = State {
+            online: HashMap::new(),
             users: users.into_iter().collect(),
+            blocks: Blocks::default(),
             groups: groups::Groups::from_records(members),
-            ..State::default()
+            requests: PendingRequests::default(),
+            log: LogState::new(start, mailbox),
         };
         for (blocker, blocked) in blocks {
             state.blocks.0.entry(blocker).or_default().insert(blocked);
         }
         Self {
             state: Mutex::new(state),
+            store,
+            text_logs: None,
+            log_wake: Notify::new(),
             next_session: AtomicU64::new(1),
             requests_changed: Notify::new(),
         }
+    }
+
+    /// The same hub, also writing the log and who is online as text (`--text-logs`).
+    pub fn with_text_logs(self, logs: TextLogs) -> Self {
+        Self { text_logs: Some(std::sync::Arc::new(Mutex::new(logs))), ..self }
+    }
+
+    /// Queues a rewrite of the text user log, if there is one; called under the lock, so
+    /// the rewrites reach the store thread in the order of the changes.
+    fn log_users(&self, state: &State) {
+        let Some(logs) = &self.text_logs else { return };
+        let online: Vec<OnlineEntry> = state
+            .online
+            .iter()
+            .map(|(user, p)| OnlineEntry {
+                user: user.clone(),
+                since: p.since,
+                udp: p.direct.map(|d| d.udp),
+            })
+            .collect();
+        let logs = logs.clone();
+        drop(self.store.call(move |_| {
+            logs.lock().unwrap_or_else(PoisonError::into_inner).users(online);
+            Ok(())
+        }));
     }
 
     /// A fresh id for a session.
@@ -237,17 +356,31 @@ impl Hub {
         self.state().users.insert(name.to_owned());
     }
 
-    /// Records that `blocker` now blocks (or, with `on == false`, no longer blocks) `blocked`.
-    /// Blocking also drops, silently, a private chat request `blocked` made to `blocker`: its
-    /// end would otherwise tell `blocked` when `blocker` logs out.
-    pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
+    /// Makes `blocker` block (or, with `on == false`, no longer block) `blocked`, and queues
+    /// the store write. Blocking also drops, silently, a private chat request `blocked` made
+    /// to `blocker`: its end would otherwise tell `blocked` when `blocker` logs out. Blocking
+    /// again is no error.
+    pub fn set_block(&self, blocker: &str, blocked: &str, on: bool) -> Result<Stored, HubError> {
         let mut state = self.state();
-        if on {
-            state.blocks.0.entry(blocker.to_owned()).or_default().insert(blocked.to_owned());
-            state.requests.take(blocked, blocker, Instant::now());
-        } else if let Some(set) = state.blocks.0.get_mut(blocker) {
-            set.remove(blocked);
+        if blocker == blocked {
+            return Err(HubError::SelfTarget);
         }
+        if !state.users.contains(blocked) {
+            return Err(HubError::UnknownUser(blocked.to_owned()));
+        }
+        let (a, b) = (blocker.to_owned(), blocked.to_owned());
+        if on {
+            state.blocks.0.entry(a.clone()).or_default().insert(b.clone());
+            state.requests.take(blocked, blocker, Instant::now());
+            // Already blocked is fine: `add_block` then changes nothing.
+            return Ok(persist(&self.store, "saving a block", move |s| {
+                s.add_block(&a, &b).map(|_| true)
+            }));
+        }
+        if !state.blocks.0.get_mut(blocker).is_some_and(|set| set.remove(blocked)) {
+            return Err(HubError::NotBlocked(b));
+        }
+        Ok(persist(&self.store, "removing a block", move |s| s.remove_block(&a, &b)))
     }
 
     /// Whether `blocker` blocks `blocked`.
@@ -255,9 +388,10 @@ impl Hub {
         self.state().blocks.has(blocker, blocked)
     }
 
-    /// Puts `name` online and tells the others; refused if `name` is online already. Returns
-    /// `name`'s pending group invitations: any made later are pushed to the session.
-    pub fn join(&self, name: &str, peer: Peer) -> Result<Vec<Invitation>, ErrorReply> {
+    /// Puts `name` online, catching up, and tells the others; refused if `name` is online
+    /// already. Returns where its catch-up starts and the pending group invitations: any
+    /// made later are pushed to the session.
+    pub fn join(&self, name: &str, peer: Peer) -> Result<Joined, ErrorReply> {
         let mut state = self.state();
         if state.online.get(name).is_some_and(|peer| peer.tx.is_closed()) {
             tracing::error!(user = name, "replacing a session whose task died");
@@ -272,24 +406,26 @@ impl Hub {
         let since = peer.since;
         state.online.insert(name.to_owned(), peer);
         state.announce(name, PresenceChange::LoggedIn, since);
-        Ok(state.groups.invitations(name))
+        self.log_users(&state);
+        let (cursor, waiting) = Hub::cursor_of(&state, name);
+        Ok(Joined { invitations: state.groups.invitations(name), cursor, waiting })
     }
 
-    /// Takes session `session` of `name` offline, announcing `change` if given, and hands
-    /// its [`Peer`] to `then`, which runs before any other routing can happen.
-    pub fn leave<T>(
+    /// Takes session `session` of `name` offline, announcing `change` if given; false if it
+    /// was not online. What was queued for it is dropped: the log keeps every message.
+    pub fn leave(
         &self,
         name: &str,
         session: u64,
         change: Option<PresenceChange>,
         at: Timestamp,
-        then: impl FnOnce(Peer) -> T,
-    ) -> Option<T> {
+    ) -> bool {
         let mut state = self.state();
         if state.online.get(name).is_none_or(|p| p.session != session) {
-            return None;
+            return false;
         }
-        let peer = state.online.remove(name)?;
+        state.online.remove(name);
+        self.log_users(&state);
         if let Some(change) = change {
             state.announce(name, change, at);
         }
@@ -297,7 +433,7 @@ impl Hub {
         for (from, to) in state.requests.forget(name) {
             state.end_request(&from, &to, RequestEnd::PeerLeft);
         }
-        Some(then(peer))
+        true
     }
 
     /// Tells every logged-in session that the server is shutting down. A session that logs
@@ -415,24 +551,6 @@ impl Hub {
         Ok(Introduction { peer: to.to_owned(), addr: theirs.udp, token })
     }
 
-    /// Routes a direct message frame from `from` to `to`.
-    ///
-    /// After the target checks, the frame goes to `to`'s live session if there is one;
-    /// otherwise `offline` runs while the routing lock is still held, so that whatever it
-    /// starts (storing the message) is ordered before `to` can come online and collect it.
-    pub fn deliver<T>(
-        &self,
-        from: &str,
-        to: &str,
-        frame: Bytes,
-        offline: impl FnOnce() -> T,
-    ) -> Result<Routed<T>, ErrorReply> {
-        let mut state = self.state();
-        check_target(&state, from, to)?;
-        let queued = state.online.get_mut(to).is_some_and(|peer| peer.push(frame));
-        Ok(if queued { Routed::Online } else { Routed::Offline(offline()) })
-    }
-
     /// Sends a broadcast frame to everyone online but `from` and those blocking `from`.
     /// Returns `(delivered, skipped)`.
     pub fn broadcast(&self, from: &str, frame: Bytes) -> (u32, u32) {
@@ -477,24 +595,16 @@ impl Hub {
     }
 }
 
-/// The error for a name that is no account.
-pub fn unknown_user(name: &str) -> ErrorReply {
-    ErrorReply::new(ErrorCode::UnknownUser, format!("there is no user {name}"))
-}
-
 /// Checks that `from` may address `to`: `to` exists, is someone else, and does not block `from`.
-fn check_target(state: &State, from: &str, to: &str) -> Result<(), ErrorReply> {
+fn check_target(state: &State, from: &str, to: &str) -> Result<(), HubError> {
     if from == to {
-        return Err(ErrorReply::new(ErrorCode::SelfTarget, "you cannot do that to yourself"));
+        return Err(HubError::SelfTarget);
     }
     if !state.users.contains(to) {
-        return Err(unknown_user(to));
+        return Err(HubError::UnknownUser(to.to_owned()));
     }
     if state.blocks.has(to, from) {
-        return Err(ErrorReply::new(
-            ErrorCode::BlockedByRecipient,
-            format!("{to} has blocked you"),
-        ));
+        return Err(HubError::Blocked(to.to_owned()));
     }
     Ok(())
 }
@@ -518,76 +628,116 @@ pub fn encode_event(event: Event) -> Option<Bytes> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::server::inbox::{inbox, InboxReceiver, Signal};
+    use crate::store::{SqliteStore, To};
 
-    fn hub() -> Hub {
-        Hub::new(["alice", "bob"].map(String::from), [], [])
+    /// A hub over an in-memory store knowing alice, bob and carol, with mailboxes of `room`.
+    pub(crate) fn hub_with(room: u64) -> std::sync::Arc<Hub> {
+        let mut db = SqliteStore::open(":memory:").unwrap();
+        let users = ["alice", "bob", "carol"].map(String::from);
+        for user in &users {
+            crate::store::Store::create_user(&mut db, user, "hash", 0).unwrap();
+        }
+        let store = StoreHandle::spawn(db);
+        let mailbox = Mailbox { messages: room, bytes: 0 };
+        let hub = std::sync::Arc::new(Hub::new(users, [], [], LogStart::default(), mailbox, store));
+        let writer = hub.clone();
+        tokio::spawn(async move { writer.write_log().await });
+        hub
     }
 
-    fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, u64) {
+    pub(crate) fn join(hub: &Hub, name: &str, queue: usize) -> (InboxReceiver, u64) {
         let (tx, rx) = inbox(queue);
         let session = hub.new_session_id();
         hub.join(name, Peer::new(tx, 0, session)).unwrap();
         (rx, session)
     }
 
-    #[test]
-    fn a_full_queue_kicks_and_overflow_keeps_order_until_leave() {
-        let hub = hub();
+    async fn send(hub: &Hub, from: &str, to: &str, text: &str) -> Result<log::Sent, HubError> {
+        hub.send(from, To::User(to.into()), text.into(), None, 0)?.outcome().await
+    }
+
+    fn ids(rx: &InboxReceiver) -> Vec<u64> {
+        rx.take().into_iter().map(|(id, _)| id).filter(|id| *id != 0).collect()
+    }
+
+    #[tokio::test]
+    async fn a_catching_up_session_is_sent_nothing_until_it_has_read_past_what_was_routed() {
+        let hub = hub_with(0);
+        let (rx, session) = join(&hub, "bob", 16);
+        let sent = send(&hub, "alice", "bob", "during catch-up").await.unwrap();
+        assert_eq!(sent, log::Sent::Direct { to: "bob".into(), online: true });
+        assert!(ids(&rx).is_empty(), "not queued while catching up");
+        assert!(!hub.go_live("bob", session, 0), "message 1 was routed and not read yet");
+        assert!(hub.go_live("bob", session, 1), "read from the log: live after it");
+        send(&hub, "alice", "bob", "live").await.unwrap();
+        assert_eq!(ids(&rx), [2]);
+        assert!(!hub.go_live("bob", session + 1, 2), "another session's switch is refused");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_and_drops_while_the_log_keeps_everything() {
+        let hub = hub_with(0);
         let (rx, session) = join(&hub, "bob", 2);
-        for i in 0..5u8 {
-            let routed = hub.deliver("alice", "bob", Bytes::from(vec![i]), || ()).unwrap();
-            assert!(matches!(routed, Routed::Online));
+        assert!(hub.go_live("bob", session, 0));
+        for i in 0..5 {
+            send(&hub, "alice", "bob", &format!("m{i}")).await.unwrap();
         }
         assert_eq!(rx.signal(), Some(Signal::TooSlow));
-        let left = hub
-            .leave("bob", session, None, 0, |peer| {
-                let mut all = Vec::new();
-                all.extend(rx.take().iter().map(|f| f[0]));
-                all.extend(peer.overflow.iter().map(|f| f[0]));
-                all
-            })
-            .unwrap();
-        assert_eq!(left, [0, 1, 2, 3, 4]);
-        let routed = hub.deliver("alice", "bob", Bytes::new(), || "stored").unwrap();
-        assert!(matches!(routed, Routed::Offline("stored")));
+        assert_eq!(ids(&rx), [1, 2]);
+        assert!(hub.leave("bob", session, None, 0));
+        let (cursor, waiting) = Hub::cursor_of(&hub.state(), "bob");
+        assert_eq!((cursor, waiting.count), (0, 5), "nothing acknowledged: all five wait");
+        let page = hub.store.call(|s| s.log_after("bob", 0, &[], 10, 1 << 20)).await.unwrap();
+        assert_eq!(page.len(), 5);
     }
 
-    #[test]
-    fn a_kicked_session_keeps_messages_but_not_presence() {
-        let hub = hub();
-        let (rx, session) = join(&hub, "bob", 1);
-        // The first message fills bob's queue, the second kicks him and waits in his overflow.
-        for i in 0..2u8 {
-            hub.deliver("alice", "bob", Bytes::from(vec![i]), || ()).unwrap();
-        }
-        assert_eq!(rx.signal(), Some(Signal::TooSlow));
-        // alice comes and goes: bob, who is on his way out, is not told.
-        let (_alice, alice_session) = join(&hub, "alice", 4);
-        hub.leave("alice", alice_session, Some(PresenceChange::LoggedOut), 0, drop).unwrap();
-        let overflow = hub.leave("bob", session, None, 0, |peer| peer.overflow).unwrap();
-        assert_eq!(overflow, [Bytes::from(vec![1])]);
-        assert_eq!(rx.take(), [Bytes::from(vec![0])]);
+    #[tokio::test]
+    async fn acknowledgements_move_the_cursor_and_free_the_mailbox() {
+        let hub = hub_with(2);
+        send(&hub, "alice", "bob", "one").await.unwrap();
+        send(&hub, "carol", "bob", "two").await.unwrap();
+        assert_eq!(
+            send(&hub, "alice", "bob", "three").await,
+            Err(HubError::MailboxFull("bob".into()))
+        );
+        hub.acked("bob", 1, Backlog { count: 1, bytes: 3 });
+        send(&hub, "alice", "bob", "three").await.unwrap();
+        let (tx, _rx) = inbox(4);
+        let joined = hub.join("bob", Peer::new(tx, 0, 99)).unwrap();
+        assert_eq!((joined.cursor, joined.waiting.count), (1, 2));
     }
 
-    #[test]
-    fn one_session_per_user_unless_the_old_one_died() {
-        let hub = hub();
+    #[tokio::test]
+    async fn a_repeated_send_id_shares_the_first_outcome_and_makes_no_second_row() {
+        let hub = hub_with(0);
+        let (rx, session) = join(&hub, "bob", 16);
+        assert!(hub.go_live("bob", session, 0));
+        let first = hub.send("alice", To::User("bob".into()), "x".into(), Some(9), 0).unwrap();
+        let again = hub.send("alice", To::User("bob".into()), "x".into(), Some(9), 1).unwrap();
+        assert_eq!(first.outcome().await, again.outcome().await);
+        assert_eq!(ids(&rx), [1]);
+        let other = hub.send("alice", To::User("bob".into()), "y".into(), Some(10), 2).unwrap();
+        other.outcome().await.unwrap();
+        assert_eq!(ids(&rx), [2]);
+    }
+
+    #[tokio::test]
+    async fn one_session_per_user_unless_the_old_one_died() {
+        let hub = hub_with(0);
         let (rx, _) = join(&hub, "bob", 4);
         let (tx, _rx2) = inbox(4);
-        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99)).unwrap_err();
+        let err = hub.join("bob", Peer::new(tx.clone(), 0, 99)).err().unwrap();
         assert_eq!(err.code, ErrorCode::AlreadyLoggedIn);
         drop(rx); // the session task is gone without leaving
-        let routed = hub.deliver("alice", "bob", Bytes::new(), || ()).unwrap();
-        assert!(matches!(routed, Routed::Offline(())), "a dead session gets nothing");
         hub.join("bob", Peer::new(tx, 0, 99)).unwrap();
     }
 
-    #[test]
-    fn shutdown_reaches_every_online_session() {
-        let hub = hub();
+    #[tokio::test]
+    async fn shutdown_reaches_every_online_session() {
+        let hub = hub_with(0);
         let (alice, _) = join(&hub, "alice", 4);
         let (bob, _) = join(&hub, "bob", 4);
         assert_eq!(bob.signal(), None);
@@ -596,11 +746,21 @@ mod tests {
         assert_eq!(bob.signal(), Some(Signal::Shutdown));
     }
 
-    #[test]
-    fn leave_of_an_old_session_does_not_remove_a_new_one() {
-        let hub = hub();
+    #[tokio::test]
+    async fn leave_of_an_old_session_does_not_remove_a_new_one() {
+        let hub = hub_with(0);
         let (_rx, session) = join(&hub, "bob", 4);
-        assert!(hub.leave("bob", session + 1000, None, 0, |_| ()).is_none());
+        assert!(!hub.leave("bob", session + 1000, None, 0));
         assert!(hub.is_online("bob"));
+    }
+
+    #[tokio::test]
+    async fn the_log_writer_commits_what_is_left_when_closed() {
+        let hub = hub_with(0);
+        let accepted = hub.send("alice", To::User("bob".into()), "last".into(), None, 0).unwrap();
+        hub.close_log();
+        accepted.outcome().await.unwrap();
+        let page = hub.store.call(|s| s.log_after("bob", 0, &[], 10, 1 << 20)).await.unwrap();
+        assert_eq!(page[0].body, "last");
     }
 }
