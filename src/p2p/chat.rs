@@ -718,8 +718,6 @@ async fn run_link(
             frame = framed.next(), if place.is_some() => {
                 if !received.take(Instant::now()) {
                     tracing::warn!(peer, "the peer sends messages too fast; closing the private chat");
-                    goodbye(&mut framed, ByeReason::TooFast).await;
-                    drain(&mut framed).await;
                     break End::Flooded;
                 }
                 let (text, sent_at) = match frame {
@@ -760,14 +758,17 @@ async fn run_link(
         End::Broken => CloseReason::Broken,
         End::Local | End::Quiet => return,
     };
-    if !inner.forget(&peer, id) {
-        return;
+    if inner.forget(&peer, id) {
+        tracing::info!(peer, ?reason, "private chat ended");
+        let closed = PrivateEvent::Closed { peer, reason };
+        match place {
+            Some(permit) => permit.send(closed),
+            None => inner.emit(closed).await,
+        }
     }
-    tracing::info!(peer, ?reason, "private chat ended");
-    let closed = PrivateEvent::Closed { peer, reason };
-    match place {
-        Some(permit) => permit.send(closed),
-        None => inner.emit(closed).await,
+    if reason == CloseReason::Flooded {
+        goodbye(&mut framed, ByeReason::TooFast).await;
+        drain(&mut framed).await;
     }
 }
 
