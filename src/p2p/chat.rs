@@ -68,6 +68,8 @@ use crate::protocol::{
 pub const EVENT_QUEUE: usize = 64;
 /// How long a goodbye may take before the connection is closed anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most a goodbye reads and drops of what the peer still sends.
+const DRAIN_LIMIT: usize = 1 << 20;
 /// Messages queued for one chat's socket before `send` waits.
 const LINK_QUEUE: usize = 64;
 /// Pauses before the dialler tries again when the listener closed without an answer.
@@ -213,7 +215,8 @@ pub struct PrivateChats {
     _alive: Arc<DropGuard>,
 }
 
-/// The events of every private chat, in the order they happened.
+/// The events of every private chat, in the order they happened. Dropping it ends every
+/// chat (without a goodbye): nobody would hear what the peers say.
 pub struct PrivateEvents {
     rx: mpsc::Receiver<PrivateEvent>,
 }
@@ -787,12 +790,21 @@ async fn goodbye(framed: &mut Framed<TcpStream, PeerCodec>, reason: ByeReason) {
     let _ = timeout(GOODBYE_TIMEOUT, framed.get_mut().shutdown()).await;
 }
 
-/// Reads and drops what the peer still sends, until it closes or [`GOODBYE_TIMEOUT`]: a
-/// socket closed with unread input is reset, and the reset can destroy our goodbye before
-/// the peer has read it.
+/// Reads and drops what the peer still sends, until it closes, [`GOODBYE_TIMEOUT`] or
+/// [`DRAIN_LIMIT`] bytes: a socket closed with unread input is reset, and the reset can
+/// destroy our goodbye before the peer has read it. (A flooder that keeps writing is
+/// simply closed on: its goodbye was in the socket before that.)
 async fn drain(framed: &mut Framed<TcpStream, PeerCodec>) {
     let mut buf = [0u8; 4096];
     let socket = framed.get_mut();
-    let _ = timeout(GOODBYE_TIMEOUT, async { while let Ok(1..) = socket.read(&mut buf).await {} })
-        .await;
+    let _ = timeout(GOODBYE_TIMEOUT, async {
+        let mut left = DRAIN_LIMIT;
+        while let Ok(n @ 1..) = socket.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
