@@ -720,14 +720,14 @@ async fn run_link(
             },
             frame = framed.next(), if place.is_some() => {
                 if !received.take(Instant::now()) {
-                    tracing::warn!(peer, "the peer sends messages too fast; closing the private chat");
+                    tracing::warn!(peer, "the peer sends too fast; closing the private chat");
                     break End::Flooded;
                 }
                 let (text, sent_at) = match frame {
                     Some(Ok(Ok(PeerMessage::Text { text, sent_at }))) => (text, sent_at),
                     Some(Ok(Ok(PeerMessage::Bye { reason }))) => break End::Peer(reason),
                     Some(Ok(Ok(other))) => {
-                        tracing::warn!(peer, "unexpected {other:?} in an open private chat; closing it");
+                        tracing::warn!(peer, "unexpected {other:?} in an open chat; closing it");
                         break End::Broken;
                     }
                     Some(Ok(Err(e))) => {
@@ -745,9 +745,10 @@ async fn run_link(
                     None => break End::Lost,
                 };
                 let Some(permit) = place.take() else { continue };
+                let peer = peer.clone();
                 permit.send(match text_problem(&text, config.max_text_chars) {
-                    Some(why) => PrivateEvent::Refused { peer: peer.clone(), why },
-                    None => PrivateEvent::Message { peer: peer.clone(), text, sent_at, received_at: now_ms() },
+                    Some(why) => PrivateEvent::Refused { peer, why },
+                    None => PrivateEvent::Message { peer, text, sent_at, received_at: now_ms() },
                 });
             },
         }
