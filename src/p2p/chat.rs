@@ -194,7 +194,6 @@ pub enum PrivateError {
 /// Why connecting to an accepting peer failed.
 #[derive(Debug, thiserror::Error)]
 enum DialError {
-    // Connect, Refused and a reset are worth another try: see `DialError::retry`.
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("no answer in time")]
