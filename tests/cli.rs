@@ -335,6 +335,23 @@ async fn an_idle_timeout_ends_the_private_chats_of_the_plain_client_and_tells_th
 }
 
 #[tokio::test]
+async fn the_plain_client_shows_invisible_characters_as_escapes() {
+    let server = common::TestServer::start(confab::server::Config::default()).await;
+    let mut alice =
+        logged_in(&server.addr.to_string(), "alice", &common::password_of("alice")).await;
+    let mut bob = server.login_direct("bob").await;
+    // Relayed by the server, and over the direct link, which the server never checked.
+    bob.client.msg("alice", "pay\u{200B}pal \u{202E}gpj.exe").await.unwrap();
+    alice.expect("bob: pay<U+200B>pal <U+202E>gpj.exe").await;
+    accepted_by_binary(&mut bob, &mut alice).await;
+    bob.chats.send("alice", "\u{2066}hidden\u{2069}").await.unwrap();
+    alice.expect("bob (private): <U+2066>hidden<U+2069>").await;
+    alice.send("/logout").await;
+    alice.expect("logged out; bye").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;

@@ -68,7 +68,7 @@ async fn the_server_introduces_and_the_chat_runs_directly() {
     bob.chats.send("alice", "psst yourself").await.unwrap();
     assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), "psst, bob".into()));
     match next_private(&mut alice.private).await {
-        PrivateEvent::Message { peer, text, sent_at } => {
+        PrivateEvent::Message { peer, text, sent_at, .. } => {
             assert_eq!((peer.as_str(), text.as_str()), ("bob", "psst yourself"));
             assert!(sent_at >= before);
         }

@@ -1,8 +1,14 @@
 //! Turning events and replies into lines of text for people. Pure apart from the local time zone.
 //!
 //! Text from other users passes through [`sanitize`], so nobody can send terminal escape
-//! sequences to somebody else's screen. That includes what arrives over a private chat,
-//! which the server never checked.
+//! sequences to somebody else's screen, nor make a message look like other text than it
+//! contains (a right-to-left override, a zero-width character): those are shown as visible
+//! escapes such as `<U+202E>`. That includes what arrives over a private chat, which the
+//! server never checked. A private message is stamped with our own clock; the sender's
+//! claim is shown beside it only when the two are far apart ([`their_clock`]).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use chrono::{Local, TimeZone};
 
@@ -193,8 +199,15 @@ pub fn private(event: &PrivateEvent) -> String {
                  /stopprivate {peer} to end it"
             )
         }
-        PrivateEvent::Message { peer, text, sent_at } => {
-            format!("[{}] {} (private): {}", clock(*sent_at), sanitize(peer), sanitize(text))
+        PrivateEvent::Message { peer, text, sent_at, received_at } => {
+            let (at, peer, text) = (clock(*received_at), sanitize(peer), sanitize(text));
+            match their_clock(*sent_at, *received_at) {
+                None => format!("[{at}] {peer} (private): {text}"),
+                Some(note) => format!("[{at}] {peer} (private, {note}): {text}"),
+            }
+        }
+        PrivateEvent::Refused { peer, why } => {
+            format!("* refused a private message from {}: {why}", sanitize(peer))
         }
         PrivateEvent::Closed { peer, reason } => {
             let peer = sanitize(peer);
@@ -206,8 +219,19 @@ pub fn private(event: &PrivateEvent) -> String {
                 CloseReason::Peer(ByeReason::TimedOut) => {
                     format!("* {peer} was logged out (idle); the private chat has ended")
                 }
+                CloseReason::Peer(ByeReason::TooFast) => {
+                    format!("* {peer} closed the private chat: you sent messages too fast")
+                }
                 CloseReason::Lost => {
                     format!("* the private chat with {peer} was lost (the connection closed)")
+                }
+                CloseReason::Flooded => {
+                    format!("* {peer} sent messages too fast; the private chat was closed")
+                }
+                CloseReason::Broken => {
+                    format!(
+                        "* {peer}'s client broke the private-chat protocol; the chat was closed"
+                    )
                 }
             }
         }
@@ -363,12 +387,65 @@ pub fn error(message: impl std::fmt::Display) -> String {
     format!("error: {message}")
 }
 
-/// Replaces control characters (escape sequences, newlines) with U+FFFD.
-pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+/// Makes others' text safe and honest to show: control characters (escape sequences,
+/// newlines) become U+FFFD, and the invisible characters that change how the text around
+/// them looks (bidi controls, zero-width characters; see [`is_invisible`]) become visible
+/// escapes such as `<U+202E>`.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || is_invisible(c)) {
         return text.into();
     }
-    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect::<String>().into()
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.push('\u{fffd}');
+        } else if is_invisible(c) {
+            let _ = write!(out, "<U+{:04X}>", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// Whether `c` is shown as an escape: it is not drawn itself but reorders, joins, hides or
+/// breaks the text around it. Bidi controls (U+061C, U+200E/F, U+202A..U+202E,
+/// U+2066..U+2069), zero-width and invisible characters (U+00AD, U+180E, U+200B..U+200D,
+/// U+2060..U+2064, U+206A..U+206F, U+FEFF, U+FFF9..U+FFFB, the tags U+E0000..U+E007F) and
+/// the line and paragraph separators U+2028/9.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+/// How far apart, in milliseconds, the sender's and our clock may put a private message
+/// before the sender's time is shown too.
+pub const CLOCK_SKEW_MS: Timestamp = 2 * 60 * 1000;
+
+/// The sender's claimed time of a private message received at `received_at`, as a note
+/// ("sent 14:02 by their clock"), if it is more than [`CLOCK_SKEW_MS`] away.
+pub fn their_clock(sent_at: Timestamp, received_at: Timestamp) -> Option<String> {
+    if sent_at.abs_diff(received_at) <= CLOCK_SKEW_MS as u64 {
+        return None;
+    }
+    let (sent, received) = (local(sent_at), local(received_at));
+    let at = if sent.date_naive() == received.date_naive() {
+        sent.format("%H:%M").to_string()
+    } else {
+        sent.format("%Y-%m-%d %H:%M").to_string()
+    };
+    Some(format!("sent {at} by their clock"))
 }
 
 fn users(n: u32) -> String {
@@ -504,14 +581,93 @@ mod tests {
             peer: "bob".into(),
             text: "psst\x1b[2J".into(),
             sent_at: 0,
+            received_at: 0,
         });
         assert!(line.ends_with("] bob (private): psst\u{fffd}[2J"), "{line}");
         let closed = |reason| private(&PrivateEvent::Closed { peer: "bob".into(), reason });
         assert_eq!(closed(CloseReason::Peer(ByeReason::Stopped)), "* bob ended the private chat");
         assert!(closed(CloseReason::Peer(ByeReason::LoggedOut)).contains("bob logged out"));
         assert!(closed(CloseReason::Lost).contains("lost"));
+        assert_eq!(
+            closed(CloseReason::Flooded),
+            "* bob sent messages too fast; the private chat was closed"
+        );
+        assert_eq!(
+            closed(CloseReason::Peer(ByeReason::TooFast)),
+            "* bob closed the private chat: you sent messages too fast"
+        );
+        assert!(closed(CloseReason::Broken).contains("broke the private-chat protocol"));
+        let refused = private(&PrivateEvent::Refused {
+            peer: "bob".into(),
+            why: "messages are limited to 4000 characters".into(),
+        });
+        assert_eq!(
+            refused,
+            "* refused a private message from bob: messages are limited to 4000 characters"
+        );
         let failed = private(&PrivateEvent::Failed { peer: "bob".into(), error: "refused".into() });
         assert!(failed.starts_with("error: ") && failed.ends_with("bob: refused"), "{failed}");
+    }
+
+    #[test]
+    fn bidi_controls_and_zero_width_characters_show_as_escapes() {
+        // "evil.exe" that displays as "evilexe.txt"-like trickery, and a hidden word.
+        assert_eq!(sanitize("evil\u{202E}txt.exe"), "evil<U+202E>txt.exe");
+        assert_eq!(sanitize("pay\u{200B}pal"), "pay<U+200B>pal");
+        assert_eq!(sanitize("\u{FEFF}x\u{E0041}"), "<U+FEFF>x<U+E0041>");
+        let every = [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{200B}', '\u{200C}',
+            '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{00AD}', '\u{2028}', '\u{2029}',
+        ];
+        for c in every {
+            let shown = sanitize(&c.to_string()).into_owned();
+            assert_eq!(shown, format!("<U+{:04X}>", u32::from(c)));
+        }
+        // Ordinary text of any script, and text that merely looks like an escape, are kept.
+        for plain in ["ünïcödé", "مرحبا", "日本語", "emoji 😀", "<U+202E>", "a\u{202F}b"]
+        {
+            assert!(matches!(sanitize(plain), Cow::Borrowed(_)), "{plain}");
+        }
+        // Controls still become U+FFFD beside the escapes, in every kind of line.
+        assert_eq!(sanitize("a\x1b\u{202E}b"), "a\u{fffd}<U+202E>b");
+        let line = event(&Event::Message {
+            from: "eve".into(),
+            text: "\u{2067}gnp.exe".into(),
+            sent_at: 0,
+            offline: false,
+        });
+        assert!(line.ends_with("eve: <U+2067>gnp.exe"), "{line}");
+    }
+
+    #[test]
+    fn a_private_message_shows_our_time_and_theirs_only_when_far_off() {
+        let received_at = 1_800_000_000_000; // some afternoon in 2027
+        let message = |sent_at| {
+            private(&PrivateEvent::Message {
+                peer: "bob".into(),
+                text: "hi".into(),
+                sent_at,
+                received_at,
+            })
+        };
+        let ours = format!("[{}] bob (private): hi", clock(received_at));
+        assert_eq!(message(received_at), ours);
+        assert_eq!(message(received_at - CLOCK_SKEW_MS), ours, "two minutes off is close");
+        assert_eq!(message(received_at + CLOCK_SKEW_MS), ours);
+        let early = received_at - CLOCK_SKEW_MS - 60_000;
+        let hm = local(early).format("%H:%M");
+        assert_eq!(
+            message(early),
+            format!("[{}] bob (private, sent {hm} by their clock): hi", clock(received_at))
+        );
+        // A claim on another day says which day.
+        let long_ago = received_at - 3 * 86_400_000;
+        let day = local(long_ago).format("%Y-%m-%d %H:%M");
+        assert!(message(long_ago).contains(&format!("(private, sent {day} by their clock)")));
+        // Nonsense claims do not break the line.
+        assert!(message(i64::MIN).contains("by their clock): hi"));
+        assert!(message(i64::MAX).starts_with(&format!("[{}] bob", clock(received_at))));
     }
 
     #[test]

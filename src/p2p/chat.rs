@@ -2,11 +2,14 @@
 //! one-time token.
 //!
 //! [`PrivateChats::start`] takes the bound listener and runs an accept loop. Each incoming
-//! connection gets [`ChatConfig::hello_timeout`] to send [`PeerMessage::Hello`]; the
-//! username and token in it are judged by the [`Tokens`] table, and anything but
-//! [`Verdict::Accept`] closes the connection with a warning in the log, without reading a
-//! further frame, so a connection without the right token can never inject a message. At
-//! most [`MAX_HANDSHAKES`] connections may be in that phase at once.
+//! connection first needs a handshake slot ([`Handshakes`]: a few per stranger's address, a
+//! bounded pool for all strangers, and a lane of its own for the address a token is
+//! expected from, so that strangers cannot keep the introduced peer out). It then gets
+//! [`ChatConfig::hello_timeout`] to send [`PeerMessage::Hello`]; the username and token in
+//! it are judged by the [`Tokens`] table, and anything but [`Verdict::Accept`] closes the
+//! connection with a warning in the log, without reading a further frame, so a connection
+//! without the right token can never inject a message. A dialler whose connection is closed
+//! unanswered tries again a few times, in case it came before its slot was ready.
 //!
 //! The flow, for alice asking bob:
 //!
@@ -22,9 +25,21 @@
 //!
 //! Each open chat is one task that owns the socket; [`PrivateChats::send`] and
 //! [`PrivateChats::stop`] talk to it through a channel. What the peer says and how the chat
-//! ends arrive as [`PrivateEvent`]s. A chat ended locally ([`PrivateChats::stop`],
-//! [`PrivateChats::close_all`]) produces no event: the caller knows already. Dropping every
-//! `PrivateChats` handle stops the listener and closes every chat.
+//! ends arrive as [`PrivateEvent`]s, through one queue of [`EVENT_QUEUE`] events for all
+//! chats: a chat task reads its next frame only once it holds a place in that queue, so
+//! when the front end stops taking events (a terminal paused with Ctrl-S) the chats stop
+//! reading their sockets and TCP holds the senders back; nothing piles up in memory. Each
+//! received text is held to the server's limits ([`text_problem`], at most
+//! [`ChatConfig::max_text_chars`]; a frame over [`MAX_PEER_FRAME`] ends the chat before it
+//! is read) and each received frame draws on the chat's [`TokenBucket`]: a peer that sends
+//! faster than [`ChatConfig::message_rate`] is told [`ByeReason::TooFast`] and cut off. Our
+//! own sends are held to the same rate, so a Confab client never trips a peer's limit.
+//!
+//! A chat ended locally ([`PrivateChats::stop`], [`PrivateChats::close_all`]) produces no
+//! event: the caller knows already. A goodbye shuts our side down and then reads what the
+//! peer still sends, briefly, so that the `Bye` arrives rather than being destroyed by a
+//! reset for unread input. Dropping every `PrivateChats` handle stops the listener and
+//! closes every chat.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,26 +48,33 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Rate, Refusal, TokenBucket};
 use super::tokens::{Tokens, Verdict};
 use crate::client::{Client, ClientError};
 use crate::protocol::{
     now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Reply,
-    Request, Timestamp, MAX_PEER_FRAME, PROTOCOL_VERSION,
+    Request, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
 };
 
-/// Incoming connections that may be waiting for their `Hello` at once; more are dropped.
-pub const MAX_HANDSHAKES: usize = 32;
+/// Private-chat events waiting for the front end, for all chats together; while it is
+/// full, no chat reads from its socket.
+pub const EVENT_QUEUE: usize = 64;
 /// How long a goodbye may take before the connection is closed anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most a goodbye reads and drops of what the peer still sends.
+const DRAIN_LIMIT: usize = 1 << 20;
 /// Messages queued for one chat's socket before `send` waits.
 const LINK_QUEUE: usize = 64;
+/// Pauses before the dialler tries again when the listener closed without an answer.
+const DIAL_RETRIES: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
 
 /// Private-chat settings. `Default` gives what the `confab` client uses.
 #[derive(Debug, Clone)]
@@ -65,8 +87,13 @@ pub struct ChatConfig {
     pub connect_timeout: Duration,
     /// A write to a peer that takes longer than this ends the chat.
     pub write_timeout: Duration,
-    /// Longest message text, in characters.
+    /// Longest message text, in characters, sent or received.
     pub max_text_chars: usize,
+    /// How many connections may wait for their `Hello` at once, by lane.
+    pub handshakes: HandshakeLimits,
+    /// How fast messages may go each way on one chat: a peer that sends faster is cut off,
+    /// and our own sends past it are refused.
+    pub message_rate: Rate,
 }
 
 impl Default for ChatConfig {
@@ -76,7 +103,9 @@ impl Default for ChatConfig {
             hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
-            max_text_chars: 4000,
+            max_text_chars: DEFAULT_MAX_MESSAGE_CHARS,
+            handshakes: HandshakeLimits::default(),
+            message_rate: Rate { burst: 100, per_second: 20 },
         }
     }
 }
@@ -95,8 +124,18 @@ pub enum PrivateEvent {
         peer: String,
         /// Message text, as sent: sanitize it before showing it.
         text: String,
-        /// When the peer sent it, by the peer's clock.
+        /// When the peer sent it, by the peer's clock (which may be wrong, or lie).
         sent_at: Timestamp,
+        /// When it arrived, by our clock.
+        received_at: Timestamp,
+    },
+    /// `peer` sent a message that breaks the limits (too long, empty, control characters);
+    /// it is not shown.
+    Refused {
+        /// The sender.
+        peer: String,
+        /// What was wrong with it.
+        why: String,
     },
     /// The chat with `peer` ended, not by our doing.
     Closed {
@@ -121,6 +160,11 @@ pub enum CloseReason {
     Peer(ByeReason),
     /// The connection closed or failed without a goodbye.
     Lost,
+    /// We closed it: the peer sent messages faster than [`ChatConfig::message_rate`].
+    Flooded,
+    /// We closed it: the peer broke the protocol (a frame over [`MAX_PEER_FRAME`], or one
+    /// that has no place in an open chat).
+    Broken,
 }
 
 /// A private-chat command that failed.
@@ -138,6 +182,10 @@ pub enum PrivateError {
     /// The connection failed while sending.
     #[error("the private chat with {0} was lost")]
     Lost(String),
+    /// More messages to this peer than [`ChatConfig::message_rate`] allows; this one was
+    /// not sent.
+    #[error("too many private messages to {0} at once; this one was not sent, wait a moment")]
+    TooFast(String),
     /// The server refused or could not be asked.
     #[error(transparent)]
     Server(#[from] ClientError),
@@ -166,9 +214,10 @@ pub struct PrivateChats {
     _alive: Arc<DropGuard>,
 }
 
-/// The events of every private chat, in the order they happened.
+/// The events of every private chat, in the order they happened. Dropping it ends every
+/// chat (without a goodbye): nobody would hear what the peers say.
 pub struct PrivateEvents {
-    rx: mpsc::UnboundedReceiver<PrivateEvent>,
+    rx: mpsc::Receiver<PrivateEvent>,
 }
 
 impl PrivateEvents {
@@ -181,23 +230,33 @@ impl PrivateEvents {
     pub fn try_next(&mut self) -> Option<PrivateEvent> {
         self.rx.try_recv().ok()
     }
+
+    /// Events waiting to be taken; never more than [`EVENT_QUEUE`].
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
 }
 
 impl PrivateChats {
     /// Starts taking private chats for user `me` on `listener` (whose port was announced at
     /// login). Must be called inside a tokio runtime.
     pub fn start(me: &str, listener: TcpListener, config: ChatConfig) -> (Self, PrivateEvents) {
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let stop = CancellationToken::new();
+        let state = State {
+            tokens: Tokens::default(),
+            links: HashMap::new(),
+            handshakes: Handshakes::new(config.handshakes),
+            evict: HashMap::new(),
+        };
         let inner = Arc::new(Inner {
             me: me.to_owned(),
             config,
-            state: Mutex::default(),
+            state: Mutex::new(state),
             tokens_changed: Notify::new(),
             events,
             stop: stop.clone(),
             next_link: AtomicU64::new(1),
-            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
         (Self { inner, _alive: Arc::new(stop.drop_guard()) }, PrivateEvents { rx })
@@ -227,7 +286,7 @@ impl PrivateChats {
         let mut state = self.inner.state();
         let result = match answer {
             Ok(intro) if intro.peer == from => {
-                state.tokens.fill(from, intro.token, Instant::now() + ttl);
+                state.tokens.fill(from, intro.token, intro.addr.ip(), Instant::now() + ttl);
                 Ok(intro)
             }
             Ok(intro) => {
@@ -275,8 +334,15 @@ impl PrivateChats {
             return Err(PrivateError::InvalidText(why));
         }
         let lost = || PrivateError::Lost(peer.to_owned());
-        let tx = self.inner.state().links.get(peer).map(|link| link.tx.clone());
-        let tx = tx.ok_or_else(|| PrivateError::NotOpen(peer.to_owned()))?;
+        let tx = {
+            let mut state = self.inner.state();
+            let link = state.links.get_mut(peer);
+            let link = link.ok_or_else(|| PrivateError::NotOpen(peer.to_owned()))?;
+            if !link.sent.take(Instant::now()) {
+                return Err(PrivateError::TooFast(peer.to_owned()));
+            }
+            link.tx.clone()
+        };
         let (done, written) = oneshot::channel();
         tx.send(Outbound::Text { text: text.to_owned(), done }).await.map_err(|_| lost())?;
         match written.await {
@@ -327,17 +393,18 @@ struct Inner {
     state: Mutex<State>,
     /// Woken when a token slot is filled or cancelled, for handshakes told to wait.
     tokens_changed: Notify,
-    events: mpsc::UnboundedSender<PrivateEvent>,
+    events: mpsc::Sender<PrivateEvent>,
     /// Cancelled when the last `PrivateChats` is dropped.
     stop: CancellationToken,
     next_link: AtomicU64,
-    handshakes: Arc<Semaphore>,
 }
 
-#[derive(Default)]
 struct State {
     tokens: Tokens,
     links: HashMap<String, Link>,
+    handshakes: Handshakes,
+    /// How to end each handshake in progress, should it be evicted.
+    evict: HashMap<HandshakeId, CancellationToken>,
 }
 
 /// An open chat as seen from outside its task.
@@ -345,6 +412,24 @@ struct Link {
     /// Tells this chat from a later one with the same peer.
     id: u64,
     tx: mpsc::Sender<Outbound>,
+    /// Our own messages to this peer, held to the rate we ask of it.
+    sent: TokenBucket,
+}
+
+/// A handshake slot, given back when dropped.
+struct Slot {
+    inner: Arc<Inner>,
+    id: HandshakeId,
+    /// Cancelled if the slot is evicted, or the listener stops.
+    cancel: CancellationToken,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.inner.state();
+        state.handshakes.finish(self.id);
+        state.evict.remove(&self.id);
+    }
 }
 
 /// What a chat task is asked to do.
@@ -374,34 +459,47 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn emit(&self, event: PrivateEvent) {
+    async fn emit(&self, event: PrivateEvent) {
         // Nobody listening any more is not an error.
-        let _ = self.events.send(event);
+        let _ = self.events.send(event).await;
     }
 
-    /// Registers an authenticated connection with `peer` and starts its task.
+    /// A handshake slot for a connection from `addr`, evicting an idle one if its lane says so.
+    fn admit(self: &Arc<Self>, addr: SocketAddr) -> Result<Slot, Refusal> {
+        let mut state = self.state();
+        let expected = state.tokens.expects_from(addr.ip(), Instant::now());
+        let admitted = state.handshakes.admit(addr.ip(), expected)?;
+        if let Some(cancel) = admitted.evict.and_then(|old| state.evict.remove(&old)) {
+            tracing::debug!(%addr, "evicted a silent connection from the expected peer's address");
+            cancel.cancel();
+        }
+        let cancel = self.stop.child_token();
+        state.evict.insert(admitted.id, cancel.clone());
+        Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
+    }
+
+    /// Registers an authenticated connection with `peer` and starts its task, which
+    /// reports it open.
     fn open_link(self: &Arc<Self>, peer: String, framed: Framed<TcpStream, PeerCodec>) {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let sent = TokenBucket::new(self.config.message_rate, Instant::now());
         // A chat that this one replaces ends quietly when its handle is dropped here.
-        if self.state().links.insert(peer.clone(), Link { id, tx }).is_some() {
+        if self.state().links.insert(peer.clone(), Link { id, tx, sent }).is_some() {
             tracing::info!(peer, "a new private chat replaces the previous one");
         }
         tracing::info!(peer, "private chat open");
-        self.emit(PrivateEvent::Opened { peer: peer.clone() });
         tokio::spawn(run_link(self.clone(), peer, id, framed, rx));
     }
 
-    /// Forgets chat `id` with `peer` and reports `reason`, unless it was ended locally.
-    fn closed(&self, peer: &str, id: u64, reason: CloseReason) {
+    /// Forgets chat `id` with `peer`; false if it was ended locally or replaced already.
+    fn forget(&self, peer: &str, id: u64) -> bool {
         let mut state = self.state();
         if state.links.get(peer).is_none_or(|link| link.id != id) {
-            return;
+            return false;
         }
         state.links.remove(peer);
-        drop(state);
-        tracing::info!(peer, ?reason, "private chat ended");
-        self.emit(PrivateEvent::Closed { peer: peer.to_owned(), reason });
+        true
     }
 }
 
@@ -416,34 +514,34 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!("private-chat accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = inner.handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "too many private-chat handshakes at once; dropped a connection");
-            continue;
+        // Debug, not warn: a stranger opening connections must not fill the log either.
+        let slot = match inner.admit(addr) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%addr, "dropped a private-chat connection: {why}");
+                continue;
+            }
         };
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(%addr, "set_nodelay: {e}");
         }
-        tokio::spawn(handshake(inner.clone(), socket, addr, permit));
+        tokio::spawn(handshake(inner.clone(), socket, addr, slot));
     }
 }
 
 /// Authenticates an incoming connection and opens the chat, or closes it and logs why.
-async fn handshake(
-    inner: Arc<Inner>,
-    socket: TcpStream,
-    addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot: Slot) {
     let deadline = Instant::now() + inner.config.hello_timeout;
     let mut framed = Framed::new(socket, PeerCodec::new(MAX_PEER_FRAME));
     let first = tokio::select! {
-        _ = inner.stop.cancelled() => return,
+        _ = slot.cancel.cancelled() => return,
         first = timeout_at(deadline, framed.next()) => first,
     };
+    inner.state().handshakes.heard(slot.id);
     let (token, username) = match first {
         Ok(Some(Ok(Ok(PeerMessage::Hello { version, token, username }))))
             if version == PROTOCOL_VERSION =>
@@ -469,7 +567,11 @@ async fn handshake(
             Verdict::Accept => break,
             Verdict::Reject(why) => return reject(addr, Some(&username), why),
             Verdict::Wait => {
-                if timeout_at(deadline, changed).await.is_err() {
+                let waited = tokio::select! {
+                    _ = slot.cancel.cancelled() => return,
+                    waited = timeout_at(deadline, changed) => waited,
+                };
+                if waited.is_err() {
                     return reject(addr, Some(&username), "the token did not arrive in time");
                 }
             }
@@ -480,7 +582,7 @@ async fn handshake(
         tracing::info!(%addr, peer = username, "private chat lost during the handshake");
         return;
     }
-    drop(permit);
+    drop(slot);
     inner.open_link(username, framed);
 }
 
@@ -490,20 +592,44 @@ fn reject(addr: SocketAddr, claimed: Option<&str>, why: impl std::fmt::Display) 
 }
 
 /// Connects to an accepting peer and opens the chat, or reports why not.
+///
+/// A listener that closes the connection unanswered may have been busy, or not have read
+/// the server's answer yet (and so not know to keep a slot for us): that is tried again a
+/// few times, the token being used up only by a handshake that succeeds.
 async fn dial(inner: Arc<Inner>, intro: Introduction) {
     let peer = intro.peer.clone();
-    match try_dial(&inner, intro).await {
+    let mut pauses = DIAL_RETRIES.iter();
+    let outcome = loop {
+        match try_dial(&inner, &intro).await {
+            Err(e) if e.retry() => match pauses.next() {
+                Some(pause) => {
+                    tracing::debug!(peer, "private chat not answered ({e}); trying again");
+                    sleep(*pause).await;
+                }
+                None => break Err(e),
+            },
+            outcome => break outcome,
+        }
+    };
+    match outcome {
         Ok(framed) => inner.open_link(peer, framed),
         Err(e) => {
             tracing::warn!(peer, "cannot open the private chat: {e}");
-            inner.emit(PrivateEvent::Failed { peer, error: e.to_string() });
+            inner.emit(PrivateEvent::Failed { peer, error: e.to_string() }).await;
         }
+    }
+}
+
+impl DialError {
+    /// Whether another attempt may succeed.
+    fn retry(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Refused | Self::Codec(CodecError::Io(_)))
     }
 }
 
 async fn try_dial(
     inner: &Inner,
-    intro: Introduction,
+    intro: &Introduction,
 ) -> Result<Framed<TcpStream, PeerCodec>, DialError> {
     let config = &inner.config;
     let addr = intro.addr;
@@ -536,8 +662,12 @@ async fn try_dial(
 enum End {
     /// The peer said goodbye.
     Peer(ByeReason),
-    /// The connection failed or closed, or the peer broke the protocol.
+    /// The connection failed or closed.
     Lost,
+    /// The peer sent faster than the rate; we said so and closed.
+    Flooded,
+    /// The peer broke the protocol; we closed.
+    Broken,
     /// We said goodbye.
     Local,
     /// Every handle is gone, or this chat was replaced: close without a word.
@@ -545,6 +675,9 @@ enum End {
 }
 
 /// One open chat: writes what it is asked to, reports what the peer says.
+///
+/// It reads the socket only while it holds a place in the event queue, so a front end that
+/// does not take events holds the peer back through TCP instead of filling memory.
 async fn run_link(
     inner: Arc<Inner>,
     peer: String,
@@ -552,48 +685,93 @@ async fn run_link(
     mut framed: Framed<TcpStream, PeerCodec>,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
-    let write_timeout = inner.config.write_timeout;
+    let config = &inner.config;
+    let mut received = TokenBucket::new(config.message_rate, Instant::now());
+    // The first place in the queue goes to saying the chat is open.
+    let mut opened = Some(PrivateEvent::Opened { peer: peer.clone() });
+    let mut place = None;
     let end = loop {
         tokio::select! {
             _ = inner.stop.cancelled() => break End::Quiet,
+            reserved = inner.events.reserve(), if place.is_none() => match reserved {
+                Err(_) => break End::Quiet,
+                Ok(permit) => match opened.take() {
+                    Some(event) => permit.send(event),
+                    None => place = Some(permit),
+                },
+            },
             command = rx.recv() => match command {
                 None => break End::Quiet,
                 Some(Outbound::Text { text, done }) => {
-                    let ok = write(&mut framed, PeerMessage::Text { text, sent_at: now_ms() }, write_timeout).await;
+                    let text = PeerMessage::Text { text, sent_at: now_ms() };
+                    let ok = write(&mut framed, text, config.write_timeout).await;
                     let _ = done.send(ok);
                     if !ok {
                         break End::Lost;
                     }
                 }
                 Some(Outbound::Bye { reason, done }) => {
-                    write(&mut framed, PeerMessage::Bye { reason }, GOODBYE_TIMEOUT).await;
-                    let _ = timeout(GOODBYE_TIMEOUT, framed.get_mut().shutdown()).await;
+                    goodbye(&mut framed, reason).await;
                     drop(done);
+                    drain(&mut framed).await;
                     break End::Local;
                 }
             },
-            frame = framed.next() => match frame {
-                Some(Ok(Ok(PeerMessage::Text { text, sent_at }))) => {
-                    inner.emit(PrivateEvent::Message { peer: peer.clone(), text, sent_at });
+            frame = framed.next(), if place.is_some() => {
+                if !received.take(Instant::now()) {
+                    tracing::warn!(peer, "the peer sends too fast; closing the private chat");
+                    break End::Flooded;
                 }
-                Some(Ok(Ok(PeerMessage::Bye { reason }))) => break End::Peer(reason),
-                Some(Ok(Ok(other))) => {
-                    tracing::warn!(peer, "unexpected {other:?} in an open private chat; closing it");
-                    break End::Lost;
-                }
-                Some(Ok(Err(e))) => tracing::warn!(peer, "ignoring a frame from the peer: {e}"),
-                Some(Err(e)) => {
-                    tracing::debug!(peer, "private chat connection failed: {e}");
-                    break End::Lost;
-                }
-                None => break End::Lost,
+                let (text, sent_at) = match frame {
+                    Some(Ok(Ok(PeerMessage::Text { text, sent_at }))) => (text, sent_at),
+                    Some(Ok(Ok(PeerMessage::Bye { reason }))) => break End::Peer(reason),
+                    Some(Ok(Ok(other))) => {
+                        tracing::warn!(peer, "unexpected {other:?} in an open chat; closing it");
+                        break End::Broken;
+                    }
+                    Some(Ok(Err(e))) => {
+                        tracing::warn!(peer, "ignoring a frame from the peer: {e}");
+                        continue;
+                    }
+                    Some(Err(e @ CodecError::TooLarge { .. })) => {
+                        tracing::warn!(peer, "closing the private chat: {e}");
+                        break End::Broken;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(peer, "private chat connection failed: {e}");
+                        break End::Lost;
+                    }
+                    None => break End::Lost,
+                };
+                let Some(permit) = place.take() else { continue };
+                let peer = peer.clone();
+                permit.send(match text_problem(&text, config.max_text_chars) {
+                    Some(why) => PrivateEvent::Refused { peer, why },
+                    None => PrivateEvent::Message { peer, text, sent_at, received_at: now_ms() },
+                });
             },
         }
     };
-    match end {
-        End::Peer(reason) => inner.closed(&peer, id, CloseReason::Peer(reason)),
-        End::Lost => inner.closed(&peer, id, CloseReason::Lost),
-        End::Local | End::Quiet => {}
+    // Whatever is still queued for the socket learns that it was not written.
+    drop(rx);
+    let reason = match end {
+        End::Peer(reason) => CloseReason::Peer(reason),
+        End::Lost => CloseReason::Lost,
+        End::Flooded => CloseReason::Flooded,
+        End::Broken => CloseReason::Broken,
+        End::Local | End::Quiet => return,
+    };
+    if inner.forget(&peer, id) {
+        tracing::info!(peer, ?reason, "private chat ended");
+        let closed = PrivateEvent::Closed { peer, reason };
+        match place {
+            Some(permit) => permit.send(closed),
+            None => inner.emit(closed).await,
+        }
+    }
+    if reason == CloseReason::Flooded {
+        goodbye(&mut framed, ByeReason::TooFast).await;
+        drain(&mut framed).await;
     }
 }
 
@@ -604,4 +782,29 @@ async fn write(
     limit: Duration,
 ) -> bool {
     matches!(timeout(limit, framed.send(msg)).await, Ok(Ok(())))
+}
+
+/// Says goodbye for `reason` and shuts our side of the connection down.
+async fn goodbye(framed: &mut Framed<TcpStream, PeerCodec>, reason: ByeReason) {
+    write(framed, PeerMessage::Bye { reason }, GOODBYE_TIMEOUT).await;
+    let _ = timeout(GOODBYE_TIMEOUT, framed.get_mut().shutdown()).await;
+}
+
+/// Reads and drops what the peer still sends, until it closes, [`GOODBYE_TIMEOUT`] or
+/// [`DRAIN_LIMIT`] bytes: a socket closed with unread input is reset, and the reset can
+/// destroy our goodbye before the peer has read it. (A flooder that keeps writing is
+/// simply closed on: its goodbye was in the socket before that.)
+async fn drain(framed: &mut Framed<TcpStream, PeerCodec>) {
+    let mut buf = [0u8; 4096];
+    let socket = framed.get_mut();
+    let _ = timeout(GOODBYE_TIMEOUT, async {
+        let mut left = DRAIN_LIMIT;
+        while let Ok(n @ 1..) = socket.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -13,6 +13,7 @@
 //! the sender's; the chunks, acknowledgements and the SHA-256 never pass through the server.
 
 pub mod chat;
+pub mod limits;
 pub mod tokens;
 pub mod transfer;
 
@@ -23,7 +24,10 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::protocol::DirectPorts;
 
-pub use chat::{ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents};
+pub use chat::{
+    ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents, EVENT_QUEUE,
+};
+pub use limits::{HandshakeLimits, Rate};
 
 /// The local sockets for direct links, bound before login so that their ports can be
 /// announced to the server.

@@ -9,11 +9,17 @@
 //! that finds no slot, a different token or an expired slot is rejected. A token that
 //! matches is consumed, so it cannot be replayed. A wrong token does not consume the slot:
 //! otherwise anyone able to reach the port could spoil a chat by guessing badly.
+//!
+//! A filled slot also knows the address the peer is coming from (the server's introduction
+//! says), so that the listener can keep handshake slots for it that strangers cannot take
+//! ([`Tokens::expects_from`], and [`super::limits`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use tokio::time::Instant;
 
+use super::limits::addr_key;
 use crate::protocol::Token;
 
 /// Expected peers and their tokens.
@@ -26,6 +32,8 @@ pub struct Tokens {
 struct Slot {
     /// `None` until the server's answer has been read.
     token: Option<Token>,
+    /// The peer's address key ([`addr_key`]), from the same answer.
+    from: Option<IpAddr>,
     until: Instant,
 }
 
@@ -57,16 +65,23 @@ pub enum Rejection {
 impl Tokens {
     /// Expects a token for `peer`, to arrive by [`Tokens::fill`]; replaces any earlier one.
     pub fn reserve(&mut self, peer: &str, until: Instant) {
-        self.expected.insert(peer.to_owned(), Slot { token: None, until });
+        self.expected.insert(peer.to_owned(), Slot { token: None, from: None, until });
     }
 
-    /// Sets the token for a reserved `peer`, valid until `until`. False if nothing was reserved.
-    pub fn fill(&mut self, peer: &str, token: Token, until: Instant) -> bool {
+    /// Sets the token for a reserved `peer`, who will connect from `from`, valid until
+    /// `until`. False if nothing was reserved.
+    pub fn fill(&mut self, peer: &str, token: Token, from: IpAddr, until: Instant) -> bool {
         let Some(slot) = self.expected.get_mut(peer) else {
             return false;
         };
-        *slot = Slot { token: Some(token), until };
+        *slot = Slot { token: Some(token), from: Some(addr_key(from)), until };
         true
+    }
+
+    /// Whether a live token is expected from a peer at `ip` (compared by [`addr_key`]).
+    pub fn expects_from(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = addr_key(ip);
+        self.expected.values().any(|slot| slot.from == Some(key) && slot.until > now)
     }
 
     /// Forgets what was expected for `peer`.
@@ -102,13 +117,14 @@ mod tests {
     use std::time::Duration;
 
     const TTL: Duration = Duration::from_secs(30);
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn a_token_is_accepted_once_for_its_user_only() {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        assert!(tokens.fill("alice", token, now + TTL));
+        assert!(tokens.fill("alice", token, HOME, now + TTL));
         assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
         assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
         assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
@@ -119,7 +135,7 @@ mod tests {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        tokens.fill("alice", token, now + TTL);
+        tokens.fill("alice", token, HOME, now + TTL);
         let forged = Token::random();
         assert_eq!(tokens.check("alice", &forged, now), Verdict::Reject(Rejection::WrongToken));
         assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
@@ -131,9 +147,9 @@ mod tests {
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
         assert_eq!(tokens.check("alice", &token, now), Verdict::Wait);
-        tokens.fill("alice", token, now + TTL);
+        tokens.fill("alice", token, HOME, now + TTL);
         assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
-        assert!(!tokens.fill("bob", token, now + TTL), "nothing reserved for bob");
+        assert!(!tokens.fill("bob", token, HOME, now + TTL), "nothing reserved for bob");
         assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
     }
 
@@ -142,16 +158,31 @@ mod tests {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        tokens.fill("alice", token, now + TTL);
+        tokens.fill("alice", token, HOME, now + TTL);
         assert_eq!(tokens.check("alice", &token, now + TTL), Verdict::Reject(Rejection::Expired));
         assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
         tokens.reserve("bob", now + TTL);
         tokens.cancel("bob");
         assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
         tokens.reserve("carol", now + TTL);
-        tokens.fill("carol", token, now + TTL);
+        tokens.fill("carol", token, HOME, now + TTL);
         tokens.clear();
         assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
+    }
+
+    #[test]
+    fn a_filled_slot_expects_its_peer_by_address_until_it_expires() {
+        let now = Instant::now();
+        let (mut tokens, token) = (Tokens::default(), Token::random());
+        tokens.reserve("alice", now + TTL);
+        assert!(!tokens.expects_from(HOME, now), "the address is not known before the answer");
+        tokens.fill("alice", token, HOME, now + TTL);
+        assert!(tokens.expects_from(HOME, now));
+        assert!(tokens.expects_from("::ffff:127.0.0.1".parse().unwrap(), now));
+        assert!(!tokens.expects_from("127.0.0.2".parse().unwrap(), now));
+        assert!(!tokens.expects_from(HOME, now + TTL));
+        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+        assert!(!tokens.expects_from(HOME, now), "a used token expects nobody");
     }
 
     #[test]

@@ -644,6 +644,10 @@ impl Event {
     }
 }
 
+/// The longest message text the server takes by default, in characters; a direct link
+/// holds received private messages to the same limit.
+pub const DEFAULT_MAX_MESSAGE_CHARS: usize = 4000;
+
 /// Why `text` cannot be sent as a message (blank, control characters, more than `max_chars`
 /// characters), or `None` if it can.
 pub fn text_problem(text: &str, max_chars: usize) -> Option<String> {

@@ -321,7 +321,9 @@ mod tests {
             PeerMessage::Accepted { username: "b".into() },
             PeerMessage::Text { text: "psst ✓".into(), sent_at: 1_700_000_000_000 },
         ];
-        for reason in [ByeReason::Stopped, ByeReason::LoggedOut, ByeReason::TimedOut] {
+        for reason in
+            [ByeReason::Stopped, ByeReason::LoggedOut, ByeReason::TimedOut, ByeReason::TooFast]
+        {
             all.push(PeerMessage::Bye { reason });
         }
         for m in &all {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{FrameCodec, Timestamp, Token};
 
-/// The largest frame accepted on a direct link, in bytes.
+/// The largest frame accepted on a direct link, in bytes: a [`PeerMessage::Text`] of the
+/// longest message (4,000 characters of up to 4 bytes) with room to spare. A larger header
+/// ends the link before anything is allocated for it.
 pub const MAX_PEER_FRAME: usize = 64 * 1024;
 
 /// The codec of a direct link; both ends speak the same messages.
@@ -59,4 +61,6 @@ pub enum ByeReason {
     LoggedOut,
     /// The server logged the user out for being idle.
     TimedOut,
+    /// The receiver closed the chat: the other side sent messages faster than it takes them.
+    TooFast,
 }

@@ -144,12 +144,14 @@ pub enum Kind {
         /// Sender.
         from: String,
     },
-    /// A private message over a direct connection.
+    /// A private message over a direct connection, stamped with our clock.
     Private {
         /// The other side.
         peer: String,
         /// True for a message you sent.
         outgoing: bool,
+        /// For a received one, when the peer says it was sent (shown if far off).
+        sent_at: Option<Timestamp>,
     },
     /// A group message (yours included).
     Group {
@@ -270,7 +272,10 @@ impl App {
             UiEvent::Replied { request, result } => return self.replied(request, result),
             UiEvent::Private(event) => self.private_event(event),
             UiEvent::PrivateSent { to, text, result } => match result {
-                Ok(()) => self.chat(self.now, Kind::Private { peer: to, outgoing: true }, text),
+                Ok(()) => {
+                    let kind = Kind::Private { peer: to, outgoing: true, sent_at: None };
+                    self.chat(self.now, kind, text)
+                }
                 Err(e) => self.error(e),
             },
             UiEvent::PrivateStopped { user, result } => match result {
@@ -499,10 +504,12 @@ impl App {
                 self.private.insert(peer.clone());
                 self.notice(format::private(&event));
             }
-            PrivateEvent::Message { peer, text, sent_at } => {
-                let kind = Kind::Private { peer: peer.clone(), outgoing: false };
-                self.chat(*sent_at, kind, text.clone());
+            PrivateEvent::Message { peer, text, sent_at, received_at } => {
+                let kind =
+                    Kind::Private { peer: peer.clone(), outgoing: false, sent_at: Some(*sent_at) };
+                self.chat(*received_at, kind, text.clone());
             }
+            PrivateEvent::Refused { .. } => self.notice(format::private(&event)),
             PrivateEvent::Closed { peer, .. } => {
                 self.private.remove(peer);
                 self.notice(format::private(&event));

@@ -12,7 +12,7 @@ use ratatui::Frame;
 use unicode_width::UnicodeWidthChar;
 
 use super::app::{App, Connection, Entry, Kind};
-use crate::client::format::{clock, date_time, sanitize};
+use crate::client::format::{clock, date_time, sanitize, their_clock};
 
 /// The prompt before the input line.
 const PROMPT: &str = "> ";
@@ -193,7 +193,7 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
             out.push(Span::styled(" (broadcast)", Style::new().fg(Color::Yellow)));
             out.push(Span::raw(": "));
         }
-        Kind::Private { peer, outgoing } => {
+        Kind::Private { peer, outgoing, sent_at } => {
             let mark = Span::styled(
                 "[private] ",
                 Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD),
@@ -205,6 +205,9 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
             }
             out.push(name(peer));
             out.push(Span::raw(": "));
+            if let Some(note) = sent_at.zip(entry.at).and_then(|(sent, at)| their_clock(sent, at)) {
+                out.push(Span::styled(format!("({note}) "), dim.add_modifier(Modifier::ITALIC)));
+            }
         }
         Kind::Group { group, from, .. } => {
             out.push(Span::styled(
@@ -356,6 +359,40 @@ mod tests {
     }
 
     #[test]
+    fn invisible_characters_show_as_escapes_on_screen() {
+        let mut app = app(80);
+        incoming(&mut app, "see \u{202E}fdp.exe and pay\u{200B}pal");
+        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
+            peer: "bob".into(),
+            text: "\u{2066}hidden\u{2069}".into(),
+            sent_at: 0,
+            received_at: 0,
+        }));
+        let rows = screen(&app);
+        assert!(rows[4].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
+        assert!(rows[5].ends_with("[private] bob: <U+2066>hidden<U+2069>"), "{rows:#?}");
+    }
+
+    #[test]
+    fn a_private_message_shows_our_time_and_a_far_off_claim_of_theirs() {
+        let mut app = app(100);
+        let received_at = 1_800_000_000_000;
+        for sent_at in [received_at - 1000, received_at - 3_600_000] {
+            app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
+                peer: "bob".into(),
+                text: "hi".into(),
+                sent_at,
+                received_at,
+            }));
+        }
+        let rows = screen(&app);
+        let at = clock(received_at);
+        assert_eq!(rows[4], format!("[{at}] [private] bob: hi"), "{rows:#?}");
+        let note = crate::client::format::their_clock(received_at - 3_600_000, received_at);
+        assert_eq!(rows[5], format!("[{at}] [private] bob: ({}) hi", note.unwrap()), "{rows:#?}");
+    }
+
+    #[test]
     fn private_chats_show_in_the_status_bar_and_requests_above_the_input() {
         let mut app = app(100);
         app.handle(UiEvent::Server(ClientEvent::Server(Event::PrivateRequest {
@@ -367,6 +404,7 @@ mod tests {
             peer: "bob".into(),
             text: "psst".into(),
             sent_at: 0,
+            received_at: 0,
         }));
         let rows = screen(&app);
         // 8 rows: the pane, the request prompt, the status bar, the input line.
