@@ -632,6 +632,7 @@ mod tests {
         // Controls still become U+FFFD beside the escapes, in every kind of line.
         assert_eq!(sanitize("a\x1b\u{202E}b"), "a\u{fffd}<U+202E>b");
         let line = event(&Event::Message {
+            id: 1,
             from: "eve".into(),
             text: "\u{2067}gnp.exe".into(),
             sent_at: 0,
