@@ -149,6 +149,38 @@ async fn a_full_mailbox_refuses_the_sender_clearly_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn what_a_block_or_leaving_a_group_hides_no_longer_fills_the_mailbox() {
+    let server = TestServer::start(roomy(3)).await;
+    let (alice, _a) = server.login("alice").await;
+    let (carol, _c) = server.login("carol").await;
+    alice.create_group("devs", &["bob"]).await.unwrap();
+    let (bob, _unread) = server.connect().await;
+    bob.login("bob", &password_of("bob")).await.unwrap();
+    bob.join_group("devs").await.unwrap();
+    // Three group messages bob never acknowledges fill his mailbox...
+    for i in 0..3 {
+        alice.group_msg("devs", &format!("g{i}")).await.unwrap();
+    }
+    assert_eq!(code(carol.msg("bob", "full?").await), ErrorCode::MailboxFull);
+    // ...until he leaves the group: they will never be his, so they no longer count.
+    bob.leave_group("devs").await.unwrap();
+    carol.msg("bob", "c0").await.unwrap();
+    // The same for a block: what alice sent is hidden from bob once he blocks her.
+    send_many(&alice, "bob", "a", 2).await;
+    assert_eq!(code(carol.msg("bob", "full again?").await), ErrorCode::MailboxFull);
+    bob.block("alice").await.unwrap();
+    carol.msg("bob", "c1").await.unwrap();
+    // And an unblock makes them count again: bob now has c0, a0, a1, c1 waiting.
+    bob.unblock("alice").await.unwrap();
+    assert_eq!(code(carol.msg("bob", "over").await), ErrorCode::MailboxFull);
+    bob.logout().await.unwrap();
+    let (bob, mut events) = server.connect().await;
+    assert_eq!(bob.login("bob", &password_of("bob")).await.unwrap().offline_messages, 4);
+    assert_eq!(texts(&read_messages(&mut events, 4, true).await), ["c0", "a0", "a1", "c1"]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn group_messages_reach_offline_members_from_their_own_cursor() {
     let server = TestServer::start(Config::default()).await;
     let (alice, _a) = server.login("alice").await;

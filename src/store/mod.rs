@@ -206,6 +206,8 @@ pub trait Store: Send + 'static {
     fn cursors(&mut self) -> StoreResult<Vec<(String, u64)>>;
     /// What each user has waiting after their stored cursor.
     fn backlogs(&mut self) -> StoreResult<Vec<(String, Backlog)>>;
+    /// What `user` has waiting after `after`, as [`Store::backlogs`] counts it.
+    fn backlog_of(&mut self, user: &str, after: u64) -> StoreResult<Backlog>;
     /// The highest log id ever handed out (so the next is larger), 0 for an empty log.
     fn last_log_id(&mut self) -> StoreResult<u64>;
     /// Deletes messages sent before `before` that every recipient has acknowledged; returns

@@ -477,6 +477,19 @@ impl Store for SqliteStore {
         Ok(all.into_iter().collect())
     }
 
+    fn backlog_of(&mut self, user: &str, after: u64) -> StoreResult<Backlog> {
+        let mut backlog = Backlog::default();
+        for sql in [USER_BACKLOG_DIRECT, USER_BACKLOG_GROUP] {
+            let (count, bytes): (i64, i64) = self
+                .conn
+                .prepare_cached(sql)?
+                .query_row(params![user, after as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            backlog.count += count as u64;
+            backlog.bytes += bytes as u64;
+        }
+        Ok(backlog)
+    }
+
     fn last_log_id(&mut self) -> StoreResult<u64> {
         let last: i64 = self.conn.query_row(
             "SELECT max(coalesce((SELECT max(id) FROM history), 0),
@@ -578,6 +591,19 @@ const BACKLOG_GROUP: &str = "SELECT m.user, count(*), sum(h.size) FROM group_mem
        AND h.sender NOT IN (SELECT blocked FROM blocks WHERE blocker = m.user)
      WHERE m.joined_at IS NOT NULL
      GROUP BY m.user";
+
+/// [`BACKLOG_DIRECT`] for user ?1 after id ?2.
+const USER_BACKLOG_DIRECT: &str = "SELECT count(*), coalesce(sum(size), 0) FROM history
+     WHERE recipient = ?1 AND id > ?2
+       AND sender NOT IN (SELECT blocked FROM blocks WHERE blocker = ?1)";
+
+/// [`BACKLOG_GROUP`] for user ?1 after id ?2.
+const USER_BACKLOG_GROUP: &str = "SELECT count(*), coalesce(sum(h.size), 0) FROM group_members m
+     JOIN history h ON h.recipient IS NULL AND h.group_name = m.group_name
+       AND h.id > max(coalesce(m.joined_id, 0), ?2)
+       AND h.sender != m.user
+       AND h.sender NOT IN (SELECT blocked FROM blocks WHERE blocker = m.user)
+     WHERE m.user = ?1 AND m.joined_at IS NOT NULL";
 
 /// Messages sent before ?1 that no recipient still waits for: a direct one at or below its
 /// recipient's cursor, a group one at or below the cursor of every member who joined before

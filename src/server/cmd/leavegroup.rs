@@ -12,5 +12,6 @@ pub(in crate::server) async fn run(
     group: String,
 ) -> Result<Reply, ErrorReply> {
     shared.hub.leave_group(me, &group, now_ms())?.await?;
+    shared.hub.recount(me).await;
     Ok(Reply::LeftGroup { group })
 }

@@ -234,6 +234,25 @@ impl Hub {
         self.log_wake.notify_one();
     }
 
+    /// Counts again what `name` has waiting, from the log itself. The running count only
+    /// grows with sends and shrinks with acknowledgements, so a block, an unblock or leaving
+    /// a group (which change what the catch-up will hand out) would leave it wrong until the
+    /// next start: this runs after each. Messages accepted but not committed yet when the
+    /// count runs are missed, so it can err low by a batch, never high. A count overtaken by
+    /// an acknowledgement is thrown away: the acknowledgement has already moved the old one.
+    pub async fn recount(&self, name: &str) {
+        let cursor = Self::cursor_of(&self.state(), name).0;
+        let user = name.to_owned();
+        let counted = match self.store.call(move |s| s.backlog_of(&user, cursor)).await {
+            Ok(counted) => counted,
+            Err(e) => return tracing::warn!(user = name, "cannot count the waiting messages: {e}"),
+        };
+        let mut state = self.state();
+        if Self::cursor_of(&state, name).0 == cursor {
+            state.log.backlogs.insert(name.to_owned(), counted);
+        }
+    }
+
     /// Switches session `session` of `name` from catching up to live, if it has been sent
     /// everything routed to it so far (`sent` is the highest id it has been sent). Messages
     /// after `sent` are then queued for it; false if it must read the log again first.
