@@ -10,6 +10,12 @@
 //! handshake per frame. The queue's memory is handed to the receiver with the frames, so an
 //! inbox that has been drained holds none.
 //!
+//! A frame can also be queued without waking the receiver ([`InboxSender::push_later`]):
+//! presence notices go that way, and the hub wakes every receiver that has any a moment later
+//! ([`InboxSender::wake`]), so that a burst of logins costs each session one write for all
+//! the notices of the burst instead of one write per login. A frame queued the usual way in
+//! the meantime wakes the receiver and takes the earlier ones along, in order.
+//!
 //! The inbox also carries the [`Signal`]s that end a session from outside: an inbox that
 //! overflows marks its session too slow, and the server marks every inbox at shutdown. So a
 //! logged-in session waits on its inbox, its socket and its idle timer only, and keeps no
@@ -32,6 +38,7 @@ pub fn inbox(capacity: usize) -> (InboxSender, InboxReceiver) {
             frames: VecDeque::new(),
             capacity,
             open: true,
+            unwoken: false,
             too_slow: false,
             shutdown: false,
         }),
@@ -78,11 +85,26 @@ struct State {
     frames: VecDeque<Frame>,
     capacity: usize,
     open: bool,
+    /// Frames were queued by [`InboxSender::push_later`] since the receiver was last woken.
+    unwoken: bool,
     too_slow: bool,
     shutdown: bool,
 }
 
 impl State {
+    /// Queues `frame` unless the inbox is closed or full (which marks it too slow).
+    fn push(&mut self, frame: Frame) -> Result<(), TrySendError> {
+        if !self.open {
+            return Err(TrySendError::Closed);
+        }
+        if self.frames.len() >= self.capacity {
+            self.too_slow = true;
+            return Err(TrySendError::Full(frame));
+        }
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
     fn signal(&self) -> Option<Signal> {
         if self.shutdown {
             Some(Signal::Shutdown)
@@ -107,19 +129,37 @@ impl InboxSender {
     pub fn try_send(&self, frame: Frame) -> Result<(), TrySendError> {
         let result = {
             let mut state = self.shared.state();
-            if !state.open {
-                return Err(TrySendError::Closed);
+            let result = state.push(frame);
+            if matches!(result, Err(TrySendError::Closed)) {
+                return result;
             }
-            if state.frames.len() >= state.capacity {
-                state.too_slow = true;
-                Err(TrySendError::Full(frame))
-            } else {
-                state.frames.push_back(frame);
-                Ok(())
-            }
+            state.unwoken = false;
+            result
         };
         self.shared.waker.wake();
         result
+    }
+
+    /// Queues `frame` as [`InboxSender::try_send`] does but leaves the receiver asleep; true
+    /// when the caller must see that [`InboxSender::wake`] is called soon (the first frame
+    /// queued so since the last wake). A full inbox wakes the receiver at once, to end it.
+    pub fn push_later(&self, frame: Frame) -> bool {
+        let mut state = self.shared.state();
+        match state.push(frame) {
+            Ok(()) => !std::mem::replace(&mut state.unwoken, true),
+            Err(TrySendError::Closed) => false,
+            Err(TrySendError::Full(_)) => {
+                drop(state);
+                self.shared.waker.wake();
+                false
+            }
+        }
+    }
+
+    /// Wakes the receiver for the frames [`InboxSender::push_later`] queued.
+    pub fn wake(&self) {
+        self.shared.state().unwoken = false;
+        self.shared.waker.wake();
     }
 
     /// Tells the receiver that the server is shutting down.
@@ -194,6 +234,46 @@ mod tests {
         drop(rx);
         assert!(tx.is_closed());
         assert!(matches!(tx.try_send(f(b"")), Err(TrySendError::Closed)));
+    }
+
+    /// A waker that counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for Counter {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn frames_pushed_for_later_wait_for_a_wake_or_the_next_frame() {
+        let (tx, rx) = inbox(3);
+        let counter = Arc::new(Counter(0.into()));
+        let waker = futures_util::task::waker(counter.clone());
+        let wakes = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        // As a session does: wait again after each take.
+        let wait = || rx.poll_ready(&mut Context::from_waker(&waker));
+        assert!(wait().is_pending());
+        assert!(tx.push_later(f(b"p1")), "the first asks for a wake");
+        assert!(!tx.push_later(f(b"p2")), "the second rides on it");
+        assert_eq!(wakes(), 0);
+        tx.wake();
+        assert_eq!(wakes(), 1);
+        assert_eq!(rx.take(), [f(b"p1"), f(b"p2")]);
+        assert!(wait().is_pending());
+        // An ordinary frame wakes at once and takes the earlier lazy one along, in order.
+        assert!(tx.push_later(f(b"p3")));
+        tx.try_send(f(b"m")).unwrap();
+        assert_eq!(wakes(), 2);
+        assert_eq!(rx.take(), [f(b"p3"), f(b"m")]);
+        assert!(wait().is_pending());
+        assert!(tx.push_later(f(b"p4")), "a wake is due again after a frame was sent");
+        // A full inbox wakes its receiver at once, to end the session.
+        tx.push_later(f(b"p5"));
+        tx.push_later(f(b"p6"));
+        assert!(!tx.push_later(f(b"p7")));
+        assert_eq!(wakes(), 3);
+        assert_eq!(rx.signal(), Some(Signal::TooSlow));
     }
 
     #[tokio::test]

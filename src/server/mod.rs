@@ -186,6 +186,10 @@ pub async fn run(
         let (shared, stop) = (shared.clone(), stop.clone());
         async move { shared.hub.expire_private_requests(stop).await }
     });
+    let presence = tokio::spawn({
+        let (shared, stop) = (shared.clone(), stop.clone());
+        async move { shared.hub.pace_presence(stop).await }
+    });
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -213,6 +217,9 @@ pub async fn run(
     tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "some sessions did not finish in time");
+    }
+    if let Err(e) = presence.await {
+        tracing::error!("the presence task failed: {e}");
     }
     if let Err(e) = expiry.await {
         tracing::error!("the private request expiry task failed: {e}");
