@@ -96,6 +96,10 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     let bar = Style::new().bg(Color::Blue).fg(Color::White);
     let (state, state_style) = match &app.connection {
         Connection::Connected => ("connected".to_owned(), bar.fg(Color::LightGreen)),
+        Connection::Reconnecting { retry_in, .. } => (
+            format!("reconnecting (next try in {} s)", retry_in.as_secs_f64().round().max(1.0)),
+            bar.fg(Color::LightYellow),
+        ),
         Connection::Ended(why) => (format!("ended: {why}"), bar.fg(Color::LightRed)),
         Connection::Lost(_) if !app.private.is_empty() => {
             ("server gone, private chats still work".to_owned(), bar.fg(Color::LightRed))
@@ -186,6 +190,13 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
             out.push(name(me));
             out.push(Span::styled(" -> ", dim));
             out.push(name(to));
+            out.push(Span::raw(": "));
+        }
+        Kind::Pending { to, .. } => {
+            out.push(Span::styled("(pending) ", dim.add_modifier(Modifier::ITALIC)));
+            out.push(name(me));
+            out.push(Span::styled(" -> ", dim));
+            out.push(Span::raw(sanitize(to).into_owned()));
             out.push(Span::raw(": "));
         }
         Kind::Broadcast { from } => {
