@@ -259,7 +259,7 @@ async fn plain_clients_decline_and_stop_private_chats() {
 /// she accepts; returns once both sides have it open.
 async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
     use confab::p2p::PrivateEvent;
-    asker.chats.request(&asker.client, "alice").await.unwrap();
+    confab::client::session::request_private(&asker.client, &asker.chats, "alice").await.unwrap();
     alice.expect(&format!("* {} asks for a private chat", asker.name)).await;
     alice.send(&format!("/accept {}", asker.name)).await;
     let intro = match common::next_non_presence(&mut asker.events).await {

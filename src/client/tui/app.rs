@@ -627,7 +627,6 @@ fn read_dir(dir: &str) -> Vec<DirEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::EndReason;
 
     fn app() -> App {
         let online = vec![OnlineUser { name: "bob".into(), since: 5 }];
@@ -646,7 +645,7 @@ mod tests {
     }
 
     fn message(from: &str, text: &str) -> UiEvent {
-        UiEvent::Server(ClientEvent::Server(Event::Message {
+        UiEvent::Session(SessionEvent::Server(Event::Message {
             id: 1,
             from: from.into(),
             text: text.into(),
@@ -660,10 +659,10 @@ mod tests {
         let mut app = app();
         let actions = type_line(&mut app, "/msg bob hi there");
         let request = Request::Msg { to: "bob".into(), text: "hi there".into(), send_id: None };
-        assert_eq!(actions, [Action::Send(request.clone())]);
+        assert_eq!(actions, [Action::Run(Command::Server(request.clone()))]);
         assert!(app.input.is_empty());
         let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
-        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         let last = app.entries.back().unwrap();
         assert_eq!(last.kind, Kind::Sent { to: "bob".into() });
         assert_eq!(last.text, "hi there");
@@ -696,7 +695,7 @@ mod tests {
     fn presence_keeps_the_online_list() {
         let mut app = app();
         let presence = |user: &str, change| {
-            UiEvent::Server(ClientEvent::Server(Event::Presence {
+            UiEvent::Session(SessionEvent::Server(Event::Presence {
                 user: user.into(),
                 change,
                 at: 9,
@@ -747,17 +746,51 @@ mod tests {
     }
 
     #[test]
-    fn ctrl_c_quits_and_a_lost_connection_refuses_commands() {
+    fn the_status_follows_the_session_and_ctrl_c_or_logout_quits() {
         let mut app = app();
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::SessionEnded {
-            reason: EndReason::IdleTimeout,
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::PrivateRequest {
+            from: "bob".into(),
+            expires_in_secs: 60,
         })));
-        assert!(matches!(app.connection, Connection::Ended(_)));
-        assert!(type_line(&mut app, "/list").is_empty());
-        assert!(app.entries.back().unwrap().text.contains("not connected"));
+        assert_eq!(app.asking, ["bob"]);
+        let reconnecting = Connection::Reconnecting {
+            attempt: 0,
+            retry_in: std::time::Duration::from_secs(4),
+            why: "reset".into(),
+        };
+        app.handle(UiEvent::Session(SessionEvent::Connection(reconnecting.clone())));
+        assert_eq!(app.connection, reconnecting);
+        assert!(app.asking.is_empty(), "the server forgot the request with the session");
+        assert!(app.entries.back().unwrap().text.contains("reconnecting in 4 s"));
+        app.handle(UiEvent::Session(SessionEvent::Connection(Connection::Connected)));
+        app.handle(UiEvent::Session(SessionEvent::CaughtUp { arrived: 3, reconnected: true }));
+        assert_eq!(app.entries.back().unwrap().text, "* reconnected; 3 messages arrived meanwhile");
+
+        // The session, not the app, decides what a command can do while disconnected.
+        let ended = Connection::Ended("you were logged out after being idle too long".into());
+        app.handle(UiEvent::Session(SessionEvent::Connection(ended)));
+        assert_eq!(type_line(&mut app, "/list"), [Action::Run(Command::Server(Request::List))]);
+        assert_eq!(type_line(&mut app, "/logout"), [Action::Quit]);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(app.handle(UiEvent::Key(ctrl_c)), [Action::Quit]);
-        assert!(app.quitting());
+        assert!(app.quitting() && !app.done());
+        app.handle(UiEvent::Session(SessionEvent::Finished(Finish::LoggedOut)));
+        assert!(app.done());
+    }
+
+    #[test]
+    fn a_pending_message_shows_until_the_server_takes_it() {
+        let mut app = app();
+        let request = Request::Msg { to: "bob".into(), text: "later".into(), send_id: Some(7) };
+        app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
+        app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
+        let pending: Vec<&Entry> =
+            app.entries.iter().filter(|e| matches!(e.kind, Kind::Pending { .. })).collect();
+        assert_eq!(pending.len(), 1, "pending once, however often it is sent again");
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
+        assert!(!app.entries.iter().any(|e| matches!(e.kind, Kind::Pending { .. })));
+        assert_eq!(app.entries.back().unwrap().kind, Kind::Sent { to: "bob".into() });
     }
 
     #[test]
@@ -765,7 +798,7 @@ mod tests {
         let mut app = app();
         let request = Request::CreateGroup { name: "devs".into(), invite: vec!["carol".into()] };
         let reply = Reply::GroupCreated { group: "devs".into(), invited: vec!["carol".into()] };
-        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         assert!(app.groups.contains("devs"));
         assert!(app.known_users().contains(&"carol".to_string()));
     }
