@@ -101,7 +101,7 @@ fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
 async fn two_plain_clients_chat_through_the_server_binary() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = logged_in(&addr, "bob", "builder").await;
+    let mut bob = logged_in_with(&addr, "bob", "builder", &["--no-reconnect"]).await;
     let mut alice = logged_in(&addr, "alice", "wonderland").await;
     bob.expect("* alice logged in").await;
 
@@ -118,7 +118,8 @@ async fn two_plain_clients_chat_through_the_server_binary() {
     assert_eq!(alice.exit().await.code(), Some(0));
     bob.expect("* alice logged out").await;
 
-    // SIGTERM: bob is told, the server exits 0, bob exits with "ended by server".
+    // SIGTERM: bob is told, the server exits 0, and bob, who does not reconnect, exits with
+    // "ended by server".
     server.signal(Signal::SIGTERM);
     bob.expect("the server is shutting down").await;
     assert_eq!(server.exit().await.code(), Some(0));
@@ -162,7 +163,7 @@ async fn an_acknowledged_message_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
     let (mut server, addr) = start_server(&db).await;
-    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     alice.send("/msg dave are you there").await;
     alice.expect("dave is offline").await;
     server.signal(Signal::SIGKILL);
@@ -180,8 +181,8 @@ async fn an_acknowledged_message_survives_sigkill() {
 async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = logged_in(&addr, "bob", "builder").await;
-    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    let mut bob = logged_in_with(&addr, "bob", "builder", &["--no-reconnect"]).await;
+    let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     bob.expect("* alice logged in").await;
 
     alice.send("/help").await;
