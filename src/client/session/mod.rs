@@ -330,6 +330,7 @@ impl Session {
             forwarded: 0,
             catch_up: Some(CatchUp { arrived: 0, reconnected: false }),
             logout_when_caught_up: false,
+            logout_after_shown: None,
             retry_at: None,
             attempt: None,
             out,
@@ -433,6 +434,8 @@ struct Driver {
     /// Set from a login until its `CaughtUp`.
     catch_up: Option<CatchUp>,
     logout_when_caught_up: bool,
+    /// Log out once the front end has shown the message with this id.
+    logout_after_shown: Option<u64>,
     retry_at: Option<Instant>,
     attempt: Option<Attempt>,
     out: mpsc::Sender<SessionEvent>,
@@ -459,7 +462,7 @@ impl Driver {
                     Some(Input::LogoutWhenCaughtUp) => {
                         self.logout_when_caught_up = true;
                         if self.catch_up.is_none() || !self.rules.connected() {
-                            self.command(Command::Server(Request::Logout)).await
+                            self.logout_once_shown().await
                         } else {
                             None
                         }
@@ -482,7 +485,10 @@ impl Driver {
                     if let Some(client) = &self.client {
                         client.ack(self.shown.id.load(Ordering::Acquire));
                     }
-                    None
+                    match self.logout_after_shown {
+                        Some(_) => self.logout_once_shown().await,
+                        None => None,
+                    }
                 }
             };
             if let Some(finish) = step {
@@ -573,6 +579,17 @@ impl Driver {
         None
     }
 
+    /// Logs out once the front end has shown every message passed to it (so that their
+    /// acknowledgement goes before the logout); waits for that otherwise.
+    async fn logout_once_shown(&mut self) -> Option<Finish> {
+        if self.shown.id.load(Ordering::Acquire) < self.forwarded {
+            self.logout_after_shown = Some(self.forwarded);
+            return None;
+        }
+        self.logout_after_shown = None;
+        self.command(Command::Server(Request::Logout)).await
+    }
+
     /// `/logout`: through the worker when connected, so that it follows every command
     /// typed before it; at once otherwise.
     async fn logout(&mut self) -> Option<Finish> {
@@ -590,6 +607,10 @@ impl Driver {
             self.emit(SessionEvent::Error(line)).await;
         }
         let client = self.client.clone().filter(|_| connected);
+        if let Some(client) = &client {
+            // What has been shown is acknowledged before the logout goes.
+            client.ack(self.shown.id.load(Ordering::Acquire));
+        }
         let _ = self.jobs.send(Job::Logout { client });
         // The worker answers `LoggedOut` once the chats are closed and the server has
         // answered; a session without the server keeps its exit code.
@@ -647,7 +668,7 @@ impl Driver {
                     self.emit(SessionEvent::CaughtUp { arrived, reconnected }).await;
                 }
                 if self.logout_when_caught_up {
-                    return self.command(Command::Server(Request::Logout)).await;
+                    return self.logout_once_shown().await;
                 }
                 return None;
             }
