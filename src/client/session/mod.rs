@@ -45,8 +45,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use rules::{route, Outbox, Route, Rules, Step};
-pub use rules::{Connection, Finish};
+use rules::{route, Delivered, Outbox, Route, Rules, Step};
+pub use rules::{Connection, Finish, Limits};
 
 use super::command::{self, Command, FileCommand};
 use super::{files, format, Client, ClientError, ClientEvent, Events, LoginInfo};
@@ -54,10 +54,7 @@ use crate::p2p::transfer::{IncomingFile, TransferConfig, TransferEvent, Transfer
 use crate::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
-use crate::protocol::{
-    encode_frame, text_problem, ByeReason, ClientMessage, DirectPorts, Event, Introduction, Reply,
-    Request, DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE_CHARS,
-};
+use crate::protocol::{ByeReason, DirectPorts, Event, Introduction, Reply, Request};
 
 /// How long quitting waits for the server to confirm the logout.
 pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,21 +77,6 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
-    }
-}
-
-/// The server's limits, checked before anything is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest frame the server reads, in bytes.
-    pub max_frame: usize,
-    /// Longest message text, in characters.
-    pub max_message_chars: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { max_frame: DEFAULT_MAX_FRAME, max_message_chars: DEFAULT_MAX_MESSAGE_CHARS }
     }
 }
 
@@ -327,8 +309,7 @@ impl Session {
             chats,
             transfers,
             outbox: Outbox::default(),
-            forwarded: 0,
-            catch_up: Some(CatchUp { arrived: 0, reconnected: false }),
+            delivered: Delivered::logged_in_first(),
             logout_when_caught_up: false,
             logout_after_shown: None,
             retry_at: None,
@@ -378,12 +359,6 @@ impl Session {
     }
 }
 
-/// Counting a login's catch-up.
-struct CatchUp {
-    arrived: u32,
-    reconnected: bool,
-}
-
 /// A job for the worker, carried out in order.
 enum Job {
     Server { client: Client, request: Request, seq: Option<u64> },
@@ -429,10 +404,7 @@ struct Driver {
     chats: PrivateChats,
     transfers: Transfers,
     outbox: Outbox,
-    /// The highest message id passed to the front end, on any connection.
-    forwarded: u64,
-    /// Set from a login until its `CaughtUp`.
-    catch_up: Option<CatchUp>,
+    delivered: Delivered,
     logout_when_caught_up: bool,
     /// Log out once the front end has shown the message with this id.
     logout_after_shown: Option<u64>,
@@ -461,7 +433,7 @@ impl Driver {
                     Some(Input::Run(command)) => self.command(command).await,
                     Some(Input::LogoutWhenCaughtUp) => {
                         self.logout_when_caught_up = true;
-                        if self.catch_up.is_none() || !self.rules.connected() {
+                        if !self.delivered.catching_up() || !self.rules.connected() {
                             self.logout_once_shown().await
                         } else {
                             None
@@ -527,7 +499,7 @@ impl Driver {
                 return None;
             }
             Command::Private { to, text } => {
-                let client = self.client.clone().filter(|_| self.rules.connected());
+                let client = self.client.clone().filter(|_| self.rules.keep_alive());
                 let _ = self.jobs.send(Job::Private { client, to, text });
                 return None;
             }
@@ -549,7 +521,7 @@ impl Driver {
         if request == Request::Logout {
             return self.logout().await;
         }
-        if let Some(why) = self.breaks_limits(&request) {
+        if let Some(why) = rules::limit_problem(&request, &self.config.limits) {
             self.emit(SessionEvent::Error(why.to_string())).await;
             return None;
         }
@@ -582,8 +554,9 @@ impl Driver {
     /// Logs out once the front end has shown every message passed to it (so that their
     /// acknowledgement goes before the logout); waits for that otherwise.
     async fn logout_once_shown(&mut self) -> Option<Finish> {
-        if self.shown.id.load(Ordering::Acquire) < self.forwarded {
-            self.logout_after_shown = Some(self.forwarded);
+        let forwarded = self.delivered.forwarded();
+        if self.shown.id.load(Ordering::Acquire) < forwarded {
+            self.logout_after_shown = Some(forwarded);
             return None;
         }
         self.logout_after_shown = None;
@@ -619,28 +592,6 @@ impl Driver {
         }
         None
     }
-
-    /// Why `request` cannot be sent within the server's limits, if it cannot.
-    fn breaks_limits(&self, request: &Request) -> Option<String> {
-        let limits = self.config.limits;
-        if let Request::Msg { text, .. }
-        | Request::GroupMsg { text, .. }
-        | Request::Broadcast { text } = request
-        {
-            if let Some(why) = text_problem(text, limits.max_message_chars) {
-                return Some(format!("not sent: {why}"));
-            }
-        }
-        // The id and send id are at most 14 bytes more than these placeholders.
-        let frame = ClientMessage::Request { id: u32::MAX, body: with_send_id(request.clone()) };
-        let len = encode_frame(&frame).map(|f| f.len()).unwrap_or(usize::MAX);
-        (len > limits.max_frame).then(|| {
-            format!(
-                "not sent: the command is {len} bytes, over the server's {} limit",
-                limits.max_frame
-            )
-        })
-    }
 }
 
 impl Driver {
@@ -654,17 +605,13 @@ impl Driver {
         if let Some(id) = event.message_id() {
             // Shown already, on this connection or an earlier one: its acknowledgement
             // had not reached the server. (It goes with the next one.)
-            if id <= self.forwarded {
+            if !self.delivered.message(id) {
                 return None;
-            }
-            self.forwarded = id;
-            if let Some(catch_up) = &mut self.catch_up {
-                catch_up.arrived += 1;
             }
         }
         let step = match &event {
             Event::CaughtUp => {
-                if let Some(CatchUp { arrived, reconnected }) = self.catch_up.take() {
+                if let Some((arrived, reconnected)) = self.delivered.caught_up() {
                     self.emit(SessionEvent::CaughtUp { arrived, reconnected }).await;
                 }
                 if self.logout_when_caught_up {
@@ -691,7 +638,7 @@ impl Driver {
     async fn closed(&mut self, error: Option<String>) -> Option<Finish> {
         self.client = None;
         self.events = None;
-        self.catch_up = None;
+        self.delivered.disconnected();
         if self.rules.logging_out() {
             // The worker finishes the logout and says so.
             return None;
@@ -765,7 +712,7 @@ impl Driver {
         client.ack(self.shown.id.load(Ordering::Acquire));
         self.client = Some(client);
         self.events = Some(events);
-        self.catch_up = Some(CatchUp { arrived: 0, reconnected: true });
+        self.delivered.logged_in(true);
         self.emit(SessionEvent::Connection(Connection::Connected)).await;
         self.send_outbox();
         None

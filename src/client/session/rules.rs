@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::protocol::{ByeReason, EndReason, ErrorCode, Request};
+use crate::protocol::{
+    encode_frame, text_problem, ByeReason, ClientMessage, EndReason, ErrorCode, MessageId, Request,
+    DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE_CHARS,
+};
 
 /// The first pause before reconnecting.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -127,6 +130,12 @@ impl Rules {
     /// Whether the session will be connected again by itself (it is reconnecting).
     pub fn reconnecting(&self) -> bool {
         matches!(self.connection, Connection::Reconnecting { .. })
+    }
+
+    /// Whether a private message sent should be followed by a keep-alive: it is activity
+    /// the server does not see, and only a connected server can hear of it.
+    pub fn keep_alive(&self) -> bool {
+        self.connected()
     }
 
     /// Whether the user has asked to log out.
@@ -257,6 +266,104 @@ pub fn route(request: &Request, connection: &Connection) -> Route {
              /cancel and /logout work now"
                 .into(),
         ),
+    }
+}
+
+/// The server's limits, checked before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest frame the server reads, in bytes.
+    pub max_frame: usize,
+    /// Longest message text, in characters.
+    pub max_message_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_frame: DEFAULT_MAX_FRAME, max_message_chars: DEFAULT_MAX_MESSAGE_CHARS }
+    }
+}
+
+/// Why `request` cannot be sent within `limits` (a server would refuse it, or close the
+/// connection for a frame too large), if it cannot.
+pub fn limit_problem(request: &Request, limits: &Limits) -> Option<String> {
+    if let Request::Msg { text, .. }
+    | Request::GroupMsg { text, .. }
+    | Request::Broadcast { text } = request
+    {
+        if let Some(why) = text_problem(text, limits.max_message_chars) {
+            return Some(format!("not sent: {why}"));
+        }
+    }
+    // The largest id and send id, so that the real frame is no larger.
+    let mut body = request.clone();
+    if let Request::Msg { send_id, .. } | Request::GroupMsg { send_id, .. } = &mut body {
+        *send_id = Some(u64::MAX);
+    }
+    // The server limits the payload, after the frame's 4-byte length.
+    let frame = encode_frame(&ClientMessage::Request { id: u32::MAX, body });
+    let len = frame.map_or(usize::MAX, |f| f.len().saturating_sub(4));
+    (len > limits.max_frame).then(|| {
+        format!(
+            "not sent: the command is {len} bytes, over the server's limit of {}",
+            limits.max_frame
+        )
+    })
+}
+
+/// Which messages the front end has been given, across every connection of the session:
+/// a message whose id it has passed already (sent again because its acknowledgement did
+/// not reach the server) is dropped, and a login's catch-up counts the new ones.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    forwarded: MessageId,
+    /// From a login until its `CaughtUp`: new messages so far, and whether it was a
+    /// reconnect.
+    catch_up: Option<(u32, bool)>,
+}
+
+impl Delivered {
+    /// The state right after the first login.
+    pub fn logged_in_first() -> Self {
+        Self { forwarded: 0, catch_up: Some((0, false)) }
+    }
+
+    /// Logged in (again, if `reconnected`): a catch-up begins.
+    pub fn logged_in(&mut self, reconnected: bool) {
+        self.catch_up = Some((0, reconnected));
+    }
+
+    /// The connection closed: no catch-up is under way.
+    pub fn disconnected(&mut self) {
+        self.catch_up = None;
+    }
+
+    /// A message with log id `id` arrived: whether to show it.
+    pub fn message(&mut self, id: MessageId) -> bool {
+        if id <= self.forwarded {
+            return false;
+        }
+        self.forwarded = id;
+        if let Some((arrived, _)) = &mut self.catch_up {
+            *arrived += 1;
+        }
+        true
+    }
+
+    /// The catch-up ended: how many new messages it brought, and whether it followed a
+    /// reconnect; `None` if none was under way.
+    pub fn caught_up(&mut self) -> Option<(u32, bool)> {
+        self.catch_up.take()
+    }
+
+    /// Whether a login's catch-up is under way.
+    pub fn catching_up(&self) -> bool {
+        self.catch_up.is_some()
+    }
+
+    /// The highest id given to the front end.
+    pub fn forwarded(&self) -> MessageId {
+        self.forwarded
     }
 }
 
@@ -424,6 +531,54 @@ mod tests {
         assert_eq!(route(&msg("hi", 1), &reconnecting), Route::Queue);
         assert!(matches!(route(&Request::List, &reconnecting), Route::Refuse(_)));
         assert!(matches!(route(&msg("hi", 1), &Connection::Lost("x".into())), Route::Refuse(_)));
+    }
+
+    #[test]
+    fn a_message_shown_before_the_reconnect_is_not_shown_again_and_new_ones_are_counted() {
+        let mut delivered = Delivered::logged_in_first();
+        assert!(delivered.message(3));
+        assert!(delivered.message(5));
+        assert_eq!(delivered.caught_up(), Some((2, false)));
+        assert!(delivered.message(6));
+        delivered.disconnected();
+        delivered.logged_in(true);
+        // The server sends again what was not acknowledged in time: 5 and 6, then new ones.
+        assert!(!delivered.message(5));
+        assert!(!delivered.message(6));
+        assert!(delivered.message(9));
+        assert!(delivered.catching_up());
+        assert_eq!(delivered.caught_up(), Some((1, true)));
+        assert!(!delivered.catching_up());
+        assert_eq!(delivered.caught_up(), None);
+        assert_eq!(delivered.forwarded(), 9);
+    }
+
+    #[test]
+    fn a_keep_alive_follows_a_private_message_only_while_connected() {
+        let mut rules = Rules::new(true);
+        assert!(rules.keep_alive());
+        rules.closed(None, true, 0.5);
+        assert!(!rules.keep_alive(), "no keep-alive while the server is gone");
+        rules.logged_in();
+        assert!(rules.keep_alive());
+    }
+
+    #[test]
+    fn a_paste_over_the_limits_is_refused_before_it_is_sent() {
+        let limits = Limits::default();
+        let pasted = "x".repeat(70_000);
+        let msg = Request::Msg { to: "bob".into(), text: pasted, send_id: None };
+        let why = limit_problem(&msg, &limits).unwrap();
+        assert!(why.contains("limited to 4000 characters"), "{why}");
+        let hi = Request::Msg { to: "bob".into(), text: "hi".into(), send_id: None };
+        assert_eq!(limit_problem(&hi, &limits), None);
+        // A frame over the limit that is not a message text: a group with a huge invite list.
+        let invite = (0..10_000).map(|i| format!("user{i}")).collect();
+        let group = Request::CreateGroup { name: "big".into(), invite };
+        let why = limit_problem(&group, &limits).unwrap();
+        assert!(why.contains("over the server's limit of 65536"), "{why}");
+        let small = Limits { max_frame: 64, max_message_chars: 4000 };
+        assert!(limit_problem(&Request::List, &small).is_none());
     }
 
     #[test]
