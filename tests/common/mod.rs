@@ -1,6 +1,8 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with a few accounts, and logged-in clients.
 #![allow(dead_code)]
 
+pub mod binaries;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
