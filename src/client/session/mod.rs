@@ -246,7 +246,7 @@ pub struct Session {
     shown: Arc<Shown>,
 }
 
-/// The session's events for the front end. Dropping it ends the session (a logout).
+/// The session's events for the front end. (Dropping every [`Session`] handle logs out.)
 pub struct SessionEvents {
     rx: mpsc::Receiver<SessionEvent>,
 }
