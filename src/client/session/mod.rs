@@ -319,6 +319,7 @@ impl Session {
             shown: shown.clone(),
             busy_transfers: 0,
             finish_after_logout: None,
+            logins: 1,
         };
         tokio::spawn(driver.run(inputs_rx, private, transfer_events, done));
         Ok((Session { inputs, shown }, SessionEvents { rx }))
@@ -361,16 +362,34 @@ impl Session {
 
 /// A job for the worker, carried out in order.
 enum Job {
-    Server { client: Client, request: Request, seq: Option<u64> },
-    Private { client: Option<Client>, to: String, text: String },
-    Stop { user: String },
-    File { client: Option<Client>, command: FileCommand },
-    Logout { client: Option<Client> },
+    /// A server request on the connection of login number `login`.
+    Server {
+        client: Client,
+        login: u64,
+        request: Request,
+        seq: Option<u64>,
+    },
+    Private {
+        client: Option<Client>,
+        to: String,
+        text: String,
+    },
+    Stop {
+        user: String,
+    },
+    File {
+        client: Option<Client>,
+        command: FileCommand,
+    },
+    Logout {
+        client: Option<Client>,
+    },
 }
 
 /// A job's outcome, back to the session.
 enum Done {
     Server {
+        login: u64,
         request: Request,
         seq: Option<u64>,
         result: Result<Reply, CommandError>,
@@ -417,6 +436,8 @@ struct Driver {
     busy_transfers: usize,
     /// How a logout ends a session whose server is gone for good.
     finish_after_logout: Option<Finish>,
+    /// Logins so far, the first included: tells a request's connection from the current one.
+    logins: u64,
 }
 
 impl Driver {
@@ -543,8 +564,13 @@ impl Driver {
                     self.emit(SessionEvent::Error(why.to_string())).await;
                     return None;
                 }
-                if let Some(client) = self.client.clone() {
-                    let _ = self.jobs.send(Job::Server { client, request, seq });
+                match self.client.clone() {
+                    Some(client) => {
+                        let login = self.logins;
+                        let _ = self.jobs.send(Job::Server { client, login, request, seq });
+                    }
+                    // Not reached: connected means a client. It waits for the next login.
+                    None => seq.into_iter().for_each(|seq| self.outbox.unanswered(seq)),
                 }
             }
         }
@@ -709,6 +735,7 @@ impl Driver {
         };
         tracing::info!(user = info.username, waiting = info.offline_messages, "logged in again");
         self.rules.logged_in();
+        self.logins += 1;
         client.ack(self.shown.id.load(Ordering::Acquire));
         self.client = Some(client);
         self.events = Some(events);
@@ -723,8 +750,9 @@ impl Driver {
         let Some(client) = self.client.clone().filter(|_| self.rules.connected()) else {
             return;
         };
+        let login = self.logins;
         for (seq, request) in self.outbox.take_waiting() {
-            let job = Job::Server { client: client.clone(), request, seq: Some(seq) };
+            let job = Job::Server { client: client.clone(), login, request, seq: Some(seq) };
             let _ = self.jobs.send(job);
         }
     }
@@ -771,14 +799,17 @@ impl Driver {
 
     async fn outcome(&mut self, outcome: Done) -> Option<Finish> {
         match outcome {
-            Done::Server { request, seq, result } => {
+            Done::Server { login, request, seq, result } => {
                 let lost = matches!(result, Err(CommandError::Server(ClientError::Disconnected)));
                 if let Some(seq) = seq {
                     if lost && self.config.reconnect && !self.rules.logging_out() {
-                        // Sent again after the login, with the same send id.
+                        // Sent again after the next login, with the same send id (at once
+                        // if that login has happened already).
                         self.outbox.unanswered(seq);
                         self.emit(SessionEvent::Pending { request }).await;
-                        self.send_outbox();
+                        if login != self.logins {
+                            self.send_outbox();
+                        }
                         return None;
                     }
                     self.outbox.answered(seq);
@@ -855,9 +886,9 @@ fn spawn_worker(
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
             let outcome = match job {
-                Job::Server { client, request, seq } => {
+                Job::Server { client, login, request, seq } => {
                     let result = server_request(&client, &chats, request.clone()).await;
-                    Done::Server { request, seq, result }
+                    Done::Server { login, request, seq, result }
                 }
                 Job::Private { client, to, text } => {
                     let result = chats.send(&to, &text).await.map_err(|e| e.to_string());
