@@ -225,3 +225,39 @@ async fn a_wrong_password_is_asked_again_and_an_absent_server_is_said_before_the
     tmux.press("C-c");
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
 }
+
+#[tokio::test]
+async fn logout_exits_0_from_the_full_screen_client_every_time() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    for round in 0..4 {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let command = format!(
+            "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+             echo confab exited $?; sleep 30",
+            env!("CARGO_BIN_EXE_confab"),
+            server.addr,
+            log.path().display()
+        );
+        let tmux = Tmux::start(&command, 60, 12);
+        tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+        tmux.type_text(if round % 2 == 0 { "/logout" } else { "bye" });
+        tmux.press("Enter");
+        let screen = tmux.wait_for("the exit", |s| s.contains("confab exited")).await;
+        assert!(screen.contains("confab exited 0"), "round {round}:\n{screen}");
+        // A logout, not a dropped connection.
+        loop {
+            if let confab::protocol::Event::Presence { user, change, .. } =
+                next_event(&mut alice_events).await
+            {
+                assert_eq!(user, "bob");
+                match change {
+                    confab::protocol::PresenceChange::LoggedIn => continue,
+                    change => assert_eq!(change, confab::protocol::PresenceChange::LoggedOut),
+                }
+                break;
+            }
+        }
+    }
+    server.stop().await;
+}

@@ -506,6 +506,9 @@ impl Driver {
 
     /// Carries out a command from the front end; `Some` when the session is over.
     async fn command(&mut self, command: Command) -> Option<Finish> {
+        if self.rules.logging_out() {
+            return None; // typed after the logout: nothing is left to do it with
+        }
         let request = match command {
             Command::Server(request) => request,
             Command::Help { topic } => {
