@@ -187,13 +187,20 @@ impl Rules {
             return Step::Finish(Finish::LoggedOut);
         }
         match code {
-            // The old session may linger on the server a moment; try again.
-            Some(ErrorCode::AlreadyLoggedIn | ErrorCode::ServerFull | ErrorCode::Internal)
-            | None => self.retry(error.to_owned(), jitter),
-            Some(code) => {
+            // The account or this client is refused: trying again cannot help.
+            Some(
+                code @ (ErrorCode::InvalidCredentials
+                | ErrorCode::LockedOut { .. }
+                | ErrorCode::InvalidArgument
+                | ErrorCode::UnknownUser
+                | ErrorCode::VersionMismatch),
+            ) => {
                 self.connection = Connection::Ended(format!("logging in again failed: {error}"));
                 Step::Finish(Finish::LoginRefused(code))
             }
+            // Unreachable, busy, or the old session lingering on the server a moment (a
+            // server that limits how fast a crowd of clients returns says so too): again.
+            _ => self.retry(error.to_owned(), jitter),
         }
     }
 
@@ -500,6 +507,8 @@ mod tests {
         let mut rules = Rules::new(true);
         rules.closed(None, false, 0.5);
         let step = rules.attempt_failed("already logged in", Some(ErrorCode::AlreadyLoggedIn), 0.5);
+        assert!(matches!(step, Step::Retry(_)));
+        let step = rules.attempt_failed("server full", Some(ErrorCode::ServerFull), 0.5);
         assert!(matches!(step, Step::Retry(_)));
         let step = rules.attempt_failed("wrong password", Some(ErrorCode::InvalidCredentials), 0.5);
         assert_eq!(step, Step::Finish(Finish::LoginRefused(ErrorCode::InvalidCredentials)));
