@@ -573,7 +573,9 @@ impl Driver {
                         let _ = self.jobs.send(Job::Server { client, login, request, seq });
                     }
                     // Not reached: connected means a client. It waits for the next login.
-                    None => seq.into_iter().for_each(|seq| self.outbox.unanswered(seq)),
+                    None => seq.into_iter().for_each(|seq| {
+                        self.outbox.unanswered(seq);
+                    }),
                 }
             }
         }
@@ -805,10 +807,18 @@ impl Driver {
             Done::Server { login, request, seq, result } => {
                 let lost = matches!(result, Err(CommandError::Server(ClientError::Disconnected)));
                 if let Some(seq) = seq {
-                    if lost && self.config.reconnect && !self.rules.logging_out() {
+                    let again = lost && self.config.reconnect && !self.rules.logging_out();
+                    if again && !self.outbox.unanswered(seq) {
+                        let why = format!(
+                            "not sent: the connection was lost each of the {} times it was sent",
+                            Outbox::MAX_SENDS
+                        );
+                        self.emit(SessionEvent::Replied { request, result: Err(why) }).await;
+                        return None;
+                    }
+                    if again {
                         // Sent again after the next login, with the same send id (at once
                         // if that login has happened already).
-                        self.outbox.unanswered(seq);
                         self.emit(SessionEvent::Pending { request }).await;
                         if login != self.logins {
                             self.send_outbox();

@@ -379,12 +379,24 @@ impl Delivered {
 #[derive(Debug, Default)]
 pub struct Outbox {
     next: u64,
-    entries: BTreeMap<u64, (Request, bool)>,
+    entries: BTreeMap<u64, Outgoing>,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    request: Request,
+    in_flight: bool,
+    /// Times it was sent.
+    sends: u32,
 }
 
 impl Outbox {
     /// Most messages that may wait for the server; more are refused.
     pub const LIMIT: usize = 1000;
+    /// Most times one message is sent before it is given up: a message that the server
+    /// answers by closing the connection (it is over a limit of that server) must not be
+    /// sent again forever.
+    pub const MAX_SENDS: u32 = 5;
 
     /// Adds `request`, which must carry its send id; returns its place, or `None` when the
     /// outbox is full. `in_flight` says whether it is being sent now.
@@ -394,7 +406,7 @@ impl Outbox {
         }
         let seq = self.next;
         self.next += 1;
-        self.entries.insert(seq, (request, in_flight));
+        self.entries.insert(seq, Outgoing { request, in_flight, sends: u32::from(in_flight) });
         Some(seq)
     }
 
@@ -403,20 +415,26 @@ impl Outbox {
         self.entries.remove(&seq);
     }
 
-    /// The message at `seq` was not answered (the connection went): it waits again.
-    pub fn unanswered(&mut self, seq: u64) {
-        if let Some(entry) = self.entries.get_mut(&seq) {
-            entry.1 = false;
+    /// The message at `seq` was not answered (the connection went): it waits again, unless
+    /// it has been sent [`MAX_SENDS`](Self::MAX_SENDS) times; false if it was given up.
+    pub fn unanswered(&mut self, seq: u64) -> bool {
+        let Some(entry) = self.entries.get_mut(&seq) else { return false };
+        if entry.sends >= Self::MAX_SENDS {
+            self.entries.remove(&seq);
+            return false;
         }
+        entry.in_flight = false;
+        true
     }
 
     /// The waiting messages, oldest first, now marked as being sent.
     pub fn take_waiting(&mut self) -> Vec<(u64, Request)> {
-        let waiting = self.entries.iter_mut().filter(|(_, (_, in_flight))| !*in_flight);
+        let waiting = self.entries.iter_mut().filter(|(_, entry)| !entry.in_flight);
         waiting
-            .map(|(seq, (request, in_flight))| {
-                *in_flight = true;
-                (*seq, request.clone())
+            .map(|(seq, entry)| {
+                entry.in_flight = true;
+                entry.sends += 1;
+                (*seq, entry.request.clone())
             })
             .collect()
     }
@@ -597,11 +615,17 @@ mod tests {
         let second = outbox.add(msg("two", 2), false).unwrap();
         assert_eq!(outbox.take_waiting(), [(second, msg("two", 2))]);
         assert!(outbox.take_waiting().is_empty(), "in flight now");
-        outbox.unanswered(first);
-        outbox.unanswered(second);
+        assert!(outbox.unanswered(first));
+        assert!(outbox.unanswered(second));
         assert_eq!(outbox.take_waiting(), [(first, msg("one", 1)), (second, msg("two", 2))]);
         outbox.answered(first);
-        outbox.answered(second);
+        assert_eq!(outbox.len(), 1);
+        // One the server never answers is given up after the last of its sends.
+        for _ in 2..Outbox::MAX_SENDS {
+            assert!(outbox.unanswered(second));
+            assert_eq!(outbox.take_waiting().len(), 1);
+        }
+        assert!(!outbox.unanswered(second), "sent {} times", Outbox::MAX_SENDS);
         assert!(outbox.is_empty());
     }
 }
