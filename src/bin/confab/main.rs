@@ -244,8 +244,17 @@ async fn full_screen_client(
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     ratatui::restore();
     match result {
-        // Quit without the session's word (the logout took too long): logged out all the same.
-        Ok(app) => ExitCode::from(app.finished.as_ref().map_or(0, exit_code)),
+        Ok(app) => {
+            // Quit without the session's word (the logout took too long): logged out all
+            // the same. A session the server ended says why on the restored terminal.
+            let finish = app.finished.unwrap_or(Finish::LoggedOut);
+            if finish != Finish::LoggedOut {
+                if let Some(line) = format::connection(&app.connection) {
+                    eprintln!("{line}");
+                }
+            }
+            ExitCode::from(exit_code(&finish))
+        }
         Err(e) => {
             eprintln!("{}", format::error(format!("terminal: {e}")));
             ExitCode::from(EXIT_ERROR)
