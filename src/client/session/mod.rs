@@ -31,8 +31,11 @@
 //! - A private message sent is activity the server does not see: a keep-alive follows it
 //!   while connected.
 //! - Messages are acknowledged only once the front end has shown them.
-//! - A command that breaks the server's limits (message length, frame size) is refused
-//!   before it is sent, and the session goes on.
+//! - A command that breaks the server's limits (message length, frame size:
+//!   [`SessionConfig::limits`], the protocol's defaults, as the frozen handshake does not
+//!   carry a server's own) is refused before it is sent, and the session goes on.
+//! - At most [`Outbox::LIMIT`](rules::Outbox::LIMIT) messages wait; one whose every send
+//!   lost the connection is given up after [`Outbox::MAX_SENDS`](rules::Outbox::MAX_SENDS).
 //!
 //! The connection is opened in one place, [`connect`]; the reconnect loop uses it too.
 
@@ -330,8 +333,8 @@ impl Session {
         let _ = self.inputs.send(Input::Run(command));
     }
 
-    /// Parses and carries out one typed line; a blank line does nothing, a bad one is
-    /// answered with a [`SessionEvent::Error`].
+    /// Parses and carries out one typed line; a blank line does nothing, a line that does
+    /// not parse is returned as the error to show.
     pub fn run_line(&self, line: &str) -> Result<(), command::ParseError> {
         if line.trim().is_empty() {
             return Ok(());
