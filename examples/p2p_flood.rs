@@ -66,7 +66,7 @@ async fn main() {
     let (chats, mut private) = PrivateChats::start("bob", bob_sockets.tcp, ChatConfig::default());
     alice.start_private("bob").await.expect("asked");
     wait_for(&mut bob_events, |e| matches!(e, Event::PrivateRequest { .. })).await;
-    chats.accept(&bob, "alice").await.expect("accepted");
+    confab::client::session::accept_private(&bob, &chats, "alice").await.expect("accepted");
     let intro = match wait_for(&mut alice_events, |e| matches!(e, Event::PrivateAccepted(_))).await
     {
         Event::PrivateAccepted(intro) => intro,

@@ -19,11 +19,14 @@
 //! its log id to the recipient, and is sent again at the next login until the client
 //! acknowledges it ([`client::Client::ack`]); see docs/ARCHITECTURE.md.
 //! - [`client`]: the typed async [`client::Client`], command-line parsing and line formatting
-//!   used by the `confab` binary, the tests and the benchmarks, and the full-screen interface
+//!   used by the `confab` binary, the tests and the benchmarks; the front-end neutral
+//!   [`client::session::Session`] (the connection, private chats and transfers, reconnect,
+//!   every session rule in [`client::session::rules`]); and the full-screen interface
 //!   ([`client::tui`]: a pure `App`, its renderer and the terminal driver).
 //! - [`p2p`]: direct links between clients: the token-authenticated private chat
 //!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
 //!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).
+//!   It does not know the server connection: the client session makes the requests.
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these; the
 //! benchmarks (`confab-bench`, `confab-transfer-bench`) keep their own modules there, outside

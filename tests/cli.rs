@@ -2,106 +2,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-
-const PATIENCE: Duration = Duration::from_secs(15);
-const CREDENTIALS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/credentials.txt");
-
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Proc {
-    fn spawn(mut command: Command) -> Self {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.kill_on_drop(true);
-        let mut child = command.spawn().expect("the binary starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Proc { child, stdin, stdout }
-    }
-
-    /// Reads lines until one contains `needle`; returns it.
-    async fn expect(&mut self, needle: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.stdout.next_line().await.unwrap() {
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            panic!("output ended without {needle:?}");
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in time"))
-    }
-
-    async fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    async fn exit(&mut self) -> ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("exits in time").unwrap()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id().unwrap() as i32), signal).unwrap();
-    }
-}
-
-/// Starts the server binary on a free port; returns it and its address.
-async fn start_server(db: &Path) -> (Proc, String) {
-    start_server_with(db, &[]).await
-}
-
-async fn start_server_with(db: &Path, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
-    cmd.args(["--listen", "127.0.0.1:0", "--credentials", CREDENTIALS, "--db"]).arg(db);
-    cmd.args(extra);
-    let mut server = Proc::spawn(cmd);
-    let line = server.expect("listening on").await;
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
-    (server, addr)
-}
-
-/// A `confab --plain` client that has logged in as `user`.
-async fn logged_in(addr: &str, user: &str, password: &str) -> Proc {
-    logged_in_with(addr, user, password, &[]).await
-}
-
-async fn logged_in_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
-    let mut proc = client_with(addr, user, password, extra);
-    proc.expect(&format!("logged in as {user}")).await;
-    proc
-}
-
-fn client(addr: &str, user: &str, password: &str) -> Proc {
-    client_with(addr, user, password, &[])
-}
-
-fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
-    cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
-    cmd.args(extra);
-    Proc::spawn(cmd)
-}
+use common::binaries::*;
+use nix::sys::signal::Signal;
 
 #[tokio::test]
 async fn two_plain_clients_chat_through_the_server_binary() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = logged_in(&addr, "bob", "builder").await;
+    let mut bob = logged_in_with(&addr, "bob", "builder", &["--no-reconnect"]).await;
     let mut alice = logged_in(&addr, "alice", "wonderland").await;
     bob.expect("* alice logged in").await;
 
@@ -118,7 +28,8 @@ async fn two_plain_clients_chat_through_the_server_binary() {
     assert_eq!(alice.exit().await.code(), Some(0));
     bob.expect("* alice logged out").await;
 
-    // SIGTERM: bob is told, the server exits 0, bob exits with "ended by server".
+    // SIGTERM: bob is told, the server exits 0, and bob, who does not reconnect, exits with
+    // "ended by server".
     server.signal(Signal::SIGTERM);
     bob.expect("the server is shutting down").await;
     assert_eq!(server.exit().await.code(), Some(0));
@@ -162,7 +73,7 @@ async fn an_acknowledged_message_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
     let (mut server, addr) = start_server(&db).await;
-    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     alice.send("/msg dave are you there").await;
     alice.expect("dave is offline").await;
     server.signal(Signal::SIGKILL);
@@ -180,8 +91,8 @@ async fn an_acknowledged_message_survives_sigkill() {
 async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
-    let mut bob = logged_in(&addr, "bob", "builder").await;
-    let mut alice = logged_in(&addr, "alice", "wonderland").await;
+    let mut bob = logged_in_with(&addr, "bob", "builder", &["--no-reconnect"]).await;
+    let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     bob.expect("* alice logged in").await;
 
     alice.send("/help").await;
@@ -259,7 +170,7 @@ async fn plain_clients_decline_and_stop_private_chats() {
 /// she accepts; returns once both sides have it open.
 async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
     use confab::p2p::PrivateEvent;
-    asker.chats.request(&asker.client, "alice").await.unwrap();
+    confab::client::session::request_private(&asker.client, &asker.chats, "alice").await.unwrap();
     alice.expect(&format!("* {} asks for a private chat", asker.name)).await;
     alice.send(&format!("/accept {}", asker.name)).await;
     let intro = match common::next_non_presence(&mut asker.events).await {

@@ -80,8 +80,8 @@ async fn the_server_introduces_and_the_chat_runs_directly() {
 
     // A second request while the chat is open is refused by the client itself.
     assert!(matches!(
-        alice.chats.request(&alice.client, "bob").await,
-        Err(PrivateError::AlreadyOpen(peer)) if peer == "bob"
+        confab::client::session::request_private(&alice.client, &alice.chats, "bob").await,
+        Err(confab::client::session::CommandError::Private(PrivateError::AlreadyOpen(peer))) if peer == "bob"
     ));
     server.stop().await;
 }
@@ -158,7 +158,7 @@ async fn a_declined_request_tells_the_requester_and_is_gone() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
-    alice.chats.request(&alice.client, "bob").await.unwrap();
+    confab::client::session::request_private(&alice.client, &alice.chats, "bob").await.unwrap();
     assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
     bob.client.decline_private("alice").await.unwrap();
     assert_eq!(
@@ -170,7 +170,9 @@ async fn a_declined_request_tells_the_requester_and_is_gone() {
         }
     );
     assert_eq!(
-        private_code(bob.chats.accept(&bob.client, "alice").await),
+        private_code(
+            confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await
+        ),
         ErrorCode::NoSuchRequest
     );
     // alice may ask again.
@@ -185,7 +187,7 @@ async fn an_unanswered_request_expires_for_both_sides() {
     let server = TestServer::start(config).await;
     let mut alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
-    alice.chats.request(&alice.client, "bob").await.unwrap();
+    confab::client::session::request_private(&alice.client, &alice.chats, "bob").await.unwrap();
     assert_eq!(
         next_non_presence(&mut bob.events).await,
         Event::PrivateRequest { from: "alice".into(), expires_in_secs: 1 }
@@ -207,7 +209,9 @@ async fn an_unanswered_request_expires_for_both_sides() {
         }
     );
     assert_eq!(
-        private_code(bob.chats.accept(&bob.client, "alice").await),
+        private_code(
+            confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await
+        ),
         ErrorCode::NoSuchRequest
     );
     server.stop().await;
@@ -273,9 +277,9 @@ async fn a_forged_token_is_refused_and_injects_nothing() {
     let mut alice = server.login_direct("alice").await;
     let hasty = ChatConfig { hello_timeout: Duration::from_millis(300), ..ChatConfig::default() };
     let mut bob = server.login_direct_with("bob", hasty).await;
-    alice.chats.request(&alice.client, "bob").await.unwrap();
+    confab::client::session::request_private(&alice.client, &alice.chats, "bob").await.unwrap();
     assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
-    bob.chats.accept(&bob.client, "alice").await.unwrap();
+    confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await.unwrap();
     let intro = match next_non_presence(&mut alice.events).await {
         Event::PrivateAccepted(intro) => intro,
         other => panic!("{other:?}"),
@@ -342,9 +346,9 @@ async fn an_expired_token_is_refused() {
     let mut bob = server
         .login_direct_with("bob", ChatConfig { token_ttl: ttl, ..ChatConfig::default() })
         .await;
-    alice.chats.request(&alice.client, "bob").await.unwrap();
+    confab::client::session::request_private(&alice.client, &alice.chats, "bob").await.unwrap();
     assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
-    bob.chats.accept(&bob.client, "alice").await.unwrap();
+    confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await.unwrap();
     let intro = match next_non_presence(&mut alice.events).await {
         Event::PrivateAccepted(intro) => intro,
         other => panic!("{other:?}"),

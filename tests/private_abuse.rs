@@ -49,7 +49,7 @@ fn held(conn: &TcpStream) -> bool {
 async fn introduced(alice: &mut Direct, bob: &mut Direct) -> Introduction {
     alice.client.start_private("bob").await.unwrap();
     assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
-    bob.chats.accept(&bob.client, "alice").await.unwrap();
+    confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await.unwrap();
     match next_non_presence(&mut alice.events).await {
         Event::PrivateAccepted(intro) => intro,
         other => panic!("{other:?}"),

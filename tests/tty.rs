@@ -7,8 +7,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::binaries::{start_server, start_server_at};
 use common::*;
 use confab::server::Config;
+use nix::sys::signal::Signal;
 
 /// A tmux server of our own (its own socket name), killed on drop.
 struct Tmux {
@@ -160,5 +162,102 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     bob_logs_out(&mut alice_events).await;
     let screen = tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     assert!(!screen.contains("bob | connected"), "the alternate screen is gone:\n{screen}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_full_screen_client_shows_the_reconnect_in_its_status_bar_and_logout_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("confab.db");
+    let (mut server, addr) = start_server(&db).await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let command = format!(
+        "env CONFAB_PASSWORD=builder {} --server {addr} --user bob --log-file {}; \
+         echo confab exited $?; sleep 30",
+        env!("CARGO_BIN_EXE_confab"),
+        log.path().display()
+    );
+    let tmux = Tmux::start(&command, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+
+    server.signal(Signal::SIGKILL);
+    server.exit().await;
+    tmux.wait_for("the reconnect in the status bar", |s| s.contains("| reconnecting (next try in"))
+        .await;
+    let (_server, _) = start_server_at(&db, &addr, &[]).await;
+    let screen = tmux
+        .wait_for("the reconnect's end", |s| {
+            s.contains("* reconnected") && s.contains("| connected |")
+        })
+        .await;
+    assert!(screen.contains("connection lost"), "the pane said what happened:\n{screen}");
+
+    tmux.type_text("/logout");
+    tmux.press("Enter");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_asked_again_and_an_absent_server_is_said_before_the_prompt() {
+    // A port nobody listens on, until the server starts there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let command = format!(
+        "{} --plain --wait --server {addr} --user carol; echo confab exited $?; sleep 30",
+        env!("CARGO_BIN_EXE_confab"),
+    );
+    let tmux = Tmux::start(&command, 200, 20);
+    let screen = tmux.wait_for("the hint", |s| s.contains("waiting for the server")).await;
+    assert!(screen.contains("is confab-server running there?"), "{screen}");
+    assert!(!screen.contains("password:"), "no password asked for yet:\n{screen}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _) = start_server_at(&dir.path().join("confab.db"), &addr, &[]).await;
+    tmux.wait_for("the password prompt", |s| s.contains("password:")).await;
+    tmux.type_text("not-her-password");
+    tmux.press("Enter");
+    let again = |s: &str| s.matches("password:").count() == 2;
+    let screen = tmux.wait_for("the prompt again", again).await;
+    assert!(screen.contains("error: "), "the refusal is shown:\n{screen}");
+    tmux.type_text("singer");
+    tmux.press("Enter");
+    tmux.wait_for("the login", |s| s.contains("logged in as carol")).await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+}
+
+#[tokio::test]
+async fn logout_exits_0_from_the_full_screen_client_every_time() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    for round in 0..4 {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let command = format!(
+            "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+             echo confab exited $?; sleep 30",
+            env!("CARGO_BIN_EXE_confab"),
+            server.addr,
+            log.path().display()
+        );
+        let tmux = Tmux::start(&command, 60, 12);
+        tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+        tmux.type_text(if round % 2 == 0 { "/logout" } else { "bye" });
+        tmux.press("Enter");
+        let screen = tmux.wait_for("the exit", |s| s.contains("confab exited")).await;
+        assert!(screen.contains("confab exited 0"), "round {round}:\n{screen}");
+        // A logout, not a dropped connection.
+        loop {
+            if let confab::protocol::Event::Presence { user, change, .. } =
+                next_event(&mut alice_events).await
+            {
+                assert_eq!(user, "bob");
+                match change {
+                    confab::protocol::PresenceChange::LoggedIn => continue,
+                    change => assert_eq!(change, confab::protocol::PresenceChange::LoggedOut),
+                }
+                break;
+            }
+        }
+    }
     server.stop().await;
 }

@@ -25,19 +25,24 @@ pub enum FileError {
     /// `/acceptfile` or `/declinefile` with no offer from that user.
     #[error("{0} has not offered you a file (or the offer has gone)")]
     NoOffer(String),
+    /// `/p2pvideo` without a server connection: the server introduces the two sides.
+    #[error("not connected to the server: it introduces you to the receiver")]
+    NotConnected,
     /// `/cancel` with no transfer with that user.
     #[error("there is no file transfer with {0}")]
     NoTransfer(String),
 }
 
-/// Carries out `command`; returns the line that says what was done.
+/// Carries out `command`; returns the line that says what was done. Only `/p2pvideo` needs
+/// the server (`client`).
 pub async fn run(
-    client: &Client,
+    client: Option<&Client>,
     transfers: &Transfers,
     command: FileCommand,
 ) -> Result<String, FileError> {
     match command {
         FileCommand::Send { to, path } => {
+            let client = client.ok_or(FileError::NotConnected)?;
             let file = OutgoingFile::open(Path::new(&path))?;
             let intro = client.send_file(&to, &file.name, file.size).await?;
             let transfer = transfers.send(&intro.peer, intro.addr, intro.token, file)?;

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use chrono::{Local, TimeZone};
 
+use super::session::Connection;
 use super::LoginInfo;
 use crate::p2p::transfer::{Direction, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
@@ -45,11 +46,7 @@ pub fn event(event: &Event) -> String {
             };
             format!("[{}] * {} {what}", clock(*at), sanitize(user))
         }
-        Event::SessionEnded { reason } => match reason {
-            EndReason::IdleTimeout => "* you were logged out after being idle too long".to_owned(),
-            EndReason::ServerShutdown => "* the server is shutting down".to_owned(),
-            EndReason::TooSlow => "* disconnected: messages were not read fast enough".to_owned(),
-        },
+        Event::SessionEnded { reason } => format!("* {}", end_reason(*reason)),
         Event::Invited(inv) => format!(
             "[{}] * {} invited you to group {} (/joingroup {} to join)",
             clock(inv.at),
@@ -249,6 +246,64 @@ pub fn private_sent(peer: &str) -> String {
 /// The line after `/stopprivate`.
 pub fn private_stopped(peer: &str) -> String {
     format!("private chat with {peer} ended")
+}
+
+/// Why the server ended a session, in words.
+pub fn end_reason(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::IdleTimeout => "you were logged out after being idle too long",
+        EndReason::ServerShutdown => "the server is shutting down",
+        EndReason::TooSlow => "disconnected: messages were not read fast enough",
+    }
+}
+
+/// The line for a new state of the server connection; `None` for one that needs no line
+/// (logged in again: [`caught_up`] says so once the catch-up is done).
+pub fn connection(state: &Connection) -> Option<String> {
+    match state {
+        Connection::Connected => None,
+        Connection::Reconnecting { attempt: 0, retry_in, why } => Some(format!(
+            "* connection lost ({}); reconnecting in {}",
+            sanitize(why),
+            seconds(*retry_in)
+        )),
+        Connection::Reconnecting { retry_in, why, .. } => Some(format!(
+            "* still not connected ({}); trying again in {}",
+            sanitize(why),
+            seconds(*retry_in)
+        )),
+        Connection::Ended(why) => Some(error(format!("the session ended: {}", sanitize(why)))),
+        Connection::Lost(why) => {
+            Some(error(format!("the connection to the server was lost: {}", sanitize(why))))
+        }
+    }
+}
+
+/// The line after a reconnect's catch-up.
+pub fn caught_up(arrived: u32) -> String {
+    match arrived {
+        0 => "* reconnected".to_owned(),
+        1 => "* reconnected; 1 message arrived meanwhile".to_owned(),
+        n => format!("* reconnected; {n} messages arrived meanwhile"),
+    }
+}
+
+/// The line for a message that waits for the server.
+pub fn pending(request: &Request) -> String {
+    match request {
+        Request::Msg { to, text, .. } => {
+            format!("(pending) -> {}: {}", sanitize(to), sanitize(text))
+        }
+        Request::GroupMsg { group, text, .. } => {
+            format!("(pending) [{}] -> {}", sanitize(group), sanitize(text))
+        }
+        other => format!("(pending) {other:?}"),
+    }
+}
+
+/// A pause in whole seconds, at least one ("in 1 s").
+fn seconds(pause: std::time::Duration) -> String {
+    format!("{} s", pause.as_secs_f64().round().max(1.0))
 }
 
 /// The line said once when the server connection is gone but private chats remain.

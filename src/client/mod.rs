@@ -19,10 +19,15 @@
 //! Private chats do not go through this connection once they are open: the server only
 //! introduces the two sides ([`Client::start_private`], [`Client::accept_private`]), and
 //! [`crate::p2p::PrivateChats`] carries the chat itself.
+//!
+//! [`session::Session`] sits above all of these for a front end: it owns the connection, the
+//! private chats and the transfers, carries out commands, reconnects when the server goes,
+//! and turns everything that happens into one stream of [`session::SessionEvent`]s.
 
 pub mod command;
 pub mod files;
 pub mod format;
+pub mod session;
 pub mod tui;
 
 use std::collections::HashMap;
@@ -352,13 +357,13 @@ impl Client {
         }
     }
 
-    /// Asks `user` for a private chat (see [`crate::p2p::PrivateChats::request`]).
+    /// Asks `user` for a private chat (see [`session::request_private`]).
     pub async fn start_private(&self, user: &str) -> Result<(), ClientError> {
         self.expect_done(Request::StartPrivate { user: user.into() }).await
     }
 
     /// Accepts `user`'s private chat request; returns `user`'s address and the token their
-    /// connection will carry (see [`crate::p2p::PrivateChats::accept`]).
+    /// connection will carry (see [`session::accept_private`]).
     pub async fn accept_private(&self, user: &str) -> Result<Introduction, ClientError> {
         match self.request(Request::AcceptPrivate { user: user.into() }).await? {
             Reply::Introduced(intro) => Ok(intro),

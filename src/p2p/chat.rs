@@ -11,12 +11,13 @@
 //! without the right token can never inject a message. A dialler whose connection is closed
 //! unanswered tries again a few times, in case it came before its slot was ready.
 //!
-//! The flow, for alice asking bob:
+//! This module never talks to the server: the client session (`client::session`)
+//! makes the requests and hands the introductions in. The flow, for alice asking bob:
 //!
 //! ```text
-//! alice: PrivateChats::request ──StartPrivate──> server ──PrivateRequest──> bob
-//! bob:   PrivateChats::accept: reserve a slot for alice, then AcceptPrivate ──> server
-//!        server ──Introduced(alice's addr, token)──> bob: fill the slot with the token
+//! alice: ──StartPrivate──> server ──PrivateRequest──> bob
+//! bob:   PrivateChats::expect: reserve a slot for alice, then AcceptPrivate ──> server
+//!        server ──Introduced(alice's addr, token)──> bob: Expected::introduced fills the slot
 //!        server ──PrivateAccepted(bob's addr, token)──> alice
 //! alice: PrivateChats::connect ──TCP──> bob's listener: Hello{token, "alice"}
 //! bob:   token matches the slot, used up ──Accepted{"bob"}──> alice
@@ -57,10 +58,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Rate, Refusal, TokenBucket};
 use super::tokens::{Tokens, Verdict};
-use crate::client::{Client, ClientError};
 use crate::protocol::{
-    now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Reply,
-    Request, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
+    now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Timestamp,
+    DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
 };
 
 /// Private-chat events waiting for the front end, for all chats together; while it is
@@ -186,9 +186,9 @@ pub enum PrivateError {
     /// not sent.
     #[error("too many private messages to {0} at once; this one was not sent, wait a moment")]
     TooFast(String),
-    /// The server refused or could not be asked.
-    #[error(transparent)]
-    Server(#[from] ClientError),
+    /// The server's introduction named someone else than the peer expected.
+    #[error("the server introduced {0:?}, not the user who asked")]
+    WrongPeer(String),
 }
 
 /// Why connecting to an accepting peer failed.
@@ -237,6 +237,39 @@ impl PrivateEvents {
     }
 }
 
+/// A reserved token slot for one peer's connection ([`PrivateChats::expect`]); cancelled
+/// when dropped unless filled.
+pub struct Expected {
+    inner: Arc<Inner>,
+    peer: String,
+    filled: bool,
+}
+
+impl Expected {
+    /// Fills the slot with the server's introduction of the peer: the token its connection
+    /// will carry and the address it comes from.
+    pub fn introduced(mut self, intro: &Introduction) -> Result<(), PrivateError> {
+        if intro.peer != self.peer {
+            return Err(PrivateError::WrongPeer(intro.peer.clone()));
+        }
+        let until = Instant::now() + self.inner.config.token_ttl;
+        self.inner.state().tokens.fill(&self.peer, intro.token, intro.addr.ip(), until);
+        self.filled = true;
+        self.inner.tokens_changed.notify_waiters();
+        Ok(())
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        if self.filled {
+            return;
+        }
+        self.inner.state().tokens.cancel(&self.peer);
+        self.inner.tokens_changed.notify_waiters();
+    }
+}
+
 impl PrivateChats {
     /// Starts taking private chats for user `me` on `listener` (whose port was announced at
     /// login). Must be called inside a tokio runtime.
@@ -262,64 +295,18 @@ impl PrivateChats {
         (Self { inner, _alive: Arc::new(stop.drop_guard()) }, PrivateEvents { rx })
     }
 
-    /// Asks `user`, through the server, for a private chat.
-    pub async fn request(&self, server: &Client, user: &str) -> Result<(), PrivateError> {
-        if self.is_open(user) {
-            return Err(PrivateError::AlreadyOpen(user.to_owned()));
-        }
-        server.start_private(user).await?;
-        Ok(())
-    }
-
-    /// Accepts `from`'s request through the server and readies the listener for them;
-    /// returns the server's introduction of `from`.
-    ///
-    /// The slot for `from` is reserved before the server is asked, so that `from`'s
-    /// connection waits for the token if it arrives before the server's answer is read.
-    pub async fn accept(&self, server: &Client, from: &str) -> Result<Introduction, PrivateError> {
+    /// Readies the listener for `from`, whose private chat request the user is about to
+    /// accept: a slot for `from`'s token is reserved now, so that `from`'s connection waits
+    /// for the token if it arrives before the server's answer is read. Fill the slot with
+    /// [`Expected::introduced`] once the server has answered the acceptance; dropping it
+    /// unfilled cancels it.
+    pub fn expect(&self, from: &str) -> Result<Expected, PrivateError> {
         if self.is_open(from) {
             return Err(PrivateError::AlreadyOpen(from.to_owned()));
         }
         let ttl = self.inner.config.token_ttl;
         self.inner.state().tokens.reserve(from, Instant::now() + ttl);
-        let answer = server.accept_private(from).await;
-        let mut state = self.inner.state();
-        let result = match answer {
-            Ok(intro) if intro.peer == from => {
-                state.tokens.fill(from, intro.token, intro.addr.ip(), Instant::now() + ttl);
-                Ok(intro)
-            }
-            Ok(intro) => {
-                state.tokens.cancel(from);
-                Err(ClientError::Protocol(format!("introduced to {:?}", intro.peer)).into())
-            }
-            Err(e) => {
-                state.tokens.cancel(from);
-                Err(e.into())
-            }
-        };
-        drop(state);
-        self.inner.tokens_changed.notify_waiters();
-        result
-    }
-
-    /// Sends `request` to the server. Asking for and accepting a private chat go through
-    /// [`request`](Self::request) and [`accept`](Self::accept), which keep the tokens; every
-    /// other request goes straight to the server.
-    pub async fn server_request(
-        &self,
-        server: &Client,
-        request: Request,
-    ) -> Result<Reply, PrivateError> {
-        match request {
-            Request::StartPrivate { user } => {
-                self.request(server, &user).await.map(|()| Reply::Done)
-            }
-            Request::AcceptPrivate { user } => {
-                self.accept(server, &user).await.map(Reply::Introduced)
-            }
-            other => Ok(server.request(other).await?),
-        }
+        Ok(Expected { inner: self.inner.clone(), peer: from.to_owned(), filled: false })
     }
 
     /// Connects to the peer who accepted our request, as the server introduced them. The

@@ -1,14 +1,15 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with a few accounts, and logged-in clients.
 #![allow(dead_code)]
 
+pub mod binaries;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use confab::client::session::{self, CommandError};
 use confab::client::{Client, ClientError, ClientEvent, Events};
-use confab::p2p::{
-    ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
-};
+use confab::p2p::{ChatConfig, DirectSockets, PrivateChats, PrivateEvent, PrivateEvents};
 use confab::protocol::{ErrorCode, Event, Introduction};
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
@@ -224,12 +225,12 @@ pub async fn next_private_message(events: &mut PrivateEvents) -> (String, String
 /// The full introduction: `a` asks, `b` is asked and accepts, `a` connects, both see the
 /// chat open. Returns the introduction `a` was given (`b`'s address and the token).
 pub async fn open_private(a: &mut Direct, b: &mut Direct) -> Introduction {
-    a.chats.request(&a.client, &b.name).await.unwrap();
+    session::request_private(&a.client, &a.chats, &b.name).await.unwrap();
     match next_non_presence(&mut b.events).await {
         Event::PrivateRequest { from, .. } => assert_eq!(from, a.name),
         other => panic!("expected a private chat request, got {other:?}"),
     }
-    b.chats.accept(&b.client, &a.name).await.unwrap();
+    session::accept_private(&b.client, &b.chats, &a.name).await.unwrap();
     let intro = match next_non_presence(&mut a.events).await {
         Event::PrivateAccepted(intro) => intro,
         other => panic!("expected an acceptance, got {other:?}"),
@@ -251,9 +252,9 @@ pub async fn assert_private_quiet(events: &mut PrivateEvents, marker: &Direct, t
 }
 
 /// The server's error code for a private-chat command that must fail on the server.
-pub fn private_code<T: std::fmt::Debug>(result: Result<T, PrivateError>) -> ErrorCode {
+pub fn private_code<T: std::fmt::Debug>(result: Result<T, CommandError>) -> ErrorCode {
     match result.expect_err("the command should fail") {
-        PrivateError::Server(e) => e.code().expect("a server error"),
+        CommandError::Server(e) => e.code().expect("a server error"),
         other => panic!("expected a server error, got {other:?}"),
     }
 }

@@ -1,8 +1,10 @@
 //! The full-screen client's state and everything that changes it. No I/O, no clock.
 //!
-//! [`App::handle`] takes one [`UiEvent`] (a key, a server event, the answer to a request, a
-//! tick) and returns the [`Action`]s the driver must carry out (send a request, quit).
-//! [`render`](super::render::render) only reads the state.
+//! [`App::handle`] takes one [`UiEvent`] (a key, a session event, a tick) and returns the
+//! [`Action`]s the driver must carry out (run a command, quit).
+//! [`render`](super::render::render) only reads the state. The rules of the session (what a
+//! logout ends, reconnecting, keep-alives) are not here but in [`crate::client::session`]:
+//! the app shows what the session reports.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -10,14 +12,13 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
-use crate::client::command::{self, Command, FileCommand};
-use crate::client::{format, ClientEvent};
-use crate::p2p::transfer::{IncomingFile, Transfer, TransferEvent, TransferId};
+use crate::client::command::{self, Command};
+use crate::client::format;
+pub use crate::client::session::Connection;
+use crate::client::session::{Finish, SessionEvent};
+use crate::p2p::transfer::{Transfer, TransferEvent, TransferId};
 use crate::p2p::PrivateEvent;
-use crate::protocol::{
-    ByeReason, Delivery, EndReason, Event, Introduction, OnlineUser, PresenceChange, Reply,
-    Request, Timestamp,
-};
+use crate::protocol::{Delivery, Event, OnlineUser, PresenceChange, Reply, Request, Timestamp};
 
 /// The most entries kept in the scrollback.
 pub const SCROLLBACK: usize = 10_000;
@@ -36,37 +37,8 @@ pub enum UiEvent {
         /// Rows.
         height: u16,
     },
-    /// Something from the server connection.
-    Server(ClientEvent),
-    /// The answer to a request the app asked for.
-    Replied {
-        /// The request.
-        request: Request,
-        /// The reply, or the error to show.
-        result: Result<Reply, String>,
-    },
-    /// Something from a private chat.
-    Private(PrivateEvent),
-    /// A `/private` message went out (or could not).
-    PrivateSent {
-        /// The peer.
-        to: String,
-        /// The text.
-        text: String,
-        /// The error to show, if it failed.
-        result: Result<(), String>,
-    },
-    /// A `/stopprivate` finished.
-    PrivateStopped {
-        /// The peer.
-        user: String,
-        /// The error to show, if it failed.
-        result: Result<(), String>,
-    },
-    /// Something happened to a file transfer.
-    Transfer(TransferEvent),
-    /// A file command finished: the line to show, or the error.
-    FileDone(Result<String, String>),
+    /// Something from the session.
+    Session(SessionEvent),
     /// A second went by.
     Tick(Timestamp),
 }
@@ -74,43 +46,10 @@ pub enum UiEvent {
 /// What the driver must do for the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send this request; its answer comes back as [`UiEvent::Replied`], in order.
-    /// (`StartPrivate` and `AcceptPrivate` go through the private chats, which need to
-    /// know about them.)
-    Send(Request),
-    /// Send a private message; answered with [`UiEvent::PrivateSent`].
-    Private {
-        /// The peer.
-        to: String,
-        /// The text.
-        text: String,
-    },
-    /// End a private chat; answered with [`UiEvent::PrivateStopped`].
-    StopPrivate {
-        /// The peer.
-        user: String,
-    },
-    /// Carry out a file command; answered with [`UiEvent::FileDone`].
-    File(FileCommand),
-    /// Let in the file offer the server announced.
-    Expect(IncomingFile),
-    /// Connect to a peer who accepted our private chat request.
-    Connect(Introduction),
-    /// End every private chat, telling each peer why.
-    CloseChats(ByeReason),
-    /// End the private chats, log out (if still connected) and leave.
+    /// Hand this command to the session; what comes of it arrives as session events.
+    Run(Command),
+    /// Log out and leave (the session says when it has finished).
     Quit,
-}
-
-/// The state of the server connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Connection {
-    /// Logged in.
-    Connected,
-    /// The server ended the session (idle timeout, shutdown, too slow).
-    Ended(String),
-    /// The connection broke.
-    Lost(String),
 }
 
 /// One entry of the scrollback.
@@ -137,6 +76,13 @@ pub enum Kind {
     /// A direct message you sent.
     Sent {
         /// Recipient.
+        to: String,
+    },
+    /// A message you typed that waits for the server (disconnected).
+    Pending {
+        /// The send id it will go with.
+        send_id: u64,
+        /// The recipient, or `[GROUP]`.
         to: String,
     },
     /// A broadcast (yours included).
@@ -174,8 +120,10 @@ pub struct App {
     pub server: String,
     /// Your username.
     pub me: String,
-    /// The server connection.
+    /// The server connection, as the session reports it.
     pub connection: Connection,
+    /// How the session finished, once it has.
+    pub finished: Option<Finish>,
     /// The scrollback, oldest first.
     pub entries: VecDeque<Entry>,
     /// Rows scrolled back from the newest; 0 follows new messages.
@@ -214,6 +162,7 @@ impl App {
             server: server.to_owned(),
             me: me.to_owned(),
             connection: Connection::Connected,
+            finished: None,
             entries: VecDeque::new(),
             scroll: 0,
             unread: 0,
@@ -246,6 +195,11 @@ impl App {
         self.quitting
     }
 
+    /// Whether the session has finished: time to leave.
+    pub fn done(&self) -> bool {
+        self.finished.is_some()
+    }
+
     /// Adds a notice line to the scrollback.
     pub fn notice(&mut self, text: impl Into<String>) {
         self.push(Entry { at: None, kind: Kind::Notice, text: text.into() });
@@ -257,40 +211,81 @@ impl App {
             UiEvent::Key(key) => return self.key(key),
             UiEvent::Paste(text) => self.input.insert(&text),
             UiEvent::Resize { width, height } => self.size = (width, height),
-            UiEvent::Server(ClientEvent::Server(event)) => return self.server_event(event),
-            UiEvent::Server(ClientEvent::Closed { error }) => {
-                if self.connection == Connection::Connected {
-                    let why = error.unwrap_or_else(|| "closed by the server".into());
-                    self.error(format!("connection to the server lost: {why}; Ctrl-C leaves"));
-                    self.connection = Connection::Lost(why);
-                }
-                self.asking.clear();
-                if !self.private.is_empty() {
-                    self.notice(format::server_gone());
-                }
-            }
-            UiEvent::Replied { request, result } => return self.replied(request, result),
-            UiEvent::Private(event) => self.private_event(event),
-            UiEvent::PrivateSent { to, text, result } => match result {
+            UiEvent::Session(event) => return self.session_event(event),
+            UiEvent::Tick(now) => self.now = now,
+        }
+        Vec::new()
+    }
+
+    fn session_event(&mut self, event: SessionEvent) -> Vec<Action> {
+        match event {
+            SessionEvent::Server(event) => self.server_event(event),
+            SessionEvent::Replied { request, result } => return self.replied(request, result),
+            SessionEvent::Pending { request } => self.pending(&request),
+            SessionEvent::Private(event) => self.private_event(event),
+            SessionEvent::PrivateSent { to, text, result } => match result {
                 Ok(()) => {
                     let kind = Kind::Private { peer: to, outgoing: true, sent_at: None };
                     self.chat(self.now, kind, text)
                 }
                 Err(e) => self.error(e),
             },
-            UiEvent::PrivateStopped { user, result } => match result {
+            SessionEvent::PrivateStopped { user, result } => match result {
                 Ok(()) => {
                     self.private.remove(&user);
                     self.notice(format::private_stopped(&user));
                 }
                 Err(e) => self.error(e),
             },
-            UiEvent::Transfer(event) => self.transfer_event(event),
-            UiEvent::FileDone(Ok(line)) => self.notice(line),
-            UiEvent::FileDone(Err(e)) => self.error(e),
-            UiEvent::Tick(now) => self.now = now,
+            SessionEvent::Transfer(event) => self.transfer_event(event),
+            SessionEvent::FileDone(Ok(line)) | SessionEvent::Notice(line) => self.notice(line),
+            SessionEvent::FileDone(Err(e)) | SessionEvent::Error(e) => self.error(e),
+            SessionEvent::Connection(state) => self.connection_changed(state),
+            SessionEvent::CaughtUp { arrived, reconnected: true } => {
+                self.notice(format::caught_up(arrived));
+            }
+            // The login notice said how many were waiting; they are in the pane now.
+            SessionEvent::CaughtUp { reconnected: false, .. } => {}
+            SessionEvent::Finished(finish) => self.finished = Some(finish),
         }
         Vec::new()
+    }
+
+    fn connection_changed(&mut self, state: Connection) {
+        if state != Connection::Connected {
+            // The server forgets requests with the session.
+            self.asking.clear();
+        }
+        match &state {
+            Connection::Connected => {}
+            Connection::Reconnecting { .. } => {
+                self.notice(format::connection(&state).unwrap_or_default());
+            }
+            Connection::Ended(why) | Connection::Lost(why) => {
+                self.error(format!("{}; Ctrl-C leaves", why));
+            }
+        }
+        self.connection = state;
+    }
+
+    fn pending(&mut self, request: &Request) {
+        let (send_id, to, text) = match request {
+            Request::Msg { to, text, send_id: Some(id) } => (*id, to.clone(), text),
+            Request::GroupMsg { group, text, send_id: Some(id) } => {
+                (*id, format!("[{group}]"), text)
+            }
+            _ => return,
+        };
+        if self.is_pending(send_id) {
+            return;
+        }
+        self.chat(self.now, Kind::Pending { send_id, to }, text.clone());
+    }
+
+    fn is_pending(&self, id: u64) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.kind, Kind::Pending { send_id, .. } if send_id == id))
     }
 
     /// Usernames known to this session (online now, or seen in messages), sorted.
@@ -400,22 +395,8 @@ impl App {
                 Ok(lines) => lines.into_iter().for_each(|l| self.notice(l)),
                 Err(e) => self.error(e.to_string()),
             },
-            Ok(Command::Private { to, text }) => return vec![Action::Private { to, text }],
-            Ok(Command::StopPrivate { user }) => return vec![Action::StopPrivate { user }],
-            Ok(Command::File(FileCommand::Send { .. }))
-                if self.connection != Connection::Connected =>
-            {
-                self.error("not connected to the server: it introduces you to the receiver");
-            }
-            Ok(Command::File(file)) => return vec![Action::File(file)],
-            Ok(Command::Server(Request::Logout)) if self.connection != Connection::Connected => {
-                return self.quit();
-            }
-            Ok(Command::Server(_)) if self.connection != Connection::Connected => {
-                let also = if self.private.is_empty() { "" } else { "; /private still works" };
-                self.error(format!("not connected to the server{also}; Ctrl-C leaves"));
-            }
-            Ok(Command::Server(request)) => return vec![Action::Send(request)],
+            Ok(Command::Server(Request::Logout)) => return self.quit(),
+            Ok(command) => return vec![Action::Run(command)],
         }
         Vec::new()
     }
@@ -431,7 +412,7 @@ impl App {
         self.hint = (!done.candidates.is_empty()).then(|| done.candidates.join("  "));
     }
 
-    fn server_event(&mut self, event: Event) -> Vec<Action> {
+    fn server_event(&mut self, event: Event) {
         match event {
             Event::Message { from, text, sent_at, offline, .. } => {
                 self.users.insert(from.clone());
@@ -461,16 +442,8 @@ impl App {
                 self.groups.insert(invitation.group.clone());
                 self.notice(format::event(&event));
             }
-            Event::SessionEnded { reason } => {
-                let line = format::event(&event);
-                self.connection = Connection::Ended(line.trim_start_matches("* ").to_owned());
-                self.error(format!("{line}; Ctrl-C leaves"));
-                // Logged out for idleness ends the private chats too; a server going away
-                // does not.
-                if reason == EndReason::IdleTimeout {
-                    return vec![Action::CloseChats(ByeReason::TimedOut)];
-                }
-            }
+            // The session says what comes of it (reconnecting, or the end).
+            Event::SessionEnded { .. } => self.notice(format::event(&event)),
             Event::GroupMember { .. } => self.notice(format::event(&event)),
             Event::PrivateRequest { ref from, .. } => {
                 self.users.insert(from.clone());
@@ -479,23 +452,18 @@ impl App {
                 }
                 self.notice(format::event(&event));
             }
-            Event::PrivateAccepted(intro) => {
-                self.notice(format::event(&Event::PrivateAccepted(intro.clone())));
-                return vec![Action::Connect(intro)];
-            }
+            Event::PrivateAccepted(_) => self.notice(format::event(&event)),
             Event::PrivateRequestEnded { ref peer, outgoing, .. } => {
                 if !outgoing {
                     self.asking.retain(|p| p != peer);
                 }
                 self.notice(format::event(&event));
             }
-            Event::FileOffer { ref from, ref name, size } => {
+            Event::FileOffer { ref from, .. } => {
                 self.users.insert(from.peer.clone());
                 self.notice(format::event(&event));
-                return vec![Action::Expect(IncomingFile::new(from, name, size))];
             }
         }
-        Vec::new()
     }
 
     fn private_event(&mut self, event: PrivateEvent) {
@@ -525,6 +493,14 @@ impl App {
         if let Request::AcceptPrivate { user } | Request::DeclinePrivate { user } = &request {
             // Answered, or the request is gone: either way there is nothing left to answer.
             self.asking.retain(|p| p != user);
+        }
+        if let Request::Msg { send_id: Some(id), .. }
+        | Request::GroupMsg { send_id: Some(id), .. } = &request
+        {
+            // Answered now: it no longer waits.
+            let pending =
+                |e: &Entry| matches!(e.kind, Kind::Pending { send_id, .. } if send_id == *id);
+            self.entries.retain(|e| !pending(e));
         }
         let reply = match result {
             Ok(reply) => reply,
@@ -651,7 +627,6 @@ fn read_dir(dir: &str) -> Vec<DirEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::EndReason;
 
     fn app() -> App {
         let online = vec![OnlineUser { name: "bob".into(), since: 5 }];
@@ -670,7 +645,7 @@ mod tests {
     }
 
     fn message(from: &str, text: &str) -> UiEvent {
-        UiEvent::Server(ClientEvent::Server(Event::Message {
+        UiEvent::Session(SessionEvent::Server(Event::Message {
             id: 1,
             from: from.into(),
             text: text.into(),
@@ -684,10 +659,10 @@ mod tests {
         let mut app = app();
         let actions = type_line(&mut app, "/msg bob hi there");
         let request = Request::Msg { to: "bob".into(), text: "hi there".into(), send_id: None };
-        assert_eq!(actions, [Action::Send(request.clone())]);
+        assert_eq!(actions, [Action::Run(Command::Server(request.clone()))]);
         assert!(app.input.is_empty());
         let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
-        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         let last = app.entries.back().unwrap();
         assert_eq!(last.kind, Kind::Sent { to: "bob".into() });
         assert_eq!(last.text, "hi there");
@@ -720,7 +695,7 @@ mod tests {
     fn presence_keeps_the_online_list() {
         let mut app = app();
         let presence = |user: &str, change| {
-            UiEvent::Server(ClientEvent::Server(Event::Presence {
+            UiEvent::Session(SessionEvent::Server(Event::Presence {
                 user: user.into(),
                 change,
                 at: 9,
@@ -771,17 +746,51 @@ mod tests {
     }
 
     #[test]
-    fn ctrl_c_quits_and_a_lost_connection_refuses_commands() {
+    fn the_status_follows_the_session_and_ctrl_c_or_logout_quits() {
         let mut app = app();
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::SessionEnded {
-            reason: EndReason::IdleTimeout,
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::PrivateRequest {
+            from: "bob".into(),
+            expires_in_secs: 60,
         })));
-        assert!(matches!(app.connection, Connection::Ended(_)));
-        assert!(type_line(&mut app, "/list").is_empty());
-        assert!(app.entries.back().unwrap().text.contains("not connected"));
+        assert_eq!(app.asking, ["bob"]);
+        let reconnecting = Connection::Reconnecting {
+            attempt: 0,
+            retry_in: std::time::Duration::from_secs(4),
+            why: "reset".into(),
+        };
+        app.handle(UiEvent::Session(SessionEvent::Connection(reconnecting.clone())));
+        assert_eq!(app.connection, reconnecting);
+        assert!(app.asking.is_empty(), "the server forgot the request with the session");
+        assert!(app.entries.back().unwrap().text.contains("reconnecting in 4 s"));
+        app.handle(UiEvent::Session(SessionEvent::Connection(Connection::Connected)));
+        app.handle(UiEvent::Session(SessionEvent::CaughtUp { arrived: 3, reconnected: true }));
+        assert_eq!(app.entries.back().unwrap().text, "* reconnected; 3 messages arrived meanwhile");
+
+        // The session, not the app, decides what a command can do while disconnected.
+        let ended = Connection::Ended("you were logged out after being idle too long".into());
+        app.handle(UiEvent::Session(SessionEvent::Connection(ended)));
+        assert_eq!(type_line(&mut app, "/list"), [Action::Run(Command::Server(Request::List))]);
+        assert_eq!(type_line(&mut app, "/logout"), [Action::Quit]);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(app.handle(UiEvent::Key(ctrl_c)), [Action::Quit]);
-        assert!(app.quitting());
+        assert!(app.quitting() && !app.done());
+        app.handle(UiEvent::Session(SessionEvent::Finished(Finish::LoggedOut)));
+        assert!(app.done());
+    }
+
+    #[test]
+    fn a_pending_message_shows_until_the_server_takes_it() {
+        let mut app = app();
+        let request = Request::Msg { to: "bob".into(), text: "later".into(), send_id: Some(7) };
+        app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
+        app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
+        let pending: Vec<&Entry> =
+            app.entries.iter().filter(|e| matches!(e.kind, Kind::Pending { .. })).collect();
+        assert_eq!(pending.len(), 1, "pending once, however often it is sent again");
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
+        assert!(!app.entries.iter().any(|e| matches!(e.kind, Kind::Pending { .. })));
+        assert_eq!(app.entries.back().unwrap().kind, Kind::Sent { to: "bob".into() });
     }
 
     #[test]
@@ -789,7 +798,7 @@ mod tests {
         let mut app = app();
         let request = Request::CreateGroup { name: "devs".into(), invite: vec!["carol".into()] };
         let reply = Reply::GroupCreated { group: "devs".into(), invited: vec!["carol".into()] };
-        app.handle(UiEvent::Replied { request, result: Ok(reply) });
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         assert!(app.groups.contains("devs"));
         assert!(app.known_users().contains(&"carol".to_string()));
     }

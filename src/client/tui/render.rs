@@ -96,6 +96,10 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     let bar = Style::new().bg(Color::Blue).fg(Color::White);
     let (state, state_style) = match &app.connection {
         Connection::Connected => ("connected".to_owned(), bar.fg(Color::LightGreen)),
+        Connection::Reconnecting { retry_in, .. } => (
+            format!("reconnecting (next try in {} s)", retry_in.as_secs_f64().round().max(1.0)),
+            bar.fg(Color::LightYellow),
+        ),
         Connection::Ended(why) => (format!("ended: {why}"), bar.fg(Color::LightRed)),
         Connection::Lost(_) if !app.private.is_empty() => {
             ("server gone, private chats still work".to_owned(), bar.fg(Color::LightRed))
@@ -188,6 +192,13 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
             out.push(name(to));
             out.push(Span::raw(": "));
         }
+        Kind::Pending { to, .. } => {
+            out.push(Span::styled("(pending) ", dim.add_modifier(Modifier::ITALIC)));
+            out.push(name(me));
+            out.push(Span::styled(" -> ", dim));
+            out.push(Span::raw(sanitize(to).into_owned()));
+            out.push(Span::raw(": "));
+        }
         Kind::Broadcast { from } => {
             out.push(name(from));
             out.push(Span::styled(" (broadcast)", Style::new().fg(Color::Yellow)));
@@ -278,8 +289,8 @@ fn line_of(row: &[(char, Style)]) -> Line<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::session::SessionEvent;
     use crate::client::tui::app::UiEvent;
-    use crate::client::ClientEvent;
     use crate::protocol::{Event, OnlineUser};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::backend::TestBackend;
@@ -306,7 +317,7 @@ mod tests {
     }
 
     fn incoming(app: &mut App, text: &str) {
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::Message {
             id: 1,
             from: "bob".into(),
             text: text.into(),
@@ -362,12 +373,12 @@ mod tests {
     fn invisible_characters_show_as_escapes_on_screen() {
         let mut app = app(80);
         incoming(&mut app, "see \u{202E}fdp.exe and pay\u{200B}pal");
-        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
+        app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Message {
             peer: "bob".into(),
             text: "\u{2066}hidden\u{2069}".into(),
             sent_at: 0,
             received_at: 0,
-        }));
+        })));
         let rows = screen(&app);
         assert!(rows[4].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
         assert!(rows[5].ends_with("[private] bob: <U+2066>hidden<U+2069>"), "{rows:#?}");
@@ -378,12 +389,14 @@ mod tests {
         let mut app = app(100);
         let received_at = 1_800_000_000_000;
         for sent_at in [received_at - 1000, received_at - 3_600_000] {
-            app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
-                peer: "bob".into(),
-                text: "hi".into(),
-                sent_at,
-                received_at,
-            }));
+            app.handle(UiEvent::Session(SessionEvent::Private(
+                crate::p2p::PrivateEvent::Message {
+                    peer: "bob".into(),
+                    text: "hi".into(),
+                    sent_at,
+                    received_at,
+                },
+            )));
         }
         let rows = screen(&app);
         let at = clock(received_at);
@@ -395,27 +408,29 @@ mod tests {
     #[test]
     fn private_chats_show_in_the_status_bar_and_requests_above_the_input() {
         let mut app = app(100);
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::PrivateRequest {
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::PrivateRequest {
             from: "carol".into(),
             expires_in_secs: 60,
         })));
-        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Opened { peer: "bob".into() }));
-        app.handle(UiEvent::Private(crate::p2p::PrivateEvent::Message {
+        app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Opened {
+            peer: "bob".into(),
+        })));
+        app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Message {
             peer: "bob".into(),
             text: "psst".into(),
             sent_at: 0,
             received_at: 0,
-        }));
+        })));
         let rows = screen(&app);
         // 8 rows: the pane, the request prompt, the status bar, the input line.
         assert!(rows[4].ends_with("] [private] bob: psst"), "{rows:#?}");
         assert!(rows[5].starts_with("carol asks for a private chat: /accept carol"), "{rows:#?}");
         assert!(rows[6].contains("| private: bob |"), "{rows:#?}");
         assert_eq!(rows[7], ">");
-        app.handle(UiEvent::Replied {
+        app.handle(UiEvent::Session(SessionEvent::Replied {
             request: crate::protocol::Request::DeclinePrivate { user: "carol".into() },
             result: Ok(crate::protocol::Reply::Done),
-        });
+        }));
         assert!(!screen(&app).iter().any(|r| r.starts_with("carol asks")), "answered");
     }
 
@@ -437,20 +452,20 @@ mod tests {
             size: 4096,
             direction: Direction::Receive,
         };
-        app.handle(UiEvent::Transfer(TransferEvent::Started {
+        app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
             transfer: clip.clone(),
             resume_from: 0,
-        }));
-        app.handle(UiEvent::Transfer(TransferEvent::Progress {
+        })));
+        app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Progress {
             id: 1,
             direction: Direction::Send,
             done: 900_000,
             total: 2_000_000,
-        }));
-        app.handle(UiEvent::Transfer(TransferEvent::Offered {
+        })));
+        app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Offered {
             transfer: song.clone(),
             resume_from: 0,
-        }));
+        })));
         let rows = screen(&app);
         assert!(
             rows[5].starts_with("carol offers song.ogg (4.0 KiB): /acceptfile carol"),
@@ -459,12 +474,17 @@ mod tests {
         assert!(rows[6].contains("| ↑clip.mp4 45%"), "{rows:#?}");
         assert_eq!(rows[7], ">");
 
-        app.handle(UiEvent::Transfer(TransferEvent::Started { transfer: song, resume_from: 0 }));
+        app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
+            transfer: song,
+            resume_from: 0,
+        })));
         let rows = screen(&app);
         assert!(!rows.iter().any(|r| r.starts_with("carol offers")), "answered: {rows:#?}");
         assert!(rows[6].contains("↑clip.mp4 45% ↓song.ogg 0%"), "{rows:#?}");
 
-        app.handle(UiEvent::Transfer(TransferEvent::Sent { transfer: clip }));
+        app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Sent {
+            transfer: clip,
+        })));
         let rows = screen(&app);
         assert!(!rows[6].contains("clip.mp4"), "{rows:#?}");
         assert!(rows.iter().any(|r| r.contains("clip.mp4 has been uploaded to bob")), "{rows:#?}");
@@ -473,14 +493,14 @@ mod tests {
     #[test]
     fn offline_and_group_messages_are_marked_and_a_resize_reflows() {
         let mut app = app(60);
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::Message {
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::Message {
             id: 1,
             from: "bob".into(),
             text: "sent while you slept".into(),
             sent_at: 0,
             offline: true,
         })));
-        app.handle(UiEvent::Server(ClientEvent::Server(Event::GroupMessage {
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::GroupMessage {
             id: 1,
             group: "devs".into(),
             from: "carol".into(),
