@@ -49,6 +49,11 @@ pub fn event(event: &Event) -> String {
             EndReason::IdleTimeout => "* you were logged out after being idle too long".to_owned(),
             EndReason::ServerShutdown => "* the server is shutting down".to_owned(),
             EndReason::TooSlow => "* disconnected: messages were not read fast enough".to_owned(),
+            EndReason::Flooding => {
+                "* disconnected: too many requests after being asked to slow down".to_owned()
+            }
+            EndReason::LoginTimeout => "* disconnected: not logged in in time".to_owned(),
+            EndReason::StalledFrame => "* disconnected: a request stalled half-sent".to_owned(),
         },
         Event::Invited(inv) => format!(
             "[{}] * {} invited you to group {} (/joingroup {} to join)",
