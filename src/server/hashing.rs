@@ -60,13 +60,14 @@ impl<T> FairQueue<T> {
         Self { limits, queues: HashMap::new(), served: HashMap::new(), queued: 0 }
     }
 
-    /// Queues `item` for `ip`. When the whole queue is full, the newest item of the address
-    /// with the most waiting (if it has more than `ip` would) makes room and is handed back
-    /// as `Ok(Some(evicted))`; otherwise a full queue refuses `item`.
-    pub fn push(&mut self, ip: IpAddr, item: T) -> Result<Option<T>, (Busy, T)> {
+    /// Queues `item` for `ip` (an `exempt` address has no limit of its own). When the whole
+    /// queue is full, the newest item of the address with the most waiting (if it has more
+    /// than `ip` would) makes room and is handed back as `Ok(Some(evicted))`; otherwise a
+    /// full queue refuses `item`.
+    pub fn push(&mut self, ip: IpAddr, item: T, exempt: bool) -> Result<Option<T>, (Busy, T)> {
         let key = addr_key(ip);
         let mine = self.queues.get(&key).map_or(0, VecDeque::len);
-        if mine >= self.limits.per_addr {
+        if mine >= self.limits.per_addr && !exempt {
             return Err((Busy, item));
         }
         let mut evicted = None;
@@ -159,13 +160,15 @@ impl Hashing {
     }
 
     /// Runs `f` (a hash) on the blocking pool when `ip`'s turn comes, or refuses at once if
-    /// too many wait. `None` if the blocking task failed.
+    /// too many wait (from `ip`, unless it is `exempt`, or in all). `None` if the blocking
+    /// task failed.
     pub async fn run<T: Send + 'static>(
         &self,
         ip: IpAddr,
+        exempt: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<Option<T>, Busy> {
-        let _turn = self.turn(ip).await?;
+        let _turn = self.turn(ip, exempt).await?;
         Ok(tokio::task::spawn_blocking(f).await.ok())
     }
 
@@ -174,7 +177,7 @@ impl Hashing {
         self.state().queue.len()
     }
 
-    async fn turn(&self, ip: IpAddr) -> Result<Turn<'_>, Busy> {
+    async fn turn(&self, ip: IpAddr, exempt: bool) -> Result<Turn<'_>, Busy> {
         let rx = {
             let mut state = self.state();
             if state.running < state.max_running && state.queue.is_empty() {
@@ -184,7 +187,7 @@ impl Hashing {
             }
             let (tx, rx) = oneshot::channel();
             // An evicted waiter's sender is dropped here: it wakes with an error.
-            state.queue.push(ip, tx).map_err(|(busy, _)| busy)?;
+            state.queue.push(ip, tx, exempt).map_err(|(busy, _)| busy)?;
             rx
         };
         let mut waiting = Waiting { rx, hashing: self };
@@ -254,17 +257,17 @@ mod tests {
     fn the_address_served_longest_ago_goes_first() {
         let mut q = FairQueue::new(HashLimits { per_addr: 4, total: 100 });
         let t0 = Instant::now();
-        // A spray from 10 addresses, 4 each, all served just now.
+        // A spray from 10 addresses, 4 each, all served lately (1 longest ago).
         for a in 1..=10 {
-            q.remember(ip(a), t0);
+            q.remember(ip(a), t0 + Duration::from_micros(a.into()));
             for i in 0..4 {
-                q.push(ip(a), (a, i)).unwrap();
+                q.push(ip(a), (a, i), false).unwrap();
             }
         }
         let t1 = t0 + Duration::from_millis(1);
         assert_eq!(q.pop(t1), Some((1, 0)));
         // A login from an address that has not hashed lately is next, whatever waits.
-        q.push(ip(99), (99, 0)).unwrap();
+        q.push(ip(99), (99, 0), false).unwrap();
         assert_eq!(q.pop(t1 + Duration::from_millis(1)), Some((99, 0)));
         // The spray's addresses then take turns, one each round.
         let mut firsts = Vec::new();
@@ -279,17 +282,21 @@ mod tests {
     fn queues_are_bounded_per_address_and_in_all() {
         let mut q = FairQueue::new(HashLimits { per_addr: 3, total: 5 });
         for i in 0..3 {
-            q.push(ip(1), i).unwrap();
+            q.push(ip(1), i, false).unwrap();
         }
-        assert!(q.push(ip(1), 3).is_err(), "per address");
-        q.push(ip(2), 10).unwrap();
-        q.push(ip(3), 20).unwrap();
+        assert!(q.push(ip(1), 3, false).is_err(), "per address");
+        q.push(ip(2), 10, false).unwrap();
+        q.push(ip(3), 20, false).unwrap();
         assert_eq!(q.len(), 5);
         // Full: a newcomer takes the place of the newest waiter of the longest queue.
-        assert_eq!(q.push(ip(4), 30), Ok(Some(2)));
+        assert_eq!(q.push(ip(4), 30, false), Ok(Some(2)));
         assert_eq!(q.len(), 5);
         // Now every queue has 1 or 2: a second from ip(4) would not be fairer, so refused.
-        assert!(q.push(ip(4), 31).is_err());
+        assert!(q.push(ip(4), 31, false).is_err());
+        // An exempt address is held to the total only.
+        let mut q = FairQueue::new(HashLimits { per_addr: 1, total: 3 });
+        assert!((0..3).all(|i| q.push(ip(5), i, true).is_ok()));
+        assert!(q.push(ip(5), 3, true).is_err());
     }
 
     #[test]
@@ -311,7 +318,7 @@ mod tests {
             let hashing = hashing.clone();
             async move {
                 hashing
-                    .run(ip(1), move || {
+                    .run(ip(1), false, move || {
                         started_tx.send(()).unwrap();
                         go_rx.recv().unwrap();
                         1
@@ -322,16 +329,16 @@ mod tests {
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
         let second = tokio::spawn({
             let hashing = hashing.clone();
-            async move { hashing.run(ip(2), || 2).await }
+            async move { hashing.run(ip(2), false, || 2).await }
         });
         while hashing.waiting() == 0 {
             tokio::task::yield_now().await;
         }
         // ip(2) has its one place in the queue: one more from it is refused at once.
-        assert_eq!(hashing.run(ip(2), || 3).await, Err(Busy));
+        assert_eq!(hashing.run(ip(2), false, || 3).await, Err(Busy));
         go_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(Some(1)));
         assert_eq!(second.await.unwrap(), Ok(Some(2)));
-        assert_eq!(hashing.run(ip(3), || 4).await, Ok(Some(4)), "the turn was freed");
+        assert_eq!(hashing.run(ip(3), false, || 4).await, Ok(Some(4)), "the turn was freed");
     }
 }

@@ -171,7 +171,8 @@ async fn hashing<T: Send + 'static>(
     ip: IpAddr,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorReply> {
-    match shared.hashing.run(ip, f).await {
+    let exempt = shared.addrs().is_exempt(ip);
+    match shared.hashing.run(ip, exempt, f).await {
         Ok(Some(done)) => Ok(done),
         Ok(None) => Err(internal("password hashing", "the hashing task failed")),
         Err(Busy) => Err(rate_limited("logins waiting for a password check", BUSY_RETRY)),
