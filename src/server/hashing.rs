@@ -49,15 +49,17 @@ pub struct Busy;
 #[derive(Debug)]
 pub struct FairQueue<T> {
     limits: HashLimits,
-    queues: HashMap<IpAddr, VecDeque<T>>,
+    /// Each address's waiting items, oldest first, numbered in the order they came.
+    queues: HashMap<IpAddr, VecDeque<(u64, T)>>,
     served: HashMap<IpAddr, Instant>,
     queued: usize,
+    next: u64,
 }
 
 impl<T> FairQueue<T> {
     /// An empty queue under `limits`.
     pub fn new(limits: HashLimits) -> Self {
-        Self { limits, queues: HashMap::new(), served: HashMap::new(), queued: 0 }
+        Self { limits, queues: HashMap::new(), served: HashMap::new(), queued: 0, next: 0 }
     }
 
     /// Queues `item` for `ip` (an `exempt` address has no limit of its own). When the whole
@@ -81,16 +83,22 @@ impl<T> FairQueue<T> {
                 _ => return Err((Busy, item)),
             }
         }
-        self.queues.entry(key).or_default().push_back(item);
+        self.queues.entry(key).or_default().push_back((self.next, item));
+        self.next += 1;
         self.queued += 1;
         Ok(evicted)
     }
 
-    /// The next item at `now`: the oldest of the address served longest ago (or never).
+    /// The next item at `now`: the oldest of the address served longest ago (or never;
+    /// between addresses never served, the one that has waited longest).
     pub fn pop(&mut self, now: Instant) -> Option<T> {
-        let key = *self.queues.keys().min_by_key(|k| self.served.get(*k))?;
+        let (key, _) = self
+            .queues
+            .iter()
+            .map(|(k, q)| (*k, (self.served.get(k), q.front().map(|(n, _)| *n))))
+            .min_by_key(|(_, order)| *order)?;
         let queue = self.queues.get_mut(&key)?;
-        let item = queue.pop_front();
+        let item = queue.pop_front().map(|(_, item)| item);
         if queue.is_empty() {
             self.queues.remove(&key);
         }
@@ -125,7 +133,7 @@ impl<T> FairQueue<T> {
 
     fn take_back(&mut self, key: IpAddr) -> Option<T> {
         let queue = self.queues.get_mut(&key)?;
-        let item = queue.pop_back();
+        let item = queue.pop_back().map(|(_, item)| item);
         if queue.is_empty() {
             self.queues.remove(&key);
         }
