@@ -16,7 +16,7 @@
 //!    else going on, then under a spray of 1,000 connections from 127.0.0.2, then 1,000
 //!    from 100 addresses (10 each), every one guessing passwords for fresh names as fast as
 //!    it is answered and reconnecting when refused;
-//! 2. bystanders' direct-message latency (20 users, each sending to the next every 50 ms),
+//! 2. bystanders' direct-message latency (20 users, each sending to the next every 250 ms),
 //!    alone and while one user broadcasts as fast as the server answers, reconnecting and
 //!    starting again each time it is cut off;
 //! 3. how many idle connections (hello, then nothing) one address can open, and how long
@@ -276,14 +276,14 @@ async fn bystanders(server: SocketAddr) -> Users {
     Users { clients, latencies, measuring, disconnected, sent_at }
 }
 
-/// Each bystander sends to the next every 50 ms for `phase`; returns the latencies and how
+/// Each bystander sends to the next every 250 ms (within the default rate) for `phase`; returns the latencies and how
 /// many bystanders were disconnected meanwhile.
 async fn chatter(users: &Users, phase: Duration) -> (Vec<Duration>, u64) {
     users.latencies.lock().unwrap().clear();
     users.measuring.store(true, Ordering::Relaxed);
     let before = users.disconnected.load(Ordering::Relaxed);
     let end = Instant::now() + phase;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut k = 0u64;
     while Instant::now() < end {
         tick.tick().await;

@@ -42,6 +42,7 @@ use super::inbox::Signal;
 use super::limits::rate_limited;
 use super::rate::{Kind, Limiter, Verdict};
 use super::Shared;
+use crate::p2p::limits::TokenBucket;
 use crate::protocol::{
     now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
     Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
@@ -144,6 +145,8 @@ async fn unauthenticated(
     addr: SocketAddr,
     login_by: Instant,
 ) -> Option<LoggedIn> {
+    // Refused requests, counted from the first.
+    let mut refusals: Option<TokenBucket> = None;
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => {
@@ -162,9 +165,13 @@ async fn unauthenticated(
                 conn.goodbye(end_event(EndReason::StalledFrame)).await;
                 return None;
             }
-            Incoming::Bad(err, fatal) => {
+            Incoming::Bad(err, true) => {
+                conn.goodbye(ServerMessage::Reply { id: 0, result: Err(err) }).await;
+                return None;
+            }
+            Incoming::Bad(err, false) => {
                 conn.reply(0, Err(err));
-                if !conn.flush().await || fatal {
+                if !refused(conn, &mut refusals, shared).await {
                     return None;
                 }
             }
@@ -172,11 +179,11 @@ async fn unauthenticated(
                 let ip = addr.ip().to_canonical();
                 let allowed = shared.addrs().login(ip, Instant::now());
                 if let Err(refusal) = allowed {
-                    conn.reply(id, Err(refusal.reply("logins from your address")));
-                    if !conn.flush().await {
-                        return None;
-                    }
-                    continue;
+                    // Closed, not only answered: answering a client that keeps asking would
+                    // cost as much as the logins it is refused. Reconnecting is rate-limited.
+                    let refusal = refusal.reply("logins from your address");
+                    conn.goodbye(ServerMessage::Reply { id, result: Err(refusal) }).await;
+                    return None;
                 }
                 let direct = direct.map(|ports| DirectAddrs {
                     tcp: SocketAddr::new(ip, ports.tcp),
@@ -190,9 +197,13 @@ async fn unauthenticated(
                         me.leave(shared, Some(PresenceChange::Disconnected)).await;
                         return None;
                     }
+                    Err(err) if matches!(err.code, ErrorCode::RateLimited { .. }) => {
+                        conn.goodbye(ServerMessage::Reply { id, result: Err(err) }).await;
+                        return None;
+                    }
                     Err(err) => {
                         conn.reply(id, Err(err));
-                        if !conn.flush().await {
+                        if !refused(conn, &mut refusals, shared).await {
                             return None;
                         }
                     }
@@ -207,12 +218,26 @@ async fn unauthenticated(
             Incoming::Request(id, _) => {
                 let err = ErrorReply::new(ErrorCode::NotLoggedIn, "log in first");
                 conn.reply(id, Err(err));
-                if !conn.flush().await {
+                if !refused(conn, &mut refusals, shared).await {
                     return None;
                 }
             }
         }
     }
+}
+
+/// Sends the refusal just queued, and counts it against the connection; false once the
+/// connection is to end (it failed, or it keeps asking for what it is refused: then it is
+/// told it is flooding and closed).
+async fn refused(conn: &mut Conn, refusals: &mut Option<TokenBucket>, shared: &Shared) -> bool {
+    if let Some(limit) = shared.config.user_rates.refusals {
+        let now = Instant::now();
+        if !refusals.get_or_insert_with(|| limit.bucket(now)).take(now) {
+            conn.goodbye(end_event(EndReason::Flooding)).await;
+            return false;
+        }
+    }
+    conn.flush().await
 }
 
 /// Sends the login reply (with how many messages wait) and the pending group invitations;
