@@ -43,36 +43,66 @@ fn main() {
     let phase: f64 = std::env::args().nth(1).map_or(5.0, |a| a.parse().expect("seconds"));
     let phase = Duration::from_secs_f64(phase);
     let addr = start_server();
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    // The attackers share one worker thread; each measured user has a thread and a runtime
+    // of its own, so that the attackers' tasks do not delay the measurement's own.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
     runtime.block_on(async move {
         println!("server: Config::default(), in-memory store, one thread; load: {phase:?} per phase");
         println!();
         println!("| login of a real user | p50 ms | p99 ms | max ms | n | spray answers |");
         println!("| --- | --- | --- | --- | --- | --- |");
-        let quiet = logins(addr, phase, 0).await;
+        let quiet = measured(move || logins(addr, phase, 0)).await;
         print_logins("nothing else", &quiet, None);
         let spray = Spray::start(addr, &[lo(0, 2)], 1000);
-        let one = logins(addr, phase, 1).await;
+        let one = measured(move || logins(addr, phase, 1)).await;
         print_logins("1,000 connections from one address", &one, Some(&spray.stop().await));
         let many: Vec<IpAddr> = (1..=100).map(|b| lo(1, b)).collect();
         let spray = Spray::start(addr, &many, 10);
-        let hundred = logins(addr, phase, 2).await;
+        let hundred = measured(move || logins(addr, phase, 2)).await;
         print_logins("1,000 connections from 100 addresses", &hundred, Some(&spray.stop().await));
 
         println!();
         println!("| bystanders' messages | p50 ms | p99 ms | max ms | n | bystanders disconnected | flooder |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
-        let users = bystanders(addr).await;
-        let (lat, lost) = chatter(&users, phase).await;
-        print_chatter("no flood", &lat, lost, "");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (flooding_tx, flooding_rx) = tokio::sync::oneshot::channel::<()>();
+        let chat = measured(move || async move {
+            let users = bystanders(addr).await;
+            let quiet = chatter(&users, phase).await;
+            let _ = ready_tx.send(());
+            let _ = flooding_rx.await;
+            (quiet, chatter(&users, phase).await)
+        });
+        let _ = ready_rx.await;
         let flood = Flood::start(addr);
-        let (lat, lost) = chatter(&users, phase).await;
+        let _ = flooding_tx.send(());
+        let ((lat, lost), (flood_lat, flood_lost)) = chat.await;
         let flooder = flood.stop().await;
-        print_chatter("one user broadcasting flat out", &lat, lost, &flooder);
+        print_chatter("no flood", &lat, lost, "");
+        print_chatter("one user broadcasting flat out", &flood_lat, flood_lost, &flooder);
 
         println!();
         idle(addr).await;
     });
+}
+
+/// Runs `f` on a thread with a runtime of its own; its result, awaited without blocking.
+async fn measured<F, T>(f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(f())
+    });
+    tokio::task::spawn_blocking(move || thread.join().expect("the measurement"))
+        .await
+        .expect("the measurement's thread")
 }
 
 /// Starts the server on a thread of its own; returns its address.

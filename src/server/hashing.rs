@@ -198,14 +198,14 @@ impl Hashing {
             state.queue.push(ip, tx, exempt).map_err(|(busy, _)| busy)?;
             rx
         };
-        let mut waiting = Waiting { rx, hashing: self };
-        match (&mut waiting.rx).await {
-            Ok(()) => {
-                std::mem::forget(waiting);
-                Ok(Turn(self))
-            }
-            Err(_) => Err(Busy),
-        }
+        let mut waiting = Waiting { rx: Some(rx), hashing: self };
+        let handed = match waiting.rx.as_mut() {
+            Some(rx) => rx.await,
+            None => return Err(Busy),
+        };
+        // Received: the turn is ours now, and nothing is left for the guard to give back.
+        waiting.rx = None;
+        handed.map(|()| Turn(self)).map_err(|_| Busy)
     }
 
     /// Hands a finished turn to the next waiter, or frees it.
@@ -238,14 +238,18 @@ impl Drop for Turn<'_> {
 /// A login waiting for its turn. Dropped while waiting (its session ended), it gives back a
 /// turn that was handed to it in the meantime.
 struct Waiting<'a> {
-    rx: oneshot::Receiver<()>,
+    /// `None` once the wait is over.
+    rx: Option<oneshot::Receiver<()>>,
     hashing: &'a Hashing,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.rx.close();
-        if self.rx.try_recv().is_ok() {
+        let Some(rx) = &mut self.rx else {
+            return;
+        };
+        rx.close();
+        if rx.try_recv().is_ok() {
             self.hashing.pass_on();
         }
     }
@@ -348,5 +352,37 @@ mod tests {
         assert_eq!(first.await.unwrap(), Ok(Some(1)));
         assert_eq!(second.await.unwrap(), Ok(Some(2)));
         assert_eq!(hashing.run(ip(3), false, || 4).await, Ok(Some(4)), "the turn was freed");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_does_not_keep_its_turn() {
+        let hashing = Arc::new(Hashing::new(1, HashLimits::default()));
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let first = tokio::spawn({
+            let hashing = hashing.clone();
+            async move {
+                hashing
+                    .run(ip(1), false, move || {
+                        started_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+        let gone = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.run(ip(2), false, || ()).await }
+        });
+        while hashing.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        go_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(hashing.run(ip(3), false, || 5).await, Ok(Some(5)), "the turn is free");
+        assert_eq!(hashing.state().running, 0);
     }
 }
