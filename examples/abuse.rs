@@ -12,7 +12,8 @@
 //! source address in 127.0.0.0/8 (all loopback on Linux), so "one address" and "100
 //! addresses" are real to the server. Phases, each SECONDS_PER_PHASE long (default 5):
 //!
-//! 1. a real user's login (connect, hello, login; each from a fresh address) with nothing
+//! 1. a real user's login (connect, hello, login, each from a fresh address; and the login
+//!    request alone, after the welcome) with nothing
 //!    else going on, then under a spray of 1,000 connections from 127.0.0.2, then 1,000
 //!    from 100 addresses (10 each), every one guessing passwords for fresh names as fast as
 //!    it is answered and reconnecting when refused;
@@ -53,8 +54,8 @@ fn main() {
     runtime.block_on(async move {
         println!("server: Config::default(), in-memory store, one thread; load: {phase:?} per phase");
         println!();
-        println!("| login of a real user | p50 ms | p99 ms | max ms | n | spray answers |");
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!("| login of a real user | p50 ms | p99 ms | max ms | login request alone p50 / p99 ms | n | spray answers |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
         let quiet = measured(move || logins(addr, phase, 0)).await;
         print_logins("nothing else", &quiet, None);
         let spray = Spray::start(addr, &[lo(0, 2)], 1000);
@@ -90,8 +91,9 @@ fn main() {
     });
 }
 
-/// Runs `f` on a thread with a runtime of its own; its result, awaited without blocking.
-async fn measured<F, T>(f: impl FnOnce() -> F + Send + 'static) -> T
+/// Starts `f` now on a thread with a runtime of its own; its result, awaited without
+/// blocking.
+fn measured<F, T>(f: impl FnOnce() -> F + Send + 'static) -> impl std::future::Future<Output = T>
 where
     F: std::future::Future<Output = T>,
     T: Send + 'static,
@@ -100,9 +102,11 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(f())
     });
-    tokio::task::spawn_blocking(move || thread.join().expect("the measurement"))
-        .await
-        .expect("the measurement's thread")
+    async move {
+        tokio::task::spawn_blocking(move || thread.join().expect("the measurement"))
+            .await
+            .expect("the measurement's thread")
+    }
 }
 
 /// Starts the server on a thread of its own; returns its address.
@@ -144,9 +148,9 @@ async fn connect_from(server: SocketAddr, from: IpAddr) -> Result<(Client, Event
 
 /// Logs alice in and out for `phase`, each time from a fresh address of 127.0.(10+round).x;
 /// returns each login's time (connect to reply).
-async fn logins(server: SocketAddr, phase: Duration, round: u8) -> Vec<Duration> {
+async fn logins(server: SocketAddr, phase: Duration, round: u8) -> Logins {
     let end = Instant::now() + phase;
-    let mut times = Vec::new();
+    let mut times = Logins::default();
     let mut host = 1u8;
     while Instant::now() < end {
         let from = lo(10 + round, host);
@@ -159,14 +163,25 @@ async fn logins(server: SocketAddr, phase: Duration, round: u8) -> Vec<Duration>
                 continue;
             }
         };
+        let asked = Instant::now();
         match client.login("alice", "pw").await {
-            Ok(_) => times.push(start.elapsed()),
+            Ok(_) => {
+                times.whole.push(start.elapsed());
+                times.request.push(asked.elapsed());
+            }
             Err(e) => println!("  (alice's login failed: {e})"),
         }
         let _ = client.logout().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     times
+}
+
+/// Login times: from the connect, and of the login request alone (after the welcome).
+#[derive(Default)]
+struct Logins {
+    whole: Vec<Duration>,
+    request: Vec<Duration>,
 }
 
 /// What a spray got back.
@@ -246,9 +261,9 @@ fn percentiles(times: &mut [Duration]) -> (f64, f64, f64) {
     (at(0.5), at(0.99), at(1.0))
 }
 
-fn print_logins(what: &str, times: &[Duration], spray: Option<&Spray>) {
-    let mut times = times.to_vec();
-    let (p50, p99, max) = percentiles(&mut times);
+fn print_logins(what: &str, times: &Logins, spray: Option<&Spray>) {
+    let (p50, p99, max) = percentiles(&mut times.whole.clone());
+    let (r50, r99, _) = percentiles(&mut times.request.clone());
     let answers = spray.map_or("-".to_owned(), |spray| {
         let c = &spray.counts;
         format!(
@@ -258,7 +273,10 @@ fn print_logins(what: &str, times: &[Duration], spray: Option<&Spray>) {
             c.refused_conn.load(Ordering::Relaxed)
         )
     });
-    println!("| {what} | {p50:.1} | {p99:.1} | {max:.1} | {} | {answers} |", times.len());
+    println!(
+        "| {what} | {p50:.1} | {p99:.1} | {max:.1} | {r50:.1} / {r99:.1} | {} | {answers} |",
+        times.whole.len()
+    );
 }
 
 /// The bystanders, logged in (each from an address of its own), with a task per user that

@@ -10,6 +10,10 @@
 //! once and queues the bytes on each live recipient session's inbox, and the sender gets its
 //! reply. Each recipient's session task writes its inbox to its socket; a recipient that is
 //! offline or still catching up reads it from the log (`delivery`).
+//!
+//! The accept loop counts each connection against its address ([`limits`]) and against
+//! the connection cap, which [`fdlimit`] holds below the descriptor limit; a connection past
+//! either is still accepted, told why, and closed.
 
 mod cmd;
 mod conn;

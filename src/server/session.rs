@@ -15,6 +15,14 @@
 //! case) and only otherwise through a timed wait. The idle deadline is only re-armed when it
 //! fires, so a request costs no timer bookkeeping.
 //!
+//! Limits (docs/SECURITY.md): a connection refused at accept (server full, or its address
+//! past its share) only gets the refusal; one not logged in by the registration deadline is
+//! closed whatever it sends; each login attempt draws on its address's bucket (a refusal
+//! closes the connection) and each request of a logged-in user on its kind's
+//! ([`super::rate`]); refusals draw on a bucket of their own, and a connection that empties
+//! it is flooding and is closed. Every close after an error frame is graceful
+//! (`Conn::close`), so that the frame arrives.
+//!
 //! Delivery (`server::delivery`): the session first streams what lies after the user's
 //! cursor, page by page as the client acknowledges, then switches to live under the hub's
 //! lock with no gap and no duplicate at the seam, and ends the catch-up with
