@@ -253,7 +253,7 @@ pub async fn run(
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning, and say so
                 // once in a while rather than at every try.
-                accept_failures.note(&e, Instant::now());
+                let _ = accept_failures.note(&e, Instant::now());
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -316,14 +316,16 @@ struct AcceptFailures {
 impl AcceptFailures {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn note(&mut self, e: &std::io::Error, now: Instant) {
+    /// Counts a failure at `now`; true if it was logged.
+    fn note(&mut self, e: &std::io::Error, now: Instant) -> bool {
         self.count += 1;
         if self.since.is_some_and(|since| now < since + Self::EVERY) {
-            return;
+            return false;
         }
         tracing::warn!(failures = self.count, "accept failed: {e}");
         self.since = Some(now);
         self.count = 0;
+        true
     }
 }
 
@@ -341,5 +343,22 @@ async fn prune(store: &StoreHandle, keep: Duration) {
         Ok(0) => {}
         Ok(pruned) => tracing::info!(pruned, "old messages deleted from the log"),
         Err(e) => tracing::error!("cannot prune the message log: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_once_per_period() {
+        let mut failures = AcceptFailures::default();
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let start = Instant::now();
+        // 20 a second for a minute, as a full descriptor table gives with the 50 ms back-off.
+        let logged = (0..1200)
+            .filter(|i| failures.note(&e, start + Duration::from_millis(50 * i)))
+            .count();
+        assert_eq!(logged, 6);
     }
 }
