@@ -318,7 +318,7 @@ impl Hub {
                 .await;
             let (entries, stored) = match committed {
                 Ok((entries, _, Ok(stored))) => (entries, stored),
-                Ok((_, cursors, Err(e))) => {
+                Ok((entries, cursors, Err(e))) => {
                     tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
                     let error = if e.is_full() {
                         HubError::StoreFull
@@ -327,6 +327,10 @@ impl Hub {
                     };
                     {
                         let mut state = self.state();
+                        // Nothing of the batch waits for anyone: it was not stored.
+                        for entry in &entries {
+                            state.unaccount(entry);
+                        }
                         let log = &mut state.log;
                         if e.is_full() {
                             // Sends are refused at once for a while, then tried again.
@@ -382,24 +386,29 @@ impl State {
     /// Routes a committed message to the sessions of its recipients; `frame` is `None` for a
     /// repeat that the store left out (it is not routed again, and no longer waits for
     /// anyone).
+    /// Takes back what `entry` added to its recipients' backlogs: it was not stored.
+    fn unaccount(&mut self, entry: &LogEntry) {
+        let size = entry.body.len() as u64;
+        let recipients = match &entry.to {
+            To::User(to) => vec![to.clone()],
+            To::Group(group) => self
+                .groups
+                .joined_with_ids(group)
+                .filter(|(m, _)| **m != entry.sender && !self.blocks.has(m, &entry.sender))
+                .map(|(m, _)| m.clone())
+                .collect(),
+        };
+        for r in recipients {
+            if let Some(backlog) = self.log.backlogs.get_mut(&r) {
+                backlog.count = backlog.count.saturating_sub(1);
+                backlog.bytes = backlog.bytes.saturating_sub(size);
+            }
+        }
+    }
+
     fn route(&mut self, entry: &LogEntry, frame: Option<&Bytes>) -> Sent {
         if frame.is_none() {
-            let size = entry.body.len() as u64;
-            let recipients = match &entry.to {
-                To::User(to) => vec![to.clone()],
-                To::Group(group) => self
-                    .groups
-                    .joined_with_ids(group)
-                    .filter(|(m, _)| **m != entry.sender && !self.blocks.has(m, &entry.sender))
-                    .map(|(m, _)| m.clone())
-                    .collect(),
-            };
-            for r in recipients {
-                if let Some(backlog) = self.log.backlogs.get_mut(&r) {
-                    backlog.count = backlog.count.saturating_sub(1);
-                    backlog.bytes = backlog.bytes.saturating_sub(size);
-                }
-            }
+            self.unaccount(entry);
         }
         match &entry.to {
             To::User(to) => {
