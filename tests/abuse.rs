@@ -487,3 +487,40 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     assert!(line.is_some_and(|l| l.starts_with("confab-server listening on")));
     third.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_server_out_of_descriptors_still_answers_server_full() {
+    // A hard limit of 200 descriptors: the server raises its soft limit to it, keeps 64
+    // back, and so takes at most 136 connections.
+    let mut server = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -n 200 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_confab-server"))
+        .args(["--listen", "127.0.0.1:0", "--db", ":memory:"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut held = Vec::new();
+    let mut full = 0;
+    for b in 1..=10 {
+        for _ in 0..16 {
+            let socket = socket_from(addr, lo(5, b)).await;
+            let answer = tokio::time::timeout(PATIENCE, Client::connect_stream(socket));
+            match answer.await.expect("an answer, not silence") {
+                Ok(pair) => held.push(pair),
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::ServerFull), "{e}");
+                    full += 1;
+                }
+            }
+        }
+    }
+    assert!(held.len() <= 136, "{} connections taken", held.len());
+    assert_eq!(held.len() + full, 160, "every connection was answered");
+    assert!(full >= 24);
+    server.kill().await.unwrap();
+}

@@ -356,9 +356,8 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(24); // EMFILE
         let start = Instant::now();
         // 20 a second for a minute, as a full descriptor table gives with the 50 ms back-off.
-        let logged = (0..1200)
-            .filter(|i| failures.note(&e, start + Duration::from_millis(50 * i)))
-            .count();
+        let logged =
+            (0..1200).filter(|i| failures.note(&e, start + Duration::from_millis(50 * i))).count();
         assert_eq!(logged, 6);
     }
 }

@@ -85,7 +85,8 @@ pub(super) async fn serve(
     let mut conn = Conn::new(socket, &shared);
     if let Some(refusal) = refusal {
         tracing::debug!(%addr, "refused: {refusal}");
-        conn.goodbye(ServerMessage::Reply { id: 0, result: Err(refusal) }).await;
+        // Boxed, as the phases are: its drain buffer is no part of an idle session's future.
+        Box::pin(conn.goodbye(ServerMessage::Reply { id: 0, result: Err(refusal) })).await;
         return;
     }
     if !Box::pin(handshake(&mut conn, login_by)).await {
