@@ -524,3 +524,57 @@ async fn a_server_out_of_descriptors_still_answers_server_full() {
     assert!(full >= 24);
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_logged_in_connection_closed_for_an_oversize_frame_is_told_why() {
+    let server = TestServer::strict(seeded_store(":memory:"), Config::default()).await;
+    let mut framed = raw_from(server.addr, lo(0, 2)).await;
+    let login =
+        Request::Login { username: "alice".into(), password: password_of("alice"), direct: None };
+    framed.send(ClientMessage::Request { id: 1, body: login }).await.unwrap();
+    // A header announcing 100 MB, and more input the server will not read.
+    let socket = framed.get_mut();
+    socket.write_all(&100_000_000u32.to_be_bytes()).await.unwrap();
+    socket.write_all(&[0u8; 16 * 1024]).await.unwrap();
+    let error = loop {
+        match next_raw(&mut framed).await {
+            Some(ServerMessage::Reply { id: 0, result: Err(e) }) => break e,
+            Some(_) => continue,
+            None => panic!("closed without the error"),
+        }
+    };
+    assert_eq!(error.code, ErrorCode::FrameTooLarge);
+    assert!(next_raw(&mut framed).await.is_none(), "then closed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_past_the_refusals_bucket_are_a_flood() {
+    let server = TestServer::strict(seeded_store(":memory:"), Config::default()).await;
+    let mut framed = raw_from(server.addr, lo(0, 2)).await;
+    let login =
+        Request::Login { username: "alice".into(), password: password_of("alice"), direct: None };
+    framed.send(ClientMessage::Request { id: 1, body: login }).await.unwrap();
+    // Whole frames whose payload is not a message: each is answered, and each is a refusal.
+    let mut junk = Vec::new();
+    for _ in 0..100 {
+        junk.extend_from_slice(&3u32.to_be_bytes());
+        junk.extend_from_slice(&[0xc1, 0xc1, 0xc1]);
+    }
+    framed.get_mut().write_all(&junk).await.unwrap();
+    let mut malformed = 0;
+    let reason = loop {
+        match next_raw(&mut framed).await {
+            Some(ServerMessage::Reply { id: 0, result: Err(e) }) => {
+                assert_eq!(e.code, ErrorCode::MalformedFrame);
+                malformed += 1;
+            }
+            Some(ServerMessage::Event(Event::SessionEnded { reason })) => break reason,
+            Some(_) => continue,
+            None => panic!("closed without a word after {malformed} answers"),
+        }
+    };
+    assert_eq!(reason, EndReason::Flooding);
+    assert!(malformed < 100, "cut off before the end ({malformed} answered)");
+    server.stop().await;
+}

@@ -146,15 +146,20 @@ impl Limiter {
         let Err(wait) = bucket.try_take(now) else {
             return Verdict::Allow;
         };
-        let Some(refusals) = rates.refusals else {
-            return Verdict::Refuse(wait);
-        };
-        let refusals = self.refusals.get_or_insert_with(|| refusals.bucket(now));
-        if refusals.take(now) {
+        if self.refused(rates, now) {
             Verdict::Refuse(wait)
         } else {
             Verdict::Flooding
         }
+    }
+
+    /// Counts a refusal at `now` (a rate's, or any other: a malformed frame, say); false if
+    /// it is one too many and the session is flooding.
+    pub fn refused(&mut self, rates: &UserRates, now: Instant) -> bool {
+        let Some(limit) = rates.refusals else {
+            return true;
+        };
+        self.refusals.get_or_insert_with(|| limit.bucket(now)).take(now)
     }
 }
 

@@ -272,6 +272,8 @@ enum Ending {
     TooSlow,
     Flooding,
     Stalled,
+    /// A frame that ends the connection (too large), answered in `conn.out`.
+    BadFrame,
     Dropped,
 }
 
@@ -403,7 +405,11 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                         Incoming::Bad(err, fatal) => {
                             conn.reply(0, Err(err));
                             if fatal {
-                                return Ending::Dropped;
+                                return Ending::BadFrame;
+                            }
+                            let limiter = limiter.get_or_insert_with(Box::default);
+                            if !limiter.refused(&shared.config.user_rates, active) {
+                                return Ending::Flooding;
                             }
                         }
                         Incoming::Closed => return Ending::Dropped,
@@ -449,9 +455,11 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
     let presence = match ending {
         Ending::LoggedOut => Some(PresenceChange::LoggedOut),
         Ending::Idle => Some(PresenceChange::TimedOut),
-        Ending::TooSlow | Ending::Flooding | Ending::Stalled | Ending::Dropped => {
-            Some(PresenceChange::Disconnected)
-        }
+        Ending::TooSlow
+        | Ending::Flooding
+        | Ending::Stalled
+        | Ending::BadFrame
+        | Ending::Dropped => Some(PresenceChange::Disconnected),
         Ending::Shutdown => None,
     };
     let goodbye = match ending {
@@ -460,7 +468,7 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
         Ending::TooSlow => Some(EndReason::TooSlow),
         Ending::Flooding => Some(EndReason::Flooding),
         Ending::Stalled => Some(EndReason::StalledFrame),
-        Ending::LoggedOut | Ending::Dropped => None,
+        Ending::LoggedOut | Ending::BadFrame | Ending::Dropped => None,
     };
     me.leave(shared, presence).await;
     if let Some(reason) = goodbye {
@@ -493,6 +501,7 @@ impl Ending {
             Ending::TooSlow => "too slow",
             Ending::Flooding => "flooding",
             Ending::Stalled => "stalled frame",
+            Ending::BadFrame => "frame too large",
             Ending::Dropped => "connection dropped",
         }
     }
