@@ -9,11 +9,15 @@
 //! - [`protocol`]: wire messages (serde enums) and the framed codec; shared by everything.
 //! - [`store`]: durable state (accounts, blocks, groups, the message log with each user's
 //!   delivery cursor, login history) behind the [`store::Store`] trait, with the embedded
-//!   SQLite backend; no networking and no wire types.
+//!   SQLite backend and the one-server-per-database lock ([`store::lock`]); no networking
+//!   and no wire types.
 //! - [`server`]: accept loop, the socket plumbing (`conn`) and the phases of one session task
 //!   per connection, the hub that routes (and holds group membership, the log's ids, cursors
 //!   and quotas, and commits the log in groups: [`server::hub::log`]), the catch-up
 //!   bookkeeping ([`server::delivery`]), one file per command; started with [`server::run`].
+//!   The abuse limits: per address ([`server::limits`]), fair password hashing
+//!   ([`server::hashing`]), per-user request rates ([`server::rate`]) and the descriptor
+//!   headroom ([`server::fdlimit`]); docs/SECURITY.md lists them.
 //!
 //! Delivery: every relayed message is committed to the log before its sender's reply, carries
 //! its log id to the recipient, and is sent again at the next login until the client

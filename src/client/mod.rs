@@ -182,6 +182,12 @@ impl Client {
     /// Connects, performs the version handshake and starts the I/O task.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
         let socket = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        Self::connect_stream(socket).await
+    }
+
+    /// [`Client::connect`] over a socket already connected to the server (one bound to a
+    /// chosen source address, say).
+    pub async fn connect_stream(socket: TcpStream) -> Result<(Client, Events), ClientError> {
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
         let local = socket.local_addr().map_err(ClientError::Connect)?;
         let mut framed = Framed::new(socket, ClientCodec::new(MAX_SERVER_FRAME));

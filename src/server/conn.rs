@@ -15,9 +15,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::Decoder;
 
 use super::inbox::InboxReceiver;
@@ -29,6 +29,10 @@ use crate::protocol::{
 
 /// How long a goodbye may take to write before the connection is dropped anyway.
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a closing connection reads (and drops) what the client still sends, so that the
+/// reset of unread input does not destroy the last frame written; and how much at most.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+const DRAIN_BYTES: usize = 64 * 1024;
 /// Room made in the read buffer for each read.
 const READ_CHUNK: usize = 4096;
 /// Room made in the output buffer before the first frame of a batch.
@@ -42,6 +46,8 @@ pub(super) enum Incoming {
     Ack(u64),
     /// A frame to answer with an error; the connection ends after it if `fatal`.
     Bad(ErrorReply, bool),
+    /// A frame stayed incomplete for longer than the frame timeout.
+    Stalled,
     /// The client closed the connection or it failed.
     Closed,
 }
@@ -56,6 +62,9 @@ pub(super) struct Conn {
     codec: ServerCodec,
     pub(super) out: BytesMut,
     pub(super) write_timeout: Duration,
+    frame_timeout: Duration,
+    /// Since when the read buffer has held part of a frame and no whole one.
+    partial_since: Option<Instant>,
 }
 
 /// What one read from the socket gave.
@@ -74,18 +83,34 @@ impl Conn {
             codec: ServerCodec::new(shared.config.max_frame),
             out: BytesMut::new(),
             write_timeout: shared.config.write_timeout,
+            frame_timeout: shared.config.frame_timeout,
+            partial_since: None,
         }
     }
 
     /// The next whole frame in the read buffer, if there is one.
     pub(super) fn decode(&mut self) -> Option<Read> {
         let read = self.codec.decode(&mut self.input).transpose();
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            // Freed as soon as it is empty, not at the next read: an idle session holds no
-            // read buffer, including right after a read that the next one may be hours away.
-            self.input = BytesMut::new();
+        if read.is_some() {
+            self.partial_since = None;
+        }
+        if self.input.is_empty() {
+            self.partial_since = None;
+            if self.input.capacity() > 0 {
+                // Freed as soon as it is empty, not at the next read: an idle session holds
+                // no read buffer, including right after a read that the next one may be
+                // hours away.
+                self.input = BytesMut::new();
+            }
+        } else if read.is_none() && self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
         }
         read
+    }
+
+    /// When the part of a frame in the read buffer must be whole, if there is one.
+    pub(super) fn stalled_by(&self) -> Option<Instant> {
+        self.partial_since.map(|since| since + self.frame_timeout)
     }
 
     /// Reads what the socket has, without waiting. The buffer is only allocated here, when
@@ -125,7 +150,14 @@ impl Conn {
             if let Some(read) = self.decode() {
                 return Some(read);
             }
-            if let Err(e) = self.socket.readable().await {
+            let ready = match self.stalled_by() {
+                None => self.socket.readable().await,
+                Some(by) => match timeout_at(by, self.socket.readable()).await {
+                    Ok(ready) => ready,
+                    Err(_) => return Some(Err(stall())),
+                },
+            };
+            if let Err(e) = ready {
                 return Some(Err(e.into()));
             }
             if let Filled::Closed(error) = self.fill() {
@@ -208,10 +240,35 @@ impl Conn {
         Ok(true)
     }
 
-    /// Writes a last message (and anything queued before it), briefly: the connection ends next.
+    /// Writes a last message (and anything queued before it), briefly, and closes.
     pub(super) async fn goodbye(&mut self, msg: ServerMessage) {
         self.queue(&msg);
-        self.flush_within(GOODBYE_TIMEOUT, None).await;
+        if self.flush_within(GOODBYE_TIMEOUT, None).await {
+            self.close().await;
+        }
+    }
+
+    /// Closes so that what was written arrives: shuts the write side down, then reads and
+    /// drops what the client still sends (bounded in time and bytes) until it closes too.
+    /// Closing with unread input would reset the connection, and a reset can destroy the
+    /// last frame before the client reads it.
+    pub(super) async fn close(&mut self) {
+        self.input = BytesMut::new();
+        if self.socket.shutdown().await.is_err() {
+            return;
+        }
+        let socket = &mut self.socket;
+        let _ = timeout(DRAIN_TIMEOUT, async {
+            let mut buf = [0u8; 2048];
+            let mut left = DRAIN_BYTES;
+            while left > 0 {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
     }
 
     /// Queues `msg`, writes everything, and reports whether it all went out.
@@ -237,9 +294,20 @@ pub(super) fn sort(read: Option<Read>) -> Incoming {
         Some(Err(e @ CodecError::TooLarge { .. })) => {
             Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
         }
+        Some(Err(e)) if stalled(&e) => Incoming::Stalled,
         Some(Err(e)) => {
             tracing::debug!("connection failed: {e}");
             Incoming::Closed
         }
     }
+}
+
+/// The error [`Conn::read`] gives for a frame that did not come whole in time.
+fn stall() -> CodecError {
+    std::io::Error::new(ErrorKind::TimedOut, "a frame stalled half-sent").into()
+}
+
+/// Whether `e` is a [`stall`].
+pub(super) fn stalled(e: &CodecError) -> bool {
+    matches!(e, CodecError::Io(io) if io.kind() == ErrorKind::TimedOut)
 }

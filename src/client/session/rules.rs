@@ -149,7 +149,11 @@ impl Rules {
         self.notice = Some(reason);
         match reason {
             EndReason::IdleTimeout => Step::CloseChats(ByeReason::TimedOut),
-            EndReason::ServerShutdown | EndReason::TooSlow => Step::Nothing,
+            EndReason::ServerShutdown
+            | EndReason::TooSlow
+            | EndReason::Flooding
+            | EndReason::LoginTimeout
+            | EndReason::StalledFrame => Step::Nothing,
         }
     }
 
@@ -165,8 +169,10 @@ impl Rules {
             (None, Some(error)) => error.to_owned(),
             (None, None) => "closed by the server".to_owned(),
         };
-        // An idle timeout ends a session for good: the course specs want the client gone.
-        let for_good = notice == Some(EndReason::IdleTimeout) || !self.reconnect;
+        // An idle timeout ends a session for good: the course specs want the client gone. So
+        // does a cut-off for flooding: coming back by itself would only flood again.
+        let for_good =
+            matches!(notice, Some(EndReason::IdleTimeout | EndReason::Flooding)) || !self.reconnect;
         if !for_good {
             return self.retry(why, jitter);
         }
@@ -505,6 +511,17 @@ mod tests {
         );
         assert_eq!(rules.closed(None, false, 0.5), Step::Finish(Finish::EndedByServer));
         assert!(matches!(rules.connection(), Connection::Ended(_)));
+    }
+
+    #[test]
+    fn a_cut_off_for_flooding_is_not_undone_by_a_reconnect_but_a_login_timeout_is_retried() {
+        let mut rules = Rules::new(true);
+        assert_eq!(rules.server_notice(EndReason::Flooding), Step::Nothing, "chats go on");
+        assert_eq!(rules.closed(None, false, 0.5), Step::Finish(Finish::EndedByServer));
+        let mut rules = Rules::new(true);
+        rules.server_notice(EndReason::LoginTimeout);
+        assert!(matches!(rules.closed(None, false, 0.5), Step::Retry(_)));
+        assert!(rules.reconnecting());
     }
 
     #[test]
