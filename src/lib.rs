@@ -34,3 +34,4 @@ pub mod p2p;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -14,13 +14,12 @@ use std::io::ErrorKind;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use bytes::BytesMut;
 use tokio::time::timeout;
 use tokio_util::codec::Decoder;
 
 use super::inbox::InboxReceiver;
+use super::tls::Transport;
 use super::Shared;
 use crate::protocol::{
     codec, ClientMessage, CodecError, ErrorCode, ErrorReply, MalformedFrame, Reply, Request,
@@ -29,8 +28,6 @@ use crate::protocol::{
 
 /// How long a goodbye may take to write before the connection is dropped anyway.
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Room made in the read buffer for each read.
-const READ_CHUNK: usize = 4096;
 /// Room made in the output buffer before the first frame of a batch.
 const OUT_CHUNK: usize = 512;
 
@@ -51,7 +48,7 @@ pub(super) type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>
 
 /// The socket of one client, with its read and output buffers (empty while idle).
 pub(super) struct Conn {
-    pub(super) socket: TcpStream,
+    pub(super) socket: Transport,
     input: BytesMut,
     codec: ServerCodec,
     pub(super) out: BytesMut,
@@ -67,7 +64,7 @@ pub(super) enum Filled {
 }
 
 impl Conn {
-    pub(super) fn new(socket: TcpStream, shared: &Shared) -> Self {
+    pub(super) fn new(socket: Transport, shared: &Shared) -> Self {
         Self {
             socket,
             input: BytesMut::new(),
@@ -91,22 +88,7 @@ impl Conn {
     /// Reads what the socket has, without waiting. The buffer is only allocated here, when
     /// the socket is readable.
     pub(super) fn fill(&mut self) -> Filled {
-        self.input.reserve(READ_CHUNK);
-        let room = self.input.capacity() - self.input.len();
-        // A read that returns less than it had room for has emptied the socket's receive
-        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
-        // saves the read that would otherwise only find the queue empty (one syscall per
-        // wake-up when messages come one at a time). Data that arrives later is a new edge:
-        // tokio only clears readiness that no event has renewed since it was read.
-        let read = self.socket.try_io(Interest::READABLE, || {
-            let n = self.socket.try_read_buf(&mut self.input)?;
-            if n > 0 && n < room {
-                Err(ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match read {
+        match self.socket.read_into(&mut self.input) {
             Ok(0) if self.input.is_empty() => Filled::Closed(None),
             Ok(0) => {
                 let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
@@ -197,15 +179,7 @@ impl Conn {
     /// Writes what the socket takes without waiting; true once nothing is left. Most writes
     /// fit in the socket's buffer, so this is usually the whole flush.
     fn write_now(&mut self) -> std::io::Result<bool> {
-        while !self.out.is_empty() {
-            match self.socket.try_write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        self.socket.write_from(&mut self.out)
     }
 
     /// Writes a last message (and anything queued before it), briefly: the connection ends next.

@@ -22,6 +22,7 @@ pub mod password;
 pub mod private;
 mod session;
 pub mod textlog;
+mod tls;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -70,6 +71,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Where to write the log as plain text too (`--text-logs`; see [`textlog`]).
     pub text_logs: Option<std::path::PathBuf>,
+    /// The certificate to serve TLS with; `None` serves plaintext (tests, benchmarks).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             mailbox: Mailbox { messages: 10_000, bytes: 64 << 20 },
             retention: None,
             text_logs: None,
+            tls: None,
         }
     }
 }

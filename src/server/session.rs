@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,7 @@ use super::conn::{sort, Conn, Filled, Incoming, GOODBYE_TIMEOUT};
 use super::delivery::{Delivery, PAGE_BYTES, PAGE_MESSAGES};
 use super::hub::DirectAddrs;
 use super::inbox::Signal;
+use super::tls::Transport;
 use super::Shared;
 use crate::protocol::{
     now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
@@ -69,6 +69,9 @@ pub(super) async fn serve(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
+    let Some(socket) = Transport::accept(socket, shared.config.tls.as_ref(), addr).await else {
+        return;
+    };
     let mut conn = Conn::new(socket, &shared);
     if !Box::pin(handshake(&mut conn, full)).await {
         return;
