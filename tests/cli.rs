@@ -67,7 +67,9 @@ async fn start_server(db: &Path) -> (Proc, String) {
 
 async fn start_server_with(db: &Path, extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
-    cmd.args(["--listen", "127.0.0.1:0", "--credentials", CREDENTIALS, "--db"]).arg(db);
+    // TLS end to end is tests/tls.rs's; these are about what the client does.
+    cmd.args(["--plaintext", "--listen", "127.0.0.1:0", "--credentials", CREDENTIALS, "--db"])
+        .arg(db);
     cmd.args(extra);
     let mut server = Proc::spawn(cmd);
     let line = server.expect("listening on").await;
@@ -92,7 +94,8 @@ fn client(addr: &str, user: &str, password: &str) -> Proc {
 
 fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
-    cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
+    cmd.args(["--plain", "--plaintext", "--server", addr, "--user", user]);
+    cmd.env("CONFAB_PASSWORD", password);
     cmd.args(extra);
     Proc::spawn(cmd)
 }

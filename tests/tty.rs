@@ -76,7 +76,7 @@ async fn an_incoming_message_does_not_break_the_line_being_typed() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --plain --server {} --user bob",
+        "env CONFAB_PASSWORD=bob-pw {} --plain --plaintext --server {} --user bob",
         env!("CARGO_BIN_EXE_confab"),
         server.addr
     );
@@ -127,7 +127,7 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     let log = tempfile::NamedTempFile::new().unwrap();
     // The shell stays after confab exits, so the restored terminal can be looked at.
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,

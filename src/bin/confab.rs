@@ -19,7 +19,8 @@
 //!
 //! Exit codes: 0 after logout (or end of input), 1 other errors, 2 bad usage, 3 login refused,
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
-//! 7 session ended by the server (idle timeout, shutdown). A client that private chats kept
+//! 7 session ended by the server (idle timeout, shutdown), 8 the server's certificate was not
+//! trusted (or plaintext refused). A client that private chats kept
 //! running after the server went away exits with 6 or 7 all the same.
 
 use std::collections::HashMap;
@@ -29,8 +30,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confab::client::command::{self, Command, FileCommand};
+use confab::client::trust::{KnownServers, Trusted};
 use confab::client::tui::{self, Links};
-use confab::client::{files, format, Client, ClientError, ClientEvent, Events, LoginInfo};
+use confab::client::{
+    files, format, Client, ClientError, ClientEvent, Connector, Events, LoginInfo, Security, Trust,
+};
 use confab::p2p::transfer::{
     IncomingFile, SenderConfig, TransferConfig, TransferEvent, TransferId, Transfers,
 };
@@ -38,6 +42,7 @@ use confab::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
 use confab::protocol::{ByeReason, EndReason, ErrorCode, Event, Reply, Request};
+use confab::tls::Fingerprint;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
@@ -48,6 +53,7 @@ const EXIT_LOCKED: u8 = 4;
 const EXIT_ALREADY_LOGGED_IN: u8 = 5;
 const EXIT_CONNECTION: u8 = 6;
 const EXIT_ENDED_BY_SERVER: u8 = 7;
+const EXIT_UNTRUSTED: u8 = 8;
 
 /// The Confab terminal client.
 #[derive(Parser, Debug)]
@@ -89,6 +95,19 @@ struct Args {
     #[arg(long, env = "CONFAB_CHUNK_SIZE", default_value_t = confab::p2p::transfer::wire::DEFAULT_CHUNK_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(confab::p2p::transfer::wire::MAX_CHUNK_SIZE)))]
     chunk_size: u32,
+    /// Talk to the server without TLS (benchmarks, debugging); only to a loopback address.
+    #[arg(long, env = "CONFAB_PLAINTEXT", conflicts_with_all = ["ca", "fingerprint"])]
+    plaintext: bool,
+    /// Trust only server certificates signed by a CA in this PEM file (default: the system's
+    /// roots, else trust on first use).
+    #[arg(long, env = "CONFAB_CA", conflicts_with = "fingerprint")]
+    ca: Option<PathBuf>,
+    /// Trust only the server certificate with this fingerprint (SHA256:...).
+    #[arg(long, env = "CONFAB_FINGERPRINT")]
+    fingerprint: Option<Fingerprint>,
+    /// Where the client keeps known_servers (default: the user's data dir).
+    #[arg(long, env = "CONFAB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -108,16 +127,24 @@ async fn main() -> ExitCode {
         }
     };
 
-    let (client, events) = match Client::connect(&args.server).await {
+    let (client, events) = match connector(&args).connect().await {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("{}", format::error(format!("{e} ({})", args.server)));
-            return ExitCode::from(match e.code() {
-                Some(_) => EXIT_ERROR,
-                None => EXIT_CONNECTION,
+            return ExitCode::from(match e {
+                ClientError::Trust(_) => EXIT_UNTRUSTED,
+                e if e.code().is_some() => EXIT_ERROR,
+                _ => EXIT_CONNECTION,
             });
         }
     };
+    if let Some(Trusted::FirstUse(fingerprint)) = client.trusted() {
+        eprintln!(
+            "{}: first connection; trusting its certificate {fingerprint}, now remembered in {}",
+            args.server,
+            known_servers(&args).path().display()
+        );
+    }
     let sockets = DirectSockets::bind(client.local_addr().ip(), args.p2p_port, args.udp_port).await;
     let sockets = match sockets {
         Ok(sockets) => sockets,
@@ -241,6 +268,27 @@ fn log_path(args: &Args) -> PathBuf {
             .map(|d| d.data_local_dir().join("confab.log"))
             .unwrap_or_else(|| PathBuf::from("confab.log"))
     })
+}
+
+/// The server connection's settings from the flags: TLS unless --plaintext.
+fn connector(args: &Args) -> Connector {
+    let trust = match (&args.fingerprint, &args.ca) {
+        _ if args.plaintext => return Connector::new(&args.server, Security::Plaintext),
+        (Some(fingerprint), _) => Trust::Pinned(*fingerprint),
+        (None, Some(ca)) => Trust::Ca(ca.clone()),
+        (None, None) => Trust::FirstUse(known_servers(args)),
+    };
+    Connector::new(&args.server, Security::Tls(trust))
+}
+
+/// known_servers in --data-dir, or in the user's data directory.
+fn known_servers(args: &Args) -> KnownServers {
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
+        directories::ProjectDirs::from("", "", "confab")
+            .map(|d| d.data_dir().to_owned())
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
+    KnownServers::in_dir(&dir)
 }
 
 /// The running client: the server connection, the private chats and the screen.

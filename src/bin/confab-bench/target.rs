@@ -245,7 +245,7 @@ fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchErro
     let log = std::fs::File::create(dir.path().join("server.log"))
         .map_err(|e| BenchError::io("creating the server log", e))?;
     let mut child = Command::new(program)
-        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600"])
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600", "--plaintext"])
         // As deep as the IRC servers' send queues are set: a fan-out keeps every member's
         // window of messages outstanding at once.
         .args(["--session-queue", "1000000", "--db"])
