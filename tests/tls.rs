@@ -405,7 +405,7 @@ async fn catch_up_pages_and_bursts_of_requests_arrive_whole_and_in_order_over_tl
 }
 
 /// Starts `confab-server` with `args` on a free port; returns it, its address and the
-/// certificate fingerprint it printed.
+/// certificate fingerprint it printed (the line before the address).
 async fn server_binary(args: &[&str]) -> (tokio::process::Child, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab-server"));
     cmd.args(["--listen", "127.0.0.1:0"]).args(args);
@@ -413,9 +413,9 @@ async fn server_binary(args: &[&str]) -> (tokio::process::Child, String, String)
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
     let fingerprint = line.strip_prefix("confab-server certificate ").unwrap_or(&line).to_owned();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
     (child, addr, fingerprint)
 }
 

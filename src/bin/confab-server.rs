@@ -1,5 +1,6 @@
 //! `confab-server`: parses flags, opens the store, imports credentials, serves until a signal.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -172,12 +173,16 @@ fn main() -> anyhow::Result<()> {
                  messages would cross the network in the clear"
             );
         }
+        match &tls {
+            // Before the address: scripts may stop reading at that line.
+            Some(tls) => {
+                let _ =
+                    writeln!(std::io::stdout(), "confab-server certificate {}", tls.fingerprint());
+            }
+            None => tracing::warn!("serving plaintext (--plaintext): loopback only"),
+        }
         // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
         println!("confab-server listening on {addr}");
-        match &tls {
-            Some(tls) => println!("confab-server certificate {}", tls.fingerprint()),
-            None => println!("confab-server serving plaintext (--plaintext)"),
-        }
         server::run(listener, StoreHandle::spawn(store), config, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;

@@ -119,6 +119,8 @@ pub struct Options {
     pub fanout_window: u32,
     /// Longest time logging in the clients of one workload may take.
     pub setup_limit: Duration,
+    /// Also measure Confab over TLS.
+    pub tls: bool,
 }
 
 /// What one measurement found; absent figures do not apply to the workload.
@@ -150,9 +152,13 @@ pub struct Figures {
     pub saturated: Option<bool>,
 }
 
-/// The servers to measure: Confab, and ngIRCd and InspIRCd where they are available.
-pub fn kinds(programs: &Programs) -> Vec<Kind> {
+/// The servers to measure: Confab (and Confab over TLS if `tls`), and ngIRCd and InspIRCd
+/// where they are available.
+pub fn kinds(programs: &Programs, tls: bool) -> Vec<Kind> {
     let mut kinds = vec![Kind::Confab];
+    if tls {
+        kinds.push(Kind::ConfabTls);
+    }
     if programs.ngircd.is_some() {
         kinds.push(Kind::Ngircd);
     }
@@ -171,7 +177,7 @@ pub fn run(
     crate::target::raise_fd_limit()?;
     let users = options.workloads.iter().map(Workload::clients).max().unwrap_or(0);
     let template = Template::create(users)?;
-    let kinds = kinds(&options.programs);
+    let kinds = kinds(&options.programs, options.tls);
     let mut results: Vec<(Workload, Kind, Vec<Figures>)> = Vec::new();
     for run in 1..=options.runs {
         for &workload in &options.workloads {
@@ -215,7 +221,7 @@ async fn drive(
     workload: Workload,
 ) -> Result<Figures, BenchError> {
     let proto = match server.kind {
-        Kind::Confab => Proto::Confab,
+        Kind::Confab | Kind::ConfabTls => Proto::Confab,
         Kind::Ngircd | Kind::Inspircd => Proto::Irc,
     };
     let (clients, pattern) = match workload {
@@ -227,10 +233,10 @@ async fn drive(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes()?;
     let began = Instant::now();
-    let gen =
-        Generator::connect(proto, server.addr, clients, pattern, options.setup_limit)
-            .await
-            .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
+    let tls = server.kind == Kind::ConfabTls;
+    let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit, tls)
+        .await
+        .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
     let setup_secs = began.elapsed().as_secs_f64();
     // Logins announce themselves to everyone online: wait until that has been read.
     let quiet = if idle { Duration::from_secs(1) } else { Duration::from_millis(200) };

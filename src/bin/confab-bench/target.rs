@@ -35,8 +35,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Which server a measurement ran against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `confab-server`.
+    /// `confab-server`, plaintext.
     Confab,
+    /// `confab-server` with TLS (its own self-signed certificate).
+    ConfabTls,
     /// ngIRCd.
     Ngircd,
     /// InspIRCd.
@@ -48,6 +50,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Confab => "Confab",
+            Kind::ConfabTls => "Confab TLS",
             Kind::Ngircd => "ngIRCd",
             Kind::Inspircd => "InspIRCd",
         }
@@ -140,7 +143,8 @@ impl Server {
     /// Starts a server of `kind` and waits until it listens.
     pub fn start(kind: Kind, programs: &Programs, template: &Template) -> Result<Self, BenchError> {
         match kind {
-            Kind::Confab => start_confab(&programs.confab_server, template),
+            Kind::Confab => start_confab(&programs.confab_server, template, false),
+            Kind::ConfabTls => start_confab(&programs.confab_server, template, true),
             Kind::Ngircd => {
                 let Some(ngircd) = &programs.ngircd else {
                     return Err(BenchError::Setup("ngIRCd is not available".into()));
@@ -159,7 +163,7 @@ impl Server {
     /// The last lines of the server's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let name = match self.kind {
-            Kind::Confab => "server.log",
+            Kind::Confab | Kind::ConfabTls => "server.log",
             Kind::Ngircd => "ngircd.log",
             Kind::Inspircd => "inspircd.log",
         };
@@ -238,14 +242,15 @@ impl Drop for Server {
     }
 }
 
-fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchError> {
+fn start_confab(program: &Path, template: &Template, tls: bool) -> Result<Server, BenchError> {
     let dir = ScratchDir::new("confab")?;
     let db = dir.path().join("confab.db");
     std::fs::copy(&template.db, &db).map_err(|e| BenchError::io("copying the database", e))?;
     let log = std::fs::File::create(dir.path().join("server.log"))
         .map_err(|e| BenchError::io("creating the server log", e))?;
     let mut child = Command::new(program)
-        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600", "--plaintext"])
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600"])
+        .args(if tls { &[][..] } else { &["--plaintext"][..] })
         // As deep as the IRC servers' send queues are set: a fan-out keeps every member's
         // window of messages outstanding at once.
         .args(["--session-queue", "1000000", "--db"])
@@ -276,7 +281,8 @@ fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchErro
             return Err(BenchError::Setup(format!("confab-server did not start: {log}")));
         }
     };
-    Ok(Server { kind: Kind::Confab, addr, child, _dir: dir })
+    let kind = if tls { Kind::ConfabTls } else { Kind::Confab };
+    Ok(Server { kind, addr, child, _dir: dir })
 }
 
 fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
