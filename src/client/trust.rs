@@ -11,7 +11,7 @@
 //! (it may be renewed at any time). `--ca FILE` trusts only certificates signed by that CA;
 //! `--fingerprint` only the one certificate.
 //!
-//! [`Verifier`] is the rustls certificate verifier that applies these rules during the
+//! `Verifier` is the rustls certificate verifier that applies these rules during the
 //! handshake; it notes what it decided ([`Trusted`], or why it refused) for the connector,
 //! which writes `known_servers` only once the handshake has succeeded.
 
