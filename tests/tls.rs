@@ -318,6 +318,18 @@ async fn a_plaintext_client_gets_no_answer_from_a_tls_server() {
 }
 
 #[tokio::test]
+async fn a_tls_client_at_a_plaintext_server_says_so_and_remembers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Config::default()).await;
+    let connector = Connector::new(server.addr.to_string(), first_use(dir.path()));
+    let error = trust_error(connector.connect().await);
+    assert!(matches!(error, TrustError::Handshake { .. }), "{error}");
+    assert!(error.to_string().contains("--plaintext"), "{error}");
+    assert!(!dir.path().join("known_servers").exists());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_first_frame_that_comes_with_the_end_of_the_handshake_is_answered() {
     // rustls holds what is written before the handshake ends and sends it right after the
     // client's Finished, in the same write: the server's handshake reads it with the

@@ -30,7 +30,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confab::client::command::{self, Command, FileCommand};
-use confab::client::trust::{KnownServers, Trusted};
+use confab::client::trust::{KnownServers, TrustError, Trusted};
 use confab::client::tui::{self, Links};
 use confab::client::{
     files, format, Client, ClientError, ClientEvent, Connector, Events, LoginInfo, Security, Trust,
@@ -132,6 +132,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("{}", format::error(format!("{e} ({})", args.server)));
             return ExitCode::from(match e {
+                ClientError::Trust(TrustError::Handshake { .. }) => EXIT_CONNECTION,
                 ClientError::Trust(_) => EXIT_UNTRUSTED,
                 e if e.code().is_some() => EXIT_ERROR,
                 _ => EXIT_CONNECTION,

@@ -88,7 +88,10 @@ pub enum TrustError {
     )]
     Plaintext(String),
     /// The TLS handshake failed for another reason.
-    #[error("TLS with {server} failed: {source}")]
+    #[error(
+        "TLS with {server} failed: {source} (a server started with --plaintext does not speak \
+         TLS)"
+    )]
     Handshake {
         /// The server address.
         server: String,
