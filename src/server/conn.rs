@@ -7,7 +7,8 @@
 //! [`Conn::flush`] at once when the socket takes them, else through a wait bounded by the write
 //! timeout. An idle connection holds no buffers: the read buffer is allocated when the socket
 //! becomes readable and freed once every frame in it has been handled, and the output buffer is
-//! freed once written.
+//! freed once written. The socket is a [`Transport`], plain TCP or TLS (`server::tls`), read
+//! and written the same way.
 
 use std::future::poll_fn;
 use std::io::ErrorKind;
