@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use common::*;
 use confab::client::trust::{KnownServers, TrustError, Trusted};
 use confab::client::{Client, ClientError, Connector, Events, Security, Trust};
-use confab::protocol::{ClientCodec, ClientMessage, Event, Hello, ServerMessage, PROTOCOL_VERSION};
+use confab::protocol::{
+    ClientCodec, ClientMessage, ErrorCode, Event, Hello, ServerMessage, PROTOCOL_VERSION,
+};
 use confab::server::Config;
 use confab::tls::{Fingerprint, ServerIdentity};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -311,9 +313,18 @@ async fn plaintext_is_refused_to_an_address_that_is_not_loopback() {
 }
 
 #[tokio::test]
-async fn a_plaintext_client_gets_no_answer_from_a_tls_server() {
+async fn a_plaintext_client_at_a_tls_server_is_told_so() {
     let (server, _) = tls_server(ServerIdentity::self_signed().unwrap()).await;
-    assert!(Client::connect(server.addr).await.is_err());
+    let error = match Client::connect(server.addr).await {
+        Err(e) => e,
+        Ok(_) => panic!("a plaintext client got in"),
+    };
+    assert_eq!(error.code(), Some(ErrorCode::HandshakeRequired), "{error}");
+    assert!(error.to_string().contains("this server speaks TLS"), "{error}");
+    // And the server goes on serving TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let connector = Connector::new(server.addr.to_string(), first_use(dir.path()));
+    login_through(&connector, "alice").await;
     server.stop().await;
 }
 
@@ -489,9 +500,10 @@ async fn the_binaries_talk_tls_by_default_and_the_client_trusts_on_first_use() {
     assert!(stderr.contains(&other.to_string()) && stderr.contains(&fingerprint), "{stderr}");
     assert!(!stdout.contains("logged in"), "{stdout}");
 
-    // A plaintext client gets nowhere with a TLS server.
-    let (code, _, _) = client_binary(&addr, &["--plaintext"]).await;
-    assert_eq!(code, Some(6));
+    // A plaintext client at a TLS server is told so.
+    let (code, _, stderr) = client_binary(&addr, &["--plaintext"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("this server speaks TLS: connect without --plaintext"), "{stderr}");
     server.kill().await.unwrap();
 }
 

@@ -25,6 +25,7 @@ use rustls::ServerConnection;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::protocol::{encode_frame, ErrorCode, ErrorReply, ServerMessage};
 use crate::tls::ServerTls;
 
 /// How long a new connection has to finish its TLS handshake.
@@ -61,18 +62,21 @@ impl Transport {
         addr: SocketAddr,
     ) -> Option<Self> {
         let Some(tls) = tls else { return Some(Transport::Plain(socket)) };
-        let stream =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(socket)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, "TLS handshake failed: {e}");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, "no TLS handshake in time");
-                    return None;
-                }
-            };
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        if !tokio::time::timeout_at(deadline, speaks_tls(&socket, addr)).await.unwrap_or(false) {
+            return None;
+        }
+        let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(socket)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, "TLS handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "no TLS handshake in time");
+                return None;
+            }
+        };
         let (socket, mut tls) = stream.into_inner();
         // `Conn` bounds what it queues; rustls takes it all, so a write is one `writev`.
         tls.set_buffer_limit(None);
@@ -154,6 +158,36 @@ impl Transport {
             Transport::Tls(tls) => &tls.socket,
         }
     }
+}
+
+/// Whether the client opens with a TLS handshake record. A Confab client on `--plaintext`
+/// opens with a frame instead: it is told, in a frame it can read, and the connection ends.
+async fn speaks_tls(socket: &TcpStream, addr: SocketAddr) -> bool {
+    /// The first byte of a TLS handshake record.
+    const HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    match socket.peek(&mut first).await {
+        Ok(1) if first[0] == HANDSHAKE => return true,
+        Ok(1) => {}
+        _ => return false,
+    }
+    tracing::debug!(%addr, "a client without TLS");
+    let refusal = ErrorReply::new(
+        ErrorCode::HandshakeRequired,
+        "this server speaks TLS: connect without --plaintext",
+    );
+    // Its hello is read first (it is there: peek saw it), so that closing with it unread
+    // does not reset the connection before the client has read the refusal.
+    let mut hello = [0u8; 1024];
+    for _ in 0..16 {
+        if !matches!(socket.try_read(&mut hello), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    if let Ok(frame) = encode_frame(&ServerMessage::Reply { id: 0, result: Err(refusal) }) {
+        let _ = socket.try_write(&frame);
+    }
+    false
 }
 
 /// A plain read into `input`'s free room.
