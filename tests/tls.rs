@@ -340,61 +340,157 @@ async fn a_tls_client_at_a_plaintext_server_says_so_and_remembers_nothing() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_first_frame_that_comes_with_the_end_of_the_handshake_is_answered() {
-    // rustls holds what is written before the handshake ends and sends it right after the
-    // client's Finished, in the same write: the server's handshake reads it with the
-    // Finished, and the session must answer it without waiting for more from the socket.
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, identity) = ca_signed(dir.path(), "raw");
-    let (server, _) = tls_server(identity).await;
-    let addr = server.addr;
-    let welcome = tokio::task::spawn_blocking(move || {
+/// A blocking rustls client driven by hand, to put TLS records on the wire exactly where a
+/// test wants them.
+struct RawTls {
+    tls: rustls::ClientConnection,
+    tcp: std::net::TcpStream,
+    input: BytesMut,
+}
+
+impl RawTls {
+    /// Connects to `addr`, trusting `ca`; `early` is written before the handshake ends, so
+    /// rustls sends it in the same write as the client's Finished.
+    fn connect(ca: &Path, addr: SocketAddr, early: &[ClientMessage]) -> Self {
+        use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         let pem = std::fs::read(ca).unwrap();
-        use rustls::pki_types::pem::PemObject;
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let name = "localhost".try_into().unwrap();
         let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let mut hello = BytesMut::new();
-        let agent = "raw test".to_owned();
-        ClientCodec::new(1 << 20)
-            .encode(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent }), &mut hello)
-            .unwrap();
-        tls.writer().write_all(&hello).unwrap();
+        tls.writer().write_all(&frames(early)).unwrap();
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(PATIENCE)).unwrap();
         while tls.is_handshaking() {
             tls.complete_io(&mut tcp).unwrap();
         }
-        while tls.wants_write() {
-            tls.write_tls(&mut tcp).unwrap();
+        let mut raw = RawTls { tls, tcp, input: BytesMut::new() };
+        raw.write_out();
+        raw
+    }
+
+    /// Sends `messages`, then, if `close`, close_notify in the same write and the end of
+    /// the TCP stream.
+    fn send(&mut self, messages: &[ClientMessage], close: bool) {
+        self.tls.writer().write_all(&frames(messages)).unwrap();
+        if close {
+            self.tls.send_close_notify();
         }
-        // Nothing more is sent: the answer must come from what arrived with the handshake.
-        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
-        let mut input = BytesMut::new();
+        self.write_out();
+        if close {
+            self.tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+    }
+
+    /// The next message from the server; `None` once it has said close_notify (a close
+    /// without it fails the test).
+    fn next(&mut self) -> Option<ServerMessage> {
         let mut codec = ClientCodec::new(1 << 20);
         loop {
-            if let Some(frame) = codec.decode(&mut input).unwrap() {
-                return frame.unwrap();
+            if let Some(frame) = codec.decode(&mut self.input).unwrap() {
+                return Some(frame.unwrap());
             }
             let mut buf = [0u8; 4096];
-            let n = std::io::Read::read(&mut stream, &mut buf).expect("the server answers");
-            assert!(n > 0, "the server closed the connection");
-            input.extend_from_slice(&buf[..n]);
+            let mut stream = rustls::Stream::new(&mut self.tls, &mut self.tcp);
+            match std::io::Read::read(&mut stream, &mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the server did not end with close_notify: {e}"),
+            }
         }
-    });
+    }
+
+    fn write_out(&mut self) {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.tcp).unwrap();
+        }
+    }
+}
+
+fn frames(messages: &[ClientMessage]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for message in messages {
+        ClientCodec::new(1 << 20).encode(message.clone(), &mut out).unwrap();
+    }
+    out
+}
+
+fn hello() -> ClientMessage {
+    ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "raw test".into() })
+}
+
+#[tokio::test]
+async fn a_first_frame_that_comes_with_the_end_of_the_handshake_is_answered() {
+    // The server's handshake reads the hello with the client's Finished, and the session
+    // must answer it without waiting for more from the socket, which sends nothing more.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, identity) = ca_signed(dir.path(), "raw");
+    let (server, _) = tls_server(identity).await;
+    let addr = server.addr;
+    let welcome =
+        tokio::task::spawn_blocking(move || RawTls::connect(&ca, addr, &[hello()]).next());
     let welcome = tokio::time::timeout(PATIENCE * 2, welcome).await.unwrap().unwrap();
-    assert!(matches!(welcome, ServerMessage::Welcome(_)), "{welcome:?}");
+    assert!(matches!(welcome, Some(ServerMessage::Welcome(_))), "{welcome:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_comes_with_close_notify_is_answered_and_the_server_closes_in_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, identity) = ca_signed(dir.path(), "close");
+    let (server, _) = tls_server(identity).await;
+    let bob = Connector::new(server.addr.to_string(), Security::Tls(Trust::Ca(ca.clone())));
+    let (_bob, mut bob_events) = login_through(&bob, "bob").await;
+    let addr = server.addr;
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut raw = RawTls::connect(&ca, addr, &[hello()]);
+        assert!(matches!(raw.next(), Some(ServerMessage::Welcome(_))));
+        let login = confab::protocol::Request::Login {
+            username: "alice".into(),
+            password: password_of("alice"),
+            direct: None,
+        };
+        raw.send(&[ClientMessage::Request { id: 1, body: login }], false);
+        let mut replies = Vec::new();
+        let logged_in = loop {
+            match raw.next() {
+                Some(ServerMessage::Reply { id: 1, result }) => break result,
+                Some(_) => continue,
+                None => panic!("closed before the login reply"),
+            }
+        };
+        replies.push(logged_in);
+        // The logout and close_notify in one write, then the end of the stream.
+        let logout = ClientMessage::Request { id: 2, body: confab::protocol::Request::Logout };
+        raw.send(&[logout], true);
+        while let Some(message) = raw.next() {
+            if let ServerMessage::Reply { id: 2, result } = message {
+                replies.push(result);
+            }
+        }
+        replies
+    });
+    let replies = tokio::time::timeout(PATIENCE * 2, replies).await.unwrap().unwrap();
+    assert!(matches!(replies[0], Ok(confab::protocol::Reply::LoggedIn { .. })), "{replies:?}");
+    assert_eq!(replies[1..], [Ok(confab::protocol::Reply::LoggedOut)], "{replies:?}");
+    // The logout counted as one: bob sees alice log out, not drop.
+    loop {
+        if let Event::Presence { user, change, .. } = next_event(&mut bob_events).await {
+            if change != confab::protocol::PresenceChange::LoggedIn {
+                assert_eq!(user, "alice");
+                assert_eq!(change, confab::protocol::PresenceChange::LoggedOut);
+                break;
+            }
+        }
+    }
     server.stop().await;
 }
 

@@ -139,12 +139,9 @@ async fn main() -> ExitCode {
             });
         }
     };
-    if let Some(Trusted::FirstUse(fingerprint)) = client.trusted() {
-        eprintln!(
-            "{}: first connection; trusting its certificate {fingerprint}, now remembered in {}",
-            args.server,
-            known_servers(&args).path().display()
-        );
+    let trust_notice = first_use_notice(&args, &client);
+    if let Some(notice) = &trust_notice {
+        eprintln!("{notice}");
     }
     let sockets = DirectSockets::bind(client.local_addr().ip(), args.p2p_port, args.udp_port).await;
     let sockets = match sockets {
@@ -192,7 +189,7 @@ async fn main() -> ExitCode {
     };
     if full_screen {
         let links = Links { client, events, chats, private, transfers, transfer_events };
-        return full_screen_client(&args.server, info, links).await;
+        return full_screen_client(&args.server, info, links, trust_notice).await;
     }
     let mut out = Output::new(interactive);
     out.line(format::login(&info));
@@ -215,12 +212,20 @@ async fn main() -> ExitCode {
 
 /// Runs the full-screen interface until the user quits; the terminal is restored on every
 /// way out, a panic included (`ratatui::init` installs a hook for that).
-async fn full_screen_client(server: &str, info: LoginInfo, links: Links) -> ExitCode {
+async fn full_screen_client(
+    server: &str,
+    info: LoginInfo,
+    links: Links,
+    trust_notice: Option<String>,
+) -> ExitCode {
     let online = links.client.list().await.unwrap_or_default();
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = tui::App::new(server, &info.username, online, size);
     app.notice(format::login(&info));
     app.notice("/help lists the commands; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    if let Some(notice) = trust_notice {
+        app.notice(notice);
+    }
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let result = tui::run(&mut terminal, links, app).await;
@@ -280,6 +285,16 @@ fn connector(args: &Args) -> Connector {
         (None, None) => Trust::FirstUse(known_servers(args)),
     };
     Connector::new(&args.server, Security::Tls(trust))
+}
+
+/// What to tell the user when the server's certificate was trusted on first use.
+fn first_use_notice(args: &Args, client: &Client) -> Option<String> {
+    let Some(Trusted::FirstUse(fingerprint)) = client.trusted() else { return None };
+    Some(format!(
+        "{}: first connection; trusting its certificate {fingerprint}, now remembered in {}",
+        args.server,
+        known_servers(args).path().display()
+    ))
 }
 
 /// known_servers in --data-dir, or in the user's data directory.
