@@ -159,9 +159,21 @@ impl KnownServers {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut file =
-                std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-            writeln!(file, "{server} {fingerprint}")
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&self.path)?;
+            // A file edited by hand may lack its last line end.
+            let len = file.metadata()?.len();
+            let mut last = [b'\n'];
+            if len > 0 {
+                use std::io::{Read, Seek};
+                file.seek(std::io::SeekFrom::Start(len - 1))?;
+                file.read_exact(&mut last)?;
+            }
+            let start = if last[0] == b'\n' { "" } else { "\n" };
+            writeln!(file, "{start}{server} {fingerprint}")
         };
         append().map_err(|source| self.error(source))
     }
@@ -318,10 +330,14 @@ mod tests {
     fn comments_and_broken_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let known = KnownServers::in_dir(dir.path());
-        let text = format!("# mine\nhost:1\nhost:1 SHA256:nothex\nhost:1 {}\n", fp(7));
+        let text = format!("# mine\nhost:1\nhost:1 SHA256:nothex\nhost:1 {}", fp(7));
         std::fs::write(known.path(), text).unwrap();
         assert_eq!(known.get("host:1").unwrap(), Some(fp(7)));
         assert_eq!(known.get("#").unwrap(), None);
+        // Added on a line of its own, though the file did not end with one.
+        known.add("host:2", fp(8)).unwrap();
+        assert_eq!(known.get("host:1").unwrap(), Some(fp(7)));
+        assert_eq!(known.get("host:2").unwrap(), Some(fp(8)));
     }
 
     #[test]
