@@ -170,10 +170,14 @@ impl ServerIdentity {
     /// The settings a server serves TLS with.
     pub fn into_server_tls(self) -> Result<ServerTls, TlsError> {
         let fingerprint = self.fingerprint();
-        let config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain, self.key)?;
+        // No session resumption: a client connects once and stays, and a reconnect costs one
+        // full handshake. Saves two tickets per handshake and the server's session cache.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), fingerprint })
     }
 
