@@ -152,8 +152,8 @@ pub struct Figures {
     pub saturated: Option<bool>,
 }
 
-/// The servers to measure: Confab (and Confab over TLS if `tls`), and ngIRCd and InspIRCd
-/// where they are available.
+/// The servers to measure: Confab, and ngIRCd and InspIRCd where they are available; with
+/// `tls`, Confab and ngIRCd over TLS too.
 pub fn kinds(programs: &Programs, tls: bool) -> Vec<Kind> {
     let mut kinds = vec![Kind::Confab];
     if tls {
@@ -161,6 +161,9 @@ pub fn kinds(programs: &Programs, tls: bool) -> Vec<Kind> {
     }
     if programs.ngircd.is_some() {
         kinds.push(Kind::Ngircd);
+        if tls {
+            kinds.push(Kind::NgircdTls);
+        }
     }
     if programs.inspircd.is_some() {
         kinds.push(Kind::Inspircd);
@@ -222,7 +225,7 @@ async fn drive(
 ) -> Result<Figures, BenchError> {
     let proto = match server.kind {
         Kind::Confab | Kind::ConfabTls => Proto::Confab,
-        Kind::Ngircd | Kind::Inspircd => Proto::Irc,
+        Kind::Ngircd | Kind::NgircdTls | Kind::Inspircd => Proto::Irc,
     };
     let (clients, pattern) = match workload {
         Workload::Fanout { members } => (members, Pattern::Group),
@@ -233,7 +236,7 @@ async fn drive(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes()?;
     let began = Instant::now();
-    let tls = server.kind == Kind::ConfabTls;
+    let tls = matches!(server.kind, Kind::ConfabTls | Kind::NgircdTls);
     let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit, tls)
         .await
         .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
@@ -384,16 +387,26 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
         }
     }
     kinds.sort_by_key(|k| *k as u8);
-    let others: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Confab).collect();
+    // The ratios: Confab against each other server, Confab TLS against ngIRCd TLS, and
+    // Confab TLS against plaintext Confab (the TLS cost).
+    let tls = kinds.contains(&Kind::ConfabTls);
+    let mut ratios: Vec<(Kind, Kind)> = kinds
+        .iter()
+        .filter(|k| !matches!(k, Kind::Confab | Kind::ConfabTls))
+        .map(|&k| (if k == Kind::NgircdTls && tls { Kind::ConfabTls } else { Kind::Confab }, k))
+        .collect();
+    if tls && kinds.contains(&Kind::Confab) {
+        ratios.push((Kind::ConfabTls, Kind::Confab));
+    }
     let mut out = String::from("| workload | figure |");
     for k in &kinds {
         out.push_str(&format!(" {} |", k.name()));
     }
-    for k in &others {
-        out.push_str(&format!(" Confab / {} |", k.name()));
+    for (a, b) in &ratios {
+        out.push_str(&format!(" {} / {} |", a.name(), b.name()));
     }
     out.push_str("\n| --- | --- |");
-    out.push_str(&" ---: |".repeat(kinds.len() + others.len()));
+    out.push_str(&" ---: |".repeat(kinds.len() + ratios.len()));
     out.push('\n');
     for w in workloads {
         let runs = |kind: Kind| {
@@ -416,10 +429,9 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
                 let shown = v.map_or("-".into(), |v| format!("{}{mark}", fmt_num(v * scale)));
                 out.push_str(&format!(" {shown} |"));
             }
-            let confab = of(Kind::Confab, pick);
-            for &other in &others {
-                let ratio = match (confab, of(other, pick)) {
-                    _ if throughput && (unsaturated(Kind::Confab) || unsaturated(other)) => {
+            for &(mine, other) in &ratios {
+                let ratio = match (of(mine, pick), of(other, pick)) {
+                    _ if throughput && (unsaturated(mine) || unsaturated(other)) => {
                         "invalid".into()
                     }
                     (Some(c), Some(n)) if n != 0.0 => format!("{:.2}", c / n),

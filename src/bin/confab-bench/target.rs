@@ -41,6 +41,8 @@ pub enum Kind {
     ConfabTls,
     /// ngIRCd.
     Ngircd,
+    /// ngIRCd serving TLS only (a self-signed certificate made by the benchmark).
+    NgircdTls,
     /// InspIRCd.
     Inspircd,
 }
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Confab => "Confab",
             Kind::ConfabTls => "Confab TLS",
             Kind::Ngircd => "ngIRCd",
+            Kind::NgircdTls => "ngIRCd TLS",
             Kind::Inspircd => "InspIRCd",
         }
     }
@@ -145,11 +148,11 @@ impl Server {
         match kind {
             Kind::Confab => start_confab(&programs.confab_server, template, false),
             Kind::ConfabTls => start_confab(&programs.confab_server, template, true),
-            Kind::Ngircd => {
+            Kind::Ngircd | Kind::NgircdTls => {
                 let Some(ngircd) = &programs.ngircd else {
                     return Err(BenchError::Setup("ngIRCd is not available".into()));
                 };
-                start_ngircd(ngircd)
+                start_ngircd(ngircd, kind == Kind::NgircdTls)
             }
             Kind::Inspircd => {
                 let Some(inspircd) = &programs.inspircd else {
@@ -164,7 +167,7 @@ impl Server {
     pub fn log_tail(&self, lines: usize) -> String {
         let name = match self.kind {
             Kind::Confab | Kind::ConfabTls => "server.log",
-            Kind::Ngircd => "ngircd.log",
+            Kind::Ngircd | Kind::NgircdTls => "ngircd.log",
             Kind::Inspircd => "inspircd.log",
         };
         let log = std::fs::read_to_string(self._dir.path().join(name)).unwrap_or_default();
@@ -285,16 +288,34 @@ fn start_confab(program: &Path, template: &Template, tls: bool) -> Result<Server
     Ok(Server { kind, addr, child, _dir: dir })
 }
 
-fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
+/// ngIRCd; with `tls`, the clients' port speaks only TLS (its `[SSL]` ports), with a
+/// self-signed certificate, and the plain port is another one that nobody uses.
+fn start_ngircd(program: &Path, tls: bool) -> Result<Server, BenchError> {
     let dir = ScratchDir::new("ngircd")?;
     let port = free_port()?;
     let conf = dir.path().join("ngircd.conf");
+    let (plain_port, ssl) = if tls {
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .map_err(|e| BenchError::Setup(format!("making a certificate: {e}")))?;
+        std::fs::write(&cert, made.cert.pem()).map_err(|e| BenchError::io("writing", e))?;
+        std::fs::write(&key, made.signing_key.serialize_pem())
+            .map_err(|e| BenchError::io("writing", e))?;
+        let ssl = format!(
+            "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {port}\n",
+            cert.display(),
+            key.display()
+        );
+        (free_port()?, ssl)
+    } else {
+        (port, String::new())
+    };
     let text = format!(
         "[Global]\n\
          Name = bench.confab.local\n\
          Info = confab-bench\n\
          Listen = 127.0.0.1\n\
-         Ports = {port}\n\
+         Ports = {plain_port}\n\
          MotdPhrase = bench\n\
          PidFile = {pid}\n\
          [Limits]\n\
@@ -309,7 +330,8 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
          [Options]\n\
          DNS = no\n\
          Ident = no\n\
-         PAM = no\n",
+         PAM = no\n\
+         {ssl}",
         pid = dir.path().join("ngircd.pid").display(),
     );
     std::fs::write(&conf, text).map_err(|e| BenchError::io("writing ngircd.conf", e))?;
@@ -325,7 +347,8 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
         .stderr(log2)
         .spawn()
         .map_err(|e| BenchError::io(&format!("starting {}", program.display()), e))?;
-    wait_listening(Kind::Ngircd, child, port, dir, "ngircd.log")
+    let kind = if tls { Kind::NgircdTls } else { Kind::Ngircd };
+    wait_listening(kind, child, port, dir, "ngircd.log")
 }
 
 /// InspIRCd with one connect class that lets everything in: no per-IP or global limit, no
