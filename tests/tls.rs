@@ -443,6 +443,38 @@ async fn a_first_frame_that_comes_with_the_end_of_the_handshake_is_answered() {
 }
 
 #[tokio::test]
+async fn a_record_that_does_not_decrypt_ends_that_connection_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, identity) = ca_signed(dir.path(), "forged");
+    let (server, _) = tls_server(identity).await;
+    let connector = Connector::new(server.addr.to_string(), Security::Tls(Trust::Ca(ca.clone())));
+    let (alice, _alice_events) = login_through(&connector, "alice").await;
+    let addr = server.addr;
+    let ended = tokio::task::spawn_blocking(move || {
+        let mut raw = RawTls::connect(&ca, addr, &[hello()]);
+        assert!(matches!(raw.next(), Some(ServerMessage::Welcome(_))));
+        // An application data record of the right shape whose tag cannot match.
+        let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        forged.extend((0..0x40).map(|i| i as u8));
+        raw.tcp.write_all(&forged).unwrap();
+        let mut rest = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut raw.tcp, &mut rest) {
+            // Closed with our input unread: a reset, but never a connection left open.
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        rest
+    });
+    let rest = tokio::time::timeout(PATIENCE * 2, ended).await.unwrap().unwrap();
+    // What came back is at most rustls's alert, a record of its own.
+    assert!(rest.len() < 64 && rest.first().is_none_or(|&b| b == 0x15 || b == 0x17), "{rest:?}");
+    // Everyone else goes on.
+    let (_bob, mut bob_events) = login_through(&connector, "bob").await;
+    alice.msg("bob", "still here").await.unwrap();
+    assert_eq!(next_message(&mut bob_events).await.1, "still here");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_that_comes_with_close_notify_is_answered_and_the_server_closes_in_kind() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, identity) = ca_signed(dir.path(), "close");
