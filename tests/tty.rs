@@ -78,7 +78,7 @@ async fn an_incoming_message_does_not_break_the_line_being_typed() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --plain --server {} --user bob",
+        "env CONFAB_PASSWORD=bob-pw {} --plain --plaintext --server {} --user bob",
         env!("CARGO_BIN_EXE_confab"),
         server.addr
     );
@@ -129,7 +129,7 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     let log = tempfile::NamedTempFile::new().unwrap();
     // The shell stays after confab exits, so the restored terminal can be looked at.
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,
@@ -172,7 +172,7 @@ async fn the_full_screen_client_shows_the_reconnect_in_its_status_bar_and_logout
     let (mut server, addr) = start_server(&db).await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let command = format!(
-        "env CONFAB_PASSWORD=builder {} --server {addr} --user bob --log-file {}; \
+        "env CONFAB_PASSWORD=builder {} --plaintext --server {addr} --user bob --log-file {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         log.path().display()
@@ -203,7 +203,7 @@ async fn a_wrong_password_is_asked_again_and_an_absent_server_is_said_before_the
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let command = format!(
-        "{} --plain --wait --server {addr} --user carol; echo confab exited $?; sleep 30",
+        "{} --plain --plaintext --wait --server {addr} --user carol; echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
     );
     let tmux = Tmux::start(&command, 200, 20);
@@ -233,7 +233,7 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
     for round in 0..4 {
         let log = tempfile::NamedTempFile::new().unwrap();
         let command = format!(
-            "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+            "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
              echo confab exited $?; sleep 30",
             env!("CARGO_BIN_EXE_confab"),
             server.addr,

@@ -1,6 +1,7 @@
 //! `confab-server`: parses flags, opens the store, imports credentials, serves until a signal.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use confab::server::rate::UserRates;
 use confab::server::{self, credentials, fdlimit, Config};
 use confab::store::lock::DbLock;
 use confab::store::{SqliteStore, StoreHandle};
+use confab::tls::{ServerIdentity, ServerTls};
 
 /// The Confab relay server. Every flag can also be set through the environment variable shown.
 #[derive(Parser, Debug)]
@@ -126,6 +128,17 @@ struct Args {
     #[arg(long, env = "CONFAB_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: u16,
+    /// TLS certificate chain (PEM, leaf first). Default: a self-signed certificate the server
+    /// makes on first start and keeps next to the database (confab-server.crt, .key).
+    #[arg(long, env = "CONFAB_TLS_CERT", requires = "tls_key", conflicts_with = "plaintext")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CONFAB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve without TLS, for benchmarks and debugging; refused unless the listen address is
+    /// a loopback one.
+    #[arg(long, env = "CONFAB_PLAINTEXT")]
+    plaintext: bool,
 }
 
 /// A rate flag's value, `None` for no limit (an alias, so that clap does not take the
@@ -189,6 +202,7 @@ fn main() -> anyhow::Result<()> {
         let summary = credentials::import(&mut store, path)?;
         tracing::info!(?summary, "imported {}", path.display());
     }
+    let tls = tls(&args, &db)?;
     let config = Config {
         open_registration: args.open_registration,
         max_failed_logins: args.max_failed_logins,
@@ -222,6 +236,7 @@ fn main() -> anyhow::Result<()> {
         mailbox: Mailbox { messages: args.mailbox_messages, bytes: args.mailbox_bytes },
         retention: args.retention_days,
         text_logs: args.text_logs.clone(),
+        tls: tls.clone(),
         ..Config::default()
     };
 
@@ -241,12 +256,54 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        if tls.is_none() && !addr.ip().to_canonical().is_loopback() {
+            anyhow::bail!(
+                "--plaintext is only for loopback addresses, not {addr}: passwords and \
+                 messages would cross the network in the clear"
+            );
+        }
+        match &tls {
+            // Before the address: scripts may stop reading at that line.
+            Some(tls) => {
+                let _ =
+                    writeln!(std::io::stdout(), "confab-server certificate {}", tls.fingerprint());
+            }
+            None => tracing::warn!("serving plaintext (--plaintext): loopback only"),
+        }
         // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
-        println!("confab-server listening on {}", listener.local_addr()?);
+        println!("confab-server listening on {addr}");
         server::run(listener, StoreHandle::spawn(store), config, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// The certificate to serve: --tls-cert and --tls-key, else the one kept next to the
+/// database (made now if there is none); `None` with --plaintext.
+fn tls(args: &Args, db: &Path) -> anyhow::Result<Option<ServerTls>> {
+    if args.plaintext {
+        return Ok(None);
+    }
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => ServerIdentity::from_pem_files(cert, key)?,
+        _ if db.as_os_str() == ":memory:" => {
+            tracing::warn!(
+                "a throwaway certificate for the throwaway database: it changes at every \
+                 start, and clients that remember it will refuse the next one"
+            );
+            ServerIdentity::self_signed()?
+        }
+        _ => {
+            let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let (identity, created) = ServerIdentity::load_or_create(dir)?;
+            if created {
+                tracing::info!("made a self-signed certificate in {}", dir.display());
+            }
+            identity
+        }
+    };
+    Ok(Some(identity.into_server_tls()?))
 }
 
 /// Resolves on SIGINT or SIGTERM.

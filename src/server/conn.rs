@@ -7,20 +7,20 @@
 //! [`Conn::flush`] at once when the socket takes them, else through a wait bounded by the write
 //! timeout. An idle connection holds no buffers: the read buffer is allocated when the socket
 //! becomes readable and freed once every frame in it has been handled, and the output buffer is
-//! freed once written.
+//! freed once written. The socket is a [`Transport`], plain TCP or TLS (`server::tls`), read
+//! and written the same way.
 
 use std::future::poll_fn;
 use std::io::ErrorKind;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use bytes::BytesMut;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::Decoder;
 
 use super::inbox::InboxReceiver;
+use super::tls::Transport;
 use super::Shared;
 use crate::protocol::{
     codec, ClientMessage, CodecError, ErrorCode, ErrorReply, MalformedFrame, Reply, Request,
@@ -33,8 +33,6 @@ pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 /// reset of unread input does not destroy the last frame written; and how much at most.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 64 * 1024;
-/// Room made in the read buffer for each read.
-const READ_CHUNK: usize = 4096;
 /// Room made in the output buffer before the first frame of a batch.
 const OUT_CHUNK: usize = 512;
 
@@ -57,7 +55,7 @@ pub(super) type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>
 
 /// The socket of one client, with its read and output buffers (empty while idle).
 pub(super) struct Conn {
-    pub(super) socket: TcpStream,
+    pub(super) socket: Transport,
     input: BytesMut,
     codec: ServerCodec,
     pub(super) out: BytesMut,
@@ -76,7 +74,7 @@ pub(super) enum Filled {
 }
 
 impl Conn {
-    pub(super) fn new(socket: TcpStream, shared: &Shared) -> Self {
+    pub(super) fn new(socket: Transport, shared: &Shared) -> Self {
         Self {
             socket,
             input: BytesMut::new(),
@@ -116,22 +114,7 @@ impl Conn {
     /// Reads what the socket has, without waiting. The buffer is only allocated here, when
     /// the socket is readable.
     pub(super) fn fill(&mut self) -> Filled {
-        self.input.reserve(READ_CHUNK);
-        let room = self.input.capacity() - self.input.len();
-        // A read that returns less than it had room for has emptied the socket's receive
-        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
-        // saves the read that would otherwise only find the queue empty (one syscall per
-        // wake-up when messages come one at a time). Data that arrives later is a new edge:
-        // tokio only clears readiness that no event has renewed since it was read.
-        let read = self.socket.try_io(Interest::READABLE, || {
-            let n = self.socket.try_read_buf(&mut self.input)?;
-            if n > 0 && n < room {
-                Err(ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match read {
+        match self.socket.read_into(&mut self.input) {
             Ok(0) if self.input.is_empty() => Filled::Closed(None),
             Ok(0) => {
                 let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
@@ -229,15 +212,7 @@ impl Conn {
     /// Writes what the socket takes without waiting; true once nothing is left. Most writes
     /// fit in the socket's buffer, so this is usually the whole flush.
     fn write_now(&mut self) -> std::io::Result<bool> {
-        while !self.out.is_empty() {
-            match self.socket.try_write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        self.socket.write_from(&mut self.out)
     }
 
     /// Writes a last message (and anything queued before it), briefly, and closes.
@@ -259,13 +234,18 @@ impl Conn {
         }
         let socket = &mut self.socket;
         let _ = timeout(DRAIN_TIMEOUT, async {
-            let mut buf = [0u8; 2048];
-            let mut left = DRAIN_BYTES;
+            let (mut left, mut scratch) = (DRAIN_BYTES, BytesMut::new());
             while left > 0 {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => left = left.saturating_sub(n),
+                if socket.readable().await.is_err() {
+                    return;
                 }
+                match socket.read_into(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+                scratch.clear();
             }
         })
         .await;

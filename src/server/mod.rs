@@ -30,6 +30,7 @@ pub mod private;
 pub mod rate;
 mod session;
 pub mod textlog;
+mod tls;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -93,6 +94,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Where to write the log as plain text too (`--text-logs`; see [`textlog`]).
     pub text_logs: Option<std::path::PathBuf>,
+    /// The certificate to serve TLS with; `None` serves plaintext (tests, benchmarks).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             mailbox: Mailbox { messages: 10_000, bytes: 64 << 20 },
             retention: None,
             text_logs: None,
+            tls: None,
         }
     }
 }

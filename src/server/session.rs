@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +48,7 @@ use super::hub::DirectAddrs;
 use super::inbox::Signal;
 use super::limits::rate_limited;
 use super::rate::{Kind, Limiter, Verdict};
+use super::tls::Transport;
 use super::Shared;
 use crate::p2p::limits::TokenBucket;
 use crate::protocol::{
@@ -82,6 +82,12 @@ pub(super) async fn serve(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
+    // Boxed: the handshake's state is no part of an idle session's future. A refused
+    // connection is refused after it, so that the client can read why.
+    let accept = Transport::accept(socket, shared.config.tls.as_ref(), addr);
+    let Some(socket) = Box::pin(accept).await else {
+        return;
+    };
     let mut conn = Conn::new(socket, &shared);
     if let Some(refusal) = refusal {
         tracing::debug!(%addr, "refused: {refusal}");

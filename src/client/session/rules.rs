@@ -48,6 +48,8 @@ pub enum Finish {
     ConnectionLost,
     /// Logging in again was refused with this code (wrong password, locked out).
     LoginRefused(ErrorCode),
+    /// The server's certificate was no longer trusted when connecting again (it changed).
+    Untrusted,
 }
 
 /// What the driver must do after the rules have seen something.
@@ -185,6 +187,13 @@ impl Rules {
             return Step::Linger(state);
         }
         Step::Finish(finish)
+    }
+
+    /// A reconnect attempt found a server certificate it must not trust (`error` says
+    /// why): trying again would only show the same certificate, or an attacker's.
+    pub fn untrusted(&mut self, error: &str) -> Step {
+        self.connection = Connection::Ended(error.to_owned());
+        Step::Finish(Finish::Untrusted)
     }
 
     /// A reconnect attempt failed with `error` (its server code, if the server answered).
@@ -511,6 +520,14 @@ mod tests {
         );
         assert_eq!(rules.closed(None, false, 0.5), Step::Finish(Finish::EndedByServer));
         assert!(matches!(rules.connection(), Connection::Ended(_)));
+    }
+
+    #[test]
+    fn a_certificate_not_trusted_at_a_reconnect_ends_the_session() {
+        let mut rules = Rules::new(true);
+        assert!(matches!(rules.closed(Some("eof"), false, 0.5), Step::Retry(_)));
+        assert_eq!(rules.untrusted("it changed"), Step::Finish(Finish::Untrusted));
+        assert_eq!(rules.connection(), &Connection::Ended("it changed".into()));
     }
 
     #[test]
