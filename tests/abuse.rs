@@ -451,7 +451,7 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     let db = dir.path().join("confab.db");
     let server = env!("CARGO_BIN_EXE_confab-server");
     let mut first = tokio::process::Command::new(server)
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -462,7 +462,7 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
     assert!(line.starts_with("confab-server listening on"), "{line}");
     let second = tokio::process::Command::new(server)
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
         .output();
     let second = tokio::time::timeout(PATIENCE, second).await.expect("refuses at once").unwrap();
@@ -475,7 +475,7 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     first.kill().await.unwrap();
     // Once the first is gone, the database is free.
     let mut third = tokio::process::Command::new(server)
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -495,7 +495,7 @@ async fn a_server_out_of_descriptors_still_answers_server_full() {
     let mut server = tokio::process::Command::new("sh")
         .args(["-c", "ulimit -n 200 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_confab-server"))
-        .args(["--listen", "127.0.0.1:0", "--db", ":memory:"])
+        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db", ":memory:"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
