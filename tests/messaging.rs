@@ -251,3 +251,43 @@ async fn whoelsesince_uses_overlapping_online_time() {
     assert_eq!(seen(alice.who_else_since(60).await.unwrap()), [("bob".into(), true)]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn requests_that_come_in_one_write_with_the_login_are_all_answered() {
+    use confab::protocol::{
+        codec, ClientCodec, ClientMessage, Hello, Reply, Request, ServerMessage, PROTOCOL_VERSION,
+    };
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start(Config::default()).await;
+    let (_bob, mut bob_events) = server.login("bob").await;
+    let hello = ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent: "pipe".into() });
+    let login =
+        Request::Login { username: "alice".into(), password: password_of("alice"), direct: None };
+    let msg = Request::Msg { to: "bob".into(), text: "right behind".into(), send_id: None };
+    let mut bytes = Vec::new();
+    for frame in [
+        hello,
+        ClientMessage::Request { id: 1, body: login },
+        ClientMessage::Request { id: 2, body: msg },
+    ] {
+        bytes.extend_from_slice(&codec::encode_frame(&frame).unwrap());
+    }
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket.write_all(&bytes).await.unwrap();
+    // Nothing more is sent: the message must not wait for another read to be noticed.
+    let mut framed = tokio_util::codec::FramedRead::new(socket, ClientCodec::new(1 << 20));
+    let answered = async {
+        while let Some(frame) = framed.next().await {
+            if let Ok(Ok(ServerMessage::Reply { id: 2, result })) = frame {
+                return result;
+            }
+        }
+        panic!("closed before the message was answered");
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), answered).await;
+    assert!(matches!(result, Ok(Ok(Reply::Sent { .. }))), "{result:?}");
+    assert_eq!(next_text(&mut bob_events).await, ("alice".into(), "right behind".into()));
+    server.stop().await;
+}

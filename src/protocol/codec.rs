@@ -57,6 +57,18 @@ impl<In, Out> FrameCodec<In, Out> {
     }
 }
 
+impl<In, Out> FrameCodec<In, Out> {
+    /// Whether [`Decoder::decode`] would give something for `src` now (a frame, or the error
+    /// of one too large) without reading more.
+    pub fn ready(&self, src: &[u8]) -> bool {
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return false;
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        len > self.max_frame || src.len() >= HEADER_LEN + len
+    }
+}
+
 impl<In, Out> Default for FrameCodec<In, Out> {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_FRAME)

@@ -106,6 +106,14 @@ impl Conn {
         read
     }
 
+    /// Whether a whole frame already waits in the read buffer: one that came in the same
+    /// read as the last one handled (a request right behind the login, say). The socket's
+    /// readiness was spent on that read, so a loop that only decodes when the socket is
+    /// ready must look here first.
+    pub(super) fn frame_waiting(&self) -> bool {
+        self.codec.ready(&self.input)
+    }
+
     /// When the part of a frame in the read buffer must be whole, if there is one.
     pub(super) fn stalled_by(&self) -> Option<Instant> {
         self.partial_since.map(|since| since + self.frame_timeout)

@@ -303,9 +303,13 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
         }
         // Everything that is ready is handled in this pass, so neither a flood of incoming
         // frames nor the client's own requests can starve the other.
+        let waiting = conn.frame_waiting();
         let (inbox, socket, timer, read) = poll_fn(|cx| {
             let inbox = me.rx.poll_ready(cx);
-            let socket = conn.socket.poll_read_ready(cx);
+            let socket = match waiting {
+                true => Poll::Ready(Ok(())),
+                false => conn.socket.poll_read_ready(cx),
+            };
             let timer = idle_timer.as_mut().poll(cx).is_ready();
             let read = page.as_mut().map_or(Poll::Pending, |p| p.as_mut().poll(cx));
             if inbox.is_ready() || socket.is_ready() || timer || read.is_ready() {
