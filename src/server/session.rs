@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,12 @@ const UNACKED_PER_QUEUED: usize = 8;
 /// Empty catch-up reads in a row after which a session goes live even though the hub noted
 /// a newer message for it (which the log then does not give this user: see `go_live`).
 const EMPTY_READS_BEFORE_LIVE: u32 = 3;
+
+/// Sends of one session waiting for their commit at once; past this its next requests wait.
+const SENDS_IN_FLIGHT: usize = 64;
+
+/// A request being answered: its id and, once done, its reply.
+type Answer = Pin<Box<dyn Future<Output = (u32, Result<Reply, ErrorReply>)> + Send>>;
 
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -297,14 +305,17 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
     let max_unacked = shared.config.session_queue.saturating_mul(UNACKED_PER_QUEUED).max(1);
     // The request buckets, made at the first request: an idle session holds none.
     let mut limiter: Option<Box<Limiter>> = None;
+    // Sends waiting for their commit, answered in the order they came: the session reads on
+    // meanwhile, so that a client's sends in a row share one commit rather than one each.
+    let mut sending: FuturesOrdered<Answer> = FuturesOrdered::new();
     loop {
         if page.is_none() && delivery.may_read() {
             page = Some(read_page(shared, &me.name, delivery.last_sent()));
         }
         // Everything that is ready is handled in this pass, so neither a flood of incoming
         // frames nor the client's own requests can starve the other.
-        let waiting = conn.frame_waiting();
-        let (inbox, socket, timer, read) = poll_fn(|cx| {
+        let waiting = conn.frame_waiting() && sending.len() < SENDS_IN_FLIGHT;
+        let (inbox, socket, timer, read, sent) = poll_fn(|cx| {
             let inbox = me.rx.poll_ready(cx);
             let socket = match waiting {
                 true => Poll::Ready(Ok(())),
@@ -312,8 +323,13 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
             };
             let timer = idle_timer.as_mut().poll(cx).is_ready();
             let read = page.as_mut().map_or(Poll::Pending, |p| p.as_mut().poll(cx));
-            if inbox.is_ready() || socket.is_ready() || timer || read.is_ready() {
-                Poll::Ready((inbox, socket, timer, read))
+            let sent = match sending.is_empty() {
+                true => Poll::Pending,
+                false => sending.poll_next_unpin(cx),
+            };
+            if inbox.is_ready() || socket.is_ready() || timer || read.is_ready() || sent.is_ready()
+            {
+                Poll::Ready((inbox, socket, timer, read, sent))
             } else {
                 Poll::Pending
             }
@@ -362,6 +378,12 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 }
             }
         }
+        if let Poll::Ready(Some((id, result))) = sent {
+            conn.reply(id, result);
+            while let Some(Some((id, result))) = sending.next().now_or_never() {
+                conn.reply(id, result);
+            }
+        }
         // The socket before the inbox, so that an acknowledgement read now counts before
         // what is written next.
         match socket {
@@ -370,7 +392,8 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                     return Ending::Dropped;
                 }
                 // Requests that came together are answered together, in one write.
-                while let Some(read) = conn.decode() {
+                while sending.len() < SENDS_IN_FLIGHT {
+                    let Some(read) = conn.decode() else { break };
                     let incoming = sort(Some(read));
                     // Acknowledgements are the client's, not the user's: receiving messages
                     // does not keep an absent user logged in.
@@ -379,7 +402,11 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                     }
                     match incoming {
                         Incoming::Request(id, Request::Logout) => {
-                            // Logout is not a command of its own: it ends this loop.
+                            // Logout is not a command of its own: it ends this loop, after
+                            // the sends before it.
+                            while let Some((id, result)) = sending.next().await {
+                                conn.reply(id, result);
+                            }
                             conn.reply(id, Ok(Reply::LoggedOut));
                             return Ending::LoggedOut;
                         }
@@ -397,11 +424,20 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                             });
                             match verdict {
                                 Verdict::Allow => {
-                                    // Boxed: the handlers' futures are only alive during a
-                                    // request.
-                                    let result =
-                                        Box::pin(cmd::dispatch(shared, &me.name, request)).await;
-                                    conn.reply(id, result);
+                                    match cmd::start_send(shared, &me.name, request) {
+                                        Ok(reply) => sending
+                                            .push_back(Box::pin(async move { (id, reply.await) })),
+                                        Err(request) => {
+                                            // Answered in the order asked: the sends first.
+                                            while let Some((id, result)) = sending.next().await {
+                                                conn.reply(id, result);
+                                            }
+                                            // Boxed: the handlers' futures are only alive
+                                            // during a request.
+                                            let dispatch = cmd::dispatch(shared, &me.name, request);
+                                            conn.reply(id, Box::pin(dispatch).await);
+                                        }
+                                    }
                                 }
                                 Verdict::Refuse(_) => {}
                                 Verdict::Flooding => return Ending::Flooding,

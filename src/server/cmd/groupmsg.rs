@@ -5,28 +5,20 @@
 //! the sender gets it, live or at their next login.
 
 use super::check_text;
-use crate::protocol::{now_ms, Delivery, ErrorReply, Reply};
-use crate::server::hub::log::Sent;
+use crate::protocol::{now_ms, ErrorReply};
+use crate::server::hub::log::Accepted;
 use crate::server::Shared;
 use crate::store::To;
 
-pub(in crate::server) async fn run(
+/// Checks the text and hands the message to the hub for the next commit; the reply comes
+/// with the commit ([`super::sent`]).
+pub(in crate::server) fn start(
     shared: &Shared,
     me: &str,
     group: String,
     text: String,
     send_id: Option<u64>,
-) -> Result<Reply, ErrorReply> {
+) -> Result<Accepted, ErrorReply> {
     check_text(shared, &text)?;
-    let accepted = shared.hub.send(me, To::Group(group), text, send_id, now_ms())?;
-    match accepted.outcome().await? {
-        Sent::Group { group, delivered, stored, skipped } => {
-            Ok(Reply::GroupSent { group, delivered, stored, skipped })
-        }
-        // A repeat of a send id used for a direct message: the first send's reply.
-        Sent::Direct { to, online } => {
-            let delivery = if online { Delivery::Online } else { Delivery::Stored };
-            Ok(Reply::Sent { to, delivery })
-        }
-    }
+    Ok(shared.hub.send(me, To::Group(group), text, send_id, now_ms())?)
 }

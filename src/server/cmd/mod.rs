@@ -16,9 +16,44 @@ pub(super) mod private;
 pub(super) mod sendfile;
 pub(super) mod whoelsesince;
 
+use std::future::Future;
+
+use super::hub::log::{Accepted, Sent};
 use super::hub::HubError;
 use super::Shared;
-use crate::protocol::{text_problem, ErrorCode, ErrorReply, Reply, Request};
+use crate::protocol::{text_problem, Delivery, ErrorCode, ErrorReply, Reply, Request};
+
+/// Starts a send (`Msg`, `GroupMsg`): checked and queued for the next commit now, answered
+/// by the returned future once committed, so that a session can read its next request
+/// meanwhile and one client's sends can share a commit. Any other request is handed back.
+pub(super) fn start_send(
+    shared: &Shared,
+    me: &str,
+    request: Request,
+) -> Result<impl Future<Output = Result<Reply, ErrorReply>> + Send + 'static, Request> {
+    let accepted = match request {
+        Request::Msg { to, text, send_id } => msg::start(shared, me, to, text, send_id),
+        Request::GroupMsg { group, text, send_id } => {
+            groupmsg::start(shared, me, group, text, send_id)
+        }
+        other => return Err(other),
+    };
+    Ok(async move { sent(accepted?).await })
+}
+
+/// The reply to a send once its commit is done. A repeat of a send id gets the first send's
+/// reply, whichever kind of send the repeat was.
+async fn sent(accepted: Accepted) -> Result<Reply, ErrorReply> {
+    Ok(match accepted.outcome().await? {
+        Sent::Direct { to, online } => {
+            let delivery = if online { Delivery::Online } else { Delivery::Stored };
+            Reply::Sent { to, delivery }
+        }
+        Sent::Group { group, delivered, stored, skipped } => {
+            Reply::GroupSent { group, delivered, stored, skipped }
+        }
+    })
+}
 
 /// Runs a request of the logged-in user `me`. Login and logout belong to the session itself.
 pub(super) async fn dispatch(
@@ -27,7 +62,9 @@ pub(super) async fn dispatch(
     request: Request,
 ) -> Result<Reply, ErrorReply> {
     match request {
-        Request::Msg { to, text, send_id } => msg::run(shared, me, to, text, send_id).await,
+        Request::Msg { to, text, send_id } => {
+            sent(msg::start(shared, me, to, text, send_id)?).await
+        }
         Request::Broadcast { text } => broadcast::run(shared, me, text),
         Request::List => Ok(list::run(shared, me)),
         Request::WhoElseSince { secs } => whoelsesince::run(shared, me, secs).await,
@@ -36,7 +73,7 @@ pub(super) async fn dispatch(
         Request::CreateGroup { name, invite } => creategroup::run(shared, me, name, invite).await,
         Request::JoinGroup { group } => joingroup::run(shared, me, group).await,
         Request::GroupMsg { group, text, send_id } => {
-            groupmsg::run(shared, me, group, text, send_id).await
+            sent(groupmsg::start(shared, me, group, text, send_id)?).await
         }
         Request::LeaveGroup { group } => leavegroup::run(shared, me, group).await,
         Request::Groups => Ok(groups::run(shared, me)),
