@@ -32,7 +32,7 @@ use tokio::time::{Duration, Instant};
 
 use super::{check_target, encode_event, Feed, Hub, HubError, State};
 use crate::protocol::{Event, Timestamp};
-use crate::store::{Backlog, LogEntry, To};
+use crate::store::{Backlog, LogEntry, StoreResult, To};
 
 /// How long a send id is remembered in memory for repeats.
 pub const REPEAT_WINDOW_MS: Timestamp = 10 * 60 * 1000;
@@ -90,6 +90,20 @@ pub enum Sent {
         skipped: u32,
     },
 }
+
+/// A commit handed to the store: what it gives back, and who waits for it.
+struct Commit {
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = CommitResult> + Send>>,
+    waiting: Vec<Waiting>,
+    batch: usize,
+    began: std::time::Instant,
+}
+
+/// The batch and cursors a commit took back from the store, and whether each was stored.
+type CommitResult = StoreResult<(Vec<LogEntry>, Vec<(String, u64)>, StoreResult<Vec<bool>>)>;
+
+/// A sender waiting for its message's outcome.
+type Waiting = watch::Sender<Option<Result<Sent, HubError>>>;
 
 /// A send that the hub accepted: its outcome is known once it has been committed and routed.
 pub struct Accepted(watch::Receiver<Option<Result<Sent, HubError>>>);
@@ -301,96 +315,112 @@ impl Hub {
     }
 
     /// Commits and routes the log until [`Hub::close_log`], then commits what is left.
+    ///
+    /// The next batch goes to the store as soon as one commit is done, before that one is
+    /// routed: the store thread commits while the event loop routes and answers, instead of
+    /// each waiting for the other.
     pub async fn write_log(&self) {
+        let mut next = self.start_commit();
         loop {
-            let (entries, waiting, cursors, closing) = {
-                let mut state = self.state();
-                let log = &mut state.log;
-                let cursors: Vec<(String, u64)> = log.moved.drain().collect();
-                (
-                    std::mem::take(&mut log.batch),
-                    std::mem::take(&mut log.waiting),
-                    cursors,
-                    log.closing,
-                )
-            };
-            if entries.is_empty() && cursors.is_empty() {
-                if closing {
+            let Some(commit) = next.take() else {
+                // Closed, and what was taken after the close is committed: done. (What a
+                // failed last commit gave back is not tried again: the store is failing.)
+                if self.state().log.closing {
                     return;
                 }
                 self.log_wake.notified().await;
+                next = self.start_commit();
                 continue;
-            }
-            let text_logs = self.text_logs.clone();
-            let committed = self
-                .store
-                .call(move |s| {
-                    let stored = s.append_log(&entries, &cursors);
-                    if let (Some(logs), Ok(stored)) = (text_logs, &stored) {
-                        let committed = entries.iter().zip(stored).filter(|(_, &s)| s);
-                        let mut logs =
-                            logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        logs.messages(committed.map(|(e, _)| e));
-                    }
-                    Ok((entries, cursors, stored))
-                })
-                .await;
-            let (entries, stored) = match committed {
-                Ok((entries, _, Ok(stored))) => (entries, stored),
-                Ok((entries, cursors, Err(e))) => {
-                    tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
-                    let error = if e.is_full() {
-                        HubError::StoreFull
-                    } else {
-                        HubError::Store(e.to_string())
-                    };
-                    {
-                        let mut state = self.state();
-                        // Nothing of the batch waits for anyone: it was not stored.
-                        for entry in &entries {
-                            state.unaccount(entry);
-                        }
-                        let log = &mut state.log;
-                        if e.is_full() {
-                            // Sends are refused at once for a while, then tried again.
-                            log.full_until = Some(Instant::now() + FULL_RETRY);
-                        }
-                        // The cursors go with the next commit (acknowledgements need no room).
-                        for (user, cursor) in cursors {
-                            let moved = log.moved.entry(user).or_insert(cursor);
-                            *moved = (*moved).max(cursor);
-                        }
-                    }
-                    for done in waiting {
-                        let _ = done.send(Some(Err(error.clone())));
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
-                    for done in waiting {
-                        let _ = done.send(Some(Err(HubError::Store(e.to_string()))));
-                    }
-                    continue;
-                }
             };
-            // Encoded before taking the lock, which only routes.
-            let frames: Vec<Option<Bytes>> = entries
+            let Commit { done, waiting, batch, began } = commit;
+            let committed = done.await;
+            next = self.start_commit();
+            tracing::trace!(batch, took = ?began.elapsed(), "committed");
+            self.finish_commit(committed, waiting);
+        }
+    }
+
+    /// Takes the batch and the moved cursors and queues their commit; `None` if there is
+    /// nothing to commit.
+    fn start_commit(&self) -> Option<Commit> {
+        let (entries, waiting, cursors) = {
+            let mut state = self.state();
+            let log = &mut state.log;
+            if log.batch.is_empty() && log.moved.is_empty() {
+                return None;
+            }
+            let cursors: Vec<(String, u64)> = log.moved.drain().collect();
+            (std::mem::take(&mut log.batch), std::mem::take(&mut log.waiting), cursors)
+        };
+        let text_logs = self.text_logs.clone();
+        let batch = entries.len();
+        let done = self.store.call(move |s| {
+            let stored = s.append_log(&entries, &cursors);
+            if let (Some(logs), Ok(stored)) = (text_logs, &stored) {
+                let committed = entries.iter().zip(stored).filter(|(_, &s)| s);
+                let mut logs = logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                logs.messages(committed.map(|(e, _)| e));
+            }
+            Ok((entries, cursors, stored))
+        });
+        Some(Commit { done: Box::pin(done), waiting, batch, began: std::time::Instant::now() })
+    }
+
+    /// Routes a committed batch in id order and answers its senders; or, if the commit
+    /// failed, gives back what the batch counted and tells the senders why.
+    fn finish_commit(&self, committed: CommitResult, waiting: Vec<Waiting>) {
+        let (entries, stored) = match committed {
+            Ok((entries, _, Ok(stored))) => (entries, stored),
+            Ok((entries, cursors, Err(e))) => {
+                tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
+                let error =
+                    if e.is_full() { HubError::StoreFull } else { HubError::Store(e.to_string()) };
+                {
+                    let mut state = self.state();
+                    // Nothing of the batch waits for anyone: it was not stored.
+                    for entry in &entries {
+                        state.unaccount(entry);
+                    }
+                    let log = &mut state.log;
+                    if e.is_full() {
+                        // Sends are refused at once for a while, then tried again.
+                        log.full_until = Some(Instant::now() + FULL_RETRY);
+                    }
+                    // The cursors go with the next commit (acknowledgements need no room).
+                    for (user, cursor) in cursors {
+                        let moved = log.moved.entry(user).or_insert(cursor);
+                        *moved = (*moved).max(cursor);
+                    }
+                }
+                for done in waiting {
+                    let _ = done.send(Some(Err(error.clone())));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
+                for done in waiting {
+                    let _ = done.send(Some(Err(HubError::Store(e.to_string()))));
+                }
+                return;
+            }
+        };
+        // Encoded before taking the lock, which only routes.
+        let frames: Vec<Option<Bytes>> = entries
+            .iter()
+            .zip(&stored)
+            .map(|(entry, &stored)| if stored { encode_event(live_event(entry)) } else { None })
+            .collect();
+        let outcomes: Vec<Sent> = {
+            let mut state = self.state();
+            entries
                 .iter()
-                .zip(&stored)
-                .map(|(entry, &stored)| if stored { encode_event(live_event(entry)) } else { None })
-                .collect();
-            let outcomes: Vec<Sent> = {
-                let mut state = self.state();
-                entries
-                    .iter()
-                    .zip(&frames)
-                    .map(|(entry, frame)| state.route(entry, frame.as_ref()))
-                    .collect()
-            };
-            for (done, outcome) in waiting.into_iter().zip(outcomes) {
-                let _ = done.send(Some(Ok(outcome)));
-            }
+                .zip(&frames)
+                .map(|(entry, frame)| state.route(entry, frame.as_ref()))
+                .collect()
+        };
+        for (done, outcome) in waiting.into_iter().zip(outcomes) {
+            let _ = done.send(Some(Ok(outcome)));
         }
     }
 
@@ -402,9 +432,6 @@ impl Hub {
 }
 
 impl State {
-    /// Routes a committed message to the sessions of its recipients; `frame` is `None` for a
-    /// repeat that the store left out (it is not routed again, and no longer waits for
-    /// anyone).
     /// Takes back what `entry` added to its recipients' backlogs: it was not stored.
     fn unaccount(&mut self, entry: &LogEntry) {
         let size = entry.body.len() as u64;
@@ -425,6 +452,9 @@ impl State {
         }
     }
 
+    /// Routes a committed message to the sessions of its recipients; `frame` is `None` for a
+    /// repeat that the store left out (it is not routed again, and no longer waits for
+    /// anyone).
     fn route(&mut self, entry: &LogEntry, frame: Option<&Bytes>) -> Sent {
         if frame.is_none() {
             self.unaccount(entry);
