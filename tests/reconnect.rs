@@ -266,3 +266,19 @@ async fn a_paste_over_the_limit_is_refused_locally_and_the_session_goes_on() {
     assert_eq!(alice.exit().await.code(), Some(0));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_limits_checked_before_sending_are_the_ones_the_server_said() {
+    let config = Config { max_message_chars: 20, ..Config::default() };
+    let server = TestServer::start(config).await;
+    let (_bob, mut bob_events) = server.login("bob").await;
+    let mut alice = logged_in(&server.addr.to_string(), "alice", "alice-pw").await;
+    alice.send(&format!("/msg bob {}", "y".repeat(21))).await;
+    alice.expect("error: not sent: messages are limited to 20 characters").await;
+    alice.send(&format!("/msg bob {}", "z".repeat(20))).await;
+    alice.expect("sent to bob").await;
+    assert_eq!(next_text(&mut bob_events).await, ("alice".into(), "z".repeat(20)));
+    alice.send("/logout").await;
+    assert_eq!(alice.exit().await.code(), Some(0));
+    server.stop().await;
+}

@@ -134,9 +134,29 @@ pub struct GroupDelivery {
 pub struct Client {
     requests: mpsc::Sender<Pending>,
     server: String,
+    limits: ServerLimits,
     local: SocketAddr,
     acks: Arc<Acks>,
     trusted: Option<trust::Trusted>,
+}
+
+/// What the server takes, as it said at the handshake: requests past these are refused
+/// before they are sent. `Default` gives the protocol's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Longest frame the server reads, in bytes.
+    pub max_frame: usize,
+    /// Longest message text, in characters.
+    pub max_message_chars: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            max_message_chars: crate::protocol::DEFAULT_MAX_MESSAGE_CHARS,
+        }
+    }
 }
 
 /// The connection to the server: plain TCP or TLS.
@@ -215,8 +235,8 @@ impl Client {
         let mut framed = Framed::new(stream, ClientCodec::new(MAX_SERVER_FRAME));
         let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
         framed.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent })).await?;
-        let server = match framed.next().await {
-            Some(Ok(Ok(ServerMessage::Welcome(w)))) => w.server,
+        let welcome = match framed.next().await {
+            Some(Ok(Ok(ServerMessage::Welcome(w)))) => w,
             Some(Ok(Ok(ServerMessage::Reply { result: Err(e), .. }))) => return Err(e.into()),
             Some(Ok(Ok(other))) => return Err(ClientError::Protocol(format!("{other:?}"))),
             Some(Ok(Err(e))) => return Err(ClientError::Protocol(e.to_string())),
@@ -227,7 +247,12 @@ impl Client {
         let (events_tx, rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acks::default());
         tokio::spawn(io_task(framed, requests_rx, events_tx, acks.clone()));
-        let client = Client { requests, server, local, acks: acks.clone(), trusted };
+        let limits = ServerLimits {
+            max_frame: welcome.max_frame as usize,
+            max_message_chars: welcome.max_message_chars as usize,
+        };
+        let server = welcome.server;
+        let client = Client { requests, server, limits, local, acks: acks.clone(), trusted };
         Ok((client, Events { rx, acks }))
     }
 
@@ -245,6 +270,11 @@ impl Client {
     /// The server's self-description from the handshake.
     pub fn server_agent(&self) -> &str {
         &self.server
+    }
+
+    /// The limits the server said at the handshake.
+    pub fn limits(&self) -> ServerLimits {
+        self.limits
     }
 
     /// This end of the server connection: the local address the server sees us come from

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 /// Version 4: the delivery log: message events carry the log's id, clients acknowledge what
 /// they have shown ([`ClientMessage::Ack`]), sends carry a client-chosen id, catch-up ends with
 /// [`Event::CaughtUp`].
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 5: [`Welcome`] carries the server's limits, so a client checks a request before
+/// sending it.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A message's id in the server's log: unique and increasing in the order the server
 /// accepted messages. Every message a session receives has a larger id than the one before.
@@ -93,6 +95,10 @@ pub struct Welcome {
     pub version: u32,
     /// Free text naming the server software.
     pub server: String,
+    /// The largest frame the server reads, in bytes: a larger one ends the connection.
+    pub max_frame: u32,
+    /// The longest message text it takes, in characters.
+    pub max_message_chars: u32,
 }
 
 /// A command from a client.

@@ -312,7 +312,12 @@ mod tests {
     #[test]
     fn every_server_message_round_trips() {
         let mut codec = FrameCodec::<ServerMessage, ServerMessage>::default();
-        let mut all = vec![ServerMessage::Welcome(Welcome { version: 1, server: "s".into() })];
+        let mut all = vec![ServerMessage::Welcome(Welcome {
+            version: 1,
+            server: "s".into(),
+            max_frame: 1,
+            max_message_chars: 1,
+        })];
         all.extend(replies().into_iter().map(|r| ServerMessage::Reply { id: 3, result: Ok(r) }));
         all.extend(error_codes().into_iter().map(|code| ServerMessage::Reply {
             id: u32::MAX,

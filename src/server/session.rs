@@ -103,7 +103,7 @@ pub(super) async fn serve(
         Box::pin(conn.goodbye(ServerMessage::Reply { id: 0, result: Err(refusal) })).await;
         return;
     }
-    if !Box::pin(handshake(&mut conn, login_by)).await {
+    if !Box::pin(handshake(&mut conn, &shared.config, login_by)).await {
         return;
     }
     let unauthenticated = unauthenticated(&mut conn, &shared, &stop, addr, login_by);
@@ -122,12 +122,17 @@ pub(super) async fn serve(
 }
 
 /// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it.
-async fn handshake(conn: &mut Conn, login_by: Instant) -> bool {
+async fn handshake(conn: &mut Conn, config: &super::Config, login_by: Instant) -> bool {
     let by = login_by.min(Instant::now() + HANDSHAKE_TIMEOUT);
     let incoming = timeout_at(by, conn.read()).await;
     let refusal = match incoming {
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
-            let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
+            let welcome = Welcome {
+                version: PROTOCOL_VERSION,
+                server: server_agent(),
+                max_frame: u32::try_from(config.max_frame).unwrap_or(u32::MAX),
+                max_message_chars: u32::try_from(config.max_message_chars).unwrap_or(u32::MAX),
+            };
             return conn.send(&ServerMessage::Welcome(welcome)).await;
         }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) => ErrorReply::new(

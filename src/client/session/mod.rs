@@ -31,9 +31,9 @@
 //! - A private message sent is activity the server does not see: a keep-alive follows it
 //!   while connected.
 //! - Messages are acknowledged only once the front end has shown them.
-//! - A command that breaks the server's limits (message length, frame size:
-//!   [`SessionConfig::limits`], the protocol's defaults, as the frozen handshake does not
-//!   carry a server's own) is refused before it is sent, and the session goes on.
+//! - A command that breaks the server's limits (message length, frame size, as the server
+//!   said at the handshake: [`Client::limits`]; the last ones known while reconnecting) is
+//!   refused before it is sent, and the session goes on.
 //! - At most [`Outbox::LIMIT`](rules::Outbox::LIMIT) messages wait; one whose every send
 //!   lost the connection is given up after [`Outbox::MAX_SENDS`](rules::Outbox::MAX_SENDS).
 //!
@@ -92,8 +92,6 @@ pub struct SessionConfig {
     /// Reconnect when the connection drops or the server restarts (`--no-reconnect` turns
     /// it off).
     pub reconnect: bool,
-    /// The server's limits.
-    pub limits: Limits,
     /// Private-chat settings.
     pub chat: ChatConfig,
     /// File-transfer settings.
@@ -106,7 +104,6 @@ impl SessionConfig {
         Self {
             server: Arc::new(server),
             reconnect: true,
-            limits: Limits::default(),
             chat: ChatConfig::default(),
             transfer: TransferConfig::default(),
         }
@@ -305,6 +302,7 @@ impl Session {
         let shown = Arc::new(Shown::default());
         let driver = Driver {
             rules: Rules::new(config.reconnect),
+            limits: client.limits(),
             config,
             credentials,
             ports,
@@ -419,6 +417,8 @@ type Attempt = oneshot::Receiver<Result<(Client, Events, LoginInfo), ClientError
 /// The session task: owns the state, reacts to everything.
 struct Driver {
     config: SessionConfig,
+    /// The server's limits, from the latest handshake.
+    limits: Limits,
     credentials: Credentials,
     ports: DirectPorts,
     rules: Rules,
@@ -549,7 +549,7 @@ impl Driver {
         if request == Request::Logout {
             return self.logout().await;
         }
-        if let Some(why) = rules::limit_problem(&request, &self.config.limits) {
+        if let Some(why) = rules::limit_problem(&request, &self.limits) {
             self.emit(SessionEvent::Error(why.to_string())).await;
             return None;
         }
@@ -749,6 +749,7 @@ impl Driver {
         tracing::info!(user = info.username, waiting = info.offline_messages, "logged in again");
         self.rules.logged_in();
         self.logins += 1;
+        self.limits = client.limits();
         client.ack(self.shown.id.load(Ordering::Acquire));
         self.client = Some(client);
         self.events = Some(events);

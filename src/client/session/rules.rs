@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::protocol::{
     encode_frame, text_problem, ByeReason, ClientMessage, EndReason, ErrorCode, MessageId, Request,
-    DEFAULT_MAX_FRAME, DEFAULT_MAX_MESSAGE_CHARS,
 };
 
 /// The first pause before reconnecting.
@@ -291,20 +290,8 @@ pub fn route(request: &Request, connection: &Connection) -> Route {
     }
 }
 
-/// The server's limits, checked before anything is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest frame the server reads, in bytes.
-    pub max_frame: usize,
-    /// Longest message text, in characters.
-    pub max_message_chars: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { max_frame: DEFAULT_MAX_FRAME, max_message_chars: DEFAULT_MAX_MESSAGE_CHARS }
-    }
-}
+/// The server's limits, as [`crate::client::Client::limits`] gives them.
+pub use crate::client::ServerLimits as Limits;
 
 /// Why `request` cannot be sent within `limits` (a server would refuse it, or close the
 /// connection for a frame too large), if it cannot.
