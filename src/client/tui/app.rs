@@ -5,6 +5,13 @@
 //! [`render`](super::render::render) only reads the state. The rules of the session (what a
 //! logout ends, reconnecting, keep-alives) are not here but in [`crate::client::session`]:
 //! the app shows what the session reports.
+//!
+//! Conversations live in [`Window`]s, as in irssi: window 1 is the server's (presence,
+//! notices, broadcasts, and bare command words as the course specs have them); each direct
+//! partner, group and private chat gets its own window, opened by `/query` or by the first
+//! message, with its own scrollback. Text typed without a `/` goes to the current window's
+//! conversation. A window that is not in view collects [`Activity`], shown in the status
+//! bar. Command output and errors go to the window in view.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -12,7 +19,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
-use crate::client::command::{self, Command};
+use crate::client::command::{self, Command, Target, Typed};
 use crate::client::format;
 pub use crate::client::session::Connection;
 use crate::client::session::{Finish, SessionEvent};
@@ -114,6 +121,42 @@ pub enum Kind {
     Error,
 }
 
+/// How much happened in a window since it was last in view; ordered, the most last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Activity {
+    /// Nothing new.
+    #[default]
+    None,
+    /// Notices only.
+    Text,
+    /// Messages.
+    Message,
+    /// A message that mentions your name.
+    Mention,
+}
+
+/// One conversation's window (or the server's) with its own scrollback.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// The conversation; `None` for the server window.
+    pub target: Option<Target>,
+    /// The scrollback, oldest first.
+    pub entries: VecDeque<Entry>,
+    /// Rows scrolled back from the newest; 0 follows new messages.
+    pub scroll: usize,
+    /// Messages that arrived while scrolled back.
+    pub unread: usize,
+    /// What arrived while the window was not in view.
+    pub activity: Activity,
+}
+
+impl Window {
+    /// The window's name in the status bar: `server`, `bob`, `#devs`, `=bob`.
+    pub fn label(&self) -> String {
+        self.target.as_ref().map_or_else(|| "server".to_owned(), Target::label)
+    }
+}
+
 /// The full-screen client's state.
 pub struct App {
     /// Server address, for the status bar.
@@ -124,12 +167,10 @@ pub struct App {
     pub connection: Connection,
     /// How the session finished, once it has.
     pub finished: Option<Finish>,
-    /// The scrollback, oldest first.
-    pub entries: VecDeque<Entry>,
-    /// Rows scrolled back from the newest; 0 follows new messages.
-    pub scroll: usize,
-    /// Messages that arrived while scrolled back.
-    pub unread: usize,
+    /// The windows; the first is the server's and is never closed.
+    pub windows: Vec<Window>,
+    /// The index of the window in view.
+    pub current: usize,
     /// Who is online, with their online-since time.
     pub online: BTreeMap<String, Timestamp>,
     /// Groups you are in or invited to, for completion.
@@ -163,9 +204,8 @@ impl App {
             me: me.to_owned(),
             connection: Connection::Connected,
             finished: None,
-            entries: VecDeque::new(),
-            scroll: 0,
-            unread: 0,
+            windows: vec![Window::default()],
+            current: 0,
             online: BTreeMap::new(),
             groups: BTreeSet::new(),
             private: BTreeSet::new(),
@@ -200,9 +240,19 @@ impl App {
         self.finished.is_some()
     }
 
-    /// Adds a notice line to the scrollback.
+    /// Adds a notice line to the server window.
     pub fn notice(&mut self, text: impl Into<String>) {
-        self.push(Entry { at: None, kind: Kind::Notice, text: text.into() });
+        self.push(0, Entry { at: None, kind: Kind::Notice, text: text.into() });
+    }
+
+    /// The window in view.
+    pub fn window(&self) -> &Window {
+        &self.windows[self.current]
+    }
+
+    /// The index of `target`'s window, if it is open.
+    pub fn window_of(&self, target: &Target) -> Option<usize> {
+        self.windows.iter().position(|w| w.target.as_ref() == Some(target))
     }
 
     /// Applies one event and returns what the driver must do.
@@ -225,26 +275,29 @@ impl App {
             SessionEvent::Private(event) => self.private_event(event),
             SessionEvent::PrivateSent { to, text, result } => match result {
                 Ok(()) => {
-                    let kind = Kind::Private { peer: to, outgoing: true, sent_at: None };
-                    self.chat(self.now, kind, text)
+                    let kind = Kind::Private { peer: to.clone(), outgoing: true, sent_at: None };
+                    self.own(Some(Target::Private(to)), self.now, kind, text);
                 }
                 Err(e) => self.error(e),
             },
             SessionEvent::PrivateStopped { user, result } => match result {
                 Ok(()) => {
                     self.private.remove(&user);
-                    self.notice(format::private_stopped(&user));
+                    self.notice_about(
+                        &Target::Private(user.clone()),
+                        format::private_stopped(&user),
+                    );
                 }
                 Err(e) => self.error(e),
             },
             SessionEvent::Transfer(event) => self.transfer_event(event),
-            SessionEvent::FileDone(Ok(line)) | SessionEvent::Notice(line) => self.notice(line),
+            SessionEvent::FileDone(Ok(line)) | SessionEvent::Notice(line) => self.output(line),
             SessionEvent::FileDone(Err(e)) | SessionEvent::Error(e) => self.error(e),
             SessionEvent::Connection(state) => self.connection_changed(state),
             SessionEvent::CaughtUp { arrived, reconnected: true } => {
                 self.notice(format::caught_up(arrived));
             }
-            // The login notice said how many were waiting; they are in the pane now.
+            // The login notice said how many were waiting; they are in their windows now.
             SessionEvent::CaughtUp { reconnected: false, .. } => {}
             SessionEvent::Finished(finish) => self.finished = Some(finish),
         }
@@ -262,30 +315,34 @@ impl App {
                 self.notice(format::connection(&state).unwrap_or_default());
             }
             Connection::Ended(why) | Connection::Lost(why) => {
-                self.error(format!("{}; Ctrl-C leaves", why));
+                let line = format!("{}; Ctrl-C leaves", why);
+                if self.current != 0 {
+                    self.push(0, Entry { at: None, kind: Kind::Error, text: line.clone() });
+                }
+                self.error(line);
             }
         }
         self.connection = state;
     }
 
     fn pending(&mut self, request: &Request) {
-        let (send_id, to, text) = match request {
-            Request::Msg { to, text, send_id: Some(id) } => (*id, to.clone(), text),
+        let (send_id, to, target, text) = match request {
+            Request::Msg { to, text, send_id: Some(id) } => {
+                (*id, to.clone(), Target::User(to.clone()), text)
+            }
             Request::GroupMsg { group, text, send_id: Some(id) } => {
-                (*id, format!("[{group}]"), text)
+                (*id, format!("[{group}]"), Target::Group(group.clone()), text)
             }
             _ => return,
         };
         if self.is_pending(send_id) {
             return;
         }
-        self.chat(self.now, Kind::Pending { send_id, to }, text.clone());
+        self.own(Some(target), self.now, Kind::Pending { send_id, to }, text.clone());
     }
 
     fn is_pending(&self, id: u64) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e.kind, Kind::Pending { send_id, .. } if send_id == id))
+        self.windows.iter().flat_map(|w| &w.entries).any(|e| is_pending(e, id))
     }
 
     /// Usernames known to this session (online now, or seen in messages), sorted.
@@ -336,7 +393,9 @@ impl App {
             TransferEvent::Waiting { .. } => {}
         }
         match (&event, format::transfer(&event)) {
-            (TransferEvent::Failed { .. }, Some(line)) => self.error(line),
+            (TransferEvent::Failed { .. }, Some(line)) => {
+                self.push(0, Entry { at: None, kind: Kind::Error, text: line })
+            }
             (_, Some(line)) => self.notice(line),
             (_, None) => {}
         }
@@ -355,12 +414,24 @@ impl App {
 
     fn key(&mut self, key: KeyEvent) -> Vec<Action> {
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let alt = key.modifiers.contains(KeyModifiers::ALT);
         if key.code != KeyCode::Tab {
             self.hint = None;
         }
         match key.code {
             KeyCode::Char('c') if ctrl => return self.quit(),
             KeyCode::Char('d') if ctrl && self.input.is_empty() => return self.quit(),
+            KeyCode::Char('n') if ctrl => self.switch_to((self.current + 1) % self.windows.len()),
+            KeyCode::Char('p') if ctrl => {
+                let n = self.windows.len();
+                self.switch_to((self.current + n - 1) % n)
+            }
+            KeyCode::Char(digit @ '0'..='9') if alt => {
+                // Alt-1 is the first window, Alt-0 the tenth, as in irssi.
+                let n = digit.to_digit(10).unwrap_or(0) as usize;
+                self.switch_to(if n == 0 { 9 } else { n - 1 });
+            }
+            KeyCode::Char('a') if alt => self.switch_to_active(),
             KeyCode::PageUp => self.scroll_by(self.pane_height().saturating_sub(1).max(1) as isize),
             KeyCode::PageDown => {
                 self.scroll_by(-(self.pane_height().saturating_sub(1).max(1) as isize))
@@ -379,6 +450,40 @@ impl App {
         Vec::new()
     }
 
+    /// Shows window `index` (if there is one) and clears its activity.
+    fn switch_to(&mut self, index: usize) {
+        if let Some(window) = self.windows.get_mut(index) {
+            window.activity = Activity::None;
+            self.current = index;
+        }
+    }
+
+    /// Shows the window with the most activity (the lowest number among equals), as
+    /// irssi's Alt-A does.
+    fn switch_to_active(&mut self) {
+        let best = self
+            .windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.activity > Activity::Text)
+            .max_by_key(|(i, w)| (w.activity, std::cmp::Reverse(*i)));
+        if let Some((index, _)) = best {
+            self.switch_to(index);
+        }
+    }
+
+    /// Opens `target`'s window if it is not open; returns its index.
+    fn open(&mut self, target: Target) -> usize {
+        if let Some(index) = self.window_of(&target) {
+            return index;
+        }
+        if let Target::User(user) | Target::Private(user) = &target {
+            self.users.insert(user.clone());
+        }
+        self.windows.push(Window { target: Some(target), ..Window::default() });
+        self.windows.len() - 1
+    }
+
     fn quit(&mut self) -> Vec<Action> {
         self.quitting = true;
         vec![Action::Quit]
@@ -389,14 +494,32 @@ impl App {
             return Vec::new();
         }
         self.scroll_by(isize::MIN);
-        match command::parse(line) {
+        match command::parse_in(line, self.window().target.as_ref()) {
             Err(e) => self.error(e.to_string()),
-            Ok(Command::Help { topic }) => match command::help(topic.as_deref()) {
-                Ok(lines) => lines.into_iter().for_each(|l| self.notice(l)),
+            Ok(Typed::Query(None)) => self.switch_to(0),
+            Ok(Typed::Query(Some(target))) => {
+                let target = match target {
+                    // A known group's name needs no '#'.
+                    Target::User(name) if self.groups.contains(&name) => Target::Group(name),
+                    target => target,
+                };
+                let index = self.open(target);
+                self.switch_to(index);
+            }
+            Ok(Typed::Close) if self.current == 0 => {
+                self.error("the server window stays open; /logout leaves")
+            }
+            Ok(Typed::Close) => {
+                self.windows.remove(self.current);
+                self.current = self.current.min(self.windows.len() - 1);
+                self.switch_to(self.current);
+            }
+            Ok(Typed::Command(Command::Help { topic })) => match command::help(topic.as_deref()) {
+                Ok(lines) => lines.into_iter().for_each(|l| self.output(l)),
                 Err(e) => self.error(e.to_string()),
             },
-            Ok(Command::Server(Request::Logout)) => return self.quit(),
-            Ok(command) => return vec![Action::Run(command)],
+            Ok(Typed::Command(Command::Server(Request::Logout))) => return self.quit(),
+            Ok(Typed::Command(command)) => return vec![Action::Run(command)],
         }
         Vec::new()
     }
@@ -415,19 +538,20 @@ impl App {
     fn server_event(&mut self, event: Event) {
         match event {
             Event::Message { from, text, sent_at, offline, .. } => {
-                self.users.insert(from.clone());
-                self.chat(sent_at, Kind::Message { from, offline }, text);
+                let target = Target::User(from.clone());
+                self.chat(Some(target), sent_at, Kind::Message { from, offline }, text);
             }
             Event::Broadcast { from, text, sent_at } => {
                 self.users.insert(from.clone());
-                self.chat(sent_at, Kind::Broadcast { from }, text);
+                self.chat(None, sent_at, Kind::Broadcast { from }, text);
             }
-            // The login notice said how many were waiting; they are in the pane now.
+            // The login notice said how many were waiting; they are in their windows now.
             Event::CaughtUp => {}
             Event::GroupMessage { group, from, text, sent_at, offline, .. } => {
                 self.users.insert(from.clone());
                 self.groups.insert(group.clone());
-                self.chat(sent_at, Kind::Group { group, from, offline }, text);
+                let target = Target::Group(group.clone());
+                self.chat(Some(target), sent_at, Kind::Group { group, from, offline }, text);
             }
             Event::Presence { ref user, change, at } => {
                 self.users.insert(user.clone());
@@ -436,7 +560,7 @@ impl App {
                 } else {
                     self.online.remove(user);
                 }
-                self.notice(format::event(&event));
+                self.notice_about(&Target::User(user.clone()), format::event(&event));
             }
             Event::Invited(ref invitation) => {
                 self.groups.insert(invitation.group.clone());
@@ -470,21 +594,26 @@ impl App {
         match &event {
             PrivateEvent::Opened { peer } => {
                 self.private.insert(peer.clone());
-                self.notice(format::private(&event));
+                self.open(Target::Private(peer.clone()));
+                self.notice_about(&Target::Private(peer.clone()), format::private(&event));
             }
             PrivateEvent::Message { peer, text, sent_at, received_at } => {
                 let kind =
                     Kind::Private { peer: peer.clone(), outgoing: false, sent_at: Some(*sent_at) };
-                self.chat(*received_at, kind, text.clone());
+                self.chat(Some(Target::Private(peer.clone())), *received_at, kind, text.clone());
             }
             PrivateEvent::Refused { .. } => self.notice(format::private(&event)),
             PrivateEvent::Closed { peer, .. } => {
                 self.private.remove(peer);
-                self.notice(format::private(&event));
+                self.notice_about(&Target::Private(peer.clone()), format::private(&event));
             }
             PrivateEvent::Failed { peer, error } => {
                 self.private.remove(peer);
-                self.error(format!("private chat with {peer}: {error}"));
+                let line = format!("private chat with {peer}: {error}");
+                if let Some(index) = self.window_of(&Target::Private(peer.clone())) {
+                    self.push(index, Entry { at: None, kind: Kind::Error, text: line.clone() });
+                }
+                self.push(0, Entry { at: None, kind: Kind::Error, text: line });
             }
         }
     }
@@ -498,9 +627,9 @@ impl App {
         | Request::GroupMsg { send_id: Some(id), .. } = &request
         {
             // Answered now: it no longer waits.
-            let pending =
-                |e: &Entry| matches!(e.kind, Kind::Pending { send_id, .. } if send_id == *id);
-            self.entries.retain(|e| !pending(e));
+            for window in &mut self.windows {
+                window.entries.retain(|e| !is_pending(e, *id));
+            }
         }
         let reply = match result {
             Ok(reply) => reply,
@@ -512,30 +641,32 @@ impl App {
         let now = self.now;
         match (&request, &reply) {
             (Request::Msg { to, text, .. }, Reply::Sent { delivery, .. }) => {
-                self.chat(now, Kind::Sent { to: to.clone() }, text.clone());
+                let target = Target::User(to.clone());
+                self.own(Some(target.clone()), now, Kind::Sent { to: to.clone() }, text.clone());
                 if *delivery == Delivery::Stored {
-                    self.notice(format::reply(&request, &reply).join(" "));
+                    self.notice_in(&target, format::reply(&request, &reply).join(" "));
                 }
             }
             (Request::Broadcast { text }, Reply::Broadcasted { skipped, .. }) => {
-                self.chat(now, Kind::Broadcast { from: self.me.clone() }, text.clone());
+                self.own(None, now, Kind::Broadcast { from: self.me.clone() }, text.clone());
                 if *skipped > 0 {
-                    self.notice(format::reply(&request, &reply).join(" "));
+                    self.output(format::reply(&request, &reply).join(" "));
                 }
             }
             (Request::GroupMsg { group, text, .. }, Reply::GroupSent { stored, skipped, .. }) => {
+                let target = Target::Group(group.clone());
                 let kind =
                     Kind::Group { group: group.clone(), from: self.me.clone(), offline: false };
-                self.chat(now, kind, text.clone());
+                self.own(Some(target.clone()), now, kind, text.clone());
                 if *stored > 0 || *skipped > 0 {
-                    self.notice(format::reply(&request, &reply).join(" "));
+                    self.notice_in(&target, format::reply(&request, &reply).join(" "));
                 }
             }
             (_, Reply::LoggedOut) => return self.quit(),
             _ => {
                 self.learn(&reply);
                 for line in format::reply(&request, &reply) {
-                    self.notice(line);
+                    self.output(line);
                 }
             }
         }
@@ -574,25 +705,71 @@ impl App {
         self.users.extend(self.online.keys().cloned());
     }
 
-    fn chat(&mut self, at: Timestamp, kind: Kind, text: String) {
-        if self.scroll > 0 {
-            self.unread += 1;
+    /// A message from someone else, in its conversation's window (`None`: the server
+    /// window), which is opened if it is not.
+    fn chat(&mut self, target: Option<Target>, at: Timestamp, kind: Kind, text: String) {
+        let index = target.map_or(0, |t| self.open(t));
+        let mention = mentions(&text, &self.me);
+        let window = &mut self.windows[index];
+        if window.scroll > 0 {
+            window.unread += 1;
         }
-        self.push(Entry { at: Some(at), kind, text });
+        if index != self.current {
+            let level = if mention { Activity::Mention } else { Activity::Message };
+            window.activity = window.activity.max(level);
+        }
+        self.push(index, Entry { at: Some(at), kind, text });
     }
 
+    /// Something you sent: in its conversation's window, and in the window in view too if
+    /// that is another (so that a `/msg` typed anywhere shows where it was typed).
+    fn own(&mut self, target: Option<Target>, at: Timestamp, kind: Kind, text: String) {
+        let index = target.map_or(0, |t| self.open(t));
+        let entry = Entry { at: Some(at), kind, text };
+        if index != self.current {
+            self.push(self.current, entry.clone());
+        }
+        self.push(index, entry);
+    }
+
+    /// A notice in the server window, and in `target`'s window too when it is open.
+    fn notice_about(&mut self, target: &Target, text: String) {
+        if let Some(index) = self.window_of(target) {
+            self.push(index, Entry { at: None, kind: Kind::Notice, text: text.clone() });
+        }
+        self.notice(text);
+    }
+
+    /// A notice in `target`'s window (open, as something was just sent there).
+    fn notice_in(&mut self, target: &Target, text: String) {
+        let index = self.window_of(target).unwrap_or(self.current);
+        self.push(index, Entry { at: None, kind: Kind::Notice, text });
+    }
+
+    /// Command output, in the window in view.
+    fn output(&mut self, text: impl Into<String>) {
+        self.push(self.current, Entry { at: None, kind: Kind::Notice, text: text.into() });
+    }
+
+    /// An error, in the window in view.
     fn error(&mut self, text: impl Into<String>) {
-        self.push(Entry { at: None, kind: Kind::Error, text: text.into() });
+        self.push(self.current, Entry { at: None, kind: Kind::Error, text: text.into() });
     }
 
-    fn push(&mut self, entry: Entry) {
-        if self.scroll > 0 {
+    fn push(&mut self, index: usize, entry: Entry) {
+        let width = self.width();
+        let current = self.current;
+        let window = &mut self.windows[index];
+        if window.scroll > 0 {
             // Keep the rows in view where they are.
-            self.scroll += super::render::entry_rows(&entry, self.width());
+            window.scroll += super::render::entry_rows(&entry, width);
         }
-        self.entries.push_back(entry);
-        if self.entries.len() > SCROLLBACK {
-            self.entries.pop_front();
+        if index != current && window.activity == Activity::None {
+            window.activity = Activity::Text;
+        }
+        window.entries.push_back(entry);
+        if window.entries.len() > SCROLLBACK {
+            window.entries.pop_front();
         }
     }
 
@@ -600,16 +777,31 @@ impl App {
         usize::from(self.size.0).max(1)
     }
 
-    /// Scrolls back by `rows` (forward when negative), within the scrollback.
+    /// Scrolls the window in view back by `rows` (forward when negative), within its
+    /// scrollback.
     fn scroll_by(&mut self, rows: isize) {
-        let total: usize =
-            self.entries.iter().map(|e| super::render::entry_rows(e, self.width())).sum();
-        let max = total.saturating_sub(self.pane_height());
-        self.scroll = self.scroll.saturating_add_signed(rows).min(max);
-        if self.scroll == 0 {
-            self.unread = 0;
+        let width = self.width();
+        let height = self.pane_height();
+        let window = &mut self.windows[self.current];
+        let total: usize = window.entries.iter().map(|e| super::render::entry_rows(e, width)).sum();
+        let max = total.saturating_sub(height);
+        window.scroll = window.scroll.saturating_add_signed(rows).min(max);
+        if window.scroll == 0 {
+            window.unread = 0;
         }
     }
+}
+
+fn is_pending(entry: &Entry, id: u64) -> bool {
+    matches!(entry.kind, Kind::Pending { send_id, .. } if send_id == id)
+}
+
+/// Whether `text` names `me` as a word, in any case.
+pub fn mentions(text: &str, me: &str) -> bool {
+    let me = me.to_lowercase();
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+        .any(|word| word == me)
 }
 
 /// Lists a directory for path completion; unreadable directories list as empty.
@@ -635,6 +827,14 @@ mod tests {
 
     fn key(code: KeyCode) -> UiEvent {
         UiEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    fn alt(c: char) -> UiEvent {
+        UiEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::ALT))
+    }
+
+    fn ctrl(c: char) -> UiEvent {
+        UiEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
     }
 
     fn type_line(app: &mut App, text: &str) -> Vec<Action> {
@@ -663,7 +863,7 @@ mod tests {
         assert!(app.input.is_empty());
         let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
-        let last = app.entries.back().unwrap();
+        let last = app.window().entries.back().unwrap();
         assert_eq!(last.kind, Kind::Sent { to: "bob".into() });
         assert_eq!(last.text, "hi there");
     }
@@ -671,12 +871,12 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_entry_and_sends_nothing() {
         let mut app = app();
-        assert!(type_line(&mut app, "/msg bob").is_empty());
-        assert_eq!(app.entries.back().unwrap().kind, Kind::Error);
+        assert!(type_line(&mut app, "/msg").is_empty());
+        assert_eq!(app.window().entries.back().unwrap().kind, Kind::Error);
         assert!(type_line(&mut app, "/dance").is_empty());
-        assert!(app.entries.back().unwrap().text.contains("unknown command"));
+        assert!(app.window().entries.back().unwrap().text.contains("unknown command"));
         assert!(type_line(&mut app, "/help groupmsg").is_empty());
-        assert!(app.entries.iter().any(|e| e.text.starts_with("/groupmsg NAME TEXT")));
+        assert!(app.window().entries.iter().any(|e| e.text.starts_with("/groupmsg NAME TEXT")));
     }
 
     #[test]
@@ -714,19 +914,20 @@ mod tests {
         for i in 0..10 {
             app.handle(message("bob", &format!("m{i}")));
         }
+        app.handle(alt('2'));
         app.handle(key(KeyCode::PageUp));
-        assert_eq!(app.scroll, 2);
+        assert_eq!(app.window().scroll, 2);
         app.handle(message("bob", "new"));
-        assert_eq!((app.scroll, app.unread), (3, 1));
+        assert_eq!((app.window().scroll, app.window().unread), (3, 1));
         app.handle(key(KeyCode::PageUp));
         app.handle(key(KeyCode::PageUp));
         app.handle(key(KeyCode::PageUp));
         app.handle(key(KeyCode::PageUp));
-        assert_eq!(app.scroll, 11 - 3, "stops at the oldest entry");
+        assert_eq!(app.window().scroll, 11 - 3, "stops at the oldest entry");
         for _ in 0..6 {
             app.handle(key(KeyCode::PageDown));
         }
-        assert_eq!((app.scroll, app.unread), (0, 0));
+        assert_eq!((app.window().scroll, app.window().unread), (0, 0));
     }
 
     #[test]
@@ -761,10 +962,13 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Connection(reconnecting.clone())));
         assert_eq!(app.connection, reconnecting);
         assert!(app.asking.is_empty(), "the server forgot the request with the session");
-        assert!(app.entries.back().unwrap().text.contains("reconnecting in 4 s"));
+        assert!(app.window().entries.back().unwrap().text.contains("reconnecting in 4 s"));
         app.handle(UiEvent::Session(SessionEvent::Connection(Connection::Connected)));
         app.handle(UiEvent::Session(SessionEvent::CaughtUp { arrived: 3, reconnected: true }));
-        assert_eq!(app.entries.back().unwrap().text, "* reconnected; 3 messages arrived meanwhile");
+        assert_eq!(
+            app.window().entries.back().unwrap().text,
+            "* reconnected; 3 messages arrived meanwhile"
+        );
 
         // The session, not the app, decides what a command can do while disconnected.
         let ended = Connection::Ended("you were logged out after being idle too long".into());
@@ -784,13 +988,17 @@ mod tests {
         let request = Request::Msg { to: "bob".into(), text: "later".into(), send_id: Some(7) };
         app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
         app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
-        let pending: Vec<&Entry> =
-            app.entries.iter().filter(|e| matches!(e.kind, Kind::Pending { .. })).collect();
+        let pending: Vec<&Entry> = app
+            .window()
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Pending { .. }))
+            .collect();
         assert_eq!(pending.len(), 1, "pending once, however often it is sent again");
         let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
-        assert!(!app.entries.iter().any(|e| matches!(e.kind, Kind::Pending { .. })));
-        assert_eq!(app.entries.back().unwrap().kind, Kind::Sent { to: "bob".into() });
+        assert!(!app.window().entries.iter().any(|e| matches!(e.kind, Kind::Pending { .. })));
+        assert_eq!(app.window().entries.back().unwrap().kind, Kind::Sent { to: "bob".into() });
     }
 
     #[test]
@@ -801,5 +1009,145 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         assert!(app.groups.contains("devs"));
         assert!(app.known_users().contains(&"carol".to_string()));
+    }
+
+    fn group_message(group: &str, from: &str, text: &str) -> UiEvent {
+        UiEvent::Session(SessionEvent::Server(Event::GroupMessage {
+            id: 2,
+            group: group.into(),
+            from: from.into(),
+            text: text.into(),
+            sent_at: 1,
+            offline: false,
+        }))
+    }
+
+    fn msg(to: &str, text: &str) -> Vec<Action> {
+        let request = Request::Msg { to: to.into(), text: text.into(), send_id: None };
+        vec![Action::Run(Command::Server(request))]
+    }
+
+    fn labels(app: &App) -> Vec<String> {
+        app.windows.iter().map(Window::label).collect()
+    }
+
+    #[test]
+    fn bare_text_goes_to_the_window_in_view_and_bare_words_are_commands_in_the_server_window() {
+        let mut app = app();
+        assert_eq!(type_line(&mut app, "whoelse"), [Action::Run(Command::Server(Request::List))]);
+        assert!(type_line(&mut app, "hello there").is_empty(), "no conversation here");
+        assert!(app.window().entries.back().unwrap().text.contains("unknown command 'hello'"));
+
+        assert!(type_line(&mut app, "/query bob").is_empty());
+        assert_eq!((labels(&app), app.current), (vec!["server".into(), "bob".into()], 1));
+        assert_eq!(type_line(&mut app, "hello there"), msg("bob", "hello there"));
+        assert_eq!(type_line(&mut app, "bye"), msg("bob", "bye"), "a word, not a logout");
+        assert_eq!(type_line(&mut app, "//etc/hosts is it"), msg("bob", "/etc/hosts is it"));
+        assert_eq!(type_line(&mut app, "/list"), [Action::Run(Command::Server(Request::List))]);
+
+        // A known group needs no '#'; a private chat is '='.
+        app.groups.insert("devs".into());
+        type_line(&mut app, "/query devs");
+        let group =
+            Request::GroupMsg { group: "devs".into(), text: "standup".into(), send_id: None };
+        assert_eq!(type_line(&mut app, "standup"), [Action::Run(Command::Server(group))]);
+        type_line(&mut app, "/query =carol");
+        let private = Command::Private { to: "carol".into(), text: "psst".into() };
+        assert_eq!(type_line(&mut app, "psst"), [Action::Run(private)]);
+        // /msg USER without text opens USER's window (the one already open: no second).
+        type_line(&mut app, "/msg bob");
+        assert_eq!(labels(&app), ["server", "bob", "#devs", "=carol"]);
+        assert_eq!(app.current, 1);
+        // /query alone goes back to the server window, where words are commands again.
+        type_line(&mut app, "/query");
+        assert_eq!(app.current, 0);
+        assert_eq!(type_line(&mut app, "bye"), [Action::Quit]);
+    }
+
+    #[test]
+    fn messages_open_their_window_and_the_keys_switch() {
+        let mut app = app();
+        app.handle(message("bob", "hi alice"));
+        app.handle(group_message("devs", "carol", "build is green"));
+        let direct = Request::Msg { to: "dave".into(), text: "lunch?".into(), send_id: None };
+        let reply = Reply::Sent { to: "dave".into(), delivery: Delivery::Online };
+        app.handle(UiEvent::Session(SessionEvent::Replied { request: direct, result: Ok(reply) }));
+        assert_eq!(labels(&app), ["server", "bob", "#devs", "dave"]);
+        assert_eq!(app.current, 0, "a new message does not take the view");
+        assert_eq!(app.windows[1].entries.back().unwrap().text, "hi alice");
+        assert_eq!(app.windows[2].entries.back().unwrap().text, "build is green");
+        assert_eq!(app.windows[3].entries.back().unwrap().kind, Kind::Sent { to: "dave".into() });
+        assert_eq!(
+            app.windows[0].entries.back().unwrap().kind,
+            Kind::Sent { to: "dave".into() },
+            "what you send is shown where you typed it too"
+        );
+
+        app.handle(alt('3'));
+        assert_eq!(app.current, 2);
+        app.handle(ctrl('n'));
+        assert_eq!(app.current, 3);
+        app.handle(ctrl('n'));
+        assert_eq!(app.current, 0, "round to the first");
+        app.handle(ctrl('p'));
+        assert_eq!(app.current, 3);
+        app.handle(alt('9'));
+        assert_eq!(app.current, 3, "no ninth window: stay");
+
+        type_line(&mut app, "/close");
+        assert_eq!(labels(&app), ["server", "bob", "#devs"]);
+        assert_eq!(app.current, 2);
+        app.handle(alt('1'));
+        assert!(type_line(&mut app, "/close").is_empty());
+        assert_eq!(app.window().entries.back().unwrap().kind, Kind::Error, "the server's stays");
+        assert_eq!(labels(&app).len(), 3);
+    }
+
+    #[test]
+    fn activity_is_kept_for_windows_out_of_view_and_mentions_rank_highest() {
+        let mut app = app();
+        app.handle(group_message("devs", "carol", "build is green"));
+        app.handle(group_message("ops", "carol", "Alice, can you look?"));
+        app.handle(message("bob", "hi"));
+        let presence =
+            Event::Presence { user: "carol".into(), change: PresenceChange::LoggedOut, at: 3 };
+        app.handle(alt('4'));
+        app.handle(UiEvent::Session(SessionEvent::Server(presence)));
+        let activity: Vec<Activity> = app.windows.iter().map(|w| w.activity).collect();
+        assert_eq!(
+            activity,
+            [Activity::Text, Activity::Message, Activity::Mention, Activity::None],
+            "the window in view collects none; a presence notice is only text"
+        );
+        app.handle(alt('1'));
+        app.handle(alt('a'));
+        assert_eq!(app.current, 2, "Alt-A goes to the mention first");
+        app.handle(alt('a'));
+        assert_eq!(app.current, 1, "then to the lowest window with messages");
+        app.handle(alt('a'));
+        assert_eq!(app.current, 1, "nothing left");
+        assert!(app.windows.iter().all(|w| w.activity < Activity::Message));
+        assert!(mentions("ping @alice!", "alice") && mentions("ALICE: hi", "alice"));
+        assert!(!mentions("malice aforethought", "alice"));
+    }
+
+    #[test]
+    fn a_private_chat_gets_its_window_and_its_end_is_said_there() {
+        let mut app = app();
+        app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
+            peer: "bob".into(),
+        })));
+        assert_eq!(labels(&app), ["server", "=bob"]);
+        app.handle(alt('2'));
+        assert_eq!(
+            type_line(&mut app, "hi"),
+            [Action::Run(Command::Private { to: "bob".into(), text: "hi".into() })]
+        );
+        app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Closed {
+            peer: "bob".into(),
+            reason: crate::p2p::CloseReason::Lost,
+        })));
+        assert!(app.window().entries.back().unwrap().text.contains("bob"));
+        assert!(app.private.is_empty());
     }
 }

@@ -11,7 +11,7 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_width::UnicodeWidthChar;
 
-use super::app::{App, Connection, Entry, Kind};
+use super::app::{Activity, App, Connection, Entry, Kind};
 use crate::client::format::{clock, date_time, sanitize, their_clock};
 
 /// The prompt before the input line.
@@ -73,9 +73,10 @@ pub fn colour_of(name: &str) -> Color {
 fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
     let (width, height) = (usize::from(area.width).max(1), usize::from(area.height));
     // Walk back from the newest entry until the rows in view are collected.
-    let want = app.scroll + height;
+    let window = app.window();
+    let want = window.scroll + height;
     let mut rows: Vec<Line<'static>> = Vec::new();
-    for entry in app.entries.iter().rev() {
+    for entry in window.entries.iter().rev() {
         let mut lines = wrap(spans(entry, &app.me), width);
         lines.append(&mut rows);
         rows = lines;
@@ -83,7 +84,7 @@ fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
             break;
         }
     }
-    let end = rows.len().saturating_sub(app.scroll);
+    let end = rows.len().saturating_sub(window.scroll);
     let start = end.saturating_sub(height);
     let mut visible: Vec<Line<'static>> = rows.drain(start..end).collect();
     // Newest at the bottom: pad above when there are fewer rows than the pane has.
@@ -120,15 +121,23 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     if !gauges.is_empty() {
         segments.push((gauges.join(" "), bar.fg(Color::LightCyan)));
     }
-    if app.unread > 0 {
-        segments.push((format!("{} unread, PgDn", app.unread), bar.fg(Color::LightYellow)));
+    if app.window().unread > 0 {
+        let unread = app.window().unread;
+        segments.push((format!("{unread} unread, PgDn"), bar.fg(Color::LightYellow)));
     }
     let names = format!("[{}]", online.join(" "));
-    let total = |segs: &[(String, Style)]| segs.iter().map(|(s, _)| s.len() + 3).sum::<usize>();
-    if !online.is_empty() && total(&segments) + names.len() + 3 <= usize::from(width) {
+    let total =
+        |segs: &[(String, Style)]| segs.iter().map(|(s, _)| s.chars().count() + 3).sum::<usize>();
+    let windows = window_list(app, bar, false);
+    let room = usize::from(width).saturating_sub(total(&segments));
+    let windows =
+        if list_width(&windows) + 3 <= room { windows } else { window_list(app, bar, true) };
+    let windows_width = if windows.is_empty() { 0 } else { list_width(&windows) + 3 };
+    let used = total(&segments) + windows_width;
+    if !online.is_empty() && used + names.chars().count() + 3 <= usize::from(width) {
         segments.push((names, bar));
     }
-    if total(&segments) > usize::from(width) {
+    if total(&segments) + windows_width > usize::from(width) {
         segments[0].0 = format!(" {}", app.me); // narrow: drop the server address
     }
     let mut spans = Vec::new();
@@ -137,8 +146,52 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
             spans.push(Span::styled(" | ", bar));
         }
         spans.push(Span::styled(text, style));
+        if i == 0 && !windows.is_empty() {
+            // The windows come first: on a narrow screen they matter most.
+            spans.push(Span::styled(" | ", bar));
+            spans.extend(windows.iter().cloned());
+        }
     }
     Line::from(spans).style(bar)
+}
+
+/// The window list for the status bar (nothing while the server window is the only one):
+/// `[2:bob]` is the window in view; after a name `*` marks new messages and `!` a mention
+/// of you, in colour too. `active_only` leaves out the windows with nothing new.
+fn window_list(app: &App, bar: Style, active_only: bool) -> Vec<Span<'static>> {
+    if app.windows.len() < 2 {
+        return Vec::new();
+    }
+    let mut spans = Vec::new();
+    for (i, window) in app.windows.iter().enumerate() {
+        let current = i == app.current;
+        if active_only && !current && window.activity < Activity::Message {
+            continue;
+        }
+        let label = sanitize(&window.label()).into_owned();
+        let (text, style) = match window.activity {
+            _ if current => (format!("[{}:{label}]", i + 1), bar.add_modifier(Modifier::BOLD)),
+            Activity::Mention => (
+                format!("{}:{label}!", i + 1),
+                bar.fg(Color::LightMagenta).add_modifier(Modifier::BOLD),
+            ),
+            Activity::Message => (
+                format!("{}:{label}*", i + 1),
+                bar.fg(Color::LightYellow).add_modifier(Modifier::BOLD),
+            ),
+            Activity::Text => (format!("{}:{label}", i + 1), bar),
+            Activity::None => (format!("{}:{label}", i + 1), bar.fg(Color::Gray)),
+        };
+        if !spans.is_empty() {
+            spans.push(Span::styled(" ", bar));
+        }
+        spans.push(Span::styled(text, style));
+    }
+    spans
+}
+
+fn list_width(spans: &[Span<'_>]) -> usize {
+    spans.iter().map(|s| s.content.chars().count()).sum()
 }
 
 fn render_input(app: &App, frame: &mut Frame, area: Rect) {
@@ -289,6 +342,7 @@ fn line_of(row: &[(char, Style)]) -> Line<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::command::Target;
     use crate::client::session::SessionEvent;
     use crate::client::tui::app::UiEvent;
     use crate::protocol::{Event, OnlineUser};
@@ -324,6 +378,12 @@ mod tests {
             sent_at: 0,
             offline: false,
         })));
+        view(app, Target::User("bob".into()));
+    }
+
+    /// Brings `target`'s window into view.
+    fn view(app: &mut App, target: Target) {
+        app.current = app.window_of(&target).expect("the window is open");
     }
 
     #[test]
@@ -359,7 +419,7 @@ mod tests {
         let body: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
         assert_eq!(body.len(), 2, "{rows:#?}");
         assert!(rows.iter().all(|r| r.chars().count() <= 30));
-        assert_eq!(entry_rows(app.entries.back().unwrap(), 30), 2);
+        assert_eq!(entry_rows(app.window().entries.back().unwrap(), 30), 2);
     }
 
     #[test]
@@ -380,7 +440,9 @@ mod tests {
             received_at: 0,
         })));
         let rows = screen(&app);
-        assert!(rows[4].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
+        assert!(rows[5].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
+        view(&mut app, Target::Private("bob".into()));
+        let rows = screen(&app);
         assert!(rows[5].ends_with("[private] bob: <U+2066>hidden<U+2069>"), "{rows:#?}");
     }
 
@@ -398,6 +460,7 @@ mod tests {
                 },
             )));
         }
+        view(&mut app, Target::Private("bob".into()));
         let rows = screen(&app);
         let at = clock(received_at);
         assert_eq!(rows[4], format!("[{at}] [private] bob: hi"), "{rows:#?}");
@@ -421,6 +484,7 @@ mod tests {
             sent_at: 0,
             received_at: 0,
         })));
+        view(&mut app, Target::Private("bob".into()));
         let rows = screen(&app);
         // 8 rows: the pane, the request prompt, the status bar, the input line.
         assert!(rows[4].ends_with("] [private] bob: psst"), "{rows:#?}");
@@ -508,9 +572,12 @@ mod tests {
             sent_at: 0,
             offline: false,
         })));
+        view(&mut app, Target::User("bob".into()));
         let rows = screen(&app);
-        assert!(rows[3].ends_with("] bob: (while you were away) sent while"), "{rows:#?}");
-        assert_eq!(rows[4], "you slept", "wrapped at a space");
+        assert!(rows[4].ends_with("] bob: (while you were away) sent while"), "{rows:#?}");
+        assert_eq!(rows[5], "you slept", "wrapped at a space");
+        view(&mut app, Target::Group("devs".into()));
+        let rows = screen(&app);
         assert!(rows[5].ends_with("] [devs] carol: standup"), "{rows:#?}");
         app.handle(UiEvent::Resize { width: 30, height: 6 });
         let rows = screen(&app);
@@ -519,6 +586,46 @@ mod tests {
         assert_eq!(rows[3], "standup", "the newest row stays at the bottom: {rows:#?}");
         let long = wrap(vec![Span::raw("x".repeat(25))], 10);
         assert_eq!(long.len(), 3, "a word longer than the row is broken");
+    }
+
+    #[test]
+    fn the_status_bar_lists_the_windows_with_their_activity() {
+        let mut app = app(100);
+        incoming(&mut app, "hi"); // window 2, in view
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::GroupMessage {
+            id: 2,
+            group: "devs".into(),
+            from: "carol".into(),
+            text: "alice: review please".into(),
+            sent_at: 0,
+            offline: false,
+        })));
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::Message {
+            id: 3,
+            from: "dave".into(),
+            text: "lunch?".into(),
+            sent_at: 0,
+            offline: false,
+        })));
+        let rows = screen(&app);
+        assert!(
+            rows[6].contains(
+                "alice@127.0.0.1:4000 | 1:server [2:bob] 3:#devs! 4:dave* | connected | 2 online \
+                 | [bob carol]"
+            ),
+            "{rows:#?}"
+        );
+        let (w, h) = app.size;
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| render(&app, f)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let x = rows[6].find("3:#devs!").unwrap() as u16;
+        assert_eq!(buffer[(x, 6)].fg, Color::LightMagenta, "a mention stands out");
+        // Narrow: only the window in view and those with messages.
+        app.handle(UiEvent::Resize { width: 40, height: 8 });
+        let rows = screen(&app);
+        assert!(rows[6].starts_with(" alice | [2:bob] 3:#devs! 4:dave* | "), "{rows:#?}");
+        assert!(!rows[6].contains("1:server"), "{rows:#?}");
     }
 
     #[test]
