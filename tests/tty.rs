@@ -142,6 +142,9 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     tmux.type_text("/msg alice half typ");
     tmux.wait_for("the typed text", |s| last_line(s) == "> /msg alice half typ").await;
     alice.msg("bob", "interrupting you").await.unwrap();
+    // It opens alice's window, 2, without taking the view; Alt-2 shows it.
+    tmux.wait_for("alice's window", |s| s.contains("2:alice*")).await;
+    tmux.press("M-2");
     let screen = tmux
         .wait_for("the message in the pane", |s| {
             s.contains("] alice: interrupting you") && last_line(s) == "> /msg alice half typ"
@@ -259,5 +262,97 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
             }
         }
     }
+    server.stop().await;
+}
+
+/// The full-screen client for bob in tmux, with its log in a temp file.
+fn full_screen_bob(
+    server: &TestServer,
+    width: u16,
+    height: u16,
+) -> (Tmux, tempfile::NamedTempFile) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let command = format!(
+        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+         echo confab exited $?; sleep 30",
+        env!("CARGO_BIN_EXE_confab"),
+        server.addr,
+        log.path().display()
+    );
+    (Tmux::start(&command, width, height), log)
+}
+
+#[tokio::test]
+async fn two_windows_each_send_bare_text_to_their_own_partner() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, mut alice_events) = server.login("alice").await;
+    let (carol, mut carol_events) = server.login("carol").await;
+    let (tmux, _log) = full_screen_bob(&server, 100, 16);
+    tmux.wait_for("the status bar", |s| s.contains("| connected | 2 online")).await;
+
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    tmux.type_text("hi alice, this is window 2");
+    tmux.press("Enter");
+    tmux.type_text("/query carol");
+    tmux.press("Enter");
+    tmux.wait_for("carol's window", |s| s.contains("2:alice [3:carol]")).await;
+    tmux.type_text("and hi carol");
+    tmux.press("Enter");
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("bob".into(), "hi alice, this is window 2".into())
+    );
+    assert_eq!(next_text(&mut carol_events).await, ("bob".into(), "and hi carol".into()));
+
+    // alice answers while carol's window is in view: window 2 lights up; Alt-2 goes there.
+    alice.msg("bob", "hello there").await.unwrap();
+    tmux.wait_for("activity in window 2", |s| s.contains("2:alice* [3:carol]")).await;
+    tmux.press("M-2");
+    tmux.wait_for("alice's message", |s| s.contains("] alice: hello there")).await;
+    tmux.type_text("bye");
+    tmux.press("Enter");
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("bob".into(), "bye".into()),
+        "text, not a logout"
+    );
+    // Ctrl-N goes on to carol's window; what is typed there is carol's.
+    tmux.press("C-n");
+    tmux.wait_for("carol's window again", |s| s.contains("2:alice [3:carol]")).await;
+    tmux.type_text("still here");
+    tmux.press("Enter");
+    assert_eq!(next_text(&mut carol_events).await, ("bob".into(), "still here".into()));
+    carol.msg("alice", "only alice hears this").await.unwrap();
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("carol".into(), "only alice hears this".into()),
+        "nothing of bob's reached alice meanwhile"
+    );
+
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_3000_typed_characters_is_sent_whole() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, _log) = full_screen_bob(&server, 100, 16);
+    tmux.wait_for("the status bar", |s| s.contains("| connected | 1 online")).await;
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    // As a fast paste without bracketed paste types it: one write, then Enter right after.
+    let text: String = (0..3000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    tmux.run(&["send-keys", "-t", "t", "-l", &text, ";", "send-keys", "-t", "t", "Enter"]);
+    let end = &text[text.len() - 40..];
+    tmux.wait_for("the line sent", |s| s.contains(end) && last_line(s) == ">").await;
+    assert_eq!(next_text(&mut alice_events).await, ("bob".into(), text));
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
     server.stop().await;
 }

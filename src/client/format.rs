@@ -437,9 +437,15 @@ fn messages_count(messages: &[HistoryMessage]) -> String {
     }
 }
 
-/// An error line.
+/// An error line: one `error: ` prefix, however the message came (already an error line,
+/// or a `* ` notice that turned out to be a failure).
 pub fn error(message: impl std::fmt::Display) -> String {
-    format!("error: {message}")
+    let message = message.to_string();
+    let message = message.strip_prefix("* ").unwrap_or(&message);
+    match message.strip_prefix("error: ") {
+        Some(_) => message.to_owned(),
+        None => format!("error: {message}"),
+    }
 }
 
 /// Makes others' text safe and honest to show: control characters (escape sequences,

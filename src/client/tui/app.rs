@@ -259,7 +259,7 @@ impl App {
     pub fn handle(&mut self, event: UiEvent) -> Vec<Action> {
         match event {
             UiEvent::Key(key) => return self.key(key),
-            UiEvent::Paste(text) => self.input.insert(&text),
+            UiEvent::Paste(text) => self.input.paste(&text),
             UiEvent::Resize { width, height } => self.size = (width, height),
             UiEvent::Session(event) => return self.session_event(event),
             UiEvent::Tick(now) => self.now = now,
@@ -721,12 +721,12 @@ impl App {
         self.push(index, Entry { at: Some(at), kind, text });
     }
 
-    /// Something you sent: in its conversation's window, and in the window in view too if
-    /// that is another (so that a `/msg` typed anywhere shows where it was typed).
+    /// Something you sent: in its conversation's window, and in the server window too when
+    /// that is in view (so that a `/msg` typed there shows there).
     fn own(&mut self, target: Option<Target>, at: Timestamp, kind: Kind, text: String) {
         let index = target.map_or(0, |t| self.open(t));
         let entry = Entry { at: Some(at), kind, text };
-        if index != self.current {
+        if index != self.current && self.current == 0 {
             self.push(self.current, entry.clone());
         }
         self.push(index, entry);

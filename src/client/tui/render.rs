@@ -9,10 +9,11 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
-use unicode_width::UnicodeWidthChar;
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
 
 use super::app::{Activity, App, Connection, Entry, Kind};
-use crate::client::format::{clock, date_time, sanitize, their_clock};
+use crate::client::format::{self, clock, date_time, sanitize, their_clock};
 
 /// The prompt before the input line.
 const PROMPT: &str = "> ";
@@ -58,7 +59,8 @@ pub fn render(app: &App, frame: &mut Frame) {
 
 /// How many rows `entry` takes at `width` columns.
 pub fn entry_rows(entry: &Entry, width: usize) -> usize {
-    wrap(spans(entry, ""), width).len()
+    let (spans, indent) = spans(entry, "");
+    wrap(spans, width, indent).len()
 }
 
 /// The colour of `name`'s messages.
@@ -77,7 +79,8 @@ fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
     let want = window.scroll + height;
     let mut rows: Vec<Line<'static>> = Vec::new();
     for entry in window.entries.iter().rev() {
-        let mut lines = wrap(spans(entry, &app.me), width);
+        let (spans, indent) = spans(entry, &app.me);
+        let mut lines = wrap(spans, width, indent);
         lines.append(&mut rows);
         rows = lines;
         if rows.len() >= want {
@@ -195,27 +198,52 @@ fn list_width(spans: &[Span<'_>]) -> usize {
 }
 
 fn render_input(app: &App, frame: &mut Frame, area: Rect) {
-    let chars: Vec<char> = app.input.text().chars().collect();
-    let cursor = app.input.cursor();
+    let text = app.input.text();
+    let (before, after) = text.split_at(app.input.byte_cursor());
     let avail = usize::from(area.width).saturating_sub(PROMPT.len()).max(1);
-    // Scroll the line sideways so the cursor stays in view.
-    let col = |from: usize, to: usize| -> usize {
-        chars[from..to].iter().map(|c| c.width().unwrap_or(0)).sum()
-    };
-    let mut start = 0;
-    while col(start, cursor) >= avail && start < cursor {
-        start += 1;
+    // Scroll the line sideways so the cursor stays in view: keep the clusters before the
+    // cursor that fit, walking back from it (one pass, however long the line).
+    let mut col = 0;
+    let mut start = before.len();
+    for (at, cluster) in before.grapheme_indices(true).rev() {
+        let w = cell_width(cluster);
+        if col + w >= avail {
+            break;
+        }
+        col += w;
+        start = at;
     }
-    let shown: String = chars[start..].iter().collect();
+    let shown: String = before[start..].chars().chain(after.chars()).map(shown_in_input).collect();
     let line =
         Line::from(vec![Span::styled(PROMPT, Style::new().fg(Color::DarkGray)), Span::raw(shown)]);
     frame.render_widget(Paragraph::new(line), area);
-    let x = area.x + (PROMPT.len() + col(start, cursor)) as u16;
+    let x = area.x + (PROMPT.len() + col) as u16;
     frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
 }
 
-/// The styled pieces of one entry, before wrapping.
-fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
+/// A line break of a multi-line paste shows in the input line as `↵`.
+fn shown_in_input(c: char) -> char {
+    if c == '\n' {
+        '↵'
+    } else {
+        c
+    }
+}
+
+/// The cells a grapheme cluster takes, as ratatui's buffer counts them (a flag, a skin
+/// tone or a ZWJ family is one cluster of two cells); a line break in the input line is
+/// one cell (`↵`).
+pub fn cell_width(cluster: &str) -> usize {
+    if cluster == "\n" {
+        1
+    } else {
+        cluster.width()
+    }
+}
+
+/// The styled pieces of one entry, before wrapping, and the columns its prefix takes (time,
+/// sender), under which its continuation rows are indented.
+fn spans(entry: &Entry, me: &str) -> (Vec<Span<'static>>, usize) {
     let dim = Style::new().fg(Color::DarkGray);
     let name = |n: &str| {
         let style = Style::new().fg(colour_of(n)).add_modifier(Modifier::BOLD);
@@ -233,7 +261,8 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
         let time = if offline { date_time(at) } else { clock(at) };
         out.push(Span::styled(format!("[{time}] "), dim));
     }
-    let text = sanitize(&entry.text).into_owned();
+    // Line breaks stay (a multi-line message); every other control character is shown safe.
+    let text = entry.text.split('\n').map(sanitize).collect::<Vec<_>>().join("\n");
     match &entry.kind {
         Kind::Message { from, .. } => {
             out.push(name(from));
@@ -283,57 +312,83 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
         }
         Kind::Notice => {
             out.push(Span::styled(text, Style::new().fg(Color::Gray)));
-            return out;
+            return (out, NOTICE_INDENT);
         }
         Kind::Error => {
-            out.push(Span::styled(format!("error: {text}"), Style::new().fg(Color::LightRed)));
-            return out;
+            out.push(Span::styled(format::error(text), Style::new().fg(Color::LightRed)));
+            return (out, NOTICE_INDENT);
         }
     }
     if offline {
         out.push(Span::styled("(while you were away) ", dim.add_modifier(Modifier::ITALIC)));
     }
+    let indent = out.iter().map(|s| s.content.width()).sum();
     out.push(Span::raw(text));
-    out
+    (out, indent)
+}
+
+/// How far the continuation rows of a notice or an error are indented.
+const NOTICE_INDENT: usize = 2;
+
+/// One cell's worth of text: a grapheme cluster, its style and its width.
+#[derive(Clone)]
+struct Cell {
+    cluster: String,
+    style: Style,
+    width: usize,
 }
 
 /// Breaks styled spans into rows of at most `width` columns (at least one row), at the last
-/// space that fits when there is one, else in the middle of the word.
-fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
-    let mut rows: Vec<Vec<(char, Style)>> = Vec::new();
-    let mut row: Vec<(char, Style)> = Vec::new();
-    let mut used = 0;
+/// space that fits when there is one, else in the middle of the word, and at each line
+/// break. Rows after the first start `indent` columns in (at most half the row), so that a
+/// message's continuation sits under its text. Text is cut in grapheme clusters, as ratatui
+/// draws it: a flag, a skin tone or a ZWJ family is never split, and is counted as the
+/// cells it takes.
+fn wrap(spans: Vec<Span<'static>>, width: usize, indent: usize) -> Vec<Line<'static>> {
+    let indent = if indent * 2 > width { 0 } else { indent };
+    let pad = || vec![Cell { cluster: " ".repeat(indent), style: Style::new(), width: indent }];
+    let lead = usize::from(indent > 0); // the padding cell that starts a continuation row
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    let mut row: Vec<Cell> = Vec::new();
+    let mut start = 0; // cells at the row's start that are no place to break
+    let width_of = |row: &[Cell]| row.iter().map(|c| c.width).sum::<usize>();
     for span in &spans {
-        for c in span.content.chars() {
-            let w = c.width().unwrap_or(0);
-            if used + w > width && !row.is_empty() {
-                // Carry the unfinished word over, if the row has a space to break at.
-                let carry = match row.iter().rposition(|(c, _)| *c == ' ') {
-                    Some(space) if space > 0 => {
+        for cluster in span.content.graphemes(true) {
+            if cluster == "\n" || cluster == "\r\n" {
+                rows.push(std::mem::replace(&mut row, pad()));
+                start = lead;
+                continue;
+            }
+            let w = cluster.width();
+            if width_of(&row) + w > width && row.len() > start {
+                // Carry the unfinished word over, if the row has a space to break at and
+                // the word fits on the next.
+                let carry = match row.iter().rposition(|c| c.cluster == " ") {
+                    Some(space) if space > start && indent + width_of(&row[space..]) < width => {
                         let rest = row.split_off(space + 1);
                         row.pop();
                         rest
                     }
                     _ => Vec::new(),
                 };
-                rows.push(std::mem::replace(&mut row, carry));
-                used = row.iter().map(|(c, _)| c.width().unwrap_or(0)).sum();
+                rows.push(std::mem::replace(&mut row, pad()));
+                row.extend(carry);
+                start = lead;
             }
-            row.push((c, span.style));
-            used += w;
+            row.push(Cell { cluster: cluster.to_owned(), style: span.style, width: w });
         }
     }
     rows.push(row);
     rows.into_iter().map(|row| line_of(&row)).collect()
 }
 
-/// Joins styled characters back into spans, one per run of the same style.
-fn line_of(row: &[(char, Style)]) -> Line<'static> {
+/// Joins cells back into spans, one per run of the same style.
+fn line_of(row: &[Cell]) -> Line<'static> {
     let mut spans: Vec<Span<'static>> = Vec::new();
-    for &(c, style) in row {
+    for cell in row {
         match spans.last_mut() {
-            Some(last) if last.style == style => last.content.to_mut().push(c),
-            _ => spans.push(Span::styled(c.to_string(), style)),
+            Some(last) if last.style == cell.style => last.content.to_mut().push_str(&cell.cluster),
+            _ => spans.push(Span::styled(cell.cluster.clone(), cell.style)),
         }
     }
     Line::from(spans)
@@ -584,7 +639,7 @@ mod tests {
         assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.chars().count() <= 30));
         assert_eq!(rows[3], "standup", "the newest row stays at the bottom: {rows:#?}");
-        let long = wrap(vec![Span::raw("x".repeat(25))], 10);
+        let long = wrap(vec![Span::raw("x".repeat(25))], 10, 0);
         assert_eq!(long.len(), 3, "a word longer than the row is broken");
     }
 
