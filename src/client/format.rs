@@ -451,22 +451,45 @@ pub fn error(message: impl std::fmt::Display) -> String {
 /// Makes others' text safe and honest to show: control characters (escape sequences,
 /// newlines) become U+FFFD, and the invisible characters that change how the text around
 /// them looks (bidi controls, zero-width characters; see [`is_invisible`]) become visible
-/// escapes such as `<U+202E>`.
+/// escapes such as `<U+202E>`. The joiners inside an emoji sequence (a ZWJ family, a
+/// subdivision flag) are left alone: they are drawn as one picture.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() || is_invisible(c)) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
+    let chars: Vec<char> = text.chars().collect();
+    let mut in_tag_flag = false;
+    for (i, &c) in chars.iter().enumerate() {
+        let (before, after) = (i.checked_sub(1).map(|j| chars[j]), chars.get(i + 1).copied());
+        // The joiners of an emoji sequence are part of the picture, not hidden text: a ZWJ
+        // between two pictographs (a family), the tags of a subdivision flag (🏴 + tags).
+        in_tag_flag = match c {
+            '\u{E0020}'..='\u{E007F}' => in_tag_flag || before == Some('\u{1F3F4}'),
+            _ => false,
+        };
+        let joins = match c {
+            '\u{200D}' => {
+                before.is_some_and(|b| is_pictograph(b) || b == '\u{FE0F}')
+                    && after.is_some_and(is_pictograph)
+            }
+            _ => in_tag_flag,
+        };
         if c.is_control() {
             out.push('\u{fffd}');
-        } else if is_invisible(c) {
+        } else if is_invisible(c) && !joins {
             let _ = write!(out, "<U+{:04X}>", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out.into()
+}
+
+/// Whether `c` is an emoji picture (or a skin-tone modifier) that a ZWJ may join.
+fn is_pictograph(c: char) -> bool {
+    matches!(c, '\u{2300}'..='\u{23FF}' | '\u{2600}'..='\u{27BF}' | '\u{2B00}'..='\u{2BFF}')
+        || matches!(c, '\u{1F000}'..='\u{1FAFF}')
 }
 
 /// Whether `c` is shown as an escape: it is not drawn itself but reorders, joins, hides or
@@ -570,6 +593,13 @@ mod tests {
         });
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.contains("\u{fffd}[2Jgotcha\u{fffd}fake line"));
+    }
+
+    #[test]
+    fn an_error_line_has_one_prefix() {
+        assert_eq!(error("no such user"), "error: no such user");
+        assert_eq!(error(error("no such user")), "error: no such user");
+        assert_eq!(error("* sending a failed: lost"), "error: sending a failed: lost");
     }
 
     #[test]
@@ -690,6 +720,17 @@ mod tests {
         {
             assert!(matches!(sanitize(plain), Cow::Borrowed(_)), "{plain}");
         }
+        // The joiners of emoji sequences are drawn as one picture; elsewhere they are shown.
+        for emoji in [
+            "👨\u{200D}👩\u{200D}👧",
+            "🏳\u{FE0F}\u{200D}🌈",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        ] {
+            assert_eq!(sanitize(emoji), emoji, "{emoji}");
+        }
+        assert_eq!(sanitize("a\u{200D}👩"), "a<U+200D>👩");
+        assert_eq!(sanitize("👨\u{200D}"), "👨<U+200D>");
+        assert_eq!(sanitize("x\u{E0067}"), "x<U+E0067>");
         // Controls still become U+FFFD beside the escapes, in every kind of line.
         assert_eq!(sanitize("a\x1b\u{202E}b"), "a\u{fffd}<U+202E>b");
         let line = event(&Event::Message {

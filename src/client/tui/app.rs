@@ -1150,4 +1150,15 @@ mod tests {
         assert!(app.window().entries.back().unwrap().text.contains("bob"));
         assert!(app.private.is_empty());
     }
+
+    #[test]
+    fn a_pasted_block_is_one_message_and_never_commands() {
+        let mut app = app();
+        app.handle(UiEvent::Paste("hello\nbye\n/logout\n".into()));
+        assert!(app.handle(key(KeyCode::Enter)).is_empty(), "not a logout, not three lines");
+        assert!(app.window().entries.back().unwrap().text.contains("unknown command 'hello'"));
+        type_line(&mut app, "/query bob");
+        app.handle(UiEvent::Paste("first\r\nbye\r\n/logout".into()));
+        assert_eq!(app.handle(key(KeyCode::Enter)), msg("bob", "first\nbye\n/logout"));
+    }
 }

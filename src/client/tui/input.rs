@@ -342,4 +342,28 @@ mod tests {
         e.replace_before_cursor("/msg bob ");
         assert_eq!((e.text().as_str(), e.cursor()), ("/msg bob  tail", 9));
     }
+
+    #[test]
+    fn the_cursor_steps_over_whole_grapheme_clusters() {
+        let mut e = LineEditor::default();
+        e.insert("a👍🏽🇫🇷👨\u{200D}👩\u{200D}👧b");
+        e.key(key(KeyCode::Left));
+        e.key(key(KeyCode::Left));
+        assert_eq!(e.before_cursor(), "a👍🏽🇫🇷", "the family is one step");
+        e.key(key(KeyCode::Backspace));
+        assert_eq!(e.text(), "a👍🏽👨\u{200D}👩\u{200D}👧b", "the flag goes whole");
+        e.key(key(KeyCode::Left));
+        e.key(key(KeyCode::Delete));
+        assert_eq!(e.text(), "a👨\u{200D}👩\u{200D}👧b", "the tone goes with its thumb");
+        e.key(key(KeyCode::Right));
+        assert_eq!(e.before_cursor(), "a👨\u{200D}👩\u{200D}👧");
+    }
+
+    #[test]
+    fn a_paste_keeps_its_line_breaks_and_nothing_else_of_control() {
+        let mut e = LineEditor::default();
+        e.paste("one\r\ntwo\rthree\tfour\x1b\n\n");
+        assert_eq!(e.text(), "one\ntwo\nthree four ");
+        assert_eq!(e.key(key(KeyCode::Enter)), Edit::Submitted("one\ntwo\nthree four ".into()));
+    }
 }

@@ -683,6 +683,97 @@ mod tests {
         assert!(!rows[6].contains("1:server"), "{rows:#?}");
     }
 
+    /// A skin tone, a flag and a ZWJ family: one cluster of two cells each.
+    const EMOJI: [&str; 3] = ["👍🏽", "🇫🇷", "👨‍👩‍👧‍👦"];
+
+    #[test]
+    fn emoji_clusters_are_whole_on_screen_and_leave_no_stray_cell() {
+        for width in [40u16, 100] {
+            let mut app = app(width);
+            let text = EMOJI.repeat(8).join(" ");
+            incoming(&mut app, &text);
+            let mut terminal = Terminal::new(TestBackend::new(width, 8)).unwrap();
+            terminal.draw(|f| render(&app, f)).unwrap();
+            let buffer = terminal.backend().buffer().clone();
+            let mut seen = Vec::new();
+            for y in 0..6 {
+                let mut x = 0;
+                while x < width {
+                    let symbol = buffer[(x, y)].symbol();
+                    if symbol.width() == 2 {
+                        seen.push(symbol.to_owned());
+                        assert!(x + 1 < width, "a wide cluster cut at the edge at {width}");
+                        x += 1; // the cell it covers
+                    }
+                    x += 1;
+                }
+            }
+            assert_eq!(seen.len(), 24, "every cluster drawn whole at {width}: {seen:?}");
+            for (i, cluster) in seen.iter().enumerate() {
+                assert_eq!(cluster, EMOJI[i % 3], "at {width}");
+            }
+            let rows = screen(&app);
+            let wrapped: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
+            // 24 clusters of 2 cells and their spaces: 8 a row at 40, all on one at 100.
+            let expected = if width == 40 { 3 } else { 1 };
+            assert_eq!(wrapped.len(), expected, "{rows:#?}");
+            if width == 40 {
+                let under = " ".repeat(clock(0).len() + 8);
+                assert!(wrapped[1].starts_with(&under), "continuation under the text");
+                assert!(wrapped[1].ends_with(EMOJI[0]), "a whole cluster ends the row: {rows:#?}");
+            }
+
+            // New lines scroll the emoji away: the terminal (diffed) keeps no piece of them.
+            for i in 0..6 {
+                incoming(&mut app, &format!("line {i}"));
+            }
+            terminal.draw(|f| render(&app, f)).unwrap();
+            let after = terminal.backend().buffer();
+            for y in 0..6 {
+                for x in 0..width {
+                    let symbol = after[(x, y)].symbol();
+                    assert!(symbol.is_ascii(), "stray {symbol:?} at ({x}, {y}) at {width}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_multi_line_message_breaks_its_lines_under_its_text() {
+        let mut app = app(60);
+        incoming(&mut app, "first line\nsecond line\n\nafter a blank one");
+        let rows = screen(&app);
+        let at = clock(0);
+        assert_eq!(rows[2], format!("[{at}] bob: first line"), "{rows:#?}");
+        assert_eq!(rows[3], format!("{}second line", " ".repeat(at.len() + 8)), "{rows:#?}");
+        assert_eq!(rows[4], "", "{rows:#?}");
+        assert_eq!(rows[5], format!("{}after a blank one", " ".repeat(at.len() + 8)));
+        assert_eq!(entry_rows(app.window().entries.back().unwrap(), 60), 4);
+        // A notice wraps under itself too, not at column 0.
+        let long = Entry { at: None, kind: Kind::Notice, text: "word ".repeat(20) };
+        let (spans, indent) = spans(&long, "alice");
+        let lines = wrap(spans, 40, indent);
+        assert!(lines[1].to_string().starts_with("  word"), "{lines:?}");
+        // An error says "error: " once.
+        app.handle(UiEvent::Session(SessionEvent::Error("error: no transfer".into())));
+        app.handle(UiEvent::Session(SessionEvent::Error("* sending x failed".into())));
+        let rows = screen(&app);
+        assert_eq!(rows[4], "error: no transfer", "{rows:#?}");
+        assert_eq!(rows[5], "error: sending x failed", "{rows:#?}");
+    }
+
+    #[test]
+    fn the_input_line_shows_a_paste_and_keeps_the_cursor_on_long_lines() {
+        let mut app = app(20);
+        app.handle(UiEvent::Paste("one\r\ntwo\n".into()));
+        assert_eq!(app.input.text(), "one\ntwo");
+        assert_eq!(screen(&app)[7], "> one↵two");
+        app.handle(UiEvent::Paste(" 👍🏽".repeat(20)));
+        let rows = screen(&app);
+        assert!(rows[7].starts_with("> "), "{rows:#?}");
+        assert!(rows[7].ends_with("👍🏽"), "the end, where the cursor is, is in view: {rows:#?}");
+    }
+
     #[test]
     fn senders_keep_their_colour() {
         assert_eq!(colour_of("bob"), colour_of("bob"));
