@@ -95,7 +95,7 @@ async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_serve
     let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     bob.expect("* alice logged in").await;
 
-    alice.send("/help").await;
+    alice.send("/help all").await;
     alice.expect("/startprivate USER").await;
     alice.send("/private bob too early").await;
     alice.expect("error: no private chat with bob is open; start one with /startprivate bob").await;

@@ -455,15 +455,33 @@ pub fn usage(spec: &CommandSpec) -> String {
     }
 }
 
-/// The `/help` text: every command, or one in detail.
+/// The commands by topic, for the short `/help`; every command is in one topic.
+pub const HELP_TOPICS: &[(&str, &[&str])] = &[
+    ("talk", &["/query", "/close", "/msg", "/broadcast", "/history"]),
+    ("people", &["/list", "/whoelsesince", "/block", "/unblock"]),
+    ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
+    ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate"]),
+    ("files", &["/p2pvideo", "/acceptfile", "/declinefile", "/cancel"]),
+    ("session", &["/help", "/logout"]),
+];
+
+/// The `/help` text: the commands by topic (a few lines, to fit a small screen), `all` of
+/// them with their arguments, or one in detail.
 pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
     let Some(topic) = topic else {
+        let mut lines = vec!["commands (/help COMMAND explains one, /help all lists all):".to_owned()];
+        lines.extend(
+            HELP_TOPICS.iter().map(|(topic, names)| format!("  {topic:8} {}", names.join(" "))),
+        );
+        return Ok(lines);
+    };
+    if topic == "all" {
         let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0);
         let mut lines = vec!["commands:".to_owned()];
         lines.extend(COMMANDS.iter().map(|s| format!("  {:width$}  {}", usage(s), s.summary)));
         lines.push("/help COMMAND shows a command's aliases".to_owned());
         return Ok(lines);
-    };
+    }
     let spec = lookup(topic).ok_or_else(|| ParseError::Unknown(topic.to_owned()))?;
     let aliases = if spec.aliases.is_empty() { "none".to_owned() } else { spec.aliases.join(", ") };
     Ok(vec![format!("{}: {}", usage(spec), spec.summary), format!("aliases: {aliases}")])
@@ -661,8 +679,21 @@ mod tests {
     }
 
     #[test]
+    fn the_short_help_names_every_command_once_and_fits_a_small_screen() {
+        let short = help(None).unwrap();
+        assert!(short.len() <= 10, "{short:#?}");
+        assert!(short.iter().all(|l| l.chars().count() <= 78), "{short:#?}");
+        for spec in COMMANDS {
+            let topics = HELP_TOPICS.iter().filter(|(_, names)| names.contains(&spec.name));
+            assert_eq!(topics.count(), 1, "{}", spec.name);
+        }
+        let named: usize = HELP_TOPICS.iter().map(|(_, names)| names.len()).sum();
+        assert_eq!(named, COMMANDS.len());
+    }
+
+    #[test]
     fn help_lists_every_command_and_explains_one() {
-        let all = help(None).unwrap().join("\n");
+        let all = help(Some("all")).unwrap().join("\n");
         for spec in COMMANDS {
             assert!(all.contains(&usage(spec)), "{}", spec.name);
         }

@@ -397,7 +397,7 @@ fn line_of(row: &[Cell]) -> Line<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::command::Target;
+    use crate::client::command::{self, Target};
     use crate::client::session::SessionEvent;
     use crate::client::tui::app::UiEvent;
     use crate::protocol::{Event, OnlineUser};
@@ -772,6 +772,21 @@ mod tests {
         let rows = screen(&app);
         assert!(rows[7].starts_with("> "), "{rows:#?}");
         assert!(rows[7].ends_with("👍🏽"), "the end, where the cursor is, is in view: {rows:#?}");
+    }
+
+    #[test]
+    fn help_fits_an_80_by_24_screen() {
+        let mut app = App::new("127.0.0.1:4000", "alice", vec![], (80, 24));
+        for c in "/help".chars() {
+            app.handle(UiEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)));
+        }
+        app.handle(UiEvent::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)));
+        let rows = screen(&app);
+        let help = command::help(None).unwrap();
+        let first = rows.iter().position(|r| *r == help[0]).expect("the top is in view");
+        for (i, line) in help.iter().enumerate() {
+            assert_eq!(&rows[first + i], line, "one row each, none wrapped: {rows:#?}");
+        }
     }
 
     #[test]
