@@ -266,20 +266,26 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
 }
 
 /// The full-screen client for bob in tmux, with its log in a temp file.
-fn full_screen_bob(
+fn full_screen_bob(server: &TestServer, width: u16, height: u16) -> (Tmux, tempfile::TempDir) {
+    full_screen_bob_in(tempfile::tempdir().unwrap(), server, width, height)
+}
+
+/// The same, with its log and input history in `dir`.
+fn full_screen_bob_in(
+    dir: tempfile::TempDir,
     server: &TestServer,
     width: u16,
     height: u16,
-) -> (Tmux, tempfile::NamedTempFile) {
-    let log = tempfile::NamedTempFile::new().unwrap();
+) -> (Tmux, tempfile::TempDir) {
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
-         echo confab exited $?; sleep 30",
+        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {} \
+         --history-file {}; echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,
-        log.path().display()
+        dir.path().join("confab.log").display(),
+        dir.path().join("input-history").display()
     );
-    (Tmux::start(&command, width, height), log)
+    (Tmux::start(&command, width, height), dir)
 }
 
 #[tokio::test]
@@ -354,5 +360,29 @@ async fn a_burst_of_3000_typed_characters_is_sent_whole() {
     assert_eq!(next_text(&mut alice_events).await, ("bob".into(), text));
     tmux.press("C-c");
     bob_logs_out(&mut alice_events).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_input_history_is_there_in_the_next_run() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    let _ = next_event(&mut alice_events).await; // bob logged in
+    tmux.type_text("/whoelse");
+    tmux.press("Enter");
+    tmux.wait_for("the list", |s| s.contains("alice (online since")).await;
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    drop(tmux);
+
+    let (tmux, _dir) = full_screen_bob_in(dir, &server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.press("Up");
+    tmux.wait_for("the last run's line", |s| last_line(s) == "> /whoelse").await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }

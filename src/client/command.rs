@@ -469,7 +469,8 @@ pub const HELP_TOPICS: &[(&str, &[&str])] = &[
 /// them with their arguments, or one in detail.
 pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
     let Some(topic) = topic else {
-        let mut lines = vec!["commands (/help COMMAND explains one, /help all lists all):".to_owned()];
+        let mut lines =
+            vec!["commands (/help COMMAND explains one, /help all lists all):".to_owned()];
         lines.extend(
             HELP_TOPICS.iter().map(|(topic, names)| format!("  {topic:8} {}", names.join(" "))),
         );

@@ -24,7 +24,7 @@ mod bars;
 mod line;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,6 +70,10 @@ struct Args {
     /// Where the full-screen interface writes its log (default: confab.log in the data dir).
     #[arg(long, env = "CONFAB_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Where the full-screen interface keeps what you typed, for Up and Down in the next run
+    /// (default: input-history in the data dir).
+    #[arg(long, env = "CONFAB_HISTORY_FILE")]
+    history_file: Option<PathBuf>,
     /// Do not reconnect when the connection drops or the server restarts: end the session.
     #[arg(long, env = "CONFAB_NO_RECONNECT")]
     no_reconnect: bool,
@@ -164,7 +168,8 @@ async fn main() -> ExitCode {
         }
     };
     if full_screen {
-        return full_screen_client(&args.server, &info, online, session, events).await;
+        let history = data_path(args.history_file.clone(), "input-history");
+        return full_screen_client(&args.server, &info, online, &history, session, events).await;
     }
     let finish = line::run(&info, session, events, interactive).await;
     ExitCode::from(exit_code(&finish))
@@ -231,13 +236,16 @@ async fn full_screen_client(
     server: &str,
     info: &LoginInfo,
     online: Vec<OnlineUser>,
+    history: &Path,
     session: Session,
     events: SessionEvents,
 ) -> ExitCode {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = tui::App::new(server, &info.username, online, size);
+    app.input.set_history(tui::load_history(history));
     app.notice(format::login(info));
-    app.notice("/help lists the commands; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 or Ctrl-N/Ctrl-P");
+    app.notice("switch windows; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let result = tui::run(&mut terminal, session, events, app).await;
@@ -245,6 +253,9 @@ async fn full_screen_client(
     ratatui::restore();
     match result {
         Ok(app) => {
+            if let Err(e) = tui::save_history(history, app.input.history()) {
+                eprintln!("{}", format::error(format!("input history not saved: {e}")));
+            }
             // Quit without the session's word (the logout took too long): logged out all
             // the same. A session the server ended says why on the restored terminal.
             let finish = app.finished.unwrap_or(Finish::LoggedOut);
@@ -312,10 +323,15 @@ fn init_tracing(file: Option<PathBuf>) -> Result<(), String> {
 
 /// `--log-file`, or `confab.log` in the user's data directory.
 fn log_path(args: &Args) -> PathBuf {
-    args.log_file.clone().unwrap_or_else(|| {
+    data_path(args.log_file.clone(), "confab.log")
+}
+
+/// `path` if given, else the file `name` in the user's data directory.
+fn data_path(path: Option<PathBuf>, name: &str) -> PathBuf {
+    path.unwrap_or_else(|| {
         directories::ProjectDirs::from("", "", "confab")
-            .map(|d| d.data_local_dir().join("confab.log"))
-            .unwrap_or_else(|| PathBuf::from("confab.log"))
+            .map(|d| d.data_local_dir().join(name))
+            .unwrap_or_else(|| PathBuf::from(name))
     })
 }
 

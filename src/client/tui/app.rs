@@ -192,6 +192,9 @@ pub struct App {
     /// The latest tick's time.
     pub now: Timestamp,
     users: BTreeSet<String>,
+    /// Requests the app made itself (to keep the status bar and completion current),
+    /// oldest first: their replies are learned from, not shown.
+    quiet: VecDeque<Request>,
     quitting: bool,
     list_dir: fn(&str) -> Vec<DirEntry>,
 }
@@ -217,6 +220,7 @@ impl App {
             size,
             now: 0,
             users: BTreeSet::new(),
+            quiet: VecDeque::new(),
             quitting: false,
             list_dir: read_dir,
         };
@@ -228,6 +232,17 @@ impl App {
     pub fn with_dir_listing(mut self, list: fn(&str) -> Vec<DirEntry>) -> Self {
         self.list_dir = list;
         self
+    }
+
+    /// What the driver must do once the session has started: learn the groups (for
+    /// completion) without a word on screen.
+    pub fn start(&mut self) -> Vec<Action> {
+        self.ask_quietly(vec![Request::Groups])
+    }
+
+    fn ask_quietly(&mut self, requests: Vec<Request>) -> Vec<Action> {
+        self.quiet.extend(requests.iter().cloned());
+        requests.into_iter().map(|r| Action::Run(Command::Server(r))).collect()
     }
 
     /// Whether the app has asked to quit.
@@ -293,7 +308,7 @@ impl App {
             SessionEvent::Transfer(event) => self.transfer_event(event),
             SessionEvent::FileDone(Ok(line)) | SessionEvent::Notice(line) => self.output(line),
             SessionEvent::FileDone(Err(e)) | SessionEvent::Error(e) => self.error(e),
-            SessionEvent::Connection(state) => self.connection_changed(state),
+            SessionEvent::Connection(state) => return self.connection_changed(state),
             SessionEvent::CaughtUp { arrived, reconnected: true } => {
                 self.notice(format::caught_up(arrived));
             }
@@ -304,10 +319,17 @@ impl App {
         Vec::new()
     }
 
-    fn connection_changed(&mut self, state: Connection) {
+    fn connection_changed(&mut self, state: Connection) -> Vec<Action> {
+        let mut actions = Vec::new();
         if state != Connection::Connected {
-            // The server forgets requests with the session.
+            // The server forgets requests with the session, and who is online is unknown.
             self.asking.clear();
+            self.online.clear();
+            // Their replies will not come.
+            self.quiet.clear();
+        } else if self.connection != Connection::Connected {
+            // Logged in again: who is online now, and the groups, as at the first login.
+            actions = self.ask_quietly(vec![Request::List, Request::Groups]);
         }
         match &state {
             Connection::Connected => {}
@@ -323,6 +345,7 @@ impl App {
             }
         }
         self.connection = state;
+        actions
     }
 
     fn pending(&mut self, request: &Request) {
@@ -619,6 +642,13 @@ impl App {
     }
 
     fn replied(&mut self, request: Request, result: Result<Reply, String>) -> Vec<Action> {
+        if self.quiet.front() == Some(&request) {
+            self.quiet.pop_front();
+            if let Ok(reply) = &result {
+                self.learn(reply);
+            }
+            return Vec::new();
+        }
         if let Request::AcceptPrivate { user } | Request::DeclinePrivate { user } = &request {
             // Answered, or the request is gone: either way there is nothing left to answer.
             self.asking.retain(|p| p != user);
@@ -663,6 +693,15 @@ impl App {
                 }
             }
             (_, Reply::LoggedOut) => return self.quit(),
+            (Request::Block { user }, Reply::Done) => {
+                // A blocker hears no more of USER's presence: USER leaves the list now.
+                self.online.remove(user);
+                self.output(format::reply(&request, &reply).join(" "));
+            }
+            (Request::Unblock { .. }, Reply::Done) => {
+                self.output(format::reply(&request, &reply).join(" "));
+                return self.ask_quietly(vec![Request::List]);
+            }
             _ => {
                 self.learn(&reply);
                 for line in format::reply(&request, &reply) {
@@ -1160,5 +1199,72 @@ mod tests {
         type_line(&mut app, "/query bob");
         app.handle(UiEvent::Paste("first\r\nbye\r\n/logout".into()));
         assert_eq!(app.handle(key(KeyCode::Enter)), msg("bob", "first\nbye\n/logout"));
+    }
+
+    #[test]
+    fn groups_are_learned_at_login_and_the_status_bar_follows_blocks_and_the_server() {
+        let mut app = app();
+        let groups = Request::Groups;
+        assert_eq!(app.start(), [Action::Run(Command::Server(groups.clone()))]);
+        let reply = Reply::Groups {
+            groups: vec![],
+            invitations: vec![crate::protocol::Invitation {
+                group: "devs".into(),
+                by: "carol".into(),
+                at: 1,
+            }],
+        };
+        let shown = app.window().entries.len();
+        app.handle(UiEvent::Session(SessionEvent::Replied { request: groups, result: Ok(reply) }));
+        assert_eq!(app.window().entries.len(), shown, "learned, not shown");
+        for c in "/joingroup d".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.input.text(), "/joingroup devs ", "completed without /groups");
+
+        let block = Request::Block { user: "bob".into() };
+        app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: block,
+            result: Ok(Reply::Done),
+        }));
+        assert!(app.online.is_empty(), "a blocked user's logout will not be heard");
+        assert!(app.window().entries.back().unwrap().text.contains("bob is blocked"));
+        let unblock = Request::Unblock { user: "bob".into() };
+        let actions = app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: unblock,
+            result: Ok(Reply::Done),
+        }));
+        assert_eq!(actions, [Action::Run(Command::Server(Request::List))], "asks who is on");
+        let list = Reply::Users(vec![OnlineUser { name: "bob".into(), since: 5 }]);
+        let shown = app.window().entries.len();
+        app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: Request::List,
+            result: Ok(list),
+        }));
+        assert_eq!(app.online.keys().collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(app.window().entries.len(), shown, "learned, not shown");
+
+        let lost = Connection::Reconnecting {
+            attempt: 0,
+            retry_in: std::time::Duration::from_secs(1),
+            why: "reset".into(),
+        };
+        app.handle(UiEvent::Session(SessionEvent::Connection(lost)));
+        assert!(app.online.is_empty(), "the old names go with the server");
+        let actions = app.handle(UiEvent::Session(SessionEvent::Connection(Connection::Connected)));
+        let ask = |r| Action::Run(Command::Server(r));
+        assert_eq!(actions, [ask(Request::List), ask(Request::Groups)]);
+        // A /list typed by the user is shown as ever.
+        app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: Request::List,
+            result: Ok(Reply::Users(vec![])),
+        }));
+        let shown = app.window().entries.len();
+        app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: Request::List,
+            result: Ok(Reply::Users(vec![])),
+        }));
+        assert_eq!(app.window().entries.len(), shown + 1);
     }
 }

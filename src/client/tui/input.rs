@@ -9,7 +9,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use unicode_segmentation::UnicodeSegmentation;
 
 /// The most lines kept in the input history.
-const HISTORY_LIMIT: usize = 500;
+pub const HISTORY_LIMIT: usize = 500;
 
 /// A line being edited, with history and a kill buffer.
 #[derive(Debug, Default, Clone)]
@@ -53,6 +53,19 @@ impl LineEditor {
     pub fn set(&mut self, text: &str) {
         self.chars = text.chars().collect();
         self.cursor = self.chars.len();
+    }
+
+    /// The submitted lines, oldest first.
+    pub fn history(&self) -> &[String] {
+        &self.history
+    }
+
+    /// Starts with `lines` as the history (from an earlier run), oldest first.
+    pub fn set_history(&mut self, mut lines: Vec<String>) {
+        let excess = lines.len().saturating_sub(HISTORY_LIMIT);
+        lines.drain(..excess);
+        self.history = lines;
+        self.browsing = None;
     }
 
     /// The cursor position, in bytes into [`text`](Self::text).

@@ -16,6 +16,7 @@ pub mod complete;
 pub mod input;
 pub mod render;
 
+use std::path::Path;
 use std::time::Duration;
 
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
@@ -44,6 +45,8 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut quit_by: Option<tokio::time::Instant> = None;
+    let start = app.start();
+    carry_out(&session, start, &mut quit_by);
     loop {
         terminal.draw(|frame| render::render(&app, frame))?;
         let deadline = quit_by.unwrap_or_else(tokio::time::Instant::now);
@@ -57,7 +60,12 @@ pub async fn run(
                 None => break,
             },
             event = events.next() => match event {
-                Some(event) => UiEvent::Session(event),
+                Some(event) => {
+                    // Your own messages are stamped when the server took them, not at the
+                    // last tick.
+                    app.handle(UiEvent::Tick(now_ms()));
+                    UiEvent::Session(event)
+                }
                 None => break,
             },
             _ = tick.tick() => UiEvent::Tick(now_ms()),
@@ -74,17 +82,7 @@ pub async fn run(
         if let Some(id) = shown {
             session.shown(id);
         }
-        for action in actions {
-            match action {
-                Action::Run(command) => session.run(command),
-                Action::Quit => {
-                    session.logout();
-                    quit_by.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + QUIT_TIMEOUT.max(LOGOUT_TIMEOUT)
-                    });
-                }
-            }
-        }
+        carry_out(&session, actions, &mut quit_by);
         if app.done() {
             break;
         }
@@ -92,7 +90,85 @@ pub async fn run(
     Ok(app)
 }
 
+/// Reads the input history an earlier run saved at `path`, oldest first (none if there is
+/// no file or it cannot be read).
+pub fn load_history(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines().map(unescape_line).collect()
+}
+
+/// Saves the input history to `path`, one entry a line (a multi-line entry's breaks as
+/// `\n`), readable by the user only: it holds what they typed.
+pub fn save_history(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    for line in lines {
+        writeln!(file, "{}", line.replace('\\', "\\\\").replace('\n', "\\n"))?;
+    }
+    file.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn unescape_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Carries out the app's actions; a quit starts the logout and its deadline.
+fn carry_out(session: &Session, actions: Vec<Action>, quit_by: &mut Option<tokio::time::Instant>) {
+    for action in actions {
+        match action {
+            Action::Run(command) => session.run(command),
+            Action::Quit => {
+                session.logout();
+                quit_by.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + QUIT_TIMEOUT.max(LOGOUT_TIMEOUT)
+                });
+            }
+        }
+    }
+}
+
 fn ctrl_c() -> crossterm::event::KeyEvent {
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_history_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("input-history");
+        assert!(load_history(&path).is_empty(), "no file yet");
+        let lines = vec!["/list".to_owned(), "two\nlines \\n".to_owned(), "/msg bob hi".into()];
+        save_history(&path, &lines).unwrap();
+        assert_eq!(load_history(&path), lines);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
