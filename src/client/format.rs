@@ -18,7 +18,7 @@ use crate::p2p::transfer::{Direction, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
-    Request, RequestEnd, Timestamp,
+    Request, RequestEnd, SeenUser, Timestamp,
 };
 
 /// One line for a pushed event.
@@ -353,12 +353,7 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         (Request::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
             format!("nobody else was online in the last {secs} seconds")
         }
-        (_, Reply::Seen(list)) => {
-            return list
-                .iter()
-                .map(|u| format!("{} ({})", u.name, if u.online { "online" } else { "offline" }))
-                .collect();
-        }
+        (_, Reply::Seen(list)) => return list.iter().map(|u| seen(u, None)).collect(),
         (Request::Block { user }, Reply::Done) => format!("{user} is blocked"),
         (Request::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
         (Request::StartPrivate { user }, Reply::Done) => {
@@ -428,6 +423,16 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         }
     };
     vec![line]
+}
+
+/// A `/whoelsesince` line: the user, online or offline, and since when when the client
+/// knows (`since`: online since, or offline since, as it saw them come and go).
+pub fn seen(user: &SeenUser, since: Option<Timestamp>) -> String {
+    let state = if user.online { "online" } else { "offline" };
+    match since {
+        Some(at) => format!("{} ({state} since {})", user.name, date_time(at)),
+        None => format!("{} ({state})", user.name),
+    }
 }
 
 fn messages_count(messages: &[HistoryMessage]) -> String {

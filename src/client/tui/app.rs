@@ -192,6 +192,8 @@ pub struct App {
     /// The latest tick's time.
     pub now: Timestamp,
     users: BTreeSet<String>,
+    /// When users seen leaving in this session left, for `/whoelsesince`.
+    left_at: BTreeMap<String, Timestamp>,
     /// Requests the app made itself (to keep the status bar and completion current),
     /// oldest first: their replies are learned from, not shown.
     quiet: VecDeque<Request>,
@@ -220,6 +222,7 @@ impl App {
             size,
             now: 0,
             users: BTreeSet::new(),
+            left_at: BTreeMap::new(),
             quiet: VecDeque::new(),
             quitting: false,
             list_dir: read_dir,
@@ -580,8 +583,10 @@ impl App {
                 self.users.insert(user.clone());
                 if change == PresenceChange::LoggedIn {
                     self.online.insert(user.clone(), at);
+                    self.left_at.remove(user);
                 } else {
                     self.online.remove(user);
+                    self.left_at.insert(user.clone(), at);
                 }
                 self.notice_about(&Target::User(user.clone()), format::event(&event));
             }
@@ -693,6 +698,16 @@ impl App {
                 }
             }
             (_, Reply::LoggedOut) => return self.quit(),
+            (_, Reply::Seen(list)) if !list.is_empty() => {
+                self.learn(&reply);
+                for user in list {
+                    let since = match user.online {
+                        true => self.online.get(&user.name),
+                        false => self.left_at.get(&user.name),
+                    };
+                    self.output(format::seen(user, since.copied()));
+                }
+            }
             (Request::Block { user }, Reply::Done) => {
                 // A blocker hears no more of USER's presence: USER leaves the list now.
                 self.online.remove(user);
@@ -1266,5 +1281,24 @@ mod tests {
             result: Ok(Reply::Users(vec![])),
         }));
         assert_eq!(app.window().entries.len(), shown + 1);
+    }
+
+    #[test]
+    fn whoelsesince_shows_the_times_the_client_knows() {
+        let mut app = app();
+        let presence =
+            Event::Presence { user: "carol".into(), change: PresenceChange::LoggedOut, at: 7_000 };
+        app.handle(UiEvent::Session(SessionEvent::Server(presence)));
+        let seen = |name: &str, online| crate::protocol::SeenUser { name: name.into(), online };
+        let reply = Reply::Seen(vec![seen("bob", true), seen("carol", false), seen("dave", false)]);
+        app.handle(UiEvent::Session(SessionEvent::Replied {
+            request: Request::WhoElseSince { secs: 60 },
+            result: Ok(reply),
+        }));
+        let lines: Vec<&str> =
+            app.window().entries.iter().rev().take(3).map(|e| e.text.as_str()).collect();
+        assert_eq!(lines[2], format!("bob (online since {})", format::date_time(5)));
+        assert_eq!(lines[1], format!("carol (offline since {})", format::date_time(7_000)));
+        assert_eq!(lines[0], "dave (offline)", "not seen leaving: no time to tell");
     }
 }
