@@ -25,16 +25,16 @@ use crate::protocol::{
 pub fn event(event: &Event) -> String {
     match event {
         Event::Message { from, text, sent_at, offline: false, .. } => {
-            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
+            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), body(text))
         }
         Event::Message { from, text, sent_at, offline: true, .. } => format!(
             "[{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::Broadcast { from, text, sent_at } => {
-            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
+            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), body(text))
         }
         Event::CaughtUp => "* you have every message that waited for you".to_owned(),
         Event::Presence { user, change, at } => {
@@ -59,14 +59,14 @@ pub fn event(event: &Event) -> String {
             clock(*sent_at),
             sanitize(group),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::GroupMessage { group, from, text, sent_at, offline: true, .. } => format!(
             "[{}] [{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(group),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::GroupMember { group, user, change, at } => {
             let what = match change {
@@ -197,7 +197,7 @@ pub fn private(event: &PrivateEvent) -> String {
             )
         }
         PrivateEvent::Message { peer, text, sent_at, received_at } => {
-            let (at, peer, text) = (clock(*received_at), sanitize(peer), sanitize(text));
+            let (at, peer, text) = (clock(*received_at), sanitize(peer), body(text));
             match their_clock(*sent_at, *received_at) {
                 None => format!("[{at}] {peer} (private): {text}"),
                 Some(note) => format!("[{at}] {peer} (private, {note}): {text}"),
@@ -417,7 +417,7 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
             let what = if *group { "group" } else { "conversation with" };
             let mut lines = vec![format!("last {} of {what} {with}:", messages_count(messages))];
             lines.extend(messages.iter().map(|m| {
-                format!("[{}] {}: {}", date_time(m.sent_at), sanitize(&m.from), sanitize(&m.text))
+                format!("[{}] {}: {}", date_time(m.sent_at), sanitize(&m.from), body(&m.text))
             }));
             return lines;
         }
@@ -451,6 +451,16 @@ pub fn error(message: impl std::fmt::Display) -> String {
         Some(_) => message.to_owned(),
         None => format!("error: {message}"),
     }
+}
+
+/// A message's text for a line of output: [`sanitize`]d, and a multi-line message's
+/// continuation lines indented by four spaces (so a reader of the output tells them from
+/// the next event).
+pub fn body(text: &str) -> Cow<'_, str> {
+    if !text.contains('\n') {
+        return sanitize(text);
+    }
+    text.split('\n').map(sanitize).collect::<Vec<_>>().join("\n    ").into()
 }
 
 /// Makes others' text safe and honest to show: control characters (escape sequences,
@@ -596,8 +606,21 @@ mod tests {
             text: "\x1b[2Jgotcha\nfake line".into(),
             sent_at: 0,
         });
-        assert!(!line.chars().any(char::is_control), "{line:?}");
-        assert!(line.contains("\u{fffd}[2Jgotcha\u{fffd}fake line"));
+        assert!(!line.chars().any(|c| c.is_control() && c != '\n'), "{line:?}");
+        // A line break is a multi-line message's, indented: it cannot pass for an event.
+        assert!(line.contains("\u{fffd}[2Jgotcha\n    fake line"), "{line:?}");
+    }
+
+    #[test]
+    fn a_multi_line_message_is_indented_under_its_first_line() {
+        let line = event(&Event::Message {
+            id: 1,
+            from: "bob".into(),
+            text: "agenda:\n1. windows\x1b[2J".into(),
+            sent_at: 0,
+            offline: false,
+        });
+        assert!(line.ends_with("bob: agenda:\n    1. windows\u{fffd}[2J"), "{line:?}");
     }
 
     #[test]

@@ -244,8 +244,8 @@ async fn full_screen_client(
     let mut app = tui::App::new(server, &info.username, online, size);
     app.input.set_history(tui::load_history(history));
     app.notice(format::login(info));
-    app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 or Ctrl-N/Ctrl-P");
-    app.notice("switch windows; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 switch");
+    app.notice("PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let result = tui::run(&mut terminal, session, events, app).await;
