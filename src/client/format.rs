@@ -171,6 +171,13 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
     })
 }
 
+/// How long `bytes` took in `ms` milliseconds, for the end of a transfer:
+/// `in 4.2 s, 2.4 MiB/s`.
+pub fn took(bytes: u64, ms: u64) -> String {
+    let rate = bytes.saturating_mul(1000).checked_div(ms).unwrap_or(bytes);
+    format!("in {:.1} s, {}/s", ms as f64 / 1000.0, self::bytes(rate))
+}
+
 /// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`, `4.0 GiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

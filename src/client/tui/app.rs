@@ -19,7 +19,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::complete::{complete, DirEntry};
 use super::input::{Edit, LineEditor};
-use crate::client::command::{self, Command, Target, Typed};
+use crate::client::command::{self, Command, FileCommand, Target, Typed};
 use crate::client::format;
 pub use crate::client::session::Connection;
 use crate::client::session::{Finish, SessionEvent};
@@ -157,6 +157,25 @@ impl Window {
     }
 }
 
+/// A file transfer under way, as the status bar shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Which transfer.
+    pub transfer: Transfer,
+    /// Bytes done (a resumed transfer starts at what it had).
+    pub done: u64,
+    /// Where it started: bytes already there, and when.
+    pub from: (u64, Timestamp),
+}
+
+impl Progress {
+    /// Bytes a second since it started, once there is a measure.
+    pub fn rate(&self, now: Timestamp) -> Option<u64> {
+        let ms = u64::try_from(now.saturating_sub(self.from.1)).ok().filter(|&ms| ms > 0)?;
+        Some(self.done.saturating_sub(self.from.0).saturating_mul(1000) / ms)
+    }
+}
+
 /// The full-screen client's state.
 pub struct App {
     /// Server address, for the status bar.
@@ -182,7 +201,7 @@ pub struct App {
     /// File offers waiting for your answer, oldest first.
     pub offers: Vec<Transfer>,
     /// File transfers under way, with the bytes done, by id.
-    pub transfers: BTreeMap<TransferId, (Transfer, u64)>,
+    pub transfers: BTreeMap<TransferId, Progress>,
     /// The input line.
     pub input: LineEditor,
     /// Completion candidates to show above the input line.
@@ -403,18 +422,38 @@ impl App {
             TransferEvent::Offered { transfer, .. } => self.offers.push(transfer.clone()),
             TransferEvent::Started { transfer, resume_from } => {
                 self.offers.retain(|t| t.id != transfer.id);
-                self.transfers.insert(transfer.id, (transfer.clone(), *resume_from));
+                let progress = Progress {
+                    transfer: transfer.clone(),
+                    done: *resume_from,
+                    from: (*resume_from, self.now),
+                };
+                self.transfers.insert(transfer.id, progress);
             }
             TransferEvent::Progress { id, done, .. } => {
-                if let Some((_, at)) = self.transfers.get_mut(id) {
-                    *at = *done;
+                if let Some(progress) = self.transfers.get_mut(id) {
+                    progress.done = *done;
                 }
             }
             TransferEvent::Sent { transfer }
             | TransferEvent::Received { transfer, .. }
             | TransferEvent::Failed { transfer, .. } => {
                 self.offers.retain(|t| t.id != transfer.id);
-                self.transfers.remove(&transfer.id);
+                let ended = self.transfers.remove(&transfer.id);
+                if let (Some(line), false) =
+                    (format::transfer(&event), matches!(event, TransferEvent::Failed { .. }))
+                {
+                    // The summary: how long it took, and how fast.
+                    let summary = ended.map(|p| {
+                        let ms = u64::try_from(self.now.saturating_sub(p.from.1)).unwrap_or(0);
+                        let bytes = transfer.size.saturating_sub(p.from.0);
+                        format::took(bytes, ms)
+                    });
+                    self.notice(match summary {
+                        Some(summary) => format!("{line}; {summary}"),
+                        None => line,
+                    });
+                    return;
+                }
             }
             TransferEvent::Waiting { .. } => {}
         }
@@ -427,13 +466,26 @@ impl App {
         }
     }
 
-    /// The status-bar gauge of each transfer: arrow, name and percentage.
+    /// The status-bar gauge of each transfer: arrow, name, percentage, bytes, rate and time
+    /// left (once there is a rate).
     pub fn transfer_gauges(&self) -> Vec<String> {
         self.transfers
             .values()
-            .map(|(t, done)| {
-                let percent = (done * 100).checked_div(t.size).unwrap_or(100);
-                format!("{}{} {percent}%", t.direction.arrow(), format::sanitize(&t.name))
+            .map(|p| {
+                let t = &p.transfer;
+                let percent = (p.done * 100).checked_div(t.size).unwrap_or(100);
+                let mut gauge = format!(
+                    "{}{} {percent}% {}/{}",
+                    t.direction.arrow(),
+                    format::sanitize(&t.name),
+                    format::bytes(p.done),
+                    format::bytes(t.size)
+                );
+                if let Some(rate) = p.rate(self.now).filter(|&r| r > 0) {
+                    let left = t.size.saturating_sub(p.done).div_ceil(rate);
+                    gauge.push_str(&format!(" {}/s {left} s left", format::bytes(rate)));
+                }
+                gauge
             })
             .collect()
     }
@@ -545,6 +597,19 @@ impl App {
                 Err(e) => self.error(e.to_string()),
             },
             Ok(Typed::Command(Command::Server(Request::Logout))) => return self.quit(),
+            Ok(Typed::Command(Command::File(file))) => {
+                match &file {
+                    // The answer is given: the offer's line goes at once.
+                    FileCommand::Decline { from } => self.offers.retain(|t| t.peer != *from),
+                    // What is shown with USER ends, whatever the engine still had.
+                    FileCommand::Cancel { user } => {
+                        self.offers.retain(|t| t.peer != *user);
+                        self.transfers.retain(|_, p| p.transfer.peer != *user);
+                    }
+                    FileCommand::Send { .. } | FileCommand::Accept { .. } => {}
+                }
+                return vec![Action::Run(Command::File(file))];
+            }
             Ok(Typed::Command(command)) => return vec![Action::Run(command)],
         }
         Vec::new()
@@ -1300,5 +1365,31 @@ mod tests {
         assert_eq!(lines[2], format!("bob (online since {})", format::date_time(5)));
         assert_eq!(lines[1], format!("carol (offline since {})", format::date_time(7_000)));
         assert_eq!(lines[0], "dave (offline)", "not seen leaving: no time to tell");
+    }
+
+    #[test]
+    fn a_declined_offer_and_a_cancelled_transfer_leave_the_screen_at_once() {
+        use crate::p2p::transfer::{Direction, Transfer};
+        let mut app = app();
+        let offer = |id, peer: &str| Transfer {
+            id,
+            peer: peer.into(),
+            name: "clip.mp4".into(),
+            size: 10,
+            direction: Direction::Receive,
+        };
+        let event = |e| UiEvent::Session(SessionEvent::Transfer(e));
+        app.handle(event(TransferEvent::Offered { transfer: offer(1, "bob"), resume_from: 0 }));
+        app.handle(event(TransferEvent::Offered { transfer: offer(2, "carol"), resume_from: 0 }));
+        let decline = Command::File(FileCommand::Decline { from: "bob".into() });
+        assert_eq!(type_line(&mut app, "/declinefile bob"), [Action::Run(decline)]);
+        assert_eq!(app.offers.iter().map(|t| t.id).collect::<Vec<_>>(), [2]);
+        assert!(!app.asking_line().unwrap().contains("bob"));
+
+        app.handle(event(TransferEvent::Started { transfer: offer(2, "carol"), resume_from: 0 }));
+        assert_eq!(app.transfer_gauges().len(), 1);
+        type_line(&mut app, "/cancel carol");
+        assert!(app.transfer_gauges().is_empty(), "the gauge goes with the cancel");
+        assert!(app.asking_line().is_none());
     }
 }

@@ -571,10 +571,12 @@ mod tests {
             size: 4096,
             direction: Direction::Receive,
         };
+        app.handle(UiEvent::Tick(1_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
             transfer: clip.clone(),
             resume_from: 0,
         })));
+        app.handle(UiEvent::Tick(3_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Progress {
             id: 1,
             direction: Direction::Send,
@@ -590,7 +592,11 @@ mod tests {
             rows[5].starts_with("carol offers song.ogg (4.0 KiB): /acceptfile carol"),
             "{rows:#?}"
         );
-        assert!(rows[6].contains("| ↑clip.mp4 45%"), "{rows:#?}");
+        // 900,000 bytes in 2 s: 450,000 a second, 1,100,000 to go.
+        assert!(
+            rows[6].contains("| ↑clip.mp4 45% 878.9 KiB/1.9 MiB 439.5 KiB/s 3 s left"),
+            "{rows:#?}"
+        );
         assert_eq!(rows[7], ">");
 
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
@@ -599,14 +605,17 @@ mod tests {
         })));
         let rows = screen(&app);
         assert!(!rows.iter().any(|r| r.starts_with("carol offers")), "answered: {rows:#?}");
-        assert!(rows[6].contains("↑clip.mp4 45% ↓song.ogg 0%"), "{rows:#?}");
+        assert!(rows[6].contains("3 s left ↓song.ogg 0%"), "{rows:#?}");
+        assert_eq!(app.transfer_gauges()[1], "↓song.ogg 0% 0 B/4.0 KiB", "no rate yet");
 
+        app.handle(UiEvent::Tick(5_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Sent {
             transfer: clip,
         })));
         let rows = screen(&app);
         assert!(!rows[6].contains("clip.mp4"), "{rows:#?}");
-        assert!(rows.iter().any(|r| r.contains("clip.mp4 has been uploaded to bob")), "{rows:#?}");
+        let summary = "clip.mp4 has been uploaded to bob; in 4.0 s, 488.3 KiB/s";
+        assert!(rows.iter().any(|r| r.contains(summary)), "{rows:#?}");
     }
 
     #[test]
