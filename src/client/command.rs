@@ -149,6 +149,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "talk to USER (#GROUP, =USER for a private chat); alone: back to commands",
     },
     CommandSpec {
+        name: "/search",
+        aliases: &["/lastlog"],
+        args: "TEXT",
+        summary: "the lines of this window's scrollback with TEXT in them (full screen)",
+    },
+    CommandSpec {
         name: "/close",
         aliases: &[],
         args: "",
@@ -293,6 +299,8 @@ pub enum Typed {
     Query(Option<Target>),
     /// `/close`: close the current conversation.
     Close,
+    /// `/search TEXT`: the lines of the current window with TEXT in them.
+    Search(String),
 }
 
 /// Parses a line typed while talking to `target`: text without a leading `/` goes to it
@@ -328,7 +336,8 @@ pub fn parse_in(line: &str, target: Option<&Target>) -> Result<Typed, ParseError
             Ok(Typed::Query((!first.is_empty()).then(|| Target::named(first))))
         }
         Some("/close") if rest.is_empty() => Ok(Typed::Close),
-        Some(name @ ("/query" | "/close")) => {
+        Some("/search") if !rest.is_empty() => Ok(Typed::Search(rest.to_owned())),
+        Some(name @ ("/query" | "/close" | "/search")) => {
             Err(ParseError::Usage(usage(lookup(name).expect("in the table"))))
         }
         Some("/msg") if !first.is_empty() && tail.is_empty() => {
@@ -457,7 +466,7 @@ pub fn usage(spec: &CommandSpec) -> String {
 
 /// The commands by topic, for the short `/help`; every command is in one topic.
 pub const HELP_TOPICS: &[(&str, &[&str])] = &[
-    ("talk", &["/query", "/close", "/msg", "/broadcast", "/history"]),
+    ("talk", &["/query", "/close", "/msg", "/broadcast", "/history", "/search"]),
     ("people", &["/list", "/whoelsesince", "/block", "/unblock"]),
     ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
     ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate"]),

@@ -73,6 +73,9 @@ fn typed(out: &mut Output, session: &Session, target: &mut Option<Target>, line:
             *target = None;
             out.line("* talking to no one; bare words are commands");
         }
+        Ok(Typed::Search(_)) => {
+            out.line(format::error("/search is the full-screen client's; here, try grep"));
+        }
         Err(e) => out.line(format::error(e)),
     }
 }

@@ -584,6 +584,7 @@ impl App {
                 let index = self.open(target);
                 self.switch_to(index);
             }
+            Ok(Typed::Search(text)) => self.search(&text),
             Ok(Typed::Close) if self.current == 0 => {
                 self.error("the server window stays open; /logout leaves")
             }
@@ -613,6 +614,29 @@ impl App {
             Ok(Typed::Command(command)) => return vec![Action::Run(command)],
         }
         Vec::new()
+    }
+
+    /// `/search TEXT`: the messages of the window in view with TEXT in them (any case),
+    /// newest last, as irssi's `/lastlog` shows them.
+    fn search(&mut self, text: &str) {
+        let needle = text.to_lowercase();
+        let found: Vec<String> = self
+            .window()
+            .entries
+            .iter()
+            // Messages only: not notices, nor the output of an earlier search.
+            .filter(|e| e.at.is_some() && e.text.to_lowercase().contains(&needle))
+            .map(|e| super::render::plain(e, &self.me))
+            .collect();
+        let what = format::sanitize(text).into_owned();
+        self.output(match found.len() {
+            0 => format!("search: no line here has '{what}'"),
+            1 => format!("search: 1 line has '{what}':"),
+            n => format!("search: {n} lines have '{what}':"),
+        });
+        for line in found {
+            self.output(format!("  {line}"));
+        }
     }
 
     fn complete(&mut self) {
@@ -1391,5 +1415,25 @@ mod tests {
         type_line(&mut app, "/cancel carol");
         assert!(app.transfer_gauges().is_empty(), "the gauge goes with the cancel");
         assert!(app.asking_line().is_none());
+    }
+
+    #[test]
+    fn search_lists_the_lines_of_the_window_in_view() {
+        let mut app = app();
+        app.handle(message("bob", "lunch at 12?"));
+        app.handle(message("bob", "or later"));
+        app.handle(message("bob", "LUNCH is on me"));
+        app.handle(message("carol", "lunch? (not this window)"));
+        app.handle(alt('2'));
+        assert!(type_line(&mut app, "/search lunch").is_empty());
+        let tail: Vec<&str> =
+            app.window().entries.iter().rev().take(3).map(|e| e.text.as_str()).rev().collect();
+        assert_eq!(tail[0], "search: 2 lines have 'lunch':");
+        assert!(tail[1].ends_with("bob: lunch at 12?"), "{tail:?}");
+        assert!(tail[2].ends_with("bob: LUNCH is on me"), "{tail:?}");
+        type_line(&mut app, "/search lunch");
+        assert_eq!(app.window().entries.len(), 3 + 3 + 3, "an earlier search is not found");
+        type_line(&mut app, "/search dinner");
+        assert_eq!(app.window().entries.back().unwrap().text, "search: no line here has 'dinner'");
     }
 }

@@ -63,6 +63,11 @@ pub fn entry_rows(entry: &Entry, width: usize) -> usize {
     wrap(spans, width, indent).len()
 }
 
+/// An entry as plain text, as it is drawn on one row (for `/search`).
+pub fn plain(entry: &Entry, me: &str) -> String {
+    spans(entry, me).0.iter().map(|s| s.content.as_ref()).collect::<String>().replace('\n', " ")
+}
+
 /// The colour of `name`'s messages.
 pub fn colour_of(name: &str) -> Color {
     // FNV-1a: stable across runs and platforms.
