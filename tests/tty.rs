@@ -279,11 +279,12 @@ fn full_screen_bob_in(
 ) -> (Tmux, tempfile::TempDir) {
     let command = format!(
         "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {} \
-         --history-file {}; echo confab exited $?; sleep 30",
+         --history-file {} --chat-logs {}; echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,
         dir.path().join("confab.log").display(),
-        dir.path().join("input-history").display()
+        dir.path().join("input-history").display(),
+        dir.path().join("logs").display()
     );
     (Tmux::start(&command, width, height), dir)
 }
@@ -293,7 +294,7 @@ async fn two_windows_each_send_bare_text_to_their_own_partner() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let (carol, mut carol_events) = server.login("carol").await;
-    let (tmux, _log) = full_screen_bob(&server, 100, 16);
+    let (tmux, dir) = full_screen_bob(&server, 100, 16);
     tmux.wait_for("the status bar", |s| s.contains("| connected | 2 online")).await;
 
     tmux.type_text("/query alice");
@@ -340,6 +341,18 @@ async fn two_windows_each_send_bare_text_to_their_own_partner() {
     tmux.press("C-c");
     bob_logs_out(&mut alice_events).await;
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+
+    // Each conversation has its chat log.
+    let log = |name: &str| std::fs::read_to_string(dir.path().join("logs").join(name)).unwrap();
+    let alice_log = log("alice.log");
+    let lines: Vec<&str> = alice_log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    let lines: Vec<&str> = lines.iter().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(
+        lines,
+        ["bob -> alice: hi alice, this is window 2", "alice: hello there", "bob -> alice: bye"],
+        "{alice_log}"
+    );
+    assert!(log("carol.log").contains("bob -> carol: still here"));
     server.stop().await;
 }
 

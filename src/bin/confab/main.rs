@@ -74,6 +74,13 @@ struct Args {
     /// (default: input-history in the data dir).
     #[arg(long, env = "CONFAB_HISTORY_FILE")]
     history_file: Option<PathBuf>,
+    /// Where the full-screen interface writes a plain-text log per conversation (default:
+    /// logs/USER@SERVER in the data dir).
+    #[arg(long, env = "CONFAB_CHAT_LOGS")]
+    chat_logs: Option<PathBuf>,
+    /// Keep no chat logs.
+    #[arg(long, env = "CONFAB_NO_LOGS")]
+    no_logs: bool,
     /// Do not reconnect when the connection drops or the server restarts: end the session.
     #[arg(long, env = "CONFAB_NO_RECONNECT")]
     no_reconnect: bool,
@@ -169,7 +176,10 @@ async fn main() -> ExitCode {
     };
     if full_screen {
         let history = data_path(args.history_file.clone(), "input-history");
-        return full_screen_client(&args.server, &info, online, &history, session, events).await;
+        let chats = format!("logs/{}@{}", info.username, args.server.replace('/', "_"));
+        let logs = (!args.no_logs).then(|| data_path(args.chat_logs.clone(), &chats));
+        let files = Files { history: &history, logs: logs.as_deref() };
+        return full_screen_client(&args.server, &info, online, files, session, events).await;
     }
     let finish = line::run(&info, session, events, interactive).await;
     ExitCode::from(exit_code(&finish))
@@ -230,30 +240,36 @@ fn session_config(args: &Args) -> SessionConfig {
     config
 }
 
+/// The full-screen interface's files: the input history, the chat logs' directory.
+struct Files<'a> {
+    history: &'a Path,
+    logs: Option<&'a Path>,
+}
+
 /// Runs the full-screen interface until the session finishes; the terminal is restored on
 /// every way out, a panic included (`ratatui::init` installs a hook for that).
 async fn full_screen_client(
     server: &str,
     info: &LoginInfo,
     online: Vec<OnlineUser>,
-    history: &Path,
+    files: Files<'_>,
     session: Session,
     events: SessionEvents,
 ) -> ExitCode {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = tui::App::new(server, &info.username, online, size);
-    app.input.set_history(tui::load_history(history));
+    app.input.set_history(tui::load_history(files.history));
     app.notice(format::login(info));
     app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 switch");
     app.notice("PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
-    let result = tui::run(&mut terminal, session, events, app).await;
+    let result = tui::run(&mut terminal, session, events, app, files.logs).await;
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     ratatui::restore();
     match result {
         Ok(app) => {
-            if let Err(e) = tui::save_history(history, app.input.history()) {
+            if let Err(e) = tui::save_history(files.history, app.input.history()) {
                 eprintln!("{}", format::error(format!("input history not saved: {e}")));
             }
             // Quit without the session's word (the logout took too long): logged out all

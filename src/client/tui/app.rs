@@ -213,6 +213,8 @@ pub struct App {
     users: BTreeSet<String>,
     /// When users seen leaving in this session left, for `/whoelsesince`.
     left_at: BTreeMap<String, Timestamp>,
+    /// Chat-log lines not yet written: the conversation's label and the line.
+    logs: Vec<(String, String)>,
     /// Requests the app made itself (to keep the status bar and completion current),
     /// oldest first: their replies are learned from, not shown.
     quiet: VecDeque<Request>,
@@ -243,6 +245,7 @@ impl App {
             users: BTreeSet::new(),
             left_at: BTreeMap::new(),
             quiet: VecDeque::new(),
+            logs: Vec::new(),
             quitting: false,
             list_dir: read_dir,
         };
@@ -265,6 +268,12 @@ impl App {
     fn ask_quietly(&mut self, requests: Vec<Request>) -> Vec<Action> {
         self.quiet.extend(requests.iter().cloned());
         requests.into_iter().map(|r| Action::Run(Command::Server(r))).collect()
+    }
+
+    /// The chat-log lines since the last call, for the driver to write: each message with
+    /// the label of its conversation (`bob`, `#devs`, `=bob`; `server` for broadcasts).
+    pub fn take_logs(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.logs)
     }
 
     /// Whether the app has asked to quit.
@@ -861,7 +870,14 @@ impl App {
             let level = if mention { Activity::Mention } else { Activity::Message };
             window.activity = window.activity.max(level);
         }
-        self.push(index, Entry { at: Some(at), kind, text });
+        let entry = Entry { at: Some(at), kind, text };
+        self.log(index, &entry);
+        self.push(index, entry);
+    }
+
+    fn log(&mut self, index: usize, entry: &Entry) {
+        let line = super::render::log_line(entry, &self.me);
+        self.logs.push((self.windows[index].label(), line));
     }
 
     /// Something you sent: in its conversation's window, and in the server window too when
@@ -871,6 +887,9 @@ impl App {
         let entry = Entry { at: Some(at), kind, text };
         if index != self.current && self.current == 0 {
             self.push(self.current, entry.clone());
+        }
+        if !matches!(entry.kind, Kind::Pending { .. }) {
+            self.log(index, &entry);
         }
         self.push(index, entry);
     }
@@ -1435,5 +1454,33 @@ mod tests {
         assert_eq!(app.window().entries.len(), 3 + 3 + 3, "an earlier search is not found");
         type_line(&mut app, "/search dinner");
         assert_eq!(app.window().entries.back().unwrap().text, "search: no line here has 'dinner'");
+    }
+
+    #[test]
+    fn each_message_is_logged_once_under_its_conversation() {
+        let mut app = app();
+        app.handle(message("bob", "hi\nthere"));
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        let request = Request::Msg { to: "bob".into(), text: "hello".into(), send_id: Some(3) };
+        app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
+        app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
+        app.handle(group_message("devs", "carol", "standup"));
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::Presence {
+            user: "bob".into(),
+            change: PresenceChange::LoggedOut,
+            at: 2,
+        })));
+        let logs = app.take_logs();
+        let at = format::date_time(1);
+        assert_eq!(
+            logs,
+            [
+                ("bob".to_owned(), format!("{at} bob: hi\n    there")),
+                ("bob".to_owned(), format!("{} alice -> bob: hello", format::date_time(0))),
+                ("#devs".to_owned(), format!("{at} [devs] carol: standup")),
+            ],
+            "messages only, the pending one once it was sent"
+        );
+        assert!(app.take_logs().is_empty());
     }
 }

@@ -39,6 +39,7 @@ pub async fn run(
     session: Session,
     mut events: SessionEvents,
     mut app: App,
+    logs: Option<&Path>,
 ) -> std::io::Result<App> {
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -83,6 +84,13 @@ pub async fn run(
             session.shown(id);
         }
         carry_out(&session, actions, &mut quit_by);
+        for (conversation, line) in app.take_logs() {
+            if let Some(dir) = logs {
+                if let Err(e) = append_log(dir, &conversation, &line) {
+                    tracing::warn!("chat log for {conversation} in {}: {e}", dir.display());
+                }
+            }
+        }
         if app.done() {
             break;
         }
@@ -135,6 +143,31 @@ fn unescape_line(line: &str) -> String {
     out
 }
 
+/// Appends `line` to the chat log of `conversation` in `dir` (`bob.log`, `#devs.log`,
+/// `=bob.log`), readable by the user only.
+pub fn append_log(dir: &Path, conversation: &str, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(dir.join(log_file_name(conversation)))?;
+    writeln!(file, "{line}")
+}
+
+/// A conversation's log file name: its label with anything but letters, digits, `#`, `=`,
+/// `_`, `-` and `.` replaced, never hidden, never a path.
+fn log_file_name(conversation: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "#=_-.".contains(c);
+    let name: String = conversation.chars().map(|c| if safe(c) { c } else { '_' }).collect();
+    match name.starts_with('.') || name.is_empty() {
+        true => format!("_{name}.log"),
+        false => format!("{name}.log"),
+    }
+}
+
 /// Carries out the app's actions; a quit starts the logout and its deadline.
 fn carry_out(session: &Session, actions: Vec<Action>, quit_by: &mut Option<tokio::time::Instant>) {
     for action in actions {
@@ -158,6 +191,18 @@ fn ctrl_c() -> crossterm::event::KeyEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_logs_are_appended_per_conversation_under_safe_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        append_log(&logs, "#devs", "one").unwrap();
+        append_log(&logs, "#devs", "two\n    lines").unwrap();
+        append_log(&logs, "../evil", "x").unwrap();
+        let text = std::fs::read_to_string(logs.join("#devs.log")).unwrap();
+        assert_eq!(text, "one\ntwo\n    lines\n");
+        assert!(logs.join("_.._evil.log").exists(), "not a path, not hidden");
+    }
 
     #[test]
     fn the_input_history_survives_a_restart() {

@@ -68,6 +68,18 @@ pub fn plain(entry: &Entry, me: &str) -> String {
     spans(entry, me).0.iter().map(|s| s.content.as_ref()).collect::<String>().replace('\n', " ")
 }
 
+/// An entry as a line of a chat log: its date and time, then the text as drawn, a
+/// multi-line message's continuation lines indented by four spaces.
+pub fn log_line(entry: &Entry, me: &str) -> String {
+    let undated = Entry { at: None, ..entry.clone() };
+    let text: String = spans(&undated, me).0.iter().map(|s| s.content.as_ref()).collect();
+    let text = text.replace('\n', "\n    ");
+    match entry.at {
+        Some(at) => format!("{} {text}", date_time(at)),
+        None => text,
+    }
+}
+
 /// The colour of `name`'s messages.
 pub fn colour_of(name: &str) -> Color {
     // FNV-1a: stable across runs and platforms.
