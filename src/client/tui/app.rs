@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::complete::{complete, DirEntry};
+use super::complete::{complete, complete_name, DirEntry};
 use super::input::{Edit, LineEditor};
 use crate::client::command::{self, Command, FileCommand, Target, Typed};
 use crate::client::format;
@@ -652,9 +652,13 @@ impl App {
         let mut groups: Vec<String> = self.groups.iter().cloned().collect();
         groups.sort();
         let before = self.input.before_cursor();
-        let Some(done) = complete(&before, &self.known_users(), &groups, self.list_dir) else {
-            return;
+        let talking = self.window().target.is_some() && !before.starts_with('/');
+        let done = match talking {
+            // A message: names, not commands.
+            true => complete_name(&before, &self.known_users()),
+            false => complete(&before, &self.known_users(), &groups, self.list_dir),
         };
+        let Some(done) = done else { return };
         self.input.replace_before_cursor(&done.before_cursor);
         self.hint = (!done.candidates.is_empty()).then(|| done.candidates.join("  "));
     }
@@ -1482,5 +1486,22 @@ mod tests {
             "messages only, the pending one once it was sent"
         );
         assert!(app.take_logs().is_empty());
+    }
+
+    #[test]
+    fn tab_in_a_conversation_completes_names_not_commands() {
+        let mut app = app();
+        type_line(&mut app, "/query bob");
+        for c in "bo".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.input.text(), "bob: ");
+        app.handle(ctrl('u'));
+        for c in "/jo".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(key(KeyCode::Tab));
+        assert_eq!(app.input.text(), "/joingroup ", "a command is still a command");
     }
 }
