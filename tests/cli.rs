@@ -290,6 +290,7 @@ async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
 
     // Carol accepts by herself; the name is taken, so hers gets a suffix.
     alice.send(&format!("/sendfile carol {}", clip.display())).await;
+    carol.expect("alice offers clip.mp4 (2.9 MiB); accepting it (--auto-accept)").await;
     alice.expect("clip.mp4 has been uploaded to carol").await;
     carol.expect("received clip.mp4 from alice (3000000 bytes, sha256 ok)").await;
     assert!(std::fs::read(downloads.join("alice_clip-1.mp4")).unwrap() == data);

@@ -121,16 +121,22 @@ pub fn event(event: &Event) -> String {
 /// front ends draw as a bar or gauge instead.
 pub fn transfer(event: &TransferEvent) -> Option<String> {
     Some(match event {
-        TransferEvent::Offered { transfer: t, resume_from } => {
+        TransferEvent::Offered { transfer: t, resume_from, accepting } => {
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
             let resume = match resume_from {
                 0 => String::new(),
                 n => format!("; you have {} of it already", bytes(*n)),
             };
-            format!(
-                "* {peer} offers {name} ({}{resume}): /acceptfile {peer} or /declinefile {peer}",
-                bytes(t.size)
-            )
+            match accepting {
+                true => format!(
+                    "* {peer} offers {name} ({}{resume}); accepting it (--auto-accept)",
+                    bytes(t.size)
+                ),
+                false => format!(
+                    "* {peer} offers {name} ({}{resume}): /acceptfile {peer} or /declinefile {peer}",
+                    bytes(t.size)
+                ),
+            }
         }
         TransferEvent::Waiting { transfer: t } => {
             format!(

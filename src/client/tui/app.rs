@@ -428,6 +428,8 @@ impl App {
 
     fn transfer_event(&mut self, event: TransferEvent) {
         match &event {
+            // Accepted by itself: nothing to ask.
+            TransferEvent::Offered { accepting: true, .. } => {}
             TransferEvent::Offered { transfer, .. } => self.offers.push(transfer.clone()),
             TransferEvent::Started { transfer, resume_from } => {
                 self.offers.retain(|t| t.id != transfer.id);
@@ -1426,8 +1428,12 @@ mod tests {
             direction: Direction::Receive,
         };
         let event = |e| UiEvent::Session(SessionEvent::Transfer(e));
-        app.handle(event(TransferEvent::Offered { transfer: offer(1, "bob"), resume_from: 0 }));
-        app.handle(event(TransferEvent::Offered { transfer: offer(2, "carol"), resume_from: 0 }));
+        let offered =
+            |transfer, accepting| TransferEvent::Offered { transfer, resume_from: 0, accepting };
+        app.handle(event(offered(offer(1, "bob"), false)));
+        app.handle(event(offered(offer(2, "carol"), false)));
+        app.handle(event(offered(offer(3, "dave"), true)));
+        assert_eq!(app.offers.len(), 2, "an offer accepted by itself asks nothing");
         let decline = Command::File(FileCommand::Decline { from: "bob".into() });
         assert_eq!(type_line(&mut app, "/declinefile bob"), [Action::Run(decline)]);
         assert_eq!(app.offers.iter().map(|t| t.id).collect::<Vec<_>>(), [2]);

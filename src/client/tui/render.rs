@@ -603,6 +603,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Offered {
             transfer: song.clone(),
             resume_from: 0,
+            accepting: false,
         })));
         let rows = screen(&app);
         assert!(
