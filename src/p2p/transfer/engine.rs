@@ -296,8 +296,10 @@ impl Transfers {
         let _ = self.commands.send(Command::Accept(id));
     }
 
-    /// Declines the offer `id`; the sender is told.
+    /// Declines the offer `id`; the sender is told. The offer is gone at once: a later
+    /// accept finds nothing to accept.
     pub fn decline(&self, id: TransferId) {
+        self.table.remove(id);
         let _ = self.commands.send(Command::Decline(id));
     }
 
