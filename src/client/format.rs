@@ -153,6 +153,9 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
             match t.direction {
                 Direction::Send => format!("* {peer} accepted {name}; sending{resume}"),
+                // "accepting" (typed, or --auto-accept) said it already, and may come after
+                // this event: a second line would only be out of order.
+                Direction::Receive if *resume_from == 0 => return None,
                 Direction::Receive => format!("* receiving {name} from {peer}{resume}"),
             }
         }
@@ -860,5 +863,17 @@ mod tests {
         let progress =
             TransferEvent::Progress { id: 1, direction: Direction::Send, done: 1, total: 2 };
         assert_eq!(transfer(&progress), None, "progress is drawn, not printed");
+        let started =
+            |resume_from| TransferEvent::Started { transfer: t(Direction::Receive), resume_from };
+        assert_eq!(transfer(&started(0)), None, "\"accepting\" said it");
+        assert!(transfer(&started(5)).unwrap().ends_with("resuming after 5 B"));
+        let offered = |accepting| TransferEvent::Offered {
+            transfer: t(Direction::Receive),
+            resume_from: 0,
+            accepting,
+        };
+        assert!(transfer(&offered(false)).unwrap().contains("/acceptfile bob"));
+        let auto = transfer(&offered(true)).unwrap();
+        assert!(auto.ends_with("accepting it (--auto-accept)") && !auto.contains("/acceptfile"));
     }
 }

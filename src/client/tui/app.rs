@@ -521,6 +521,11 @@ impl App {
                 self.switch_to(if n == 0 { 9 } else { n - 1 });
             }
             KeyCode::Char('a') if alt => self.switch_to_active(),
+            // Search this window for what is typed (the line stays, to refine it).
+            KeyCode::Char('r') if ctrl && !self.input.is_empty() => {
+                let text = self.input.text();
+                self.search(text.trim());
+            }
             KeyCode::PageUp => self.scroll_by(self.pane_height().saturating_sub(1).max(1) as isize),
             KeyCode::PageDown => {
                 self.scroll_by(-(self.pane_height().saturating_sub(1).max(1) as isize))
@@ -1462,6 +1467,13 @@ mod tests {
         assert!(tail[2].ends_with("bob: LUNCH is on me"), "{tail:?}");
         type_line(&mut app, "/search lunch");
         assert_eq!(app.window().entries.len(), 3 + 3 + 3, "an earlier search is not found");
+        for c in "12".chars() {
+            app.handle(key(KeyCode::Char(c)));
+        }
+        app.handle(ctrl('r'));
+        assert_eq!(app.input.text(), "12", "Ctrl-R keeps the line");
+        assert!(app.window().entries.back().unwrap().text.ends_with("bob: lunch at 12?"));
+        app.handle(ctrl('u'));
         type_line(&mut app, "/search dinner");
         assert_eq!(app.window().entries.back().unwrap().text, "search: no line here has 'dinner'");
     }
