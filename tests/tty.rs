@@ -399,3 +399,33 @@ async fn the_input_history_is_there_in_the_next_run() {
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_bracketed_paste_of_three_lines_is_one_message_and_runs_no_command() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    tmux.run(&["set-buffer", "agenda:\nbye\n/logout"]);
+    tmux.run(&["paste-buffer", "-p", "-t", "t"]);
+    tmux.wait_for("the paste in the input line", |s| last_line(s) == "> agenda:↵bye↵/logout").await;
+    tmux.press("Enter");
+    assert_eq!(next_text(&mut alice_events).await, ("bob".into(), "agenda:\nbye\n/logout".into()));
+    let screen = tmux
+        .wait_for("the message, indented", |s| {
+            s.contains("bob -> alice: agenda:") && last_line(s) == ">"
+        })
+        .await;
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows.iter().position(|r| r.contains("bob -> alice: agenda:")).unwrap();
+    let indent = rows[first].find("agenda:").unwrap();
+    assert_eq!(rows[first + 1], format!("{}bye", " ".repeat(indent)), "{screen}");
+    assert_eq!(rows[first + 2], format!("{}/logout", " ".repeat(indent)), "{screen}");
+    assert!(screen.contains("| connected |"), "still logged in:\n{screen}");
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}
