@@ -84,7 +84,7 @@ async fn main() {
 
     let program = server_binary();
     let mut server = Command::new(&program)
-        .args(["--listen", "127.0.0.1:0", "--mailbox-messages", "0", "--db"])
+        .args(["--plaintext", "--listen", "127.0.0.1:0", "--mailbox-messages", "0", "--db"])
         .arg(&db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -31,7 +31,7 @@ sleep 1
 # stdin stays open (a fifo this script holds) so that the client does not log out.
 mkfifo "$dir/in"
 exec 3<>"$dir/in"
-CONFAB_PASSWORD=builder "$bin/confab" --plain --server "$addr" --user bob <"$dir/in" \
+CONFAB_PASSWORD=builder "$bin/confab" --plain --data-dir "$dir" --server "$addr" --user bob <"$dir/in" \
   >"$dir/out" 2>&1 &
 client=$!
 until grep -q "logged in as bob" "$dir/out"; do sleep 0.01; done

@@ -1,29 +1,38 @@
 //! Confab: a self-hosted terminal messenger.
 //!
 //! A central server handles accounts, presence and message relay; clients connect to it over
-//! TCP with length-prefixed MessagePack frames. For a private chat the server introduces two
-//! clients, which then talk over a direct TCP connection of their own.
+//! TCP, inside TLS by default, with length-prefixed MessagePack frames. For a private chat
+//! the server introduces two clients, which then talk over a direct TCP connection of their
+//! own.
 //!
 //! # Layout
 //!
 //! - [`protocol`]: wire messages (serde enums) and the framed codec; shared by everything.
 //! - [`store`]: durable state (accounts, blocks, groups, the message log with each user's
 //!   delivery cursor, login history) behind the [`store::Store`] trait, with the embedded
-//!   SQLite backend; no networking and no wire types.
-//! - [`server`]: accept loop, the socket plumbing (`conn`) and the phases of one session task
-//!   per connection, the hub that routes (and holds group membership, the log's ids, cursors
-//!   and quotas, and commits the log in groups: [`server::hub::log`]), the catch-up
+//!   SQLite backend and the one-server-per-database lock ([`store::lock`]); no networking
+//!   and no wire types.
+//! - [`tls`]: certificate fingerprints, the server's certificate (PEM files, or self-signed,
+//!   made once and kept) and the rustls settings shared by server and client.
+//! - [`server`]: accept loop, the socket plumbing (`conn`, over plain TCP or TLS: `tls`) and
+//!   the phases of one session task per connection, the hub that routes (and holds group
+//!   membership, the log's ids, cursors and quotas, and commits the log in groups:
+//!   [`server::hub::log`]), the catch-up
 //!   bookkeeping ([`server::delivery`]), one file per command; started with [`server::run`].
+//!   The abuse limits: per address ([`server::limits`]), fair password hashing
+//!   ([`server::hashing`]), per-user request rates ([`server::rate`]) and the descriptor
+//!   headroom ([`server::fdlimit`]); docs/SECURITY.md lists them.
 //!
 //! Delivery: every relayed message is committed to the log before its sender's reply, carries
 //! its log id to the recipient, and is sent again at the next login until the client
 //! acknowledges it ([`client::Client::ack`]); see docs/ARCHITECTURE.md.
-//! - [`client`]: the typed async [`client::Client`], command-line parsing and line formatting
-//!   used by the `confab` binary, the tests and the benchmarks; the front-end neutral
-//!   [`client::session::Session`] (the connection, private chats and transfers, reconnect,
-//!   every session rule in [`client::session::rules`]); and the full-screen interface
-//!   ([`client::tui`]: a pure `App` with a window per conversation, its renderer and the
-//!   terminal driver).
+//! - [`client`]: the typed async [`client::Client`], opened by a [`client::Connector`] (TLS
+//!   by default, with [`client::trust`]'s rules: known_servers, CA, pinned), command-line
+//!   parsing and line formatting used by the `confab` binary, the tests and the benchmarks;
+//!   the front-end neutral [`client::session::Session`] (the connection, private chats and
+//!   transfers, reconnect, every session rule in [`client::session::rules`]); and the
+//!   full-screen interface ([`client::tui`]: a pure `App` with a window per conversation,
+//!   its renderer and the terminal driver).
 //! - [`p2p`]: direct links between clients: the token-authenticated private chat
 //!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
 //!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).
@@ -38,3 +47,4 @@ pub mod p2p;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -8,10 +8,10 @@ use common::*;
 use confab::client::ClientEvent;
 use confab::protocol::{
     ClientCodec, ClientMessage, Delivery, EndReason, Event, Hello, PresenceChange, Request,
-    PROTOCOL_VERSION,
+    ServerMessage, PROTOCOL_VERSION,
 };
 use confab::server::Config;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -114,6 +114,14 @@ async fn a_reader_too_slow_is_dropped_and_its_messages_kept() {
         Request::Login { username: "bob".into(), password: password_of("bob"), direct: None };
     bob.send(ClientMessage::Request { id: 1, body: login }).await.unwrap();
     assert_eq!(presence_of(&mut alice_events, "bob").await, PresenceChange::LoggedIn);
+    // Until bob's (empty) catch-up has ended, alice's messages would wait in the log for a
+    // session that never acknowledges, and it would never count as too slow.
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, bob.next()).await.expect("bob hears");
+        if let Some(Ok(Ok(ServerMessage::Event(Event::CaughtUp)))) = frame {
+            break;
+        }
+    }
 
     // alice writes until the server stops queueing for bob and stores instead.
     let text = "x".repeat(3000);

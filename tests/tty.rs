@@ -78,7 +78,7 @@ async fn an_incoming_message_does_not_break_the_line_being_typed() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --plain --server {} --user bob",
+        "env CONFAB_PASSWORD=bob-pw {} --plain --plaintext --server {} --user bob",
         env!("CARGO_BIN_EXE_confab"),
         server.addr
     );
@@ -129,7 +129,7 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     let log = tempfile::NamedTempFile::new().unwrap();
     // The shell stays after confab exits, so the restored terminal can be looked at.
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,
@@ -175,7 +175,7 @@ async fn the_full_screen_client_shows_the_reconnect_in_its_status_bar_and_logout
     let (mut server, addr) = start_server(&db).await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let command = format!(
-        "env CONFAB_PASSWORD=builder {} --server {addr} --user bob --log-file {}; \
+        "env CONFAB_PASSWORD=builder {} --plaintext --server {addr} --user bob --log-file {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         log.path().display()
@@ -206,7 +206,7 @@ async fn a_wrong_password_is_asked_again_and_an_absent_server_is_said_before_the
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let command = format!(
-        "{} --plain --wait --server {addr} --user carol; echo confab exited $?; sleep 30",
+        "{} --plain --plaintext --wait --server {addr} --user carol; echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
     );
     let tmux = Tmux::start(&command, 200, 20);
@@ -236,7 +236,7 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
     for round in 0..4 {
         let log = tempfile::NamedTempFile::new().unwrap();
         let command = format!(
-            "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {}; \
+            "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
              echo confab exited $?; sleep 30",
             env!("CARGO_BIN_EXE_confab"),
             server.addr,
@@ -270,7 +270,7 @@ fn full_screen_bob(server: &TestServer, width: u16, height: u16) -> (Tmux, tempf
     full_screen_bob_in(tempfile::tempdir().unwrap(), server, width, height)
 }
 
-/// The same, with its log and input history in `dir`.
+/// The same, with its data (log, input history, chat logs) in `dir`.
 fn full_screen_bob_in(
     dir: tempfile::TempDir,
     server: &TestServer,
@@ -278,13 +278,11 @@ fn full_screen_bob_in(
     height: u16,
 ) -> (Tmux, tempfile::TempDir) {
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --server {} --user bob --log-file {} \
-         --history-file {} --chat-logs {}; echo confab exited $?; sleep 30",
+        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --data-dir {}; \
+         echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
         server.addr,
-        dir.path().join("confab.log").display(),
-        dir.path().join("input-history").display(),
-        dir.path().join("logs").display()
+        dir.path().display(),
     );
     (Tmux::start(&command, width, height), dir)
 }
@@ -343,7 +341,8 @@ async fn two_windows_each_send_bare_text_to_their_own_partner() {
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
 
     // Each conversation has its chat log.
-    let log = |name: &str| std::fs::read_to_string(dir.path().join("logs").join(name)).unwrap();
+    let logs = dir.path().join("logs").join(format!("bob@{}", server.addr));
+    let log = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap();
     let alice_log = log("alice.log");
     let lines: Vec<&str> = alice_log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
     let lines: Vec<&str> = lines.iter().map(|l| l.split_once(' ').unwrap().1).collect();

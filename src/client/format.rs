@@ -270,6 +270,9 @@ pub fn end_reason(reason: EndReason) -> &'static str {
         EndReason::IdleTimeout => "you were logged out after being idle too long",
         EndReason::ServerShutdown => "the server is shutting down",
         EndReason::TooSlow => "disconnected: messages were not read fast enough",
+        EndReason::Flooding => "disconnected: too many requests after being asked to slow down",
+        EndReason::LoginTimeout => "disconnected: not logged in in time",
+        EndReason::StalledFrame => "disconnected: a request stalled half-sent",
     }
 }
 

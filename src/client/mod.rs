@@ -25,10 +25,14 @@
 //! and turns everything that happens into one stream of [`session::SessionEvent`]s.
 
 pub mod command;
+mod connector;
 pub mod files;
 pub mod format;
 pub mod session;
+pub mod trust;
 pub mod tui;
+
+pub use connector::{Connector, Security, Trust};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +45,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 
 use crate::protocol::{
     ClientCodec, ClientMessage, CodecError, Delivery, DirectPorts, ErrorCode, ErrorReply, Event,
@@ -75,6 +80,9 @@ pub enum ClientError {
     /// The server answered with something this client did not expect.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The server's certificate was not trusted, or plaintext was refused.
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
 }
 
 impl ClientError {
@@ -128,7 +136,11 @@ pub struct Client {
     server: String,
     local: SocketAddr,
     acks: Arc<Acks>,
+    trusted: Option<trust::Trusted>,
 }
+
+/// The connection to the server: plain TCP or TLS.
+type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// What the front end has shown, for the I/O task to acknowledge.
 #[derive(Default)]
@@ -179,12 +191,28 @@ impl Acks {
 type Pending = (Request, oneshot::Sender<Result<Reply, ErrorReply>>);
 
 impl Client {
-    /// Connects, performs the version handshake and starts the I/O task.
+    /// Connects in plaintext, performs the version handshake and starts the I/O task: for
+    /// tests against a plaintext server. [`Connector`] connects over TLS.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, Events), ClientError> {
         let socket = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        Self::connect_stream(socket).await
+    }
+
+    /// [`Client::connect`] over a socket already connected to the server (one bound to a
+    /// chosen source address, say).
+    pub async fn connect_stream(socket: TcpStream) -> Result<(Client, Events), ClientError> {
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
         let local = socket.local_addr().map_err(ClientError::Connect)?;
-        let mut framed = Framed::new(socket, ClientCodec::new(MAX_SERVER_FRAME));
+        Self::handshake(Either::Left(socket), local, None).await
+    }
+
+    /// Says hello on a connected (and secured) stream and starts the I/O task.
+    async fn handshake(
+        stream: Stream,
+        local: SocketAddr,
+        trusted: Option<trust::Trusted>,
+    ) -> Result<(Client, Events), ClientError> {
+        let mut framed = Framed::new(stream, ClientCodec::new(MAX_SERVER_FRAME));
         let agent = format!("confab {}", env!("CARGO_PKG_VERSION"));
         framed.send(ClientMessage::Hello(Hello { version: PROTOCOL_VERSION, agent })).await?;
         let server = match framed.next().await {
@@ -199,7 +227,13 @@ impl Client {
         let (events_tx, rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acks::default());
         tokio::spawn(io_task(framed, requests_rx, events_tx, acks.clone()));
-        Ok((Client { requests, server, local, acks: acks.clone() }, Events { rx, acks }))
+        let client = Client { requests, server, local, acks: acks.clone(), trusted };
+        Ok((client, Events { rx, acks }))
+    }
+
+    /// Why the server's certificate was trusted; `None` over plaintext.
+    pub fn trusted(&self) -> Option<&trust::Trusted> {
+        self.trusted.as_ref()
     }
 
     /// Tells the server, soon and cumulatively, that the message with log id `id` (and every
@@ -420,7 +454,7 @@ fn unexpected(reply: Reply) -> ClientError {
 /// Owns the socket: writes requests and acknowledgements, routes replies by id and forwards
 /// events (each message once).
 async fn io_task(
-    mut framed: Framed<TcpStream, ClientCodec>,
+    mut framed: Framed<Stream, ClientCodec>,
     mut requests: mpsc::Receiver<Pending>,
     events: mpsc::UnboundedSender<ClientEvent>,
     acks: Arc<Acks>,
@@ -500,7 +534,7 @@ async fn io_task(
 
 /// Sends the acknowledgement of what has been shown, if it has moved since `acked`.
 async fn send_ack(
-    framed: &mut Framed<TcpStream, ClientCodec>,
+    framed: &mut Framed<Stream, ClientCodec>,
     acks: &Acks,
     acked: &mut u64,
 ) -> Result<(), CodecError> {

@@ -202,19 +202,36 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket at `now`.
     pub fn new(rate: Rate, now: Instant) -> Self {
-        let interval = Duration::from_secs(1) / rate.per_second.max(1);
-        let tolerance = interval * (rate.burst.max(1) - 1);
+        Self::with_interval(rate.burst, Duration::from_secs(1) / rate.per_second.max(1), now)
+    }
+
+    /// A full bucket at `now` holding `burst` tokens, refilled one per `interval`: for rates
+    /// below one a second.
+    pub fn with_interval(burst: u32, interval: Duration, now: Instant) -> Self {
+        let interval = interval.max(Duration::from_nanos(1));
+        let tolerance = interval.saturating_mul(burst.max(1) - 1);
         Self { interval, tolerance, full_at: now }
     }
 
     /// Takes one token at `now`; false (and nothing taken) if the bucket is empty.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.try_take(now).is_ok()
+    }
+
+    /// Takes one token at `now`, or tells how long until one could be taken.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let full_at = self.full_at.max(now);
-        if full_at - now > self.tolerance {
-            return false;
+        let ahead = full_at - now;
+        if ahead > self.tolerance {
+            return Err(ahead - self.tolerance);
         }
         self.full_at = full_at + self.interval;
-        true
+        Ok(())
+    }
+
+    /// Whether the bucket has refilled completely by `now`, so forgetting it loses nothing.
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.full_at <= now
     }
 }
 

@@ -546,6 +546,12 @@ pub enum EndReason {
     ServerShutdown,
     /// The client did not read its messages fast enough.
     TooSlow,
+    /// The user kept sending past the rate limits after being told to slow down.
+    Flooding,
+    /// The connection did not log in within the registration deadline.
+    LoginTimeout,
+    /// A frame stayed incomplete for longer than the server waits for one.
+    StalledFrame,
 }
 
 /// A failed request: a stable code and a sentence for people.
@@ -632,6 +638,15 @@ pub enum ErrorCode {
     NoSuchRequest,
     /// The recipient has too many messages waiting; nothing was stored.
     MailboxFull,
+    /// Your address holds as many connections as one address may.
+    TooManyConnections,
+    /// Too many requests (or connections, or logins) too fast; nothing was done.
+    RateLimited {
+        /// Milliseconds until one more would be taken (rounded up).
+        retry_after_ms: u64,
+    },
+    /// The server's storage is full: new messages are refused, reading still works.
+    StoreFull,
 }
 
 impl Event {

@@ -159,7 +159,14 @@ mod tests {
         ] {
             all.push(Event::Presence { user: "bob".into(), change, at: 9 });
         }
-        for reason in [EndReason::IdleTimeout, EndReason::ServerShutdown, EndReason::TooSlow] {
+        for reason in [
+            EndReason::IdleTimeout,
+            EndReason::ServerShutdown,
+            EndReason::TooSlow,
+            EndReason::Flooding,
+            EndReason::LoginTimeout,
+            EndReason::StalledFrame,
+        ] {
             all.push(Event::SessionEnded { reason });
         }
         all.push(Event::Invited(Invitation { group: "devs".into(), by: "alice".into(), at: 1 }));
@@ -236,6 +243,9 @@ mod tests {
             AlreadyAsked,
             NoSuchRequest,
             MailboxFull,
+            TooManyConnections,
+            RateLimited { retry_after_ms: 250 },
+            StoreFull,
         ];
         for c in &all {
             match c {
@@ -265,7 +275,10 @@ mod tests {
                 | NotReachable
                 | AlreadyAsked
                 | NoSuchRequest
-                | MailboxFull => {}
+                | MailboxFull
+                | TooManyConnections
+                | RateLimited { .. }
+                | StoreFull => {}
             }
         }
         all

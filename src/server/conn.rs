@@ -7,20 +7,20 @@
 //! [`Conn::flush`] at once when the socket takes them, else through a wait bounded by the write
 //! timeout. An idle connection holds no buffers: the read buffer is allocated when the socket
 //! becomes readable and freed once every frame in it has been handled, and the output buffer is
-//! freed once written.
+//! freed once written. The socket is a [`Transport`], plain TCP or TLS (`server::tls`), read
+//! and written the same way.
 
 use std::future::poll_fn;
 use std::io::ErrorKind;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use bytes::BytesMut;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::Decoder;
 
 use super::inbox::InboxReceiver;
+use super::tls::Transport;
 use super::Shared;
 use crate::protocol::{
     codec, ClientMessage, CodecError, ErrorCode, ErrorReply, MalformedFrame, Reply, Request,
@@ -29,8 +29,10 @@ use crate::protocol::{
 
 /// How long a goodbye may take to write before the connection is dropped anyway.
 pub(super) const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Room made in the read buffer for each read.
-const READ_CHUNK: usize = 4096;
+/// How long a closing connection reads (and drops) what the client still sends, so that the
+/// reset of unread input does not destroy the last frame written; and how much at most.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+const DRAIN_BYTES: usize = 64 * 1024;
 /// Room made in the output buffer before the first frame of a batch.
 const OUT_CHUNK: usize = 512;
 
@@ -42,6 +44,8 @@ pub(super) enum Incoming {
     Ack(u64),
     /// A frame to answer with an error; the connection ends after it if `fatal`.
     Bad(ErrorReply, bool),
+    /// A frame stayed incomplete for longer than the frame timeout.
+    Stalled,
     /// The client closed the connection or it failed.
     Closed,
 }
@@ -51,11 +55,14 @@ pub(super) type Read = Result<Result<ClientMessage, MalformedFrame>, CodecError>
 
 /// The socket of one client, with its read and output buffers (empty while idle).
 pub(super) struct Conn {
-    pub(super) socket: TcpStream,
+    pub(super) socket: Transport,
     input: BytesMut,
     codec: ServerCodec,
     pub(super) out: BytesMut,
     pub(super) write_timeout: Duration,
+    frame_timeout: Duration,
+    /// Since when the read buffer has held part of a frame and no whole one.
+    partial_since: Option<Instant>,
 }
 
 /// What one read from the socket gave.
@@ -67,46 +74,47 @@ pub(super) enum Filled {
 }
 
 impl Conn {
-    pub(super) fn new(socket: TcpStream, shared: &Shared) -> Self {
+    pub(super) fn new(socket: Transport, shared: &Shared) -> Self {
         Self {
             socket,
             input: BytesMut::new(),
             codec: ServerCodec::new(shared.config.max_frame),
             out: BytesMut::new(),
             write_timeout: shared.config.write_timeout,
+            frame_timeout: shared.config.frame_timeout,
+            partial_since: None,
         }
     }
 
     /// The next whole frame in the read buffer, if there is one.
     pub(super) fn decode(&mut self) -> Option<Read> {
         let read = self.codec.decode(&mut self.input).transpose();
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            // Freed as soon as it is empty, not at the next read: an idle session holds no
-            // read buffer, including right after a read that the next one may be hours away.
-            self.input = BytesMut::new();
+        if read.is_some() {
+            self.partial_since = None;
+        }
+        if self.input.is_empty() {
+            self.partial_since = None;
+            if self.input.capacity() > 0 {
+                // Freed as soon as it is empty, not at the next read: an idle session holds
+                // no read buffer, including right after a read that the next one may be
+                // hours away.
+                self.input = BytesMut::new();
+            }
+        } else if read.is_none() && self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
         }
         read
+    }
+
+    /// When the part of a frame in the read buffer must be whole, if there is one.
+    pub(super) fn stalled_by(&self) -> Option<Instant> {
+        self.partial_since.map(|since| since + self.frame_timeout)
     }
 
     /// Reads what the socket has, without waiting. The buffer is only allocated here, when
     /// the socket is readable.
     pub(super) fn fill(&mut self) -> Filled {
-        self.input.reserve(READ_CHUNK);
-        let room = self.input.capacity() - self.input.len();
-        // A read that returns less than it had room for has emptied the socket's receive
-        // queue. Reporting that to tokio as `WouldBlock` clears the readiness now, which
-        // saves the read that would otherwise only find the queue empty (one syscall per
-        // wake-up when messages come one at a time). Data that arrives later is a new edge:
-        // tokio only clears readiness that no event has renewed since it was read.
-        let read = self.socket.try_io(Interest::READABLE, || {
-            let n = self.socket.try_read_buf(&mut self.input)?;
-            if n > 0 && n < room {
-                Err(ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match read {
+        match self.socket.read_into(&mut self.input) {
             Ok(0) if self.input.is_empty() => Filled::Closed(None),
             Ok(0) => {
                 let e = std::io::Error::new(ErrorKind::UnexpectedEof, "cut short");
@@ -125,7 +133,14 @@ impl Conn {
             if let Some(read) = self.decode() {
                 return Some(read);
             }
-            if let Err(e) = self.socket.readable().await {
+            let ready = match self.stalled_by() {
+                None => self.socket.readable().await,
+                Some(by) => match timeout_at(by, self.socket.readable()).await {
+                    Ok(ready) => ready,
+                    Err(_) => return Some(Err(stall())),
+                },
+            };
+            if let Err(e) = ready {
                 return Some(Err(e.into()));
             }
             if let Filled::Closed(error) = self.fill() {
@@ -197,21 +212,43 @@ impl Conn {
     /// Writes what the socket takes without waiting; true once nothing is left. Most writes
     /// fit in the socket's buffer, so this is usually the whole flush.
     fn write_now(&mut self) -> std::io::Result<bool> {
-        while !self.out.is_empty() {
-            match self.socket.try_write(&self.out) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        self.socket.write_from(&mut self.out)
     }
 
-    /// Writes a last message (and anything queued before it), briefly: the connection ends next.
+    /// Writes a last message (and anything queued before it), briefly, and closes.
     pub(super) async fn goodbye(&mut self, msg: ServerMessage) {
         self.queue(&msg);
-        self.flush_within(GOODBYE_TIMEOUT, None).await;
+        if self.flush_within(GOODBYE_TIMEOUT, None).await {
+            self.close().await;
+        }
+    }
+
+    /// Closes so that what was written arrives: shuts the write side down, then reads and
+    /// drops what the client still sends (bounded in time and bytes) until it closes too.
+    /// Closing with unread input would reset the connection, and a reset can destroy the
+    /// last frame before the client reads it.
+    pub(super) async fn close(&mut self) {
+        self.input = BytesMut::new();
+        if self.socket.shutdown().await.is_err() {
+            return;
+        }
+        let socket = &mut self.socket;
+        let _ = timeout(DRAIN_TIMEOUT, async {
+            let (mut left, mut scratch) = (DRAIN_BYTES, BytesMut::new());
+            while left > 0 {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                match socket.read_into(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+                scratch.clear();
+            }
+        })
+        .await;
     }
 
     /// Queues `msg`, writes everything, and reports whether it all went out.
@@ -237,9 +274,20 @@ pub(super) fn sort(read: Option<Read>) -> Incoming {
         Some(Err(e @ CodecError::TooLarge { .. })) => {
             Incoming::Bad(ErrorReply::new(ErrorCode::FrameTooLarge, e.to_string()), true)
         }
+        Some(Err(e)) if stalled(&e) => Incoming::Stalled,
         Some(Err(e)) => {
             tracing::debug!("connection failed: {e}");
             Incoming::Closed
         }
     }
+}
+
+/// The error [`Conn::read`] gives for a frame that did not come whole in time.
+fn stall() -> CodecError {
+    std::io::Error::new(ErrorKind::TimedOut, "a frame stalled half-sent").into()
+}
+
+/// Whether `e` is a [`stall`].
+pub(super) fn stalled(e: &CodecError) -> bool {
+    matches!(e, CodecError::Io(io) if io.kind() == ErrorKind::TimedOut)
 }

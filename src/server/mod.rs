@@ -10,33 +10,46 @@
 //! once and queues the bytes on each live recipient session's inbox, and the sender gets its
 //! reply. Each recipient's session task writes its inbox to its socket; a recipient that is
 //! offline or still catching up reads it from the log (`delivery`).
+//!
+//! The accept loop counts each connection against its address ([`limits`]) and against
+//! the connection cap, which [`fdlimit`] holds below the descriptor limit; a connection past
+//! either is still accepted, told why, and closed.
 
 mod cmd;
 mod conn;
 pub mod credentials;
 pub mod delivery;
+pub mod fdlimit;
+pub mod hashing;
 pub mod hub;
 pub mod inbox;
+pub mod limits;
 pub mod lockout;
 pub mod password;
 pub mod private;
+pub mod rate;
 mod session;
 pub mod textlog;
+mod tls;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::{now_ms, DEFAULT_MAX_FRAME};
+use crate::protocol::{now_ms, ErrorCode, ErrorReply, DEFAULT_MAX_FRAME};
 use crate::store::{StoreError, StoreHandle};
+use hashing::{HashLimits, Hashing};
 use hub::log::{LogStart, Mailbox};
 use hub::Hub;
+use limits::{AddrLimits, AddrTable};
 use lockout::Lockout;
+use rate::UserRates;
 
 /// Server settings. `Default` gives the documented defaults of `confab-server`.
 #[derive(Debug, Clone)]
@@ -53,8 +66,19 @@ pub struct Config {
     pub max_frame: usize,
     /// Longest message text, in characters.
     pub max_message_chars: usize,
-    /// Most simultaneous connections; more are refused with an error.
+    /// Most simultaneous connections; more are refused with `ServerFull` (also held below
+    /// the descriptor limit, see [`fdlimit`]).
     pub max_connections: usize,
+    /// What one address may take: connections, new connections a second, logins.
+    pub addr_limits: AddrLimits,
+    /// How many logins may wait for a password hash, per address and in all.
+    pub hash_queue: HashLimits,
+    /// Each logged-in user's request rates, per kind.
+    pub user_rates: UserRates,
+    /// A connection not logged in this long after it was accepted is closed.
+    pub login_deadline: Duration,
+    /// A frame that stays incomplete this long ends its connection.
+    pub frame_timeout: Duration,
     /// Frames queued for one session before it counts as too slow and is disconnected.
     pub session_queue: usize,
     /// A write to a client that takes longer than this ends its session.
@@ -70,6 +94,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Where to write the log as plain text too (`--text-logs`; see [`textlog`]).
     pub text_logs: Option<std::path::PathBuf>,
+    /// The certificate to serve TLS with; `None` serves plaintext (tests, benchmarks).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -82,6 +108,11 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             max_message_chars: 4000,
             max_connections: 20_000,
+            addr_limits: AddrLimits::default(),
+            hash_queue: HashLimits::default(),
+            user_rates: UserRates::default(),
+            login_deadline: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(10),
             session_queue: 1024,
             write_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_millis(1500),
@@ -89,6 +120,7 @@ impl Default for Config {
             mailbox: Mailbox { messages: 10_000, bytes: 64 << 20 },
             retention: None,
             text_logs: None,
+            tls: None,
         }
     }
 }
@@ -110,13 +142,31 @@ pub(crate) struct Shared {
     pub store: StoreHandle,
     pub hub: Hub,
     lockout: Mutex<Lockout>,
-    /// Turns at password hashing, one per core.
-    pub hashing: Semaphore,
+    /// Connections and buckets per address.
+    addrs: Mutex<AddrTable>,
+    /// Turns at password hashing, one per core, shared fairly between addresses.
+    pub hashing: Hashing,
 }
 
 impl Shared {
     pub fn lockout(&self) -> MutexGuard<'_, Lockout> {
         self.lockout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn addrs(&self) -> MutexGuard<'_, AddrTable> {
+        self.addrs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection counted against its address; given back when dropped.
+struct AddrSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        self.shared.addrs().release(self.ip);
     }
 }
 
@@ -152,9 +202,18 @@ pub async fn run(
     if let Some(dir) = &config.text_logs {
         hub = hub.with_text_logs(textlog::TextLogs::open(dir).map_err(ServerError::TextLogs)?);
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_connections = fdlimit::connection_cap(config.max_connections);
+    if max_connections < config.max_connections {
+        tracing::warn!(
+            max_connections,
+            "the descriptor limit holds the connections below --max-connections"
+        );
+    }
     let shared = Arc::new(Shared {
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
-        hashing: Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        addrs: Mutex::new(AddrTable::new(config.addr_limits.clone())),
+        hashing: Hashing::new(cores, config.hash_queue),
         hub,
         store: store.clone(),
         config,
@@ -190,6 +249,7 @@ pub async fn run(
         let (shared, stop) = (shared.clone(), stop.clone());
         async move { shared.hub.pace_presence(stop).await }
     });
+    let mut accept_failures = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -199,14 +259,33 @@ pub async fn run(
         let (socket, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                // Usually out of file descriptors: back off instead of spinning, and say so
+                // once in a while rather than at every try.
+                let _ = accept_failures.note(&e, Instant::now());
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let full = tracker.len() >= shared.config.max_connections;
-        tracker.spawn(session::serve(socket, addr, shared.clone(), stop.clone(), full));
+        let open = tracker.len();
+        if open >= max_connections + fdlimit::RESERVE as usize / 2 {
+            // Even the refusals would eat the descriptors kept for the store: drop it.
+            continue;
+        }
+        let (slot, refusal) = if open >= max_connections {
+            let full =
+                ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later");
+            (None, Some(full))
+        } else {
+            match shared.addrs().admit(addr.ip(), Instant::now()) {
+                Ok(()) => (Some(AddrSlot { shared: shared.clone(), ip: addr.ip() }), None),
+                Err(refusal) => (None, Some(refusal.reply("new connections from your address"))),
+            }
+        };
+        let session = session::serve(socket, addr, shared.clone(), stop.clone(), refusal);
+        tracker.spawn(async move {
+            session.await;
+            drop(slot);
+        });
     }
 
     tracing::info!(sessions = tracker.len(), "shutting down");
@@ -238,6 +317,29 @@ pub async fn run(
     Ok(())
 }
 
+/// `accept` failures, reported at most once per [`AcceptFailures::EVERY`] with a count.
+#[derive(Default)]
+struct AcceptFailures {
+    since: Option<Instant>,
+    count: u64,
+}
+
+impl AcceptFailures {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a failure at `now`; true if it was logged.
+    fn note(&mut self, e: &std::io::Error, now: Instant) -> bool {
+        self.count += 1;
+        if self.since.is_some_and(|since| now < since + Self::EVERY) {
+            return false;
+        }
+        tracing::warn!(failures = self.count, "accept failed: {e}");
+        self.since = Some(now);
+        self.count = 0;
+        true
+    }
+}
+
 /// How often the log is pruned when a retention is set.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -252,5 +354,21 @@ async fn prune(store: &StoreHandle, keep: Duration) {
         Ok(0) => {}
         Ok(pruned) => tracing::info!(pruned, "old messages deleted from the log"),
         Err(e) => tracing::error!("cannot prune the message log: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_once_per_period() {
+        let mut failures = AcceptFailures::default();
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let start = Instant::now();
+        // 20 a second for a minute, as a full descriptor table gives with the 50 ms back-off.
+        let logged =
+            (0..1200).filter(|i| failures.note(&e, start + Duration::from_millis(50 * i))).count();
+        assert_eq!(logged, 6);
     }
 }

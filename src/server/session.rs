@@ -15,6 +15,14 @@
 //! case) and only otherwise through a timed wait. The idle deadline is only re-armed when it
 //! fires, so a request costs no timer bookkeeping.
 //!
+//! Limits (docs/SECURITY.md): a connection refused at accept (server full, or its address
+//! past its share) only gets the refusal; one not logged in by the registration deadline is
+//! closed whatever it sends; each login attempt draws on its address's bucket (a refusal
+//! closes the connection) and each request of a logged-in user on its kind's
+//! ([`super::rate`]); refusals draw on a bucket of their own, and a connection that empties
+//! it is flooding and is closed. Every close after an error frame is graceful
+//! (`Conn::close`), so that the frame arrives.
+//!
 //! Delivery (`server::delivery`): the session first streams what lies after the user's
 //! cursor, page by page as the client acknowledges, then switches to live under the hub's
 //! lock with no gap and no duplicate at the seam, and ends the catch-up with
@@ -29,17 +37,20 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, login::LoggedIn};
-use super::conn::{sort, Conn, Filled, Incoming, GOODBYE_TIMEOUT};
+use super::conn::{self, sort, Conn, Filled, Incoming, GOODBYE_TIMEOUT};
 use super::delivery::{Delivery, PAGE_BYTES, PAGE_MESSAGES};
 use super::hub::DirectAddrs;
 use super::inbox::Signal;
+use super::limits::rate_limited;
+use super::rate::{Kind, Limiter, Verdict};
+use super::tls::Transport;
 use super::Shared;
+use crate::p2p::limits::TokenBucket;
 use crate::protocol::{
     now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
     Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
@@ -58,22 +69,37 @@ const EMPTY_READS_BEFORE_LIVE: u32 = 3;
 /// How long a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one connection from accept to close. `full` means the server is at its limit.
+/// Serves one connection from accept to close. A `refusal` (the server is full, or the
+/// address has had its share) is all the connection gets.
 pub(super) async fn serve(
     socket: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    full: bool,
+    refusal: Option<ErrorReply>,
 ) {
+    let login_by = Instant::now() + shared.config.login_deadline;
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
+    // Boxed: the handshake's state is no part of an idle session's future. A refused
+    // connection is refused after it, so that the client can read why.
+    let accept = Transport::accept(socket, shared.config.tls.as_ref(), addr);
+    let Some(socket) = Box::pin(accept).await else {
+        return;
+    };
     let mut conn = Conn::new(socket, &shared);
-    if !Box::pin(handshake(&mut conn, full)).await {
+    if let Some(refusal) = refusal {
+        tracing::debug!(%addr, "refused: {refusal}");
+        // Boxed, as the phases are: its drain buffer is no part of an idle session's future.
+        Box::pin(conn.goodbye(ServerMessage::Reply { id: 0, result: Err(refusal) })).await;
         return;
     }
-    let Some(me) = Box::pin(unauthenticated(&mut conn, &shared, &stop, addr)).await else {
+    if !Box::pin(handshake(&mut conn, login_by)).await {
+        return;
+    }
+    let unauthenticated = unauthenticated(&mut conn, &shared, &stop, addr, login_by);
+    let Some(me) = Box::pin(unauthenticated).await else {
         return;
     };
     tracing::info!(%addr, user = %me.name, "logged in");
@@ -87,14 +113,11 @@ pub(super) async fn serve(
     Box::pin(end(conn, &shared, me, ending)).await;
 }
 
-/// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it. A server
-/// that is `full` reads the hello before refusing, so the refusal is not lost to a reset.
-async fn handshake(conn: &mut Conn, full: bool) -> bool {
-    let incoming = timeout(HANDSHAKE_TIMEOUT, conn.read()).await;
+/// Waits for a [`Hello`](crate::protocol::Hello) of our version and answers it.
+async fn handshake(conn: &mut Conn, login_by: Instant) -> bool {
+    let by = login_by.min(Instant::now() + HANDSHAKE_TIMEOUT);
+    let incoming = timeout_at(by, conn.read()).await;
     let refusal = match incoming {
-        Ok(Some(Ok(Ok(ClientMessage::Hello(_))))) if full => {
-            ErrorReply::new(ErrorCode::ServerFull, "the server is full; try again later")
-        }
         Ok(Some(Ok(Ok(ClientMessage::Hello(hello))))) if hello.version == PROTOCOL_VERSION => {
             let welcome = Welcome { version: PROTOCOL_VERSION, server: server_agent() };
             return conn.send(&ServerMessage::Welcome(welcome)).await;
@@ -113,6 +136,9 @@ async fn handshake(conn: &mut Conn, full: bool) -> bool {
         Ok(Some(Err(CodecError::TooLarge { .. }))) => {
             ErrorReply::new(ErrorCode::FrameTooLarge, "the first frame is too large")
         }
+        Ok(Some(Err(e))) if conn::stalled(&e) => {
+            ErrorReply::new(ErrorCode::HandshakeRequired, "the hello stalled half-sent")
+        }
         Ok(None | Some(Err(_))) => return false,
         Err(_elapsed) => ErrorReply::new(ErrorCode::HandshakeRequired, "no hello in time"),
     };
@@ -124,43 +150,61 @@ fn server_agent() -> String {
     format!("confab-server {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Answers requests until a login succeeds; `None` if the connection ends first. `addr` is
-/// where the client connects from, which its announced direct ports are paired with.
+/// Answers requests until a login succeeds; `None` if the connection ends first, or is
+/// not logged in by `login_by` (whatever it sends). `addr` is where the client connects
+/// from: login attempts are counted by it, and its announced direct ports are paired with it.
 async fn unauthenticated(
     conn: &mut Conn,
     shared: &Shared,
     stop: &CancellationToken,
     addr: SocketAddr,
+    login_by: Instant,
 ) -> Option<LoggedIn> {
-    let mut deadline = Instant::now() + shared.config.idle_timeout;
+    // Refused requests, counted from the first.
+    let mut refusals: Option<TokenBucket> = None;
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => {
                 conn.goodbye(end_event(EndReason::ServerShutdown)).await;
                 return None;
             }
-            _ = sleep_until(deadline) => {
-                conn.goodbye(end_event(EndReason::IdleTimeout)).await;
+            _ = sleep_until(login_by) => {
+                conn.goodbye(end_event(EndReason::LoginTimeout)).await;
                 return None;
             }
             incoming = conn.next() => incoming,
         };
-        deadline = Instant::now() + shared.config.idle_timeout;
         match incoming {
             Incoming::Closed => return None,
-            Incoming::Bad(err, fatal) => {
+            Incoming::Stalled => {
+                conn.goodbye(end_event(EndReason::StalledFrame)).await;
+                return None;
+            }
+            Incoming::Bad(err, true) => {
+                conn.goodbye(ServerMessage::Reply { id: 0, result: Err(err) }).await;
+                return None;
+            }
+            Incoming::Bad(err, false) => {
                 conn.reply(0, Err(err));
-                if !conn.flush().await || fatal {
+                if !refused(conn, &mut refusals, shared).await {
                     return None;
                 }
             }
             Incoming::Request(id, Request::Login { username, password, direct }) => {
                 let ip = addr.ip().to_canonical();
+                let allowed = shared.addrs().login(ip, Instant::now());
+                if let Err(refusal) = allowed {
+                    // Closed, not only answered: answering a client that keeps asking would
+                    // cost as much as the logins it is refused. Reconnecting is rate-limited.
+                    let refusal = refusal.reply("logins from your address");
+                    conn.goodbye(ServerMessage::Reply { id, result: Err(refusal) }).await;
+                    return None;
+                }
                 let direct = direct.map(|ports| DirectAddrs {
                     tcp: SocketAddr::new(ip, ports.tcp),
                     udp: SocketAddr::new(ip, ports.udp),
                 });
-                match cmd::login::run(shared, username, password, direct).await {
+                match cmd::login::run(shared, ip, username, password, direct).await {
                     Ok(mut me) => {
                         if deliver_login(conn, id, &mut me).await {
                             return Some(me);
@@ -168,9 +212,13 @@ async fn unauthenticated(
                         me.leave(shared, Some(PresenceChange::Disconnected)).await;
                         return None;
                     }
+                    Err(err) if matches!(err.code, ErrorCode::RateLimited { .. }) => {
+                        conn.goodbye(ServerMessage::Reply { id, result: Err(err) }).await;
+                        return None;
+                    }
                     Err(err) => {
                         conn.reply(id, Err(err));
-                        if !conn.flush().await {
+                        if !refused(conn, &mut refusals, shared).await {
                             return None;
                         }
                     }
@@ -185,12 +233,26 @@ async fn unauthenticated(
             Incoming::Request(id, _) => {
                 let err = ErrorReply::new(ErrorCode::NotLoggedIn, "log in first");
                 conn.reply(id, Err(err));
-                if !conn.flush().await {
+                if !refused(conn, &mut refusals, shared).await {
                     return None;
                 }
             }
         }
     }
+}
+
+/// Sends the refusal just queued, and counts it against the connection; false once the
+/// connection is to end (it failed, or it keeps asking for what it is refused: then it is
+/// told it is flooding and closed).
+async fn refused(conn: &mut Conn, refusals: &mut Option<TokenBucket>, shared: &Shared) -> bool {
+    if let Some(limit) = shared.config.user_rates.refusals {
+        let now = Instant::now();
+        if !refusals.get_or_insert_with(|| limit.bucket(now)).take(now) {
+            conn.goodbye(end_event(EndReason::Flooding)).await;
+            return false;
+        }
+    }
+    conn.flush().await
 }
 
 /// Sends the login reply (with how many messages wait) and the pending group invitations;
@@ -214,6 +276,10 @@ enum Ending {
     Idle,
     Shutdown,
     TooSlow,
+    Flooding,
+    Stalled,
+    /// A frame that ends the connection (too large), answered in `conn.out`.
+    BadFrame,
     Dropped,
 }
 
@@ -229,6 +295,8 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
     let mut page: Option<PageRead> = None;
     let mut empty_reads = 0;
     let max_unacked = shared.config.session_queue.saturating_mul(UNACKED_PER_QUEUED).max(1);
+    // The request buckets, made at the first request: an idle session holds none.
+    let mut limiter: Option<Box<Limiter>> = None;
     loop {
         if page.is_none() && delivery.may_read() {
             page = Some(read_page(shared, &me.name, delivery.last_sent()));
@@ -249,11 +317,14 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
         .await;
         if timer {
             // The timer was armed for an earlier deadline; requests since have moved it.
-            let deadline = active + idle;
-            if Instant::now() >= deadline {
+            let (now, deadline) = (Instant::now(), active + idle);
+            if now >= deadline {
                 return Ending::Idle;
             }
-            idle_timer.as_mut().reset(deadline);
+            if conn.stalled_by().is_some_and(|by| now >= by) {
+                return Ending::Stalled;
+            }
+            idle_timer.as_mut().reset(conn.stalled_by().map_or(deadline, |by| by.min(deadline)));
         }
         if let Poll::Ready(Some(signal)) = inbox {
             return signal.into();
@@ -309,9 +380,28 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                             return Ending::LoggedOut;
                         }
                         Incoming::Request(id, request) => {
-                            // Boxed: the handlers' futures are only alive during a request.
-                            let result = Box::pin(cmd::dispatch(shared, &me.name, request)).await;
-                            conn.reply(id, result);
+                            let rates = &shared.config.user_rates;
+                            let verdict = Kind::of(&request).map_or(Verdict::Allow, |kind| {
+                                let limiter = limiter.get_or_insert_with(Box::default);
+                                match limiter.check(rates, kind, active) {
+                                    Verdict::Refuse(wait) => {
+                                        conn.reply(id, Err(rate_limited(kind.noun(), wait)));
+                                        Verdict::Refuse(wait)
+                                    }
+                                    verdict => verdict,
+                                }
+                            });
+                            match verdict {
+                                Verdict::Allow => {
+                                    // Boxed: the handlers' futures are only alive during a
+                                    // request.
+                                    let result =
+                                        Box::pin(cmd::dispatch(shared, &me.name, request)).await;
+                                    conn.reply(id, result);
+                                }
+                                Verdict::Refuse(_) => {}
+                                Verdict::Flooding => return Ending::Flooding,
+                            }
                         }
                         Incoming::Ack(up_to) => {
                             if let Some((cursor, acked)) = delivery.ack(up_to) {
@@ -321,10 +411,21 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                         Incoming::Bad(err, fatal) => {
                             conn.reply(0, Err(err));
                             if fatal {
-                                return Ending::Dropped;
+                                return Ending::BadFrame;
+                            }
+                            let limiter = limiter.get_or_insert_with(Box::default);
+                            if !limiter.refused(&shared.config.user_rates, active) {
+                                return Ending::Flooding;
                             }
                         }
                         Incoming::Closed => return Ending::Dropped,
+                        Incoming::Stalled => return Ending::Stalled,
+                    }
+                }
+                // A frame left half-read must come whole in time: the timer watches it.
+                if let Some(by) = conn.stalled_by() {
+                    if by < idle_timer.deadline() {
+                        idle_timer.as_mut().reset(by);
                     }
                 }
             }
@@ -360,23 +461,31 @@ async fn end(mut conn: Conn, shared: &Shared, mut me: LoggedIn, ending: Ending) 
     let presence = match ending {
         Ending::LoggedOut => Some(PresenceChange::LoggedOut),
         Ending::Idle => Some(PresenceChange::TimedOut),
-        Ending::TooSlow | Ending::Dropped => Some(PresenceChange::Disconnected),
+        Ending::TooSlow
+        | Ending::Flooding
+        | Ending::Stalled
+        | Ending::BadFrame
+        | Ending::Dropped => Some(PresenceChange::Disconnected),
         Ending::Shutdown => None,
     };
     let goodbye = match ending {
         Ending::Idle => Some(EndReason::IdleTimeout),
         Ending::Shutdown => Some(EndReason::ServerShutdown),
         Ending::TooSlow => Some(EndReason::TooSlow),
-        Ending::LoggedOut | Ending::Dropped => None,
+        Ending::Flooding => Some(EndReason::Flooding),
+        Ending::Stalled => Some(EndReason::StalledFrame),
+        Ending::LoggedOut | Ending::BadFrame | Ending::Dropped => None,
     };
     me.leave(shared, presence).await;
     if let Some(reason) = goodbye {
         conn.queue(&end_event(reason));
     }
-    if !matches!(ending, Ending::Dropped) {
+    if matches!(ending, Ending::Dropped) {
+        let _ = conn.socket.shutdown().await;
+    } else {
         conn.flush_within(GOODBYE_TIMEOUT, None).await;
+        conn.close().await;
     }
-    let _ = conn.socket.shutdown().await;
     tracing::info!(user = %me.name, reason = ending.describe(), "session ended");
 }
 
@@ -396,6 +505,9 @@ impl Ending {
             Ending::Idle => "idle timeout",
             Ending::Shutdown => "server shutdown",
             Ending::TooSlow => "too slow",
+            Ending::Flooding => "flooding",
+            Ending::Stalled => "stalled frame",
+            Ending::BadFrame => "frame too large",
             Ending::Dropped => "connection dropped",
         }
     }
@@ -428,7 +540,9 @@ impl LoggedIn {
     async fn leave(&mut self, shared: &Shared, presence: Option<PresenceChange>) {
         let at = now_ms();
         shared.hub.leave(&self.name, self.session, presence, at);
-        let row = self.history_row;
+        let Some(row) = self.history_row else {
+            return;
+        };
         if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
             tracing::error!(user = %self.name, "cannot record logout: {e}");
         }

@@ -15,6 +15,7 @@
 //! ([`Store::log_after`]).
 
 mod handle;
+pub mod lock;
 mod sqlite;
 
 pub use handle::StoreHandle;
@@ -43,6 +44,18 @@ pub enum StoreError {
     /// The store thread has stopped.
     #[error("the store has shut down")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the database or its disk is full (`SQLITE_FULL`, which a size limit set with
+    /// [`SqliteStore::limit_size`] also gives): reads still work, new rows do not fit.
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 /// Result of a store call.

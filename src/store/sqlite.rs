@@ -147,6 +147,18 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Caps the database at about `bytes` (SQLite's `max_page_count`, at least what it holds
+    /// now): past it writes fail as on a full disk ([`StoreError::is_full`]), reads go on.
+    pub fn limit_size(&mut self, bytes: u64) -> StoreResult<()> {
+        let page: i64 = self.conn.pragma_query_value(None, "page_size", |row| row.get(0))?;
+        let pages = (bytes / page.max(1) as u64).max(1);
+        // SQLite answers with the limit it set, which is never below the current size.
+        let _: i64 =
+            self.conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| row.get(0))?;
+        Ok(())
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> StoreResult<i64> {
         Ok(self.conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
@@ -1023,5 +1035,21 @@ mod tests {
         drop(s);
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.log_after("bob", 0, &[], 10, 1 << 20).unwrap()[0].body, "kept");
+    }
+
+    #[test]
+    fn a_size_limit_fails_writes_as_full_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path().join("confab.db")).unwrap();
+        s.create_user("alice", "h", 0).unwrap();
+        s.create_user("bob", "h", 0).unwrap();
+        s.limit_size(256 << 10).unwrap();
+        let text = "x".repeat(4000);
+        let full = (1..10_000)
+            .find_map(|id| s.append_log(&[dm(id, "alice", "bob", &text)], &[]).err())
+            .expect("the log fills up");
+        assert!(full.is_full(), "{full}");
+        assert!(!s.log_after("bob", 0, &[], 10, 1 << 20).unwrap().is_empty(), "reads work");
+        assert!(s.password_hash("alice").unwrap().is_some());
     }
 }

@@ -88,7 +88,8 @@ pub async fn start_server_with(db: &Path, extra: &[&str]) -> (Proc, String) {
 /// Starts the server binary on `listen` (again on the address an earlier one had, say).
 pub async fn start_server_at(db: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
-    cmd.args(["--listen", listen, "--credentials", CREDENTIALS, "--db"]).arg(db);
+    // TLS end to end is tests/tls.rs's; these are about what the client does.
+    cmd.args(["--plaintext", "--listen", listen, "--credentials", CREDENTIALS, "--db"]).arg(db);
     cmd.args(extra);
     let mut server = Proc::spawn(cmd);
     let line = server.expect("listening on").await;
@@ -113,7 +114,8 @@ pub fn client(addr: &str, user: &str, password: &str) -> Proc {
 
 pub fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
-    cmd.args(["--plain", "--server", addr, "--user", user]).env("CONFAB_PASSWORD", password);
+    cmd.args(["--plain", "--plaintext", "--server", addr, "--user", user]);
+    cmd.env("CONFAB_PASSWORD", password);
     cmd.args(extra);
     Proc::spawn(cmd)
 }

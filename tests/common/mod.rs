@@ -11,6 +11,7 @@ use confab::client::session::{self, CommandError};
 use confab::client::{Client, ClientError, ClientEvent, Events};
 use confab::p2p::{ChatConfig, DirectSockets, PrivateChats, PrivateEvent, PrivateEvents};
 use confab::protocol::{ErrorCode, Event, Introduction};
+use confab::server::rate::UserRates;
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
 use tokio::net::TcpListener;
@@ -49,8 +50,18 @@ impl TestServer {
         Self::with_store(seeded_store(":memory:"), config).await
     }
 
-    /// A server on the given store.
-    pub async fn with_store(store: impl Store, config: Config) -> Self {
+    /// A server on the given store, for tests of something other than the abuse limits:
+    /// its per-address limits exempt 127.0.0.1, where every test's clients come from, and
+    /// the per-user request rates are off (tests send in bulk as load). tests/abuse.rs uses
+    /// [`TestServer::strict`].
+    pub async fn with_store(store: impl Store, mut config: Config) -> Self {
+        config.addr_limits.exempt.push("127.0.0.1/32".parse().unwrap());
+        config.user_rates = UserRates::off();
+        Self::strict(store, config).await
+    }
+
+    /// A server on the given store with `config` exactly as given.
+    pub async fn strict(store: impl Store, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

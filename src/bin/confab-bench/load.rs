@@ -6,6 +6,11 @@
 //! into one shared scratch buffer, finds the benchmark messages in it by a marker, and writes
 //! what it has to send with one `write` per batch.
 //!
+//! With TLS (the `Confab TLS` column), each connection does the handshake with tokio-rustls,
+//! then keeps the rustls connection beside its raw socket: a read takes the ciphertext into a
+//! second scratch buffer and decrypts it into the first, a flush encrypts `out` and writes
+//! the records. The generator trusts any certificate: it talks to its own server on loopback.
+//!
 //! Every message text is `@@SENDER:SLOT:NANOS:` padded to [`TEXT_LEN`] characters: the
 //! sending client's index, which of its window slots the message holds, and the send time in
 //! nanoseconds since the generator's epoch, so that the receiver computes the latency and
@@ -21,6 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -29,6 +35,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::either::Either;
 
 use crate::run::BenchError;
 use crate::target::{user_name, PASSWORD};
@@ -118,6 +125,10 @@ struct Ctx {
     failure: RefCell<Option<String>>,
     progress: Notify,
     group_created: Notify,
+    /// The TLS settings, if the server speaks TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where TLS reads put the ciphertext before it is decrypted into `scratch`.
+    cipher: RefCell<Vec<u8>>,
 }
 
 /// One client connection.
@@ -135,6 +146,8 @@ struct Conn {
     wake: Notify,
     next_id: Cell<u32>,
     rng: RefCell<StdRng>,
+    /// The connection's TLS state, if the server speaks TLS.
+    tls: Option<RefCell<rustls::ClientConnection>>,
 }
 
 /// A set of connected, logged-in clients against one server.
@@ -144,13 +157,14 @@ pub struct Generator {
 
 impl Generator {
     /// Connects and logs in `n` clients (`u0`..), all of which join the group when `pattern`
-    /// is [`Pattern::Group`]. Must run inside a `LocalSet`.
+    /// is [`Pattern::Group`], over TLS if `tls`. Must run inside a `LocalSet`.
     pub async fn connect(
         proto: Proto,
         addr: SocketAddr,
         n: usize,
         pattern: Pattern,
         limit: Duration,
+        tls: bool,
     ) -> Result<Self, BenchError> {
         let ctx = Rc::new(Ctx {
             proto,
@@ -175,6 +189,8 @@ impl Generator {
             failure: RefCell::new(None),
             progress: Notify::new(),
             group_created: Notify::new(),
+            tls: tls.then(tls_config),
+            cipher: RefCell::new(if tls { vec![0; SCRATCH] } else { Vec::new() }),
         });
         let permits = Rc::new(Semaphore::new(SETUP_CONCURRENCY));
         for i in 0..n {
@@ -359,9 +375,30 @@ impl Ctx {
 }
 
 impl Conn {
+    /// Whether something waits to be written.
+    fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+            || self.tls.as_ref().is_some_and(|tls| tls.borrow().wants_write())
+    }
+
     /// Writes as much of `out` as the socket takes now.
     fn flush(&self) -> std::io::Result<()> {
         let mut out = self.out.borrow_mut();
+        if let Some(tls) = &self.tls {
+            let mut tls = tls.borrow_mut();
+            if !out.is_empty() {
+                std::io::Write::write_all(&mut tls.writer(), &out)?;
+                out.clear();
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut Nonblocking(&self.stream)) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         while !out.is_empty() {
             match self.stream.try_write(&out) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -386,7 +423,14 @@ impl Conn {
             scratch.resize(kept * 2, 0);
         }
         scratch[..kept].copy_from_slice(&partial);
-        let n = match self.stream.try_read(&mut scratch[kept..]) {
+        let n = match &self.tls {
+            None => self.stream.try_read(&mut scratch[kept..]),
+            Some(tls) => {
+                let mut cipher = ctx.cipher.borrow_mut();
+                decrypt(&self.stream, &mut tls.borrow_mut(), &mut cipher, &mut scratch, kept)
+            }
+        };
+        let n = match n {
             Ok(0) => return false,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
@@ -455,12 +499,17 @@ impl Conn {
 
 /// A connection's task after login: send while there is credit, read everything that comes.
 async fn run_conn(ctx: &Ctx, conn: &Conn) {
+    // What TLS decrypted during the login but was not read yet.
+    if conn.tls.is_some() && !conn.read(ctx) {
+        ctx.closed.set(ctx.closed.get() + 1);
+        return;
+    }
     loop {
         conn.refill(ctx);
         if conn.flush().is_err() {
             break;
         }
-        let pending = !conn.out.borrow().is_empty();
+        let pending = conn.has_output();
         tokio::select! {
             ready = conn.stream.readable() => {
                 if ready.is_err() || !conn.read(ctx) {
@@ -581,6 +630,14 @@ fn parse_digits(bytes: &[u8]) -> Option<u64> {
 async fn setup(ctx: &Ctx, addr: SocketAddr, i: usize) -> Result<Rc<Conn>, BenchError> {
     let stream = TcpStream::connect(addr).await.map_err(|e| BenchError::io("connecting", e))?;
     stream.set_nodelay(true).map_err(|e| BenchError::io("set_nodelay", e))?;
+    let stream = match &ctx.tls {
+        None => Either::Left(stream),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await;
+            Either::Right(tls.map_err(|e| BenchError::io("TLS handshake", e))?)
+        }
+    };
     let mut io = SetupIo { stream, buf: BytesMut::with_capacity(4096) };
     let name = &ctx.names[i];
     match ctx.proto {
@@ -617,9 +674,18 @@ async fn setup(ctx: &Ctx, addr: SocketAddr, i: usize) -> Result<Rc<Conn>, BenchE
             }
         }
     }
+    let (stream, tls) = match io.stream {
+        Either::Left(stream) => (stream, None),
+        Either::Right(tls) => {
+            let (stream, mut tls) = tls.into_inner();
+            tls.set_buffer_limit(None);
+            (stream, Some(RefCell::new(tls)))
+        }
+    };
     Ok(Rc::new(Conn {
         index: i,
-        stream: io.stream,
+        stream,
+        tls,
         out: RefCell::new(BytesMut::new()),
         partial: RefCell::new(io.buf.to_vec()),
         slots: RefCell::new(Vec::new()),
@@ -632,8 +698,121 @@ async fn setup(ctx: &Ctx, addr: SocketAddr, i: usize) -> Result<Rc<Conn>, BenchE
 
 /// A connection during login, read with ordinary buffered reads.
 struct SetupIo {
-    stream: TcpStream,
+    stream: Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>,
     buf: BytesMut,
+}
+
+/// Reads what the socket has into `cipher` and decrypts it into `plain` after its first
+/// `kept` bytes (growing it if need be); returns the plaintext bytes added.
+fn decrypt(
+    stream: &TcpStream,
+    tls: &mut rustls::ClientConnection,
+    cipher: &mut [u8],
+    plain: &mut Vec<u8>,
+    kept: usize,
+) -> std::io::Result<usize> {
+    let got = match stream.try_read(cipher) {
+        Ok(0) => return Ok(0),
+        Ok(n) => n,
+        // Still take what rustls holds (plaintext that came with the login's last read).
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let mut rest = &cipher[..got];
+    let mut added = 0;
+    let closed = loop {
+        let state = tls.process_new_packets().map_err(std::io::Error::other)?;
+        let n = state.plaintext_bytes_to_read();
+        if n > 0 {
+            let at = kept + added;
+            if plain.len() < at + n {
+                plain.resize(at + n, 0);
+            }
+            std::io::Read::read_exact(&mut tls.reader(), &mut plain[at..at + n])?;
+            added += n;
+        }
+        if state.peer_has_closed() {
+            break true;
+        }
+        if rest.is_empty() || tls.read_tls(&mut rest)? == 0 {
+            break false;
+        }
+    };
+    match added {
+        0 if closed => Ok(0),
+        // Only part of a record, or records without data.
+        0 => Err(std::io::ErrorKind::WouldBlock.into()),
+        n => Ok(n),
+    }
+}
+
+/// `io::Write` on a tokio socket that never waits.
+struct Nonblocking<'a>(&'a TcpStream);
+
+impl std::io::Write for Nonblocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// TLS 1.3 that trusts whatever certificate the server has: the generator only ever talks
+/// to the server it started itself, on loopback. Signatures are still checked.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
 }
 
 impl SetupIo {

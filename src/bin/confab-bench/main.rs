@@ -65,6 +65,9 @@ struct Args {
     /// A run of a second or two with a few clients, to check that everything works.
     #[arg(long)]
     smoke: bool,
+    /// Also measure Confab over TLS (the `Confab TLS` column), beside plaintext Confab.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,7 +97,8 @@ fn main() -> anyhow::Result<()> {
         eprintln!("inspircd not found: leaving InspIRCd out (apt-get install inspircd)");
     }
     let programs = Programs { confab_server, ngircd, inspircd };
-    let options = if args.smoke { smoke(programs) } else { options(&args, programs)? };
+    let mut options = if args.smoke { smoke(programs) } else { options(&args, programs)? };
+    options.tls = args.tls;
 
     let results = run::run(&options, |run, workload, kind, f| {
         eprintln!("run {run}: {workload}: {}: {}", kind.name(), describe(f));
@@ -127,6 +131,7 @@ fn options(args: &Args, programs: Programs) -> anyhow::Result<Options> {
         window: args.window.max(1),
         fanout_window: args.fanout_window.max(1),
         setup_limit: Duration::from_secs(300),
+        tls: args.tls,
     })
 }
 
@@ -146,6 +151,7 @@ fn smoke(programs: Programs) -> Options {
         window: 4,
         fanout_window: 2,
         setup_limit: Duration::from_secs(30),
+        tls: false,
     }
 }
 

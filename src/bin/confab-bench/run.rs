@@ -119,6 +119,8 @@ pub struct Options {
     pub fanout_window: u32,
     /// Longest time logging in the clients of one workload may take.
     pub setup_limit: Duration,
+    /// Also measure Confab over TLS.
+    pub tls: bool,
 }
 
 /// What one measurement found; absent figures do not apply to the workload.
@@ -150,11 +152,18 @@ pub struct Figures {
     pub saturated: Option<bool>,
 }
 
-/// The servers to measure: Confab, and ngIRCd and InspIRCd where they are available.
-pub fn kinds(programs: &Programs) -> Vec<Kind> {
+/// The servers to measure: Confab, and ngIRCd and InspIRCd where they are available; with
+/// `tls`, Confab and ngIRCd over TLS too.
+pub fn kinds(programs: &Programs, tls: bool) -> Vec<Kind> {
     let mut kinds = vec![Kind::Confab];
+    if tls {
+        kinds.push(Kind::ConfabTls);
+    }
     if programs.ngircd.is_some() {
         kinds.push(Kind::Ngircd);
+        if tls {
+            kinds.push(Kind::NgircdTls);
+        }
     }
     if programs.inspircd.is_some() {
         kinds.push(Kind::Inspircd);
@@ -171,7 +180,7 @@ pub fn run(
     crate::target::raise_fd_limit()?;
     let users = options.workloads.iter().map(Workload::clients).max().unwrap_or(0);
     let template = Template::create(users)?;
-    let kinds = kinds(&options.programs);
+    let kinds = kinds(&options.programs, options.tls);
     let mut results: Vec<(Workload, Kind, Vec<Figures>)> = Vec::new();
     for run in 1..=options.runs {
         for &workload in &options.workloads {
@@ -215,8 +224,8 @@ async fn drive(
     workload: Workload,
 ) -> Result<Figures, BenchError> {
     let proto = match server.kind {
-        Kind::Confab => Proto::Confab,
-        Kind::Ngircd | Kind::Inspircd => Proto::Irc,
+        Kind::Confab | Kind::ConfabTls => Proto::Confab,
+        Kind::Ngircd | Kind::NgircdTls | Kind::Inspircd => Proto::Irc,
     };
     let (clients, pattern) = match workload {
         Workload::Fanout { members } => (members, Pattern::Group),
@@ -227,10 +236,10 @@ async fn drive(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_bytes()?;
     let began = Instant::now();
-    let gen =
-        Generator::connect(proto, server.addr, clients, pattern, options.setup_limit)
-            .await
-            .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
+    let tls = matches!(server.kind, Kind::ConfabTls | Kind::NgircdTls);
+    let gen = Generator::connect(proto, server.addr, clients, pattern, options.setup_limit, tls)
+        .await
+        .map_err(|e| BenchError::Setup(format!("{e}; server log:\n{}", server.log_tail(10))))?;
     let setup_secs = began.elapsed().as_secs_f64();
     // Logins announce themselves to everyone online: wait until that has been read.
     let quiet = if idle { Duration::from_secs(1) } else { Duration::from_millis(200) };
@@ -378,16 +387,26 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
         }
     }
     kinds.sort_by_key(|k| *k as u8);
-    let others: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Confab).collect();
+    // The ratios: Confab against each other server, Confab TLS against ngIRCd TLS, and
+    // Confab TLS against plaintext Confab (the TLS cost).
+    let tls = kinds.contains(&Kind::ConfabTls);
+    let mut ratios: Vec<(Kind, Kind)> = kinds
+        .iter()
+        .filter(|k| !matches!(k, Kind::Confab | Kind::ConfabTls))
+        .map(|&k| (if k == Kind::NgircdTls && tls { Kind::ConfabTls } else { Kind::Confab }, k))
+        .collect();
+    if tls && kinds.contains(&Kind::Confab) {
+        ratios.push((Kind::ConfabTls, Kind::Confab));
+    }
     let mut out = String::from("| workload | figure |");
     for k in &kinds {
         out.push_str(&format!(" {} |", k.name()));
     }
-    for k in &others {
-        out.push_str(&format!(" Confab / {} |", k.name()));
+    for (a, b) in &ratios {
+        out.push_str(&format!(" {} / {} |", a.name(), b.name()));
     }
     out.push_str("\n| --- | --- |");
-    out.push_str(&" ---: |".repeat(kinds.len() + others.len()));
+    out.push_str(&" ---: |".repeat(kinds.len() + ratios.len()));
     out.push('\n');
     for w in workloads {
         let runs = |kind: Kind| {
@@ -410,10 +429,9 @@ pub fn table(results: &[(Workload, Kind, Vec<Figures>)]) -> String {
                 let shown = v.map_or("-".into(), |v| format!("{}{mark}", fmt_num(v * scale)));
                 out.push_str(&format!(" {shown} |"));
             }
-            let confab = of(Kind::Confab, pick);
-            for &other in &others {
-                let ratio = match (confab, of(other, pick)) {
-                    _ if throughput && (unsaturated(Kind::Confab) || unsaturated(other)) => {
+            for &(mine, other) in &ratios {
+                let ratio = match (of(mine, pick), of(other, pick)) {
+                    _ if throughput && (unsaturated(mine) || unsaturated(other)) => {
                         "invalid".into()
                     }
                     (Some(c), Some(n)) if n != 0.0 => format!("{:.2}", c / n),

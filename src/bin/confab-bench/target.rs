@@ -35,10 +35,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Which server a measurement ran against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `confab-server`.
+    /// `confab-server`, plaintext.
     Confab,
+    /// `confab-server` with TLS (its own self-signed certificate).
+    ConfabTls,
     /// ngIRCd.
     Ngircd,
+    /// ngIRCd serving TLS only (a self-signed certificate made by the benchmark).
+    NgircdTls,
     /// InspIRCd.
     Inspircd,
 }
@@ -48,7 +52,9 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Confab => "Confab",
+            Kind::ConfabTls => "Confab TLS",
             Kind::Ngircd => "ngIRCd",
+            Kind::NgircdTls => "ngIRCd TLS",
             Kind::Inspircd => "InspIRCd",
         }
     }
@@ -140,12 +146,13 @@ impl Server {
     /// Starts a server of `kind` and waits until it listens.
     pub fn start(kind: Kind, programs: &Programs, template: &Template) -> Result<Self, BenchError> {
         match kind {
-            Kind::Confab => start_confab(&programs.confab_server, template),
-            Kind::Ngircd => {
+            Kind::Confab => start_confab(&programs.confab_server, template, false),
+            Kind::ConfabTls => start_confab(&programs.confab_server, template, true),
+            Kind::Ngircd | Kind::NgircdTls => {
                 let Some(ngircd) = &programs.ngircd else {
                     return Err(BenchError::Setup("ngIRCd is not available".into()));
                 };
-                start_ngircd(ngircd)
+                start_ngircd(ngircd, kind == Kind::NgircdTls)
             }
             Kind::Inspircd => {
                 let Some(inspircd) = &programs.inspircd else {
@@ -159,8 +166,8 @@ impl Server {
     /// The last lines of the server's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let name = match self.kind {
-            Kind::Confab => "server.log",
-            Kind::Ngircd => "ngircd.log",
+            Kind::Confab | Kind::ConfabTls => "server.log",
+            Kind::Ngircd | Kind::NgircdTls => "ngircd.log",
             Kind::Inspircd => "inspircd.log",
         };
         let log = std::fs::read_to_string(self._dir.path().join(name)).unwrap_or_default();
@@ -238,7 +245,7 @@ impl Drop for Server {
     }
 }
 
-fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchError> {
+fn start_confab(program: &Path, template: &Template, tls: bool) -> Result<Server, BenchError> {
     let dir = ScratchDir::new("confab")?;
     let db = dir.path().join("confab.db");
     std::fs::copy(&template.db, &db).map_err(|e| BenchError::io("copying the database", e))?;
@@ -246,9 +253,13 @@ fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchErro
         .map_err(|e| BenchError::io("creating the server log", e))?;
     let mut child = Command::new(program)
         .args(["--listen", "127.0.0.1:0", "--idle-timeout-secs", "3600"])
+        .args(if tls { &[][..] } else { &["--plaintext"][..] })
         // As deep as the IRC servers' send queues are set: a fan-out keeps every member's
         // window of messages outstanding at once.
-        .args(["--session-queue", "1000000", "--db"])
+        .args(["--session-queue", "1000000"])
+        // Every client comes from loopback, as fast as the server takes it: the abuse limits
+        // (per address, per user) would measure themselves, not the relay.
+        .args(["--exempt", "127.0.0.0/8", "--no-user-rates", "--db"])
         .arg(&db)
         .env_remove("CONFAB_OPEN_REGISTRATION")
         .stdin(Stdio::null())
@@ -276,19 +287,38 @@ fn start_confab(program: &Path, template: &Template) -> Result<Server, BenchErro
             return Err(BenchError::Setup(format!("confab-server did not start: {log}")));
         }
     };
-    Ok(Server { kind: Kind::Confab, addr, child, _dir: dir })
+    let kind = if tls { Kind::ConfabTls } else { Kind::Confab };
+    Ok(Server { kind, addr, child, _dir: dir })
 }
 
-fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
+/// ngIRCd; with `tls`, the clients' port speaks only TLS (its `[SSL]` ports), with a
+/// self-signed certificate, and the plain port is another one that nobody uses.
+fn start_ngircd(program: &Path, tls: bool) -> Result<Server, BenchError> {
     let dir = ScratchDir::new("ngircd")?;
     let port = free_port()?;
     let conf = dir.path().join("ngircd.conf");
+    let (plain_port, ssl) = if tls {
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .map_err(|e| BenchError::Setup(format!("making a certificate: {e}")))?;
+        std::fs::write(&cert, made.cert.pem()).map_err(|e| BenchError::io("writing", e))?;
+        std::fs::write(&key, made.signing_key.serialize_pem())
+            .map_err(|e| BenchError::io("writing", e))?;
+        let ssl = format!(
+            "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {port}\n",
+            cert.display(),
+            key.display()
+        );
+        (free_port()?, ssl)
+    } else {
+        (port, String::new())
+    };
     let text = format!(
         "[Global]\n\
          Name = bench.confab.local\n\
          Info = confab-bench\n\
          Listen = 127.0.0.1\n\
-         Ports = {port}\n\
+         Ports = {plain_port}\n\
          MotdPhrase = bench\n\
          PidFile = {pid}\n\
          [Limits]\n\
@@ -303,7 +333,8 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
          [Options]\n\
          DNS = no\n\
          Ident = no\n\
-         PAM = no\n",
+         PAM = no\n\
+         {ssl}",
         pid = dir.path().join("ngircd.pid").display(),
     );
     std::fs::write(&conf, text).map_err(|e| BenchError::io("writing ngircd.conf", e))?;
@@ -319,7 +350,8 @@ fn start_ngircd(program: &Path) -> Result<Server, BenchError> {
         .stderr(log2)
         .spawn()
         .map_err(|e| BenchError::io(&format!("starting {}", program.display()), e))?;
-    wait_listening(Kind::Ngircd, child, port, dir, "ngircd.log")
+    let kind = if tls { Kind::NgircdTls } else { Kind::Ngircd };
+    wait_listening(kind, child, port, dir, "ngircd.log")
 }
 
 /// InspIRCd with one connect class that lets everything in: no per-IP or global limit, no

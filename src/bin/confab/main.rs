@@ -16,7 +16,8 @@
 //!
 //! Exit codes: 0 after logout (or end of input), 1 other errors, 2 bad usage, 3 login refused,
 //! 4 account locked, 5 already logged in elsewhere, 6 server unreachable or connection lost,
-//! 7 session ended by the server (idle timeout; a shutdown with `--no-reconnect`). A client
+//! 7 session ended by the server (idle timeout; a shutdown with `--no-reconnect`), 8 the
+//! server's certificate was not trusted (or plaintext refused). A client
 //! that private chats kept running after the server went away for good exits with 6 or 7
 //! all the same.
 
@@ -30,10 +31,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use confab::client::session::{self, Credentials, Finish, Session, SessionConfig, SessionEvents};
-use confab::client::{format, tui, Client, ClientError, Events, LoginInfo};
+use confab::client::trust::{KnownServers, TrustError, Trusted};
+use confab::client::{
+    format, tui, Client, ClientError, Connector, Events, LoginInfo, Security, Trust,
+};
 use confab::p2p::transfer::{SenderConfig, TransferConfig};
 use confab::p2p::DirectSockets;
 use confab::protocol::{ErrorCode, OnlineUser};
+use confab::tls::Fingerprint;
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -42,6 +47,7 @@ const EXIT_LOCKED: u8 = 4;
 const EXIT_ALREADY_LOGGED_IN: u8 = 5;
 const EXIT_CONNECTION: u8 = 6;
 const EXIT_ENDED_BY_SERVER: u8 = 7;
+const EXIT_UNTRUSTED: u8 = 8;
 
 /// The longest pause between two tries under `--wait`.
 const WAIT_MAX: Duration = Duration::from_secs(10);
@@ -70,15 +76,8 @@ struct Args {
     /// Where the full-screen interface writes its log (default: confab.log in the data dir).
     #[arg(long, env = "CONFAB_LOG_FILE")]
     log_file: Option<PathBuf>,
-    /// Where the full-screen interface keeps what you typed, for Up and Down in the next run
-    /// (default: input-history in the data dir).
-    #[arg(long, env = "CONFAB_HISTORY_FILE")]
-    history_file: Option<PathBuf>,
-    /// Where the full-screen interface writes a plain-text log per conversation (default:
-    /// logs/USER@SERVER in the data dir).
-    #[arg(long, env = "CONFAB_CHAT_LOGS")]
-    chat_logs: Option<PathBuf>,
-    /// Keep no chat logs.
+    /// Keep no chat logs (the full-screen interface writes one per conversation, as plain
+    /// text, in logs/USER@SERVER in the data dir).
     #[arg(long, env = "CONFAB_NO_LOGS")]
     no_logs: bool,
     /// Do not reconnect when the connection drops or the server restarts: end the session.
@@ -103,6 +102,20 @@ struct Args {
     #[arg(long, env = "CONFAB_CHUNK_SIZE", default_value_t = confab::p2p::transfer::wire::DEFAULT_CHUNK_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(confab::p2p::transfer::wire::MAX_CHUNK_SIZE)))]
     chunk_size: u32,
+    /// Talk to the server without TLS (benchmarks, debugging); only to a loopback address.
+    #[arg(long, env = "CONFAB_PLAINTEXT", conflicts_with_all = ["ca", "fingerprint"])]
+    plaintext: bool,
+    /// Trust only server certificates signed by a CA in this PEM file (default: the system's
+    /// roots, else trust on first use).
+    #[arg(long, env = "CONFAB_CA", conflicts_with = "fingerprint")]
+    ca: Option<PathBuf>,
+    /// Trust only the server certificate with this fingerprint (SHA256:...).
+    #[arg(long, env = "CONFAB_FINGERPRINT")]
+    fingerprint: Option<Fingerprint>,
+    /// Where the client keeps known_servers, the full-screen interface's input history and
+    /// chat logs, and its log file (default: the user's data dir).
+    #[arg(long, env = "CONFAB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -121,10 +134,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let connection = match reach(&args).await {
+    let connector = connector(&args);
+    let connection = match reach(&args, &connector).await {
         Ok(pair) => pair,
         Err(code) => return ExitCode::from(code),
     };
+    let trust_notice = first_use_notice(&args, &connection.0);
+    if let Some(notice) = &trust_notice {
+        eprintln!("{notice}");
+    }
     let mut password = match Password::new(&args, interactive) {
         Ok(password) => password,
         Err(message) => {
@@ -165,7 +183,7 @@ async fn main() -> ExitCode {
         true => connection.0.list().await.unwrap_or_default(),
         false => Vec::new(),
     };
-    let config = session_config(&args);
+    let config = session_config(&args, connector);
     let started = Session::start(config, credentials, connection, sockets, &info);
     let (session, events) = match started {
         Ok(pair) => pair,
@@ -175,11 +193,13 @@ async fn main() -> ExitCode {
         }
     };
     if full_screen {
-        let history = data_path(args.history_file.clone(), "input-history");
-        let chats = format!("logs/{}@{}", info.username, args.server.replace('/', "_"));
-        let logs = (!args.no_logs).then(|| data_path(args.chat_logs.clone(), &chats));
+        let notices = trust_notice.into_iter().collect();
+        let history = data_dir(&args).join("input-history");
+        let chats = format!("{}@{}", info.username, args.server.replace('/', "_"));
+        let logs = (!args.no_logs).then(|| data_dir(&args).join("logs").join(chats));
         let files = Files { history: &history, logs: logs.as_deref() };
-        return full_screen_client(&args.server, &info, online, files, session, events).await;
+        return full_screen_client(&args.server, &info, online, notices, files, session, events)
+            .await;
     }
     let finish = line::run(&info, session, events, interactive).await;
     ExitCode::from(exit_code(&finish))
@@ -187,18 +207,20 @@ async fn main() -> ExitCode {
 
 /// Connects to the server: at once, or under `--wait` as soon as it can be reached. Says
 /// plainly when it cannot be, with a hint to start it. `Err` holds the exit code.
-async fn reach(args: &Args) -> Result<(Client, Events), u8> {
+async fn reach(args: &Args, connector: &Connector) -> Result<(Client, Events), u8> {
     let mut pause = Duration::from_millis(500);
     let mut told = false;
     loop {
-        let error = match session::connect(&args.server).await {
+        let error = match session::connect(connector).await {
             Ok(pair) => return Ok(pair),
             Err(e @ ClientError::Connect(_)) => e,
             Err(e) => {
                 eprintln!("{}", format::error(format!("{e} ({})", args.server)));
-                return Err(match e.code() {
-                    Some(_) => EXIT_ERROR,
-                    None => EXIT_CONNECTION,
+                return Err(match e {
+                    ClientError::Trust(TrustError::Handshake { .. }) => EXIT_CONNECTION,
+                    ClientError::Trust(_) => EXIT_UNTRUSTED,
+                    e if e.code().is_some() => EXIT_ERROR,
+                    _ => EXIT_CONNECTION,
                 });
             }
         };
@@ -228,8 +250,8 @@ async fn reach(args: &Args) -> Result<(Client, Events), u8> {
 }
 
 /// The session's settings from the flags.
-fn session_config(args: &Args) -> SessionConfig {
-    let mut config = SessionConfig::new(&args.server);
+fn session_config(args: &Args, connector: Connector) -> SessionConfig {
+    let mut config = SessionConfig::new(connector);
     config.reconnect = !args.no_reconnect;
     config.transfer = TransferConfig {
         download_dir: args.download_dir.clone(),
@@ -252,6 +274,7 @@ async fn full_screen_client(
     server: &str,
     info: &LoginInfo,
     online: Vec<OnlineUser>,
+    notices: Vec<String>,
     files: Files<'_>,
     session: Session,
     events: SessionEvents,
@@ -262,6 +285,9 @@ async fn full_screen_client(
     app.notice(format::login(info));
     app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 switch");
     app.notice("PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    for notice in notices {
+        app.notice(notice);
+    }
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     let result = tui::run(&mut terminal, session, events, app, files.logs).await;
@@ -296,6 +322,7 @@ fn exit_code(finish: &Finish) -> u8 {
         Finish::EndedByServer => EXIT_ENDED_BY_SERVER,
         Finish::ConnectionLost => EXIT_CONNECTION,
         Finish::LoginRefused(code) => code_exit(Some(*code)),
+        Finish::Untrusted => EXIT_UNTRUSTED,
     }
 }
 
@@ -339,16 +366,42 @@ fn init_tracing(file: Option<PathBuf>) -> Result<(), String> {
 
 /// `--log-file`, or `confab.log` in the user's data directory.
 fn log_path(args: &Args) -> PathBuf {
-    data_path(args.log_file.clone(), "confab.log")
+    args.log_file.clone().unwrap_or_else(|| data_dir(args).join("confab.log"))
 }
 
-/// `path` if given, else the file `name` in the user's data directory.
-fn data_path(path: Option<PathBuf>, name: &str) -> PathBuf {
-    path.unwrap_or_else(|| {
+/// --data-dir, or the user's data directory.
+fn data_dir(args: &Args) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(|| {
         directories::ProjectDirs::from("", "", "confab")
-            .map(|d| d.data_local_dir().join(name))
-            .unwrap_or_else(|| PathBuf::from(name))
+            .map(|d| d.data_dir().to_owned())
+            .unwrap_or_else(|| PathBuf::from("."))
     })
+}
+
+/// The server connection's settings from the flags: TLS unless --plaintext.
+fn connector(args: &Args) -> Connector {
+    let trust = match (&args.fingerprint, &args.ca) {
+        _ if args.plaintext => return Connector::new(&args.server, Security::Plaintext),
+        (Some(fingerprint), _) => Trust::Pinned(*fingerprint),
+        (None, Some(ca)) => Trust::Ca(ca.clone()),
+        (None, None) => Trust::FirstUse(known_servers(args)),
+    };
+    Connector::new(&args.server, Security::Tls(trust))
+}
+
+/// What to tell the user when the server's certificate was trusted on first use.
+fn first_use_notice(args: &Args, client: &Client) -> Option<String> {
+    let Some(Trusted::FirstUse(fingerprint)) = client.trusted() else { return None };
+    Some(format!(
+        "{}: first connection; trusting its certificate {fingerprint}, now remembered in {}",
+        args.server,
+        known_servers(args).path().display()
+    ))
+}
+
+/// known_servers in --data-dir, or in the user's data directory.
+fn known_servers(args: &Args) -> KnownServers {
+    KnownServers::in_dir(&data_dir(args))
 }
 
 /// The username from the flag, the environment, or a prompt.

@@ -52,7 +52,8 @@ use rules::{route, Delivered, Outbox, Route, Rules, Step};
 pub use rules::{Connection, Finish, Limits};
 
 use super::command::{self, Command, FileCommand};
-use super::{files, format, Client, ClientError, ClientEvent, Events, LoginInfo};
+use super::trust::TrustError;
+use super::{files, format, Client, ClientError, ClientEvent, Connector, Events, LoginInfo};
 use crate::p2p::transfer::{IncomingFile, TransferConfig, TransferEvent, Transfers};
 use crate::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
@@ -86,8 +87,8 @@ impl std::fmt::Debug for Credentials {
 /// How a session runs. `Default` gives what the `confab` client uses against `server`.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The server's address, for reconnecting.
-    pub server: String,
+    /// The server's address and how to secure the connection, for reconnecting.
+    pub server: Arc<Connector>,
     /// Reconnect when the connection drops or the server restarts (`--no-reconnect` turns
     /// it off).
     pub reconnect: bool,
@@ -101,9 +102,9 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// The defaults for `server`.
-    pub fn new(server: &str) -> Self {
+    pub fn new(server: Connector) -> Self {
         Self {
-            server: server.to_owned(),
+            server: Arc::new(server),
             reconnect: true,
             limits: Limits::default(),
             chat: ChatConfig::default(),
@@ -200,10 +201,10 @@ pub enum StartError {
     Transfers(#[source] std::io::Error),
 }
 
-/// Opens a connection to `server` and performs the handshake: the one place the client
-/// connects, for the first login and for every reconnect.
-pub async fn connect(server: &str) -> Result<(Client, Events), ClientError> {
-    Client::connect(server).await
+/// Opens a connection to `server`, secures it and performs the handshake: the one place the
+/// client connects, for the first login and for every reconnect.
+pub async fn connect(server: &Connector) -> Result<(Client, Events), ClientError> {
+    server.connect().await
 }
 
 /// Logs in with `credentials`, announcing the direct `ports`.
@@ -736,6 +737,10 @@ impl Driver {
     ) -> Option<Finish> {
         let (client, events, info) = match result {
             Ok(logged_in) => logged_in,
+            Err(ClientError::Trust(e)) if !matches!(e, TrustError::Handshake { .. }) => {
+                let step = self.rules.untrusted(&e.to_string());
+                return self.step(step).await;
+            }
             Err(e) => {
                 let step = self.rules.attempt_failed(&e.to_string(), e.code(), rand::random());
                 return self.step(step).await;

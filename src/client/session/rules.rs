@@ -48,6 +48,8 @@ pub enum Finish {
     ConnectionLost,
     /// Logging in again was refused with this code (wrong password, locked out).
     LoginRefused(ErrorCode),
+    /// The server's certificate was no longer trusted when connecting again (it changed).
+    Untrusted,
 }
 
 /// What the driver must do after the rules have seen something.
@@ -149,7 +151,11 @@ impl Rules {
         self.notice = Some(reason);
         match reason {
             EndReason::IdleTimeout => Step::CloseChats(ByeReason::TimedOut),
-            EndReason::ServerShutdown | EndReason::TooSlow => Step::Nothing,
+            EndReason::ServerShutdown
+            | EndReason::TooSlow
+            | EndReason::Flooding
+            | EndReason::LoginTimeout
+            | EndReason::StalledFrame => Step::Nothing,
         }
     }
 
@@ -165,8 +171,10 @@ impl Rules {
             (None, Some(error)) => error.to_owned(),
             (None, None) => "closed by the server".to_owned(),
         };
-        // An idle timeout ends a session for good: the course specs want the client gone.
-        let for_good = notice == Some(EndReason::IdleTimeout) || !self.reconnect;
+        // An idle timeout ends a session for good: the course specs want the client gone. So
+        // does a cut-off for flooding: coming back by itself would only flood again.
+        let for_good =
+            matches!(notice, Some(EndReason::IdleTimeout | EndReason::Flooding)) || !self.reconnect;
         if !for_good {
             return self.retry(why, jitter);
         }
@@ -179,6 +187,13 @@ impl Rules {
             return Step::Linger(state);
         }
         Step::Finish(finish)
+    }
+
+    /// A reconnect attempt found a server certificate it must not trust (`error` says
+    /// why): trying again would only show the same certificate, or an attacker's.
+    pub fn untrusted(&mut self, error: &str) -> Step {
+        self.connection = Connection::Ended(error.to_owned());
+        Step::Finish(Finish::Untrusted)
     }
 
     /// A reconnect attempt failed with `error` (its server code, if the server answered).
@@ -505,6 +520,25 @@ mod tests {
         );
         assert_eq!(rules.closed(None, false, 0.5), Step::Finish(Finish::EndedByServer));
         assert!(matches!(rules.connection(), Connection::Ended(_)));
+    }
+
+    #[test]
+    fn a_certificate_not_trusted_at_a_reconnect_ends_the_session() {
+        let mut rules = Rules::new(true);
+        assert!(matches!(rules.closed(Some("eof"), false, 0.5), Step::Retry(_)));
+        assert_eq!(rules.untrusted("it changed"), Step::Finish(Finish::Untrusted));
+        assert_eq!(rules.connection(), &Connection::Ended("it changed".into()));
+    }
+
+    #[test]
+    fn a_cut_off_for_flooding_is_not_undone_by_a_reconnect_but_a_login_timeout_is_retried() {
+        let mut rules = Rules::new(true);
+        assert_eq!(rules.server_notice(EndReason::Flooding), Step::Nothing, "chats go on");
+        assert_eq!(rules.closed(None, false, 0.5), Step::Finish(Finish::EndedByServer));
+        let mut rules = Rules::new(true);
+        rules.server_notice(EndReason::LoginTimeout);
+        assert!(matches!(rules.closed(None, false, 0.5), Step::Retry(_)));
+        assert!(rules.reconnecting());
     }
 
     #[test]

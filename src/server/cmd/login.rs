@@ -6,17 +6,24 @@
 //! registration an unknown name costs the same hashing work and gets the same reply as a
 //! wrong password.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::internal;
 use crate::protocol::{now_ms, valid_username, ErrorCode, ErrorReply, Invitation, Timestamp};
+use crate::server::hashing::Busy;
 use crate::server::hub::{DirectAddrs, Joined, Peer};
 use crate::server::inbox::{inbox, InboxReceiver};
+use crate::server::limits::rate_limited;
 use crate::server::lockout::Attempt;
 use crate::server::{password, Shared};
 
 /// Longest accepted password, in bytes.
 const MAX_PASSWORD_LEN: usize = 1024;
+/// When a login refused for a full hashing queue is told to try again.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// A session that has logged in and joined the hub.
 pub(in crate::server) struct LoggedIn {
@@ -28,8 +35,8 @@ pub(in crate::server) struct LoggedIn {
     pub rx: InboxReceiver,
     /// The hub's id of this session.
     pub session: u64,
-    /// The login-history row of this session.
-    pub history_row: i64,
+    /// The login-history row of this session (`None` if it could not be recorded).
+    pub history_row: Option<i64>,
     /// The user's acknowledged position in the log: catch-up starts after it.
     pub cursor: u64,
     /// How many messages wait after it.
@@ -40,6 +47,7 @@ pub(in crate::server) struct LoggedIn {
 
 pub(in crate::server) async fn run(
     shared: &Shared,
+    ip: IpAddr,
     username: String,
     password: String,
     direct: Option<DirectAddrs>,
@@ -60,7 +68,7 @@ pub(in crate::server) async fn run(
         return Err(ErrorReply::new(ErrorCode::InvalidArgument, "direct ports cannot be 0"));
     }
     shared.lockout().begin(&username, Instant::now()).map_err(locked)?;
-    let checked = check_password(shared, &username, password).await;
+    let checked = check_password(shared, ip, &username, password).await;
     let attempt = match &checked {
         Ok(_) => Attempt::Succeeded,
         Err(e) if e.code == ErrorCode::InvalidCredentials => Attempt::Failed,
@@ -75,7 +83,12 @@ pub(in crate::server) async fn run(
 }
 
 /// Verifies the password; `Ok(true)` when the account was created by this login.
-async fn check_password(shared: &Shared, name: &str, password: String) -> Result<bool, ErrorReply> {
+async fn check_password(
+    shared: &Shared,
+    ip: IpAddr,
+    name: &str,
+    password: String,
+) -> Result<bool, ErrorReply> {
     let key = name.to_owned();
     let stored = shared
         .store
@@ -84,7 +97,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
         .map_err(|e| internal("reading an account", e))?;
     match stored {
         Some(hash) => {
-            let ok = hashing(shared, move || password::verify(&password, &hash)).await?;
+            let ok = hashing(shared, ip, move || password::verify(&password, &hash)).await?;
             if ok {
                 Ok(false)
             } else {
@@ -95,7 +108,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
             Err(ErrorReply::new(ErrorCode::NameTaken, format!("{name} is the name of a group")))
         }
         None if shared.config.open_registration => {
-            let hash = hashing(shared, move || password::hash(&password)).await?;
+            let hash = hashing(shared, ip, move || password::hash(&password)).await?;
             let key = name.to_owned();
             let created = shared
                 .store
@@ -111,7 +124,7 @@ async fn check_password(shared: &Shared, name: &str, password: String) -> Result
             Ok(true)
         }
         None => {
-            hashing(shared, move || password::verify_dummy(&password)).await?;
+            hashing(shared, ip, move || password::verify_dummy(&password)).await?;
             Err(invalid_credentials())
         }
     }
@@ -130,34 +143,40 @@ async fn join(
     let peer = Peer::new(tx, since, session).with_direct(direct);
     let Joined { invitations, cursor, waiting } = shared.hub.join(&name, peer)?;
     let key = name.clone();
-    let stored = shared.store.call(move |s| s.record_login(&key, since)).await;
-    match stored {
-        Ok(history_row) => Ok(LoggedIn {
-            name,
-            created,
-            rx,
-            session,
-            history_row,
-            cursor,
-            waiting: waiting.count,
-            invitations,
-        }),
+    // A full disk must not keep users out: they log in to read (and so free) their mailbox.
+    let history_row = match shared.store.call(move |s| s.record_login(&key, since)).await {
+        Ok(row) => Some(row),
         Err(e) => {
-            shared.hub.leave(&name, session, None, now_ms());
-            Err(internal("recording a login", e))
+            tracing::warn!(user = %name, "cannot record a login for /whoelsesince: {e}");
+            None
         }
-    }
+    };
+    Ok(LoggedIn {
+        name,
+        created,
+        rx,
+        session,
+        history_row,
+        cursor,
+        waiting: waiting.count,
+        invitations,
+    })
 }
 
-/// Runs password hashing `f` on the blocking pool, at most one per core at a time: it is
-/// pure CPU work, and a burst of logins would otherwise grow the pool to dozens of threads
-/// (and their memory) that only take turns on the same cores.
+/// Runs password hashing `f` for a login from `ip` on the blocking pool when its turn comes
+/// (`server::hashing`: one per core at a time, fairly between addresses); refused at once
+/// when too many logins from `ip`, or in all, wait already.
 async fn hashing<T: Send + 'static>(
     shared: &Shared,
+    ip: IpAddr,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ErrorReply> {
-    let _turn = shared.hashing.acquire().await.map_err(|e| internal("password hashing", e))?;
-    tokio::task::spawn_blocking(f).await.map_err(|e| internal("password hashing", e))
+    let exempt = shared.addrs().is_exempt(ip);
+    match shared.hashing.run(ip, exempt, f).await {
+        Ok(Some(done)) => Ok(done),
+        Ok(None) => Err(internal("password hashing", "the hashing task failed")),
+        Err(Busy) => Err(rate_limited("logins waiting for a password check", BUSY_RETRY)),
+    }
 }
 
 fn invalid_credentials() -> ErrorReply {

@@ -87,6 +87,7 @@ impl From<HubError> for ErrorReply {
             HubError::NotInvited(_) => ErrorCode::NotInvited,
             HubError::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
             HubError::NotBlocked(_) => ErrorCode::NotBlocked,
+            HubError::StoreFull => ErrorCode::StoreFull,
             HubError::Store(_) | HubError::LogClosed => {
                 return internal("the message log", e);
             }

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
 
 use super::{check_target, encode_event, Feed, Hub, HubError, State};
 use crate::protocol::{Event, Timestamp};
@@ -37,6 +38,8 @@ use crate::store::{Backlog, LogEntry, To};
 pub const REPEAT_WINDOW_MS: Timestamp = 10 * 60 * 1000;
 /// How many of one user's recent sends are remembered in memory for repeats.
 pub const RECENT_SENDS: usize = 256;
+/// How long sends are refused once a commit found the store full, before one is tried again.
+pub const FULL_RETRY: Duration = Duration::from_secs(5);
 
 /// How many messages, and bytes of text, may wait for one recipient; 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,8 @@ pub(super) struct LogState {
     recent: HashMap<String, VecDeque<Recent>>,
     mailbox: Mailbox,
     closing: bool,
+    /// Until when sends are refused because the last commit found the store full.
+    full_until: Option<Instant>,
 }
 
 struct Recent {
@@ -132,6 +137,7 @@ impl LogState {
             recent: HashMap::new(),
             mailbox,
             closing: false,
+            full_until: None,
         }
     }
 
@@ -173,6 +179,9 @@ impl Hub {
         let state = &mut *guard;
         if let Some(repeat) = send_id.and_then(|id| state.log.repeat(from, id)) {
             return Ok(repeat);
+        }
+        if state.log.full_until.is_some_and(|until| Instant::now() < until) {
+            return Err(HubError::StoreFull);
         }
         let (sent_at, recipients) = match &to {
             To::User(user) => {
@@ -323,12 +332,41 @@ impl Hub {
                             logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         logs.messages(committed.map(|(e, _)| e));
                     }
-                    Ok((entries, stored))
+                    Ok((entries, cursors, stored))
                 })
                 .await;
             let (entries, stored) = match committed {
-                Ok((entries, Ok(stored))) => (entries, stored),
-                Ok((_, Err(e))) | Err(e) => {
+                Ok((entries, _, Ok(stored))) => (entries, stored),
+                Ok((entries, cursors, Err(e))) => {
+                    tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
+                    let error = if e.is_full() {
+                        HubError::StoreFull
+                    } else {
+                        HubError::Store(e.to_string())
+                    };
+                    {
+                        let mut state = self.state();
+                        // Nothing of the batch waits for anyone: it was not stored.
+                        for entry in &entries {
+                            state.unaccount(entry);
+                        }
+                        let log = &mut state.log;
+                        if e.is_full() {
+                            // Sends are refused at once for a while, then tried again.
+                            log.full_until = Some(Instant::now() + FULL_RETRY);
+                        }
+                        // The cursors go with the next commit (acknowledgements need no room).
+                        for (user, cursor) in cursors {
+                            let moved = log.moved.entry(user).or_insert(cursor);
+                            *moved = (*moved).max(cursor);
+                        }
+                    }
+                    for done in waiting {
+                        let _ = done.send(Some(Err(error.clone())));
+                    }
+                    continue;
+                }
+                Err(e) => {
                     tracing::error!(lost = waiting.len(), "cannot commit the message log: {e}");
                     for done in waiting {
                         let _ = done.send(Some(Err(HubError::Store(e.to_string()))));
@@ -367,24 +405,29 @@ impl State {
     /// Routes a committed message to the sessions of its recipients; `frame` is `None` for a
     /// repeat that the store left out (it is not routed again, and no longer waits for
     /// anyone).
+    /// Takes back what `entry` added to its recipients' backlogs: it was not stored.
+    fn unaccount(&mut self, entry: &LogEntry) {
+        let size = entry.body.len() as u64;
+        let recipients = match &entry.to {
+            To::User(to) => vec![to.clone()],
+            To::Group(group) => self
+                .groups
+                .joined_with_ids(group)
+                .filter(|(m, _)| **m != entry.sender && !self.blocks.has(m, &entry.sender))
+                .map(|(m, _)| m.clone())
+                .collect(),
+        };
+        for r in recipients {
+            if let Some(backlog) = self.log.backlogs.get_mut(&r) {
+                backlog.count = backlog.count.saturating_sub(1);
+                backlog.bytes = backlog.bytes.saturating_sub(size);
+            }
+        }
+    }
+
     fn route(&mut self, entry: &LogEntry, frame: Option<&Bytes>) -> Sent {
         if frame.is_none() {
-            let size = entry.body.len() as u64;
-            let recipients = match &entry.to {
-                To::User(to) => vec![to.clone()],
-                To::Group(group) => self
-                    .groups
-                    .joined_with_ids(group)
-                    .filter(|(m, _)| **m != entry.sender && !self.blocks.has(m, &entry.sender))
-                    .map(|(m, _)| m.clone())
-                    .collect(),
-            };
-            for r in recipients {
-                if let Some(backlog) = self.log.backlogs.get_mut(&r) {
-                    backlog.count = backlog.count.saturating_sub(1);
-                    backlog.bytes = backlog.bytes.saturating_sub(size);
-                }
-            }
+            self.unaccount(entry);
         }
         match &entry.to {
             To::User(to) => {

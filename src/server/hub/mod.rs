@@ -76,6 +76,9 @@ pub enum HubError {
     /// The log could not be committed; nothing was stored.
     #[error("the message log could not be written: {0}")]
     Store(String),
+    /// The store is full (disk or `--max-db-mib`): nothing new can be stored for now.
+    #[error("the server's storage is full: new messages cannot be stored now (reading works)")]
+    StoreFull,
     /// The server is shutting down and the log writer has stopped.
     #[error("the server is shutting down")]
     LogClosed,
