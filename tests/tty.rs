@@ -428,3 +428,19 @@ async fn a_bracketed_paste_of_three_lines_is_one_message_and_runs_no_command() {
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_flag_typed_and_deleted_leaves_no_stray_cell_on_the_terminal() {
+    let server = TestServer::start(Config::default()).await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.type_text("🇫🇷 ok");
+    tmux.wait_for("the flag typed", |s| last_line(s).ends_with(" ok")).await;
+    tmux.press("C-u");
+    // tmux 3.3 draws a flag as two regional letters: an update of two cells left the
+    // second behind.
+    tmux.wait_for("an empty input line", |s| last_line(s) == ">").await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}

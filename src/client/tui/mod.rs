@@ -48,8 +48,16 @@ pub async fn run(
     let mut quit_by: Option<tokio::time::Instant> = None;
     let start = app.start();
     carry_out(&session, start, &mut quit_by);
+    let mut repaint = false;
     loop {
-        terminal.draw(|frame| render::render(&app, frame))?;
+        if repaint {
+            // Terminals disagree on how wide an emoji sequence is (tmux 3.3 draws a flag as
+            // two letters); a cell-by-cell update could leave a piece behind. A whole
+            // repaint leaves none.
+            terminal.clear()?;
+        }
+        let frame = terminal.draw(|frame| render::render(&app, frame))?;
+        repaint = render::has_sequences(frame.buffer);
         let deadline = quit_by.unwrap_or_else(tokio::time::Instant::now);
         let event = tokio::select! {
             key = keys.next() => match key {

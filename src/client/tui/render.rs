@@ -63,6 +63,15 @@ pub fn entry_rows(entry: &Entry, width: usize) -> usize {
     wrap(spans, width, indent).len()
 }
 
+/// Whether the screen holds an emoji sequence: a cluster of several code points drawn two
+/// cells wide (a flag, a skin tone, a ZWJ family), which terminals measure differently.
+pub fn has_sequences(buffer: &ratatui::buffer::Buffer) -> bool {
+    buffer.content().iter().any(|cell| {
+        let symbol = cell.symbol();
+        symbol.width() == 2 && symbol.chars().nth(1).is_some()
+    })
+}
+
 /// An entry as plain text, as it is drawn on one row (for `/search`).
 pub fn plain(entry: &Entry, me: &str) -> String {
     spans(entry, me).0.iter().map(|s| s.content.as_ref()).collect::<String>().replace('\n', " ")
@@ -750,6 +759,7 @@ mod tests {
                 assert!(wrapped[1].ends_with(EMOJI[0]), "a whole cluster ends the row: {rows:#?}");
             }
 
+            assert!(has_sequences(&buffer), "the driver repaints whole while they show");
             // New lines scroll the emoji away: the terminal (diffed) keeps no piece of them.
             for i in 0..6 {
                 incoming(&mut app, &format!("line {i}"));
@@ -762,6 +772,7 @@ mod tests {
                     assert!(symbol.is_ascii(), "stray {symbol:?} at ({x}, {y}) at {width}");
                 }
             }
+            assert!(!has_sequences(after), "plain text again: cell-by-cell updates");
         }
     }
 
