@@ -444,3 +444,22 @@ async fn a_flag_typed_and_deleted_leaves_no_stray_cell_on_the_terminal() {
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_skin_tone_and_a_family_reach_the_terminal_whole() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, _alice_events) = server.login("alice").await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    // (A family of four is more bytes than tmux 3.3 keeps in a cell; three fit.)
+    let text = "👍🏽 and 👨\u{200d}👩\u{200d}👧 and 🇫🇷 ok";
+    alice.msg("bob", text).await.unwrap();
+    tmux.wait_for("alice's window", |s| s.contains("2:alice*")).await;
+    tmux.press("M-2");
+    // tmux 3.3 draws the code points apart; drawn cell by cell, the next cell went over
+    // the tone and the last of the family.
+    tmux.wait_for("the emoji whole", |s| s.contains(&format!("alice: {text}"))).await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}

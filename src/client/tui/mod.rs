@@ -48,16 +48,19 @@ pub async fn run(
     let mut quit_by: Option<tokio::time::Instant> = None;
     let start = app.start();
     carry_out(&session, start, &mut quit_by);
-    let mut repaint = false;
+    // Rows that held emoji sequences in the last frame (see `render::stream`).
+    let mut sequences = std::collections::BTreeSet::new();
     loop {
-        if repaint {
-            // Terminals disagree on how wide an emoji sequence is (tmux 3.3 draws a flag as
-            // two letters); a cell-by-cell update could leave a piece behind. A whole
-            // repaint leaves none.
-            terminal.clear()?;
-        }
         let frame = terminal.draw(|frame| render::render(&app, frame))?;
-        repaint = render::has_sequences(frame.buffer);
+        let now = render::sequence_rows(frame.buffer);
+        let rows: Vec<_> = now
+            .union(&sequences)
+            .filter_map(|&y| render::stream(frame.buffer, y).map(|row| (y, row)))
+            .collect();
+        sequences = now;
+        if !rows.is_empty() {
+            print_rows(terminal, rows)?;
+        }
         let deadline = quit_by.unwrap_or_else(tokio::time::Instant::now);
         let event = tokio::select! {
             key = keys.next() => match key {
@@ -174,6 +177,32 @@ fn log_file_name(conversation: &str) -> String {
         true => format!("_{name}.log"),
         false => format!("{name}.log"),
     }
+}
+
+/// Prints rows as streams of text over what ratatui drew, each clearing to the end of its
+/// row, and puts the cursor back (saved and restored: no query of the terminal, whose
+/// answer the key reader would take).
+fn print_rows(
+    terminal: &mut DefaultTerminal,
+    rows: Vec<(u16, Vec<(String, ratatui::style::Style)>)>,
+) -> std::io::Result<()> {
+    use crossterm::cursor::{MoveTo, RestorePosition, SavePosition};
+    use crossterm::style::{Print, PrintStyledContent, StyledContent};
+    use crossterm::terminal::{Clear, ClearType};
+    use ratatui::backend::IntoCrossterm;
+    use std::io::Write;
+    let out = terminal.backend_mut();
+    crossterm::queue!(out, SavePosition)?;
+    for (y, row) in rows {
+        crossterm::queue!(out, MoveTo(0, y))?;
+        for (symbol, style) in row {
+            let content = StyledContent::new(style.into_crossterm(), symbol);
+            crossterm::queue!(out, PrintStyledContent(content))?;
+        }
+        crossterm::queue!(out, Print(""), Clear(ClearType::UntilNewLine))?;
+    }
+    crossterm::queue!(out, RestorePosition)?;
+    out.flush()
 }
 
 /// Carries out the app's actions; a quit starts the logout and its deadline.

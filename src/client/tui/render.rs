@@ -4,13 +4,15 @@
 //! Lines are wrapped here (not by ratatui) so that the app can count rows for scrolling
 //! with the same function that draws them: [`entry_rows`].
 
+use std::collections::BTreeSet;
+
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_segmentation::UnicodeSegmentation;
-use unicode_width::UnicodeWidthStr;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::app::{Activity, App, Connection, Entry, Kind};
 use crate::client::format::{self, clock, date_time, sanitize, their_clock};
@@ -63,13 +65,56 @@ pub fn entry_rows(entry: &Entry, width: usize) -> usize {
     wrap(spans, width, indent).len()
 }
 
-/// Whether the screen holds an emoji sequence: a cluster of several code points drawn two
-/// cells wide (a flag, a skin tone, a ZWJ family), which terminals measure differently.
-pub fn has_sequences(buffer: &ratatui::buffer::Buffer) -> bool {
-    buffer.content().iter().any(|cell| {
-        let symbol = cell.symbol();
-        symbol.width() == 2 && symbol.chars().nth(1).is_some()
-    })
+/// The most cells a terminal may give `cluster`: its width, or, for a terminal that draws
+/// the code points of an emoji sequence one by one (tmux 3.3), two for each picture, letter
+/// of a flag and skin tone, and the width of the rest.
+fn widest(cluster: &str) -> usize {
+    let apart: usize = cluster
+        .chars()
+        .map(|c| if u32::from(c) >= 0x1F000 { 2 } else { UnicodeWidthChar::width(c).unwrap_or(0) })
+        .sum();
+    cluster.width().max(apart)
+}
+
+/// The rows of the screen that hold an emoji sequence: a cluster of several code points
+/// drawn two cells wide (a flag, a skin tone, a ZWJ family), which terminals measure
+/// differently.
+pub fn sequence_rows(buffer: &ratatui::buffer::Buffer) -> BTreeSet<u16> {
+    let area = buffer.area;
+    (area.top()..area.bottom())
+        .filter(|&y| (area.left()..area.right()).any(|x| is_sequence(buffer[(x, y)].symbol())))
+        .collect()
+}
+
+/// Row `y` as the clusters and styles to print one after the other, if it fits the row
+/// however far apart a terminal draws the code points (`widest`). The driver prints rows
+/// that hold emoji sequences, or held them in the frame before, as such streams, so that
+/// the terminal lays each sequence out as it measures it (a thumb and its skin tone side
+/// by side in tmux 3.3, where a cell-by-cell update wrote the next cell over the tone, and
+/// cleared only part of a flag); the pane's wrapping left the room for it.
+pub fn stream(buffer: &ratatui::buffer::Buffer, y: u16) -> Option<Vec<(String, Style)>> {
+    let area = buffer.area;
+    let mut row = Vec::new();
+    let mut skip = 0;
+    for x in area.left()..area.right() {
+        let cell = &buffer[(x, y)];
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        skip = cell.symbol().width().saturating_sub(1);
+        row.push((cell.symbol().to_owned(), cell.style()));
+    }
+    // Trailing blanks are cleared, not printed (the pane has no background).
+    while row.last().is_some_and(|(s, _)| s == " ") {
+        row.pop();
+    }
+    let apart: usize = row.iter().map(|(s, _)| widest(s)).sum();
+    (apart <= usize::from(area.width)).then_some(row)
+}
+
+fn is_sequence(symbol: &str) -> bool {
+    symbol.width() == 2 && symbol.chars().nth(1).is_some()
 }
 
 /// An entry as plain text, as it is drawn on one row (for `/search`).
@@ -385,7 +430,8 @@ fn wrap(spans: Vec<Span<'static>>, width: usize, indent: usize) -> Vec<Line<'sta
                 start = lead;
                 continue;
             }
-            let w = cluster.width();
+            // Room for the widest a terminal may draw it (see `sequence_rows`).
+            let w = widest(cluster);
             if width_of(&row) + w > width && row.len() > start {
                 // Carry the unfinished word over, if the row has a space to break at and
                 // the word fits on the next.
@@ -429,6 +475,7 @@ mod tests {
     use crate::protocol::{Event, OnlineUser};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::backend::TestBackend;
+    use ratatui::buffer::Buffer;
     use ratatui::Terminal;
 
     fn screen(app: &App) -> Vec<String> {
@@ -726,7 +773,7 @@ mod tests {
     fn emoji_clusters_are_whole_on_screen_and_leave_no_stray_cell() {
         for width in [40u16, 100] {
             let mut app = app(width);
-            let text = EMOJI.repeat(8).join(" ");
+            let text = EMOJI.repeat(4).join(" ");
             incoming(&mut app, &text);
             let mut terminal = Terminal::new(TestBackend::new(width, 8)).unwrap();
             terminal.draw(|f| render(&app, f)).unwrap();
@@ -744,22 +791,29 @@ mod tests {
                     x += 1;
                 }
             }
-            assert_eq!(seen.len(), 24, "every cluster drawn whole at {width}: {seen:?}");
+            assert_eq!(seen.len(), 12, "every cluster drawn whole at {width}: {seen:?}");
             for (i, cluster) in seen.iter().enumerate() {
                 assert_eq!(cluster, EMOJI[i % 3], "at {width}");
             }
             let rows = screen(&app);
             let wrapped: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
-            // 24 clusters of 2 cells and their spaces: 8 a row at 40, all on one at 100.
-            let expected = if width == 40 { 3 } else { 1 };
-            assert_eq!(wrapped.len(), expected, "{rows:#?}");
+            // Each row leaves room for a terminal that draws the code points apart (4 cells
+            // for a skin tone or a flag, 8 for the family): all on one row at 100.
+            assert_eq!(wrapped.len(), if width == 40 { 4 } else { 1 }, "{rows:#?}");
             if width == 40 {
                 let under = " ".repeat(clock(0).len() + 8);
                 assert!(wrapped[1].starts_with(&under), "continuation under the text");
-                assert!(wrapped[1].ends_with(EMOJI[0]), "a whole cluster ends the row: {rows:#?}");
             }
-
-            assert!(has_sequences(&buffer), "the driver repaints whole while they show");
+            // The driver prints those rows as streams, each cluster once; they fit however
+            // far apart a terminal draws the code points.
+            let rows_with = sequence_rows(&buffer);
+            assert_eq!(rows_with.len(), wrapped.len());
+            let streams: Vec<_> = rows_with.iter().map(|&y| stream(&buffer, y).unwrap()).collect();
+            let first: String = streams[0].iter().map(|(s, _)| s.as_str()).collect();
+            let start = format!("[{}] bob: {} {} {}", clock(0), EMOJI[0], EMOJI[1], EMOJI[2]);
+            assert!(first.starts_with(&start), "{first:?}");
+            let too_wide = Buffer::with_lines([EMOJI[0].repeat(3)]);
+            assert!(stream(&too_wide, 0).is_none(), "12 cells apart do not fit 6");
             // New lines scroll the emoji away: the terminal (diffed) keeps no piece of them.
             for i in 0..6 {
                 incoming(&mut app, &format!("line {i}"));
@@ -772,7 +826,7 @@ mod tests {
                     assert!(symbol.is_ascii(), "stray {symbol:?} at ({x}, {y}) at {width}");
                 }
             }
-            assert!(!has_sequences(after), "plain text again: cell-by-cell updates");
+            assert!(sequence_rows(after).is_empty(), "plain text again: cell-by-cell updates");
         }
     }
 
