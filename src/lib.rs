@@ -31,8 +31,8 @@
 //!   parsing and line formatting used by the `confab` binary, the tests and the benchmarks;
 //!   the front-end neutral [`client::session::Session`] (the connection, private chats and
 //!   transfers, reconnect, every session rule in [`client::session::rules`]); and the
-//!   full-screen interface
-//!   ([`client::tui`]: a pure `App`, its renderer and the terminal driver).
+//!   full-screen interface ([`client::tui`]: a pure `App` with a window per conversation,
+//!   its renderer and the terminal driver).
 //! - [`p2p`]: direct links between clients: the token-authenticated private chat
 //!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
 //!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).

@@ -95,7 +95,7 @@ async fn a_private_chat_between_plain_clients_goes_direct_and_outlives_the_serve
     let mut alice = logged_in_with(&addr, "alice", "wonderland", &["--no-reconnect"]).await;
     bob.expect("* alice logged in").await;
 
-    alice.send("/help").await;
+    alice.send("/help all").await;
     alice.expect("/startprivate USER").await;
     alice.send("/private bob too early").await;
     alice.expect("error: no private chat with bob is open; start one with /startprivate bob").await;
@@ -290,6 +290,7 @@ async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
 
     // Carol accepts by herself; the name is taken, so hers gets a suffix.
     alice.send(&format!("/sendfile carol {}", clip.display())).await;
+    carol.expect("alice offers clip.mp4 (2.9 MiB); accepting it (--auto-accept)").await;
     alice.expect("clip.mp4 has been uploaded to carol").await;
     carol.expect("received clip.mp4 from alice (3000000 bytes, sha256 ok)").await;
     assert!(std::fs::read(downloads.join("alice_clip-1.mp4")).unwrap() == data);

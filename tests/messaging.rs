@@ -29,6 +29,22 @@ async fn a_message_reaches_an_online_user_with_its_time() {
 }
 
 #[tokio::test]
+async fn a_multi_line_message_keeps_its_line_breaks_and_other_controls_stay_refused() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, _a) = server.login("alice").await;
+    let (_bob, mut bob_events) = server.login("bob").await;
+    for bad in ["a\rb", "a\tb", "a\u{85}b"] {
+        assert_eq!(code(alice.msg("bob", bad).await), ErrorCode::InvalidArgument, "{bad:?}");
+    }
+    alice.msg("bob", "agenda:\n1. windows\n2. paste").await.unwrap();
+    assert_eq!(
+        next_message(&mut bob_events).await,
+        ("alice".into(), "agenda:\n1. windows\n2. paste".into())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_recipients_and_texts_are_clear_errors() {
     let config = Config { max_message_chars: 10, ..Config::default() };
     let server = TestServer::start(config).await;

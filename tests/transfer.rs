@@ -274,6 +274,9 @@ async fn decline_and_cancel_are_told_to_the_other_side() {
     let transfer = introduce(&alice, &bob, &path);
     bob.until(|e| matches!(e, TransferEvent::Offered { .. }).then_some(())).await;
     bob.transfers.decline(transfer.id);
+    // Gone at once: a stale /acceptfile finds no offer, /cancel no transfer.
+    assert_eq!(bob.transfers.offer_from("alice"), None);
+    assert!(bob.transfers.with("alice").is_empty());
     assert_eq!(alice.until_failure().await, TransferError::Declined);
 
     let transfer = introduce(&alice, &bob, &path);

@@ -142,6 +142,9 @@ async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal()
     tmux.type_text("/msg alice half typ");
     tmux.wait_for("the typed text", |s| last_line(s) == "> /msg alice half typ").await;
     alice.msg("bob", "interrupting you").await.unwrap();
+    // It opens alice's window, 2, without taking the view; Alt-2 shows it.
+    tmux.wait_for("alice's window", |s| s.contains("2:alice*")).await;
+    tmux.press("M-2");
     let screen = tmux
         .wait_for("the message in the pane", |s| {
             s.contains("] alice: interrupting you") && last_line(s) == "> /msg alice half typ"
@@ -259,5 +262,204 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
             }
         }
     }
+    server.stop().await;
+}
+
+/// The full-screen client for bob in tmux, with its log in a temp file.
+fn full_screen_bob(server: &TestServer, width: u16, height: u16) -> (Tmux, tempfile::TempDir) {
+    full_screen_bob_in(tempfile::tempdir().unwrap(), server, width, height)
+}
+
+/// The same, with its data (log, input history, chat logs) in `dir`.
+fn full_screen_bob_in(
+    dir: tempfile::TempDir,
+    server: &TestServer,
+    width: u16,
+    height: u16,
+) -> (Tmux, tempfile::TempDir) {
+    let command = format!(
+        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --data-dir {}; \
+         echo confab exited $?; sleep 30",
+        env!("CARGO_BIN_EXE_confab"),
+        server.addr,
+        dir.path().display(),
+    );
+    (Tmux::start(&command, width, height), dir)
+}
+
+#[tokio::test]
+async fn two_windows_each_send_bare_text_to_their_own_partner() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, mut alice_events) = server.login("alice").await;
+    let (carol, mut carol_events) = server.login("carol").await;
+    let (tmux, dir) = full_screen_bob(&server, 100, 16);
+    tmux.wait_for("the status bar", |s| s.contains("| connected | 2 online")).await;
+
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    tmux.type_text("hi alice, this is window 2");
+    tmux.press("Enter");
+    tmux.type_text("/query carol");
+    tmux.press("Enter");
+    tmux.wait_for("carol's window", |s| s.contains("2:alice [3:carol]")).await;
+    tmux.type_text("and hi carol");
+    tmux.press("Enter");
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("bob".into(), "hi alice, this is window 2".into())
+    );
+    assert_eq!(next_text(&mut carol_events).await, ("bob".into(), "and hi carol".into()));
+
+    // alice answers while carol's window is in view: window 2 lights up; Alt-2 goes there.
+    alice.msg("bob", "hello there").await.unwrap();
+    tmux.wait_for("activity in window 2", |s| s.contains("2:alice* [3:carol]")).await;
+    tmux.press("M-2");
+    tmux.wait_for("alice's message", |s| s.contains("] alice: hello there")).await;
+    tmux.type_text("bye");
+    tmux.press("Enter");
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("bob".into(), "bye".into()),
+        "text, not a logout"
+    );
+    // Ctrl-N goes on to carol's window; what is typed there is carol's.
+    tmux.press("C-n");
+    tmux.wait_for("carol's window again", |s| s.contains("2:alice [3:carol]")).await;
+    tmux.type_text("still here");
+    tmux.press("Enter");
+    assert_eq!(next_text(&mut carol_events).await, ("bob".into(), "still here".into()));
+    carol.msg("alice", "only alice hears this").await.unwrap();
+    assert_eq!(
+        next_text(&mut alice_events).await,
+        ("carol".into(), "only alice hears this".into()),
+        "nothing of bob's reached alice meanwhile"
+    );
+
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+
+    // Each conversation has its chat log.
+    let logs = dir.path().join("logs").join(format!("bob@{}", server.addr));
+    let log = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap();
+    let alice_log = log("alice.log");
+    let lines: Vec<&str> = alice_log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    let lines: Vec<&str> = lines.iter().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(
+        lines,
+        ["bob -> alice: hi alice, this is window 2", "alice: hello there", "bob -> alice: bye"],
+        "{alice_log}"
+    );
+    assert!(log("carol.log").contains("bob -> carol: still here"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_3000_typed_characters_is_sent_whole() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, _log) = full_screen_bob(&server, 100, 16);
+    tmux.wait_for("the status bar", |s| s.contains("| connected | 1 online")).await;
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    // As a fast paste without bracketed paste types it: one write, then Enter right after.
+    let text: String = (0..3000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    tmux.run(&["send-keys", "-t", "t", "-l", &text, ";", "send-keys", "-t", "t", "Enter"]);
+    let end = &text[text.len() - 40..];
+    tmux.wait_for("the line sent", |s| s.contains(end) && last_line(s) == ">").await;
+    assert_eq!(next_text(&mut alice_events).await, ("bob".into(), text));
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_input_history_is_there_in_the_next_run() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    let _ = next_event(&mut alice_events).await; // bob logged in
+    tmux.type_text("/whoelse");
+    tmux.press("Enter");
+    tmux.wait_for("the list", |s| s.contains("alice (online since")).await;
+    tmux.press("C-c");
+    bob_logs_out(&mut alice_events).await;
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    drop(tmux);
+
+    let (tmux, _dir) = full_screen_bob_in(dir, &server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.press("Up");
+    tmux.wait_for("the last run's line", |s| last_line(s) == "> /whoelse").await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bracketed_paste_of_three_lines_is_one_message_and_runs_no_command() {
+    let server = TestServer::start(Config::default()).await;
+    let (_alice, mut alice_events) = server.login("alice").await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.type_text("/query alice");
+    tmux.press("Enter");
+    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    tmux.run(&["set-buffer", "agenda:\nbye\n/logout"]);
+    tmux.run(&["paste-buffer", "-p", "-t", "t"]);
+    tmux.wait_for("the paste in the input line", |s| last_line(s) == "> agenda:↵bye↵/logout").await;
+    tmux.press("Enter");
+    assert_eq!(next_text(&mut alice_events).await, ("bob".into(), "agenda:\nbye\n/logout".into()));
+    let screen = tmux
+        .wait_for("the message, indented", |s| {
+            s.contains("bob -> alice: agenda:") && last_line(s) == ">"
+        })
+        .await;
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows.iter().position(|r| r.contains("bob -> alice: agenda:")).unwrap();
+    let indent = rows[first].find("agenda:").unwrap();
+    assert_eq!(rows[first + 1], format!("{}bye", " ".repeat(indent)), "{screen}");
+    assert_eq!(rows[first + 2], format!("{}/logout", " ".repeat(indent)), "{screen}");
+    assert!(screen.contains("| connected |"), "still logged in:\n{screen}");
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flag_typed_and_deleted_leaves_no_stray_cell_on_the_terminal() {
+    let server = TestServer::start(Config::default()).await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    tmux.type_text("🇫🇷 ok");
+    tmux.wait_for("the flag typed", |s| last_line(s).ends_with(" ok")).await;
+    tmux.press("C-u");
+    // tmux 3.3 draws a flag as two regional letters: an update of two cells left the
+    // second behind.
+    tmux.wait_for("an empty input line", |s| last_line(s) == ">").await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_skin_tone_and_a_family_reach_the_terminal_whole() {
+    let server = TestServer::start(Config::default()).await;
+    let (alice, _alice_events) = server.login("alice").await;
+    let (tmux, _dir) = full_screen_bob(&server, 80, 12);
+    tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
+    // (A family of four is more bytes than tmux 3.3 keeps in a cell; three fit.)
+    let text = "👍🏽 and 👨\u{200d}👩\u{200d}👧 and 🇫🇷 ok";
+    alice.msg("bob", text).await.unwrap();
+    tmux.wait_for("alice's window", |s| s.contains("2:alice*")).await;
+    tmux.press("M-2");
+    // tmux 3.3 draws the code points apart; drawn cell by cell, the next cell went over
+    // the tone and the last of the family.
+    tmux.wait_for("the emoji whole", |s| s.contains(&format!("alice: {text}"))).await;
+    tmux.press("C-c");
+    tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }

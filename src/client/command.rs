@@ -143,6 +143,24 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "stop every file transfer with USER, either way; they are told",
     },
     CommandSpec {
+        name: "/query",
+        aliases: &[],
+        args: "[USER-or-GROUP]",
+        summary: "talk to USER (#GROUP, =USER for a private chat); alone: back to commands",
+    },
+    CommandSpec {
+        name: "/search",
+        aliases: &["/lastlog"],
+        args: "TEXT",
+        summary: "the lines of this window's scrollback with TEXT in them (full screen)",
+    },
+    CommandSpec {
+        name: "/close",
+        aliases: &[],
+        args: "",
+        summary: "close the current conversation's window",
+    },
+    CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
         args: "[COMMAND]",
@@ -221,6 +239,112 @@ pub enum ParseError {
     /// Wrong arguments for a known command.
     #[error("usage: {0}")]
     Usage(String),
+}
+
+/// A conversation: where text typed without a leading `/` goes (a window in the full-screen
+/// client; in line mode, what `/query` chose).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// Direct messages with a user, relayed by the server.
+    User(String),
+    /// A group's messages.
+    Group(String),
+    /// A private chat over the direct connection.
+    Private(String),
+}
+
+impl Target {
+    /// Reads a conversation's name: `#NAME` is a group, `=NAME` a private chat, else a user.
+    pub fn named(name: &str) -> Target {
+        if let Some(group) = name.strip_prefix('#') {
+            Target::Group(group.to_owned())
+        } else if let Some(peer) = name.strip_prefix('=') {
+            Target::Private(peer.to_owned())
+        } else {
+            Target::User(name.to_owned())
+        }
+    }
+
+    /// The command that sends `text` to this conversation.
+    pub fn say(&self, text: &str) -> Command {
+        let text = text.to_owned();
+        match self {
+            Target::User(to) => {
+                Command::Server(Request::Msg { to: to.clone(), text, send_id: None })
+            }
+            Target::Group(group) => {
+                Command::Server(Request::GroupMsg { group: group.clone(), text, send_id: None })
+            }
+            Target::Private(to) => Command::Private { to: to.clone(), text },
+        }
+    }
+
+    /// The name as [`Target::named`] reads it: `bob`, `#devs`, `=bob`.
+    pub fn label(&self) -> String {
+        match self {
+            Target::User(user) => user.clone(),
+            Target::Group(group) => format!("#{group}"),
+            Target::Private(peer) => format!("={peer}"),
+        }
+    }
+}
+
+/// What a typed line asks for, once the conversation it was typed in is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Typed {
+    /// A command for the session (or `/help`), a message to the conversation included.
+    Command(Command),
+    /// `/query [NAME]`, or `/msg USER` without text: talk to this conversation from now on
+    /// (`None`: to none, bare words are commands again).
+    Query(Option<Target>),
+    /// `/close`: close the current conversation.
+    Close,
+    /// `/search TEXT`: the lines of the current window with TEXT in them.
+    Search(String),
+}
+
+/// Parses a line typed while talking to `target`: text without a leading `/` goes to it
+/// (`//` sends a text that starts with `/`); with no target, bare words are commands, as
+/// the course specs have them.
+///
+/// ```
+/// use confab::client::command::{parse_in, Command, Target, Typed};
+/// use confab::protocol::Request;
+///
+/// let bob = Target::User("bob".into());
+/// let hello = Request::Msg { to: "bob".into(), text: "bye for now".into(), send_id: None };
+/// assert_eq!(parse_in("bye for now", Some(&bob)), Ok(Typed::Command(Command::Server(hello))));
+/// assert_eq!(parse_in("bye", None), Ok(Typed::Command(Command::Server(Request::Logout))));
+/// assert_eq!(parse_in("/msg bob", None), Ok(Typed::Query(Some(bob))));
+/// ```
+pub fn parse_in(line: &str, target: Option<&Target>) -> Result<Typed, ParseError> {
+    if let Some(target) = target {
+        if let Some(text) = line.strip_prefix("//") {
+            return Ok(Typed::Command(target.say(&format!("/{text}"))));
+        }
+        if !line.starts_with('/') {
+            if line.trim().is_empty() {
+                return Err(ParseError::Empty);
+            }
+            return Ok(Typed::Command(target.say(line)));
+        }
+    }
+    let (word, rest) = split_word(line.trim());
+    let (first, tail) = split_word(rest);
+    match lookup(word).map(|spec| spec.name) {
+        Some("/query") if tail.is_empty() => {
+            Ok(Typed::Query((!first.is_empty()).then(|| Target::named(first))))
+        }
+        Some("/close") if rest.is_empty() => Ok(Typed::Close),
+        Some("/search") if !rest.is_empty() => Ok(Typed::Search(rest.to_owned())),
+        Some(name @ ("/query" | "/close" | "/search")) => {
+            Err(ParseError::Usage(usage(lookup(name).expect("in the table"))))
+        }
+        Some("/msg") if !first.is_empty() && tail.is_empty() => {
+            Ok(Typed::Query(Some(Target::User(first.to_owned()))))
+        }
+        _ => parse(line).map(Typed::Command),
+    }
 }
 
 /// Finds the command named `word` (with or without `/`, any case).
@@ -340,15 +464,34 @@ pub fn usage(spec: &CommandSpec) -> String {
     }
 }
 
-/// The `/help` text: every command, or one in detail.
+/// The commands by topic, for the short `/help`; every command is in one topic.
+pub const HELP_TOPICS: &[(&str, &[&str])] = &[
+    ("talk", &["/query", "/close", "/msg", "/broadcast", "/history", "/search"]),
+    ("people", &["/list", "/whoelsesince", "/block", "/unblock"]),
+    ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
+    ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate"]),
+    ("files", &["/p2pvideo", "/acceptfile", "/declinefile", "/cancel"]),
+    ("session", &["/help", "/logout"]),
+];
+
+/// The `/help` text: the commands by topic (a few lines, to fit a small screen), `all` of
+/// them with their arguments, or one in detail.
 pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
     let Some(topic) = topic else {
+        let mut lines =
+            vec!["commands (/help COMMAND explains one, /help all lists all):".to_owned()];
+        lines.extend(
+            HELP_TOPICS.iter().map(|(topic, names)| format!("  {topic:8} {}", names.join(" "))),
+        );
+        return Ok(lines);
+    };
+    if topic == "all" {
         let width = COMMANDS.iter().map(|s| usage(s).len()).max().unwrap_or(0);
         let mut lines = vec!["commands:".to_owned()];
         lines.extend(COMMANDS.iter().map(|s| format!("  {:width$}  {}", usage(s), s.summary)));
         lines.push("/help COMMAND shows a command's aliases".to_owned());
         return Ok(lines);
-    };
+    }
     let spec = lookup(topic).ok_or_else(|| ParseError::Unknown(topic.to_owned()))?;
     let aliases = if spec.aliases.is_empty() { "none".to_owned() } else { spec.aliases.join(", ") };
     Ok(vec![format!("{}: {}", usage(spec), spec.summary), format!("aliases: {aliases}")])
@@ -546,8 +689,21 @@ mod tests {
     }
 
     #[test]
+    fn the_short_help_names_every_command_once_and_fits_a_small_screen() {
+        let short = help(None).unwrap();
+        assert!(short.len() <= 10, "{short:#?}");
+        assert!(short.iter().all(|l| l.chars().count() <= 78), "{short:#?}");
+        for spec in COMMANDS {
+            let topics = HELP_TOPICS.iter().filter(|(_, names)| names.contains(&spec.name));
+            assert_eq!(topics.count(), 1, "{}", spec.name);
+        }
+        let named: usize = HELP_TOPICS.iter().map(|(_, names)| names.len()).sum();
+        assert_eq!(named, COMMANDS.len());
+    }
+
+    #[test]
     fn help_lists_every_command_and_explains_one() {
-        let all = help(None).unwrap().join("\n");
+        let all = help(Some("all")).unwrap().join("\n");
         for spec in COMMANDS {
             assert!(all.contains(&usage(spec)), "{}", spec.name);
         }

@@ -18,23 +18,23 @@ use crate::p2p::transfer::{Direction, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
-    Request, RequestEnd, Timestamp,
+    Request, RequestEnd, SeenUser, Timestamp,
 };
 
 /// One line for a pushed event.
 pub fn event(event: &Event) -> String {
     match event {
         Event::Message { from, text, sent_at, offline: false, .. } => {
-            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), sanitize(text))
+            format!("[{}] {}: {}", clock(*sent_at), sanitize(from), body(text))
         }
         Event::Message { from, text, sent_at, offline: true, .. } => format!(
             "[{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::Broadcast { from, text, sent_at } => {
-            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), sanitize(text))
+            format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), body(text))
         }
         Event::CaughtUp => "* you have every message that waited for you".to_owned(),
         Event::Presence { user, change, at } => {
@@ -59,14 +59,14 @@ pub fn event(event: &Event) -> String {
             clock(*sent_at),
             sanitize(group),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::GroupMessage { group, from, text, sent_at, offline: true, .. } => format!(
             "[{}] [{}] {} (while you were away): {}",
             date_time(*sent_at),
             sanitize(group),
             sanitize(from),
-            sanitize(text)
+            body(text)
         ),
         Event::GroupMember { group, user, change, at } => {
             let what = match change {
@@ -121,16 +121,22 @@ pub fn event(event: &Event) -> String {
 /// front ends draw as a bar or gauge instead.
 pub fn transfer(event: &TransferEvent) -> Option<String> {
     Some(match event {
-        TransferEvent::Offered { transfer: t, resume_from } => {
+        TransferEvent::Offered { transfer: t, resume_from, accepting } => {
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
             let resume = match resume_from {
                 0 => String::new(),
                 n => format!("; you have {} of it already", bytes(*n)),
             };
-            format!(
-                "* {peer} offers {name} ({}{resume}): /acceptfile {peer} or /declinefile {peer}",
-                bytes(t.size)
-            )
+            match accepting {
+                true => format!(
+                    "* {peer} offers {name} ({}{resume}); accepting it (--auto-accept)",
+                    bytes(t.size)
+                ),
+                false => format!(
+                    "* {peer} offers {name} ({}{resume}): /acceptfile {peer} or /declinefile {peer}",
+                    bytes(t.size)
+                ),
+            }
         }
         TransferEvent::Waiting { transfer: t } => {
             format!(
@@ -147,6 +153,9 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
             match t.direction {
                 Direction::Send => format!("* {peer} accepted {name}; sending{resume}"),
+                // "accepting" (typed, or --auto-accept) said it already, and may come after
+                // this event: a second line would only be out of order.
+                Direction::Receive if *resume_from == 0 => return None,
                 Direction::Receive => format!("* receiving {name} from {peer}{resume}"),
             }
         }
@@ -169,6 +178,13 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
             }
         }
     })
+}
+
+/// How long `bytes` took in `ms` milliseconds, for the end of a transfer:
+/// `in 4.2 s, 2.4 MiB/s`.
+pub fn took(bytes: u64, ms: u64) -> String {
+    let rate = bytes.saturating_mul(1000).checked_div(ms).unwrap_or(bytes);
+    format!("in {:.1} s, {}/s", ms as f64 / 1000.0, self::bytes(rate))
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`, `4.0 GiB`.
@@ -197,7 +213,7 @@ pub fn private(event: &PrivateEvent) -> String {
             )
         }
         PrivateEvent::Message { peer, text, sent_at, received_at } => {
-            let (at, peer, text) = (clock(*received_at), sanitize(peer), sanitize(text));
+            let (at, peer, text) = (clock(*received_at), sanitize(peer), body(text));
             match their_clock(*sent_at, *received_at) {
                 None => format!("[{at}] {peer} (private): {text}"),
                 Some(note) => format!("[{at}] {peer} (private, {note}): {text}"),
@@ -356,12 +372,7 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         (Request::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
             format!("nobody else was online in the last {secs} seconds")
         }
-        (_, Reply::Seen(list)) => {
-            return list
-                .iter()
-                .map(|u| format!("{} ({})", u.name, if u.online { "online" } else { "offline" }))
-                .collect();
-        }
+        (_, Reply::Seen(list)) => return list.iter().map(|u| seen(u, None)).collect(),
         (Request::Block { user }, Reply::Done) => format!("{user} is blocked"),
         (Request::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
         (Request::StartPrivate { user }, Reply::Done) => {
@@ -425,12 +436,22 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
             let what = if *group { "group" } else { "conversation with" };
             let mut lines = vec![format!("last {} of {what} {with}:", messages_count(messages))];
             lines.extend(messages.iter().map(|m| {
-                format!("[{}] {}: {}", date_time(m.sent_at), sanitize(&m.from), sanitize(&m.text))
+                format!("[{}] {}: {}", date_time(m.sent_at), sanitize(&m.from), body(&m.text))
             }));
             return lines;
         }
     };
     vec![line]
+}
+
+/// A `/whoelsesince` line: the user, online or offline, and since when when the client
+/// knows (`since`: online since, or offline since, as it saw them come and go).
+pub fn seen(user: &SeenUser, since: Option<Timestamp>) -> String {
+    let state = if user.online { "online" } else { "offline" };
+    match since {
+        Some(at) => format!("{} ({state} since {})", user.name, date_time(at)),
+        None => format!("{} ({state})", user.name),
+    }
 }
 
 fn messages_count(messages: &[HistoryMessage]) -> String {
@@ -440,30 +461,69 @@ fn messages_count(messages: &[HistoryMessage]) -> String {
     }
 }
 
-/// An error line.
+/// An error line: one `error: ` prefix, however the message came (already an error line,
+/// or a `* ` notice that turned out to be a failure).
 pub fn error(message: impl std::fmt::Display) -> String {
-    format!("error: {message}")
+    let message = message.to_string();
+    let message = message.strip_prefix("* ").unwrap_or(&message);
+    match message.strip_prefix("error: ") {
+        Some(_) => message.to_owned(),
+        None => format!("error: {message}"),
+    }
+}
+
+/// A message's text for a line of output: [`sanitize`]d, and a multi-line message's
+/// continuation lines indented by four spaces (so a reader of the output tells them from
+/// the next event).
+pub fn body(text: &str) -> Cow<'_, str> {
+    if !text.contains('\n') {
+        return sanitize(text);
+    }
+    text.split('\n').map(sanitize).collect::<Vec<_>>().join("\n    ").into()
 }
 
 /// Makes others' text safe and honest to show: control characters (escape sequences,
 /// newlines) become U+FFFD, and the invisible characters that change how the text around
 /// them looks (bidi controls, zero-width characters; see [`is_invisible`]) become visible
-/// escapes such as `<U+202E>`.
+/// escapes such as `<U+202E>`. The joiners inside an emoji sequence (a ZWJ family, a
+/// subdivision flag) are left alone: they are drawn as one picture.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() || is_invisible(c)) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
+    let chars: Vec<char> = text.chars().collect();
+    let mut in_tag_flag = false;
+    for (i, &c) in chars.iter().enumerate() {
+        let (before, after) = (i.checked_sub(1).map(|j| chars[j]), chars.get(i + 1).copied());
+        // The joiners of an emoji sequence are part of the picture, not hidden text: a ZWJ
+        // between two pictographs (a family), the tags of a subdivision flag (🏴 + tags).
+        in_tag_flag = match c {
+            '\u{E0020}'..='\u{E007F}' => in_tag_flag || before == Some('\u{1F3F4}'),
+            _ => false,
+        };
+        let joins = match c {
+            '\u{200D}' => {
+                before.is_some_and(|b| is_pictograph(b) || b == '\u{FE0F}')
+                    && after.is_some_and(is_pictograph)
+            }
+            _ => in_tag_flag,
+        };
         if c.is_control() {
             out.push('\u{fffd}');
-        } else if is_invisible(c) {
+        } else if is_invisible(c) && !joins {
             let _ = write!(out, "<U+{:04X}>", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out.into()
+}
+
+/// Whether `c` is an emoji picture (or a skin-tone modifier) that a ZWJ may join.
+fn is_pictograph(c: char) -> bool {
+    matches!(c, '\u{2300}'..='\u{23FF}' | '\u{2600}'..='\u{27BF}' | '\u{2B00}'..='\u{2BFF}')
+        || matches!(c, '\u{1F000}'..='\u{1FAFF}')
 }
 
 /// Whether `c` is shown as an escape: it is not drawn itself but reorders, joins, hides or
@@ -565,8 +625,28 @@ mod tests {
             text: "\x1b[2Jgotcha\nfake line".into(),
             sent_at: 0,
         });
-        assert!(!line.chars().any(char::is_control), "{line:?}");
-        assert!(line.contains("\u{fffd}[2Jgotcha\u{fffd}fake line"));
+        assert!(!line.chars().any(|c| c.is_control() && c != '\n'), "{line:?}");
+        // A line break is a multi-line message's, indented: it cannot pass for an event.
+        assert!(line.contains("\u{fffd}[2Jgotcha\n    fake line"), "{line:?}");
+    }
+
+    #[test]
+    fn a_multi_line_message_is_indented_under_its_first_line() {
+        let line = event(&Event::Message {
+            id: 1,
+            from: "bob".into(),
+            text: "agenda:\n1. windows\x1b[2J".into(),
+            sent_at: 0,
+            offline: false,
+        });
+        assert!(line.ends_with("bob: agenda:\n    1. windows\u{fffd}[2J"), "{line:?}");
+    }
+
+    #[test]
+    fn an_error_line_has_one_prefix() {
+        assert_eq!(error("no such user"), "error: no such user");
+        assert_eq!(error(error("no such user")), "error: no such user");
+        assert_eq!(error("* sending a failed: lost"), "error: sending a failed: lost");
     }
 
     #[test]
@@ -687,6 +767,17 @@ mod tests {
         {
             assert!(matches!(sanitize(plain), Cow::Borrowed(_)), "{plain}");
         }
+        // The joiners of emoji sequences are drawn as one picture; elsewhere they are shown.
+        for emoji in [
+            "👨\u{200D}👩\u{200D}👧",
+            "🏳\u{FE0F}\u{200D}🌈",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        ] {
+            assert_eq!(sanitize(emoji), emoji, "{emoji}");
+        }
+        assert_eq!(sanitize("a\u{200D}👩"), "a<U+200D>👩");
+        assert_eq!(sanitize("👨\u{200D}"), "👨<U+200D>");
+        assert_eq!(sanitize("x\u{E0067}"), "x<U+E0067>");
         // Controls still become U+FFFD beside the escapes, in every kind of line.
         assert_eq!(sanitize("a\x1b\u{202E}b"), "a\u{fffd}<U+202E>b");
         let line = event(&Event::Message {
@@ -775,5 +866,17 @@ mod tests {
         let progress =
             TransferEvent::Progress { id: 1, direction: Direction::Send, done: 1, total: 2 };
         assert_eq!(transfer(&progress), None, "progress is drawn, not printed");
+        let started =
+            |resume_from| TransferEvent::Started { transfer: t(Direction::Receive), resume_from };
+        assert_eq!(transfer(&started(0)), None, "\"accepting\" said it");
+        assert!(transfer(&started(5)).unwrap().ends_with("resuming after 5 B"));
+        let offered = |accepting| TransferEvent::Offered {
+            transfer: t(Direction::Receive),
+            resume_from: 0,
+            accepting,
+        };
+        assert!(transfer(&offered(false)).unwrap().contains("/acceptfile bob"));
+        let auto = transfer(&offered(true)).unwrap();
+        assert!(auto.ends_with("accepting it (--auto-accept)") && !auto.contains("/acceptfile"));
     }
 }

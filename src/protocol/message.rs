@@ -669,13 +669,14 @@ impl Event {
 /// holds received private messages to the same limit.
 pub const DEFAULT_MAX_MESSAGE_CHARS: usize = 4000;
 
-/// Why `text` cannot be sent as a message (blank, control characters, more than `max_chars`
-/// characters), or `None` if it can.
+/// Why `text` cannot be sent as a message (blank, control characters other than `\n`, more
+/// than `max_chars` characters), or `None` if it can.
 pub fn text_problem(text: &str, max_chars: usize) -> Option<String> {
     if text.trim().is_empty() {
         return Some("the message is empty".into());
     }
-    if text.chars().any(char::is_control) {
+    // A line break is text (a multi-line message); no other control character is.
+    if text.chars().any(|c| c.is_control() && c != '\n') {
         return Some("messages cannot contain control characters".into());
     }
     if text.chars().count() > max_chars {

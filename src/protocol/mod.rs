@@ -380,6 +380,10 @@ mod tests {
         assert!(text_problem("hi", 5).is_none());
         assert!(text_problem("  ", 5).unwrap().contains("empty"));
         assert!(text_problem("a\x1bb", 5).unwrap().contains("control"));
+        assert!(text_problem("a\nb", 5).is_none(), "a line break is text");
+        for c in ['\r', '\t', '\0', '\u{7f}', '\u{85}'] {
+            assert!(text_problem(&format!("a{c}b"), 5).unwrap().contains("control"), "{c:?}");
+        }
         assert!(text_problem("ünïcö", 5).is_none(), "characters, not bytes");
         assert!(text_problem("123456", 5).unwrap().contains('5'));
     }

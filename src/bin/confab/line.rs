@@ -1,4 +1,6 @@
-//! Line mode: each input line is a command, each session event one printed line.
+//! Line mode: each input line is a command, each session event one printed line. After
+//! `/query USER` (`#GROUP`, `=USER`) a line without a leading `/` is a message to that
+//! conversation, so that a script can set a target; `/query` alone ends it.
 //!
 //! When stdin is a terminal, input goes through a line editor whose external printer puts
 //! incoming lines above the prompt, so a half-typed line is never broken. Every message is
@@ -8,6 +10,7 @@
 
 use std::io::{BufRead, Write};
 
+use confab::client::command::{self, Target, Typed};
 use confab::client::format;
 use confab::client::session::{Finish, Session, SessionEvent, SessionEvents};
 use confab::client::LoginInfo;
@@ -27,14 +30,12 @@ pub async fn run(
     let mut input = spawn_input(&mut out);
     let mut bars = Bars::default();
     let mut input_done = false;
+    // Where bare text goes after `/query`; none: bare words are commands.
+    let mut target: Option<Target> = None;
     let finish = loop {
         tokio::select! {
             line = input.recv(), if !input_done => match line {
-                Some(line) => {
-                    if let Err(e) = session.run_line(&line) {
-                        out.line(format::error(e));
-                    }
-                }
+                Some(line) => typed(&mut out, &session, &mut target, &line),
                 // End of input means logout, once what waited at login is shown.
                 None => {
                     input_done = true;
@@ -52,6 +53,31 @@ pub async fn run(
     };
     out.restore_terminal();
     finish
+}
+
+/// Carries out one typed line, talking to `target`.
+fn typed(out: &mut Output, session: &Session, target: &mut Option<Target>, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    match command::parse_in(line, target.as_ref()) {
+        Ok(Typed::Command(command)) => session.run(command),
+        Ok(Typed::Query(to)) => {
+            out.line(match &to {
+                Some(to) => format!("* talking to {}; /query alone ends it", to.label()),
+                None => "* talking to no one; bare words are commands".to_owned(),
+            });
+            *target = to;
+        }
+        Ok(Typed::Close) => {
+            *target = None;
+            out.line("* talking to no one; bare words are commands");
+        }
+        Ok(Typed::Search(_)) => {
+            out.line(format::error("/search is the full-screen client's; here, try grep"));
+        }
+        Err(e) => out.line(format::error(e)),
+    }
 }
 
 /// Prints one session event.

@@ -25,7 +25,7 @@ mod bars;
 mod line;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -76,6 +76,10 @@ struct Args {
     /// Where the full-screen interface writes its log (default: confab.log in the data dir).
     #[arg(long, env = "CONFAB_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Keep no chat logs (the full-screen interface writes one per conversation, as plain
+    /// text, in logs/USER@SERVER in the data dir).
+    #[arg(long, env = "CONFAB_NO_LOGS")]
+    no_logs: bool,
     /// Do not reconnect when the connection drops or the server restarts: end the session.
     #[arg(long, env = "CONFAB_NO_RECONNECT")]
     no_reconnect: bool,
@@ -108,7 +112,8 @@ struct Args {
     /// Trust only the server certificate with this fingerprint (SHA256:...).
     #[arg(long, env = "CONFAB_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
-    /// Where the client keeps known_servers (default: the user's data dir).
+    /// Where the client keeps known_servers, the full-screen interface's input history and
+    /// chat logs, and its log file (default: the user's data dir).
     #[arg(long, env = "CONFAB_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -189,7 +194,12 @@ async fn main() -> ExitCode {
     };
     if full_screen {
         let notices = trust_notice.into_iter().collect();
-        return full_screen_client(&args.server, &info, online, notices, session, events).await;
+        let history = data_dir(&args).join("input-history");
+        let chats = format!("{}@{}", info.username, args.server.replace('/', "_"));
+        let logs = (!args.no_logs).then(|| data_dir(&args).join("logs").join(chats));
+        let files = Files { history: &history, logs: logs.as_deref() };
+        return full_screen_client(&args.server, &info, online, notices, files, session, events)
+            .await;
     }
     let finish = line::run(&info, session, events, interactive).await;
     ExitCode::from(exit_code(&finish))
@@ -252,6 +262,12 @@ fn session_config(args: &Args, connector: Connector) -> SessionConfig {
     config
 }
 
+/// The full-screen interface's files: the input history, the chat logs' directory.
+struct Files<'a> {
+    history: &'a Path,
+    logs: Option<&'a Path>,
+}
+
 /// Runs the full-screen interface until the session finishes; the terminal is restored on
 /// every way out, a panic included (`ratatui::init` installs a hook for that).
 async fn full_screen_client(
@@ -259,23 +275,29 @@ async fn full_screen_client(
     info: &LoginInfo,
     online: Vec<OnlineUser>,
     notices: Vec<String>,
+    files: Files<'_>,
     session: Session,
     events: SessionEvents,
 ) -> ExitCode {
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = tui::App::new(server, &info.username, online, size);
+    app.input.set_history(tui::load_history(files.history));
     app.notice(format::login(info));
-    app.notice("/help lists the commands; PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
+    app.notice("/help lists the commands; /query USER opens a window; Alt-1..9 switch");
+    app.notice("PgUp/PgDn scroll; Tab completes; Ctrl-C quits");
     for notice in notices {
         app.notice(notice);
     }
     let mut terminal = ratatui::init();
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
-    let result = tui::run(&mut terminal, session, events, app).await;
+    let result = tui::run(&mut terminal, session, events, app, files.logs).await;
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     ratatui::restore();
     match result {
         Ok(app) => {
+            if let Err(e) = tui::save_history(files.history, app.input.history()) {
+                eprintln!("{}", format::error(format!("input history not saved: {e}")));
+            }
             // Quit without the session's word (the logout took too long): logged out all
             // the same. A session the server ended says why on the restored terminal.
             let finish = app.finished.unwrap_or(Finish::LoggedOut);
@@ -344,10 +366,15 @@ fn init_tracing(file: Option<PathBuf>) -> Result<(), String> {
 
 /// `--log-file`, or `confab.log` in the user's data directory.
 fn log_path(args: &Args) -> PathBuf {
-    args.log_file.clone().unwrap_or_else(|| {
+    args.log_file.clone().unwrap_or_else(|| data_dir(args).join("confab.log"))
+}
+
+/// --data-dir, or the user's data directory.
+fn data_dir(args: &Args) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(|| {
         directories::ProjectDirs::from("", "", "confab")
-            .map(|d| d.data_local_dir().join("confab.log"))
-            .unwrap_or_else(|| PathBuf::from("confab.log"))
+            .map(|d| d.data_dir().to_owned())
+            .unwrap_or_else(|| PathBuf::from("."))
     })
 }
 
@@ -374,12 +401,7 @@ fn first_use_notice(args: &Args, client: &Client) -> Option<String> {
 
 /// known_servers in --data-dir, or in the user's data directory.
 fn known_servers(args: &Args) -> KnownServers {
-    let dir = args.data_dir.clone().unwrap_or_else(|| {
-        directories::ProjectDirs::from("", "", "confab")
-            .map(|d| d.data_dir().to_owned())
-            .unwrap_or_else(|| PathBuf::from("."))
-    });
-    KnownServers::in_dir(&dir)
+    KnownServers::in_dir(&data_dir(args))
 }
 
 /// The username from the flag, the environment, or a prompt.

@@ -62,6 +62,19 @@ pub fn complete(
     }
 }
 
+/// Completes the last word of a message being typed (not a command) from `users`, as irssi
+/// completes nicks: the first word of the line gets `: ` after it, a later one a space.
+pub fn complete_name(before_cursor: &str, users: &[String]) -> Option<Completion> {
+    let word_start = before_cursor.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    let (head, word) = before_cursor.split_at(word_start);
+    if word.is_empty() {
+        return None;
+    }
+    let end = if head.trim().is_empty() { ": " } else { " " };
+    let matches = users.iter().filter(|u| u.starts_with(word)).cloned().collect();
+    finish(head, word, matches, end)
+}
+
 fn complete_path(
     head: &str,
     word: &str,
@@ -197,5 +210,15 @@ mod tests {
             "/sendfile bob .hidden "
         );
         assert_eq!(complete_path(head, "zz", list), None);
+    }
+
+    #[test]
+    fn names_complete_in_a_message() {
+        let done = |line: &str| complete_name(line, &users()).map(|c| c.before_cursor);
+        assert_eq!(done("ca").as_deref(), Some("carol: "));
+        assert_eq!(done("ask al").as_deref(), Some("ask alice "));
+        assert_eq!(done("bo").as_deref(), Some("bob"), "bob and bobby agree on bob");
+        assert_eq!(done("hello "), None);
+        assert_eq!(done("zed"), None);
     }
 }

@@ -6,9 +6,10 @@
 //! back at the end.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use unicode_segmentation::UnicodeSegmentation;
 
 /// The most lines kept in the input history.
-const HISTORY_LIMIT: usize = 500;
+pub const HISTORY_LIMIT: usize = 500;
 
 /// A line being edited, with history and a kill buffer.
 #[derive(Debug, Default, Clone)]
@@ -54,6 +55,24 @@ impl LineEditor {
         self.cursor = self.chars.len();
     }
 
+    /// The submitted lines, oldest first.
+    pub fn history(&self) -> &[String] {
+        &self.history
+    }
+
+    /// Starts with `lines` as the history (from an earlier run), oldest first.
+    pub fn set_history(&mut self, mut lines: Vec<String>) {
+        let excess = lines.len().saturating_sub(HISTORY_LIMIT);
+        lines.drain(..excess);
+        self.history = lines;
+        self.browsing = None;
+    }
+
+    /// The cursor position, in bytes into [`text`](Self::text).
+    pub fn byte_cursor(&self) -> usize {
+        self.chars[..self.cursor].iter().map(|c| c.len_utf8()).sum()
+    }
+
     /// The text before the cursor.
     pub fn before_cursor(&self) -> String {
         self.chars[..self.cursor].iter().collect()
@@ -76,6 +95,18 @@ impl LineEditor {
         }
     }
 
+    /// Inserts pasted text at the cursor: its line breaks (`\r\n`, `\r` or `\n`) stay, as
+    /// `\n`, so that a paste of several lines is one multi-line message; trailing breaks
+    /// are dropped and every other control character becomes a space.
+    pub fn paste(&mut self, text: &str) {
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        for c in text.trim_end_matches('\n').chars() {
+            let c = if c.is_control() && c != '\n' { ' ' } else { c };
+            self.chars.insert(self.cursor, c);
+            self.cursor += 1;
+        }
+    }
+
     /// Applies one key.
     pub fn key(&mut self, key: KeyEvent) -> Edit {
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
@@ -85,8 +116,8 @@ impl LineEditor {
             KeyCode::Char(c) if ctrl => match c {
                 'a' => self.cursor = 0,
                 'e' => self.cursor = self.chars.len(),
-                'b' => self.cursor = self.cursor.saturating_sub(1),
-                'f' => self.cursor = (self.cursor + 1).min(self.chars.len()),
+                'b' => self.cursor = self.cluster_before(),
+                'f' => self.cursor = self.cluster_after(),
                 'h' => self.backspace(),
                 'd' if !self.chars.is_empty() => self.delete(),
                 'k' => self.kill_range(self.cursor, self.chars.len()),
@@ -109,8 +140,8 @@ impl LineEditor {
             KeyCode::Delete => self.delete(),
             KeyCode::Left if ctrl || alt => self.cursor = self.word_start(),
             KeyCode::Right if ctrl || alt => self.cursor = self.word_end(),
-            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
-            KeyCode::Right => self.cursor = (self.cursor + 1).min(self.chars.len()),
+            KeyCode::Left => self.cursor = self.cluster_before(),
+            KeyCode::Right => self.cursor = self.cluster_after(),
             KeyCode::Home => self.cursor = 0,
             KeyCode::End => self.cursor = self.chars.len(),
             KeyCode::Up => self.history_back(),
@@ -135,16 +166,29 @@ impl LineEditor {
     }
 
     fn backspace(&mut self) {
-        if self.cursor > 0 {
-            self.cursor -= 1;
-            self.chars.remove(self.cursor);
-        }
+        let from = self.cluster_before();
+        self.chars.drain(from..self.cursor);
+        self.cursor = from;
     }
 
     fn delete(&mut self) {
-        if self.cursor < self.chars.len() {
-            self.chars.remove(self.cursor);
-        }
+        let to = self.cluster_after();
+        self.chars.drain(self.cursor..to);
+    }
+
+    /// Where the grapheme cluster before the cursor starts (a flag, a skin tone or a ZWJ
+    /// family is one step, one deletion).
+    fn cluster_before(&self) -> usize {
+        let before: String = self.chars[..self.cursor].iter().collect();
+        let last = before.graphemes(true).next_back().map_or(0, |g| g.chars().count());
+        self.cursor - last
+    }
+
+    /// Where the grapheme cluster after the cursor ends.
+    fn cluster_after(&self) -> usize {
+        let after: String = self.chars[self.cursor..].iter().collect();
+        let next = after.graphemes(true).next().map_or(0, |g| g.chars().count());
+        self.cursor + next
     }
 
     fn kill_range(&mut self, from: usize, to: usize) {
@@ -310,5 +354,29 @@ mod tests {
         }
         e.replace_before_cursor("/msg bob ");
         assert_eq!((e.text().as_str(), e.cursor()), ("/msg bob  tail", 9));
+    }
+
+    #[test]
+    fn the_cursor_steps_over_whole_grapheme_clusters() {
+        let mut e = LineEditor::default();
+        e.insert("a👍🏽🇫🇷👨\u{200D}👩\u{200D}👧b");
+        e.key(key(KeyCode::Left));
+        e.key(key(KeyCode::Left));
+        assert_eq!(e.before_cursor(), "a👍🏽🇫🇷", "the family is one step");
+        e.key(key(KeyCode::Backspace));
+        assert_eq!(e.text(), "a👍🏽👨\u{200D}👩\u{200D}👧b", "the flag goes whole");
+        e.key(key(KeyCode::Left));
+        e.key(key(KeyCode::Delete));
+        assert_eq!(e.text(), "a👨\u{200D}👩\u{200D}👧b", "the tone goes with its thumb");
+        e.key(key(KeyCode::Right));
+        assert_eq!(e.before_cursor(), "a👨\u{200D}👩\u{200D}👧");
+    }
+
+    #[test]
+    fn a_paste_keeps_its_line_breaks_and_nothing_else_of_control() {
+        let mut e = LineEditor::default();
+        e.paste("one\r\ntwo\rthree\tfour\x1b\n\n");
+        assert_eq!(e.text(), "one\ntwo\nthree four ");
+        assert_eq!(e.key(key(KeyCode::Enter)), Edit::Submitted("one\ntwo\nthree four ".into()));
     }
 }

@@ -4,15 +4,18 @@
 //! Lines are wrapped here (not by ratatui) so that the app can count rows for scrolling
 //! with the same function that draws them: [`entry_rows`].
 
+use std::collections::BTreeSet;
+
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
-use unicode_width::UnicodeWidthChar;
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use super::app::{App, Connection, Entry, Kind};
-use crate::client::format::{clock, date_time, sanitize, their_clock};
+use super::app::{Activity, App, Connection, Entry, Kind};
+use crate::client::format::{self, clock, date_time, sanitize, their_clock};
 
 /// The prompt before the input line.
 const PROMPT: &str = "> ";
@@ -58,7 +61,77 @@ pub fn render(app: &App, frame: &mut Frame) {
 
 /// How many rows `entry` takes at `width` columns.
 pub fn entry_rows(entry: &Entry, width: usize) -> usize {
-    wrap(spans(entry, ""), width).len()
+    let (spans, indent) = spans(entry, "");
+    wrap(spans, width, indent).len()
+}
+
+/// The most cells a terminal may give `cluster`: its width, or, for a terminal that draws
+/// the code points of an emoji sequence one by one (tmux 3.3), two for each picture, letter
+/// of a flag and skin tone, and the width of the rest.
+fn widest(cluster: &str) -> usize {
+    let apart: usize = cluster
+        .chars()
+        .map(|c| if u32::from(c) >= 0x1F000 { 2 } else { UnicodeWidthChar::width(c).unwrap_or(0) })
+        .sum();
+    cluster.width().max(apart)
+}
+
+/// The rows of the screen that hold an emoji sequence: a cluster of several code points
+/// drawn two cells wide (a flag, a skin tone, a ZWJ family), which terminals measure
+/// differently.
+pub fn sequence_rows(buffer: &ratatui::buffer::Buffer) -> BTreeSet<u16> {
+    let area = buffer.area;
+    (area.top()..area.bottom())
+        .filter(|&y| (area.left()..area.right()).any(|x| is_sequence(buffer[(x, y)].symbol())))
+        .collect()
+}
+
+/// Row `y` as the clusters and styles to print one after the other, if it fits the row
+/// however far apart a terminal draws the code points (`widest`). The driver prints rows
+/// that hold emoji sequences, or held them in the frame before, as such streams, so that
+/// the terminal lays each sequence out as it measures it (a thumb and its skin tone side
+/// by side in tmux 3.3, where a cell-by-cell update wrote the next cell over the tone, and
+/// cleared only part of a flag); the pane's wrapping left the room for it.
+pub fn stream(buffer: &ratatui::buffer::Buffer, y: u16) -> Option<Vec<(String, Style)>> {
+    let area = buffer.area;
+    let mut row = Vec::new();
+    let mut skip = 0;
+    for x in area.left()..area.right() {
+        let cell = &buffer[(x, y)];
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        skip = cell.symbol().width().saturating_sub(1);
+        row.push((cell.symbol().to_owned(), cell.style()));
+    }
+    // Trailing blanks are cleared, not printed (the pane has no background).
+    while row.last().is_some_and(|(s, _)| s == " ") {
+        row.pop();
+    }
+    let apart: usize = row.iter().map(|(s, _)| widest(s)).sum();
+    (apart <= usize::from(area.width)).then_some(row)
+}
+
+fn is_sequence(symbol: &str) -> bool {
+    symbol.width() == 2 && symbol.chars().nth(1).is_some()
+}
+
+/// An entry as plain text, as it is drawn on one row (for `/search`).
+pub fn plain(entry: &Entry, me: &str) -> String {
+    spans(entry, me).0.iter().map(|s| s.content.as_ref()).collect::<String>().replace('\n', " ")
+}
+
+/// An entry as a line of a chat log: its date and time, then the text as drawn, a
+/// multi-line message's continuation lines indented by four spaces.
+pub fn log_line(entry: &Entry, me: &str) -> String {
+    let undated = Entry { at: None, ..entry.clone() };
+    let text: String = spans(&undated, me).0.iter().map(|s| s.content.as_ref()).collect();
+    let text = text.replace('\n', "\n    ");
+    match entry.at {
+        Some(at) => format!("{} {text}", date_time(at)),
+        None => text,
+    }
 }
 
 /// The colour of `name`'s messages.
@@ -73,17 +146,19 @@ pub fn colour_of(name: &str) -> Color {
 fn render_pane(app: &App, frame: &mut Frame, area: Rect) {
     let (width, height) = (usize::from(area.width).max(1), usize::from(area.height));
     // Walk back from the newest entry until the rows in view are collected.
-    let want = app.scroll + height;
+    let window = app.window();
+    let want = window.scroll + height;
     let mut rows: Vec<Line<'static>> = Vec::new();
-    for entry in app.entries.iter().rev() {
-        let mut lines = wrap(spans(entry, &app.me), width);
+    for entry in window.entries.iter().rev() {
+        let (spans, indent) = spans(entry, &app.me);
+        let mut lines = wrap(spans, width, indent);
         lines.append(&mut rows);
         rows = lines;
         if rows.len() >= want {
             break;
         }
     }
-    let end = rows.len().saturating_sub(app.scroll);
+    let end = rows.len().saturating_sub(window.scroll);
     let start = end.saturating_sub(height);
     let mut visible: Vec<Line<'static>> = rows.drain(start..end).collect();
     // Newest at the bottom: pad above when there are fewer rows than the pane has.
@@ -120,15 +195,23 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
     if !gauges.is_empty() {
         segments.push((gauges.join(" "), bar.fg(Color::LightCyan)));
     }
-    if app.unread > 0 {
-        segments.push((format!("{} unread, PgDn", app.unread), bar.fg(Color::LightYellow)));
+    if app.window().unread > 0 {
+        let unread = app.window().unread;
+        segments.push((format!("{unread} unread, PgDn"), bar.fg(Color::LightYellow)));
     }
     let names = format!("[{}]", online.join(" "));
-    let total = |segs: &[(String, Style)]| segs.iter().map(|(s, _)| s.len() + 3).sum::<usize>();
-    if !online.is_empty() && total(&segments) + names.len() + 3 <= usize::from(width) {
+    let total =
+        |segs: &[(String, Style)]| segs.iter().map(|(s, _)| s.chars().count() + 3).sum::<usize>();
+    let windows = window_list(app, bar, false);
+    let room = usize::from(width).saturating_sub(total(&segments));
+    let windows =
+        if list_width(&windows) + 3 <= room { windows } else { window_list(app, bar, true) };
+    let windows_width = if windows.is_empty() { 0 } else { list_width(&windows) + 3 };
+    let used = total(&segments) + windows_width;
+    if !online.is_empty() && used + names.chars().count() + 3 <= usize::from(width) {
         segments.push((names, bar));
     }
-    if total(&segments) > usize::from(width) {
+    if total(&segments) + windows_width > usize::from(width) {
         segments[0].0 = format!(" {}", app.me); // narrow: drop the server address
     }
     let mut spans = Vec::new();
@@ -137,32 +220,101 @@ fn status_line(app: &App, width: u16) -> Line<'static> {
             spans.push(Span::styled(" | ", bar));
         }
         spans.push(Span::styled(text, style));
+        if i == 0 && !windows.is_empty() {
+            // The windows come first: on a narrow screen they matter most.
+            spans.push(Span::styled(" | ", bar));
+            spans.extend(windows.iter().cloned());
+        }
     }
     Line::from(spans).style(bar)
 }
 
-fn render_input(app: &App, frame: &mut Frame, area: Rect) {
-    let chars: Vec<char> = app.input.text().chars().collect();
-    let cursor = app.input.cursor();
-    let avail = usize::from(area.width).saturating_sub(PROMPT.len()).max(1);
-    // Scroll the line sideways so the cursor stays in view.
-    let col = |from: usize, to: usize| -> usize {
-        chars[from..to].iter().map(|c| c.width().unwrap_or(0)).sum()
-    };
-    let mut start = 0;
-    while col(start, cursor) >= avail && start < cursor {
-        start += 1;
+/// The window list for the status bar (nothing while the server window is the only one):
+/// `[2:bob]` is the window in view; after a name `*` marks new messages and `!` a mention
+/// of you, in colour too. `active_only` leaves out the windows with nothing new.
+fn window_list(app: &App, bar: Style, active_only: bool) -> Vec<Span<'static>> {
+    if app.windows.len() < 2 {
+        return Vec::new();
     }
-    let shown: String = chars[start..].iter().collect();
+    let mut spans = Vec::new();
+    for (i, window) in app.windows.iter().enumerate() {
+        let current = i == app.current;
+        if active_only && !current && window.activity < Activity::Message {
+            continue;
+        }
+        let label = sanitize(&window.label()).into_owned();
+        let (text, style) = match window.activity {
+            _ if current => (format!("[{}:{label}]", i + 1), bar.add_modifier(Modifier::BOLD)),
+            Activity::Mention => (
+                format!("{}:{label}!", i + 1),
+                bar.fg(Color::LightMagenta).add_modifier(Modifier::BOLD),
+            ),
+            Activity::Message => (
+                format!("{}:{label}*", i + 1),
+                bar.fg(Color::LightYellow).add_modifier(Modifier::BOLD),
+            ),
+            Activity::Text => (format!("{}:{label}", i + 1), bar),
+            Activity::None => (format!("{}:{label}", i + 1), bar.fg(Color::Gray)),
+        };
+        if !spans.is_empty() {
+            spans.push(Span::styled(" ", bar));
+        }
+        spans.push(Span::styled(text, style));
+    }
+    spans
+}
+
+fn list_width(spans: &[Span<'_>]) -> usize {
+    spans.iter().map(|s| s.content.chars().count()).sum()
+}
+
+fn render_input(app: &App, frame: &mut Frame, area: Rect) {
+    let text = app.input.text();
+    let (before, after) = text.split_at(app.input.byte_cursor());
+    let avail = usize::from(area.width).saturating_sub(PROMPT.len()).max(1);
+    // Scroll the line sideways so the cursor stays in view: keep the clusters before the
+    // cursor that fit, walking back from it (one pass, however long the line).
+    let mut col = 0;
+    let mut start = before.len();
+    for (at, cluster) in before.grapheme_indices(true).rev() {
+        let w = cell_width(cluster);
+        if col + w >= avail {
+            break;
+        }
+        col += w;
+        start = at;
+    }
+    let shown: String = before[start..].chars().chain(after.chars()).map(shown_in_input).collect();
     let line =
         Line::from(vec![Span::styled(PROMPT, Style::new().fg(Color::DarkGray)), Span::raw(shown)]);
     frame.render_widget(Paragraph::new(line), area);
-    let x = area.x + (PROMPT.len() + col(start, cursor)) as u16;
+    let x = area.x + (PROMPT.len() + col) as u16;
     frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), area.y));
 }
 
-/// The styled pieces of one entry, before wrapping.
-fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
+/// A line break of a multi-line paste shows in the input line as `↵`.
+fn shown_in_input(c: char) -> char {
+    if c == '\n' {
+        '↵'
+    } else {
+        c
+    }
+}
+
+/// The cells a grapheme cluster takes, as ratatui's buffer counts them (a flag, a skin
+/// tone or a ZWJ family is one cluster of two cells); a line break in the input line is
+/// one cell (`↵`).
+pub fn cell_width(cluster: &str) -> usize {
+    if cluster == "\n" {
+        1
+    } else {
+        cluster.width()
+    }
+}
+
+/// The styled pieces of one entry, before wrapping, and the columns its prefix takes (time,
+/// sender), under which its continuation rows are indented.
+fn spans(entry: &Entry, me: &str) -> (Vec<Span<'static>>, usize) {
     let dim = Style::new().fg(Color::DarkGray);
     let name = |n: &str| {
         let style = Style::new().fg(colour_of(n)).add_modifier(Modifier::BOLD);
@@ -180,7 +332,8 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
         let time = if offline { date_time(at) } else { clock(at) };
         out.push(Span::styled(format!("[{time}] "), dim));
     }
-    let text = sanitize(&entry.text).into_owned();
+    // Line breaks stay (a multi-line message); every other control character is shown safe.
+    let text = entry.text.split('\n').map(sanitize).collect::<Vec<_>>().join("\n");
     match &entry.kind {
         Kind::Message { from, .. } => {
             out.push(name(from));
@@ -230,57 +383,84 @@ fn spans(entry: &Entry, me: &str) -> Vec<Span<'static>> {
         }
         Kind::Notice => {
             out.push(Span::styled(text, Style::new().fg(Color::Gray)));
-            return out;
+            return (out, NOTICE_INDENT);
         }
         Kind::Error => {
-            out.push(Span::styled(format!("error: {text}"), Style::new().fg(Color::LightRed)));
-            return out;
+            out.push(Span::styled(format::error(text), Style::new().fg(Color::LightRed)));
+            return (out, NOTICE_INDENT);
         }
     }
     if offline {
         out.push(Span::styled("(while you were away) ", dim.add_modifier(Modifier::ITALIC)));
     }
+    let indent = out.iter().map(|s| s.content.width()).sum();
     out.push(Span::raw(text));
-    out
+    (out, indent)
+}
+
+/// How far the continuation rows of a notice or an error are indented.
+const NOTICE_INDENT: usize = 2;
+
+/// One cell's worth of text: a grapheme cluster, its style and its width.
+#[derive(Clone)]
+struct Cell {
+    cluster: String,
+    style: Style,
+    width: usize,
 }
 
 /// Breaks styled spans into rows of at most `width` columns (at least one row), at the last
-/// space that fits when there is one, else in the middle of the word.
-fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
-    let mut rows: Vec<Vec<(char, Style)>> = Vec::new();
-    let mut row: Vec<(char, Style)> = Vec::new();
-    let mut used = 0;
+/// space that fits when there is one, else in the middle of the word, and at each line
+/// break. Rows after the first start `indent` columns in (at most half the row), so that a
+/// message's continuation sits under its text. Text is cut in grapheme clusters, as ratatui
+/// draws it: a flag, a skin tone or a ZWJ family is never split, and is counted as the
+/// cells it takes.
+fn wrap(spans: Vec<Span<'static>>, width: usize, indent: usize) -> Vec<Line<'static>> {
+    let indent = if indent * 2 > width { 0 } else { indent };
+    let pad = || vec![Cell { cluster: " ".repeat(indent), style: Style::new(), width: indent }];
+    let lead = usize::from(indent > 0); // the padding cell that starts a continuation row
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    let mut row: Vec<Cell> = Vec::new();
+    let mut start = 0; // cells at the row's start that are no place to break
+    let width_of = |row: &[Cell]| row.iter().map(|c| c.width).sum::<usize>();
     for span in &spans {
-        for c in span.content.chars() {
-            let w = c.width().unwrap_or(0);
-            if used + w > width && !row.is_empty() {
-                // Carry the unfinished word over, if the row has a space to break at.
-                let carry = match row.iter().rposition(|(c, _)| *c == ' ') {
-                    Some(space) if space > 0 => {
+        for cluster in span.content.graphemes(true) {
+            if cluster == "\n" || cluster == "\r\n" {
+                rows.push(std::mem::replace(&mut row, pad()));
+                start = lead;
+                continue;
+            }
+            // Room for the widest a terminal may draw it (see `sequence_rows`).
+            let w = widest(cluster);
+            if width_of(&row) + w > width && row.len() > start {
+                // Carry the unfinished word over, if the row has a space to break at and
+                // the word fits on the next.
+                let carry = match row.iter().rposition(|c| c.cluster == " ") {
+                    Some(space) if space > start && indent + width_of(&row[space..]) < width => {
                         let rest = row.split_off(space + 1);
                         row.pop();
                         rest
                     }
                     _ => Vec::new(),
                 };
-                rows.push(std::mem::replace(&mut row, carry));
-                used = row.iter().map(|(c, _)| c.width().unwrap_or(0)).sum();
+                rows.push(std::mem::replace(&mut row, pad()));
+                row.extend(carry);
+                start = lead;
             }
-            row.push((c, span.style));
-            used += w;
+            row.push(Cell { cluster: cluster.to_owned(), style: span.style, width: w });
         }
     }
     rows.push(row);
     rows.into_iter().map(|row| line_of(&row)).collect()
 }
 
-/// Joins styled characters back into spans, one per run of the same style.
-fn line_of(row: &[(char, Style)]) -> Line<'static> {
+/// Joins cells back into spans, one per run of the same style.
+fn line_of(row: &[Cell]) -> Line<'static> {
     let mut spans: Vec<Span<'static>> = Vec::new();
-    for &(c, style) in row {
+    for cell in row {
         match spans.last_mut() {
-            Some(last) if last.style == style => last.content.to_mut().push(c),
-            _ => spans.push(Span::styled(c.to_string(), style)),
+            Some(last) if last.style == cell.style => last.content.to_mut().push_str(&cell.cluster),
+            _ => spans.push(Span::styled(cell.cluster.clone(), cell.style)),
         }
     }
     Line::from(spans)
@@ -289,11 +469,13 @@ fn line_of(row: &[(char, Style)]) -> Line<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::command::{self, Target};
     use crate::client::session::SessionEvent;
     use crate::client::tui::app::UiEvent;
     use crate::protocol::{Event, OnlineUser};
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::backend::TestBackend;
+    use ratatui::buffer::Buffer;
     use ratatui::Terminal;
 
     fn screen(app: &App) -> Vec<String> {
@@ -324,6 +506,12 @@ mod tests {
             sent_at: 0,
             offline: false,
         })));
+        view(app, Target::User("bob".into()));
+    }
+
+    /// Brings `target`'s window into view.
+    fn view(app: &mut App, target: Target) {
+        app.current = app.window_of(&target).expect("the window is open");
     }
 
     #[test]
@@ -359,7 +547,7 @@ mod tests {
         let body: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
         assert_eq!(body.len(), 2, "{rows:#?}");
         assert!(rows.iter().all(|r| r.chars().count() <= 30));
-        assert_eq!(entry_rows(app.entries.back().unwrap(), 30), 2);
+        assert_eq!(entry_rows(app.window().entries.back().unwrap(), 30), 2);
     }
 
     #[test]
@@ -380,7 +568,9 @@ mod tests {
             received_at: 0,
         })));
         let rows = screen(&app);
-        assert!(rows[4].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
+        assert!(rows[5].ends_with("bob: see <U+202E>fdp.exe and pay<U+200B>pal"), "{rows:#?}");
+        view(&mut app, Target::Private("bob".into()));
+        let rows = screen(&app);
         assert!(rows[5].ends_with("[private] bob: <U+2066>hidden<U+2069>"), "{rows:#?}");
     }
 
@@ -398,6 +588,7 @@ mod tests {
                 },
             )));
         }
+        view(&mut app, Target::Private("bob".into()));
         let rows = screen(&app);
         let at = clock(received_at);
         assert_eq!(rows[4], format!("[{at}] [private] bob: hi"), "{rows:#?}");
@@ -421,6 +612,7 @@ mod tests {
             sent_at: 0,
             received_at: 0,
         })));
+        view(&mut app, Target::Private("bob".into()));
         let rows = screen(&app);
         // 8 rows: the pane, the request prompt, the status bar, the input line.
         assert!(rows[4].ends_with("] [private] bob: psst"), "{rows:#?}");
@@ -452,10 +644,12 @@ mod tests {
             size: 4096,
             direction: Direction::Receive,
         };
+        app.handle(UiEvent::Tick(1_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
             transfer: clip.clone(),
             resume_from: 0,
         })));
+        app.handle(UiEvent::Tick(3_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Progress {
             id: 1,
             direction: Direction::Send,
@@ -465,13 +659,18 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Offered {
             transfer: song.clone(),
             resume_from: 0,
+            accepting: false,
         })));
         let rows = screen(&app);
         assert!(
             rows[5].starts_with("carol offers song.ogg (4.0 KiB): /acceptfile carol"),
             "{rows:#?}"
         );
-        assert!(rows[6].contains("| ↑clip.mp4 45%"), "{rows:#?}");
+        // 900,000 bytes in 2 s: 450,000 a second, 1,100,000 to go.
+        assert!(
+            rows[6].contains("| ↑clip.mp4 45% 878.9 KiB/1.9 MiB 439.5 KiB/s 3 s left"),
+            "{rows:#?}"
+        );
         assert_eq!(rows[7], ">");
 
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
@@ -480,14 +679,17 @@ mod tests {
         })));
         let rows = screen(&app);
         assert!(!rows.iter().any(|r| r.starts_with("carol offers")), "answered: {rows:#?}");
-        assert!(rows[6].contains("↑clip.mp4 45% ↓song.ogg 0%"), "{rows:#?}");
+        assert!(rows[6].contains("3 s left ↓song.ogg 0%"), "{rows:#?}");
+        assert_eq!(app.transfer_gauges()[1], "↓song.ogg 0% 0 B/4.0 KiB", "no rate yet");
 
+        app.handle(UiEvent::Tick(5_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Sent {
             transfer: clip,
         })));
         let rows = screen(&app);
         assert!(!rows[6].contains("clip.mp4"), "{rows:#?}");
-        assert!(rows.iter().any(|r| r.contains("clip.mp4 has been uploaded to bob")), "{rows:#?}");
+        let summary = "clip.mp4 has been uploaded to bob; in 4.0 s, 488.3 KiB/s";
+        assert!(rows.iter().any(|r| r.contains(summary)), "{rows:#?}");
     }
 
     #[test]
@@ -508,17 +710,175 @@ mod tests {
             sent_at: 0,
             offline: false,
         })));
+        view(&mut app, Target::User("bob".into()));
         let rows = screen(&app);
-        assert!(rows[3].ends_with("] bob: (while you were away) sent while"), "{rows:#?}");
-        assert_eq!(rows[4], "you slept", "wrapped at a space");
+        assert!(rows[4].ends_with("] bob: (while you were away) sent while"), "{rows:#?}");
+        assert_eq!(rows[5], "you slept", "wrapped at a space");
+        view(&mut app, Target::Group("devs".into()));
+        let rows = screen(&app);
         assert!(rows[5].ends_with("] [devs] carol: standup"), "{rows:#?}");
         app.handle(UiEvent::Resize { width: 30, height: 6 });
         let rows = screen(&app);
         assert_eq!(rows.len(), 6);
         assert!(rows.iter().all(|r| r.chars().count() <= 30));
         assert_eq!(rows[3], "standup", "the newest row stays at the bottom: {rows:#?}");
-        let long = wrap(vec![Span::raw("x".repeat(25))], 10);
+        let long = wrap(vec![Span::raw("x".repeat(25))], 10, 0);
         assert_eq!(long.len(), 3, "a word longer than the row is broken");
+    }
+
+    #[test]
+    fn the_status_bar_lists_the_windows_with_their_activity() {
+        let mut app = app(100);
+        incoming(&mut app, "hi"); // window 2, in view
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::GroupMessage {
+            id: 2,
+            group: "devs".into(),
+            from: "carol".into(),
+            text: "alice: review please".into(),
+            sent_at: 0,
+            offline: false,
+        })));
+        app.handle(UiEvent::Session(SessionEvent::Server(Event::Message {
+            id: 3,
+            from: "dave".into(),
+            text: "lunch?".into(),
+            sent_at: 0,
+            offline: false,
+        })));
+        let rows = screen(&app);
+        assert!(
+            rows[6].contains(
+                "alice@127.0.0.1:4000 | 1:server [2:bob] 3:#devs! 4:dave* | connected | 2 online \
+                 | [bob carol]"
+            ),
+            "{rows:#?}"
+        );
+        let (w, h) = app.size;
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| render(&app, f)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let x = rows[6].find("3:#devs!").unwrap() as u16;
+        assert_eq!(buffer[(x, 6)].fg, Color::LightMagenta, "a mention stands out");
+        // Narrow: only the window in view and those with messages.
+        app.handle(UiEvent::Resize { width: 40, height: 8 });
+        let rows = screen(&app);
+        assert!(rows[6].starts_with(" alice | [2:bob] 3:#devs! 4:dave* | "), "{rows:#?}");
+        assert!(!rows[6].contains("1:server"), "{rows:#?}");
+    }
+
+    /// A skin tone, a flag and a ZWJ family: one cluster of two cells each.
+    const EMOJI: [&str; 3] = ["👍🏽", "🇫🇷", "👨‍👩‍👧‍👦"];
+
+    #[test]
+    fn emoji_clusters_are_whole_on_screen_and_leave_no_stray_cell() {
+        for width in [40u16, 100] {
+            let mut app = app(width);
+            let text = EMOJI.repeat(4).join(" ");
+            incoming(&mut app, &text);
+            let mut terminal = Terminal::new(TestBackend::new(width, 8)).unwrap();
+            terminal.draw(|f| render(&app, f)).unwrap();
+            let buffer = terminal.backend().buffer().clone();
+            let mut seen = Vec::new();
+            for y in 0..6 {
+                let mut x = 0;
+                while x < width {
+                    let symbol = buffer[(x, y)].symbol();
+                    if symbol.width() == 2 {
+                        seen.push(symbol.to_owned());
+                        assert!(x + 1 < width, "a wide cluster cut at the edge at {width}");
+                        x += 1; // the cell it covers
+                    }
+                    x += 1;
+                }
+            }
+            assert_eq!(seen.len(), 12, "every cluster drawn whole at {width}: {seen:?}");
+            for (i, cluster) in seen.iter().enumerate() {
+                assert_eq!(cluster, EMOJI[i % 3], "at {width}");
+            }
+            let rows = screen(&app);
+            let wrapped: Vec<&String> = rows[..6].iter().filter(|r| !r.is_empty()).collect();
+            // Each row leaves room for a terminal that draws the code points apart (4 cells
+            // for a skin tone or a flag, 8 for the family): all on one row at 100.
+            assert_eq!(wrapped.len(), if width == 40 { 4 } else { 1 }, "{rows:#?}");
+            if width == 40 {
+                let under = " ".repeat(clock(0).len() + 8);
+                assert!(wrapped[1].starts_with(&under), "continuation under the text");
+            }
+            // The driver prints those rows as streams, each cluster once; they fit however
+            // far apart a terminal draws the code points.
+            let rows_with = sequence_rows(&buffer);
+            assert_eq!(rows_with.len(), wrapped.len());
+            let streams: Vec<_> = rows_with.iter().map(|&y| stream(&buffer, y).unwrap()).collect();
+            let first: String = streams[0].iter().map(|(s, _)| s.as_str()).collect();
+            let start = format!("[{}] bob: {} {} {}", clock(0), EMOJI[0], EMOJI[1], EMOJI[2]);
+            assert!(first.starts_with(&start), "{first:?}");
+            let too_wide = Buffer::with_lines([EMOJI[0].repeat(3)]);
+            assert!(stream(&too_wide, 0).is_none(), "12 cells apart do not fit 6");
+            // New lines scroll the emoji away: the terminal (diffed) keeps no piece of them.
+            for i in 0..6 {
+                incoming(&mut app, &format!("line {i}"));
+            }
+            terminal.draw(|f| render(&app, f)).unwrap();
+            let after = terminal.backend().buffer();
+            for y in 0..6 {
+                for x in 0..width {
+                    let symbol = after[(x, y)].symbol();
+                    assert!(symbol.is_ascii(), "stray {symbol:?} at ({x}, {y}) at {width}");
+                }
+            }
+            assert!(sequence_rows(after).is_empty(), "plain text again: cell-by-cell updates");
+        }
+    }
+
+    #[test]
+    fn a_multi_line_message_breaks_its_lines_under_its_text() {
+        let mut app = app(60);
+        incoming(&mut app, "first line\nsecond line\n\nafter a blank one");
+        let rows = screen(&app);
+        let at = clock(0);
+        assert_eq!(rows[2], format!("[{at}] bob: first line"), "{rows:#?}");
+        assert_eq!(rows[3], format!("{}second line", " ".repeat(at.len() + 8)), "{rows:#?}");
+        assert_eq!(rows[4], "", "{rows:#?}");
+        assert_eq!(rows[5], format!("{}after a blank one", " ".repeat(at.len() + 8)));
+        assert_eq!(entry_rows(app.window().entries.back().unwrap(), 60), 4);
+        // A notice wraps under itself too, not at column 0.
+        let long = Entry { at: None, kind: Kind::Notice, text: "word ".repeat(20) };
+        let (spans, indent) = spans(&long, "alice");
+        let lines = wrap(spans, 40, indent);
+        assert!(lines[1].to_string().starts_with("  word"), "{lines:?}");
+        // An error says "error: " once.
+        app.handle(UiEvent::Session(SessionEvent::Error("error: no transfer".into())));
+        app.handle(UiEvent::Session(SessionEvent::Error("* sending x failed".into())));
+        let rows = screen(&app);
+        assert_eq!(rows[4], "error: no transfer", "{rows:#?}");
+        assert_eq!(rows[5], "error: sending x failed", "{rows:#?}");
+    }
+
+    #[test]
+    fn the_input_line_shows_a_paste_and_keeps_the_cursor_on_long_lines() {
+        let mut app = app(20);
+        app.handle(UiEvent::Paste("one\r\ntwo\n".into()));
+        assert_eq!(app.input.text(), "one\ntwo");
+        assert_eq!(screen(&app)[7], "> one↵two");
+        app.handle(UiEvent::Paste(" 👍🏽".repeat(20)));
+        let rows = screen(&app);
+        assert!(rows[7].starts_with("> "), "{rows:#?}");
+        assert!(rows[7].ends_with("👍🏽"), "the end, where the cursor is, is in view: {rows:#?}");
+    }
+
+    #[test]
+    fn help_fits_an_80_by_24_screen() {
+        let mut app = App::new("127.0.0.1:4000", "alice", vec![], (80, 24));
+        for c in "/help".chars() {
+            app.handle(UiEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)));
+        }
+        app.handle(UiEvent::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)));
+        let rows = screen(&app);
+        let help = command::help(None).unwrap();
+        let first = rows.iter().position(|r| *r == help[0]).expect("the top is in view");
+        for (i, line) in help.iter().enumerate() {
+            assert_eq!(&rows[first + i], line, "one row each, none wrapped: {rows:#?}");
+        }
     }
 
     #[test]

@@ -148,12 +148,15 @@ impl IncomingFile {
 pub enum TransferEvent {
     /// Receiving: the offer arrived; answer with [`Transfers::accept`] or
     /// [`Transfers::decline`]. `resume_from` bytes are here already from an earlier try.
-    /// (With `auto_accept` this is followed by `Started` at once.)
+    /// (With `auto_accept` this is followed by `Started` at once, and `accepting` says so:
+    /// no answer is asked for.)
     Offered {
         /// The transfer.
         transfer: Transfer,
         /// Bytes a part file from an earlier attempt holds.
         resume_from: u64,
+        /// Accepted by itself (`auto_accept`): nobody need answer.
+        accepting: bool,
     },
     /// Sending: the receiver has the offer and is asking its user.
     Waiting {
@@ -293,8 +296,10 @@ impl Transfers {
         let _ = self.commands.send(Command::Accept(id));
     }
 
-    /// Declines the offer `id`; the sender is told.
+    /// Declines the offer `id`; the sender is told. The offer is gone at once: a later
+    /// accept finds nothing to accept.
     pub fn decline(&self, id: TransferId) {
+        self.table.remove(id);
         let _ = self.commands.send(Command::Decline(id));
     }
 
@@ -813,7 +818,9 @@ impl Engine {
         let machine = Machine::Receive { receiver: Box::new(receiver), part, file: None };
         let running = Running::new(transfer, from, header.token, machine);
         let resume_from = resume_point(have, size, chunk_size);
-        let event = TransferEvent::Offered { transfer: running.transfer.clone(), resume_from };
+        let accepting = self.config.auto_accept;
+        let transfer = running.transfer.clone();
+        let event = TransferEvent::Offered { transfer, resume_from, accepting };
         self.table.insert(&running.transfer, false);
         self.running.insert(header.id, running);
         (self.on_event)(event);
