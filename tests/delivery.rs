@@ -97,7 +97,7 @@ async fn a_repeated_send_id_gets_the_first_reply_and_is_delivered_once() {
         send_id: Some(send_id),
     };
     let first = alice.request(send("once", 42)).await.unwrap();
-    assert_eq!(first, Reply::Sent { to: "bob".into(), delivery: Delivery::Online });
+    assert!(matches!(&first, Reply::Sent { to, delivery: Delivery::Online, .. } if to == "bob"));
     // The reply was "lost"; the client sends the same message again, twice.
     assert_eq!(alice.request(send("once", 42)).await.unwrap(), first);
     assert_eq!(alice.request(send("once", 42)).await.unwrap(), first);

@@ -307,3 +307,27 @@ async fn requests_that_come_in_one_write_with_the_login_are_all_answered() {
     assert_eq!(next_text(&mut bob_events).await, ("alice".into(), "right behind".into()));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_sender_is_told_the_time_its_recipients_see() {
+    use confab::protocol::{Reply, Request};
+    let server = TestServer::start(Config::default()).await;
+    let (alice, _a) = server.login("alice").await;
+    let (bob, mut bob_events) = server.login("bob").await;
+    let msg = Request::Msg { to: "bob".into(), text: "when?".into(), send_id: None };
+    let Reply::Sent { sent_at, .. } = alice.request(msg).await.unwrap() else { panic!() };
+    loop {
+        match next_event(&mut bob_events).await {
+            Event::Message { sent_at: seen, .. } => break assert_eq!(seen, sent_at),
+            Event::Presence { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    alice.create_group("devs", &["bob"]).await.unwrap();
+    bob.join_group("devs").await.unwrap();
+    let group = Request::GroupMsg { group: "devs".into(), text: "and now?".into(), send_id: None };
+    let Reply::GroupSent { sent_at, .. } = alice.request(group).await.unwrap() else { panic!() };
+    let history = bob.history("devs", Some(1)).await.unwrap();
+    assert_eq!(history[0].sent_at, sent_at, "/history shows the same time");
+    server.stop().await;
+}

@@ -350,8 +350,8 @@ pub fn login(info: &LoginInfo) -> String {
 /// Lines for the successful reply to `request`.
 pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
     let line = match (request, reply) {
-        (_, Reply::Sent { to, delivery: Delivery::Online }) => format!("sent to {to}"),
-        (_, Reply::Sent { to, delivery: Delivery::Stored }) => {
+        (_, Reply::Sent { to, delivery: Delivery::Online, .. }) => format!("sent to {to}"),
+        (_, Reply::Sent { to, delivery: Delivery::Stored, .. }) => {
             format!("{to} is offline; they will get it when they log in")
         }
         (_, Reply::Broadcasted { delivered, skipped: 0 }) => {
@@ -394,7 +394,7 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
             format!("joined {group}; members: {}", members.join(", "))
         }
         (_, Reply::LeftGroup { group }) => format!("left {group}"),
-        (_, Reply::GroupSent { group, delivered, stored, skipped }) => {
+        (_, Reply::GroupSent { group, delivered, stored, skipped, .. }) => {
             let mut line = format!("sent to {group}: {delivered} online");
             if *stored > 0 {
                 line.push_str(&format!(", {stored} will get it at their next login"));
@@ -674,7 +674,7 @@ mod tests {
         let seen = Reply::Seen(vec![SeenUser { name: "dave".into(), online: false }]);
         assert_eq!(reply(&Request::WhoElseSince { secs: 5 }, &seen), ["dave (offline)"]);
         assert_eq!(reply(&Request::Block { user: "eve".into() }, &Reply::Done), ["eve is blocked"]);
-        let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored };
+        let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored, sent_at: 0 };
         assert_eq!(reply(&cmd, &stored), ["bob is offline; they will get it when they log in"]);
     }
 
@@ -696,7 +696,13 @@ mod tests {
         }));
         assert!(inv.ends_with("* alice invited you to group devs (/joingroup devs to join)"));
         let cmd = Request::Groups;
-        let sent = Reply::GroupSent { group: "devs".into(), delivered: 2, stored: 1, skipped: 1 };
+        let sent = Reply::GroupSent {
+            group: "devs".into(),
+            delivered: 2,
+            stored: 1,
+            skipped: 1,
+            sent_at: 0,
+        };
         assert_eq!(
             reply(&cmd, &sent),
             ["sent to devs: 2 online, 1 will get it at their next login, 1 user could not receive it"]

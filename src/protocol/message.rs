@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 /// they have shown ([`ClientMessage::Ack`]), sends carry a client-chosen id, catch-up ends with
 /// [`Event::CaughtUp`].
 /// Version 5: [`Welcome`] carries the server's limits, so a client checks a request before
-/// sending it.
+/// sending it; [`Reply::Sent`] and [`Reply::GroupSent`] carry the server's time of the
+/// message, so the sender shows the time its recipients see.
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A message's id in the server's log: unique and increasing in the order the server
@@ -284,6 +285,8 @@ pub enum Reply {
         to: String,
         /// How it was delivered.
         delivery: Delivery,
+        /// When the server accepted it: the time the recipient sees.
+        sent_at: Timestamp,
     },
     /// A broadcast was accepted.
     Broadcasted {
@@ -329,6 +332,8 @@ pub enum Reply {
         stored: u32,
         /// Members who did not get it because they block you.
         skipped: u32,
+        /// When the server accepted it: the time the members see.
+        sent_at: Timestamp,
     },
     /// Answer to [`Request::Groups`].
     Groups {

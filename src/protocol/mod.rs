@@ -94,8 +94,8 @@ mod tests {
     fn replies() -> Vec<Reply> {
         let all = vec![
             Reply::LoggedIn { username: "alice".into(), created: true, offline_messages: 3 },
-            Reply::Sent { to: "bob".into(), delivery: Delivery::Online },
-            Reply::Sent { to: "bob".into(), delivery: Delivery::Stored },
+            Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at: 1 },
+            Reply::Sent { to: "bob".into(), delivery: Delivery::Stored, sent_at: 2 },
             Reply::Broadcasted { delivered: 4, skipped: 1 },
             Reply::Users(vec![OnlineUser { name: "bob".into(), since: 1_700_000_000_000 }]),
             Reply::Seen(vec![SeenUser { name: "carol".into(), online: false }]),
@@ -104,7 +104,13 @@ mod tests {
             Reply::GroupCreated { group: "devs".into(), invited: vec!["bob".into()] },
             Reply::JoinedGroup { group: "devs".into(), members: vec!["alice".into()] },
             Reply::LeftGroup { group: "devs".into() },
-            Reply::GroupSent { group: "devs".into(), delivered: 3, stored: 2, skipped: 1 },
+            Reply::GroupSent {
+                group: "devs".into(),
+                delivered: 3,
+                stored: 2,
+                skipped: 1,
+                sent_at: 3,
+            },
             Reply::Groups {
                 groups: vec![GroupInfo {
                     name: "devs".into(),

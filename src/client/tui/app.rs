@@ -784,9 +784,10 @@ impl App {
         };
         let now = self.now;
         match (&request, &reply) {
-            (Request::Msg { to, text, .. }, Reply::Sent { delivery, .. }) => {
-                let target = Target::User(to.clone());
-                self.own(Some(target.clone()), now, Kind::Sent { to: to.clone() }, text.clone());
+            (Request::Msg { to, text, .. }, Reply::Sent { delivery, sent_at, .. }) => {
+                // The server's time, as the recipient and `/history` show it.
+                let (target, kind) = (Target::User(to.clone()), Kind::Sent { to: to.clone() });
+                self.own(Some(target.clone()), *sent_at, kind, text.clone());
                 if *delivery == Delivery::Stored {
                     self.notice_in(&target, format::reply(&request, &reply).join(" "));
                 }
@@ -797,11 +798,14 @@ impl App {
                     self.output(format::reply(&request, &reply).join(" "));
                 }
             }
-            (Request::GroupMsg { group, text, .. }, Reply::GroupSent { stored, skipped, .. }) => {
+            (
+                Request::GroupMsg { group, text, .. },
+                Reply::GroupSent { stored, skipped, sent_at, .. },
+            ) => {
                 let target = Target::Group(group.clone());
                 let kind =
                     Kind::Group { group: group.clone(), from: self.me.clone(), offline: false };
-                self.own(Some(target.clone()), now, kind, text.clone());
+                self.own(Some(target.clone()), *sent_at, kind, text.clone());
                 if *stored > 0 || *skipped > 0 {
                     self.notice_in(&target, format::reply(&request, &reply).join(" "));
                 }
@@ -1034,11 +1038,13 @@ mod tests {
         let request = Request::Msg { to: "bob".into(), text: "hi there".into(), send_id: None };
         assert_eq!(actions, [Action::Run(Command::Server(request.clone()))]);
         assert!(app.input.is_empty());
-        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        let sent_at = 1_700_000_123_456;
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at };
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         let last = app.window().entries.back().unwrap();
         assert_eq!(last.kind, Kind::Sent { to: "bob".into() });
         assert_eq!(last.text, "hi there");
+        assert_eq!(last.at, Some(sent_at), "the server's time, as bob and /history see it");
     }
 
     #[test]
@@ -1168,7 +1174,7 @@ mod tests {
             .filter(|e| matches!(e.kind, Kind::Pending { .. }))
             .collect();
         assert_eq!(pending.len(), 1, "pending once, however often it is sent again");
-        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at: 0 };
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));
         assert!(!app.window().entries.iter().any(|e| matches!(e.kind, Kind::Pending { .. })));
         assert_eq!(app.window().entries.back().unwrap().kind, Kind::Sent { to: "bob".into() });
@@ -1243,7 +1249,7 @@ mod tests {
         app.handle(message("bob", "hi alice"));
         app.handle(group_message("devs", "carol", "build is green"));
         let direct = Request::Msg { to: "dave".into(), text: "lunch?".into(), send_id: None };
-        let reply = Reply::Sent { to: "dave".into(), delivery: Delivery::Online };
+        let reply = Reply::Sent { to: "dave".into(), delivery: Delivery::Online, sent_at: 0 };
         app.handle(UiEvent::Session(SessionEvent::Replied { request: direct, result: Ok(reply) }));
         assert_eq!(labels(&app), ["server", "bob", "#devs", "dave"]);
         assert_eq!(app.current, 0, "a new message does not take the view");
@@ -1482,7 +1488,7 @@ mod tests {
     fn each_message_is_logged_once_under_its_conversation() {
         let mut app = app();
         app.handle(message("bob", "hi\nthere"));
-        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online };
+        let reply = Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at: 0 };
         let request = Request::Msg { to: "bob".into(), text: "hello".into(), send_id: Some(3) };
         app.handle(UiEvent::Session(SessionEvent::Pending { request: request.clone() }));
         app.handle(UiEvent::Session(SessionEvent::Replied { request, result: Ok(reply) }));

@@ -45,12 +45,12 @@ pub(super) fn start_send(
 /// reply, whichever kind of send the repeat was.
 async fn sent(accepted: Accepted) -> Result<Reply, ErrorReply> {
     Ok(match accepted.outcome().await? {
-        Sent::Direct { to, online } => {
+        Sent::Direct { to, online, sent_at } => {
             let delivery = if online { Delivery::Online } else { Delivery::Stored };
-            Reply::Sent { to, delivery }
+            Reply::Sent { to, delivery, sent_at }
         }
-        Sent::Group { group, delivered, stored, skipped } => {
-            Reply::GroupSent { group, delivered, stored, skipped }
+        Sent::Group { group, delivered, stored, skipped, sent_at } => {
+            Reply::GroupSent { group, delivered, stored, skipped, sent_at }
         }
     })
 }

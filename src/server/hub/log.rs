@@ -77,6 +77,8 @@ pub enum Sent {
         to: String,
         /// Whether it went to a live session (else it waits in the log).
         online: bool,
+        /// When the server accepted it: the time its recipients see.
+        sent_at: Timestamp,
     },
     /// A group message.
     Group {
@@ -88,6 +90,8 @@ pub enum Sent {
         stored: u32,
         /// Members who block the sender.
         skipped: u32,
+        /// When the server accepted it: the time its recipients see.
+        sent_at: Timestamp,
     },
 }
 
@@ -468,7 +472,7 @@ impl State {
                 if let (Some(peer), Some(frame), false) = (peer, frame, blocked) {
                     peer.offer(entry.id, frame);
                 }
-                Sent::Direct { to: to.clone(), online }
+                Sent::Direct { to: to.clone(), online, sent_at: entry.sent_at }
             }
             To::Group(group) => {
                 let (mut delivered, mut stored, mut skipped) = (0, 0, 0);
@@ -490,7 +494,13 @@ impl State {
                         None => stored += 1,
                     }
                 }
-                Sent::Group { group: group.clone(), delivered, stored, skipped }
+                Sent::Group {
+                    group: group.clone(),
+                    delivered,
+                    stored,
+                    skipped,
+                    sent_at: entry.sent_at,
+                }
             }
         }
     }
