@@ -331,3 +331,38 @@ async fn the_sender_is_told_the_time_its_recipients_see() {
     assert_eq!(history[0].sent_at, sent_at, "/history shows the same time");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_away_message_shows_in_the_list_and_answers_each_sender_once() {
+    use confab::protocol::Request;
+    let server = TestServer::start(Config::default()).await;
+    let (alice, mut alice_events) = server.login("alice").await;
+    let (carol, mut carol_events) = server.login("carol").await;
+    let (bob, mut bob_events) = server.login("bob").await;
+    let away = |m: Option<&str>| Request::Away { message: m.map(str::to_owned) };
+    let bob_away = || Event::Away { user: "bob".into(), message: "at lunch".into() };
+    bob.request(away(Some("at lunch"))).await.unwrap();
+    let bob_in = |list: Vec<confab::protocol::OnlineUser>| {
+        list.into_iter().find(|u| u.name == "bob").and_then(|u| u.away)
+    };
+    assert_eq!(bob_in(alice.list().await.unwrap()).as_deref(), Some("at lunch"));
+    alice.msg("bob", "lunch?").await.unwrap();
+    assert_eq!(next_non_presence(&mut alice_events).await, bob_away());
+    alice.msg("bob", "again").await.unwrap();
+    assert_quiet(&mut alice_events, &carol, "alice").await;
+    carol.msg("bob", "me too").await.unwrap();
+    assert_eq!(next_non_presence(&mut carol_events).await, bob_away());
+    // bob got every message all the same.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(next_text(&mut bob_events).await.1);
+    }
+    assert_eq!(got, ["lunch?", "again", "me too"]);
+    bob.request(away(None)).await.unwrap();
+    assert_eq!(bob_in(alice.list().await.unwrap()), None);
+    alice.msg("bob", "back?").await.unwrap();
+    assert_quiet(&mut alice_events, &carol, "alice").await;
+    let long = "x".repeat(201);
+    assert_eq!(code(bob.request(away(Some(&long))).await), ErrorCode::InvalidArgument);
+    server.stop().await;
+}

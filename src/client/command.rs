@@ -53,6 +53,12 @@ pub const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec { name: "/unblock", aliases: &["unblock"], args: "USER", summary: "undo /block" },
     CommandSpec {
+        name: "/away",
+        aliases: &[],
+        args: "[MESSAGE]",
+        summary: "say you are away (shown in /list, told once to who messages you); alone: back",
+    },
+    CommandSpec {
         name: "/creategroup",
         aliases: &[],
         args: "NAME USER...",
@@ -385,6 +391,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         }
         "/broadcast" if !rest.is_empty() => Request::Broadcast { text: rest.to_owned() },
         "/list" if rest.is_empty() => Request::List,
+        "/away" => Request::Away { message: (!rest.is_empty()).then(|| rest.to_owned()) },
         "/whoelsesince" if tail.is_empty() => {
             Request::WhoElseSince { secs: first.parse().map_err(|_| usage())? }
         }
@@ -467,7 +474,7 @@ pub fn usage(spec: &CommandSpec) -> String {
 /// The commands by topic, for the short `/help`; every command is in one topic.
 pub const HELP_TOPICS: &[(&str, &[&str])] = &[
     ("talk", &["/query", "/close", "/msg", "/broadcast", "/history", "/search"]),
-    ("people", &["/list", "/whoelsesince", "/block", "/unblock"]),
+    ("people", &["/list", "/whoelsesince", "/block", "/unblock", "/away"]),
     ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
     ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate"]),
     ("files", &["/p2pvideo", "/acceptfile", "/declinefile", "/cancel"]),
@@ -581,6 +588,9 @@ mod tests {
         assert_eq!(parse("whoelsesince 200"), server(Request::WhoElseSince { secs: 200 }));
         assert_eq!(parse("/block eve"), server(Request::Block { user: "eve".into() }));
         assert_eq!(parse("unblock eve"), server(Request::Unblock { user: "eve".into() }));
+        let away = |m: Option<&str>| server(Request::Away { message: m.map(str::to_owned) });
+        assert_eq!(parse("/away at lunch"), away(Some("at lunch")));
+        assert_eq!(parse("/away"), away(None));
         for bad in [
             "/msg bob",
             "/msg",

@@ -37,6 +37,9 @@ pub fn event(event: &Event) -> String {
             format!("[{}] {} (broadcast): {}", clock(*sent_at), sanitize(from), body(text))
         }
         Event::CaughtUp => "* you have every message that waited for you".to_owned(),
+        Event::Away { user, message } => {
+            format!("* {} is away: {}", sanitize(user), sanitize(message))
+        }
         Event::Presence { user, change, at } => {
             let what = match change {
                 PresenceChange::LoggedIn => "logged in",
@@ -366,13 +369,25 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
         (_, Reply::Users(list)) => {
             return list
                 .iter()
-                .map(|u| format!("{} (online since {})", u.name, date_time(u.since)))
+                .map(|u| match &u.away {
+                    None => format!("{} (online since {})", u.name, date_time(u.since)),
+                    Some(why) => format!(
+                        "{} (online since {}; away: {})",
+                        u.name,
+                        date_time(u.since),
+                        sanitize(why)
+                    ),
+                })
                 .collect();
         }
         (Request::WhoElseSince { secs }, Reply::Seen(list)) if list.is_empty() => {
             format!("nobody else was online in the last {secs} seconds")
         }
         (_, Reply::Seen(list)) => return list.iter().map(|u| seen(u, None)).collect(),
+        (Request::Away { message: Some(why) }, Reply::Done) => {
+            format!("you are marked away: {}", sanitize(why))
+        }
+        (Request::Away { message: None }, Reply::Done) => "you are back".to_owned(),
         (Request::Block { user }, Reply::Done) => format!("{user} is blocked"),
         (Request::Unblock { user }, Reply::Done) => format!("{user} is unblocked"),
         (Request::StartPrivate { user }, Reply::Done) => {
@@ -663,8 +678,8 @@ mod tests {
         let cmd = Request::List;
         assert_eq!(reply(&cmd, &Reply::Users(vec![])), ["nobody else is online"]);
         let users = Reply::Users(vec![
-            OnlineUser { name: "bob".into(), since: 0 },
-            OnlineUser { name: "carol".into(), since: 0 },
+            OnlineUser { name: "bob".into(), since: 0, away: None },
+            OnlineUser { name: "carol".into(), since: 0, away: None },
         ]);
         let lines = reply(&cmd, &users);
         assert_eq!(lines.len(), 2);

@@ -202,6 +202,13 @@ pub enum Request {
     /// Nothing but "the user is active": resets the idle timeout. Clients send it when the
     /// user does something the server does not see, such as a private message.
     Ping,
+    /// Mark yourself away with `message` (`/away MESSAGE`), or back with `None` (`/away`).
+    /// Others see it in [`Request::List`]; the first direct message each sender sends you
+    /// while away is answered with [`Event::Away`].
+    Away {
+        /// Why you are away; `None` says you are back.
+        message: Option<String>,
+    },
     /// Offer `user` a file over UDP (`/p2pvideo`). Answered with [`Reply::Introduced`]
     /// (their UDP address and a one-time token); they get an [`Event::FileOffer`].
     SendFile {
@@ -404,6 +411,8 @@ pub struct OnlineUser {
     pub name: String,
     /// When this session began.
     pub since: Timestamp,
+    /// Their away message, if they are away.
+    pub away: Option<String>,
 }
 
 /// One entry of a whoelsesince answer.
@@ -503,6 +512,13 @@ pub enum Event {
     },
     /// Every message that waited at login has been sent; what follows is live.
     CaughtUp,
+    /// `user`, whom you just messaged, is away: their away message (said once per away).
+    Away {
+        /// Who is away.
+        user: String,
+        /// What they said.
+        message: String,
+    },
     /// `from.peer` is about to send you a file straight over UDP: let in the offer that
     /// comes from `from.addr` with `from.token`.
     FileOffer {

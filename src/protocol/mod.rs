@@ -62,6 +62,8 @@ mod tests {
             Request::AcceptPrivate { user: "bob".into() },
             Request::DeclinePrivate { user: "bob".into() },
             Request::Ping,
+            Request::Away { message: Some("lunch".into()) },
+            Request::Away { message: None },
             Request::SendFile { to: "bob".into(), name: "clip.mp4".into(), size: 5 << 32 },
         ];
         // Adding a variant without a sample here fails to compile.
@@ -85,6 +87,7 @@ mod tests {
                 | Request::AcceptPrivate { .. }
                 | Request::DeclinePrivate { .. }
                 | Request::Ping
+                | Request::Away { .. }
                 | Request::SendFile { .. } => {}
             }
         }
@@ -97,7 +100,11 @@ mod tests {
             Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at: 1 },
             Reply::Sent { to: "bob".into(), delivery: Delivery::Stored, sent_at: 2 },
             Reply::Broadcasted { delivered: 4, skipped: 1 },
-            Reply::Users(vec![OnlineUser { name: "bob".into(), since: 1_700_000_000_000 }]),
+            Reply::Users(vec![OnlineUser {
+                name: "bob".into(),
+                since: 1_700_000_000_000,
+                away: None,
+            }]),
             Reply::Seen(vec![SeenUser { name: "carol".into(), online: false }]),
             Reply::Done,
             Reply::LoggedOut,
@@ -200,6 +207,7 @@ mod tests {
             }
         }
         all.push(Event::FileOffer { from: introduction(), name: "clip.mp4".into(), size: 1 });
+        all.push(Event::Away { user: "bob".into(), message: "lunch".into() });
         for e in &all {
             match e {
                 Event::Message { .. }
@@ -213,6 +221,7 @@ mod tests {
                 | Event::PrivateAccepted(_)
                 | Event::PrivateRequestEnded { .. }
                 | Event::CaughtUp
+                | Event::Away { .. }
                 | Event::FileOffer { .. } => {}
             }
         }

@@ -682,6 +682,10 @@ impl App {
             }
             // The login notice said how many were waiting; they are in their windows now.
             Event::CaughtUp => {}
+            Event::Away { ref user, .. } => {
+                let line = format::event(&event);
+                self.notice_in(&Target::User(user.clone()), line);
+            }
             Event::GroupMessage { group, from, text, sent_at, offline, .. } => {
                 self.users.insert(from.clone());
                 self.groups.insert(group.clone());
@@ -998,7 +1002,7 @@ mod tests {
     use super::*;
 
     fn app() -> App {
-        let online = vec![OnlineUser { name: "bob".into(), since: 5 }];
+        let online = vec![OnlineUser { name: "bob".into(), since: 5, away: None }];
         App::new("127.0.0.1:4000", "alice", online, (80, 24)).with_dir_listing(|_| vec![])
     }
 
@@ -1376,7 +1380,7 @@ mod tests {
             result: Ok(Reply::Done),
         }));
         assert_eq!(actions, [Action::Run(Command::Server(Request::List))], "asks who is on");
-        let list = Reply::Users(vec![OnlineUser { name: "bob".into(), since: 5 }]);
+        let list = Reply::Users(vec![OnlineUser { name: "bob".into(), since: 5, away: None }]);
         let shown = app.window().entries.len();
         app.handle(UiEvent::Session(SessionEvent::Replied {
             request: Request::List,

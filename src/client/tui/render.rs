@@ -492,8 +492,8 @@ mod tests {
 
     fn app(width: u16) -> App {
         let online = vec![
-            OnlineUser { name: "bob".into(), since: 0 },
-            OnlineUser { name: "carol".into(), since: 0 },
+            OnlineUser { name: "bob".into(), since: 0, away: None },
+            OnlineUser { name: "carol".into(), since: 0, away: None },
         ];
         App::new("127.0.0.1:4000", "alice", online, (width, 8))
     }

@@ -1,6 +1,7 @@
 //! One file per command. Each handler checks its arguments and permissions first, then acts,
 //! and returns the reply for the session to send.
 
+pub(super) mod away;
 pub(super) mod block;
 pub(super) mod broadcast;
 pub(super) mod creategroup;
@@ -88,6 +89,7 @@ pub(super) async fn dispatch(
         Request::DeclinePrivate { user } => private::decline(shared, me, user),
         // The session has reset its idle deadline already: every request does.
         Request::Ping => Ok(Reply::Done),
+        Request::Away { message } => away::run(shared, me, message),
         Request::SendFile { to, name, size } => sendfile::run(shared, me, to, name, size),
     }
 }

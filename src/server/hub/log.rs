@@ -469,8 +469,13 @@ impl State {
                 let blocked = self.blocks.has(to, &entry.sender);
                 let peer = self.online.get_mut(to);
                 let online = peer.is_some();
+                let mut away = None;
                 if let (Some(peer), Some(frame), false) = (peer, frame, blocked) {
                     peer.offer(entry.id, frame);
+                    away = peer.away.as_deref_mut().and_then(|a| a.answer(&entry.sender));
+                }
+                if let Some(message) = away {
+                    self.push_event(&entry.sender, Event::Away { user: to.clone(), message });
                 }
                 Sent::Direct { to: to.clone(), online, sent_at: entry.sent_at }
             }

@@ -164,6 +164,27 @@ pub struct Peer {
     pub direct: Option<DirectAddrs>,
     /// How messages reach this session.
     feed: Feed,
+    /// The user's away message and who has been told it since it was set (`/away`).
+    away: Option<Box<Away>>,
+}
+
+/// An away message, and the senders who have had it as an answer.
+struct Away {
+    message: String,
+    told: HashSet<String>,
+}
+
+/// Most senders an away message is remembered as told to; past it, it is said again.
+const AWAY_TOLD: usize = 1024;
+
+impl Away {
+    /// The answer for a direct message from `sender`: the message the first time only.
+    fn answer(&mut self, sender: &str) -> Option<String> {
+        if self.told.len() >= AWAY_TOLD {
+            self.told.clear();
+        }
+        self.told.insert(sender.to_owned()).then(|| self.message.clone())
+    }
 }
 
 /// How messages reach a session.
@@ -184,7 +205,7 @@ enum Feed {
 impl Peer {
     /// A peer, catching up, that takes no direct connections.
     pub fn new(tx: InboxSender, since: Timestamp, session: u64) -> Self {
-        Self { tx, since, session, direct: None, feed: Feed::CatchingUp { routed: 0 } }
+        Self { tx, since, session, direct: None, feed: Feed::CatchingUp { routed: 0 }, away: None }
     }
 
     /// The same peer, taking direct connections at `direct`.
@@ -401,6 +422,14 @@ impl Hub {
             return Err(HubError::NotBlocked(b));
         }
         Ok(persist(&self.store, "removing a block", move |s| s.remove_block(&a, &b)))
+    }
+
+    /// Marks online `name` away with `message`, or back with `None`. Being away lasts until
+    /// the user says they are back or logs out.
+    pub fn set_away(&self, name: &str, message: Option<String>) {
+        if let Some(peer) = self.state().online.get_mut(name) {
+            peer.away = message.map(|message| Box::new(Away { message, told: HashSet::new() }));
+        }
     }
 
     /// Whether `blocker` blocks `blocked`.
@@ -624,7 +653,11 @@ impl Hub {
             .online
             .iter()
             .filter(|(name, _)| *name != viewer && !state.blocks.has(name, viewer))
-            .map(|(name, peer)| OnlineUser { name: name.clone(), since: peer.since })
+            .map(|(name, peer)| OnlineUser {
+                name: name.clone(),
+                since: peer.since,
+                away: peer.away.as_ref().map(|a| a.message.clone()),
+            })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
