@@ -265,6 +265,10 @@ async fn whoelsesince_uses_overlapping_online_time() {
         [("bob".into(), true), ("carol".into(), false), ("dave".into(), false)]
     );
     assert_eq!(seen(alice.who_else_since(60).await.unwrap()), [("bob".into(), true)]);
+    // When each of them left, from the server's login history; nothing for who is online.
+    let left: Vec<_> =
+        alice.who_else_since(500).await.unwrap().into_iter().map(|u| u.left_at).collect();
+    assert_eq!(left, [None, Some(now - 120 * s), Some(now - 300 * s)]);
     server.stop().await;
 }
 

@@ -463,6 +463,8 @@ pub fn reply(request: &Request, reply: &Reply) -> Vec<String> {
 /// knows (`since`: online since, or offline since, as it saw them come and go).
 pub fn seen(user: &SeenUser, since: Option<Timestamp>) -> String {
     let state = if user.online { "online" } else { "offline" };
+    // The server's time of leaving over the one this client saw.
+    let since = if user.online { since } else { user.left_at.or(since) };
     match since {
         Some(at) => format!("{} ({state} since {})", user.name, date_time(at)),
         None => format!("{} ({state})", user.name),
@@ -686,7 +688,8 @@ mod tests {
         assert!(lines[0].starts_with("bob (online since "));
         let b = Reply::Broadcasted { delivered: 2, skipped: 1 };
         assert_eq!(reply(&cmd, &b), ["broadcast sent to 2 users; 1 user could not receive it"]);
-        let seen = Reply::Seen(vec![SeenUser { name: "dave".into(), online: false }]);
+        let seen =
+            Reply::Seen(vec![SeenUser { name: "dave".into(), online: false, left_at: None }]);
         assert_eq!(reply(&Request::WhoElseSince { secs: 5 }, &seen), ["dave (offline)"]);
         assert_eq!(reply(&Request::Block { user: "eve".into() }, &Reply::Done), ["eve is blocked"]);
         let stored = Reply::Sent { to: "bob".into(), delivery: Delivery::Stored, sent_at: 0 };

@@ -422,6 +422,8 @@ pub struct SeenUser {
     pub name: String,
     /// Whether the user is online now.
     pub online: bool,
+    /// When they last logged out, if they are offline.
+    pub left_at: Option<Timestamp>,
 }
 
 /// Something the server pushes to a logged-in client.

@@ -105,7 +105,7 @@ mod tests {
                 since: 1_700_000_000_000,
                 away: None,
             }]),
-            Reply::Seen(vec![SeenUser { name: "carol".into(), online: false }]),
+            Reply::Seen(vec![SeenUser { name: "carol".into(), online: false, left_at: Some(9) }]),
             Reply::Done,
             Reply::LoggedOut,
             Reply::GroupCreated { group: "devs".into(), invited: vec!["bob".into()] },

@@ -170,7 +170,8 @@ pub trait Store: Send + 'static {
     /// Ends sessions left open by a server that stopped without saying so; returns how many.
     fn close_open_sessions(&mut self, at: Millis) -> StoreResult<usize>;
     /// Users with a session that was online at some moment in `[since, now]`, sorted by name.
-    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<String>>;
+    /// Each with when they last logged out, `None` if a session of theirs is open.
+    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<(String, Option<Millis>)>>;
 
     /// Every group membership and pending invitation.
     fn group_members(&mut self) -> StoreResult<Vec<MemberRecord>>;

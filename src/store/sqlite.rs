@@ -295,12 +295,14 @@ impl Store for SqliteStore {
         Ok(stmt.execute([at])?)
     }
 
-    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<String>> {
+    fn seen_since(&mut self, since: Millis) -> StoreResult<Vec<(String, Option<Millis>)>> {
+        // A user with an open session has no time of leaving.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT user FROM sessions
-             WHERE logout_at IS NULL OR logout_at >= ?1 ORDER BY user",
+            "SELECT user, CASE WHEN count(*) > count(logout_at) THEN NULL ELSE max(logout_at) END
+             FROM sessions WHERE logout_at IS NULL OR logout_at >= ?1
+             GROUP BY user ORDER BY user",
         )?;
-        let rows = stmt.query_map([since], |row| row.get(0))?;
+        let rows = stmt.query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -904,9 +906,15 @@ mod tests {
         let b = s.record_login("bob", now - 600 * sec).unwrap();
         s.record_logout(b, now - 300 * sec).unwrap();
         s.record_login("carol", now - 5000 * sec).unwrap();
-        assert_eq!(s.seen_since(now - 200 * sec).unwrap(), ["alice", "carol"]);
-        assert_eq!(s.seen_since(now - 500 * sec).unwrap(), ["alice", "bob", "carol"]);
-        assert_eq!(s.seen_since(now - 100 * sec).unwrap(), ["carol"]);
+        let names = |seen: Vec<(String, Option<Millis>)>| -> Vec<String> {
+            seen.into_iter().map(|(name, _)| name).collect()
+        };
+        assert_eq!(names(s.seen_since(now - 200 * sec).unwrap()), ["alice", "carol"]);
+        assert_eq!(names(s.seen_since(now - 500 * sec).unwrap()), ["alice", "bob", "carol"]);
+        assert_eq!(names(s.seen_since(now - 100 * sec).unwrap()), ["carol"]);
+        let seen = s.seen_since(now - 500 * sec).unwrap();
+        let left: Vec<Option<Millis>> = seen.into_iter().map(|(_, left)| left).collect();
+        assert_eq!(left, [Some(now - 120 * sec), Some(now - 300 * sec), None], "carol is on");
     }
 
     #[test]
@@ -914,8 +922,8 @@ mod tests {
         let mut s = store();
         s.record_login("alice", 100).unwrap();
         assert_eq!(s.close_open_sessions(500).unwrap(), 1);
-        assert_eq!(s.seen_since(501).unwrap(), Vec::<String>::new());
-        assert_eq!(s.seen_since(500).unwrap(), ["alice"]);
+        assert!(s.seen_since(501).unwrap().is_empty());
+        assert_eq!(s.seen_since(500).unwrap(), [("alice".to_string(), Some(500))]);
     }
 
     #[test]

@@ -1418,17 +1418,27 @@ mod tests {
         let presence =
             Event::Presence { user: "carol".into(), change: PresenceChange::LoggedOut, at: 7_000 };
         app.handle(UiEvent::Session(SessionEvent::Server(presence)));
-        let seen = |name: &str, online| crate::protocol::SeenUser { name: name.into(), online };
-        let reply = Reply::Seen(vec![seen("bob", true), seen("carol", false), seen("dave", false)]);
+        let seen = |name: &str, online, left_at| crate::protocol::SeenUser {
+            name: name.into(),
+            online,
+            left_at,
+        };
+        let reply = Reply::Seen(vec![
+            seen("bob", true, None),
+            seen("carol", false, None),
+            seen("dave", false, None),
+            seen("eve", false, Some(9_000)),
+        ]);
         app.handle(UiEvent::Session(SessionEvent::Replied {
             request: Request::WhoElseSince { secs: 60 },
             result: Ok(reply),
         }));
         let lines: Vec<&str> =
-            app.window().entries.iter().rev().take(3).map(|e| e.text.as_str()).collect();
-        assert_eq!(lines[2], format!("bob (online since {})", format::date_time(5)));
-        assert_eq!(lines[1], format!("carol (offline since {})", format::date_time(7_000)));
-        assert_eq!(lines[0], "dave (offline)", "not seen leaving: no time to tell");
+            app.window().entries.iter().rev().take(4).map(|e| e.text.as_str()).collect();
+        assert_eq!(lines[3], format!("bob (online since {})", format::date_time(5)));
+        assert_eq!(lines[2], format!("carol (offline since {})", format::date_time(7_000)));
+        assert_eq!(lines[1], "dave (offline)", "neither side knows when");
+        assert_eq!(lines[0], format!("eve (offline since {})", format::date_time(9_000)));
     }
 
     #[test]

@@ -13,15 +13,18 @@ pub(in crate::server) async fn run(
 ) -> Result<Reply, ErrorReply> {
     let window = Timestamp::try_from(secs.saturating_mul(1000)).unwrap_or(Timestamp::MAX);
     let since = now_ms().saturating_sub(window);
-    let names = shared
+    let seen = shared
         .store
         .call(move |s| s.seen_since(since))
         .await
         .map_err(|e| internal("reading login history", e))?;
-    let seen = names
+    let seen = seen
         .into_iter()
-        .filter(|name| name != me && !shared.hub.blocks(name, me))
-        .map(|name| SeenUser { online: shared.hub.is_online(&name), name })
+        .filter(|(name, _)| name != me && !shared.hub.blocks(name, me))
+        .map(|(name, left_at)| {
+            let online = shared.hub.is_online(&name);
+            SeenUser { left_at: if online { None } else { left_at }, online, name }
+        })
         .collect();
     Ok(Reply::Seen(seen))
 }
