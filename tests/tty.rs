@@ -266,6 +266,14 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
 }
 
 /// The full-screen client for bob in tmux, with its log in a temp file.
+/// Opens the window of a conversation with `user` (`/query`), and waits until the status bar
+/// shows `shown`.
+async fn query(tmux: &Tmux, user: &str, shown: &str) {
+    tmux.type_text(&format!("/query {user}"));
+    tmux.press("Enter");
+    tmux.wait_for(&format!("{user}'s window"), |s| s.contains(shown)).await;
+}
+
 fn full_screen_bob(server: &TestServer, width: u16, height: u16) -> (Tmux, tempfile::TempDir) {
     full_screen_bob_in(tempfile::tempdir().unwrap(), server, width, height)
 }
@@ -295,14 +303,10 @@ async fn two_windows_each_send_bare_text_to_their_own_partner() {
     let (tmux, dir) = full_screen_bob(&server, 100, 16);
     tmux.wait_for("the status bar", |s| s.contains("| connected | 2 online")).await;
 
-    tmux.type_text("/query alice");
-    tmux.press("Enter");
-    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    query(&tmux, "alice", "[2:alice]").await;
     tmux.type_text("hi alice, this is window 2");
     tmux.press("Enter");
-    tmux.type_text("/query carol");
-    tmux.press("Enter");
-    tmux.wait_for("carol's window", |s| s.contains("2:alice [3:carol]")).await;
+    query(&tmux, "carol", "2:alice [3:carol]").await;
     tmux.type_text("and hi carol");
     tmux.press("Enter");
     assert_eq!(
@@ -361,9 +365,7 @@ async fn a_burst_of_3000_typed_characters_is_sent_whole() {
     let (_alice, mut alice_events) = server.login("alice").await;
     let (tmux, _log) = full_screen_bob(&server, 100, 16);
     tmux.wait_for("the status bar", |s| s.contains("| connected | 1 online")).await;
-    tmux.type_text("/query alice");
-    tmux.press("Enter");
-    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    query(&tmux, "alice", "[2:alice]").await;
     // As a fast paste without bracketed paste types it: one write, then Enter right after.
     let text: String = (0..3000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     tmux.run(&["send-keys", "-t", "t", "-l", &text, ";", "send-keys", "-t", "t", "Enter"]);
@@ -405,9 +407,7 @@ async fn a_bracketed_paste_of_three_lines_is_one_message_and_runs_no_command() {
     let (_alice, mut alice_events) = server.login("alice").await;
     let (tmux, _dir) = full_screen_bob(&server, 80, 12);
     tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
-    tmux.type_text("/query alice");
-    tmux.press("Enter");
-    tmux.wait_for("alice's window", |s| s.contains("[2:alice]")).await;
+    query(&tmux, "alice", "[2:alice]").await;
     tmux.run(&["set-buffer", "agenda:\nbye\n/logout"]);
     tmux.run(&["paste-buffer", "-p", "-t", "t"]);
     tmux.wait_for("the paste in the input line", |s| last_line(s) == "> agenda:↵bye↵/logout").await;
