@@ -12,6 +12,8 @@
 //!   delivery cursor, login history) behind the [`store::Store`] trait, with the embedded
 //!   SQLite backend and the one-server-per-database lock ([`store::lock`]); no networking
 //!   and no wire types.
+//! - [`limit`]: the token bucket and the per-address key that the server's admission and
+//!   the direct links' listener both count by.
 //! - [`tls`]: certificate fingerprints, the server's certificate (PEM files, or self-signed,
 //!   made once and kept) and the rustls settings shared by server and client.
 //! - [`server`]: accept loop, the socket plumbing (`conn`, over plain TCP or TLS: `tls`) and
@@ -43,6 +45,7 @@
 //! the product library.
 
 pub mod client;
+pub mod limit;
 pub mod p2p;
 pub mod protocol;
 pub mod server;

@@ -56,8 +56,9 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Rate, Refusal, TokenBucket};
+use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Refusal};
 use super::tokens::{Tokens, Verdict};
+use crate::limit::{Rate, TokenBucket};
 use crate::protocol::{
     now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Timestamp,
     DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,

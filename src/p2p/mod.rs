@@ -24,10 +24,11 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::protocol::DirectPorts;
 
+pub use crate::limit::Rate;
 pub use chat::{
     ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents, EVENT_QUEUE,
 };
-pub use limits::{HandshakeLimits, Rate};
+pub use limits::HandshakeLimits;
 
 /// The local sockets for direct links, bound before login so that their ports can be
 /// announced to the server.

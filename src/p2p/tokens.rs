@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 use tokio::time::Instant;
 
-use super::limits::addr_key;
+use crate::limit::addr_key;
 use crate::protocol::Token;
 
 /// Expected peers and their tokens.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::limits::addr_key;
+use crate::limit::addr_key;
 
 /// How many logins may wait for a hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use crate::p2p::limits::addr_key;
-use crate::p2p::limits::TokenBucket;
+use crate::limit::addr_key;
+use crate::limit::TokenBucket;
 use crate::protocol::{ErrorCode, ErrorReply};
 
 /// Entries past which the table sweeps out the addresses it can forget.

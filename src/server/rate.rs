@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::Limit;
-use crate::p2p::limits::TokenBucket;
+use crate::limit::TokenBucket;
 use crate::protocol::Request;
 
 /// The kinds of request that have buckets of their own.

@@ -52,7 +52,7 @@ use super::limits::rate_limited;
 use super::rate::{Kind, Limiter, Verdict};
 use super::tls::Transport;
 use super::Shared;
-use crate::p2p::limits::TokenBucket;
+use crate::limit::TokenBucket;
 use crate::protocol::{
     now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
     Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
