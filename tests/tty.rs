@@ -126,16 +126,7 @@ async fn bob_logs_out(alice_events: &mut confab::client::Events) {
 async fn the_full_screen_client_keeps_the_input_line_and_restores_the_terminal() {
     let server = TestServer::start(Config::default()).await;
     let (alice, mut alice_events) = server.login("alice").await;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    // The shell stays after confab exits, so the restored terminal can be looked at.
-    let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
-         echo confab exited $?; sleep 30",
-        env!("CARGO_BIN_EXE_confab"),
-        server.addr,
-        log.path().display()
-    );
-    let tmux = Tmux::start(&command, 60, 12);
+    let (tmux, _dir) = full_screen_bob(&server, 60, 12);
     tmux.wait_for("the status bar", |s| s.contains("| connected | 1 online | [alice]")).await;
     let _ = next_event(&mut alice_events).await; // bob logged in
 
@@ -173,14 +164,7 @@ async fn the_full_screen_client_shows_the_reconnect_in_its_status_bar_and_logout
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
     let (mut server, addr) = start_server(&db).await;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let command = format!(
-        "env CONFAB_PASSWORD=builder {} --plaintext --server {addr} --user bob --log-file {}; \
-         echo confab exited $?; sleep 30",
-        env!("CARGO_BIN_EXE_confab"),
-        log.path().display()
-    );
-    let tmux = Tmux::start(&command, 80, 12);
+    let tmux = full_screen_client(&addr, "builder", dir.path(), 80, 12);
     tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
 
     server.signal(Signal::SIGKILL);
@@ -234,15 +218,7 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
     let server = TestServer::start(Config::default()).await;
     let (_alice, mut alice_events) = server.login("alice").await;
     for round in 0..4 {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let command = format!(
-            "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --log-file {}; \
-             echo confab exited $?; sleep 30",
-            env!("CARGO_BIN_EXE_confab"),
-            server.addr,
-            log.path().display()
-        );
-        let tmux = Tmux::start(&command, 60, 12);
+        let (tmux, _dir) = full_screen_bob(&server, 60, 12);
         tmux.wait_for("the status bar", |s| s.contains("| connected |")).await;
         tmux.type_text(if round % 2 == 0 { "/logout" } else { "bye" });
         tmux.press("Enter");
@@ -265,7 +241,6 @@ async fn logout_exits_0_from_the_full_screen_client_every_time() {
     server.stop().await;
 }
 
-/// The full-screen client for bob in tmux, with its log in a temp file.
 /// Opens the window of a conversation with `user` (`/query`), and waits until the status bar
 /// shows `shown`.
 async fn query(tmux: &Tmux, user: &str, shown: &str) {
@@ -274,25 +249,40 @@ async fn query(tmux: &Tmux, user: &str, shown: &str) {
     tmux.wait_for(&format!("{user}'s window"), |s| s.contains(shown)).await;
 }
 
+/// The full-screen client for bob in tmux, with its data (log, input history, chat logs) in
+/// a temp dir.
 fn full_screen_bob(server: &TestServer, width: u16, height: u16) -> (Tmux, tempfile::TempDir) {
     full_screen_bob_in(tempfile::tempdir().unwrap(), server, width, height)
 }
 
-/// The same, with its data (log, input history, chat logs) in `dir`.
+/// The same, with its data in `dir`.
 fn full_screen_bob_in(
     dir: tempfile::TempDir,
     server: &TestServer,
     width: u16,
     height: u16,
 ) -> (Tmux, tempfile::TempDir) {
+    let addr = server.addr.to_string();
+    (full_screen_client(&addr, "bob-pw", dir.path(), width, height), dir)
+}
+
+/// bob's full-screen client in tmux against `addr`, with `password` and its data in `dir`.
+/// The shell stays after confab exits (saying its exit code), so the restored terminal can be
+/// looked at.
+fn full_screen_client(
+    addr: &str,
+    password: &str,
+    dir: &std::path::Path,
+    width: u16,
+    height: u16,
+) -> Tmux {
     let command = format!(
-        "env CONFAB_PASSWORD=bob-pw {} --plaintext --server {} --user bob --data-dir {}; \
+        "env CONFAB_PASSWORD={password} {} --plaintext --server {addr} --user bob --data-dir {}; \
          echo confab exited $?; sleep 30",
         env!("CARGO_BIN_EXE_confab"),
-        server.addr,
-        dir.path().display(),
+        dir.display(),
     );
-    (Tmux::start(&command, width, height), dir)
+    Tmux::start(&command, width, height)
 }
 
 #[tokio::test]
