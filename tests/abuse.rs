@@ -449,19 +449,9 @@ async fn a_full_store_refuses_new_messages_while_logins_and_reading_go_on() {
 async fn a_second_server_on_the_same_database_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("confab.db");
-    let server = env!("CARGO_BIN_EXE_confab-server");
-    let mut first = tokio::process::Command::new(server)
-        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap().unwrap();
-    assert!(line.starts_with("confab-server listening on"), "{line}");
-    let second = tokio::process::Command::new(server)
+    // Each start waits for its "listening on" line.
+    let (mut first, _) = common::binaries::start_server(&db).await;
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab-server"))
         .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
         .output();
@@ -472,20 +462,10 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
         stderr.contains("confab.db.lock") && stderr.contains("another confab-server"),
         "{stderr}"
     );
-    first.kill().await.unwrap();
+    first.child.kill().await.unwrap();
     // Once the first is gone, the database is free.
-    let mut third = tokio::process::Command::new(server)
-        .args(["--plaintext", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(third.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line()).await.unwrap().unwrap();
-    assert!(line.is_some_and(|l| l.starts_with("confab-server listening on")));
-    third.kill().await.unwrap();
+    let (mut third, _) = common::binaries::start_server(&db).await;
+    third.child.kill().await.unwrap();
 }
 
 #[tokio::test]
