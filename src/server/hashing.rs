@@ -321,9 +321,11 @@ mod tests {
         assert!(q.served.len() <= SERVED_CAP + 1);
     }
 
-    #[tokio::test]
-    async fn turns_are_limited_and_passed_on() {
-        let hashing = Arc::new(Hashing::new(1, HashLimits { per_addr: 1, total: 10 }));
+    /// A hash from `ip(1)` that has its turn and holds it until the sender is used; returns
+    /// once it is running, with its task (which gives 1).
+    async fn holding_the_turn(
+        hashing: &Arc<Hashing>,
+    ) -> (tokio::task::JoinHandle<Result<Option<i32>, Busy>>, std::sync::mpsc::Sender<()>) {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let first = tokio::spawn({
@@ -339,6 +341,13 @@ mod tests {
             }
         });
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+        (first, go_tx)
+    }
+
+    #[tokio::test]
+    async fn turns_are_limited_and_passed_on() {
+        let hashing = Arc::new(Hashing::new(1, HashLimits { per_addr: 1, total: 10 }));
+        let (first, go_tx) = holding_the_turn(&hashing).await;
         let second = tokio::spawn({
             let hashing = hashing.clone();
             async move { hashing.run(ip(2), false, || 2).await }
@@ -357,20 +366,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_goes_away_does_not_keep_its_turn() {
         let hashing = Arc::new(Hashing::new(1, HashLimits::default()));
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let first = tokio::spawn({
-            let hashing = hashing.clone();
-            async move {
-                hashing
-                    .run(ip(1), false, move || {
-                        started_tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
-                    })
-                    .await
-            }
-        });
-        tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+        let (first, go_tx) = holding_the_turn(&hashing).await;
         let gone = tokio::spawn({
             let hashing = hashing.clone();
             async move { hashing.run(ip(2), false, || ()).await }
