@@ -16,8 +16,9 @@
 //! at the end, the flooder's bytes written, bob's events, and the resident and peak memory
 //! of the whole process (`VmRSS`, `VmHWM`).
 //!
-//! Uses only API that also exists before the direct-link limits, so the same file runs on
-//! the commit before them for the "before" figures.
+//! The file for the "before" figures (the commit before the direct-link limits) is this
+//! one at that commit; since the chats are end-to-end encrypted (protocol 6), the flooder
+//! seals its texts as a real peer does.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab::client::{format, Client, ClientEvent, Events};
+use confab::p2p::identity::{Identity, VerifiedPeers};
+use confab::p2p::noise::{self, Keys};
 use confab::p2p::{ChatConfig, DirectSockets, PrivateChats, PrivateEvent};
-use confab::protocol::{now_ms, Event, PeerCodec, PeerMessage, PROTOCOL_VERSION};
+use confab::protocol::{now_ms, ChatMessage, Event, PeerCodec, PeerMessage};
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
 use futures_util::{SinkExt, StreamExt};
@@ -61,9 +64,12 @@ async fn main() {
         server::run(listener, StoreHandle::spawn(store), Config::default(), forever).await
     });
 
-    let (alice, mut alice_events, _alice_sockets) = login(addr, "alice").await;
-    let (bob, mut bob_events, bob_sockets) = login(addr, "bob").await;
-    let (chats, mut private) = PrivateChats::start("bob", bob_sockets.tcp, ChatConfig::default());
+    let (alice_id, bob_id) = (Identity::generate(), Identity::generate());
+    let (alice, mut alice_events, _alice_sockets) = login(addr, "alice", &alice_id).await;
+    let (bob, mut bob_events, bob_sockets) = login(addr, "bob", &bob_id).await;
+    let pins = VerifiedPeers::in_memory();
+    let (chats, mut private) =
+        PrivateChats::start("bob", bob_id, pins, bob_sockets.tcp, ChatConfig::default());
     alice.start_private("bob").await.expect("asked");
     wait_for(&mut bob_events, |e| matches!(e, Event::PrivateRequest { .. })).await;
     confab::client::session::accept_private(&bob, &chats, "alice").await.expect("accepted");
@@ -74,16 +80,21 @@ async fn main() {
     };
     let mut conn =
         Framed::new(TcpStream::connect(intro.addr).await.expect("bob"), PeerCodec::default());
-    let hello = PeerMessage::Hello {
-        version: PROTOCOL_VERSION,
-        token: intro.token,
-        username: "alice".into(),
+    let keys = Keys {
+        identity: &alice_id,
+        me: "alice",
+        peer: "bob",
+        peer_key: &intro.key,
+        token: &intro.token,
     };
+    let (dialling, hello) = noise::initiate(keys).expect("a handshake");
     conn.send(hello).await.expect("hello");
-    match conn.next().await {
-        Some(Ok(Ok(PeerMessage::Accepted { .. }))) => {}
+    let mut cipher = match conn.next().await {
+        Some(Ok(Ok(PeerMessage::Accepted { handshake, .. }))) => {
+            dialling.finish(&handshake).expect("bob's key")
+        }
         other => panic!("not accepted: {other:?}"),
-    }
+    };
     assert!(matches!(private.next().await, Some(PrivateEvent::Opened { .. })));
 
     let baseline = status_kib("VmRSS:");
@@ -95,7 +106,8 @@ async fn main() {
         tokio::spawn(async move {
             let text = "x".repeat(4000);
             loop {
-                let frame = PeerMessage::Text { text: text.clone(), sent_at: now_ms() };
+                let text = ChatMessage::Text { text: text.clone(), sent_at: now_ms() };
+                let frame = cipher.seal(&text).expect("sealed");
                 if let Err(e) = sink.send(frame).await {
                     tracing::info!("the flooder's connection failed: {e}");
                     closed.store(true, Ordering::Relaxed);
@@ -164,10 +176,15 @@ async fn main() {
     std::process::exit(0);
 }
 
-async fn login(addr: std::net::SocketAddr, user: &str) -> (Client, Events, DirectSockets) {
+async fn login(
+    addr: std::net::SocketAddr,
+    user: &str,
+    identity: &Identity,
+) -> (Client, Events, DirectSockets) {
     let (client, events) = Client::connect(addr).await.expect("a connection");
     let sockets = DirectSockets::bind(client.local_addr().ip(), 0, 0).await.expect("sockets");
-    client.login_with(user, &format!("{user}-pw"), Some(sockets.ports())).await.expect("login");
+    let endpoint = Some(sockets.endpoint(identity));
+    client.login_with(user, &format!("{user}-pw"), endpoint).await.expect("login");
     (client, events, sockets)
 }
 

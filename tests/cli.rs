@@ -169,7 +169,6 @@ async fn plain_clients_decline_and_stop_private_chats() {
 /// `asker` (in this process) asks the `confab` binary of alice for a private chat, which
 /// she accepts; returns once both sides have it open.
 async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
-    use confab::p2p::PrivateEvent;
     confab::client::session::request_private(&asker.client, &asker.chats, "alice").await.unwrap();
     alice.expect(&format!("* {} asks for a private chat", asker.name)).await;
     alice.send(&format!("/accept {}", asker.name)).await;
@@ -178,10 +177,7 @@ async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
         other => panic!("expected the introduction, got {other:?}"),
     };
     asker.chats.connect(intro);
-    assert_eq!(
-        common::next_private(&mut asker.private).await,
-        PrivateEvent::Opened { peer: "alice".into() }
-    );
+    assert_eq!(common::next_private(&mut asker.private).await, common::opened("alice"));
     alice.expect(&format!("* private chat with {} is open", asker.name)).await;
 }
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use common::*;
 use confab::client::Events;
+use confab::p2p::identity::Identity;
+use confab::p2p::noise::{self, Keys};
 use confab::p2p::{ChatConfig, CloseReason, PrivateError, PrivateEvent};
 use confab::protocol::{
-    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, PresenceChange, RequestEnd,
-    Token, PROTOCOL_VERSION,
+    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, PresenceChange, PublicKey,
+    RequestEnd, Token,
 };
 use confab::server::Config;
 use futures_util::{SinkExt, StreamExt};
@@ -43,12 +45,16 @@ async fn assert_refused(mut conn: Framed<TcpStream, PeerCodec>) {
     }
 }
 
-fn hello(token: Token, username: &str) -> PeerMessage {
-    PeerMessage::Hello { version: PROTOCOL_VERSION, token, username: username.into() }
+/// A real handshake opening from `identity`, claiming to be `username`, for the listener
+/// whose key is `to` (bob), made with `token`.
+fn hello(identity: &Identity, username: &str, to: &PublicKey, token: &Token) -> PeerMessage {
+    let keys = Keys { identity, me: username, peer: "bob", peer_key: to, token };
+    noise::initiate(keys).unwrap().1
 }
 
+/// A text an attacker without the link's keys can only make up.
 fn text(text: &str) -> PeerMessage {
-    PeerMessage::Text { text: text.into(), sent_at: 0 }
+    PeerMessage::Sealed(text.as_bytes().to_vec())
 }
 
 #[tokio::test]
@@ -285,16 +291,25 @@ async fn a_forged_token_is_refused_and_injects_nothing() {
         other => panic!("{other:?}"),
     };
 
-    // bob now expects alice with intro.token. Before alice connects, others try their luck,
-    // each following the hello with a message that must never show up.
+    // bob now expects alice, with her key and intro.token. Before alice connects, others
+    // try their luck, each following the hello with a message that must never show up.
+    let bob_key = intro.key;
+    let stranger = Identity::generate();
+    let old = match hello(&alice.identity, "alice", &bob_key, &intro.token) {
+        PeerMessage::Hello { username, handshake, .. } => {
+            PeerMessage::Hello { version: 1, username, handshake }
+        }
+        other => panic!("{other:?}"),
+    };
     let attempts = [
-        vec![hello(Token::random(), "alice"), text("forged token")],
-        vec![hello(intro.token, "carol"), text("the right token, the wrong user")],
+        // alice's own key (stolen), a guessed token.
+        vec![hello(&alice.identity, "alice", &bob_key, &Token::random()), text("forged token")],
+        // The token (sniffed), another key.
+        vec![hello(&stranger, "alice", &bob_key, &intro.token), text("the right token")],
+        // alice's key and token, under another name.
+        vec![hello(&alice.identity, "carol", &bob_key, &intro.token), text("the wrong user")],
         vec![text("no hello at all")],
-        vec![
-            PeerMessage::Hello { version: 1, token: intro.token, username: "alice".into() },
-            text("an old version"),
-        ],
+        vec![old, text("an old version")],
     ];
     for frames in attempts {
         let mut conn = raw_peer(bob.port).await;
@@ -312,8 +327,8 @@ async fn a_forged_token_is_refused_and_injects_nothing() {
 
     // None of that used up alice's token: she gets in, and her words are the first bob sees.
     alice.chats.connect(intro);
-    assert_eq!(next_private(&mut alice.private).await, PrivateEvent::Opened { peer: "bob".into() });
-    assert_eq!(next_private(&mut bob.private).await, PrivateEvent::Opened { peer: "alice".into() });
+    assert_eq!(next_private(&mut alice.private).await, common::opened("bob"));
+    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
     alice.chats.send("bob", "the real alice").await.unwrap();
     assert_eq!(
         next_private_message(&mut bob.private).await,
@@ -329,7 +344,7 @@ async fn a_replayed_token_is_refused_and_injects_nothing() {
     let mut bob = server.login_direct("bob").await;
     let intro = open_private(&mut alice, &mut bob).await;
     let mut replay = raw_peer(bob.port).await;
-    replay.send(hello(intro.token, "alice")).await.unwrap();
+    replay.send(hello(&alice.identity, "alice", &intro.key, &intro.token)).await.unwrap();
     let _ = replay.send(text("replayed")).await;
     assert_refused(replay).await;
     // The real chat is untouched and nothing else reached bob.

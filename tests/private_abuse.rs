@@ -6,14 +6,15 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use confab::p2p::noise::{self, Cipher, Keys};
 use confab::p2p::{ChatConfig, CloseReason, PrivateError, PrivateEvent, Rate, EVENT_QUEUE};
 use confab::protocol::{
-    now_ms, ByeReason, Event, Introduction, PeerCodec, PeerMessage, DEFAULT_MAX_MESSAGE_CHARS,
-    PROTOCOL_VERSION,
+    now_ms, ByeReason, ChatMessage, Event, Introduction, PeerCodec, PeerMessage,
+    DEFAULT_MAX_MESSAGE_CHARS,
 };
 use confab::server::Config;
 use futures_util::{SinkExt, StreamExt};
@@ -56,30 +57,38 @@ async fn introduced(alice: &mut Direct, bob: &mut Direct) -> Introduction {
     }
 }
 
-/// A raw peer that has passed bob's handshake as alice, with a real token.
+/// A raw peer that has passed bob's handshake as alice (her key, a real token): the
+/// connection and the link's keys, shared by whoever writes and reads it.
 async fn raw_alice(
     alice: &mut Direct,
     bob: &mut Direct,
-) -> (Framed<TcpStream, PeerCodec>, Introduction) {
+) -> (Framed<TcpStream, PeerCodec>, Arc<Mutex<Cipher>>) {
     let intro = introduced(alice, bob).await;
     let socket = TcpStream::connect(intro.addr).await.unwrap();
     let mut conn = Framed::new(socket, PeerCodec::default());
-    let hello = PeerMessage::Hello {
-        version: PROTOCOL_VERSION,
-        token: intro.token,
-        username: "alice".into(),
+    let keys = Keys {
+        identity: &alice.identity,
+        me: "alice",
+        peer: "bob",
+        peer_key: &intro.key,
+        token: &intro.token,
     };
+    let (dialling, hello) = noise::initiate(keys).unwrap();
     conn.send(hello).await.unwrap();
-    match tokio::time::timeout(PATIENCE, conn.next()).await {
-        Ok(Some(Ok(Ok(PeerMessage::Accepted { username })))) => assert_eq!(username, "bob"),
+    let cipher = match tokio::time::timeout(PATIENCE, conn.next()).await {
+        Ok(Some(Ok(Ok(PeerMessage::Accepted { username, handshake })))) => {
+            assert_eq!(username, "bob");
+            dialling.finish(&handshake).unwrap()
+        }
         other => panic!("expected Accepted, got {other:?}"),
-    }
-    assert_eq!(next_private(&mut bob.private).await, PrivateEvent::Opened { peer: "alice".into() });
-    (conn, intro)
+    };
+    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
+    (conn, Arc::new(Mutex::new(cipher)))
 }
 
-fn text(text: String, sent_at: i64) -> PeerMessage {
-    PeerMessage::Text { text, sent_at }
+/// A text frame sealed for the link.
+fn text(cipher: &Mutex<Cipher>, text: String, sent_at: i64) -> PeerMessage {
+    cipher.lock().unwrap().seal(&ChatMessage::Text { text, sent_at }).unwrap()
 }
 
 #[tokio::test]
@@ -156,8 +165,8 @@ async fn strangers_at_the_peers_own_address_cannot_keep_it_out() {
     assert!(squatters.iter().all(held));
     // alice's connection evicts the oldest squatter and, having said hello, stays.
     alice.chats.connect(intro);
-    assert_eq!(next_private(&mut alice.private).await, PrivateEvent::Opened { peer: "bob".into() });
-    assert_eq!(next_private(&mut bob.private).await, PrivateEvent::Opened { peer: "alice".into() });
+    assert_eq!(next_private(&mut alice.private).await, common::opened("bob"));
+    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
     assert_eq!(squatters.iter().filter(|conn| held(conn)).count(), reserved - 1);
     alice.chats.send("bob", "made it").await.unwrap();
     assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), "made it".into()));
@@ -168,6 +177,7 @@ async fn strangers_at_the_peers_own_address_cannot_keep_it_out() {
 /// counting each one written, until a write fails.
 fn flood(
     mut sink: impl futures_util::Sink<PeerMessage> + Unpin + Send + 'static,
+    cipher: Arc<Mutex<Cipher>>,
     frames: usize,
 ) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let written = Arc::new(AtomicUsize::new(0));
@@ -175,7 +185,8 @@ fn flood(
     let task = tokio::spawn(async move {
         let big = "x".repeat(DEFAULT_MAX_MESSAGE_CHARS);
         for _ in 0..frames {
-            if sink.send(text(big.clone(), now_ms())).await.is_err() {
+            let frame = text(&cipher, big.clone(), now_ms());
+            if sink.send(frame).await.is_err() {
                 return;
             }
             count.fetch_add(1, Ordering::Relaxed);
@@ -208,20 +219,23 @@ async fn a_flooding_peer_is_held_back_while_nobody_reads_and_cut_off_when_it_goe
     let slow =
         ChatConfig { message_rate: Rate { burst: 80, per_second: 1 }, ..ChatConfig::default() };
     let mut bob = server.login_direct_with("bob", slow).await;
-    let (conn, _) = raw_alice(&mut alice, &mut bob).await;
+    let (conn, cipher) = raw_alice(&mut alice, &mut bob).await;
     let (sink, mut stream) = conn.split();
     // What bob says to the flooder, read as it comes.
+    let keys = cipher.clone();
     let told = tokio::spawn(async move {
         while let Some(Ok(frame)) = stream.next().await {
-            if let Ok(PeerMessage::Bye { reason }) = frame {
-                return Some(reason);
+            if let Ok(PeerMessage::Sealed(sealed)) = frame {
+                if let Ok(ChatMessage::Bye { reason }) = keys.lock().unwrap().open(&sealed) {
+                    return Some(reason);
+                }
             }
         }
         None
     });
     // 20,000 frames of 4,000 characters: 80 MB, which an unbounded receiver would take in.
     const FRAMES: usize = 20_000;
-    let (written, writer) = flood(sink, FRAMES);
+    let (written, writer) = flood(sink, cipher, FRAMES);
 
     // bob's front end reads nothing (a terminal paused with Ctrl-S): the queue fills, bob's
     // chat stops reading, and TCP holds the flooder back.
@@ -316,14 +330,14 @@ async fn received_texts_are_held_to_the_servers_limits() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
-    let (mut conn, _) = raw_alice(&mut alice, &mut bob).await;
+    let (mut conn, cipher) = raw_alice(&mut alice, &mut bob).await;
     let too_long = "y".repeat(DEFAULT_MAX_MESSAGE_CHARS + 1);
     let longest = "z".repeat(DEFAULT_MAX_MESSAGE_CHARS);
     // A line break is text (multi-line messages); a carriage return is not.
     for bad in [too_long, "  ".into(), "fake\rline".into()] {
-        conn.send(text(bad, now_ms())).await.unwrap();
+        conn.send(text(&cipher, bad, now_ms())).await.unwrap();
     }
-    conn.send(text(longest.clone(), now_ms())).await.unwrap();
+    conn.send(text(&cipher, longest.clone(), now_ms())).await.unwrap();
     let why = |event| match event {
         PrivateEvent::Refused { peer, why } if peer == "alice" => why,
         other => panic!("expected a refusal, got {other:?}"),
@@ -351,10 +365,10 @@ async fn a_private_message_carries_our_time_beside_the_peers_claim() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
-    let (mut conn, _) = raw_alice(&mut alice, &mut bob).await;
+    let (mut conn, cipher) = raw_alice(&mut alice, &mut bob).await;
     let an_hour_ago = now_ms() - 3_600_000;
     let before = now_ms();
-    conn.send(text("from the past".into(), an_hour_ago)).await.unwrap();
+    conn.send(text(&cipher, "from the past".into(), an_hour_ago)).await.unwrap();
     match next_private(&mut bob.private).await {
         PrivateEvent::Message { text, sent_at, received_at, .. } => {
             assert_eq!(text, "from the past");

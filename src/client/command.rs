@@ -125,6 +125,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "end your private chat with USER; they are told",
     },
     CommandSpec {
+        name: "/verify",
+        aliases: &[],
+        args: "USER [confirm]",
+        summary: "the safety code of your private chat with USER, to compare with theirs; \
+                  `confirm` once they match, and a changed key will be flagged",
+    },
+    CommandSpec {
         name: "/p2pvideo",
         aliases: &["/sendfile", "p2pvideo", "sendfile"],
         args: "USER FILE",
@@ -201,6 +208,14 @@ pub enum Command {
     StopPrivate {
         /// The peer.
         user: String,
+    },
+    /// `/verify USER [confirm]`: shows the safety code of the private chat with `user`;
+    /// with `confirm`, pins the peer's key as verified.
+    Verify {
+        /// The peer.
+        user: String,
+        /// The user compared the codes and they match.
+        confirm: bool,
     },
     /// A file-transfer command (see [`crate::client::files`]).
     File(FileCommand),
@@ -441,6 +456,9 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "/stopprivate" if !first.is_empty() && tail.is_empty() => {
             return Ok(Command::StopPrivate { user: first.to_owned() });
         }
+        "/verify" if !first.is_empty() && (tail.is_empty() || tail == "confirm") => {
+            return Ok(Command::Verify { user: first.to_owned(), confirm: !tail.is_empty() });
+        }
         "/p2pvideo" if !first.is_empty() && !tail.is_empty() => {
             return Ok(Command::File(FileCommand::Send {
                 to: first.to_owned(),
@@ -476,7 +494,7 @@ pub const HELP_TOPICS: &[(&str, &[&str])] = &[
     ("talk", &["/query", "/close", "/msg", "/broadcast", "/history", "/search"]),
     ("people", &["/list", "/whoelsesince", "/block", "/unblock", "/away"]),
     ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
-    ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate"]),
+    ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate", "/verify"]),
     ("files", &["/p2pvideo", "/acceptfile", "/declinefile", "/cancel"]),
     ("session", &["/help", "/logout"]),
 ];
@@ -675,6 +693,14 @@ mod tests {
             let expected = Command::Private { to: "bob".into(), text: "psst  there".into() };
             assert_eq!(parse(line), Ok(expected), "{line}");
         }
+        assert_eq!(
+            parse("/verify bob"),
+            Ok(Command::Verify { user: "bob".into(), confirm: false })
+        );
+        assert_eq!(
+            parse("/verify bob confirm"),
+            Ok(Command::Verify { user: "bob".into(), confirm: true })
+        );
         for line in ["/stopprivate bob", "stopprivate bob"] {
             assert_eq!(parse(line), Ok(Command::StopPrivate { user: "bob".into() }), "{line}");
         }
@@ -685,6 +711,8 @@ mod tests {
             "/decline a b",
             "/private bob",
             "/stopprivate",
+            "/verify",
+            "/verify bob yes",
         ] {
             assert!(matches!(parse(bad), Err(ParseError::Usage(_))), "{bad}");
         }

@@ -14,6 +14,7 @@ use chrono::{Local, TimeZone};
 
 use super::session::Connection;
 use super::LoginInfo;
+use crate::p2p::identity::PeerTrust;
 use crate::p2p::transfer::{Direction, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
@@ -208,12 +209,24 @@ pub fn bytes(n: u64) -> String {
 /// One line for something that happened to a private chat.
 pub fn private(event: &PrivateEvent) -> String {
     match event {
-        PrivateEvent::Opened { peer } => {
+        PrivateEvent::Opened { peer, trust } => {
             let peer = sanitize(peer);
-            format!(
-                "* private chat with {peer} is open: /private {peer} TEXT to write, \
-                 /stopprivate {peer} to end it"
-            )
+            match trust {
+                PeerTrust::Unverified => format!(
+                    "* private chat with {peer} is open, encrypted end to end: /private {peer} \
+                     TEXT to write, /stopprivate {peer} to end it, /verify {peer} to compare \
+                     safety codes"
+                ),
+                PeerTrust::Verified => format!(
+                    "* private chat with {peer} is open, encrypted end to end with the key you \
+                     verified: /private {peer} TEXT to write, /stopprivate {peer} to end it"
+                ),
+                PeerTrust::Changed { .. } => format!(
+                    "* WARNING: {peer}'s key is NOT the one you verified. The server, or someone \
+                     it let in between, may be reading this private chat. Say nothing secret; \
+                     compare safety codes again with /verify {peer}"
+                ),
+            }
         }
         PrivateEvent::Message { peer, text, sent_at, received_at } => {
             let (at, peer, text) = (clock(*received_at), sanitize(peer), body(text));

@@ -48,7 +48,7 @@ use tokio_util::codec::Framed;
 use tokio_util::either::Either;
 
 use crate::protocol::{
-    ClientCodec, ClientMessage, CodecError, Delivery, DirectPorts, ErrorCode, ErrorReply, Event,
+    ClientCodec, ClientMessage, CodecError, Delivery, DirectEndpoint, ErrorCode, ErrorReply, Event,
     GroupInfo, Hello, HistoryMessage, Introduction, Invitation, OnlineUser, Reply, Request,
     SeenUser, ServerMessage, PROTOCOL_VERSION,
 };
@@ -307,7 +307,7 @@ impl Client {
         &self,
         username: &str,
         password: &str,
-        direct: Option<DirectPorts>,
+        direct: Option<DirectEndpoint>,
     ) -> Result<LoginInfo, ClientError> {
         let req = Request::Login { username: username.into(), password: password.into(), direct };
         match self.request(req).await? {

@@ -1,15 +1,19 @@
-//! Private chats: one direct TCP connection per peer, authenticated with a server-issued
-//! one-time token.
+//! Private chats: one direct TCP connection per peer, encrypted end to end and authenticated
+//! by the keys the server vouched for and its one-time token.
 //!
 //! [`PrivateChats::start`] takes the bound listener and runs an accept loop. Each incoming
 //! connection first needs a handshake slot ([`Handshakes`]: a few per stranger's address, a
 //! bounded pool for all strangers, and a lane of its own for the address a token is
 //! expected from, so that strangers cannot keep the introduced peer out). It then gets
-//! [`ChatConfig::hello_timeout`] to send [`PeerMessage::Hello`]; the username and token in
-//! it are judged by the [`Tokens`] table, and anything but [`Verdict::Accept`] closes the
-//! connection with a warning in the log, without reading a further frame, so a connection
-//! without the right token can never inject a message. A dialler whose connection is closed
-//! unanswered tries again a few times, in case it came before its slot was ready.
+//! [`ChatConfig::hello_timeout`] to send [`PeerMessage::Hello`]: the username in it finds
+//! the token and key the server gave for that user in the [`Tokens`] table, and the Noise
+//! handshake in it must open with them ([`noise::respond`]); anything but
+//! [`Verdict::Accept`] closes the connection with a warning in the log, without reading a
+//! further frame, so a connection without the right key and token can never inject a
+//! message. A dialler whose connection is closed unanswered tries again a few times, in
+//! case it came before its slot was ready. The dialler, in turn, opens the chat only if the
+//! answer proves the listener holds the key the server vouched for. Everything said after
+//! that is sealed ([`noise::Cipher`]); a frame that does not open ends the chat.
 //!
 //! This module never talks to the server: the client session (`client::session`)
 //! makes the requests and hands the introductions in. The flow, for alice asking bob:
@@ -19,9 +23,11 @@
 //! bob:   PrivateChats::expect: reserve a slot for alice, then AcceptPrivate ──> server
 //!        server ──Introduced(alice's addr, token)──> bob: Expected::introduced fills the slot
 //!        server ──PrivateAccepted(bob's addr, token)──> alice
-//! alice: PrivateChats::connect ──TCP──> bob's listener: Hello{token, "alice"}
-//! bob:   token matches the slot, used up ──Accepted{"bob"}──> alice
-//! both:  PrivateEvent::Opened, then Text frames both ways until a Bye or a close
+//! alice: PrivateChats::connect ──TCP──> bob's listener: Hello{"alice", noise(token, keys)}
+//! bob:   the handshake opens with the slot's token and alice's key; the token is used up
+//!        ──Accepted{"bob", noise}──> alice: the answer proves bob's key
+//! both:  PrivateEvent::Opened (with how far the peer's key is trusted), then sealed
+//!        Text frames both ways until a sealed Bye or a close
 //! ```
 //!
 //! Each open chat is one task that owns the socket; [`PrivateChats::send`] and
@@ -56,12 +62,14 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::identity::{Identity, IdentityError, PeerTrust, SafetyCode, VerifiedPeers};
 use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Refusal};
+use super::noise::{self, Cipher, Keys, NoiseError};
 use super::tokens::{Tokens, Verdict};
 use crate::limit::{Rate, TokenBucket};
 use crate::protocol::{
-    now_ms, text_problem, ByeReason, CodecError, Introduction, PeerCodec, PeerMessage, Timestamp,
-    DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
+    now_ms, text_problem, ByeReason, ChatMessage, CodecError, Introduction, PeerCodec, PeerMessage,
+    PublicKey, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
 };
 
 /// Private-chat events waiting for the front end, for all chats together; while it is
@@ -114,10 +122,15 @@ impl Default for ChatConfig {
 /// Something that happened to a private chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrivateEvent {
-    /// A chat with `peer` is open (either side's connection was accepted).
+    /// A chat with `peer` is open (either side's connection was accepted), encrypted end
+    /// to end with the key the server vouched for.
     Opened {
         /// The other side.
         peer: String,
+        /// Whether that key is the one the user verified ([`PrivateChats::verify`]). A
+        /// [`PeerTrust::Changed`] deserves a loud warning: the server, or someone it lets
+        /// in between, may be reading the chat.
+        trust: PeerTrust,
     },
     /// `peer` sent a message.
     Message {
@@ -190,6 +203,9 @@ pub enum PrivateError {
     /// The server's introduction named someone else than the peer expected.
     #[error("the server introduced {0:?}, not the user who asked")]
     WrongPeer(String),
+    /// The verified peers' file could not be written.
+    #[error("cannot keep the verified key: {0}")]
+    Pin(#[from] IdentityError),
 }
 
 /// Why connecting to an accepting peer failed.
@@ -203,6 +219,8 @@ enum DialError {
     Refused,
     #[error("answered as {0:?}, not as the user we asked")]
     WrongPeer(String),
+    #[error("the peer did not prove the key the server vouched for: {0}")]
+    Handshake(#[source] NoiseError),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -254,7 +272,8 @@ impl Expected {
             return Err(PrivateError::WrongPeer(intro.peer.clone()));
         }
         let until = Instant::now() + self.inner.config.token_ttl;
-        self.inner.state().tokens.fill(&self.peer, intro.token, intro.addr.ip(), until);
+        let expected = (intro.token, intro.key);
+        self.inner.state().tokens.fill(&self.peer, expected, intro.addr.ip(), until);
         self.filled = true;
         self.inner.tokens_changed.notify_waiters();
         Ok(())
@@ -272,9 +291,16 @@ impl Drop for Expected {
 }
 
 impl PrivateChats {
-    /// Starts taking private chats for user `me` on `listener` (whose port was announced at
-    /// login). Must be called inside a tokio runtime.
-    pub fn start(me: &str, listener: TcpListener, config: ChatConfig) -> (Self, PrivateEvents) {
+    /// Starts taking private chats for user `me`, whose key pair is `identity`, on
+    /// `listener` (whose port and key were announced at login); `pins` are the keys the
+    /// user has verified. Must be called inside a tokio runtime.
+    pub fn start(
+        me: &str,
+        identity: Identity,
+        pins: VerifiedPeers,
+        listener: TcpListener,
+        config: ChatConfig,
+    ) -> (Self, PrivateEvents) {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let stop = CancellationToken::new();
         let state = State {
@@ -285,6 +311,8 @@ impl PrivateChats {
         };
         let inner = Arc::new(Inner {
             me: me.to_owned(),
+            identity,
+            pins,
             config,
             state: Mutex::new(state),
             tokens_changed: Notify::new(),
@@ -373,10 +401,35 @@ impl PrivateChats {
     pub fn is_empty(&self) -> bool {
         self.inner.state().links.is_empty()
     }
+
+    /// The safety code of the open chat with `peer`, for the two users to compare, and how
+    /// far the peer's key is trusted now.
+    pub fn safety_code(&self, peer: &str) -> Result<(SafetyCode, PeerTrust), PrivateError> {
+        let key = self.peer_key(peer)?;
+        let code = SafetyCode::new((&self.inner.me, &self.inner.identity.public()), (peer, &key));
+        Ok((code, self.inner.pins.trust(peer, &key)))
+    }
+
+    /// Marks the key of the open chat with `peer` as verified (the users compared the
+    /// safety code): it is pinned, and a later chat with another key is
+    /// [`PeerTrust::Changed`]. Returns the code that was verified.
+    pub fn verify(&self, peer: &str) -> Result<SafetyCode, PrivateError> {
+        let key = self.peer_key(peer)?;
+        self.inner.pins.pin(peer, key)?;
+        Ok(SafetyCode::new((&self.inner.me, &self.inner.identity.public()), (peer, &key)))
+    }
+
+    fn peer_key(&self, peer: &str) -> Result<PublicKey, PrivateError> {
+        let state = self.inner.state();
+        let link = state.links.get(peer).ok_or_else(|| PrivateError::NotOpen(peer.to_owned()))?;
+        Ok(link.key)
+    }
 }
 
 struct Inner {
     me: String,
+    identity: Identity,
+    pins: VerifiedPeers,
     config: ChatConfig,
     state: Mutex<State>,
     /// Woken when a token slot is filled or cancelled, for handshakes told to wait.
@@ -402,6 +455,8 @@ struct Link {
     tx: mpsc::Sender<Outbound>,
     /// Our own messages to this peer, held to the rate we ask of it.
     sent: TokenBucket,
+    /// The key the peer proved in the handshake.
+    key: PublicKey,
 }
 
 /// A handshake slot, given back when dropped.
@@ -466,18 +521,24 @@ impl Inner {
         Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
     }
 
-    /// Registers an authenticated connection with `peer` and starts its task, which
-    /// reports it open.
-    fn open_link(self: &Arc<Self>, peer: String, framed: Framed<TcpStream, PeerCodec>) {
+    /// Registers an authenticated connection with `peer`, who proved `key`, and starts its
+    /// task, which reports it open.
+    fn open_link(self: &Arc<Self>, peer: String, key: PublicKey, link: Secured) {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let sent = TokenBucket::new(self.config.message_rate, Instant::now());
         // A chat that this one replaces ends quietly when its handle is dropped here.
-        if self.state().links.insert(peer.clone(), Link { id, tx, sent }).is_some() {
+        if self.state().links.insert(peer.clone(), Link { id, tx, sent, key }).is_some() {
             tracing::info!(peer, "a new private chat replaces the previous one");
         }
-        tracing::info!(peer, "private chat open");
-        tokio::spawn(run_link(self.clone(), peer, id, framed, rx));
+        let trust = self.pins.trust(&peer, &key);
+        match trust {
+            PeerTrust::Changed { verified } => {
+                tracing::warn!(peer, %key, %verified, "private chat open with an unverified key")
+            }
+            _ => tracing::info!(peer, ?trust, "private chat open"),
+        }
+        tokio::spawn(run_link(self.clone(), peer, trust, id, link, rx));
     }
 
     /// Forgets chat `id` with `peer`; false if it was ended locally or replaced already.
@@ -530,11 +591,11 @@ async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot:
         first = timeout_at(deadline, framed.next()) => first,
     };
     inner.state().handshakes.heard(slot.id);
-    let (token, username) = match first {
-        Ok(Some(Ok(Ok(PeerMessage::Hello { version, token, username }))))
+    let (username, hello) = match first {
+        Ok(Some(Ok(Ok(PeerMessage::Hello { version, username, handshake }))))
             if version == PROTOCOL_VERSION =>
         {
-            (token, username)
+            (username, handshake)
         }
         Ok(Some(Ok(Ok(PeerMessage::Hello { version, .. })))) => {
             return reject(addr, None, format!("protocol version {version}"));
@@ -545,14 +606,32 @@ async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot:
         Ok(None) => return reject(addr, None, "closed before saying hello"),
         Err(_) => return reject(addr, None, "no hello in time"),
     };
-    loop {
+    // Opens the hello with the token and key expected from `username`. (Two Diffie-Hellman
+    // operations under the table's lock: only a hello naming an expected peer gets here.)
+    let open = |token: &_, key: &PublicKey| {
+        let keys = Keys {
+            identity: &inner.identity,
+            me: &inner.me,
+            peer: &username,
+            peer_key: key,
+            token,
+        };
+        match noise::respond(keys, &hello) {
+            Ok((cipher, accepted)) => Some((cipher, accepted, *key)),
+            Err(e) => {
+                tracing::debug!(%addr, peer = username, "handshake: {e}");
+                None
+            }
+        }
+    };
+    let (cipher, accepted, key) = loop {
         // Enabled before the table is read, so a fill that happens in between wakes us.
         let changed = inner.tokens_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let verdict = inner.state().tokens.check(&username, &token, Instant::now());
+        let verdict = inner.state().tokens.check(&username, Instant::now(), open);
         match verdict {
-            Verdict::Accept => break,
+            Verdict::Accept(opened) => break opened,
             Verdict::Reject(why) => return reject(addr, Some(&username), why),
             Verdict::Wait => {
                 let waited = tokio::select! {
@@ -564,14 +643,13 @@ async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot:
                 }
             }
         }
-    }
-    let accepted = PeerMessage::Accepted { username: inner.me.clone() };
+    };
     if !write(&mut framed, accepted, inner.config.hello_timeout).await {
         tracing::info!(%addr, peer = username, "private chat lost during the handshake");
         return;
     }
     drop(slot);
-    inner.open_link(username, framed);
+    inner.open_link(username, key, Secured { framed, cipher });
 }
 
 /// Logs a refused connection; dropping it (by returning) closes it.
@@ -600,7 +678,7 @@ async fn dial(inner: Arc<Inner>, intro: Introduction) {
         }
     };
     match outcome {
-        Ok(framed) => inner.open_link(peer, framed),
+        Ok(link) => inner.open_link(peer, intro.key, link),
         Err(e) => {
             tracing::warn!(peer, "cannot open the private chat: {e}");
             inner.emit(PrivateEvent::Failed { peer, error: e.to_string() }).await;
@@ -615,10 +693,7 @@ impl DialError {
     }
 }
 
-async fn try_dial(
-    inner: &Inner,
-    intro: &Introduction,
-) -> Result<Framed<TcpStream, PeerCodec>, DialError> {
+async fn try_dial(inner: &Inner, intro: &Introduction) -> Result<Secured, DialError> {
     let config = &inner.config;
     let addr = intro.addr;
     let socket = timeout(config.connect_timeout, TcpStream::connect(addr))
@@ -629,18 +704,26 @@ async fn try_dial(
         tracing::debug!(%addr, "set_nodelay: {e}");
     }
     let mut framed = Framed::new(socket, PeerCodec::new(MAX_PEER_FRAME));
-    let hello = PeerMessage::Hello {
-        version: PROTOCOL_VERSION,
-        token: intro.token,
-        username: inner.me.clone(),
+    let keys = Keys {
+        identity: &inner.identity,
+        me: &inner.me,
+        peer: &intro.peer,
+        peer_key: &intro.key,
+        token: &intro.token,
     };
+    let (dialling, hello) = noise::initiate(keys).map_err(DialError::Handshake)?;
     timeout(config.hello_timeout, framed.send(hello)).await.map_err(|_| DialError::Timeout)??;
     match timeout(config.hello_timeout, framed.next()).await {
         Err(_) => Err(DialError::Timeout),
-        Ok(Some(Ok(Ok(PeerMessage::Accepted { username })))) if username == intro.peer => {
-            Ok(framed)
+        Ok(Some(Ok(Ok(PeerMessage::Accepted { username, handshake }))))
+            if username == intro.peer =>
+        {
+            let cipher = dialling.finish(&handshake).map_err(DialError::Handshake)?;
+            Ok(Secured { framed, cipher })
         }
-        Ok(Some(Ok(Ok(PeerMessage::Accepted { username })))) => Err(DialError::WrongPeer(username)),
+        Ok(Some(Ok(Ok(PeerMessage::Accepted { username, .. })))) => {
+            Err(DialError::WrongPeer(username))
+        }
         Ok(Some(Err(e))) => Err(e.into()),
         Ok(None | Some(Ok(_))) => Err(DialError::Refused),
     }
@@ -669,14 +752,15 @@ enum End {
 async fn run_link(
     inner: Arc<Inner>,
     peer: String,
+    trust: PeerTrust,
     id: u64,
-    mut framed: Framed<TcpStream, PeerCodec>,
+    mut link: Secured,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     let config = &inner.config;
     let mut received = TokenBucket::new(config.message_rate, Instant::now());
     // The first place in the queue goes to saying the chat is open.
-    let mut opened = Some(PrivateEvent::Opened { peer: peer.clone() });
+    let mut opened = Some(PrivateEvent::Opened { peer: peer.clone(), trust });
     let mut place = None;
     let end = loop {
         tokio::select! {
@@ -691,28 +775,27 @@ async fn run_link(
             command = rx.recv() => match command {
                 None => break End::Quiet,
                 Some(Outbound::Text { text, done }) => {
-                    let text = PeerMessage::Text { text, sent_at: now_ms() };
-                    let ok = write(&mut framed, text, config.write_timeout).await;
+                    let text = ChatMessage::Text { text, sent_at: now_ms() };
+                    let ok = link.write(&text, config.write_timeout).await;
                     let _ = done.send(ok);
                     if !ok {
                         break End::Lost;
                     }
                 }
                 Some(Outbound::Bye { reason, done }) => {
-                    goodbye(&mut framed, reason).await;
+                    link.goodbye(reason).await;
                     drop(done);
-                    drain(&mut framed).await;
+                    link.drain().await;
                     break End::Local;
                 }
             },
-            frame = framed.next(), if place.is_some() => {
+            frame = link.framed.next(), if place.is_some() => {
                 if !received.take(Instant::now()) {
                     tracing::warn!(peer, "the peer sends too fast; closing the private chat");
                     break End::Flooded;
                 }
-                let (text, sent_at) = match frame {
-                    Some(Ok(Ok(PeerMessage::Text { text, sent_at }))) => (text, sent_at),
-                    Some(Ok(Ok(PeerMessage::Bye { reason }))) => break End::Peer(reason),
+                let sealed = match frame {
+                    Some(Ok(Ok(PeerMessage::Sealed(sealed)))) => sealed,
                     Some(Ok(Ok(other))) => {
                         tracing::warn!(peer, "unexpected {other:?} in an open chat; closing it");
                         break End::Broken;
@@ -730,6 +813,20 @@ async fn run_link(
                         break End::Lost;
                     }
                     None => break End::Lost,
+                };
+                let (text, sent_at) = match link.cipher.open(&sealed) {
+                    Ok(ChatMessage::Text { text, sent_at }) => (text, sent_at),
+                    Ok(ChatMessage::Bye { reason }) => break End::Peer(reason),
+                    // Sealed by the peer but not a message of ours: a newer or broken client.
+                    Err(e @ NoiseError::Malformed(_)) => {
+                        tracing::warn!(peer, "ignoring a frame from the peer: {e}");
+                        continue;
+                    }
+                    // Not from the peer (the nonces no longer agree either): the link is spoilt.
+                    Err(e) => {
+                        tracing::warn!(peer, "closing the private chat: {e}");
+                        break End::Broken;
+                    }
                 };
                 let Some(permit) = place.take() else { continue };
                 let peer = peer.clone();
@@ -758,8 +855,8 @@ async fn run_link(
         }
     }
     if reason == CloseReason::Flooded {
-        goodbye(&mut framed, ByeReason::TooFast).await;
-        drain(&mut framed).await;
+        link.goodbye(ByeReason::TooFast).await;
+        link.drain().await;
     }
 }
 
@@ -772,27 +869,46 @@ async fn write(
     matches!(timeout(limit, framed.send(msg)).await, Ok(Ok(())))
 }
 
-/// Says goodbye for `reason` and shuts our side of the connection down.
-async fn goodbye(framed: &mut Framed<TcpStream, PeerCodec>, reason: ByeReason) {
-    write(framed, PeerMessage::Bye { reason }, GOODBYE_TIMEOUT).await;
-    let _ = timeout(GOODBYE_TIMEOUT, framed.get_mut().shutdown()).await;
+/// An authenticated connection: the frames, and the keys that seal and open them.
+struct Secured {
+    framed: Framed<TcpStream, PeerCodec>,
+    cipher: Cipher,
 }
 
-/// Reads and drops what the peer still sends, until it closes, [`GOODBYE_TIMEOUT`] or
-/// [`DRAIN_LIMIT`] bytes: a socket closed with unread input is reset, and the reset can
-/// destroy our goodbye before the peer has read it. (A flooder that keeps writing is
-/// simply closed on: its goodbye was in the socket before that.)
-async fn drain(framed: &mut Framed<TcpStream, PeerCodec>) {
-    let mut buf = [0u8; 4096];
-    let socket = framed.get_mut();
-    let _ = timeout(GOODBYE_TIMEOUT, async {
-        let mut left = DRAIN_LIMIT;
-        while let Ok(n @ 1..) = socket.read(&mut buf).await {
-            left = left.saturating_sub(n);
-            if left == 0 {
-                break;
+impl Secured {
+    /// Seals and writes `msg` within `limit`; false if it could not be written.
+    async fn write(&mut self, msg: &ChatMessage, limit: Duration) -> bool {
+        match self.cipher.seal(msg) {
+            Ok(sealed) => write(&mut self.framed, sealed, limit).await,
+            Err(e) => {
+                tracing::warn!("cannot send on the private chat: {e}");
+                false
             }
         }
-    })
-    .await;
+    }
+
+    /// Says goodbye for `reason` and shuts our side of the connection down.
+    async fn goodbye(&mut self, reason: ByeReason) {
+        self.write(&ChatMessage::Bye { reason }, GOODBYE_TIMEOUT).await;
+        let _ = timeout(GOODBYE_TIMEOUT, self.framed.get_mut().shutdown()).await;
+    }
+
+    /// Reads and drops what the peer still sends, until it closes, [`GOODBYE_TIMEOUT`] or
+    /// [`DRAIN_LIMIT`] bytes: a socket closed with unread input is reset, and the reset can
+    /// destroy our goodbye before the peer has read it. (A flooder that keeps writing is
+    /// simply closed on: its goodbye was in the socket before that.)
+    async fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        let socket = self.framed.get_mut();
+        let _ = timeout(GOODBYE_TIMEOUT, async {
+            let mut left = DRAIN_LIMIT;
+            while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                left = left.saturating_sub(n);
+                if left == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -1,19 +1,26 @@
 //! Direct peer-to-peer links: private chat over TCP and file transfer over UDP.
 //!
-//! The server introduces two users and steps aside. Before logging in, a client binds its
-//! [`DirectSockets`] and announces their ports; the server pairs them with the IP address it
-//! sees the client connect from. When one user accepts another's private chat request, the
-//! server gives both a one-time token and the other's address, and the requester connects
-//! straight to the target's listener ([`chat`]). The listener lets the connection in only
-//! with the token the server issued for that user, once ([`tokens`]). What is said on the
-//! link never passes through the server, so it keeps working when the server goes away.
+//! The server introduces two users and steps aside. Each client has a long-term key pair
+//! ([`identity`], kept in its data directory). Before logging in, it binds its
+//! [`DirectSockets`] and announces their ports with its public key; the server pairs them
+//! with the IP address it sees the client connect from. When one user accepts another's
+//! private chat request, the server gives both a one-time token and the other's address and
+//! key, and the requester connects straight to the target's listener ([`chat`]). The link
+//! opens with a Noise handshake ([`noise`]) that only the two holders of the keys the server
+//! vouched for, who both know the token, can complete; the listener lets each token in
+//! once ([`tokens`]). What is said on the link is encrypted end to end and never passes
+//! through the server, so it keeps working when the server goes away. Users who compare
+//! their safety code (`/verify`) pin each other's keys, so that a server that later vouches
+//! for another key is caught.
 //!
 //! Files go the same way over the UDP socket ([`transfer`]): for `/p2pvideo`, the server
 //! gives the sender the receiver's UDP address and a one-time token, and tells the receiver
 //! the sender's; the chunks, acknowledgements and the SHA-256 never pass through the server.
 
 pub mod chat;
+pub mod identity;
 pub mod limits;
+pub mod noise;
 pub mod tokens;
 pub mod transfer;
 
@@ -22,7 +29,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::protocol::DirectPorts;
+use crate::protocol::DirectEndpoint;
+
+use identity::Identity;
 
 pub use crate::limit::Rate;
 pub use chat::{
@@ -38,7 +47,8 @@ pub struct DirectSockets {
     pub tcp: TcpListener,
     /// The file-transfer socket, kept bound for the transfer.
     pub udp: UdpSocket,
-    ports: DirectPorts,
+    /// The ports picked (where 0 was asked for): TCP, UDP.
+    ports: (u16, u16),
 }
 
 /// A direct socket could not be bound.
@@ -76,11 +86,17 @@ impl DirectSockets {
         let udp_error = |source| BindError::Udp { addr, source };
         let udp = UdpSocket::bind(addr).await.map_err(udp_error)?;
         let udp_port = udp.local_addr().map_err(udp_error)?.port();
-        Ok(Self { tcp, udp, ports: DirectPorts { tcp: tcp_port, udp: udp_port } })
+        Ok(Self { tcp, udp, ports: (tcp_port, udp_port) })
     }
 
-    /// The ports to announce at login (the ones picked, where 0 was asked for).
-    pub fn ports(&self) -> DirectPorts {
-        self.ports
+    /// What to announce at login: the ports (the ones picked, where 0 was asked for) and
+    /// the key of `identity`, which the links will be authenticated with.
+    pub fn endpoint(&self, identity: &Identity) -> DirectEndpoint {
+        DirectEndpoint { tcp: self.ports.0, udp: self.ports.1, key: identity.public() }
+    }
+
+    /// The private-chat listener's port.
+    pub fn tcp_port(&self) -> u16 {
+        self.ports.0
     }
 }

@@ -1,4 +1,5 @@
-//! The tokens a private-chat listener accepts: at most one per expected peer, each used once.
+//! The tokens a private-chat listener accepts: at most one per expected peer, each used once,
+//! with the key the server vouched for that peer.
 //!
 //! Pure bookkeeping; the caller passes `now`. Accepting a request happens in two steps
 //! because of a race: the server sends the requester its token at the same moment as it
@@ -6,9 +7,11 @@
 //! target has read the answer. So the target first [`reserve`](Tokens::reserve)s a slot for
 //! the requester (before asking the server), then [`fill`](Tokens::fill)s it with the token
 //! from the answer. A `Hello` that finds an unfilled slot is told to [`Verdict::Wait`]; one
-//! that finds no slot, a different token or an expired slot is rejected. A token that
-//! matches is consumed, so it cannot be replayed. A wrong token does not consume the slot:
-//! otherwise anyone able to reach the port could spoil a chat by guessing badly.
+//! that finds no slot or an expired slot is rejected. Otherwise the caller's check runs with
+//! the slot's token and key (the Noise handshake, which opens only if the peer used both);
+//! a `Hello` that passes consumes the token, so it cannot be replayed. One that fails does
+//! not consume the slot: otherwise anyone able to reach the port could spoil a chat by
+//! guessing badly.
 //!
 //! A filled slot also knows the address the peer is coming from (the server's introduction
 //! says), so that the listener can keep handshake slots for it that strangers cannot take
@@ -20,7 +23,7 @@ use std::net::IpAddr;
 use tokio::time::Instant;
 
 use crate::limit::addr_key;
-use crate::protocol::Token;
+use crate::protocol::{PublicKey, Token};
 
 /// Expected peers and their tokens.
 #[derive(Debug, Default)]
@@ -30,8 +33,8 @@ pub struct Tokens {
 
 #[derive(Debug)]
 struct Slot {
-    /// `None` until the server's answer has been read.
-    token: Option<Token>,
+    /// The token and the peer's key; `None` until the server's answer has been read.
+    token: Option<(Token, PublicKey)>,
     /// The peer's address key ([`addr_key`]), from the same answer.
     from: Option<IpAddr>,
     until: Instant,
@@ -39,9 +42,9 @@ struct Slot {
 
 /// What to do with a `Hello` from a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The token is right: open the chat. The token is used up.
-    Accept,
+pub enum Verdict<T> {
+    /// The check passed, with this outcome: open the chat. The token is used up.
+    Accept(T),
     /// A token for this peer is on its way: check again when it arrives.
     Wait,
     /// Close the connection.
@@ -54,8 +57,8 @@ pub enum Rejection {
     /// No token is expected from this user: never issued, or already used.
     #[error("no token is expected from this user (never issued, or already used)")]
     Unexpected,
-    /// The token differs from the one the server issued for this user.
-    #[error("wrong token")]
+    /// The handshake did not open with the token and key the server issued for this user.
+    #[error("wrong token or key")]
     WrongToken,
     /// The token was not used in time.
     #[error("the token has expired")]
@@ -68,13 +71,19 @@ impl Tokens {
         self.expected.insert(peer.to_owned(), Slot { token: None, from: None, until });
     }
 
-    /// Sets the token for a reserved `peer`, who will connect from `from`, valid until
-    /// `until`. False if nothing was reserved.
-    pub fn fill(&mut self, peer: &str, token: Token, from: IpAddr, until: Instant) -> bool {
+    /// Sets the token and key for a reserved `peer`, who will connect from `from`, valid
+    /// until `until`. False if nothing was reserved.
+    pub fn fill(
+        &mut self,
+        peer: &str,
+        (token, key): (Token, PublicKey),
+        from: IpAddr,
+        until: Instant,
+    ) -> bool {
         let Some(slot) = self.expected.get_mut(peer) else {
             return false;
         };
-        *slot = Slot { token: Some(token), from: Some(addr_key(from)), until };
+        *slot = Slot { token: Some((token, key)), from: Some(addr_key(from)), until };
         true
     }
 
@@ -94,16 +103,24 @@ impl Tokens {
         self.expected.clear();
     }
 
-    /// Judges a `Hello` from `peer` carrying `token`.
-    pub fn check(&mut self, peer: &str, token: &Token, now: Instant) -> Verdict {
+    /// Judges a `Hello` from `peer`: `open` is tried with the token and key expected from
+    /// `peer` and says whether the hello was made with them (`Some` of what it made).
+    pub fn check<T>(
+        &mut self,
+        peer: &str,
+        now: Instant,
+        open: impl FnOnce(&Token, &PublicKey) -> Option<T>,
+    ) -> Verdict<T> {
         let verdict = match self.expected.get(peer) {
             None => Verdict::Reject(Rejection::Unexpected),
             Some(slot) if slot.until <= now => Verdict::Reject(Rejection::Expired),
             Some(Slot { token: None, .. }) => Verdict::Wait,
-            Some(Slot { token: Some(expected), .. }) if expected == token => Verdict::Accept,
-            Some(_) => Verdict::Reject(Rejection::WrongToken),
+            Some(Slot { token: Some((token, key)), .. }) => match open(token, key) {
+                Some(opened) => Verdict::Accept(opened),
+                None => Verdict::Reject(Rejection::WrongToken),
+            },
         };
-        if matches!(verdict, Verdict::Accept | Verdict::Reject(Rejection::Expired)) {
+        if matches!(verdict, Verdict::Accept(_) | Verdict::Reject(Rejection::Expired)) {
             self.expected.remove(peer);
         }
         self.expected.retain(|_, slot| slot.until > now);
@@ -118,16 +135,28 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(30);
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const KEY: PublicKey = PublicKey([5; 32]);
+
+    /// Checks a hello that was made with `token` (and the right key).
+    fn check(tokens: &mut Tokens, peer: &str, token: &Token, now: Instant) -> Verdict<()> {
+        tokens.check(peer, now, |expected, key| (expected == token && *key == KEY).then_some(()))
+    }
 
     #[test]
     fn a_token_is_accepted_once_for_its_user_only() {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        assert!(tokens.fill("alice", token, HOME, now + TTL));
-        assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
+        assert!(tokens.fill("alice", (token, KEY), HOME, now + TTL));
+        assert_eq!(
+            check(&mut tokens, "carol", &token, now),
+            Verdict::Reject(Rejection::Unexpected)
+        );
+        assert_eq!(check(&mut tokens, "alice", &token, now), Verdict::Accept(()));
+        assert_eq!(
+            check(&mut tokens, "alice", &token, now),
+            Verdict::Reject(Rejection::Unexpected)
+        );
     }
 
     #[test]
@@ -135,10 +164,13 @@ mod tests {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        tokens.fill("alice", token, HOME, now + TTL);
+        tokens.fill("alice", (token, KEY), HOME, now + TTL);
         let forged = Token::random();
-        assert_eq!(tokens.check("alice", &forged, now), Verdict::Reject(Rejection::WrongToken));
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+        assert_eq!(
+            check(&mut tokens, "alice", &forged, now),
+            Verdict::Reject(Rejection::WrongToken)
+        );
+        assert_eq!(check(&mut tokens, "alice", &token, now), Verdict::Accept(()));
     }
 
     #[test]
@@ -146,11 +178,11 @@ mod tests {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Wait);
-        tokens.fill("alice", token, HOME, now + TTL);
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
-        assert!(!tokens.fill("bob", token, HOME, now + TTL), "nothing reserved for bob");
-        assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
+        assert_eq!(check(&mut tokens, "alice", &token, now), Verdict::Wait);
+        tokens.fill("alice", (token, KEY), HOME, now + TTL);
+        assert_eq!(check(&mut tokens, "alice", &token, now), Verdict::Accept(()));
+        assert!(!tokens.fill("bob", (token, KEY), HOME, now + TTL), "nothing reserved for bob");
+        assert_eq!(check(&mut tokens, "bob", &token, now), Verdict::Reject(Rejection::Unexpected));
     }
 
     #[test]
@@ -158,16 +190,25 @@ mod tests {
         let now = Instant::now();
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
-        tokens.fill("alice", token, HOME, now + TTL);
-        assert_eq!(tokens.check("alice", &token, now + TTL), Verdict::Reject(Rejection::Expired));
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Reject(Rejection::Unexpected));
+        tokens.fill("alice", (token, KEY), HOME, now + TTL);
+        assert_eq!(
+            check(&mut tokens, "alice", &token, now + TTL),
+            Verdict::Reject(Rejection::Expired)
+        );
+        assert_eq!(
+            check(&mut tokens, "alice", &token, now),
+            Verdict::Reject(Rejection::Unexpected)
+        );
         tokens.reserve("bob", now + TTL);
         tokens.cancel("bob");
-        assert_eq!(tokens.check("bob", &token, now), Verdict::Reject(Rejection::Unexpected));
+        assert_eq!(check(&mut tokens, "bob", &token, now), Verdict::Reject(Rejection::Unexpected));
         tokens.reserve("carol", now + TTL);
-        tokens.fill("carol", token, HOME, now + TTL);
+        tokens.fill("carol", (token, KEY), HOME, now + TTL);
         tokens.clear();
-        assert_eq!(tokens.check("carol", &token, now), Verdict::Reject(Rejection::Unexpected));
+        assert_eq!(
+            check(&mut tokens, "carol", &token, now),
+            Verdict::Reject(Rejection::Unexpected)
+        );
     }
 
     #[test]
@@ -176,12 +217,12 @@ mod tests {
         let (mut tokens, token) = (Tokens::default(), Token::random());
         tokens.reserve("alice", now + TTL);
         assert!(!tokens.expects_from(HOME, now), "the address is not known before the answer");
-        tokens.fill("alice", token, HOME, now + TTL);
+        tokens.fill("alice", (token, KEY), HOME, now + TTL);
         assert!(tokens.expects_from(HOME, now));
         assert!(tokens.expects_from("::ffff:127.0.0.1".parse().unwrap(), now));
         assert!(!tokens.expects_from("127.0.0.2".parse().unwrap(), now));
         assert!(!tokens.expects_from(HOME, now + TTL));
-        assert_eq!(tokens.check("alice", &token, now), Verdict::Accept);
+        assert_eq!(check(&mut tokens, "alice", &token, now), Verdict::Accept(()));
         assert!(!tokens.expects_from(HOME, now), "a used token expects nobody");
     }
 
@@ -192,7 +233,7 @@ mod tests {
         for i in 0..100 {
             tokens.reserve(&format!("user{i}"), now + TTL);
         }
-        tokens.check("nobody", &Token::random(), now + TTL);
+        check(&mut tokens, "nobody", &Token::random(), now + TTL);
         assert!(tokens.expected.is_empty());
     }
 }

@@ -6,10 +6,10 @@
 //! peers of different versions can always tell each other that they disagree.
 //!
 //! The private-chat introduction also travels here: a login announces the client's
-//! [`DirectPorts`]; [`Request::StartPrivate`] makes the server ask the target with
+//! [`DirectEndpoint`] (ports and public key); [`Request::StartPrivate`] makes the server ask the target with
 //! [`Event::PrivateRequest`]; [`Request::AcceptPrivate`] is answered with an [`Introduction`]
-//! (the requester's address and a fresh [`Token`]) while the requester gets the target's
-//! address and the same token in [`Event::PrivateAccepted`]. What the two clients then say to
+//! (the requester's address and key, and a fresh [`Token`]) while the requester gets the
+//! target's address and key and the same token in [`Event::PrivateAccepted`]. What the two clients then say to
 //! each other is in [`super::peer`]. A file offer ([`Request::SendFile`]) is introduced the
 //! same way in one step: the sender gets the receiver's UDP address and a token, and the
 //! receiver an [`Event::FileOffer`] with the sender's.
@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bump it on any incompatible change.
-/// Version 2: logins announce [`DirectPorts`]; private-chat introductions.
+/// Version 2: logins announce their direct ports; private-chat introductions.
 /// Version 3: file offers ([`Request::SendFile`], [`Event::FileOffer`]).
 /// Version 4: the delivery log: message events carry the log's id, clients acknowledge what
 /// they have shown ([`ClientMessage::Ack`]), sends carry a client-chosen id, catch-up ends with
@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 /// Version 5: [`Welcome`] carries the server's limits, so a client checks a request before
 /// sending it; [`Reply::Sent`] and [`Reply::GroupSent`] carry the server's time of the
 /// message, so the sender shows the time its recipients see.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 6: a login announces the client's long-term [`PublicKey`] with its ports
+/// ([`DirectEndpoint`]), and every [`Introduction`] carries the peer's key: direct links are
+/// encrypted end to end (see [`super::peer`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A message's id in the server's log: unique and increasing in the order the server
 /// accepted messages. Every message a session receives has a larger id than the one before.
@@ -113,7 +116,7 @@ pub enum Request {
         password: String,
         /// Where this client takes direct connections; `None` for a client that takes none
         /// (it can then neither start nor accept private chats).
-        direct: Option<DirectPorts>,
+        direct: Option<DirectEndpoint>,
     },
     /// Send a direct message, relayed now or stored until `to` logs in.
     Msg {
@@ -221,14 +224,52 @@ pub enum Request {
     },
 }
 
-/// The ports on which a client takes direct connections. The server pairs them with the IP
-/// address it sees the client connect from.
+/// Where and as whom a client takes direct connections: its ports, which the server pairs
+/// with the IP address it sees the client connect from, and its long-term public key, which
+/// the server hands to the peers it introduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectPorts {
+pub struct DirectEndpoint {
     /// TCP port of the private-chat listener.
     pub tcp: u16,
     /// UDP port for file transfers.
     pub udp: u16,
+    /// The client's identity key for direct links.
+    pub key: PublicKey,
+}
+
+/// A client's long-term X25519 public key, which its direct links are authenticated with.
+/// It is public: `Debug` and `Display` show it in hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PublicKey(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = &'static str;
+
+    /// Parses the 64 hex digits that `Display` writes.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.as_bytes();
+        if text.len() != 64 || !text.is_ascii() {
+            return Err("a key is 64 hex digits");
+        }
+        let mut key = [0; 32];
+        for (byte, pair) in key.iter_mut().zip(text.chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| "a key is 64 hex digits")?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| "a key is 64 hex digits")?;
+        }
+        Ok(PublicKey(key))
+    }
 }
 
 /// A one-time secret for one direct connection: 128 random bits made by the server.
@@ -271,6 +312,9 @@ pub struct Introduction {
     pub addr: SocketAddr,
     /// The one-time token that authenticates the requester's connection to the target.
     pub token: Token,
+    /// The other side's identity key, as it announced it at login: the direct link's
+    /// handshake proves that the peer holds it.
+    pub key: PublicKey,
 }
 
 /// A successful answer to a [`Request`].

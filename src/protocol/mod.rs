@@ -12,7 +12,7 @@ pub mod peer;
 
 pub use codec::{encode_frame, CodecError, FrameCodec, MalformedFrame, DEFAULT_MAX_FRAME};
 pub use message::*;
-pub use peer::{ByeReason, PeerCodec, PeerMessage, MAX_PEER_FRAME};
+pub use peer::{ByeReason, ChatMessage, PeerCodec, PeerMessage, MAX_PEER_FRAME};
 
 /// The codec a server uses on a client connection.
 pub type ServerCodec = FrameCodec<ClientMessage, ServerMessage>;
@@ -30,6 +30,7 @@ mod tests {
             peer: "bob".into(),
             addr: "192.0.2.7:4100".parse().unwrap(),
             token: Token([7; 16]),
+            key: PublicKey([9; 32]),
         }
     }
 
@@ -39,7 +40,7 @@ mod tests {
             Request::Login {
                 username: "alice".into(),
                 password: "pw".into(),
-                direct: Some(DirectPorts { tcp: 4100, udp: 4101 }),
+                direct: Some(DirectEndpoint { tcp: 4100, udp: 4101, key: PublicKey([3; 32]) }),
             },
             Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into(), send_id: Some(7) },
             Request::Broadcast { text: "all".into() },
@@ -345,26 +346,36 @@ mod tests {
     }
 
     fn peer_messages() -> Vec<PeerMessage> {
-        let mut all = vec![
+        let all = vec![
             PeerMessage::Hello {
                 version: PROTOCOL_VERSION,
-                token: Token([1; 16]),
                 username: "a".into(),
+                handshake: vec![1; 96],
             },
-            PeerMessage::Accepted { username: "b".into() },
-            PeerMessage::Text { text: "psst ✓".into(), sent_at: 1_700_000_000_000 },
+            PeerMessage::Accepted { username: "b".into(), handshake: vec![2; 48] },
+            PeerMessage::Sealed(vec![0, 255, 3]),
         ];
-        for reason in
-            [ByeReason::Stopped, ByeReason::LoggedOut, ByeReason::TimedOut, ByeReason::TooFast]
-        {
-            all.push(PeerMessage::Bye { reason });
-        }
         for m in &all {
             match m {
                 PeerMessage::Hello { .. }
                 | PeerMessage::Accepted { .. }
-                | PeerMessage::Text { .. }
-                | PeerMessage::Bye { .. } => {}
+                | PeerMessage::Sealed(_) => {}
+            }
+        }
+        all
+    }
+
+    fn chat_messages() -> Vec<ChatMessage> {
+        let mut all =
+            vec![ChatMessage::Text { text: "psst ✓".into(), sent_at: 1_700_000_000_000 }];
+        for reason in
+            [ByeReason::Stopped, ByeReason::LoggedOut, ByeReason::TimedOut, ByeReason::TooFast]
+        {
+            all.push(ChatMessage::Bye { reason });
+        }
+        for m in &all {
+            match m {
+                ChatMessage::Text { .. } | ChatMessage::Bye { .. } => {}
             }
         }
         all
@@ -376,6 +387,20 @@ mod tests {
         for msg in peer_messages() {
             assert_eq!(round_trip(&mut codec, msg.clone()), msg);
         }
+        for msg in chat_messages() {
+            let bytes = rmp_serde::to_vec(&msg).unwrap();
+            assert_eq!(rmp_serde::from_slice::<ChatMessage>(&bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn handshake_and_sealed_bytes_go_as_binary_not_as_arrays_of_numbers() {
+        let sealed = PeerMessage::Sealed(vec![200; 1000]);
+        assert!(rmp_serde::to_vec(&sealed).unwrap().len() < 1100, "bytes over 127 take two as numbers");
+        let key = PublicKey([255; 32]);
+        assert!(rmp_serde::to_vec(&key).unwrap().len() < 40);
+        assert_eq!(key.to_string().parse::<PublicKey>(), Ok(key));
+        assert!("zz".repeat(32).parse::<PublicKey>().is_err());
     }
 
     #[test]

@@ -2,16 +2,17 @@
 //!
 //! The server never sees this link. After it has introduced the two users (see
 //! [`Introduction`](super::Introduction)), the requester connects to the target's listener and
-//! sends [`PeerMessage::Hello`] with the one-time token and its username. The listener checks
-//! the pair against the tokens the server gave it and either answers
-//! [`PeerMessage::Accepted`] or closes the connection without reading anything else. From
-//! then on both sides send [`PeerMessage::Text`] whenever they like, and either ends the link
-//! with [`PeerMessage::Bye`] (or by closing it). Frames are the same length-prefixed
-//! MessagePack as on the server connection, through [`PeerCodec`].
+//! sends [`PeerMessage::Hello`] with its username and the first message of a Noise handshake
+//! keyed by both users' keys and the one-time token. The listener completes it with the key
+//! and token the server gave it for that user and answers [`PeerMessage::Accepted`], or
+//! closes the connection without reading anything else. From then on both sides send
+//! [`ChatMessage`]s, each sealed in a [`PeerMessage::Sealed`], whenever they like, and
+//! either ends the link with [`ChatMessage::Bye`] (or by closing it). Frames are the same
+//! length-prefixed MessagePack as on the server connection, through [`PeerCodec`].
 
 use serde::{Deserialize, Serialize};
 
-use super::{FrameCodec, Timestamp, Token};
+use super::{FrameCodec, Timestamp};
 
 /// The largest frame accepted on a direct link, in bytes: a [`PeerMessage::Text`] of the
 /// longest message (4,000 characters of up to 4 bytes) with room to spare. A larger header
@@ -22,22 +23,39 @@ pub const MAX_PEER_FRAME: usize = 64 * 1024;
 pub type PeerCodec = FrameCodec<PeerMessage, PeerMessage>;
 
 /// Every frame on a direct private-chat link.
+///
+/// Only the two handshake frames travel in the clear, and they carry nothing secret: the
+/// token never leaves the clients (it is the handshake's pre-shared key). Everything said
+/// after them is a [`ChatMessage`] sealed into [`PeerMessage::Sealed`] (see
+/// `crate::p2p::noise`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    /// The connecting side's first frame: who it is and the token the server gave it.
+    /// The connecting side's first frame: who it is, and the first handshake message, which
+    /// only the holder of the key the server vouched for, knowing the token, can make.
     Hello {
         /// The sender's [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
         version: u32,
-        /// The one-time token from the introduction.
-        token: Token,
-        /// The sender's username, which must be the one the token was issued for.
+        /// The sender's username, which the listener looks its key and token up by.
         username: String,
+        /// Noise handshake message 1.
+        #[serde(with = "serde_bytes")]
+        handshake: Vec<u8>,
     },
     /// The listening side's answer to a valid `Hello`; the chat is open.
     Accepted {
         /// The listener's username.
         username: String,
+        /// Noise handshake message 2.
+        #[serde(with = "serde_bytes")]
+        handshake: Vec<u8>,
     },
+    /// A [`ChatMessage`], encrypted and authenticated.
+    Sealed(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What the two sides of an open chat say to each other, inside [`PeerMessage::Sealed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatMessage {
     /// A private message.
     Text {
         /// Message text.

@@ -213,9 +213,10 @@ async fn unauthenticated(
                     conn.goodbye(ServerMessage::Reply { id, result: Err(refusal) }).await;
                     return None;
                 }
-                let direct = direct.map(|ports| DirectAddrs {
-                    tcp: SocketAddr::new(ip, ports.tcp),
-                    udp: SocketAddr::new(ip, ports.udp),
+                let direct = direct.map(|endpoint| DirectAddrs {
+                    tcp: SocketAddr::new(ip, endpoint.tcp),
+                    udp: SocketAddr::new(ip, endpoint.udp),
+                    key: endpoint.key,
                 });
                 match cmd::login::run(shared, ip, username, password, direct).await {
                     Ok(mut me) => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use confab::client::session::{self, CommandError};
 use confab::client::{Client, ClientError, ClientEvent, Events};
+use confab::p2p::identity::{Identity, PeerTrust, VerifiedPeers};
 use confab::p2p::{ChatConfig, DirectSockets, PrivateChats, PrivateEvent, PrivateEvents};
 use confab::protocol::{ErrorCode, Event, Introduction};
 use confab::server::rate::UserRates;
@@ -192,6 +193,10 @@ pub struct Direct {
     pub events: Events,
     pub chats: PrivateChats,
     pub private: PrivateEvents,
+    /// The client's key pair, announced at login.
+    pub identity: Identity,
+    /// The peers' keys this client has verified.
+    pub pins: VerifiedPeers,
     /// The private-chat listener's port, as announced at login.
     pub port: u16,
     /// The file-transfer socket, bound and announced at login.
@@ -208,11 +213,14 @@ impl TestServer {
     pub async fn login_direct_with(&self, user: &str, config: ChatConfig) -> Direct {
         let (client, events) = self.connect().await;
         let sockets = DirectSockets::bind(client.local_addr().ip(), 0, 0).await.unwrap();
-        let ports = sockets.ports();
-        client.login_with(user, &password_of(user), Some(ports)).await.unwrap();
+        let (identity, pins) = (Identity::generate(), VerifiedPeers::in_memory());
+        let endpoint = sockets.endpoint(&identity);
+        client.login_with(user, &password_of(user), Some(endpoint)).await.unwrap();
         let DirectSockets { tcp, udp, .. } = sockets;
-        let (chats, private) = PrivateChats::start(user, tcp, config);
-        Direct { name: user.to_owned(), client, events, chats, private, port: ports.tcp, udp }
+        let (chats, private) =
+            PrivateChats::start(user, identity.clone(), pins.clone(), tcp, config);
+        let (name, port) = (user.to_owned(), endpoint.tcp);
+        Direct { name, client, events, chats, private, identity, pins, port, udp }
     }
 }
 
@@ -233,6 +241,11 @@ pub async fn next_private_message(events: &mut PrivateEvents) -> (String, String
     }
 }
 
+/// A chat with `peer` opened, with a key nobody verified.
+pub fn opened(peer: &str) -> PrivateEvent {
+    PrivateEvent::Opened { peer: peer.to_owned(), trust: PeerTrust::Unverified }
+}
+
 /// The full introduction: `a` asks, `b` is asked and accepts, `a` connects, both see the
 /// chat open. Returns the introduction `a` was given (`b`'s address and the token).
 pub async fn open_private(a: &mut Direct, b: &mut Direct) -> Introduction {
@@ -247,8 +260,8 @@ pub async fn open_private(a: &mut Direct, b: &mut Direct) -> Introduction {
         other => panic!("expected an acceptance, got {other:?}"),
     };
     a.chats.connect(intro.clone());
-    assert_eq!(next_private(&mut a.private).await, PrivateEvent::Opened { peer: b.name.clone() });
-    assert_eq!(next_private(&mut b.private).await, PrivateEvent::Opened { peer: a.name.clone() });
+    assert_eq!(next_private(&mut a.private).await, opened(&b.name));
+    assert_eq!(next_private(&mut b.private).await, opened(&a.name));
     intro
 }
 

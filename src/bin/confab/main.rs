@@ -35,6 +35,7 @@ use confab::client::trust::{KnownServers, TrustError, Trusted};
 use confab::client::{
     format, tui, Client, ClientError, Connector, Events, LoginInfo, Security, Trust,
 };
+use confab::p2p::identity::{Identity, IdentityError, VerifiedPeers};
 use confab::p2p::transfer::{SenderConfig, TransferConfig};
 use confab::p2p::DirectSockets;
 use confab::protocol::{ErrorCode, OnlineUser};
@@ -112,8 +113,9 @@ struct Args {
     /// Trust only the server certificate with this fingerprint (SHA256:...).
     #[arg(long, env = "CONFAB_FINGERPRINT")]
     fingerprint: Option<Fingerprint>,
-    /// Where the client keeps known_servers, the full-screen interface's input history and
-    /// chat logs, and its log file (default: the user's data dir).
+    /// Where the client keeps its key for direct links (identity.key), the peers it verified,
+    /// known_servers, the full-screen interface's input history and chat logs, and its log
+    /// file (default: the user's data dir).
     #[arg(long, env = "CONFAB_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -150,6 +152,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let (identity, pins) = match identity(&args) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("{}", format::error(e));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     let ip = connection.0.local_addr().ip();
     let sockets = match DirectSockets::bind(ip, args.p2p_port, args.udp_port).await {
         Ok(sockets) => sockets,
@@ -166,7 +175,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        match session::log_in(&connection.0, &credentials, sockets.ports()).await {
+        match session::log_in(&connection.0, &credentials, sockets.endpoint(&identity)).await {
             Ok(info) => break (credentials, info),
             // A typo: on a terminal, ask again (the server counts every try for its lockout).
             Err(e) if e.code() == Some(ErrorCode::InvalidCredentials) && password.prompted() => {
@@ -183,7 +192,7 @@ async fn main() -> ExitCode {
         true => connection.0.list().await.unwrap_or_default(),
         false => Vec::new(),
     };
-    let config = session_config(&args, connector);
+    let config = session_config(&args, connector, identity, pins);
     let started = Session::start(config, credentials, connection, sockets, &info);
     let (session, events) = match started {
         Ok(pair) => pair,
@@ -250,8 +259,26 @@ async fn reach(args: &Args, connector: &Connector) -> Result<(Client, Events), u
 }
 
 /// The session's settings from the flags.
-fn session_config(args: &Args, connector: Connector) -> SessionConfig {
+/// The client's key pair for direct links and the peers' keys it has verified, from the
+/// data directory (the key pair is made there on first run).
+fn identity(args: &Args) -> Result<(Identity, VerifiedPeers), IdentityError> {
+    let dir = data_dir(args);
+    let (identity, created) = Identity::load_or_create(&dir)?;
+    if created {
+        tracing::info!(key = %identity.public(), "made a new identity for direct links");
+    }
+    Ok((identity, VerifiedPeers::in_dir(&dir)?))
+}
+
+fn session_config(
+    args: &Args,
+    connector: Connector,
+    identity: Identity,
+    pins: VerifiedPeers,
+) -> SessionConfig {
     let mut config = SessionConfig::new(connector);
+    config.identity = identity;
+    config.pins = pins;
     config.reconnect = !args.no_reconnect;
     config.transfer = TransferConfig {
         download_dir: args.download_dir.clone(),

@@ -54,11 +54,12 @@ pub use rules::{Connection, Finish, Limits};
 use super::command::{self, Command, FileCommand};
 use super::trust::TrustError;
 use super::{files, format, Client, ClientError, ClientEvent, Connector, Events, LoginInfo};
+use crate::p2p::identity::{Identity, PeerTrust, VerifiedPeers};
 use crate::p2p::transfer::{IncomingFile, TransferConfig, TransferEvent, Transfers};
 use crate::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
-use crate::protocol::{ByeReason, DirectPorts, Event, Introduction, Reply, Request};
+use crate::protocol::{ByeReason, DirectEndpoint, Event, Introduction, Reply, Request};
 
 /// How long quitting waits for the server to confirm the logout.
 pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -96,16 +97,23 @@ pub struct SessionConfig {
     pub chat: ChatConfig,
     /// File-transfer settings.
     pub transfer: TransferConfig,
+    /// The client's key pair for direct links, announced at every login.
+    pub identity: Identity,
+    /// The peers' keys the user has verified (`/verify`).
+    pub pins: VerifiedPeers,
 }
 
 impl SessionConfig {
-    /// The defaults for `server`.
+    /// The defaults for `server`, with a fresh identity and no verified peers (the `confab`
+    /// binary keeps both in its data directory).
     pub fn new(server: Connector) -> Self {
         Self {
             server: Arc::new(server),
             reconnect: true,
             chat: ChatConfig::default(),
             transfer: TransferConfig::default(),
+            identity: Identity::generate(),
+            pins: VerifiedPeers::in_memory(),
         }
     }
 }
@@ -204,13 +212,13 @@ pub async fn connect(server: &Connector) -> Result<(Client, Events), ClientError
     server.connect().await
 }
 
-/// Logs in with `credentials`, announcing the direct `ports`.
+/// Logs in with `credentials`, announcing the direct `endpoint` (ports and key).
 pub async fn log_in(
     client: &Client,
     credentials: &Credentials,
-    ports: DirectPorts,
+    endpoint: DirectEndpoint,
 ) -> Result<LoginInfo, ClientError> {
-    client.login_with(&credentials.username, &credentials.password, Some(ports)).await
+    client.login_with(&credentials.username, &credentials.password, Some(endpoint)).await
 }
 
 /// Asks `user`, through the server, for a private chat.
@@ -238,6 +246,37 @@ pub async fn accept_private(
     let intro = client.accept_private(from).await?;
     expected.introduced(&intro)?;
     Ok(intro)
+}
+
+/// `/verify USER [confirm]`: the lines that show the safety code of the chat with `user`,
+/// or, with `confirm`, pin `user`'s key and say so.
+pub fn verify(
+    chats: &PrivateChats,
+    user: &str,
+    confirm: bool,
+) -> Result<Vec<String>, PrivateError> {
+    let name = format::sanitize(user);
+    if confirm {
+        let code = chats.verify(user)?;
+        return Ok(vec![format!(
+            "* {name}'s key is verified (safety code {code}); a private chat with any other key \
+             will be flagged"
+        )]);
+    }
+    let (code, trust) = chats.safety_code(user)?;
+    let mut lines = vec![format!("* safety code of your private chat with {name}: {code}")];
+    lines.push(match trust {
+        PeerTrust::Verified => format!("  {name}'s key is the one you verified"),
+        PeerTrust::Unverified => format!(
+            "  compare it with the code {name} sees (aloud, or in person); if they match, type \
+             /verify {name} confirm"
+        ),
+        PeerTrust::Changed { .. } => format!(
+            "  WARNING: this is not the key you verified for {name}; confirm it only after \
+             comparing the code again (/verify {name} confirm)"
+        ),
+    });
+    Ok(lines)
 }
 
 /// The front end's handle on a running session; cheap to clone.
@@ -274,8 +313,8 @@ enum Input {
 
 impl Session {
     /// Runs the session of the user logged in on `client` (`info` is the login's answer),
-    /// with the direct `sockets` whose ports that login announced. Must be called inside a
-    /// tokio runtime.
+    /// with the direct `sockets` whose ports that login announced with the key of
+    /// `config.identity`. Must be called inside a tokio runtime.
     pub fn start(
         config: SessionConfig,
         credentials: Credentials,
@@ -283,7 +322,7 @@ impl Session {
         sockets: DirectSockets,
         info: &LoginInfo,
     ) -> Result<(Session, SessionEvents), StartError> {
-        let ports = sockets.ports();
+        let endpoint = sockets.endpoint(&config.identity);
         let DirectSockets { tcp, udp, .. } = sockets;
         let (transfer_tx, transfer_events) = mpsc::unbounded_channel();
         let transfers = udp
@@ -294,7 +333,13 @@ impl Session {
                 })
             })
             .map_err(StartError::Transfers)?;
-        let (chats, private) = PrivateChats::start(&info.username, tcp, config.chat.clone());
+        let (chats, private) = PrivateChats::start(
+            &info.username,
+            config.identity.clone(),
+            config.pins.clone(),
+            tcp,
+            config.chat.clone(),
+        );
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let (out, rx) = mpsc::channel(EVENT_QUEUE);
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -305,7 +350,7 @@ impl Session {
             limits: client.limits(),
             config,
             credentials,
-            ports,
+            endpoint,
             client: Some(client),
             events: Some(events),
             chats,
@@ -420,7 +465,8 @@ struct Driver {
     /// The server's limits, from the latest handshake.
     limits: Limits,
     credentials: Credentials,
-    ports: DirectPorts,
+    /// What every login announces: the direct ports and the key.
+    endpoint: DirectEndpoint,
     rules: Rules,
     client: Option<Client>,
     events: Option<Events>,
@@ -533,6 +579,17 @@ impl Driver {
             }
             Command::StopPrivate { user } => {
                 let _ = self.jobs.send(Job::Stop { user });
+                return None;
+            }
+            Command::Verify { user, confirm } => {
+                match verify(&self.chats, &user, confirm) {
+                    Ok(lines) => {
+                        for line in lines {
+                            self.emit(SessionEvent::Notice(line)).await;
+                        }
+                    }
+                    Err(e) => self.emit(SessionEvent::Error(e.to_string())).await,
+                }
                 return None;
             }
             Command::File(FileCommand::Send { .. }) if !self.rules.connected() => {
@@ -715,11 +772,11 @@ impl Driver {
         let (tx, rx) = oneshot::channel();
         let server = self.config.server.clone();
         let credentials = self.credentials.clone();
-        let ports = self.ports;
+        let endpoint = self.endpoint;
         tokio::spawn(async move {
             let attempt = async {
                 let (client, events) = connect(&server).await?;
-                let info = log_in(&client, &credentials, ports).await?;
+                let info = log_in(&client, &credentials, endpoint).await?;
                 Ok((client, events, info))
             };
             let result = timeout(ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| {

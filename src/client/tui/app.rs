@@ -23,6 +23,7 @@ use crate::client::command::{self, Command, FileCommand, Target, Typed};
 use crate::client::format;
 pub use crate::client::session::Connection;
 use crate::client::session::{Finish, SessionEvent};
+use crate::p2p::identity::PeerTrust;
 use crate::p2p::transfer::{Transfer, TransferEvent, TransferId};
 use crate::p2p::PrivateEvent;
 use crate::protocol::{Delivery, Event, OnlineUser, PresenceChange, Reply, Request, Timestamp};
@@ -733,10 +734,14 @@ impl App {
 
     fn private_event(&mut self, event: PrivateEvent) {
         match &event {
-            PrivateEvent::Opened { peer } => {
+            PrivateEvent::Opened { peer, trust } => {
                 self.private.insert(peer.clone());
                 self.open(Target::Private(peer.clone()));
-                self.notice_about(&Target::Private(peer.clone()), format::private(&event));
+                let target = Target::Private(peer.clone());
+                match trust {
+                    PeerTrust::Changed { .. } => self.error_about(&target, format::private(&event)),
+                    _ => self.notice_about(&target, format::private(&event)),
+                }
             }
             PrivateEvent::Message { peer, text, sent_at, received_at } => {
                 let kind =
@@ -751,12 +756,17 @@ impl App {
             PrivateEvent::Failed { peer, error } => {
                 self.private.remove(peer);
                 let line = format!("private chat with {peer}: {error}");
-                if let Some(index) = self.window_of(&Target::Private(peer.clone())) {
-                    self.push(index, Entry { at: None, kind: Kind::Error, text: line.clone() });
-                }
-                self.push(0, Entry { at: None, kind: Kind::Error, text: line });
+                self.error_about(&Target::Private(peer.clone()), line);
             }
         }
+    }
+
+    /// An error about `target`, shown in its window (if open) and in the server window.
+    fn error_about(&mut self, target: &Target, line: String) {
+        if let Some(index) = self.window_of(target) {
+            self.push(index, Entry { at: None, kind: Kind::Error, text: line.clone() });
+        }
+        self.push(0, Entry { at: None, kind: Kind::Error, text: line });
     }
 
     fn replied(&mut self, request: Request, result: Result<Reply, String>) -> Vec<Action> {
@@ -1319,6 +1329,7 @@ mod tests {
         let mut app = app();
         app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
             peer: "bob".into(),
+            trust: PeerTrust::Unverified,
         })));
         assert_eq!(labels(&app), ["server", "=bob"]);
         app.handle(alt('2'));
@@ -1332,6 +1343,28 @@ mod tests {
         })));
         assert!(app.window().entries.back().unwrap().text.contains("bob"));
         assert!(app.private.is_empty());
+    }
+
+    #[test]
+    fn a_changed_key_is_an_error_in_the_chat_window_and_a_verified_one_a_notice() {
+        let mut app = app();
+        let verified = crate::protocol::PublicKey([1; 32]);
+        app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
+            peer: "bob".into(),
+            trust: PeerTrust::Changed { verified },
+        })));
+        app.handle(alt('2'));
+        let last = app.window().entries.back().unwrap();
+        assert_eq!(last.kind, Kind::Error);
+        assert!(last.text.contains("NOT the one you verified"), "{}", last.text);
+        app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
+            peer: "carol".into(),
+            trust: PeerTrust::Verified,
+        })));
+        app.handle(alt('3'));
+        let last = app.window().entries.back().unwrap();
+        assert_eq!(last.kind, Kind::Notice);
+        assert!(last.text.contains("the key you verified"), "{}", last.text);
     }
 
     #[test]

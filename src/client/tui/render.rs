@@ -605,6 +605,7 @@ mod tests {
         })));
         app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Opened {
             peer: "bob".into(),
+            trust: crate::p2p::identity::PeerTrust::Unverified,
         })));
         app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Message {
             peer: "bob".into(),

@@ -41,7 +41,7 @@ pub mod log;
 
 use crate::protocol::{
     encode_frame, ErrorCode, ErrorReply, Event, Introduction, Invitation, OnlineUser,
-    PresenceChange, RequestEnd, ServerMessage, Timestamp, Token,
+    PresenceChange, PublicKey, RequestEnd, ServerMessage, Timestamp, Token,
 };
 use crate::store::MemberRecord;
 use log::{LogStart, LogState, Mailbox};
@@ -142,14 +142,17 @@ pub struct Hub {
     presence_queued: Notify,
 }
 
-/// Where an online user takes direct connections: the IP address their session comes from,
-/// with the ports they announced at login.
+/// Where and as whom an online user takes direct connections: the IP address their session
+/// comes from, with the ports and the public key they announced at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectAddrs {
     /// The private-chat listener.
     pub tcp: SocketAddr,
     /// The file-transfer socket.
     pub udp: SocketAddr,
+    /// The key the client's direct links are authenticated with; the server vouches for it
+    /// in every introduction.
+    pub key: PublicKey,
 }
 
 /// A live session as the hub sees it.
@@ -540,9 +543,10 @@ impl Hub {
         }
         // Logging out drops a user's requests under this lock, so both are online here.
         let (theirs, mine) = (state.direct_of(requester, false)?, state.direct_of(target, true)?);
-        let for_requester = Introduction { peer: target.to_owned(), addr: mine.tcp, token };
+        let for_requester =
+            Introduction { peer: target.to_owned(), addr: mine.tcp, token, key: mine.key };
         state.push_event(requester, Event::PrivateAccepted(for_requester));
-        Ok(Introduction { peer: requester.to_owned(), addr: theirs.tcp, token })
+        Ok(Introduction { peer: requester.to_owned(), addr: theirs.tcp, token, key: theirs.key })
     }
 
     /// `target` declines `requester`'s request; the requester is told.
@@ -615,11 +619,11 @@ impl Hub {
         check_target(&state, from, to)?;
         let theirs = state.direct_of(to, false)?;
         let mine = state.direct_of(from, true)?;
-        let sender = Introduction { peer: from.to_owned(), addr: mine.udp, token };
+        let sender = Introduction { peer: from.to_owned(), addr: mine.udp, token, key: mine.key };
         if !state.push_event(to, Event::FileOffer { from: sender, name, size }) {
             return Err(ErrorReply::new(ErrorCode::Offline, format!("{to} is not online")));
         }
-        Ok(Introduction { peer: to.to_owned(), addr: theirs.udp, token })
+        Ok(Introduction { peer: to.to_owned(), addr: theirs.udp, token, key: theirs.key })
     }
 
     /// Sends a broadcast frame to everyone online but `from` and those blocking `from`.
