@@ -396,7 +396,10 @@ mod tests {
     #[test]
     fn handshake_and_sealed_bytes_go_as_binary_not_as_arrays_of_numbers() {
         let sealed = PeerMessage::Sealed(vec![200; 1000]);
-        assert!(rmp_serde::to_vec(&sealed).unwrap().len() < 1100, "bytes over 127 take two as numbers");
+        assert!(
+            rmp_serde::to_vec(&sealed).unwrap().len() < 1100,
+            "bytes over 127 take two as numbers"
+        );
         let key = PublicKey([255; 32]);
         assert!(rmp_serde::to_vec(&key).unwrap().len() < 40);
         assert_eq!(key.to_string().parse::<PublicKey>(), Ok(key));
