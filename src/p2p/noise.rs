@@ -31,6 +31,10 @@ pub const PATTERN: &str = "Noise_KKpsk0_25519_ChaChaPoly_BLAKE2s";
 const MAX_MESSAGE: usize = 65_535;
 /// The AEAD tag added to every sealed message.
 const TAG: usize = 16;
+/// Room for one of our handshake messages: an ephemeral key and a tag (48 bytes), with
+/// room to spare. Their payloads are empty, so a message read never yields more bytes than
+/// it has.
+const HANDSHAKE_MESSAGE: usize = 128;
 
 /// Why a handshake or a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +83,7 @@ impl std::fmt::Debug for Initiator {
 /// The dialler's first frame and the handshake state that reads the answer.
 pub fn initiate(keys: Keys<'_>) -> Result<(Initiator, PeerMessage), NoiseError> {
     let mut state = handshake(&keys, keys.me, keys.peer, true)?;
-    let mut buf = vec![0; MAX_MESSAGE];
+    let mut buf = vec![0; HANDSHAKE_MESSAGE];
     let len = state.write_message(&[], &mut buf).map_err(NoiseError::Handshake)?;
     buf.truncate(len);
     let hello = PeerMessage::Hello {
@@ -94,7 +98,7 @@ impl Initiator {
     /// Reads the listener's answer ([`PeerMessage::Accepted`]'s handshake bytes): the link
     /// is open, encrypted both ways.
     pub fn finish(mut self, answer: &[u8]) -> Result<Cipher, NoiseError> {
-        let mut payload = vec![0; MAX_MESSAGE];
+        let mut payload = vec![0; answer.len()];
         self.state.read_message(answer, &mut payload).map_err(NoiseError::Handshake)?;
         Cipher::from(self.state)
     }
@@ -104,8 +108,9 @@ impl Initiator {
 /// the server gave for `keys.peer`; on success, the answer to send and the open link.
 pub fn respond(keys: Keys<'_>, hello: &[u8]) -> Result<(Cipher, PeerMessage), NoiseError> {
     let mut state = handshake(&keys, keys.peer, keys.me, false)?;
-    let mut buf = vec![0; MAX_MESSAGE];
-    state.read_message(hello, &mut buf).map_err(NoiseError::Handshake)?;
+    let mut payload = vec![0; hello.len()];
+    state.read_message(hello, &mut payload).map_err(NoiseError::Handshake)?;
+    let mut buf = vec![0; HANDSHAKE_MESSAGE];
     let len = state.write_message(&[], &mut buf).map_err(NoiseError::Handshake)?;
     buf.truncate(len);
     let accepted = PeerMessage::Accepted { username: keys.me.to_owned(), handshake: buf };
@@ -234,14 +239,20 @@ mod tests {
         ChatMessage::Text { text: s.into(), sent_at: 1 }
     }
 
+    /// A link `dialler` opened to `listener` with `token`: the dialler's cipher, then the
+    /// listener's.
+    fn open_link(dialler: &Side, listener: &Side, token: &Token) -> (Cipher, Cipher) {
+        let (d_key, l_key) = (dialler.identity.public(), listener.identity.public());
+        let (dialling, hello) = initiate(keys(dialler, listener, &l_key, token)).unwrap();
+        let (at_listener, accepted) =
+            respond(keys(listener, dialler, &d_key, token), handshake_bytes(&hello)).unwrap();
+        (dialling.finish(handshake_bytes(&accepted)).unwrap(), at_listener)
+    }
+
     #[test]
     fn both_sides_open_the_link_and_read_each_other() {
-        let (alice, bob, token) = (side("alice"), side("bob"), Token::random());
-        let (a_key, b_key) = (alice.identity.public(), bob.identity.public());
-        let (dialling, hello) = initiate(keys(&alice, &bob, &b_key, &token)).unwrap();
-        let (mut at_bob, accepted) =
-            respond(keys(&bob, &alice, &a_key, &token), handshake_bytes(&hello)).unwrap();
-        let mut at_alice = dialling.finish(handshake_bytes(&accepted)).unwrap();
+        let (alice, bob) = (side("alice"), side("bob"));
+        let (mut at_alice, mut at_bob) = open_link(&alice, &bob, &Token::random());
         for i in 0..3 {
             let sealed = at_alice.seal(&text(&format!("hi {i}"))).unwrap();
             assert_eq!(at_bob.open(sealed_bytes(&sealed)).unwrap(), text(&format!("hi {i}")));
@@ -294,48 +305,27 @@ mod tests {
     #[test]
     fn an_altered_replayed_or_reordered_frame_does_not_open() {
         let (alice, bob, token) = (side("alice"), side("bob"), Token::random());
-        let (a_key, b_key) = (alice.identity.public(), bob.identity.public());
-        let (dialling, hello) = initiate(keys(&alice, &bob, &b_key, &token)).unwrap();
-        let (mut at_bob, accepted) =
-            respond(keys(&bob, &alice, &a_key, &token), handshake_bytes(&hello)).unwrap();
-        let mut at_alice = dialling.finish(handshake_bytes(&accepted)).unwrap();
-
+        let (mut at_alice, mut at_bob) = open_link(&alice, &bob, &token);
         let mut altered = sealed_bytes(&at_alice.seal(&text("pay 10")).unwrap()).to_vec();
         altered[3] ^= 1;
         assert!(matches!(at_bob.open(&altered), Err(NoiseError::Forged)));
 
-        let (mut a2, mut b2) = {
-            let (dialling, hello) = initiate(keys(&alice, &bob, &b_key, &token)).unwrap();
-            let (b, accepted) =
-                respond(keys(&bob, &alice, &a_key, &token), handshake_bytes(&hello)).unwrap();
-            (dialling.finish(handshake_bytes(&accepted)).unwrap(), b)
-        };
+        let (mut a2, mut b2) = open_link(&alice, &bob, &token);
         let first = sealed_bytes(&a2.seal(&text("one")).unwrap()).to_vec();
         let second = sealed_bytes(&a2.seal(&text("two")).unwrap()).to_vec();
         assert!(b2.open(&second).is_err(), "out of order");
-        let (mut a3, mut b3) = {
-            let (dialling, hello) = initiate(keys(&alice, &bob, &b_key, &token)).unwrap();
-            let (b, accepted) =
-                respond(keys(&bob, &alice, &a_key, &token), handshake_bytes(&hello)).unwrap();
-            (dialling.finish(handshake_bytes(&accepted)).unwrap(), b)
-        };
+
+        let (mut a3, mut b3) = open_link(&alice, &bob, &token);
         let one = sealed_bytes(&a3.seal(&text("one")).unwrap()).to_vec();
         assert_eq!(b3.open(&one).unwrap(), text("one"));
         assert!(b3.open(&one).is_err(), "a replay");
         // A frame of another link does not open either.
         assert!(b3.open(&first).is_err());
-        let _ = (&mut at_alice, &mut a3);
     }
 
     #[test]
     fn a_message_too_long_for_a_frame_is_refused_before_sealing() {
-        let (alice, bob, token) = (side("alice"), side("bob"), Token::random());
-        let b_key = bob.identity.public();
-        let (dialling, hello) = initiate(keys(&alice, &bob, &b_key, &token)).unwrap();
-        let a_key = alice.identity.public();
-        let (_, accepted) =
-            respond(keys(&bob, &alice, &a_key, &token), handshake_bytes(&hello)).unwrap();
-        let mut cipher = dialling.finish(handshake_bytes(&accepted)).unwrap();
+        let (mut cipher, _) = open_link(&side("alice"), &side("bob"), &Token::random());
         let err = cipher.seal(&text(&"x".repeat(70_000))).unwrap_err();
         assert!(matches!(err, NoiseError::TooLong(_)), "{err}");
     }
