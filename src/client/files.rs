@@ -45,7 +45,7 @@ pub async fn run(
             let client = client.ok_or(FileError::NotConnected)?;
             let file = OutgoingFile::open(Path::new(&path))?;
             let intro = client.send_file(&to, &file.name, file.size).await?;
-            let transfer = transfers.send(&intro.peer, intro.addr, intro.token, file)?;
+            let transfer = transfers.send(&intro, file)?;
             Ok(format!(
                 "* offering {} ({}) to {}; waiting for them to accept",
                 sanitize(&transfer.name),

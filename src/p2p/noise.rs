@@ -82,7 +82,7 @@ impl std::fmt::Debug for Initiator {
 
 /// The dialler's first frame and the handshake state that reads the answer.
 pub fn initiate(keys: Keys<'_>) -> Result<(Initiator, PeerMessage), NoiseError> {
-    let mut state = handshake(&keys, keys.me, keys.peer, true)?;
+    let mut state = handshake(&keys, Purpose::Chat, keys.me, keys.peer, true)?;
     let mut buf = vec![0; HANDSHAKE_MESSAGE];
     let len = state.write_message(&[], &mut buf).map_err(NoiseError::Handshake)?;
     buf.truncate(len);
@@ -107,7 +107,7 @@ impl Initiator {
 /// The listener's side: opens the dialler's first handshake message with the key and token
 /// the server gave for `keys.peer`; on success, the answer to send and the open link.
 pub fn respond(keys: Keys<'_>, hello: &[u8]) -> Result<(Cipher, PeerMessage), NoiseError> {
-    let mut state = handshake(&keys, keys.peer, keys.me, false)?;
+    let mut state = handshake(&keys, Purpose::Chat, keys.peer, keys.me, false)?;
     let mut payload = vec![0; hello.len()];
     state.read_message(hello, &mut payload).map_err(NoiseError::Handshake)?;
     let mut buf = vec![0; HANDSHAKE_MESSAGE];
@@ -117,17 +117,49 @@ pub fn respond(keys: Keys<'_>, hello: &[u8]) -> Result<(Cipher, PeerMessage), No
     Ok((Cipher::from(state)?, accepted))
 }
 
+/// What a handshake opens. Each kind has its own Noise protocol, its own label for the
+/// psk and the prologue, and binds what identifies it, so that a handshake message of one
+/// can never be taken for one of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A private chat over TCP ([`PATTERN`]).
+    Chat,
+    /// The file transfer with this id ([`TRANSFER_PATTERN`]).
+    Transfer(u64),
+}
+
+/// The Noise protocol name of a file transfer: AES-256-GCM, because its datagrams are
+/// sealed by the hardware AES of the machine (see `p2p::transfer::crypto`).
+pub const TRANSFER_PATTERN: &str = "Noise_KKpsk0_25519_AESGCM_BLAKE2s";
+
+impl Purpose {
+    fn pattern(self) -> &'static str {
+        match self {
+            Purpose::Chat => PATTERN,
+            Purpose::Transfer(_) => TRANSFER_PATTERN,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Purpose::Chat => "confab private chat",
+            Purpose::Transfer(_) => "confab file transfer",
+        }
+    }
+}
+
 /// The handshake state for a link from `initiator` to `responder`, on our side (`dialling`
 /// or not), with our key, theirs, the token's psk and both names in the prologue.
-fn handshake(
+pub fn handshake(
     keys: &Keys<'_>,
+    purpose: Purpose,
     initiator: &str,
     responder: &str,
     dialling: bool,
 ) -> Result<HandshakeState, NoiseError> {
-    let params = PATTERN.parse().expect("the pattern name is valid");
-    let psk = zeroize::Zeroizing::new(psk(keys.token));
-    let prologue = prologue(initiator, responder);
+    let params = purpose.pattern().parse().expect("the pattern names are valid");
+    let psk = zeroize::Zeroizing::new(psk(purpose, keys.token));
+    let prologue = prologue(purpose, initiator, responder);
     let builder = snow::Builder::new(params)
         .local_private_key(keys.identity.secret())
         .and_then(|b| b.remote_public_key(&keys.peer_key.0))
@@ -139,16 +171,20 @@ fn handshake(
 }
 
 /// The handshake's pre-shared key: SHA-256 of the token, under a label of its own.
-fn psk(token: &Token) -> [u8; 32] {
+fn psk(purpose: Purpose, token: &Token) -> [u8; 32] {
     let mut hash = Sha256::new();
-    hash.update(b"confab private chat psk v1");
+    hash.update(format!("{} psk v1", purpose.label()));
     hash.update(token.0);
     hash.finalize().into()
 }
 
-/// What both sides must agree on besides the keys: the protocol, and who dials whom.
-fn prologue(initiator: &str, responder: &str) -> Vec<u8> {
-    let mut prologue = format!("confab private chat {PROTOCOL_VERSION}").into_bytes();
+/// What both sides must agree on besides the keys: the protocol, what is opened, and who
+/// dials whom.
+fn prologue(purpose: Purpose, initiator: &str, responder: &str) -> Vec<u8> {
+    let mut prologue = format!("{} {PROTOCOL_VERSION}", purpose.label()).into_bytes();
+    if let Purpose::Transfer(id) = purpose {
+        prologue.extend(id.to_be_bytes());
+    }
     for name in [initiator, responder] {
         prologue.extend((name.len() as u32).to_be_bytes());
         prologue.extend(name.as_bytes());

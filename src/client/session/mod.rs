@@ -328,7 +328,8 @@ impl Session {
         let transfers = udp
             .into_std()
             .and_then(|udp| {
-                Transfers::start(udp, config.transfer.clone(), move |event| {
+                let identity = config.identity.clone();
+                Transfers::start(udp, &info.username, identity, config.transfer.clone(), move |event| {
                     let _ = transfer_tx.send(event);
                 })
             })

@@ -9,26 +9,23 @@
 //! Each turn of the loop: receive every datagram waiting (with GRO and `recvmmsg` through
 //! quinn-udp), check each one and hand it to its machine; act on expired deadlines; read
 //! file bytes the senders want and write what the receivers hand out; report events; then
-//! send what the machines have, batched into GSO calls of equal-sized datagrams. A
-//! datagram is dropped and counted ([`Transfers::stats`]) when it does not parse, when its
-//! transfer id is unknown, or when its source address or token is not the one the server
-//! gave for that transfer; no machine ever sees it.
+//! send what the machines have, batched into GSO calls of equal-sized datagrams. What a
+//! datagram must pass to reach a machine is the [`Endpoint`]'s business, which the engine
+//! drives and which counts what it drops ([`Transfers::stats`]).
 //!
 //! The server announces an incoming file with [`Transfers::expect`] (the sender's address,
-//! the token, the name and size). The sender's first `Offer` datagram must match all of
+//! key and token, the name and size). The sender's first `Offer` datagram must match all of
 //! them. The receiver writes into a hidden `.SENDER_FILE.SIZE.part` file in the download
 //! directory, and only after the SHA-256 matches moves it to `SENDER_FILE`, adding `-1`,
 //! `-2`... before the extension rather than replace a file. A transfer that fails keeps
 //! its part file, so offering the same file again resumes from it; a SHA-256 mismatch
 //! deletes it.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut, Read, Seek};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,11 +36,16 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::receiver::{resume_point, Receiver, ReceiverConfig, ReceiverEvent};
-use super::sender::{Sender, SenderConfig, SenderEvent};
-use super::wire::{self, Header, Packet, TransferId};
+use super::endpoint::{
+    Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer,
+    TransferStats,
+};
+use super::receiver::{resume_point, ReceiverConfig, ReceiverEvent};
+use super::sender::{SenderConfig, SenderEvent};
+use super::wire::TransferId;
 use super::TransferError;
-use crate::protocol::{valid_file_name, Token};
+use crate::p2p::identity::Identity;
+use crate::protocol::{valid_file_name, Introduction};
 
 /// How often a transfer's progress is reported at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -83,63 +85,6 @@ impl Default for TransferConfig {
             offer_ttl: Duration::from_secs(60),
             socket_buffer: 8 << 20,
         }
-    }
-}
-
-/// Which way a transfer goes, seen from this client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// This client sends the file.
-    Send,
-    /// This client receives it.
-    Receive,
-}
-
-impl Direction {
-    /// The arrow progress displays put before a transfer's name.
-    pub fn arrow(self) -> char {
-        match self {
-            Direction::Send => '↑',
-            Direction::Receive => '↓',
-        }
-    }
-}
-
-/// One transfer, as the user knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    /// Its id (random, chosen by the sender).
-    pub id: TransferId,
-    /// The other user.
-    pub peer: String,
-    /// The file's name, without directories.
-    pub name: String,
-    /// File size in bytes.
-    pub size: u64,
-    /// Which way it goes.
-    pub direction: Direction,
-}
-
-/// A file the server said is coming: from its `FileOffer` event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncomingFile {
-    /// The sender.
-    pub from: String,
-    /// The sender's UDP address, as the server sees it.
-    pub addr: SocketAddr,
-    /// The transfer's token.
-    pub token: Token,
-    /// The file's name.
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-}
-
-impl IncomingFile {
-    /// The file of a server's `FileOffer` event: `from` is the sender's introduction.
-    pub fn new(from: &crate::protocol::Introduction, name: &str, size: u64) -> Self {
-        let (from, addr, token) = (from.peer.clone(), from.addr, from.token);
-        Self { from, addr, token, name: name.to_owned(), size }
     }
 }
 
@@ -202,53 +147,51 @@ pub enum TransferEvent {
     },
 }
 
-/// Datagrams the engine threw away, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TransferStats {
-    /// Did not parse (damaged, truncated, foreign).
-    pub malformed: u64,
-    /// Named a transfer this client does not have.
-    pub unknown: u64,
-    /// Came from the wrong address or carried the wrong token.
-    pub forged: u64,
-}
-
 /// A handle on the transfer engine. Dropping every clone cancels what is still running
 /// (telling the peers) and stops the engine's thread.
 #[derive(Debug, Clone)]
 pub struct Transfers {
     commands: mpsc::UnboundedSender<Command>,
     table: Table,
-    counters: Arc<Counters>,
+    stats: Arc<std::sync::Mutex<TransferStats>>,
     local_addr: SocketAddr,
 }
 
 impl Transfers {
-    /// Starts the engine on `socket` (the UDP socket announced at login), reporting every
-    /// [`TransferEvent`] to `on_event` from the engine's thread.
+    /// Starts the engine on `socket` (the UDP socket announced at login) for the user `me`
+    /// with its key pair `identity` (whose public half the login announced), reporting
+    /// every [`TransferEvent`] to `on_event` from the engine's thread.
     pub fn start(
         socket: std::net::UdpSocket,
+        me: &str,
+        identity: Identity,
         config: TransferConfig,
         on_event: impl FnMut(TransferEvent) + Send + 'static,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let local_addr = socket.local_addr()?;
         let (commands, rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(Counters::default());
+        let stats = Arc::default();
         let table = Table::default();
-        let engine_table = table.clone();
+        let endpoint = Endpoint::new(EndpointConfig {
+            me: me.to_owned(),
+            identity,
+            sender: config.sender.clone(),
+            receiver: config.receiver.clone(),
+            offer_ttl: config.offer_ttl,
+        });
+        let shared = Shared { table: table.clone(), stats: Arc::clone(&stats) };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let engine_counters = counters.clone();
         std::thread::Builder::new().name("confab-transfers".into()).spawn(move || {
             runtime.block_on(async move {
                 let on_event = Box::new(on_event);
-                match Engine::new(socket, config, engine_table, engine_counters, on_event) {
+                match Engine::new(socket, config, endpoint, shared, on_event) {
                     Ok(engine) => engine.run(rx).await,
                     Err(error) => tracing::error!("file transfers cannot start: {error}"),
                 }
             });
         })?;
-        Ok(Self { commands, table, counters, local_addr })
+        Ok(Self { commands, table, stats, local_addr })
     }
 
     /// The server announced a file from `incoming.from`: its offer will be let in.
@@ -256,21 +199,16 @@ impl Transfers {
         let _ = self.commands.send(Command::Expect(incoming));
     }
 
-    /// Starts sending `file` to `peer` at `addr` with the server's `token` (from the
-    /// server's answer to [`Request::SendFile`](crate::protocol::Request::SendFile)).
-    pub fn send(
-        &self,
-        peer: &str,
-        addr: SocketAddr,
-        token: Token,
-        file: OutgoingFile,
-    ) -> Result<Transfer, TransferError> {
+    /// Starts sending `file` to the peer of `intro` (the server's answer to
+    /// [`Request::SendFile`](crate::protocol::Request::SendFile): its address, key and
+    /// token).
+    pub fn send(&self, intro: &Introduction, file: OutgoingFile) -> Result<Transfer, TransferError> {
         let id = rand::random::<TransferId>();
         let OutgoingFile { file, name, size } = file;
         let transfer =
-            Transfer { id, peer: peer.to_owned(), name, size, direction: Direction::Send };
+            Transfer { id, peer: intro.peer.clone(), name, size, direction: Direction::Send };
         self.table.insert(&transfer, false);
-        let command = Command::Send { transfer: transfer.clone(), addr, token, file };
+        let command = Command::Send { transfer: transfer.clone(), intro: intro.clone(), file };
         self.commands.send(command).map_err(|_| stopped())?;
         Ok(transfer)
     }
@@ -310,11 +248,7 @@ impl Transfers {
 
     /// Datagrams dropped so far.
     pub fn stats(&self) -> TransferStats {
-        TransferStats {
-            malformed: self.counters.malformed.load(Ordering::Relaxed),
-            unknown: self.counters.unknown.load(Ordering::Relaxed),
-            forged: self.counters.forged.load(Ordering::Relaxed),
-        }
+        *self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The local address of the transfer socket.
@@ -384,17 +318,16 @@ fn stopped() -> TransferError {
     TransferError::Io("the transfer engine has stopped".into())
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    malformed: AtomicU64,
-    unknown: AtomicU64,
-    forged: AtomicU64,
+/// What the engine shares with the handles.
+struct Shared {
+    table: Table,
+    stats: Arc<std::sync::Mutex<TransferStats>>,
 }
 
 #[derive(Debug)]
 enum Command {
     Expect(IncomingFile),
-    Send { transfer: Transfer, addr: SocketAddr, token: Token, file: File },
+    Send { transfer: Transfer, intro: Introduction, file: File },
     Accept(TransferId),
     Decline(TransferId),
     Cancel(TransferId),
@@ -402,88 +335,35 @@ enum Command {
 
 type OnEvent = Box<dyn FnMut(TransferEvent) + Send>;
 
-/// The state machine of one transfer, with its file.
-enum Machine {
-    Send { sender: Box<Sender>, file: File },
-    Receive { receiver: Box<Receiver>, part: PathBuf, file: Option<File> },
+/// The file of a transfer.
+#[derive(Debug, Default)]
+enum Files {
+    /// Not known yet (an offer the endpoint has just let in).
+    #[default]
+    None,
+    /// The file being sent.
+    Send(File),
+    /// The part file being received into, opened once the user accepts.
+    Receive { part: PathBuf, file: Option<File> },
 }
 
-impl Machine {
-    fn handle(&mut self, now: Instant, packet: Packet<'_>) {
-        match self {
-            Machine::Send { sender, .. } => sender.handle(now, packet),
-            Machine::Receive { receiver, .. } => receiver.handle(now, packet),
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        match self {
-            Machine::Send { sender, .. } => sender.handle_timeout(now),
-            Machine::Receive { receiver, .. } => receiver.handle_timeout(now),
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Machine::Send { sender, .. } => sender.poll_timeout(),
-            Machine::Receive { receiver, .. } => receiver.poll_timeout(),
-        }
-    }
-
-    fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
-        match self {
-            Machine::Send { sender, .. } => sender.poll_transmit(now, out),
-            Machine::Receive { receiver, .. } => receiver.poll_transmit(now, out),
-        }
-    }
-
-    fn cancel(&mut self) {
-        match self {
-            Machine::Send { sender, .. } => sender.cancel(),
-            Machine::Receive { receiver, .. } => receiver.cancel(),
-        }
-    }
-
-    fn progress(&self) -> (u64, u64) {
-        match self {
-            Machine::Send { sender, .. } => sender.progress(),
-            Machine::Receive { receiver, .. } => receiver.progress(),
-        }
-    }
-}
-
-struct Running {
-    transfer: Transfer,
-    peer: SocketAddr,
-    token: Token,
-    machine: Machine,
+/// What the engine keeps beside each of the endpoint's transfers.
+#[derive(Debug, Default)]
+struct Local {
+    files: Files,
     /// Accepted: progress is worth reporting.
     started: bool,
     reported: Option<(Instant, u64)>,
     over: bool,
 }
 
-impl Running {
-    fn new(transfer: Transfer, peer: SocketAddr, token: Token, machine: Machine) -> Self {
-        let peer = normalize(peer);
-        Self { transfer, peer, token, machine, started: false, reported: None, over: false }
-    }
-}
-
-struct Expected {
-    incoming: IncomingFile,
-    until: Instant,
-}
-
 struct Engine {
     socket: UdpSocket,
     state: UdpSocketState,
     config: TransferConfig,
-    table: Table,
-    counters: Arc<Counters>,
+    endpoint: Endpoint<Local>,
+    shared: Shared,
     on_event: OnEvent,
-    running: HashMap<TransferId, Running>,
-    expected: Vec<Expected>,
     recv_buffers: Vec<Vec<u8>>,
     out: Vec<u8>,
     batch: Vec<u8>,
@@ -495,8 +375,8 @@ impl Engine {
     fn new(
         socket: std::net::UdpSocket,
         config: TransferConfig,
-        table: Table,
-        counters: Arc<Counters>,
+        endpoint: Endpoint<Local>,
+        shared: Shared,
         on_event: OnEvent,
     ) -> io::Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
@@ -510,11 +390,9 @@ impl Engine {
             socket,
             state,
             config,
-            table,
-            counters,
+            endpoint,
+            shared,
             on_event,
-            running: HashMap::new(),
-            expected: Vec::new(),
             recv_buffers: vec![vec![0; buffer]; RECV_BUFFERS],
             out: Vec::with_capacity(MAX_DATAGRAM),
             batch: Vec::with_capacity(MAX_DATAGRAM),
@@ -543,8 +421,8 @@ impl Engine {
             self.turn().await;
         }
         // Every handle is gone: cancel what runs, tell the peers, and stop.
-        for running in self.running.values_mut() {
-            running.machine.cancel()
+        for connection in self.endpoint.connections_mut() {
+            connection.machine.cancel()
         }
         self.turn().await;
     }
@@ -552,11 +430,8 @@ impl Engine {
     /// Everything after new input: timeouts, file I/O, events, sending, clean-up.
     async fn turn(&mut self) {
         let now = Instant::now();
-        self.expected.retain(|e| e.until > now);
-        for running in self.running.values_mut() {
-            running.machine.handle_timeout(now)
-        }
-        let ids: Vec<TransferId> = self.running.keys().copied().collect();
+        self.endpoint.handle_timeout(now);
+        let ids = self.endpoint.ids();
         for id in &ids {
             self.service(*id, now);
         }
@@ -566,23 +441,25 @@ impl Engine {
         for event in std::mem::take(&mut self.outbox) {
             (self.on_event)(event);
         }
-        let table = &self.table;
-        self.running.retain(|id, r| {
-            if r.over {
-                table.remove(*id);
+        for id in ids {
+            if self.endpoint.get(id).is_some_and(|c| c.local.over) {
+                self.endpoint.remove(id);
+                self.shared.table.remove(id);
             }
-            !r.over
-        });
+        }
+        *self.shared.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            self.endpoint.stats();
     }
 
     /// File I/O and events of one transfer.
     fn service(&mut self, id: TransferId, now: Instant) {
-        let Some(running) = self.running.get_mut(&id) else {
+        let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
+        let Connection { transfer, machine, local, .. } = connection;
         let mut events = Vec::new();
-        match &mut running.machine {
-            Machine::Send { sender, file } => {
+        match (&mut *machine, &mut local.files) {
+            (Machine::Send(sender), Files::Send(file)) => {
                 while let Some(range) = sender.wants_data() {
                     let mut data = BytesMut::zeroed((range.end - range.start) as usize);
                     match file.read_exact_at(&mut data, range.start) {
@@ -594,21 +471,21 @@ impl Engine {
                     }
                 }
                 while let Some(event) = sender.poll_event() {
-                    let t = running.transfer.clone();
+                    let t = transfer.clone();
                     events.push(match event {
                         SenderEvent::Waiting => TransferEvent::Waiting { transfer: t },
                         SenderEvent::Accepted { resume_from } => {
-                            running.started = true;
-                            self.table.accepted(running.transfer.id);
+                            local.started = true;
+                            self.shared.table.accepted(transfer.id);
                             TransferEvent::Started { transfer: t, resume_from }
                         }
                         SenderEvent::Finished => TransferEvent::Sent { transfer: t },
                         SenderEvent::Failed(error) => TransferEvent::Failed { transfer: t, error },
                     });
                 }
-                running.over = sender.is_over();
+                local.over = sender.is_over();
             }
-            Machine::Receive { receiver, part, file } => {
+            (Machine::Receive(receiver), Files::Receive { part, file }) => {
                 while let Some((offset, data)) = receiver.poll_write() {
                     let written = match file {
                         Some(file) => file.write_all_at(&data, offset),
@@ -621,13 +498,13 @@ impl Engine {
                     }
                 }
                 while let Some(event) = receiver.poll_event() {
-                    let t = running.transfer.clone();
+                    let t = transfer.clone();
                     match event {
                         ReceiverEvent::Verified => {
                             let saved = save(file.take(), part, &self.config.download_dir, &t);
                             receiver.confirm(now, saved.clone().map(|_| ()));
                             // Done; the machine only lingers to repeat its `Done`.
-                            self.table.remove(t.id);
+                            self.shared.table.remove(t.id);
                             events.push(match saved {
                                 Ok(path) => TransferEvent::Received { transfer: t, path },
                                 Err(error) => TransferEvent::Failed { transfer: t, error },
@@ -641,10 +518,15 @@ impl Engine {
                         }
                     }
                 }
-                running.over = receiver.is_over();
+                local.over = receiver.is_over();
+            }
+            // A machine without its file: never made so; end it rather than spin.
+            (machine, _) => {
+                machine.cancel();
+                local.over = machine.is_over();
             }
         }
-        if let Some(progress) = progress_event(running, now) {
+        if let Some(progress) = progress_event(transfer, machine.progress(), local, now) {
             events.insert(0, progress);
         }
         self.outbox.extend(events);
@@ -660,12 +542,10 @@ impl Engine {
             let mut count = 0;
             self.batch.clear();
             loop {
-                self.out.clear();
-                let Some(running) = self.running.get_mut(id) else {
+                let Some(peer) = self.endpoint.get(*id).map(|c| c.peer) else {
                     break;
                 };
-                let peer = running.peer;
-                let more = budget > 0 && running.machine.poll_transmit(now, &mut self.out);
+                let more = budget > 0 && self.endpoint.poll_transmit(*id, now, &mut self.out);
                 if !more {
                     self.flush(peer, segment, count).await;
                     break;
@@ -751,112 +631,76 @@ impl Engine {
                 }
             };
             let now = Instant::now();
-            for (buffer, meta) in buffers.iter().zip(&meta).take(count) {
+            for (buffer, meta) in buffers.iter_mut().zip(&meta).take(count) {
                 let stride = meta.stride.max(1);
-                for datagram in buffer[..meta.len].chunks(stride) {
-                    self.datagram(now, meta.addr, datagram);
+                for datagram in buffer[..meta.len].chunks_mut(stride) {
+                    if let Some(id) = self.endpoint.handle(now, meta.addr, datagram) {
+                        self.offered(id);
+                    }
                 }
             }
             self.recv_buffers = buffers;
         }
     }
 
-    /// Checks one datagram and hands it to its machine, or drops and counts it.
-    fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Ok((header, packet)) = wire::parse(bytes) else {
-            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+    /// The endpoint let in an offer the server announced: find its part file and ask.
+    fn offered(&mut self, id: TransferId) {
+        let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
-        let from = normalize(from);
-        let Some(running) = self.running.get_mut(&header.id) else {
-            if let Packet::Offer { size, chunk_size, name } = packet {
-                self.offer(now, from, header, size, chunk_size, name);
-            } else {
-                self.counters.unknown.fetch_add(1, Ordering::Relaxed);
-            }
+        let (transfer, Machine::Receive(receiver)) = (&connection.transfer, &connection.machine)
+        else {
             return;
-        };
-        if running.peer != from || running.token != header.token {
-            self.counters.forged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        running.machine.handle(now, packet)
-    }
-
-    /// A first `Offer`: let it in only if the server announced exactly it.
-    fn offer(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        header: Header,
-        size: u64,
-        chunk_size: u32,
-        name: &str,
-    ) {
-        let found = self.expected.iter().position(|e| {
-            let i = &e.incoming;
-            i.token == header.token && i.addr == from && i.name == name && i.size == size
-        });
-        let Some(index) = found.filter(|_| valid_file_name(name)) else {
-            self.counters.forged.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let incoming = self.expected.swap_remove(index).incoming;
-        let transfer = Transfer {
-            id: header.id,
-            peer: incoming.from.clone(),
-            name: incoming.name.clone(),
-            size,
-            direction: Direction::Receive,
         };
         let part = self
             .config
             .download_dir
-            .join(format!(".{}_{}.{}.part", incoming.from, incoming.name, size));
+            .join(format!(".{}_{}.{}.part", transfer.peer, transfer.name, transfer.size));
         let have = std::fs::metadata(&part).map_or(0, |m| m.len());
-        let receiver = Receiver::new(header, size, chunk_size, self.config.receiver.clone(), now);
-        let machine = Machine::Receive { receiver: Box::new(receiver), part, file: None };
-        let running = Running::new(transfer, from, header.token, machine);
-        let resume_from = resume_point(have, size, chunk_size);
+        let resume_from = resume_point(have, transfer.size, receiver.chunk_size());
+        connection.local.files = Files::Receive { part, file: None };
         let accepting = self.config.auto_accept;
-        let transfer = running.transfer.clone();
-        let event = TransferEvent::Offered { transfer, resume_from, accepting };
-        self.table.insert(&running.transfer, false);
-        self.running.insert(header.id, running);
+        let event =
+            TransferEvent::Offered { transfer: transfer.clone(), resume_from, accepting };
+        self.shared.table.insert(transfer, false);
         (self.on_event)(event);
-        if self.config.auto_accept {
-            self.accept(header.id);
+        if accepting {
+            self.accept(id);
         }
     }
 
     fn command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Expect(incoming) => {
-                let until = now + self.config.offer_ttl;
-                self.expected.push(Expected { incoming, until });
-            }
-            Command::Send { transfer, addr, token, file } => {
-                let header = Header { id: transfer.id, token };
-                let config = self.config.sender.clone();
-                let sender = Sender::new(header, &transfer.name, transfer.size, config, now);
-                let machine = Machine::Send { sender: Box::new(sender), file };
-                let running = Running::new(transfer, addr, token, machine);
-                self.running.insert(running.transfer.id, running);
+            Command::Expect(incoming) => self.endpoint.expect(now, incoming),
+            Command::Send { transfer, intro, file } => {
+                let id = transfer.id;
+                let started = self.endpoint.send(now, transfer.clone(), intro.addr, &intro.token, &intro.key);
+                match started {
+                    Ok(()) => {
+                        if let Some(connection) = self.endpoint.get_mut(id) {
+                            connection.local.files = Files::Send(file);
+                        }
+                    }
+                    Err(e) => {
+                        self.shared.table.remove(id);
+                        let error = TransferError::Io(format!("cannot encrypt the offer: {e}"));
+                        self.outbox.push(TransferEvent::Failed { transfer, error });
+                    }
+                }
             }
             Command::Accept(id) => self.accept(id),
             Command::Decline(id) => {
-                if let Some(Machine::Receive { receiver, .. }) =
-                    self.running.get_mut(&id).map(|r| &mut r.machine)
+                if let Some(Machine::Receive(receiver)) =
+                    self.endpoint.get_mut(id).map(|c| &mut c.machine)
                 {
                     receiver.decline();
                 }
             }
             Command::Cancel(id) => {
-                let Some(running) = self.running.get_mut(&id) else {
-                    return;
-                };
-                running.machine.cancel()
+                if let Some(connection) = self.endpoint.get_mut(id) {
+                    connection.machine.cancel()
+                }
             }
         }
     }
@@ -864,35 +708,38 @@ impl Engine {
     /// Opens (or reopens) the part file, hashes what it holds, and accepts.
     fn accept(&mut self, id: TransferId) {
         let now = Instant::now();
-        let Some(running) = self.running.get_mut(&id) else {
+        let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
-        let Machine::Receive { receiver, part, file } = &mut running.machine else {
+        let Connection { transfer, machine, local, .. } = connection;
+        let (Machine::Receive(receiver), Files::Receive { part, file }) = (machine, &mut local.files)
+        else {
             return;
         };
         if file.is_some() {
             return;
         }
-        match open_part(part, running.transfer.size, receiver.chunk_size()) {
+        match open_part(part, transfer.size, receiver.chunk_size()) {
             Ok((opened, resume_from, prefix)) => {
                 *file = Some(opened);
                 receiver.accept(now, resume_from, prefix);
-                running.started = true;
-                self.table.accepted(id);
-                let transfer = running.transfer.clone();
+                local.started = true;
+                self.shared.table.accepted(id);
+                let transfer = transfer.clone();
                 (self.on_event)(TransferEvent::Started { transfer, resume_from });
             }
             Err(e) => receiver.abort(TransferError::Io(format!("{}: {e}", part.display()))),
         }
     }
 
-    fn next_deadline(&self) -> Instant {
+    fn next_deadline(&mut self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let machines = self.running.values().filter_map(|r| r.machine.poll_timeout());
-        let expiries = self.expected.iter().map(|e| e.until);
-        let progress =
-            self.running.values().filter_map(|r| r.reported.map(|(at, _)| at + PROGRESS_INTERVAL));
-        machines.chain(expiries).chain(progress).min().unwrap_or(far)
+        let progress = self
+            .endpoint
+            .connections_mut()
+            .filter_map(|c| c.local.reported.map(|(at, _)| at + PROGRESS_INTERVAL))
+            .min();
+        self.endpoint.poll_timeout().into_iter().chain(progress).min().unwrap_or(far)
     }
 }
 
@@ -949,31 +796,24 @@ fn save(
     unreachable!("u32 names ran out")
 }
 
-/// A progress event for `running` if it moved and the last one is old enough.
-fn progress_event(running: &mut Running, now: Instant) -> Option<TransferEvent> {
-    if !running.started {
+/// A progress event for a transfer if it moved and the last one is old enough.
+fn progress_event(
+    transfer: &Transfer,
+    (done, total): (u64, u64),
+    local: &mut Local,
+    now: Instant,
+) -> Option<TransferEvent> {
+    if !local.started {
         return None;
     }
-    let (done, total) = running.machine.progress();
-    let due = match running.reported {
+    let due = match local.reported {
         None => true,
         Some((at, last)) => done != last && (done == total || now >= at + PROGRESS_INTERVAL),
     };
     if !due {
         return None;
     }
-    running.reported = Some((now, done));
-    let direction = running.transfer.direction;
-    Some(TransferEvent::Progress { id: running.transfer.id, direction, done, total })
-}
-
-/// IPv4 addresses seen through an IPv6 socket, written the IPv4 way, so they compare equal.
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
+    local.reported = Some((now, done));
+    let direction = transfer.direction;
+    Some(TransferEvent::Progress { id: transfer.id, direction, done, total })
 }

@@ -7,24 +7,29 @@
 //! rule testable in memory against a simulated lossy link (the tests at the bottom of this
 //! module), deterministically and in virtual time.
 //!
-//! - [`wire`]: the datagram layout, with a token and a CRC on every datagram.
+//! - [`wire`]: the datagram layout: a clear header, then a handshake message or a sealed
+//!   packet.
+//! - [`crypto`]: the end-to-end encryption: a Noise handshake in the offer and its answer,
+//!   then every datagram sealed with AES-256-GCM under a never-reused packet number.
+//! - [`endpoint`]: the sans-io demultiplexer every datagram passes: checks, decryption,
+//!   routing to a machine; the engine and the simulator both drive it.
 //! - [`sender`], [`receiver`]: the two machines.
 //! - [`rtt`]: RTT estimation and the retransmission timeout (RFC 6298).
 //! - [`congestion`]: the path model (BBR-like bandwidth and min-RTT), pacing and window.
-//! - [`engine`]: the one driver, which owns the UDP socket, the files and the timers, checks
-//!   every datagram's address and token, and runs any number of transfers both ways.
+//! - [`engine`]: the one real driver, which owns the UDP socket, the files and the timers,
+//!   and runs any number of transfers both ways through one endpoint.
 
 pub mod congestion;
+pub mod crypto;
+pub mod endpoint;
 pub mod engine;
 pub mod receiver;
 pub mod rtt;
 pub mod sender;
 pub mod wire;
 
-pub use engine::{
-    Direction, IncomingFile, OutgoingFile, Transfer, TransferConfig, TransferEvent, TransferStats,
-    Transfers,
-};
+pub use endpoint::{Direction, Endpoint, EndpointConfig, IncomingFile, Transfer, TransferStats};
+pub use engine::{OutgoingFile, TransferConfig, TransferEvent, Transfers};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{Sender, SenderConfig, SenderEvent};
 pub use wire::TransferId;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::wire::{self, Ack, Header, Packet, MAX_ACK_RANGES};
+use super::wire::{self, Ack, Packet, MAX_ACK_RANGES};
 use super::TransferError;
 
 /// Settings of the receiving side.
@@ -94,7 +94,6 @@ enum Phase {
 /// The receiving side of one transfer.
 #[derive(Debug)]
 pub struct Receiver {
-    header: Header,
     size: u64,
     chunk: u64,
     chunks: u64,
@@ -129,17 +128,10 @@ pub fn resume_point(have: u64, size: u64, chunk_size: u32) -> u64 {
 
 impl Receiver {
     /// A receiver for an offer of `size` bytes in chunks of `chunk_size`, which has just
-    /// arrived under `header`; it answers `Waiting` at once.
-    pub fn new(
-        header: Header,
-        size: u64,
-        chunk_size: u32,
-        config: ReceiverConfig,
-        now: Instant,
-    ) -> Self {
+    /// arrived; it answers `Waiting` at once.
+    pub fn new(size: u64, chunk_size: u32, config: ReceiverConfig, now: Instant) -> Self {
         let chunk = u64::from(chunk_size.max(1));
         Self {
-            header,
             size,
             chunk,
             chunks: size.div_ceil(chunk),
@@ -220,7 +212,7 @@ impl Receiver {
         }
     }
 
-    /// Takes one datagram from the sender (already checked for token and address).
+    /// Takes one packet from the sender (already checked and opened by the endpoint).
     pub fn handle(&mut self, now: Instant, packet: Packet<'_>) {
         if matches!(self.phase, Phase::Closed) {
             return;
@@ -268,7 +260,7 @@ impl Receiver {
                 Reply::Done(ok) => Packet::Done { ok },
                 Reply::Cancel => Packet::Cancel,
             };
-            wire::encode(self.header, &packet, out);
+            wire::encode(&packet, out);
             return true;
         }
         let due = self.ack_now || self.ack_deadline.is_some_and(|d| now >= d);
@@ -278,7 +270,7 @@ impl Receiver {
         self.ack_now = false;
         self.ack_deadline = None;
         self.unacked = 0;
-        wire::encode(self.header, &Packet::Ack(self.ack()), out);
+        wire::encode(&Packet::Ack(self.ack()), out);
         true
     }
 

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::congestion::{AckSample, Congestion};
 use super::rtt::RttEstimator;
-use super::wire::{self, Ack, Header, Packet, DATA_OVERHEAD, DEFAULT_CHUNK_SIZE};
+use super::wire::{self, Ack, Packet, DATA_OVERHEAD, DEFAULT_CHUNK_SIZE};
 use super::TransferError;
 
 /// A chunk is lost when a chunk sent this many transmissions later has been acknowledged.
@@ -139,7 +139,6 @@ struct Slot {
 /// The sending side of one transfer.
 #[derive(Debug)]
 pub struct Sender {
-    header: Header,
     name: String,
     size: u64,
     chunk: u64,
@@ -180,11 +179,10 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender about to offer `name` (`size` bytes) under `header`.
-    pub fn new(header: Header, name: &str, size: u64, config: SenderConfig, now: Instant) -> Self {
+    /// A sender about to offer `name` (`size` bytes).
+    pub fn new(name: &str, size: u64, config: SenderConfig, now: Instant) -> Self {
         let chunk = u64::from(config.chunk_size.clamp(1, wire::MAX_CHUNK_SIZE));
         Self {
-            header,
             name: name.to_owned(),
             size,
             chunk,
@@ -220,7 +218,12 @@ impl Sender {
         }
     }
 
-    /// Takes one datagram from the receiver (already checked for token and address).
+    /// What this sender offers.
+    pub fn offer(&self) -> Packet<'_> {
+        Packet::Offer { size: self.size, chunk_size: self.chunk as u32, name: &self.name }
+    }
+
+    /// Takes one packet from the receiver (already checked and opened by the endpoint).
     pub fn handle(&mut self, now: Instant, packet: Packet<'_>) {
         if self.is_over() {
             return;
@@ -299,17 +302,12 @@ impl Sender {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         if self.goodbye {
             self.goodbye = false;
-            wire::encode(self.header, &Packet::Cancel, out);
+            wire::encode(&Packet::Cancel, out);
             return true;
         }
         match self.phase {
             Phase::Offering { since, next } if now >= next => {
-                let offer = Packet::Offer {
-                    size: self.size,
-                    chunk_size: self.chunk as u32,
-                    name: &self.name,
-                };
-                wire::encode(self.header, &offer, out);
+                wire::encode(&self.offer(), out);
                 self.offers_sent += 1;
                 let since = if self.offers_sent == 1 { now } else { since };
                 self.phase = Phase::Offering { since, next: now + self.config.offer_interval };
@@ -318,7 +316,7 @@ impl Sender {
             Phase::Sending => self.transmit_data(now, out),
             Phase::Finishing { next } if now >= next => {
                 let sha256 = self.digest.unwrap_or_default();
-                wire::encode(self.header, &Packet::Finish { sha256 }, out);
+                wire::encode(&Packet::Finish { sha256 }, out);
                 self.phase = Phase::Finishing { next: now + self.rtt.rto() };
                 true
             }
@@ -471,7 +469,7 @@ impl Sender {
         self.order += 1;
         let slot = &mut self.slots[(seq - self.base) as usize];
         slot.state = SlotState::InFlight(sent);
-        wire::encode(self.header, &Packet::Data { seq, payload: &slot.data }, out);
+        wire::encode(&Packet::Data { seq, payload: &slot.data }, out);
         let bytes = slot.data.len() as u64;
         self.in_flight += bytes;
         self.cc.on_sent(len);

@@ -1,16 +1,29 @@
 //! The datagrams of a file transfer, and their byte layout.
 //!
-//! Every datagram starts with the same 28-byte header and ends with a CRC-32 of everything
-//! before it:
+//! Every datagram starts with the same 20-byte header, in the clear:
 //!
 //! ```text
-//! "CF" | version (1) | kind (1) | transfer id (8) | token (16) | body ... | crc32 (4)
+//! "CF" | version (1) | framing (1) | transfer id (8) | packet number (8) | ...
 //! ```
 //!
-//! All integers are big-endian. The token is the one the server issued for this transfer;
-//! the [engine](super::engine) drops any datagram whose token, transfer id or source address
-//! does not match, before a state machine sees it. The CRC lets a corrupted datagram be
-//! dropped (and the chunk sent again) instead of being written. Bodies by kind:
+//! What follows depends on the framing ([`Framing`]):
+//!
+//! - `Offer`: the first Noise handshake message ([`super::crypto`]), whose encrypted
+//!   payload is the offer's [plaintext](encode). Its packet number is 0.
+//! - `Sealed`: a packet's plaintext sealed with AES-256-GCM under the direction's key, the
+//!   packet number as the nonce and the header as associated data, then the 16-byte tag.
+//! - `Answered`: the receiver's Noise answer (48 bytes), then a sealed packet as above (the
+//!   answer is associated data too). The receiver attaches its answer until the sender has
+//!   shown, by sealing something, that it has it.
+//! - `Withdraw`: the sender cancels an offer that was never answered, before it has a key
+//!   to seal with: 16 secret bytes that only the offer's encrypted payload told the
+//!   receiver. Its packet number is 0.
+//!
+//! All integers are big-endian. The [endpoint](super::endpoint) drops any datagram whose
+//! header does not parse, whose transfer id or source address is not one it knows, whose
+//! seal does not open (altered, forged: no key, no token) or whose packet number it has
+//! seen (replayed), before a state machine sees it. A damaged datagram fails the seal as
+//! well, so there is no separate checksum. The plaintext is a kind byte and a body:
 //!
 //! | kind | sent by | body |
 //! | --- | --- | --- |
@@ -25,37 +38,99 @@
 //! | `Cancel` | either | (none) |
 //!
 //! An `Ack` says every chunk below the cumulative point has arrived, and so has every chunk
-//! in each half-open range `[start, end)` above it.
+//! in each half-open range `[start, end)` above it. Only the header is visible on the path:
+//! not the name, the size, the kind of a packet or a byte of the file.
 
-use crate::protocol::{Token, MAX_FILE_NAME_LEN as MAX_NAME_LEN};
+use crate::protocol::MAX_FILE_NAME_LEN as MAX_NAME_LEN;
 
 /// Identifies one transfer between two clients; chosen at random by the sender.
 pub type TransferId = u64;
 
-/// Bytes before the body: magic, version, kind, transfer id, token.
-pub const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 16;
-/// Bytes after the body: the CRC-32.
-pub const TRAILER_LEN: usize = 4;
-/// Bytes of a `Data` datagram that are not file data.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 8 + TRAILER_LEN;
-/// The default chunk size: a `Data` datagram of 1440 bytes fits a 1500-byte MTU under IPv4
+/// Bytes of the clear header: magic, version, framing, transfer id, packet number.
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 8;
+/// Bytes of the AEAD tag after a sealed packet.
+pub const TAG_LEN: usize = 16;
+/// Bytes of the receiver's Noise answer in an `Answered` datagram: an ephemeral key and the
+/// tag of an empty payload.
+pub const ANSWER_LEN: usize = 32 + TAG_LEN;
+/// Bytes of a `Data` datagram that are not file data: header, kind, sequence number, tag.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + TAG_LEN;
+/// The default chunk size: a `Data` datagram of 1445 bytes fits a 1500-byte MTU under IPv4
 /// or IPv6 headers (1500 - 40 - 8 = 1452).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1400;
 /// The largest chunk size allowed: a datagram must fit in 64 KiB.
 pub const MAX_CHUNK_SIZE: u32 = 65_000;
 /// The most selective-ack ranges one `Ack` carries.
 pub const MAX_ACK_RANGES: usize = 64;
+/// The longest plaintext of an `Offer`: kind, size, chunk size, name length, name.
+pub const MAX_OFFER_LEN: usize = 1 + 8 + 4 + 2 + MAX_NAME_LEN;
 
 const MAGIC: [u8; 2] = *b"CF";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
-/// What every datagram says about whom it belongs to.
+/// How the rest of a datagram after its header is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The first handshake message, carrying the offer.
+    Offer,
+    /// A sealed packet.
+    Sealed,
+    /// The receiver's handshake answer, then a sealed packet.
+    Answered,
+    /// The sender withdraws an unanswered offer.
+    Withdraw,
+}
+
+/// The clear header every datagram starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// How the rest is framed.
+    pub framing: Framing,
     /// The transfer.
     pub id: TransferId,
-    /// The server-issued token of the transfer.
-    pub token: Token,
+    /// The packet number: the nonce of the seal, never used twice in one direction.
+    pub number: u64,
+}
+
+impl Header {
+    /// Parses the header at the front of `bytes`; the rest follows it.
+    pub fn parse(bytes: &[u8]) -> Result<Header, WireError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(if bytes.starts_with(&MAGIC) {
+                WireError::Truncated
+            } else {
+                WireError::Foreign
+            });
+        }
+        if bytes[..2] != MAGIC || bytes[2] != VERSION {
+            return Err(WireError::Foreign);
+        }
+        let framing = match bytes[3] {
+            1 => Framing::Offer,
+            2 => Framing::Sealed,
+            3 => Framing::Answered,
+            4 => Framing::Withdraw,
+            _ => return Err(WireError::Foreign),
+        };
+        let mut r = Reader(&bytes[4..HEADER_LEN]);
+        Ok(Header { framing, id: r.u64()?, number: r.u64()? })
+    }
+
+    /// The header's bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut out = [0; HEADER_LEN];
+        out[..2].copy_from_slice(&MAGIC);
+        out[2] = VERSION;
+        out[3] = match self.framing {
+            Framing::Offer => 1,
+            Framing::Sealed => 2,
+            Framing::Answered => 3,
+            Framing::Withdraw => 4,
+        };
+        out[4..12].copy_from_slice(&self.id.to_be_bytes());
+        out[12..].copy_from_slice(&self.number.to_be_bytes());
+        out
+    }
 }
 
 /// One datagram's meaning, borrowing from the bytes it was parsed from.
@@ -122,9 +197,6 @@ pub enum WireError {
     /// Not a Confab transfer datagram, or another version of the protocol.
     #[error("not a Confab transfer datagram")]
     Foreign,
-    /// The CRC does not match: damaged on the way.
-    #[error("checksum mismatch")]
-    Corrupted,
     /// A kind byte this version does not know.
     #[error("unknown datagram kind {0}")]
     UnknownKind(u8),
@@ -143,27 +215,13 @@ const FINISH: u8 = 7;
 const DONE: u8 = 8;
 const CANCEL: u8 = 9;
 
-/// Parses one datagram. Nothing is trusted: every length is checked before it is used.
-pub fn parse(bytes: &[u8]) -> Result<(Header, Packet<'_>), WireError> {
-    if bytes.len() < HEADER_LEN + TRAILER_LEN {
-        return Err(if bytes.starts_with(&MAGIC) {
-            WireError::Truncated
-        } else {
-            WireError::Foreign
-        });
-    }
-    if bytes[..2] != MAGIC || bytes[2] != VERSION {
-        return Err(WireError::Foreign);
-    }
-    let (signed, crc) = bytes.split_at(bytes.len() - TRAILER_LEN);
-    if crc32fast::hash(signed).to_be_bytes() != crc {
-        return Err(WireError::Corrupted);
-    }
-    let kind = signed[3];
-    let mut r = Reader(&signed[4..]);
-    let id = r.u64()?;
-    let token = Token(r.array()?);
-    let header = Header { id, token };
+/// Parses one packet's plaintext (after the seal is opened). Nothing is trusted: every
+/// length is checked before it is used.
+pub fn parse(plain: &[u8]) -> Result<Packet<'_>, WireError> {
+    let Some((&kind, body)) = plain.split_first() else {
+        return Err(WireError::Truncated);
+    };
+    let mut r = Reader(body);
     let packet = match kind {
         OFFER => {
             let size = r.u64()?;
@@ -180,7 +238,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Header, Packet<'_>), WireError> {
         DECLINE => Packet::Decline,
         DATA => {
             let seq = r.u64()?;
-            return Ok((header, Packet::Data { seq, payload: r.0 }));
+            return Ok(Packet::Data { seq, payload: r.0 });
         }
         ACK => {
             let cumulative = r.u64()?;
@@ -209,12 +267,11 @@ pub fn parse(bytes: &[u8]) -> Result<(Header, Packet<'_>), WireError> {
     if !r.0.is_empty() {
         return Err(WireError::Malformed);
     }
-    Ok((header, packet))
+    Ok(packet)
 }
 
-/// Appends `packet` as one datagram to `out`, CRC included.
-pub fn encode(header: Header, packet: &Packet<'_>, out: &mut Vec<u8>) {
-    let start = out.len();
+/// Appends `packet`'s plaintext (kind and body) to `out`, to be sealed.
+pub fn encode(packet: &Packet<'_>, out: &mut Vec<u8>) {
     let kind = match packet {
         Packet::Offer { .. } => OFFER,
         Packet::Waiting => WAITING,
@@ -226,10 +283,7 @@ pub fn encode(header: Header, packet: &Packet<'_>, out: &mut Vec<u8>) {
         Packet::Done { .. } => DONE,
         Packet::Cancel => CANCEL,
     };
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[VERSION, kind]);
-    out.extend_from_slice(&header.id.to_be_bytes());
-    out.extend_from_slice(&header.token.0);
+    out.push(kind);
     match packet {
         Packet::Offer { size, chunk_size, name } => {
             let name = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
@@ -259,8 +313,6 @@ pub fn encode(header: Header, packet: &Packet<'_>, out: &mut Vec<u8>) {
         Packet::Done { ok } => out.push(u8::from(*ok)),
         Packet::Waiting | Packet::Decline | Packet::Cancel => {}
     }
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
 }
 
 /// Cuts fixed-size fields off the front of a byte slice.
@@ -304,14 +356,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn header() -> Header {
-        Header { id: 0x0102_0304_0506_0708, token: Token([7; 16]) }
-    }
-
     fn round_trip(packet: Packet<'_>) {
         let mut out = Vec::new();
-        encode(header(), &packet, &mut out);
-        assert_eq!(parse(&out), Ok((header(), packet)));
+        encode(&packet, &mut out);
+        assert_eq!(parse(&out), Ok(packet));
     }
 
     #[test]
@@ -348,27 +396,38 @@ mod tests {
     }
 
     #[test]
-    fn a_data_datagram_of_the_default_chunk_fits_a_1500_byte_mtu() {
-        let mut out = Vec::new();
-        let chunk = vec![0; DEFAULT_CHUNK_SIZE as usize];
-        encode(header(), &Packet::Data { seq: 1, payload: &chunk }, &mut out);
-        assert_eq!(out.len(), DEFAULT_CHUNK_SIZE as usize + DATA_OVERHEAD);
-        assert!(out.len() <= 1500 - 40 - 8);
+    fn headers_round_trip_and_strangers_are_foreign() {
+        for framing in [Framing::Offer, Framing::Sealed, Framing::Answered, Framing::Withdraw] {
+            let header = Header { framing, id: 0x0102_0304_0506_0708, number: 77 };
+            assert_eq!(Header::parse(&header.to_bytes()), Ok(header));
+        }
+        let bytes = Header { framing: Framing::Sealed, id: 1, number: 2 }.to_bytes();
+        for len in 0..HEADER_LEN {
+            assert!(Header::parse(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        let mut other_version = bytes;
+        other_version[2] = 1;
+        assert_eq!(Header::parse(&other_version), Err(WireError::Foreign));
+        assert_eq!(Header::parse(b"GET / HTTP/1.1\r\n\r\n..."), Err(WireError::Foreign));
     }
 
     #[test]
-    fn damage_is_detected() {
+    fn a_data_datagram_of_the_default_chunk_fits_a_1500_byte_mtu() {
         let mut out = Vec::new();
-        encode(header(), &Packet::Data { seq: 3, payload: b"hello" }, &mut out);
-        for i in 0..out.len() {
-            let mut bad = out.clone();
-            bad[i] ^= 0x20;
-            assert!(parse(&bad).is_err(), "flipped byte {i} went unnoticed");
-        }
+        let chunk = vec![0; DEFAULT_CHUNK_SIZE as usize];
+        encode(&Packet::Data { seq: 1, payload: &chunk }, &mut out);
+        let datagram = HEADER_LEN + out.len() + TAG_LEN;
+        assert_eq!(datagram, DEFAULT_CHUNK_SIZE as usize + DATA_OVERHEAD);
+        assert!(datagram <= 1500 - 40 - 8);
+    }
+
+    #[test]
+    fn truncated_bodies_are_refused() {
+        let mut out = Vec::new();
+        encode(&Packet::Ack(Ack { cumulative: 3, ranges: vec![(5, 9)] }), &mut out);
         for len in 0..out.len() {
             assert!(parse(&out[..len]).is_err(), "truncated to {len} went unnoticed");
         }
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n............."), Err(WireError::Foreign));
     }
 
     #[test]
@@ -376,7 +435,7 @@ mod tests {
         let bad = [vec![(4, 6)], vec![(6, 6)], vec![(6, 8), (7, 9)], vec![(8, 9), (5, 6)]];
         for ranges in bad {
             let mut out = Vec::new();
-            encode(header(), &Packet::Ack(Ack { cumulative: 4, ranges }), &mut out);
+            encode(&Packet::Ack(Ack { cumulative: 4, ranges }), &mut out);
             assert_eq!(parse(&out), Err(WireError::Malformed));
         }
     }
@@ -384,20 +443,17 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Header::parse(&bytes);
             let _ = parse(&bytes);
         }
 
         #[test]
-        fn random_bodies_with_a_valid_crc_never_panic(
+        fn random_bodies_of_every_kind_never_panic(
             kind in 0u8..12,
             body in proptest::collection::vec(any::<u8>(), 0..120),
         ) {
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(&[VERSION, kind]);
-            bytes.extend_from_slice(&[0; 24]);
+            let mut bytes = vec![kind];
             bytes.extend_from_slice(&body);
-            let crc = crc32fast::hash(&bytes);
-            bytes.extend_from_slice(&crc.to_be_bytes());
             let _ = parse(&bytes);
         }
     }

@@ -1,0 +1,530 @@
+//! The transfers of one client as one sans-io endpoint: datagrams in, datagrams out.
+//!
+//! The [`Endpoint`] holds every transfer's state machine with its peer's address and its
+//! keys ([`super::crypto`]), and the offers the server has announced. It does no I/O and
+//! reads no clock, in the manner of quinn-proto's `Endpoint`: the [engine](super::engine)
+//! drives it with a UDP socket and files, and [the simulator](super::sim) drives two of
+//! them against each other over a simulated link, so both run the same checks.
+//!
+//! A datagram reaches a machine only if its header parses, its transfer is known (or it is
+//! an offer the server announced, from the address the server gave, that opens with the
+//! sender's key and the token), it comes from that transfer's peer, and its seal opens
+//! under a packet number not seen before. Everything else is dropped and counted
+//! ([`TransferStats`]); no machine ever sees it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::crypto::{self, Offering, PacketKeys, Refused};
+use super::receiver::{Receiver, ReceiverConfig};
+use super::sender::{Sender, SenderConfig};
+use super::wire::{self, Framing, Header, Packet, TransferId, ANSWER_LEN, HEADER_LEN};
+use crate::p2p::identity::Identity;
+use crate::p2p::noise::{Keys, NoiseError};
+use crate::protocol::{valid_file_name, Introduction, PublicKey, Token};
+
+/// Which way a transfer goes, seen from this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// This client sends the file.
+    Send,
+    /// This client receives it.
+    Receive,
+}
+
+impl Direction {
+    /// The arrow progress displays put before a transfer's name.
+    pub fn arrow(self) -> char {
+        match self {
+            Direction::Send => '↑',
+            Direction::Receive => '↓',
+        }
+    }
+}
+
+/// One transfer, as the user knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Its id (random, chosen by the sender).
+    pub id: TransferId,
+    /// The other user.
+    pub peer: String,
+    /// The file's name, without directories.
+    pub name: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Which way it goes.
+    pub direction: Direction,
+}
+
+/// A file the server said is coming: from its `FileOffer` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingFile {
+    /// The sender.
+    pub from: String,
+    /// The sender's UDP address, as the server sees it.
+    pub addr: SocketAddr,
+    /// The transfer's token.
+    pub token: Token,
+    /// The sender's identity key, as the server vouches for it.
+    pub key: PublicKey,
+    /// The file's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl IncomingFile {
+    /// The file of a server's `FileOffer` event: `from` is the sender's introduction.
+    pub fn new(from: &Introduction, name: &str, size: u64) -> Self {
+        let (addr, token, key) = (from.addr, from.token, from.key);
+        Self { from: from.peer.clone(), addr, token, key, name: name.to_owned(), size }
+    }
+}
+
+/// Datagrams the endpoint threw away, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Did not parse (truncated, foreign, or a body that makes no sense once opened).
+    pub malformed: u64,
+    /// Named a transfer this client does not have.
+    pub unknown: u64,
+    /// Came from the wrong address, or did not open: altered, damaged on the way, or made
+    /// without the key and the token (an offer the server never announced among them).
+    pub forged: u64,
+    /// Opened once already: a copy, or a replay.
+    pub replayed: u64,
+}
+
+/// Who this endpoint is, and the settings of its machines.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This client's username.
+    pub me: String,
+    /// This client's key pair.
+    pub identity: Identity,
+    /// The sending side's settings.
+    pub sender: SenderConfig,
+    /// The receiving side's settings.
+    pub receiver: ReceiverConfig,
+    /// How long an offer the server announced may take to arrive.
+    pub offer_ttl: Duration,
+}
+
+/// The state machine of one transfer.
+#[derive(Debug)]
+pub enum Machine {
+    /// This client sends.
+    Send(Box<Sender>),
+    /// This client receives.
+    Receive(Box<Receiver>),
+}
+
+impl Machine {
+    fn handle(&mut self, now: Instant, packet: Packet<'_>) {
+        match self {
+            Machine::Send(sender) => sender.handle(now, packet),
+            Machine::Receive(receiver) => receiver.handle(now, packet),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Machine::Send(sender) => sender.handle_timeout(now),
+            Machine::Receive(receiver) => receiver.handle_timeout(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::Send(sender) => sender.poll_timeout(),
+            Machine::Receive(receiver) => receiver.poll_timeout(),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        match self {
+            Machine::Send(sender) => sender.poll_transmit(now, out),
+            Machine::Receive(receiver) => receiver.poll_transmit(now, out),
+        }
+    }
+
+    /// Gives up the transfer; the peer is told.
+    pub fn cancel(&mut self) {
+        match self {
+            Machine::Send(sender) => sender.cancel(),
+            Machine::Receive(receiver) => receiver.cancel(),
+        }
+    }
+
+    /// Bytes done and the file's size.
+    pub fn progress(&self) -> (u64, u64) {
+        match self {
+            Machine::Send(sender) => sender.progress(),
+            Machine::Receive(receiver) => receiver.progress(),
+        }
+    }
+
+    /// Whether the machine has nothing left to do.
+    pub fn is_over(&self) -> bool {
+        match self {
+            Machine::Send(sender) => sender.is_over(),
+            Machine::Receive(receiver) => receiver.is_over(),
+        }
+    }
+}
+
+/// Where a transfer's handshake stands.
+enum Link {
+    /// Sending, and the receiver has not answered yet: only the offer (or its withdrawal)
+    /// can be sent.
+    Offering(Box<Offering>),
+    /// Sending, with the keys of the receiver's `answer` (a repeat of it is recognised).
+    Sending { keys: PacketKeys, answer: [u8; ANSWER_LEN] },
+    /// Receiving. `offer` is the offer datagram (a repeat of it is recognised) and
+    /// `offer_plain` its plaintext; `answer` goes in front of every datagram until the
+    /// sender has sealed something (`confirmed`).
+    Receiving {
+        keys: PacketKeys,
+        offer: Vec<u8>,
+        offer_plain: Vec<u8>,
+        answer: [u8; ANSWER_LEN],
+        withdraw: Token,
+        confirmed: bool,
+    },
+}
+
+/// One transfer: what the user knows of it, the peer's address, the machine, the keys, and
+/// whatever the driver keeps beside them (`local`).
+pub struct Connection<T> {
+    /// The transfer.
+    pub transfer: Transfer,
+    /// The peer's address; datagrams from anywhere else are dropped.
+    pub peer: SocketAddr,
+    /// Its state machine.
+    pub machine: Machine,
+    /// The driver's own state of this transfer.
+    pub local: T,
+    link: Link,
+}
+
+struct Expected {
+    incoming: IncomingFile,
+    until: Instant,
+}
+
+/// Every transfer of one client.
+pub struct Endpoint<T> {
+    config: EndpointConfig,
+    connections: HashMap<TransferId, Connection<T>>,
+    expected: Vec<Expected>,
+    stats: TransferStats,
+}
+
+impl<T: Default> Endpoint<T> {
+    /// An endpoint with no transfers yet.
+    pub fn new(config: EndpointConfig) -> Self {
+        Self { config, connections: HashMap::new(), expected: Vec::new(), stats: Default::default() }
+    }
+
+    /// The server announced `incoming`: its offer will be let in until the offer TTL.
+    pub fn expect(&mut self, now: Instant, incoming: IncomingFile) {
+        self.expected.push(Expected { incoming, until: now + self.config.offer_ttl });
+    }
+
+    /// Starts offering `transfer` (a [`Direction::Send`] one) to `peer_key`'s holder at
+    /// `addr`, with the server's `token`.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        transfer: Transfer,
+        addr: SocketAddr,
+        token: &Token,
+        peer_key: &PublicKey,
+    ) -> Result<(), NoiseError> {
+        let sender =
+            Sender::new(&transfer.name, transfer.size, self.config.sender.clone(), now);
+        let mut plain = Vec::new();
+        wire::encode(&sender.offer(), &mut plain);
+        let keys = Keys {
+            identity: &self.config.identity,
+            me: &self.config.me,
+            peer: &transfer.peer,
+            peer_key,
+            token,
+        };
+        let offering = crypto::offer(keys, transfer.id, &plain)?;
+        let connection = Connection {
+            peer: normalize(addr),
+            machine: Machine::Send(Box::new(sender)),
+            local: T::default(),
+            link: Link::Offering(Box::new(offering)),
+            transfer,
+        };
+        self.connections.insert(connection.transfer.id, connection);
+        Ok(())
+    }
+
+    /// Takes one datagram that arrived from `from`. Returns the id of a transfer it opened:
+    /// an announced offer, whose receiver now waits for its user's answer.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &mut [u8],
+    ) -> Option<TransferId> {
+        let Ok(header) = Header::parse(datagram) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let from = normalize(from);
+        let Some(connection) = self.connections.get_mut(&header.id) else {
+            if header.framing == Framing::Offer {
+                return self.offer(now, from, &header, datagram);
+            }
+            self.stats.unknown += 1;
+            return None;
+        };
+        if connection.peer != from {
+            self.stats.forged += 1;
+            return None;
+        }
+        let opened = match open(&mut connection.link, &header, datagram) {
+            Ok(opened) => opened,
+            Err(Refused::Forged) => {
+                self.stats.forged += 1;
+                return None;
+            }
+            Err(Refused::Replayed) => {
+                self.stats.replayed += 1;
+                return None;
+            }
+        };
+        let packet = match (opened, &connection.link) {
+            (Opened::Sealed(plain), _) => wire::parse(plain),
+            (Opened::OfferAgain, Link::Receiving { offer_plain, .. }) => wire::parse(offer_plain),
+            (Opened::OfferAgain, _) => return None,
+            (Opened::Withdrawn, _) => Ok(Packet::Cancel),
+        };
+        match packet {
+            Ok(packet) => connection.machine.handle(now, packet),
+            Err(_) => self.stats.malformed += 1,
+        }
+        None
+    }
+
+    /// A first offer for an unknown transfer: let it in only if the server announced
+    /// exactly it and it opens with that sender's key and the token.
+    fn offer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: &Header,
+        datagram: &[u8],
+    ) -> Option<TransferId> {
+        let config = &self.config;
+        let found = self.expected.iter().enumerate().find_map(|(index, e)| {
+            let i = &e.incoming;
+            if i.addr != from || e.until <= now {
+                return None;
+            }
+            let keys = Keys {
+                identity: &config.identity,
+                me: &config.me,
+                peer: &i.from,
+                peer_key: &i.key,
+                token: &i.token,
+            };
+            crypto::answer(keys, header.id, datagram).ok().map(|answer| (index, answer))
+        });
+        let Some((index, answered)) = found else {
+            self.stats.forged += 1;
+            return None;
+        };
+        let Ok(Packet::Offer { size, chunk_size, name }) = wire::parse(&answered.offer) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let incoming = &self.expected[index].incoming;
+        if incoming.name != name || incoming.size != size || !valid_file_name(name) {
+            // The sender offers something else than it told the server.
+            self.stats.forged += 1;
+            return None;
+        }
+        let incoming = self.expected.swap_remove(index).incoming;
+        let receiver = Receiver::new(size, chunk_size, self.config.receiver.clone(), now);
+        let transfer = Transfer {
+            id: header.id,
+            peer: incoming.from,
+            name: incoming.name,
+            size,
+            direction: Direction::Receive,
+        };
+        let link = Link::Receiving {
+            keys: answered.keys,
+            offer: datagram.to_vec(),
+            offer_plain: answered.offer,
+            answer: answered.answer,
+            withdraw: answered.withdraw,
+            confirmed: false,
+        };
+        let connection = Connection {
+            transfer,
+            peer: from,
+            machine: Machine::Receive(Box::new(receiver)),
+            local: T::default(),
+            link,
+        };
+        self.connections.insert(header.id, connection);
+        Some(header.id)
+    }
+
+    /// Writes the next datagram transfer `id` has to send now into `out` (cleared first);
+    /// returns whether there was one.
+    pub fn poll_transmit(&mut self, id: TransferId, now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return false;
+        };
+        let start = match &connection.link {
+            Link::Receiving { confirmed: false, .. } => HEADER_LEN + ANSWER_LEN,
+            _ => HEADER_LEN,
+        };
+        out.resize(start, 0);
+        if !connection.machine.poll_transmit(now, out) {
+            out.clear();
+            return false;
+        }
+        match &mut connection.link {
+            Link::Offering(offering) => {
+                // Before the answer there is no key: the offer goes as the handshake made
+                // it, and a cancel as its withdrawal.
+                let datagram = match wire::parse(&out[start..]) {
+                    Ok(Packet::Offer { .. }) => offering.datagram().to_vec(),
+                    Ok(Packet::Cancel) => offering.withdrawal(id),
+                    _ => Vec::new(),
+                };
+                *out = datagram;
+            }
+            Link::Sending { keys, .. } => keys.seal(id, Framing::Sealed, out, HEADER_LEN),
+            Link::Receiving { keys, answer, confirmed, .. } => {
+                if *confirmed {
+                    keys.seal(id, Framing::Sealed, out, HEADER_LEN);
+                } else {
+                    out[HEADER_LEN..start].copy_from_slice(answer);
+                    keys.seal(id, Framing::Answered, out, start);
+                }
+            }
+        }
+        !out.is_empty()
+    }
+
+    /// Acts on every deadline that has passed at `now`; forgets offers that never came.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expected.retain(|e| e.until > now);
+        for connection in self.connections.values_mut() {
+            connection.machine.handle_timeout(now);
+        }
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let machines = self.connections.values().filter_map(|c| c.machine.poll_timeout());
+        machines.chain(self.expected.iter().map(|e| e.until)).min()
+    }
+
+    /// The transfer `id`.
+    pub fn get(&self, id: TransferId) -> Option<&Connection<T>> {
+        self.connections.get(&id)
+    }
+
+    /// The transfer `id`, to drive.
+    pub fn get_mut(&mut self, id: TransferId) -> Option<&mut Connection<T>> {
+        self.connections.get_mut(&id)
+    }
+
+    /// The ids of every transfer.
+    pub fn ids(&self) -> Vec<TransferId> {
+        self.connections.keys().copied().collect()
+    }
+
+    /// Every transfer, to drive.
+    pub fn connections_mut(&mut self) -> impl Iterator<Item = &mut Connection<T>> {
+        self.connections.values_mut()
+    }
+
+    /// Forgets transfer `id`.
+    pub fn remove(&mut self, id: TransferId) -> Option<Connection<T>> {
+        self.connections.remove(&id)
+    }
+
+    /// Datagrams dropped so far.
+    pub fn stats(&self) -> TransferStats {
+        self.stats
+    }
+}
+
+/// What a datagram of a known transfer carried, once let through.
+enum Opened<'a> {
+    /// A sealed packet's plaintext.
+    Sealed(&'a [u8]),
+    /// The offer again, unchanged: the sender has not heard the answer yet.
+    OfferAgain,
+    /// The sender withdrew its unanswered offer.
+    Withdrawn,
+}
+
+/// Opens a datagram of a known transfer according to where its handshake stands.
+fn open<'a>(link: &mut Link, header: &Header, datagram: &'a mut [u8]) -> Result<Opened<'a>, Refused> {
+    let answered = HEADER_LEN + ANSWER_LEN;
+    match (&mut *link, header.framing) {
+        (Link::Offering(offering), Framing::Answered) => {
+            let answer: [u8; ANSWER_LEN] = datagram
+                .get(HEADER_LEN..answered)
+                .and_then(|a| a.try_into().ok())
+                .ok_or(Refused::Forged)?;
+            let keys = offering.finish(&answer).map_err(|_| Refused::Forged)?;
+            // The answer is the receiver's: its keys stay even if the packet does not open.
+            *link = Link::Sending { keys, answer };
+            let Link::Sending { keys, .. } = link else { unreachable!("just set") };
+            keys.open(header, datagram, answered).map(Opened::Sealed)
+        }
+        (Link::Sending { keys, answer }, Framing::Answered) => {
+            if datagram.get(HEADER_LEN..answered) != Some(&answer[..]) {
+                return Err(Refused::Forged);
+            }
+            keys.open(header, datagram, answered).map(Opened::Sealed)
+        }
+        (Link::Sending { keys, .. }, Framing::Sealed) => {
+            keys.open(header, datagram, HEADER_LEN).map(Opened::Sealed)
+        }
+        (Link::Receiving { keys, confirmed, .. }, Framing::Sealed) => {
+            let plain = keys.open(header, datagram, HEADER_LEN)?;
+            *confirmed = true;
+            Ok(Opened::Sealed(plain))
+        }
+        (Link::Receiving { offer, .. }, Framing::Offer) if offer[..] == datagram[..] => {
+            Ok(Opened::OfferAgain)
+        }
+        (Link::Receiving { withdraw, .. }, Framing::Withdraw) => {
+            let secret = datagram.get(HEADER_LEN..).and_then(|s| s.try_into().ok()).map(Token);
+            if secret != Some(*withdraw) {
+                return Err(Refused::Forged);
+            }
+            Ok(Opened::Withdrawn)
+        }
+        _ => Err(Refused::Forged),
+    }
+}
+
+/// IPv4 addresses seen through an IPv6 socket, written the IPv4 way, so they compare equal.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
