@@ -5,24 +5,30 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{next_non_presence, TestServer, PATIENCE};
-use confab::p2p::transfer::wire::{self, Header, Packet};
+use confab::p2p::identity::Identity;
+use confab::p2p::noise::Keys;
+use confab::p2p::transfer::crypto;
+use confab::p2p::transfer::wire::{self, Framing, Header, Packet, ANSWER_LEN, HEADER_LEN};
 use confab::p2p::transfer::{
     IncomingFile, OutgoingFile, SenderConfig, Transfer, TransferConfig, TransferError,
     TransferEvent, Transfers,
 };
-use confab::protocol::{ErrorCode, Event, Token};
+use confab::protocol::{ErrorCode, Event, Introduction, Token};
 use confab::server::Config;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 
 const CHUNK: usize = 1400;
 
-/// One client's transfer engine with its own download directory.
+/// One client's transfer engine with its own identity and download directory.
 struct Side {
     name: &'static str,
+    identity: Identity,
     transfers: Transfers,
     events: mpsc::UnboundedReceiver<TransferEvent>,
     dir: tempfile::TempDir,
@@ -37,11 +43,12 @@ fn side_with(name: &'static str, auto_accept: bool, config: TransferConfig) -> S
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (tx, events) = mpsc::unbounded_channel();
     let config = TransferConfig { download_dir: dir.path().to_owned(), auto_accept, ..config };
-    let transfers = Transfers::start(socket, config, move |e| {
+    let identity = Identity::generate();
+    let transfers = Transfers::start(socket, name, identity.clone(), config, move |e| {
         let _ = tx.send(e);
     })
     .unwrap();
-    Side { name, transfers, events, dir }
+    Side { name, identity, transfers, events, dir }
 }
 
 impl Side {
@@ -78,16 +85,28 @@ impl Side {
 
 /// What the server does: tells `to` about the offer, and starts `from` sending.
 fn introduce(from: &Side, to: &Side, path: &Path) -> Transfer {
+    introduce_via(from, to, path, from.addr(), to.addr(), Token::random())
+}
+
+/// [`introduce`], with the addresses the server hands out: `from` is told `to` is at
+/// `to_addr`, and `to` that `from` is at `from_addr`.
+fn introduce_via(
+    from: &Side,
+    to: &Side,
+    path: &Path,
+    from_addr: SocketAddr,
+    to_addr: SocketAddr,
+    token: Token,
+) -> Transfer {
     let file = OutgoingFile::open(path).unwrap();
-    let token = Token::random();
-    to.transfers.expect(IncomingFile {
-        from: from.name.into(),
-        addr: from.addr(),
+    let intro = |peer: &Side, addr| Introduction {
+        peer: peer.name.into(),
+        addr,
         token,
-        name: file.name.clone(),
-        size: file.size,
-    });
-    from.transfers.send(to.name, to.addr(), token, file).unwrap()
+        key: peer.identity.public(),
+    };
+    to.transfers.expect(IncomingFile::new(&intro(from, from_addr), &file.name, file.size));
+    from.transfers.send(&intro(to, to_addr), file).unwrap()
 }
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -147,55 +166,151 @@ async fn a_received_file_never_replaces_one_already_there() {
     assert_eq!(std::fs::read(second).unwrap(), b"second");
 }
 
+/// A UDP relay that alice and bob are told is the other: it forwards everything, keeps a
+/// copy of every datagram, and plays the on-path attacker who knows the token (sniffed, or
+/// from a server that leaks it): it replays, alters and forges datagrams for the transfer.
+struct OnPath {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnPath {
+    fn start(alice: SocketAddr, bob: SocketAddr, attack: bool) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0; 65_536];
+            let mut count = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let datagram = buf[..n].to_vec();
+                let to = if from == alice { bob } else { alice };
+                let _ = socket.send_to(&datagram, to);
+                count += 1;
+                if attack && count % 20 == 0 {
+                    // The same datagram again, later; an altered copy; and a forged cancel
+                    // for this transfer (its id is in the clear) to both sides, sealed with
+                    // nothing, as no key is known; a forged withdrawal of the offer.
+                    let _ = socket.send_to(&datagram, to);
+                    let mut altered = datagram.clone();
+                    let last = altered.len() - 1;
+                    altered[last / 2] ^= 0x40;
+                    let _ = socket.send_to(&altered, to);
+                    if let Ok(header) = Header::parse(&datagram) {
+                        for framing in [Framing::Sealed, Framing::Withdraw] {
+                            let forged =
+                                Header { framing, id: header.id, number: header.number + 1 };
+                            let mut cancel = forged.to_bytes().to_vec();
+                            cancel.extend_from_slice(&[9; 33]);
+                            let _ = socket.send_to(&cancel, bob);
+                            let _ = socket.send_to(&cancel, alice);
+                        }
+                    }
+                }
+                seen2.lock().unwrap().push(datagram);
+            }
+        });
+        Self { addr, seen, stop, thread: Some(thread) }
+    }
+
+    fn seen(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OnPath {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A file that says the same thing over and over, to look for on the wire.
+fn marked(len: usize) -> Vec<u8> {
+    b"CONFAB-MARKER-7f3a ".iter().copied().cycle().take(len).collect()
+}
+
+fn holds(datagrams: &[Vec<u8>], needle: &[u8]) -> bool {
+    datagrams.iter().any(|d| d.windows(needle.len()).any(|w| w == needle))
+}
+
 #[tokio::test]
-async fn forged_and_stray_datagrams_are_dropped_and_counted() {
+async fn nothing_of_the_file_crosses_the_wire_in_the_clear() {
+    let mut alice = side("alice", false);
+    let mut bob = side("bob", true);
+    let path_ = OnPath::start(alice.addr(), bob.addr(), false);
+    let source = tempfile::tempdir().unwrap();
+    let data = marked(300_000);
+    let path = write_file(source.path(), "secret-plans.txt", &data);
+    let token = Token::random();
+    introduce_via(&alice, &bob, &path, path_.addr, path_.addr, token);
+    let saved = bob.received().await;
+    alice.until(|e| matches!(e, TransferEvent::Sent { .. }).then_some(())).await;
+    assert!(std::fs::read(saved).unwrap() == data);
+    let seen = path_.seen();
+    assert!(seen.len() > 200, "the transfer went through the relay: {}", seen.len());
+    assert!(!holds(&seen, b"CONFAB-MARKER"), "the file's content is on the wire");
+    assert!(!holds(&seen, b"secret-plans"), "the file's name is on the wire");
+    assert!(!holds(&seen, &token.0), "the token is on the wire");
+    assert!(!holds(&seen, &(data.len() as u64).to_be_bytes()), "the size is on the wire");
+}
+
+#[tokio::test]
+async fn forged_replayed_and_altered_datagrams_are_dropped_and_counted() {
     let mut alice = side("alice", false);
     let mut bob = side("bob", false);
+    let path_ = OnPath::start(alice.addr(), bob.addr(), true);
     let source = tempfile::tempdir().unwrap();
     let data = random_bytes(2 * 1024 * 1024, 9);
     let path = write_file(source.path(), "clip.mp4", &data);
-    let transfer = introduce(&alice, &bob, &path);
+    let token = Token::random();
+    let transfer = introduce_via(&alice, &bob, &path, path_.addr, path_.addr, token);
     let offer = bob.until(|e| match e {
         TransferEvent::Offered { transfer, .. } => Some(transfer.clone()),
         _ => None,
     });
-    let offer = offer.await;
-    assert_eq!(offer.id, transfer.id);
+    assert_eq!(offer.await.id, transfer.id);
 
-    // Before bob answers: datagrams for this transfer from another socket (right id, even
-    // the right token, which an eavesdropper could have seen), an unknown transfer, and
-    // garbage. None of them may touch the file.
+    // Strangers, from elsewhere: an offer with the right token but another key, a datagram
+    // of this transfer (whose id they saw) from the wrong address, an unknown transfer, and
+    // garbage. None of them may touch anything.
     let mallory = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut out = Vec::new();
-    let evil = vec![0xEE; CHUNK];
-    for token in [Token([0; 16]), Token::random()] {
-        let header = Header { id: transfer.id, token };
-        wire::encode(header, &Packet::Data { seq: 0, payload: &evil }, &mut out);
-        mallory.send_to(&out, bob.addr()).unwrap();
-        out.clear();
-        wire::encode(header, &Packet::Cancel, &mut out);
-        mallory.send_to(&out, alice.addr()).unwrap();
-        out.clear();
-    }
-    let stranger = Header { id: transfer.id ^ 1, token: Token::random() };
-    wire::encode(stranger, &Packet::Finish { sha256: [0; 32] }, &mut out);
-    mallory.send_to(&out, bob.addr()).unwrap();
+    let mallory_id = Identity::generate();
+    let bob_key = bob.identity.public();
+    let keys =
+        Keys { identity: &mallory_id, me: "alice", peer: "bob", peer_key: &bob_key, token: &token };
+    let evil = Packet::Offer { size: 5, chunk_size: 1400, name: "evil.sh" };
+    let mut plain = Vec::new();
+    wire::encode(&evil, &mut plain);
+    let offering = crypto::offer(keys, 77, &plain).unwrap();
+    mallory.send_to(offering.datagram(), bob.addr()).unwrap();
+    let stray = Header { framing: Framing::Sealed, id: transfer.id, number: 5 };
+    let mut stray = stray.to_bytes().to_vec();
+    stray.extend_from_slice(&[0; 40]);
+    mallory.send_to(&stray, bob.addr()).unwrap();
+    let unknown = Header { framing: Framing::Sealed, id: transfer.id ^ 1, number: 5 };
+    mallory.send_to(&unknown.to_bytes(), bob.addr()).unwrap();
     mallory.send_to(b"hello?", bob.addr()).unwrap();
-    // A forged offer the server never announced.
-    out.clear();
-    let offer = Packet::Offer { size: 5, chunk_size: 1400, name: "evil.sh" };
-    wire::encode(Header { id: 77, token: Token::random() }, &offer, &mut out);
-    mallory.send_to(&out, bob.addr()).unwrap();
 
     bob.transfers.accept(transfer.id);
     let saved = bob.received().await;
     alice.until(|e| matches!(e, TransferEvent::Sent { .. }).then_some(())).await;
-    assert!(std::fs::read(saved).unwrap() == data);
-    let bob_stats = bob.transfers.stats();
-    assert_eq!(bob_stats.forged, 3, "two forged chunks and a forged offer: {bob_stats:?}");
+    assert!(std::fs::read(saved).unwrap() == data, "byte-identical despite the attacker");
+    let (bob_stats, alice_stats) = (bob.transfers.stats(), alice.transfers.stats());
+    // Forged: the offer, the stray and, from the relay, altered copies and forged cancels.
+    assert!(bob_stats.forged >= 10, "{bob_stats:?}");
+    assert!(bob_stats.replayed > 0, "{bob_stats:?}");
     assert_eq!(bob_stats.unknown, 1, "{bob_stats:?}");
     assert_eq!(bob_stats.malformed, 1, "{bob_stats:?}");
-    assert_eq!(alice.transfers.stats().forged, 2);
+    assert!(alice_stats.forged > 0 && alice_stats.replayed > 0, "{alice_stats:?}");
     assert!(!bob.dir.path().join("alice_evil.sh").exists());
 }
 
@@ -298,22 +413,38 @@ async fn a_receiver_that_vanishes_mid_transfer_is_a_clear_error() {
     let mut alice = side_with("alice", false, quick);
     let source = tempfile::tempdir().unwrap();
     let path = write_file(source.path(), "big.bin", &random_bytes(8 * 1024 * 1024, 8));
-    // Bob is a bare socket: it accepts, takes a few chunks, and then is gone without a word.
+    // Bob is a bare socket with bob's key: it accepts, takes a few chunks, and then is gone
+    // without a word.
     let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
     bob.set_read_timeout(Some(PATIENCE)).unwrap();
+    let bob_id = Identity::generate();
     let token = Token::random();
     let file = OutgoingFile::open(&path).unwrap();
-    alice.transfers.send("bob", bob.local_addr().unwrap(), token, file).unwrap();
+    let intro = Introduction {
+        peer: "bob".into(),
+        addr: bob.local_addr().unwrap(),
+        token,
+        key: bob_id.public(),
+    };
+    alice.transfers.send(&intro, file).unwrap();
     let mut buf = vec![0; 65_536];
     let (n, from) = bob.recv_from(&mut buf).unwrap();
-    let (header, packet) = wire::parse(&buf[..n]).unwrap();
-    assert!(matches!(packet, Packet::Offer { name: "big.bin", .. }), "{packet:?}");
-    assert_eq!(header.token, token);
-    let mut out = Vec::new();
-    wire::encode(header, &Packet::Accept { resume_from: 0, window: 1024 }, &mut out);
+    let header = Header::parse(&buf[..n]).unwrap();
+    assert_eq!(header.framing, Framing::Offer);
+    let alice_key = alice.identity.public();
+    let keys =
+        Keys { identity: &bob_id, me: "bob", peer: "alice", peer_key: &alice_key, token: &token };
+    let mut answered = crypto::answer(keys, header.id, &buf[..n]).unwrap();
+    assert!(matches!(wire::parse(&answered.offer).unwrap(), Packet::Offer { name: "big.bin", .. }));
+    let mut out = vec![0; HEADER_LEN];
+    out.extend_from_slice(&answered.answer);
+    wire::encode(&Packet::Accept { resume_from: 0, window: 1024 }, &mut out);
+    answered.keys.seal(header.id, Framing::Answered, &mut out, HEADER_LEN + ANSWER_LEN);
     bob.send_to(&out, from).unwrap();
     let (n, _) = bob.recv_from(&mut buf).unwrap();
-    assert!(matches!(wire::parse(&buf[..n]).unwrap().1, Packet::Data { .. }));
+    let header = Header::parse(&buf[..n]).unwrap();
+    let plain = answered.keys.open(&header, &mut buf[..n], HEADER_LEN).unwrap();
+    assert!(matches!(wire::parse(plain).unwrap(), Packet::Data { .. }));
     drop(bob);
     assert_eq!(alice.until_failure().await, TransferError::PeerSilent);
 }

@@ -329,9 +329,15 @@ impl Session {
             .into_std()
             .and_then(|udp| {
                 let identity = config.identity.clone();
-                Transfers::start(udp, &info.username, identity, config.transfer.clone(), move |event| {
-                    let _ = transfer_tx.send(event);
-                })
+                Transfers::start(
+                    udp,
+                    &info.username,
+                    identity,
+                    config.transfer.clone(),
+                    move |event| {
+                        let _ = transfer_tx.send(event);
+                    },
+                )
             })
             .map_err(StartError::Transfers)?;
         let (chats, private) = PrivateChats::start(

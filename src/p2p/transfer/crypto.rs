@@ -71,8 +71,9 @@ pub fn offer(keys: Keys<'_>, id: TransferId, plain: &[u8]) -> Result<Offering, N
     payload.extend_from_slice(plain);
     let mut datagram = header.to_bytes().to_vec();
     datagram.resize(HEADER_LEN + 32 + payload.len() + TAG_LEN, 0);
-    let len =
-        state.write_message(&payload, &mut datagram[HEADER_LEN..]).map_err(NoiseError::Handshake)?;
+    let len = state
+        .write_message(&payload, &mut datagram[HEADER_LEN..])
+        .map_err(NoiseError::Handshake)?;
     datagram.truncate(HEADER_LEN + len);
     Ok(Offering { state, datagram, withdraw })
 }
@@ -274,11 +275,23 @@ mod tests {
         }
 
         fn alice_keys<'a>(&'a self, bob_key: &'a PublicKey) -> Keys<'a> {
-            Keys { identity: &self.alice, me: "alice", peer: "bob", peer_key: bob_key, token: &self.token }
+            Keys {
+                identity: &self.alice,
+                me: "alice",
+                peer: "bob",
+                peer_key: bob_key,
+                token: &self.token,
+            }
         }
 
         fn bob_keys<'a>(&'a self, alice_key: &'a PublicKey) -> Keys<'a> {
-            Keys { identity: &self.bob, me: "bob", peer: "alice", peer_key: alice_key, token: &self.token }
+            Keys {
+                identity: &self.bob,
+                me: "bob",
+                peer: "alice",
+                peer_key: alice_key,
+                token: &self.token,
+            }
         }
     }
 

@@ -225,7 +225,12 @@ pub struct Endpoint<T> {
 impl<T: Default> Endpoint<T> {
     /// An endpoint with no transfers yet.
     pub fn new(config: EndpointConfig) -> Self {
-        Self { config, connections: HashMap::new(), expected: Vec::new(), stats: Default::default() }
+        Self {
+            config,
+            connections: HashMap::new(),
+            expected: Vec::new(),
+            stats: Default::default(),
+        }
     }
 
     /// The server announced `incoming`: its offer will be let in until the offer TTL.
@@ -243,8 +248,7 @@ impl<T: Default> Endpoint<T> {
         token: &Token,
         peer_key: &PublicKey,
     ) -> Result<(), NoiseError> {
-        let sender =
-            Sender::new(&transfer.name, transfer.size, self.config.sender.clone(), now);
+        let sender = Sender::new(&transfer.name, transfer.size, self.config.sender.clone(), now);
         let mut plain = Vec::new();
         wire::encode(&sender.offer(), &mut plain);
         let keys = Keys {
@@ -476,7 +480,11 @@ enum Opened<'a> {
 }
 
 /// Opens a datagram of a known transfer according to where its handshake stands.
-fn open<'a>(link: &mut Link, header: &Header, datagram: &'a mut [u8]) -> Result<Opened<'a>, Refused> {
+fn open<'a>(
+    link: &mut Link,
+    header: &Header,
+    datagram: &'a mut [u8],
+) -> Result<Opened<'a>, Refused> {
     let answered = HEADER_LEN + ANSWER_LEN;
     match (&mut *link, header.framing) {
         (Link::Offering(offering), Framing::Answered) => {

@@ -37,8 +37,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::endpoint::{
-    Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer,
-    TransferStats,
+    Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer, TransferStats,
 };
 use super::receiver::{resume_point, ReceiverConfig, ReceiverEvent};
 use super::sender::{SenderConfig, SenderEvent};
@@ -202,7 +201,11 @@ impl Transfers {
     /// Starts sending `file` to the peer of `intro` (the server's answer to
     /// [`Request::SendFile`](crate::protocol::Request::SendFile): its address, key and
     /// token).
-    pub fn send(&self, intro: &Introduction, file: OutgoingFile) -> Result<Transfer, TransferError> {
+    pub fn send(
+        &self,
+        intro: &Introduction,
+        file: OutgoingFile,
+    ) -> Result<Transfer, TransferError> {
         let id = rand::random::<TransferId>();
         let OutgoingFile { file, name, size } = file;
         let transfer =
@@ -541,10 +544,7 @@ impl Engine {
             let mut segment = 0;
             let mut count = 0;
             self.batch.clear();
-            loop {
-                let Some(peer) = self.endpoint.get(*id).map(|c| c.peer) else {
-                    break;
-                };
+            while let Some(peer) = self.endpoint.get(*id).map(|c| c.peer) {
                 let more = budget > 0 && self.endpoint.poll_transmit(*id, now, &mut self.out);
                 if !more {
                     self.flush(peer, segment, count).await;
@@ -660,8 +660,7 @@ impl Engine {
         let resume_from = resume_point(have, transfer.size, receiver.chunk_size());
         connection.local.files = Files::Receive { part, file: None };
         let accepting = self.config.auto_accept;
-        let event =
-            TransferEvent::Offered { transfer: transfer.clone(), resume_from, accepting };
+        let event = TransferEvent::Offered { transfer: transfer.clone(), resume_from, accepting };
         self.shared.table.insert(transfer, false);
         (self.on_event)(event);
         if accepting {
@@ -675,7 +674,8 @@ impl Engine {
             Command::Expect(incoming) => self.endpoint.expect(now, incoming),
             Command::Send { transfer, intro, file } => {
                 let id = transfer.id;
-                let started = self.endpoint.send(now, transfer.clone(), intro.addr, &intro.token, &intro.key);
+                let started =
+                    self.endpoint.send(now, transfer.clone(), intro.addr, &intro.token, &intro.key);
                 match started {
                     Ok(()) => {
                         if let Some(connection) = self.endpoint.get_mut(id) {
@@ -712,7 +712,8 @@ impl Engine {
             return;
         };
         let Connection { transfer, machine, local, .. } = connection;
-        let (Machine::Receive(receiver), Files::Receive { part, file }) = (machine, &mut local.files)
+        let (Machine::Receive(receiver), Files::Receive { part, file }) =
+            (machine, &mut local.files)
         else {
             return;
         };

@@ -182,8 +182,13 @@ impl Sim {
         let mut bob = endpoint("bob", bob_id, SenderConfig::default());
         let size = file.len() as u64;
         let name = "clip.mp4".to_owned();
-        let transfer =
-            Transfer { id: ID, peer: "bob".into(), name: name.clone(), size, direction: Direction::Send };
+        let transfer = Transfer {
+            id: ID,
+            peer: "bob".into(),
+            name: name.clone(),
+            size,
+            direction: Direction::Send,
+        };
         alice.send(now, transfer, addr(2), &token, &bob_key).unwrap();
         let incoming =
             IncomingFile { from: "alice".into(), addr: addr(1), token, key: alice_key, name, size };
@@ -486,4 +491,30 @@ fn a_damaged_prefix_is_caught_by_the_sha256() {
     assert_eq!(outcome.sender, Some(Err(TransferError::HashMismatch)));
     assert_eq!(outcome.receiver, Some(Err(TransferError::HashMismatch)));
     assert!(!outcome.saved);
+}
+
+#[test]
+fn a_sender_withdraws_an_offer_nobody_answered() {
+    use super::wire::{Framing, Header, HEADER_LEN};
+    let mut sim = Sim::new(random_file(5000, 50), Link::default(), 50);
+    let now = sim.now;
+    let mut offer = Vec::new();
+    assert!(sim.alice.poll_transmit(ID, now, &mut offer));
+    assert_eq!(sim.bob.handle(now, addr(1), &mut offer.clone()), Some(ID));
+    // Bob's answer is lost, so alice has no key yet when she gives up.
+    sim.sender().cancel();
+    let mut withdrawal = Vec::new();
+    assert!(sim.alice.poll_transmit(ID, now, &mut withdrawal));
+    assert_eq!(Header::parse(&withdrawal).unwrap().framing, Framing::Withdraw);
+    // A forged withdrawal changes nothing; the offer again is let through; the real
+    // withdrawal ends the offer.
+    let mut forged = withdrawal.clone();
+    forged[HEADER_LEN] ^= 1;
+    assert_eq!(sim.bob.handle(now, addr(1), &mut forged), None);
+    assert_eq!(sim.bob.handle(now, addr(1), &mut offer), None);
+    assert_eq!(sim.receiver().unwrap().poll_event(), None);
+    assert_eq!(sim.bob.stats().forged, 1);
+    assert_eq!(sim.bob.handle(now, addr(1), &mut withdrawal), None);
+    let event = sim.receiver().unwrap().poll_event();
+    assert_eq!(event, Some(ReceiverEvent::Failed(TransferError::CancelledByPeer)));
 }
