@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use confab::p2p::identity::Identity;
 use confab::p2p::transfer::{
-    IncomingFile, OutgoingFile, SenderConfig, TransferConfig, TransferEvent, Transfers,
+    IncomingFile, OutgoingFile, SenderConfig, Transfer, TransferConfig, TransferEvent, Transfers,
 };
 use confab::protocol::{Introduction, Token};
 use sha2::{Digest, Sha256};
@@ -121,14 +121,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     while let Some(event) = events.recv().await {
         match event {
             TransferEvent::Started { .. } => started = Some(Instant::now()),
-            TransferEvent::Sent { transfer } | TransferEvent::Received { transfer, .. } => {
-                let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-                let mbit = transfer.size as f64 * 8.0 / secs / 1e6;
-                let dropped = transfers.stats();
+            TransferEvent::Sent { transfer, stats } => {
+                report(what, &transfer, started, &transfers);
                 println!(
-                    "{what} {} bytes in {secs:.3} s: {mbit:.1} Mbit/s (dropped: {dropped:?})",
-                    transfer.size
+                    "chunks of {} bytes after {} path MTU probes; {} datagrams, {} resent",
+                    stats.chunk_size, stats.probes, stats.data_sent, stats.retransmitted
                 );
+                return Ok(());
+            }
+            TransferEvent::Received { transfer, .. } => {
+                report(what, &transfer, started, &transfers);
                 return Ok(());
             }
             TransferEvent::Failed { error, .. } => bail!("transfer failed: {error}"),
@@ -153,4 +155,15 @@ fn parse_token(hex: &str) -> anyhow::Result<Token> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("--token")?;
     }
     Ok(Token(bytes))
+}
+
+/// Prints how long the transfer took from its start and its rate.
+fn report(what: &str, transfer: &Transfer, started: Option<Instant>, transfers: &Transfers) {
+    let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let mbit = transfer.size as f64 * 8.0 / secs / 1e6;
+    let dropped = transfers.stats();
+    println!(
+        "{what} {} bytes in {secs:.3} s: {mbit:.1} Mbit/s (dropped: {dropped:?})",
+        transfer.size
+    );
 }

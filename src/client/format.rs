@@ -164,7 +164,7 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
             }
         }
         TransferEvent::Progress { .. } => return None,
-        TransferEvent::Sent { transfer: t } => {
+        TransferEvent::Sent { transfer: t, .. } => {
             format!("{} has been uploaded to {}", sanitize(&t.name), sanitize(&t.peer))
         }
         TransferEvent::Received { transfer: t, path } => format!(
@@ -893,7 +893,11 @@ mod tests {
             size: 12,
             direction,
         };
-        let sent = transfer(&TransferEvent::Sent { transfer: t(Direction::Send) }).unwrap();
+        let sent = transfer(&TransferEvent::Sent {
+            transfer: t(Direction::Send),
+            stats: Default::default(),
+        })
+        .unwrap();
         assert_eq!(sent, "clip.mp4 has been uploaded to bob\u{fffd}[2J");
         let failed = TransferEvent::Failed {
             transfer: t(Direction::Receive),

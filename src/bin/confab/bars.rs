@@ -37,7 +37,7 @@ impl Bars {
                     bar.set_position(*done);
                 }
             }
-            TransferEvent::Sent { transfer }
+            TransferEvent::Sent { transfer, .. }
             | TransferEvent::Received { transfer, .. }
             | TransferEvent::Failed { transfer, .. } => {
                 if let Some(bar) = self.bars.remove(&transfer.id) {

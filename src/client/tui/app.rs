@@ -446,7 +446,7 @@ impl App {
                     progress.done = *done;
                 }
             }
-            TransferEvent::Sent { transfer }
+            TransferEvent::Sent { transfer, .. }
             | TransferEvent::Received { transfer, .. }
             | TransferEvent::Failed { transfer, .. } => {
                 self.offers.retain(|t| t.id != transfer.id);

@@ -686,6 +686,7 @@ mod tests {
         app.handle(UiEvent::Tick(5_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Sent {
             transfer: clip,
+            stats: Default::default(),
         })));
         let rows = screen(&app);
         assert!(!rows[6].contains("clip.mp4"), "{rows:#?}");

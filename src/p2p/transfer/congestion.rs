@@ -94,6 +94,12 @@ impl Congestion {
         }
     }
 
+    /// Datagrams grow (or shrink) to `datagram` bytes: the path MTU search found a new size.
+    /// The window's floor and the pacing burst are counted in datagrams of this size.
+    pub fn set_datagram(&mut self, datagram: usize) {
+        self.datagram = datagram as u64;
+    }
+
     /// Takes what an acknowledgement taught: a delivery-rate sample and the current min RTT.
     pub fn on_ack(&mut self, now: Instant, sample: AckSample, min_rtt: Option<Duration>) {
         self.min_rtt = min_rtt;

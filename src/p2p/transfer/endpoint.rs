@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::crypto::{self, Offering, PacketKeys, Refused};
+use super::pmtu::ip_header;
 use super::receiver::{Receiver, ReceiverConfig};
 use super::sender::{Sender, SenderConfig};
 use super::wire::{self, Framing, Header, Packet, TransferId, ANSWER_LEN, HEADER_LEN};
@@ -248,7 +249,8 @@ impl<T: Default> Endpoint<T> {
         token: &Token,
         peer_key: &PublicKey,
     ) -> Result<(), NoiseError> {
-        let sender = Sender::new(&transfer.name, transfer.size, self.config.sender.clone(), now);
+        let config = self.config.sender.clone();
+        let sender = Sender::new(&transfer.name, transfer.size, config, ip_header(addr), now);
         let mut plain = Vec::new();
         wire::encode(&sender.offer(), &mut plain);
         let keys = Keys {
@@ -456,6 +458,14 @@ impl<T: Default> Endpoint<T> {
     /// Every transfer, to drive.
     pub fn connections_mut(&mut self) -> impl Iterator<Item = &mut Connection<T>> {
         self.connections.values_mut()
+    }
+
+    /// The local interface refused a datagram of `size` bytes for transfer `id` as too large
+    /// (`EMSGSIZE`); its sender's path MTU search takes it into account.
+    pub fn too_big(&mut self, id: TransferId, size: usize) {
+        if let Some(Machine::Send(sender)) = self.connections.get_mut(&id).map(|c| &mut c.machine) {
+            sender.too_big(size);
+        }
     }
 
     /// Forgets transfer `id`.

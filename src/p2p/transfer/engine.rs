@@ -40,7 +40,7 @@ use super::endpoint::{
     Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer, TransferStats,
 };
 use super::receiver::{resume_point, ReceiverConfig, ReceiverEvent};
-use super::sender::{SenderConfig, SenderEvent};
+use super::sender::{SenderConfig, SenderEvent, SenderStats};
 use super::wire::TransferId;
 use super::TransferError;
 use crate::p2p::identity::Identity;
@@ -129,6 +129,9 @@ pub enum TransferEvent {
     Sent {
         /// The transfer.
         transfer: Transfer,
+        /// What the sender counted: datagrams, retransmissions, probes, the chunk size the
+        /// path carried.
+        stats: SenderStats,
     },
     /// Receiving: the file is saved at `path`, SHA-256 checked.
     Received {
@@ -482,7 +485,9 @@ impl Engine {
                             self.shared.table.accepted(transfer.id);
                             TransferEvent::Started { transfer: t, resume_from }
                         }
-                        SenderEvent::Finished => TransferEvent::Sent { transfer: t },
+                        SenderEvent::Finished => {
+                            TransferEvent::Sent { transfer: t, stats: sender.stats() }
+                        }
                         SenderEvent::Failed(error) => TransferEvent::Failed { transfer: t, error },
                     });
                 }
@@ -547,7 +552,7 @@ impl Engine {
             while let Some(peer) = self.endpoint.get(*id).map(|c| c.peer) {
                 let more = budget > 0 && self.endpoint.poll_transmit(*id, now, &mut self.out);
                 if !more {
-                    self.flush(peer, segment, count).await;
+                    self.flush(*id, peer, segment, count).await;
                     break;
                 }
                 budget -= 1;
@@ -557,7 +562,7 @@ impl Engine {
                     && len <= segment
                     && self.batch.len() + len <= MAX_DATAGRAM;
                 if !fits && count > 0 {
-                    self.flush(peer, segment, count).await;
+                    self.flush(*id, peer, segment, count).await;
                     count = 0;
                 }
                 if count == 0 {
@@ -567,15 +572,16 @@ impl Engine {
                 count += 1;
                 if len < segment {
                     // A shorter datagram can only end a GSO batch.
-                    self.flush(peer, segment, count).await;
+                    self.flush(*id, peer, segment, count).await;
                     count = 0;
                 }
             }
         }
     }
 
-    /// Sends the batch: `count` datagrams of `segment` bytes (the last may be shorter).
-    async fn flush(&mut self, peer: SocketAddr, segment: usize, count: usize) {
+    /// Sends the batch of transfer `id`: `count` datagrams of `segment` bytes (the last may
+    /// be shorter).
+    async fn flush(&mut self, id: TransferId, peer: SocketAddr, segment: usize, count: usize) {
         if count == 0 {
             return;
         }
@@ -595,6 +601,13 @@ impl Engine {
                     if self.socket.writable().await.is_err() {
                         break;
                     }
+                }
+                // Larger than the interface's MTU (the socket never fragments): a path MTU
+                // probe too far, which the search learns from at once.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EMSGSIZE) => {
+                    tracing::debug!("{segment}-byte datagram to {peer} refused as too large");
+                    self.endpoint.too_big(id, segment);
+                    break;
                 }
                 // Like a loss on the way: the machines resend what is not acknowledged.
                 Err(e) => {
@@ -648,8 +661,7 @@ impl Engine {
         let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
-        let (transfer, Machine::Receive(receiver)) = (&connection.transfer, &connection.machine)
-        else {
+        let (transfer, Machine::Receive(_)) = (&connection.transfer, &connection.machine) else {
             return;
         };
         let part = self
@@ -657,7 +669,7 @@ impl Engine {
             .download_dir
             .join(format!(".{}_{}.{}.part", transfer.peer, transfer.name, transfer.size));
         let have = std::fs::metadata(&part).map_or(0, |m| m.len());
-        let resume_from = resume_point(have, transfer.size, receiver.chunk_size());
+        let resume_from = resume_point(have, transfer.size);
         connection.local.files = Files::Receive { part, file: None };
         let accepting = self.config.auto_accept;
         let event = TransferEvent::Offered { transfer: transfer.clone(), resume_from, accepting };
@@ -720,7 +732,7 @@ impl Engine {
         if file.is_some() {
             return;
         }
-        match open_part(part, transfer.size, receiver.chunk_size()) {
+        match open_part(part, transfer.size) {
             Ok((opened, resume_from, prefix)) => {
                 *file = Some(opened);
                 receiver.accept(now, resume_from, prefix);
@@ -744,12 +756,12 @@ impl Engine {
     }
 }
 
-/// Opens the part file, keeps the whole chunks it holds, and hashes them.
-fn open_part(part: &Path, size: u64, chunk_size: u32) -> io::Result<(File, u64, Sha256)> {
+/// Opens the part file, keeps what it holds (up to the file's size), and hashes it.
+fn open_part(part: &Path, size: u64) -> io::Result<(File, u64, Sha256)> {
     let mut file =
         OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part)?;
     let have = file.metadata()?.len();
-    let resume_from = resume_point(have, size, chunk_size);
+    let resume_from = resume_point(have, size);
     file.set_len(resume_from)?;
     let mut hasher = Sha256::new();
     file.rewind()?;

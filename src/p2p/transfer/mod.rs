@@ -14,6 +14,7 @@
 //! - [`endpoint`]: the sans-io demultiplexer every datagram passes: checks, decryption,
 //!   routing to a machine; the engine and the simulator both drive it.
 //! - [`sender`], [`receiver`]: the two machines.
+//! - [`pmtu`]: path MTU discovery: the chunk size grows to the largest the path carries.
 //! - [`rtt`]: RTT estimation and the retransmission timeout (RFC 6298).
 //! - [`congestion`]: the path model (BBR-like bandwidth and min-RTT), pacing and window.
 //! - [`engine`]: the one real driver, which owns the UDP socket, the files and the timers,
@@ -23,6 +24,7 @@ pub mod congestion;
 pub mod crypto;
 pub mod endpoint;
 pub mod engine;
+pub mod pmtu;
 pub mod receiver;
 pub mod rtt;
 pub mod sender;
@@ -31,7 +33,7 @@ pub mod wire;
 pub use endpoint::{Direction, Endpoint, EndpointConfig, IncomingFile, Transfer, TransferStats};
 pub use engine::{OutgoingFile, TransferConfig, TransferEvent, Transfers};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
-pub use sender::{Sender, SenderConfig, SenderEvent};
+pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
 pub use wire::TransferId;
 
 /// Why a transfer ended without the file arriving.

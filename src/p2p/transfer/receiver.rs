@@ -8,6 +8,10 @@
 //! [`Receiver::poll_write`], hashing them as they go. So the temporary file grows from the
 //! front and its length is always what a resumed transfer can keep.
 //!
+//! Chunks may be of any size up to the offer's ceiling (the sender grows them as it learns
+//! the path MTU, answered here through `ProbeAck`); each follows the one before it, chunk 0
+//! at the resume point.
+//!
 //! Acknowledgements go out after every [`ReceiverConfig::ack_every`] chunks, at once when a
 //! chunk arrives out of order or twice (the sender needs to hear about gaps quickly), and at
 //! the latest [`ReceiverConfig::ack_delay`] after a chunk. When every chunk is in and the
@@ -95,14 +99,20 @@ enum Phase {
 #[derive(Debug)]
 pub struct Receiver {
     size: u64,
-    chunk: u64,
-    chunks: u64,
+    /// The largest chunk the sender may send, as offered.
+    max_chunk: u64,
     config: ReceiverConfig,
     phase: Phase,
     /// Every chunk below `next` has been handed out in order.
     next: u64,
+    /// File bytes handed out in order, the resumed prefix included.
+    have: u64,
     resumed: u64,
     ahead: BTreeMap<u64, Bytes>,
+    /// Bytes of the chunks in `ahead`.
+    ahead_bytes: u64,
+    /// The size of a path MTU probe to answer.
+    probe_ack: Option<u16>,
     hasher: Sha256,
     pending: BytesMut,
     pending_offset: u64,
@@ -116,30 +126,27 @@ pub struct Receiver {
     stats: ReceiverStats,
 }
 
-/// Where a transfer of a `size`-byte file in `chunk_size` chunks resumes when `have` bytes
-/// of it are on disk already: the largest whole number of chunks not above `have`.
-pub fn resume_point(have: u64, size: u64, chunk_size: u32) -> u64 {
-    if have >= size {
-        return size;
-    }
-    let chunk = u64::from(chunk_size.max(1));
-    have / chunk * chunk
+/// Where a transfer of a `size`-byte file resumes when `have` bytes of it are on disk
+/// already: right after them (chunk 0 starts at the resume point, whatever the chunk size).
+pub fn resume_point(have: u64, size: u64) -> u64 {
+    have.min(size)
 }
 
 impl Receiver {
-    /// A receiver for an offer of `size` bytes in chunks of `chunk_size`, which has just
-    /// arrived; it answers `Waiting` at once.
+    /// A receiver for an offer of `size` bytes in chunks of at most `chunk_size`, which has
+    /// just arrived; it answers `Waiting` at once.
     pub fn new(size: u64, chunk_size: u32, config: ReceiverConfig, now: Instant) -> Self {
-        let chunk = u64::from(chunk_size.max(1));
         Self {
             size,
-            chunk,
-            chunks: size.div_ceil(chunk),
+            max_chunk: u64::from(chunk_size.max(1)),
             config,
             phase: Phase::Asking,
             next: 0,
+            have: 0,
             resumed: 0,
             ahead: BTreeMap::new(),
+            ahead_bytes: 0,
+            probe_ack: None,
             hasher: Sha256::new(),
             pending: BytesMut::new(),
             pending_offset: 0,
@@ -160,8 +167,8 @@ impl Receiver {
         if self.phase != Phase::Asking {
             return;
         }
-        let resume_from = resume_point(resume_from, self.size, self.chunk as u32);
-        self.next = if resume_from == self.size { self.chunks } else { resume_from / self.chunk };
+        let resume_from = resume_point(resume_from, self.size);
+        self.have = resume_from;
         self.resumed = resume_from;
         self.pending_offset = resume_from;
         self.hasher = prefix;
@@ -191,11 +198,6 @@ impl Receiver {
         if matches!(self.phase, Phase::Asking | Phase::Receiving | Phase::Verifying) {
             self.fail(error, Some(Reply::Cancel));
         }
-    }
-
-    /// The chunk size of the offer.
-    pub fn chunk_size(&self) -> u32 {
-        self.chunk as u32
     }
 
     /// The driver tried to save the verified file: `Ok` once it is in place.
@@ -228,6 +230,9 @@ impl Receiver {
                 self.maybe_verify();
             }
             (Packet::Finish { .. }, Phase::Finished { .. }) => self.reply = Some(Reply::Done(true)),
+            (Packet::Probe { size }, Phase::Receiving | Phase::Verifying) => {
+                self.probe_ack = Some(size);
+            }
             (Packet::Cancel, Phase::Asking | Phase::Receiving | Phase::Verifying) => {
                 self.fail(TransferError::CancelledByPeer, None);
             }
@@ -263,6 +268,10 @@ impl Receiver {
             wire::encode(&packet, out);
             return true;
         }
+        if let Some(size) = self.probe_ack.take() {
+            wire::encode(&Packet::ProbeAck { size }, out);
+            return true;
+        }
         let due = self.ack_now || self.ack_deadline.is_some_and(|d| now >= d);
         if !due || !matches!(self.phase, Phase::Receiving | Phase::Verifying) {
             return false;
@@ -276,7 +285,7 @@ impl Receiver {
 
     /// The next time [`handle_timeout`](Self::handle_timeout) must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.reply.is_some() || self.ack_now {
+        if self.reply.is_some() || self.probe_ack.is_some() || self.ack_now {
             return Some(self.last_heard);
         }
         match self.phase {
@@ -309,7 +318,7 @@ impl Receiver {
 
     /// Bytes received in order (a resumed prefix included), and the file size.
     pub fn progress(&self) -> (u64, u64) {
-        ((self.next * self.chunk).min(self.size), self.size)
+        (self.have, self.size)
     }
 
     /// True once nothing more will be sent or received.
@@ -319,7 +328,7 @@ impl Receiver {
 
     /// True once the file has been verified and saved.
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Finished { .. } | Phase::Closed) && self.next == self.chunks
+        matches!(self.phase, Phase::Finished { .. } | Phase::Closed) && self.have == self.size
     }
 
     /// Counters of chunks that were not used.
@@ -328,9 +337,8 @@ impl Receiver {
     }
 
     fn on_data(&mut self, now: Instant, seq: u64, payload: &[u8]) {
-        if seq >= self.chunks
-            || payload.len() as u64 != self.chunk.min(self.size - seq * self.chunk)
-        {
+        let len = payload.len() as u64;
+        if len == 0 || len > self.max_chunk {
             self.stats.rejected += 1;
             return;
         }
@@ -340,21 +348,25 @@ impl Receiver {
             self.ack_now = true;
             return;
         }
-        if seq >= self.next + u64::from(self.config.window) {
+        // Chunks are disjoint pieces of what is left, so together they never pass the end.
+        let beyond_file = self.have + self.ahead_bytes + len > self.size;
+        if beyond_file || seq >= self.next + u64::from(self.config.window) {
             self.stats.rejected += 1;
             return;
         }
         if seq == self.next {
             self.take_in_order(payload);
             while let Some(data) = self.ahead.remove(&self.next) {
+                self.ahead_bytes -= data.len() as u64;
                 self.take_in_order(&data);
             }
         } else {
+            self.ahead_bytes += len;
             self.ahead.insert(seq, Bytes::copy_from_slice(payload));
             self.ack_now = true;
         }
         self.unacked += 1;
-        if self.unacked >= self.config.ack_every || self.next == self.chunks {
+        if self.unacked >= self.config.ack_every || self.have == self.size {
             self.ack_now = true;
         }
         self.ack_deadline.get_or_insert(now + self.config.ack_delay);
@@ -364,6 +376,7 @@ impl Receiver {
     fn take_in_order(&mut self, data: &[u8]) {
         self.hasher.update(data);
         self.pending.extend_from_slice(data);
+        self.have += data.len() as u64;
         self.next += 1;
     }
 
@@ -371,7 +384,7 @@ impl Receiver {
         let Some(theirs) = self.sender_sha else {
             return;
         };
-        if self.phase != Phase::Receiving || self.next != self.chunks {
+        if self.phase != Phase::Receiving || self.have != self.size {
             return;
         }
         let ours: [u8; 32] = self.hasher.clone().finalize().into();

@@ -11,6 +11,11 @@
 //! receiver's window past its cumulative point; once every chunk is acknowledged, `Finish`
 //! with the SHA-256 until the receiver says `Done`.
 //!
+//! Chunks start at a size every path carries and grow while the transfer runs: padded
+//! `Probe`s, outside the congestion window, find the largest datagram the path carries
+//! ([`Search`]), and chunks read after an answered probe are cut to it. A lost probe is not
+//! congestion.
+//!
 //! Loss: a chunk is lost when one sent [`REORDER_THRESHOLD`] transmissions after it has been
 //! acknowledged (the gaps that selective acks reveal are retransmitted at once, without
 //! waiting for a timeout), or when the retransmission timeout of [`RttEstimator`] expires
@@ -28,6 +33,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::congestion::{AckSample, Congestion};
+use super::pmtu::Search;
 use super::rtt::RttEstimator;
 use super::wire::{self, Ack, Packet, DATA_OVERHEAD, DEFAULT_CHUNK_SIZE};
 use super::TransferError;
@@ -42,7 +48,7 @@ const READ_CHUNKS: u64 = 64;
 /// Settings of the sending side.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
-    /// File bytes per `Data` datagram.
+    /// The most file bytes per `Data` datagram: the ceiling of the path MTU search.
     pub chunk_size: u32,
     /// How often the offer is sent again until the receiver answers.
     pub offer_interval: Duration,
@@ -100,6 +106,10 @@ pub struct SenderStats {
     pub retransmitted: u64,
     /// Retransmission timeouts that expired.
     pub timeouts: u64,
+    /// Path MTU probes sent.
+    pub probes: u64,
+    /// The chunk size in use (the largest the path was found to carry).
+    pub chunk_size: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +151,11 @@ struct Slot {
 pub struct Sender {
     name: String,
     size: u64,
+    /// The size of new chunks: what the path MTU search allows.
     chunk: u64,
-    chunks: u64,
+    /// The largest chunk this sender may send, as offered.
+    max_chunk: u64,
+    search: Search,
     config: SenderConfig,
     phase: Phase,
     offers_sent: u32,
@@ -151,7 +164,7 @@ pub struct Sender {
     digest: Option<[u8; 32]>,
     /// File bytes pushed so far (hashed; beyond the prefix also queued).
     read: u64,
-    /// The first chunk to send: the receiver has the ones before it.
+    /// The bytes the receiver has already; chunk 0 starts here.
     resume: u64,
     /// Every chunk below `base` is acknowledged; `slots[0]` is chunk `base`.
     base: u64,
@@ -179,14 +192,24 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender about to offer `name` (`size` bytes).
-    pub fn new(name: &str, size: u64, config: SenderConfig, now: Instant) -> Self {
-        let chunk = u64::from(config.chunk_size.clamp(1, wire::MAX_CHUNK_SIZE));
+    /// A sender about to offer `name` (`size` bytes) to a peer under IP headers of
+    /// `ip_header` bytes ([`super::pmtu::ip_header`]).
+    pub fn new(
+        name: &str,
+        size: u64,
+        config: SenderConfig,
+        ip_header: usize,
+        now: Instant,
+    ) -> Self {
+        let max_chunk = u64::from(config.chunk_size.clamp(1, wire::MAX_CHUNK_SIZE));
+        let search = Search::new(ip_header, max_chunk as usize + DATA_OVERHEAD);
+        let chunk = (search.current() - DATA_OVERHEAD) as u64;
         Self {
             name: name.to_owned(),
             size,
             chunk,
-            chunks: size.div_ceil(chunk),
+            max_chunk,
+            search,
             phase: Phase::Offering { since: now, next: now },
             offers_sent: 0,
             told_waiting: false,
@@ -220,7 +243,7 @@ impl Sender {
 
     /// What this sender offers.
     pub fn offer(&self) -> Packet<'_> {
-        Packet::Offer { size: self.size, chunk_size: self.chunk as u32, name: &self.name }
+        Packet::Offer { size: self.size, chunk_size: self.max_chunk as u32, name: &self.name }
     }
 
     /// Takes one packet from the receiver (already checked and opened by the endpoint).
@@ -230,18 +253,28 @@ impl Sender {
         }
         self.last_heard = now;
         match (packet, self.phase) {
-            (Packet::Waiting, Phase::Offering { .. }) if !self.told_waiting => {
+            (Packet::Waiting, Phase::Offering { since, .. }) if !self.told_waiting => {
+                // The receiver answers the offer at once, before its user decides: the first
+                // RTT sample, which also times the first path MTU probes.
+                if self.offers_sent == 1 {
+                    self.rtt.on_sample(now.saturating_duration_since(since));
+                }
                 self.told_waiting = true;
                 self.events.push_back(SenderEvent::Waiting);
             }
             (Packet::Accept { resume_from, window }, Phase::Offering { since, .. }) => {
-                if self.offers_sent == 1 {
+                if self.offers_sent == 1 && !self.told_waiting {
                     self.rtt.on_sample(now.saturating_duration_since(since));
                 }
                 self.accept(resume_from, window);
             }
             (Packet::Decline, Phase::Offering { .. }) => self.fail(TransferError::Declined, false),
             (Packet::Ack(ack), Phase::Sending | Phase::Finishing { .. }) => self.on_ack(now, &ack),
+            (Packet::ProbeAck { size }, Phase::Sending | Phase::Finishing { .. })
+                if self.search.on_ack(usize::from(size)) =>
+            {
+                self.follow_path();
+            }
             (Packet::Done { ok }, Phase::Sending | Phase::Finishing { .. }) => {
                 if ok {
                     self.phase = Phase::Finished;
@@ -261,15 +294,15 @@ impl Sender {
         if self.phase != Phase::Sending || self.read >= self.size {
             return None;
         }
-        let prefix_end = (self.resume * self.chunk).min(self.size);
-        if self.read < prefix_end {
-            return Some(self.read..prefix_end.min(self.read + PREFIX_READ));
+        if self.read < self.resume {
+            return Some(self.read..self.resume.min(self.read + PREFIX_READ));
         }
-        let next_read = self.read / self.chunk;
+        let queued = self.base + self.slots.len() as u64;
         let limit = (self.next_new + self.config.read_ahead)
             .min(self.base + self.config.max_window)
-            .min(next_read + READ_CHUNKS);
-        (next_read < limit).then(|| self.read..(limit * self.chunk).min(self.size))
+            .min(queued + READ_CHUNKS);
+        (queued < limit)
+            .then(|| self.read..(self.read + (limit - queued) * self.chunk).min(self.size))
     }
 
     /// Takes the file bytes of the range [`wants_data`](Self::wants_data) gave. Fewer bytes
@@ -284,7 +317,7 @@ impl Sender {
         }
         self.hasher.update(&data);
         self.read = range.end;
-        if range.start >= self.resume * self.chunk {
+        if range.start >= self.resume {
             let mut rest = data;
             while !rest.is_empty() {
                 let piece = rest.split_to(rest.len().min(self.chunk as usize));
@@ -313,7 +346,14 @@ impl Sender {
                 self.phase = Phase::Offering { since, next: now + self.config.offer_interval };
                 true
             }
-            Phase::Sending => self.transmit_data(now, out),
+            Phase::Sending => {
+                if let Some(size) = self.search.poll_probe(now, self.rtt.rto()) {
+                    self.stats.probes += 1;
+                    wire::encode(&Packet::Probe { size: size as u16 }, out);
+                    return true;
+                }
+                self.transmit_data(now, out)
+            }
             Phase::Finishing { next } if now >= next => {
                 let sha256 = self.digest.unwrap_or_default();
                 wire::encode(&Packet::Finish { sha256 }, out);
@@ -338,10 +378,11 @@ impl Sender {
                 let pacing = self
                     .has_data_to_send()
                     .then(|| self.cc.next_send_time(self.datagram_len(), self.rtt.srtt()));
-                match (pacing, self.rto_deadline) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (a, b) => a.or(b).unwrap_or(idle),
-                }
+                [pacing, self.rto_deadline, self.search.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(idle)
             }
         };
         Some(deadline.min(idle))
@@ -364,6 +405,16 @@ impl Sender {
         }
         if self.rto_deadline.is_some_and(|d| now >= d) {
             self.on_rto();
+        }
+        self.search.handle_timeout(now);
+    }
+
+    /// The local interface refused to send a datagram of `size` bytes as too large
+    /// (`EMSGSIZE`): no probe that large is sent again, and if data chunks were that large,
+    /// new ones are cut smaller.
+    pub fn too_big(&mut self, size: usize) {
+        if self.search.too_big(size) {
+            self.follow_path();
         }
     }
 
@@ -395,15 +446,19 @@ impl Sender {
 
     /// Counters of what was sent.
     pub fn stats(&self) -> SenderStats {
-        self.stats
+        SenderStats { chunk_size: self.chunk as u32, ..self.stats }
+    }
+
+    /// Cuts new chunks to the datagram size the path MTU search allows now.
+    fn follow_path(&mut self) {
+        let datagram = self.search.current();
+        self.chunk = datagram.saturating_sub(DATA_OVERHEAD).max(1) as u64;
+        self.cc.set_datagram(datagram);
     }
 
     fn accept(&mut self, resume_from: u64, window: u32) {
-        // Whole chunks only; all of them when the receiver has the whole file.
-        self.resume = if resume_from >= self.size { self.chunks } else { resume_from / self.chunk };
-        self.base = self.resume;
-        self.next_new = self.resume;
-        self.acked_bytes = (self.resume * self.chunk).min(self.size);
+        self.resume = resume_from.min(self.size);
+        self.acked_bytes = self.resume;
         self.window = u64::from(window).clamp(1, self.config.max_window);
         self.phase = Phase::Sending;
         self.events.push_back(SenderEvent::Accepted { resume_from: self.acked_bytes });
@@ -415,7 +470,8 @@ impl Sender {
 
     /// Moves to `Finishing` once every chunk is acknowledged and the digest is known.
     fn maybe_finish(&mut self, now: Instant) {
-        if self.phase == Phase::Sending && self.base == self.chunks && self.digest.is_some() {
+        let all_acked = self.read == self.size && self.slots.is_empty();
+        if self.phase == Phase::Sending && all_acked && self.digest.is_some() {
             self.phase = Phase::Finishing { next: now };
         }
     }
@@ -447,11 +503,10 @@ impl Sender {
     }
 
     fn transmit_data(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
-        let len = self.datagram_len();
         if !self.window_open() {
             return false;
         }
-        if !self.cc.can_send(now, len, self.rtt.srtt()) {
+        if !self.cc.can_send(now, self.datagram_len(), self.rtt.srtt()) {
             return false;
         }
         let Some((seq, retransmitted)) = self.next_to_send() else {
@@ -472,7 +527,7 @@ impl Sender {
         wire::encode(&Packet::Data { seq, payload: &slot.data }, out);
         let bytes = slot.data.len() as u64;
         self.in_flight += bytes;
-        self.cc.on_sent(len);
+        self.cc.on_sent(slot.data.len() + DATA_OVERHEAD);
         self.stats.data_sent += 1;
         self.stats.retransmitted += u64::from(retransmitted);
         if self.rto_deadline.is_none() {
@@ -501,7 +556,7 @@ impl Sender {
 
     fn on_ack(&mut self, now: Instant, ack: &Ack) {
         let end = self.base + self.slots.len() as u64;
-        if ack.cumulative > self.chunks || ack.ranges.last().is_some_and(|r| r.1 > self.chunks) {
+        if ack.cumulative > end || ack.ranges.last().is_some_and(|r| r.1 > end) {
             return;
         }
         let mut newest: Option<Sent> = None;

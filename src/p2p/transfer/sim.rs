@@ -42,6 +42,9 @@ struct Link {
     queue: Duration,
     /// After this many datagrams towards the receiver the link goes dead both ways.
     cut_after: Option<u64>,
+    /// The largest datagram the path carries (its MTU less the IP and UDP headers); larger
+    /// ones vanish on the way, as past a router that does not fragment.
+    mtu: usize,
 }
 
 impl Default for Link {
@@ -56,6 +59,7 @@ impl Default for Link {
             rate: 12.5e6,
             queue: Duration::from_millis(20),
             cut_after: None,
+            mtu: 65_507,
         }
     }
 }
@@ -77,7 +81,8 @@ struct Pipe {
 impl Pipe {
     fn send(&mut self, now: Instant, link: &Link, rng: &mut StdRng, mut datagram: Vec<u8>) {
         self.count += 1;
-        if link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
+        let too_big = datagram.len() > link.mtu;
+        if too_big || link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
             return;
         }
         let start = self.busy_until.map_or(now, |b| b.max(now));
@@ -172,12 +177,18 @@ fn endpoint(me: &str, identity: Identity, sender: SenderConfig) -> Endpoint<()> 
 }
 
 impl Sim {
+    /// A transfer in chunks of at most 1000 bytes: below every path's MTU, so no probing.
     fn new(file: Vec<u8>, link: Link, seed: u64) -> Self {
+        Self::with_ceiling(file, link, seed, 1000)
+    }
+
+    /// A transfer whose chunks may grow up to `chunk_size` bytes as the path allows.
+    fn with_ceiling(file: Vec<u8>, link: Link, seed: u64, chunk_size: u32) -> Self {
         let now = Instant::now();
         let (alice_id, bob_id) = (Identity::generate(), Identity::generate());
         let (alice_key, bob_key) = (alice_id.public(), bob_id.public());
         let token = Token::random();
-        let config = SenderConfig { chunk_size: 1000, ..SenderConfig::default() };
+        let config = SenderConfig { chunk_size, ..SenderConfig::default() };
         let mut alice = endpoint("alice", alice_id, config);
         let mut bob = endpoint("bob", bob_id, SenderConfig::default());
         let size = file.len() as u64;
@@ -339,7 +350,7 @@ impl Sim {
             Answer::Decline => receiver.decline(),
             Answer::Accept | Answer::CancelAt(_) => {
                 let size = receiver.progress().1;
-                let have = resume_point(prefix.len() as u64, size, receiver.chunk_size()) as usize;
+                let have = resume_point(prefix.len() as u64, size) as usize;
                 let mut hasher = Sha256::new();
                 hasher.update(&prefix[..have]);
                 receiver.accept(now, have as u64, hasher);
@@ -375,6 +386,37 @@ fn awkward_sizes_arrive_intact_on_a_clean_link() {
         assert_delivered(&outcome, &file);
         assert_eq!(outcome.stats.retransmitted, 0, "{len} bytes: nothing lost, nothing resent");
     }
+}
+
+#[test]
+fn chunks_grow_to_the_largest_the_path_carries() {
+    // (path: largest datagram it carries, chunk size reached under IPv4 headers)
+    let paths = [
+        (1472, 1472 - wire::DATA_OVERHEAD),        // Ethernet
+        (1392, 1392 - wire::DATA_OVERHEAD),        // a WireGuard tunnel (MTU 1420)
+        (8972, wire::DEFAULT_CHUNK_SIZE as usize), // jumbo frames, up to the default ceiling
+    ];
+    for (seed, (mtu, chunk)) in paths.into_iter().enumerate() {
+        let file = random_file(3_000_000, seed as u64);
+        let link = Link { mtu, rate: 125e6, ..Link::default() };
+        let outcome =
+            Sim::with_ceiling(file.clone(), link, seed as u64, wire::DEFAULT_CHUNK_SIZE).run();
+        assert_delivered(&outcome, &file);
+        assert_eq!(outcome.stats.chunk_size as usize, chunk, "over a path of {mtu}");
+        assert_eq!(outcome.stats.retransmitted, 0, "a probe too large is no loss of data");
+    }
+}
+
+#[test]
+fn a_ceiling_far_above_the_path_costs_nothing_but_probes() {
+    // The benchmark's defect: 8192-byte chunks on a 1500-byte path failed after 10 s. Now
+    // the ceiling is only where the search stops.
+    let file = random_file(1_000_000, 9);
+    let link = Link { mtu: 1472, ..Link::lossy(0.01) };
+    let outcome = Sim::with_ceiling(file.clone(), link, 9, 8192).run();
+    assert_delivered(&outcome, &file);
+    assert_eq!(outcome.stats.chunk_size as usize, 1472 - wire::DATA_OVERHEAD);
+    assert!(outcome.stats.probes <= 4 + 3 * 2, "{} probes", outcome.stats.probes);
 }
 
 #[test]

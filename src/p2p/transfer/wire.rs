@@ -36,9 +36,13 @@
 //! | `Finish` | sender | SHA-256 of the whole file (32) |
 //! | `Done` | receiver | 1 if the SHA-256 matched and the file is in place, else 0 |
 //! | `Cancel` | either | (none) |
+//! | `Probe` | sender | datagram size (2), zeros up to that size: a path MTU probe |
+//! | `ProbeAck` | receiver | the size of the probe that arrived (2) |
 //!
-//! An `Ack` says every chunk below the cumulative point has arrived, and so has every chunk
-//! in each half-open range `[start, end)` above it. Only the header is visible on the path:
+//! Chunk 0 starts at the accepted resume offset and each chunk follows the one before it;
+//! chunks are as large as the path carries ([`super::pmtu`]), so their sizes may grow
+//! during a transfer. An `Ack` says every chunk below the cumulative point has arrived, and
+//! so has every chunk in each half-open range `[start, end)` above it. Only the header is visible on the path:
 //! not the name, the size, the kind of a packet or a byte of the file.
 
 use crate::protocol::MAX_FILE_NAME_LEN as MAX_NAME_LEN;
@@ -55,9 +59,10 @@ pub const TAG_LEN: usize = 16;
 pub const ANSWER_LEN: usize = 32 + TAG_LEN;
 /// Bytes of a `Data` datagram that are not file data: header, kind, sequence number, tag.
 pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + TAG_LEN;
-/// The default chunk size: a `Data` datagram of 1445 bytes fits a 1500-byte MTU under IPv4
-/// or IPv6 headers (1500 - 40 - 8 = 1452).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1400;
+/// The default ceiling of the chunk size: a `Data` datagram fills a jumbo frame (MTU 9000)
+/// under IPv4 headers. A transfer starts smaller and grows its chunks up to the largest
+/// the path carries ([`super::pmtu`]), so this only bounds the search.
+pub const DEFAULT_CHUNK_SIZE: u32 = 9000 - 20 - 8 - DATA_OVERHEAD as u32;
 /// The largest chunk size allowed: a datagram must fit in 64 KiB.
 pub const MAX_CHUNK_SIZE: u32 = 65_000;
 /// The most selective-ack ranges one `Ack` carries.
@@ -140,7 +145,7 @@ pub enum Packet<'a> {
     Offer {
         /// File size in bytes.
         size: u64,
-        /// Bytes per chunk (the last chunk may be shorter).
+        /// The largest chunk the sender may send.
         chunk_size: u32,
         /// The file's name, without any directory.
         name: &'a str,
@@ -149,7 +154,7 @@ pub enum Packet<'a> {
     Waiting,
     /// The receiver accepts, already holding the first `resume_from` bytes.
     Accept {
-        /// Bytes the receiver already has (a multiple of the chunk size).
+        /// Bytes the receiver already has; chunk 0 starts there.
         resume_from: u64,
         /// How many chunks past the cumulative point the receiver will buffer.
         window: u32,
@@ -158,7 +163,7 @@ pub enum Packet<'a> {
     Decline,
     /// One chunk of the file.
     Data {
-        /// Chunk number: the chunk starts at `seq * chunk_size`.
+        /// Chunk number: the chunk follows chunk `seq - 1` (chunk 0 the resume offset).
         seq: u64,
         /// The chunk's bytes.
         payload: &'a [u8],
@@ -177,6 +182,16 @@ pub enum Packet<'a> {
     },
     /// Either side gives up the transfer.
     Cancel,
+    /// A path MTU probe: the whole datagram is `size` bytes, padded with zeros.
+    Probe {
+        /// The datagram's size, from header to tag.
+        size: u16,
+    },
+    /// The probe of `size` bytes arrived.
+    ProbeAck {
+        /// The size of the probe.
+        size: u16,
+    },
 }
 
 /// An acknowledgement: everything below `cumulative`, and everything in `ranges`.
@@ -214,6 +229,11 @@ const ACK: u8 = 6;
 const FINISH: u8 = 7;
 const DONE: u8 = 8;
 const CANCEL: u8 = 9;
+const PROBE: u8 = 10;
+const PROBE_ACK: u8 = 11;
+
+/// The smallest probe: header, kind, size and tag.
+const MIN_PROBE: usize = HEADER_LEN + 3 + TAG_LEN;
 
 /// Parses one packet's plaintext (after the seal is opened). Nothing is trusted: every
 /// length is checked before it is used.
@@ -262,6 +282,15 @@ pub fn parse(plain: &[u8]) -> Result<Packet<'_>, WireError> {
         FINISH => Packet::Finish { sha256: r.array()? },
         DONE => Packet::Done { ok: r.u8()? == 1 },
         CANCEL => Packet::Cancel,
+        PROBE => {
+            let size = r.u16()?;
+            // The padding is the probe: it must bring the datagram to the size it claims.
+            if plain.len() + HEADER_LEN + TAG_LEN != usize::from(size) {
+                return Err(WireError::Malformed);
+            }
+            return Ok(Packet::Probe { size });
+        }
+        PROBE_ACK => Packet::ProbeAck { size: r.u16()? },
         other => return Err(WireError::UnknownKind(other)),
     };
     if !r.0.is_empty() {
@@ -282,7 +311,10 @@ pub fn encode(packet: &Packet<'_>, out: &mut Vec<u8>) {
         Packet::Finish { .. } => FINISH,
         Packet::Done { .. } => DONE,
         Packet::Cancel => CANCEL,
+        Packet::Probe { .. } => PROBE,
+        Packet::ProbeAck { .. } => PROBE_ACK,
     };
+    let start = out.len();
     out.push(kind);
     match packet {
         Packet::Offer { size, chunk_size, name } => {
@@ -311,6 +343,12 @@ pub fn encode(packet: &Packet<'_>, out: &mut Vec<u8>) {
         }
         Packet::Finish { sha256 } => out.extend_from_slice(sha256),
         Packet::Done { ok } => out.push(u8::from(*ok)),
+        Packet::Probe { size } => {
+            out.extend_from_slice(&size.to_be_bytes());
+            let plain = usize::from(*size).max(MIN_PROBE) - HEADER_LEN - TAG_LEN;
+            out.resize(start + plain, 0);
+        }
+        Packet::ProbeAck { size } => out.extend_from_slice(&size.to_be_bytes()),
         Packet::Waiting | Packet::Decline | Packet::Cancel => {}
     }
 }
@@ -378,6 +416,9 @@ mod tests {
             Packet::Done { ok: true },
             Packet::Done { ok: false },
             Packet::Cancel,
+            Packet::Probe { size: 1500 },
+            Packet::Probe { size: MIN_PROBE as u16 },
+            Packet::ProbeAck { size: 9000 },
         ];
         for packet in samples {
             // A new kind without a sample here fails to compile.
@@ -390,7 +431,9 @@ mod tests {
                 | Packet::Ack(_)
                 | Packet::Finish { .. }
                 | Packet::Done { .. }
-                | Packet::Cancel => round_trip(packet),
+                | Packet::Cancel
+                | Packet::Probe { .. }
+                | Packet::ProbeAck { .. } => round_trip(packet),
             }
         }
     }
@@ -412,13 +455,24 @@ mod tests {
     }
 
     #[test]
-    fn a_data_datagram_of_the_default_chunk_fits_a_1500_byte_mtu() {
+    fn a_data_datagram_of_the_default_ceiling_fills_a_jumbo_frame() {
         let mut out = Vec::new();
         let chunk = vec![0; DEFAULT_CHUNK_SIZE as usize];
         encode(&Packet::Data { seq: 1, payload: &chunk }, &mut out);
         let datagram = HEADER_LEN + out.len() + TAG_LEN;
         assert_eq!(datagram, DEFAULT_CHUNK_SIZE as usize + DATA_OVERHEAD);
-        assert!(datagram <= 1500 - 40 - 8);
+        assert_eq!(datagram, 9000 - 20 - 8);
+    }
+
+    #[test]
+    fn a_probe_is_exactly_the_size_it_claims() {
+        let mut out = Vec::new();
+        encode(&Packet::Probe { size: 1452 }, &mut out);
+        assert_eq!(HEADER_LEN + out.len() + TAG_LEN, 1452);
+        // A probe cut short, or padded further, does not say the path carries its size.
+        assert_eq!(parse(&out[..out.len() - 1]), Err(WireError::Malformed));
+        out.push(0);
+        assert_eq!(parse(&out), Err(WireError::Malformed));
     }
 
     #[test]
