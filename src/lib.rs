@@ -2,8 +2,8 @@
 //!
 //! A central server handles accounts, presence and message relay; clients connect to it over
 //! TCP, inside TLS by default, with length-prefixed MessagePack frames. For a private chat
-//! the server introduces two clients, which then talk over a direct TCP connection of their
-//! own.
+//! or a file transfer the server introduces two clients, which then talk over a direct
+//! connection of their own (TCP for a chat, UDP for a file), encrypted end to end.
 //!
 //! # Layout
 //!
@@ -35,10 +35,13 @@
 //!   transfers, reconnect, every session rule in [`client::session::rules`]); and the
 //!   full-screen interface ([`client::tui`]: a pure `App` with a window per conversation,
 //!   its renderer and the terminal driver).
-//! - [`p2p`]: direct links between clients: the token-authenticated private chat
-//!   ([`p2p::PrivateChats`]), the sockets announced at login, and the UDP file transfer
-//!   ([`p2p::transfer`]: sans-io sender and receiver machines, one engine that drives them).
-//!   It does not know the server connection: the client session makes the requests.
+//! - [`p2p`]: direct links between clients, encrypted end to end: each client's long-term
+//!   key and the keys its user verified ([`p2p::identity`]), the Noise handshakes and a
+//!   chat's sealed frames ([`p2p::noise`]), the private chat ([`p2p::PrivateChats`]), the
+//!   sockets announced at login, and the UDP file transfer ([`p2p::transfer`]: sans-io
+//!   sender and receiver machines behind one sans-io endpoint that checks and seals every
+//!   datagram, and one engine that drives it). It does not know the server connection: the
+//!   client session makes the requests.
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these; the
 //! benchmarks (`confab-bench`, `confab-transfer-bench`) keep their own modules there, outside

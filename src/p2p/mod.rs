@@ -14,8 +14,10 @@
 //! for another key is caught.
 //!
 //! Files go the same way over the UDP socket ([`transfer`]): for `/p2pvideo`, the server
-//! gives the sender the receiver's UDP address and a one-time token, and tells the receiver
-//! the sender's; the chunks, acknowledgements and the SHA-256 never pass through the server.
+//! gives the sender the receiver's UDP address, key and a one-time token, and tells the
+//! receiver the sender's; the offer and its answer are a `Noise_KKpsk0` handshake too,
+//! every later datagram is sealed, and the chunks, acknowledgements and the SHA-256 never
+//! pass through the server.
 
 pub mod chat;
 pub mod identity;
