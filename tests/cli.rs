@@ -312,3 +312,67 @@ async fn a_file_goes_straight_from_one_plain_client_to_the_other() {
     server.signal(Signal::SIGTERM);
     server.exit().await;
 }
+
+/// Opens a private chat from `asker` to `target` between two plain clients.
+async fn chat_between(asker: &mut Proc, target: &mut Proc, asker_name: &str, target_name: &str) {
+    asker.send(&format!("/startprivate {target_name}")).await;
+    target.expect(&format!("* {asker_name} asks for a private chat")).await;
+    target.send(&format!("/accept {asker_name}")).await;
+}
+
+#[tokio::test]
+async fn a_verified_key_that_changes_is_caught_by_chats_and_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = start_server(&dir.path().join("confab.db")).await;
+    let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
+    let bob_args =
+        ["--data-dir", bob_dir.to_str().unwrap(), "--download-dir", bob_dir.to_str().unwrap()];
+    let alice_args = ["--data-dir", alice_dir.to_str().unwrap()];
+    let mut bob = logged_in_with(&addr, "bob", "builder", &bob_args).await;
+    let mut alice = logged_in_with(&addr, "alice", "wonderland", &alice_args).await;
+
+    // Both see the same safety code; alice confirms it, which pins bob's key on disk.
+    chat_between(&mut alice, &mut bob, "alice", "bob").await;
+    alice.expect("* private chat with bob is open, encrypted end to end").await;
+    bob.expect("* private chat with alice is open, encrypted end to end").await;
+    alice.send("/verify bob").await;
+    let theirs = alice.expect("safety code of your private chat with bob: ").await;
+    bob.send("/verify alice").await;
+    let ours = bob.expect("safety code of your private chat with alice: ").await;
+    let code = |line: &str| line.rsplit(": ").next().unwrap().trim().to_owned();
+    assert_eq!(code(&theirs), code(&ours), "both ends derive the same code");
+    alice.send("/verify bob confirm").await;
+    alice.expect("bob's key is verified").await;
+    assert!(std::fs::read_to_string(alice_dir.join("verified_peers")).unwrap().starts_with("bob "));
+
+    // bob comes back with another key (as an impostor the server vouched for would).
+    bob.send("/logout").await;
+    assert_eq!(bob.exit().await.code(), Some(0));
+    alice.expect("* bob logged out").await;
+    std::fs::remove_file(bob_dir.join("identity.key")).unwrap();
+    let mut bob = logged_in_with(&addr, "bob", "builder", &bob_args).await;
+    alice.expect("* bob logged in").await;
+
+    // A file is neither sent to nor taken from the new key.
+    let clip = dir.path().join("clip.mp4");
+    std::fs::write(&clip, b"secret plans").unwrap();
+    alice.send(&format!("/p2pvideo bob {}", clip.display())).await;
+    alice.expect("the key the server gave for bob is not the one you verified").await;
+    bob.send(&format!("/p2pvideo alice {}", clip.display())).await;
+    bob.expect("offering clip.mp4").await;
+    alice.expect("bob's offer of clip.mp4 came with a key that is not the one you verified").await;
+    bob.send("/cancel alice").await;
+    bob.expect("cancelling clip.mp4 with alice").await;
+    assert!(!bob_dir.join("alice_clip.mp4").exists());
+
+    // A private chat opens (it is how the two can compare codes again), with a loud warning.
+    chat_between(&mut alice, &mut bob, "alice", "bob").await;
+    alice.expect("* WARNING: bob's key is NOT the one you verified").await;
+
+    for p in [&mut alice, &mut bob] {
+        p.send("/logout").await;
+        p.exit().await;
+    }
+    server.signal(Signal::SIGTERM);
+    server.exit().await;
+}

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::command::FileCommand;
 use super::format::{bytes, sanitize};
 use super::{Client, ClientError};
+use crate::p2p::identity::{PeerTrust, VerifiedPeers};
 use crate::p2p::transfer::{OutgoingFile, TransferError, Transfers};
 
 /// Why a file command did nothing.
@@ -31,13 +32,27 @@ pub enum FileError {
     /// `/cancel` with no transfer with that user.
     #[error("there is no file transfer with {0}")]
     NoTransfer(String),
+    /// The server introduced the receiver with a key other than the one the user verified.
+    #[error(
+        "WARNING: the key the server gave for {0} is not the one you verified, so the file \
+         was not sent (someone may be in the middle); if {0} has a new key, compare safety \
+         codes in a private chat first (/startprivate {0}, then /verify {0})"
+    )]
+    KeyChanged(String),
+}
+
+/// Whether a file may go to or come from `peer`, introduced with `key`: not if the user
+/// verified another key for them (the same rule private chats warn by).
+pub fn key_changed(pins: &VerifiedPeers, peer: &str, key: &crate::protocol::PublicKey) -> bool {
+    matches!(pins.trust(peer, key), PeerTrust::Changed { .. })
 }
 
 /// Carries out `command`; returns the line that says what was done. Only `/p2pvideo` needs
-/// the server (`client`).
+/// the server (`client`); `pins` are the keys the user verified.
 pub async fn run(
     client: Option<&Client>,
     transfers: &Transfers,
+    pins: &VerifiedPeers,
     command: FileCommand,
 ) -> Result<String, FileError> {
     match command {
@@ -45,6 +60,9 @@ pub async fn run(
             let client = client.ok_or(FileError::NotConnected)?;
             let file = OutgoingFile::open(Path::new(&path))?;
             let intro = client.send_file(&to, &file.name, file.size).await?;
+            if key_changed(pins, &intro.peer, &intro.key) {
+                return Err(FileError::KeyChanged(sanitize(&to).into_owned()));
+            }
             let transfer = transfers.send(&intro, file)?;
             Ok(format!(
                 "* offering {} ({}) to {}; waiting for them to accept",

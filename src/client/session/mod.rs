@@ -350,7 +350,7 @@ impl Session {
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let (out, rx) = mpsc::channel(EVENT_QUEUE);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let jobs = spawn_worker(chats.clone(), transfers.clone(), done_tx);
+        let jobs = spawn_worker(chats.clone(), transfers.clone(), config.pins.clone(), done_tx);
         let shown = Arc::new(Shown::default());
         let driver = Driver {
             rules: Rules::new(config.reconnect),
@@ -723,6 +723,18 @@ impl Driver {
                 Step::Nothing
             }
             Event::FileOffer { from, name, size } => {
+                if files::key_changed(&self.config.pins, &from.peer, &from.key) {
+                    let peer = format::sanitize(&from.peer);
+                    let warning = format!(
+                        "WARNING: {peer}'s offer of {} came with a key that is not the one you \
+                         verified, so it was refused (someone may be in the middle); if {peer} \
+                         has a new key, compare safety codes in a private chat first \
+                         (/startprivate {peer}, then /verify {peer})",
+                        format::sanitize(name)
+                    );
+                    self.emit(SessionEvent::Error(warning)).await;
+                    return None;
+                }
                 self.transfers.expect(IncomingFile::new(from, name, *size));
                 Step::Nothing
             }
@@ -966,6 +978,7 @@ fn with_send_id(mut request: Request) -> Request {
 fn spawn_worker(
     chats: PrivateChats,
     transfers: Transfers,
+    pins: VerifiedPeers,
     done: mpsc::UnboundedSender<Done>,
 ) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -990,7 +1003,7 @@ fn spawn_worker(
                     Done::Stopped { user, result }
                 }
                 Job::File { client, command } => {
-                    let result = files::run(client.as_ref(), &transfers, command).await;
+                    let result = files::run(client.as_ref(), &transfers, &pins, command).await;
                     Done::File(result.map_err(|e| e.to_string()))
                 }
                 Job::Logout { client } => {
