@@ -7,15 +7,28 @@
 //!
 //! - the bottleneck bandwidth: the largest delivery rate sampled over the last
 //!   [`BW_WINDOW_ROUNDS`] round trips (bytes newly acknowledged over the time they took);
-//! - the propagation delay: the smallest RTT seen.
+//! - the propagation delay: the smallest RTT seen since the last `ProbeRtt`.
 //!
-//! It then paces datagrams at `pacing_gain * bandwidth` and allows `cwnd_gain * bandwidth
-//! * min_rtt` (plus headroom for acknowledgements that arrive in bursts) in flight.
+//! It then paces datagrams at `pacing_gain * bandwidth` and allows `1.25 * bandwidth *
+//! min_rtt`, plus headroom for acknowledgements that arrive in bursts, plus a fixed
+//! [`QUEUE_ALLOWANCE`] in flight.
 //! `Startup` doubles the rate every round trip (gain 2/ln 2) until the bandwidth stops
 //! growing by a quarter for three rounds; one round of `Drain` empties the queue that built;
 //! then `ProbeBw` cycles its gain through 1.25, 0.75 and six rounds of 1 to find more room
-//! and give it back. A retransmission timeout, a sign that the path changed completely,
-//! starts over from `Startup`.
+//! and give it back. Every [`PROBE_RTT_INTERVAL`], `ProbeRtt` keeps only
+//! [`PROBE_RTT_WINDOW`] datagrams in flight for [`PROBE_RTT_TIME`], so that the queue
+//! drains, and the smallest RTT seen meanwhile is the new min RTT.
+//!
+//! That refresh is what makes transfers share a bottleneck. The window is a multiple of
+//! bandwidth x min RTT, so a transfer that started while others had built a queue, and
+//! took the queue's delay for the path's, keeps a window several times theirs, which under
+//! a FIFO queue wins it a larger share, which raises its bandwidth estimate and its window
+//! again: on a 100 Mbit/s link with a sub-millisecond RTT, the last of four transfers took
+//! 68 Mbit/s and left the others 8 each. The queue only drains if every transfer through
+//! it probes at once, so `ProbeRtt` starts on the wall clock's multiples of the interval
+//! (the driver passes the epoch, [`Congestion::new`]): transfers from any clients that
+//! keep time drain together, and all measure the same delay. A retransmission timeout, a
+//! sign that the path changed completely, starts over from `Startup`.
 //!
 //! Pacing is a token bucket refilled at the pacing rate and capped at a small burst, so
 //! the driver can send a batch of datagrams (one GSO call) per wake-up without flooding a
@@ -30,15 +43,35 @@ pub const BW_WINDOW_ROUNDS: u64 = 10;
 const INITIAL_WINDOW: u64 = 32;
 /// Never fewer datagrams than this in flight.
 const MIN_WINDOW: u64 = 16;
+/// How often `ProbeRtt` measures the min RTT again (BBRv2's 5 s).
+pub const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(5);
+/// A transfer younger than this skips a `ProbeRtt` (it has just measured).
+const PROBE_RTT_MIN_AGE: Duration = Duration::from_secs(1);
+/// Datagrams in flight during `ProbeRtt`: BBR's four.
+pub const PROBE_RTT_WINDOW: u64 = 4;
+/// How long `ProbeRtt` lasts, plus one min RTT.
+pub const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The pacing gain of `Startup`: the rate doubles each round trip.
 const STARTUP_GAIN: f64 = 2.885;
 /// ProbeBw's gain cycle, one phase per min-RTT.
 const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// The shortest `ProbeBw` phase. A phase lasts one min RTT, which on a LAN is a tenth of a
+/// millisecond: shorter than a pacing burst, so that probing up would find nothing and
+/// transfers would stay wherever they had started.
+const MIN_PHASE: Duration = Duration::from_millis(5);
+/// The window's multiple of the bandwidth-delay product outside `Startup`.
+const CWND_GAIN: f64 = 1.25;
+/// Datagrams every transfer may keep queued at the bottleneck beyond its share of the
+/// bandwidth-delay product, whatever its rate: the same for all, so that under a FIFO
+/// queue, where each one's share follows what it has queued, a transfer with more than
+/// its share queues no more than the others and loses the excess (the Vegas and FAST
+/// argument). A window proportional to the bandwidth alone would keep any split as it is.
+const QUEUE_ALLOWANCE: u64 = 16;
 /// Extra time's worth of bandwidth allowed in flight, for acknowledgements that are
 /// delayed or arrive in batches.
 const ACK_HEADROOM: Duration = Duration::from_millis(2);
 /// The pacing bucket holds at least this many datagrams' worth...
-const MIN_BURST: u64 = 64;
+const MIN_BURST: u64 = 16;
 /// ...or this long at the pacing rate, whichever is more.
 const BURST_TIME: Duration = Duration::from_millis(1);
 
@@ -46,7 +79,17 @@ const BURST_TIME: Duration = Duration::from_millis(1);
 enum Mode {
     Startup,
     Drain,
-    ProbeBw { phase: usize, since: Instant },
+    ProbeBw {
+        phase: usize,
+        since: Instant,
+    },
+    /// Draining the queue until `until`; then back to `ProbeBw`, or to `Startup` if the
+    /// bandwidth had not been found yet. `min_rtt` is the smallest RTT seen meanwhile.
+    ProbeRtt {
+        until: Instant,
+        filled: bool,
+        min_rtt: Option<Duration>,
+    },
 }
 
 /// What one acknowledgement taught about the path.
@@ -68,6 +111,8 @@ pub struct Congestion {
     bw_samples: VecDeque<(u64, f64)>,
     btl_bw: f64,
     min_rtt: Option<Duration>,
+    /// When the next `ProbeRtt` starts.
+    next_probe_rtt: Instant,
     round: u64,
     next_round_delivered: u64,
     full_bw: f64,
@@ -78,13 +123,15 @@ pub struct Congestion {
 
 impl Congestion {
     /// A fresh model for datagrams of at most `datagram` bytes, starting at `now`.
-    pub fn new(datagram: usize, now: Instant) -> Self {
+    /// `ProbeRtt` starts at `epoch` plus multiples of [`PROBE_RTT_INTERVAL`].
+    pub fn new(datagram: usize, now: Instant, epoch: Instant) -> Self {
         Self {
             mode: Mode::Startup,
             datagram: datagram as u64,
             bw_samples: VecDeque::new(),
             btl_bw: 0.0,
             min_rtt: None,
+            next_probe_rtt: next_boundary(epoch, now + PROBE_RTT_MIN_AGE),
             round: 0,
             next_round_delivered: 0,
             full_bw: 0.0,
@@ -100,9 +147,36 @@ impl Congestion {
         self.datagram = datagram as u64;
     }
 
-    /// Takes what an acknowledgement taught: a delivery-rate sample and the current min RTT.
-    pub fn on_ack(&mut self, now: Instant, sample: AckSample, min_rtt: Option<Duration>) {
-        self.min_rtt = min_rtt;
+    /// Takes what an acknowledgement taught: a delivery-rate sample and, if the chunk it
+    /// acknowledged was not a retransmission, an RTT sample.
+    pub fn on_ack(&mut self, now: Instant, sample: AckSample, rtt: Option<Duration>) {
+        match &mut self.mode {
+            Mode::ProbeRtt { min_rtt, .. } => {
+                if let Some(rtt) = rtt {
+                    *min_rtt = Some(min_rtt.map_or(rtt, |min| min.min(rtt)));
+                }
+            }
+            _ => {
+                if let Some(rtt) = rtt.filter(|&r| self.min_rtt.is_none_or(|min| r <= min)) {
+                    self.min_rtt = Some(rtt);
+                }
+            }
+        }
+        match self.mode {
+            Mode::ProbeRtt { until, filled, min_rtt } if now >= until => {
+                // The drained queue showed the path's delay: it is the min RTT from now.
+                self.min_rtt = min_rtt.or(self.min_rtt);
+                self.next_probe_rtt = next_boundary(self.next_probe_rtt, now);
+                self.mode =
+                    if filled { Mode::ProbeBw { phase: 2, since: now } } else { Mode::Startup };
+            }
+            Mode::ProbeRtt { .. } => {}
+            mode if now >= self.next_probe_rtt => {
+                let until = now + PROBE_RTT_TIME + self.min_rtt.unwrap_or_default();
+                self.mode = Mode::ProbeRtt { until, filled: mode != Mode::Startup, min_rtt: None };
+            }
+            _ => {}
+        }
         let round_start = sample.delivered_at_send >= self.next_round_delivered;
         if round_start {
             self.round += 1;
@@ -119,7 +193,8 @@ impl Congestion {
             self.on_round(now);
         }
         if let Mode::ProbeBw { phase, since } = self.mode {
-            if now.duration_since(since) >= self.min_rtt.unwrap_or(Duration::from_millis(1)) {
+            let phase_time = self.min_rtt.unwrap_or_default().max(MIN_PHASE);
+            if now.duration_since(since) >= phase_time {
                 let phase = (phase + 1) % PROBE_GAINS.len();
                 self.mode = Mode::ProbeBw { phase, since: now };
             }
@@ -137,14 +212,20 @@ impl Congestion {
 
     /// Bytes that may be in flight.
     pub fn window(&self) -> u64 {
+        if let Mode::ProbeRtt { .. } = self.mode {
+            return PROBE_RTT_WINDOW * self.datagram;
+        }
         let floor = MIN_WINDOW * self.datagram;
         let Some(min_rtt) = self.min_rtt.filter(|_| self.btl_bw > 0.0) else {
             return INITIAL_WINDOW * self.datagram;
         };
-        let gain = if self.mode == Mode::Startup { STARTUP_GAIN } else { 2.0 };
         let bdp = self.btl_bw * min_rtt.as_secs_f64();
         let headroom = self.btl_bw * ACK_HEADROOM.as_secs_f64();
-        ((gain * bdp + headroom) as u64).max(floor)
+        if self.mode == Mode::Startup {
+            return ((STARTUP_GAIN * bdp + headroom) as u64).max(floor);
+        }
+        let allowance = QUEUE_ALLOWANCE * self.datagram;
+        ((CWND_GAIN * bdp + headroom) as u64 + allowance).max(floor)
     }
 
     /// The pacing rate in bytes per second; `srtt` sets it before the first estimate.
@@ -152,6 +233,7 @@ impl Congestion {
         let gain = match self.mode {
             Mode::Startup => STARTUP_GAIN,
             Mode::Drain => 1.0 / STARTUP_GAIN,
+            Mode::ProbeRtt { .. } => 1.0,
             Mode::ProbeBw { phase, .. } => PROBE_GAINS[phase],
         };
         if self.btl_bw > 0.0 {
@@ -203,9 +285,31 @@ impl Congestion {
                 }
             }
             Mode::Drain => self.mode = Mode::ProbeBw { phase: 2, since: now },
-            Mode::ProbeBw { .. } => {}
+            Mode::ProbeBw { .. } | Mode::ProbeRtt { .. } => {}
         }
     }
+}
+
+/// An epoch for [`Congestion::new`] on the wall clock: an instant whose distance from now
+/// is the time since the last multiple of [`PROBE_RTT_INTERVAL`] since 1970. Clients whose
+/// clocks agree (NTP keeps them within milliseconds) get the same `ProbeRtt` phases. Read
+/// by drivers; the model itself reads no clock.
+pub fn wall_clock_epoch() -> Instant {
+    let since_1970 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let into_interval = (since_1970 % PROBE_RTT_INTERVAL.as_nanos()) as u64;
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(into_interval)).unwrap_or(now)
+}
+
+/// The first of `epoch` plus multiples of [`PROBE_RTT_INTERVAL`] that is after `after`.
+fn next_boundary(epoch: Instant, after: Instant) -> Instant {
+    let interval = PROBE_RTT_INTERVAL.as_nanos();
+    let since = after.saturating_duration_since(epoch).as_nanos();
+    let steps = since / interval + 1;
+    epoch + Duration::from_nanos((steps * interval) as u64)
 }
 
 #[cfg(test)]
@@ -226,10 +330,50 @@ mod tests {
         }
     }
 
+    /// One acknowledgement every 10 ms until `until`, at `rate`, each with an RTT of `rtt`.
+    fn ack_until(cc: &mut Congestion, now: &mut Instant, until: Instant, rate: f64, rtt: Duration) {
+        while *now < until {
+            *now += Duration::from_millis(10);
+            let delivered = cc.next_round_delivered + 10_000;
+            let sample = AckSample {
+                delivered,
+                delivered_at_send: cc.next_round_delivered,
+                rate: Some(rate),
+            };
+            cc.on_ack(*now, sample, Some(rtt));
+        }
+    }
+
+    #[test]
+    fn transfers_that_measured_different_delays_agree_after_probing_rtt_together() {
+        let ms = Duration::from_millis;
+        let epoch = Instant::now();
+        let (mut now_a, mut now_b) = (epoch, epoch);
+        // Same bandwidth; the first saw the empty path (1 ms), the second started behind a
+        // queue and never saw less than 20 ms: its window is many times the first's.
+        let (mut early, mut late) =
+            (Congestion::new(DG, epoch, epoch), Congestion::new(DG, epoch, epoch));
+        ack_until(&mut early, &mut now_a, epoch + ms(100), 1e6, ms(1));
+        ack_until(&mut early, &mut now_a, epoch + ms(4_900), 1e6, ms(20));
+        ack_until(&mut late, &mut now_b, epoch + ms(4_900), 1e6, ms(20));
+        assert!(late.window() > early.window() + 15_000, "{} vs {}", late.window(), early.window());
+        // Both reach the same wall-clock boundary and drain the queue together: the RTT
+        // falls to the path's during ProbeRtt, and both keep that.
+        for (cc, now) in [(&mut early, &mut now_a), (&mut late, &mut now_b)] {
+            ack_until(cc, now, epoch + ms(5_010), 1e6, ms(20));
+            assert!(matches!(cc.mode, Mode::ProbeRtt { .. }), "{:?}", cc.mode);
+            assert_eq!(cc.window(), PROBE_RTT_WINDOW * DG as u64);
+            ack_until(cc, now, epoch + ms(5_400), 1e6, ms(1));
+            assert!(matches!(cc.mode, Mode::ProbeBw { .. }), "{:?}", cc.mode);
+            assert_eq!(cc.min_rtt, Some(ms(1)));
+        }
+        assert_eq!(early.window(), late.window(), "the same bandwidth, the same window");
+    }
+
     #[test]
     fn leaves_startup_when_the_bandwidth_stops_growing_and_paces_near_it() {
         let mut now = Instant::now();
-        let mut cc = Congestion::new(DG, now);
+        let mut cc = Congestion::new(DG, now, now);
         let mut delivered = 0;
         feed(&mut cc, &mut now, &mut delivered, 1e6, 1);
         assert_eq!(cc.mode, Mode::Startup);
@@ -238,14 +382,14 @@ mod tests {
         assert!(matches!(cc.mode, Mode::ProbeBw { .. }), "{:?}", cc.mode);
         let rate = cc.pacing_rate(None);
         assert!((0.7e6..=1.3e6).contains(&rate), "probe paces near the bottleneck: {rate}");
-        // 2 * bdp + headroom: 2 * 1e6 * 0.01 + 1e6 * 0.002.
-        assert_eq!(cc.window(), 22_000);
+        // 1.25 * bdp + headroom + allowance: 1.25 * 1e6 * 0.01 + 1e6 * 0.002 + 16 * 1000.
+        assert_eq!(cc.window(), 30_500);
     }
 
     #[test]
     fn forgets_old_bandwidth_and_restarts_after_a_timeout() {
         let mut now = Instant::now();
-        let mut cc = Congestion::new(DG, now);
+        let mut cc = Congestion::new(DG, now, now);
         let mut delivered = 0;
         feed(&mut cc, &mut now, &mut delivered, 8e6, 3);
         feed(&mut cc, &mut now, &mut delivered, 1e6, BW_WINDOW_ROUNDS as u32 + 2);
@@ -258,7 +402,7 @@ mod tests {
     #[test]
     fn the_bucket_paces_bursts() {
         let now = Instant::now();
-        let mut cc = Congestion::new(DG, now);
+        let mut cc = Congestion::new(DG, now, now);
         let srtt = Some(Duration::from_millis(10));
         let mut sent = 0;
         while cc.can_send(now, DG, srtt) {

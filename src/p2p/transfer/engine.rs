@@ -36,6 +36,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::congestion::wall_clock_epoch;
 use super::endpoint::{
     Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer, TransferStats,
 };
@@ -175,10 +176,14 @@ impl Transfers {
         let (commands, rx) = mpsc::unbounded_channel();
         let stats = Arc::default();
         let table = Table::default();
+        let mut sender = config.sender.clone();
+        // Transfers through one bottleneck, from this client or any other, probe its RTT
+        // together only if they count from the same instant: the wall clock's.
+        sender.probe_rtt_epoch.get_or_insert_with(wall_clock_epoch);
         let endpoint = Endpoint::new(EndpointConfig {
             me: me.to_owned(),
             identity,
-            sender: config.sender.clone(),
+            sender,
             receiver: config.receiver.clone(),
             offer_ttl: config.offer_ttl,
         });

@@ -66,4 +66,6 @@ pub enum TransferError {
 }
 
 #[cfg(test)]
+mod fairness;
+#[cfg(test)]
 mod sim;

@@ -285,7 +285,9 @@ impl Receiver {
 
     /// The next time [`handle_timeout`](Self::handle_timeout) must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.reply.is_some() || self.probe_ack.is_some() || self.ack_now {
+        // An acknowledgement is owed only while receiving: after the verdict, `Done` says it.
+        let acking = self.ack_now && matches!(self.phase, Phase::Receiving | Phase::Verifying);
+        if self.reply.is_some() || self.probe_ack.is_some() || acking {
             return Some(self.last_heard);
         }
         match self.phase {

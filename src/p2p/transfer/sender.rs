@@ -64,6 +64,10 @@ pub struct SenderConfig {
     pub read_ahead: u64,
     /// Most chunks in flight, whatever the receiver's window.
     pub max_window: u64,
+    /// Where the congestion model's `ProbeRtt` phases are counted from
+    /// ([`super::congestion::wall_clock_epoch`] in the engine, so that transfers through one
+    /// bottleneck probe together); `None`: from the sender's start.
+    pub probe_rtt_epoch: Option<Instant>,
 }
 
 impl Default for SenderConfig {
@@ -77,6 +81,7 @@ impl Default for SenderConfig {
             max_rto: Duration::from_secs(5),
             read_ahead: 512,
             max_window: 32_768,
+            probe_rtt_epoch: None,
         }
     }
 }
@@ -227,7 +232,11 @@ impl Sender {
             in_flight: 0,
             window: 1,
             rtt: RttEstimator::new(config.min_rto, config.max_rto),
-            cc: Congestion::new(chunk as usize + DATA_OVERHEAD, now),
+            cc: Congestion::new(
+                chunk as usize + DATA_OVERHEAD,
+                now,
+                config.probe_rtt_epoch.unwrap_or(now),
+            ),
             delivered: 0,
             delivered_time: now,
             first_sent_time: now,
@@ -588,8 +597,9 @@ impl Sender {
         let Some(sent) = newest else {
             return;
         };
-        if !sent.retransmitted {
-            self.rtt.on_sample(now.saturating_duration_since(sent.at));
+        let rtt = (!sent.retransmitted).then(|| now.saturating_duration_since(sent.at));
+        if let Some(rtt) = rtt {
+            self.rtt.on_sample(rtt);
         }
         let send_elapsed = sent.at.saturating_duration_since(sent.first_sent_time);
         let ack_elapsed = now.saturating_duration_since(sent.delivered_time);
@@ -599,7 +609,7 @@ impl Sender {
         self.first_sent_time = sent.at;
         let sample =
             AckSample { delivered: self.delivered, delivered_at_send: sent.delivered, rate };
-        self.cc.on_ack(now, sample, self.rtt.min_rtt());
+        self.cc.on_ack(now, sample, rtt);
         self.largest_acked_order = self.largest_acked_order.max(sent.order);
         self.detect_losses();
         self.rto_deadline = (self.in_flight > 0).then(|| now + self.rtt.rto());

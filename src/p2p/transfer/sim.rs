@@ -29,22 +29,22 @@ const ID: TransferId = 42;
 const MAX_STEPS: u64 = 3_000_000;
 
 #[derive(Debug, Clone)]
-struct Link {
-    loss: f64,
-    duplicate: f64,
-    reorder: f64,
-    corrupt: f64,
-    truncate: f64,
-    delay: Duration,
+pub(super) struct Link {
+    pub(super) loss: f64,
+    pub(super) duplicate: f64,
+    pub(super) reorder: f64,
+    pub(super) corrupt: f64,
+    pub(super) truncate: f64,
+    pub(super) delay: Duration,
     /// Bottleneck rate in bytes per second.
-    rate: f64,
+    pub(super) rate: f64,
     /// Longest queue at the bottleneck, as time to drain it.
-    queue: Duration,
+    pub(super) queue: Duration,
     /// After this many datagrams towards the receiver the link goes dead both ways.
-    cut_after: Option<u64>,
+    pub(super) cut_after: Option<u64>,
     /// The largest datagram the path carries (its MTU less the IP and UDP headers); larger
     /// ones vanish on the way, as past a router that does not fragment.
-    mtu: usize,
+    pub(super) mtu: usize,
 }
 
 impl Default for Link {
@@ -72,14 +72,20 @@ impl Link {
 
 /// One direction of the link.
 #[derive(Default)]
-struct Pipe {
+pub(super) struct Pipe {
     queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
     busy_until: Option<Instant>,
     count: u64,
 }
 
 impl Pipe {
-    fn send(&mut self, now: Instant, link: &Link, rng: &mut StdRng, mut datagram: Vec<u8>) {
+    pub(super) fn send(
+        &mut self,
+        now: Instant,
+        link: &Link,
+        rng: &mut StdRng,
+        mut datagram: Vec<u8>,
+    ) {
         self.count += 1;
         let too_big = datagram.len() > link.mtu;
         if too_big || link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
@@ -109,14 +115,14 @@ impl Pipe {
         self.queue.push(Reverse((arrival, rng.next_u64(), datagram)));
     }
 
-    fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
         if self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
             return self.queue.pop().map(|Reverse((_, _, d))| d);
         }
         None
     }
 
-    fn next_due(&self) -> Option<Instant> {
+    pub(super) fn next_due(&self) -> Option<Instant> {
         self.queue.peek().map(|Reverse((at, _, _))| *at)
     }
 }
