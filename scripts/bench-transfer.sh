@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
 # The /p2pvideo file-transfer benchmark, beside plain TCP (socat) measured in the same run.
 #
-#   sudo scripts/bench-transfer.sh [SIZE_MIB] [RUNS]      (defaults: 1024 MiB, 3 runs)
+#   sudo scripts/bench-transfer.sh [SIZE_MIB] [RUNS] [SECTIONS]
+#                                  (defaults: 1024 MiB, 3 runs, "rates sharing")
 #
-# Needs root (network namespaces), iproute2, nftables and socat; installs the last two with
-# apt-get when missing. Files live in /dev/shm so that the disk is not what is measured.
-# Scenarios: loopback; a veth pair between two namespaces made here (clean, 1 % and 5 %
-# random loss dropped by nftables in both directions, and a 100 Mbit/s tbf limit, with a
-# quarter of the file); every namespace and file is removed at the end. Each figure is the
-# median of RUNS runs, file to file: Confab's from the receiver's acceptance until the file
-# is SHA-256 checked and in place, socat's from its start until the receiver exits.
+# Needs root (network namespaces), iproute2, nftables, socat, ethtool and GNU time;
+# installs what is missing with apt-get. Files live in /dev/shm so that the disk is not
+# what is measured. Every namespace and file is removed at the end, also on failure.
+#
+# rates: loopback; a veth pair between two namespaces made here (clean; 1 % and 5 % random
+# loss dropped by nftables in both directions; a 100 Mbit/s tbf limit, with a quarter of
+# the file; jumbo frames; a chunk ceiling far above the MTU). Each figure is the median of
+# RUNS runs, file to file: Confab's from the receiver's acceptance until the file is
+# SHA-256 checked and in place, socat's from its start until the receiver exits; the CPU %
+# of each side is its last run's (GNU time), to show whether it was the bottleneck.
+#
+# sharing: the 100 Mbit/s tbf shared by four transfers at once (started together, then
+# 1 s apart), and by one transfer and one TCP flow (with a 50 ms and a 5 ms buffer); each
+# flow's rate over the same 10 s, taken from the size of its receiver's file, and Jain's
+# fairness index. The flows send the SIZE_MIB file and must not finish within those 15 s,
+# so keep SIZE_MIB at 256 or more for this section.
+#
+# UDP segmentation offload is off on the veth pair: with it on, a GSO batch crosses the
+# veth as one packet and nftables drops the whole batch at once, where TCP loses single
+# segments.
 set -euo pipefail
 shopt -s inherit_errexit
 SIZE_MIB=${1:-1024}
 RUNS=${2:-3}
+SECTIONS=${3:-rates sharing}
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v nft >/dev/null || missing+=(nftables)
 command -v socat >/dev/null || missing+=(socat)
+command -v ethtool >/dev/null || missing+=(ethtool)
+[ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -36,6 +53,7 @@ head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$WORK/file.bin"
 head -c $((SIZE_MIB * 1048576 / 4)) "$WORK/file.bin" >"$WORK/quarter.bin"
 
 # Two namespaces joined by a veth pair: A (10.77.0.1) sends, B (10.77.0.2) receives.
+# make_link [MTU]
 make_link() {
   cleanup_ns
   ip netns add cfbA
@@ -46,8 +64,10 @@ make_link() {
   for ns in cfbA cfbB; do
     ip -n $ns link set lo up
   done
-  ip -n cfbA link set vA up
-  ip -n cfbB link set vB up
+  ip -n cfbA link set vA mtu "${1:-1500}" up
+  ip -n cfbB link set vB mtu "${1:-1500}" up
+  ip netns exec cfbA ethtool -K vA tx-udp-segmentation off >/dev/null
+  ip netns exec cfbB ethtool -K vB tx-udp-segmentation off >/dev/null
 }
 cleanup_ns() {
   ip netns del cfbA 2>/dev/null || true
@@ -66,8 +86,8 @@ table inet loss {
 EOF
   done
 }
-add_rate_limit() {
-  ip netns exec cfbA tc qdisc add dev vA root tbf rate "$1" burst 64kb latency 50ms
+add_rate_limit() { # RATE [LATENCY]
+  ip netns exec cfbA tc qdisc add dev vA root tbf rate "$1" burst 64kb latency "${2:-50ms}"
 }
 
 # run_in NS CMD...: CMD in namespace NS, or here when NS is "-".
@@ -77,55 +97,184 @@ run_in() {
   if [ "$ns" = - ]; then "$@"; else ip netns exec "$ns" "$@"; fi
 }
 
-# One Confab transfer; prints Mbit/s.
-confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE
+# Prefix that writes a command's CPU % (user + system over elapsed) to the file after it.
+TIMED=(/usr/bin/time -f %P -o)
+
+# One Confab transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
+confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   rm -rf "$WORK/recv" && mkdir "$WORK/recv"
-  run_in "$2" "$BENCH" recv --bind "$4:47301" --from "$3:47302" --expect "$5" \
-    --dir "$WORK/recv" >"$WORK/recv.out" &
+  run_in "$2" "${TIMED[@]}" "$WORK/cpu.recv" "$BENCH" recv --bind "$4:47301" --from "$3:47302" \
+    --expect "$5" --dir "$WORK/recv" >"$WORK/recv.out" &
   local recv=$!
   sleep 0.2
-  run_in "$1" "$BENCH" send --bind "$3:47302" --to "$4:47301" --file "$5" >/dev/null
+  local chunk=()
+  [ -n "${6:-}" ] && chunk=(--chunk-size "$6")
+  run_in "$1" "${TIMED[@]}" "$WORK/cpu.send" "$BENCH" send --bind "$3:47302" --to "$4:47301" \
+    --file "$5" "${chunk[@]}" >"$WORK/send.out"
   wait $recv || { echo "the receiver failed" >&2; exit 1; }
   cmp -s "$5" "$WORK/recv/sender_$(basename "$5")" || { echo "corrupt" >&2; exit 1; }
-  awk '{ print $7 }' "$WORK/recv.out"
+  grep -o 'chunks of [0-9]* bytes' "$WORK/send.out" | awk '{ print $3 }' >"$WORK/chunk"
+  echo "$(awk '{ print $7 }' "$WORK/recv.out") $(cat "$WORK/cpu.send") $(cat "$WORK/cpu.recv")"
 }
 
-# One socat transfer; prints Mbit/s.
+# One socat transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
 tcp_once() { # NS_A NS_B ADDR_B FILE
   rm -f "$WORK/tcp.out"
-  run_in "$2" socat -u TCP-LISTEN:47310,reuseaddr OPEN:"$WORK/tcp.out",creat,trunc &
+  run_in "$2" "${TIMED[@]}" "$WORK/cpu.recv" socat -u TCP-LISTEN:47310,reuseaddr \
+    OPEN:"$WORK/tcp.out",creat,trunc &
   local recv=$!
   sleep 0.2
   local start end
   start=$(date +%s%N)
-  run_in "$1" socat -u OPEN:"$4" TCP:"$3":47310
+  run_in "$1" "${TIMED[@]}" "$WORK/cpu.send" socat -u OPEN:"$4" TCP:"$3":47310
   wait $recv
   end=$(date +%s%N)
   cmp -s "$4" "$WORK/tcp.out" || { echo "corrupt" >&2; exit 1; }
   local bytes
   bytes=$(stat -c %s "$4")
-  awk -v b="$bytes" -v ns=$((end - start)) 'BEGIN { printf "%.1f\n", b * 8000 / ns }'
+  awk -v b="$bytes" -v ns=$((end - start)) \
+    'BEGIN { printf "%.1f", b * 8000 / ns }'
+  echo " $(cat "$WORK/cpu.send") $(cat "$WORK/cpu.recv")"
 }
 
-median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# The median of the first column, with the other columns of the last line.
+median() {
+  local lines
+  lines=$(cat)
+  echo "$(cut -d' ' -f1 <<<"$lines" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')" \
+    "$(tail -n1 <<<"$lines" | cut -d' ' -f2-)"
+}
 
-scenario() { # NAME NS_A NS_B ADDR_A ADDR_B FILE
+scenario() { # NAME NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   local name=$1 tcp confab
   tcp=$(for _ in $(seq "$RUNS"); do tcp_once "$2" "$3" "$5" "$6"; done | median)
-  confab=$(for _ in $(seq "$RUNS"); do confab_once "$2" "$3" "$4" "$5" "$6"; done | median)
-  printf "%-22s %10s %10s   (Mbit/s, median of %s, %s MiB)\n" "$name" "$tcp" "$confab" \
-    "$RUNS" $(($(stat -c %s "$6") / 1048576))
+  confab=$(for _ in $(seq "$RUNS"); do confab_once "$2" "$3" "$4" "$5" "$6" "${7:-}"; done |
+    median)
+  read -r tcp_rate tcp_send tcp_recv <<<"$tcp"
+  read -r confab_rate confab_send confab_recv <<<"$confab"
+  printf "%-30s %9s %6s %6s %9s %6s %6s %7s\n" "$name" "$tcp_rate" "$tcp_send" "$tcp_recv" \
+    "$confab_rate" "$confab_send" "$confab_recv" "$(cat "$WORK/chunk")"
 }
 
-printf "%-22s %10s %10s\n" scenario "TCP" "Confab"
-scenario loopback - - 127.0.0.1 127.0.0.1 "$WORK/file.bin"
-make_link
-scenario "veth" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
-add_loss 10
-scenario "veth, 1% loss" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
-make_link
-add_loss 50
-scenario "veth, 5% loss" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
-make_link
-add_rate_limit 100mbit
-scenario "veth, tbf 100 Mbit/s" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/quarter.bin"
+rates() {
+  echo "Mbit/s: medians of $RUNS runs of $SIZE_MIB MiB (a quarter at 100 Mbit/s); CPU % of"
+  echo "the sender and the receiver in the last run; Confab's chunk size reached"
+  printf "%-30s %9s %6s %6s %9s %6s %6s %7s\n" scenario TCP send recv Confab send recv chunk
+  scenario loopback - - 127.0.0.1 127.0.0.1 "$WORK/file.bin"
+  make_link
+  scenario "veth" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
+  add_loss 10
+  scenario "veth, 1% loss" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
+  make_link
+  add_loss 50
+  scenario "veth, 5% loss" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
+  make_link
+  add_rate_limit 100mbit
+  scenario "veth, tbf 100 Mbit/s" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/quarter.bin"
+  make_link 9000
+  scenario "veth, MTU 9000" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
+  make_link
+  scenario "veth, --chunk-size 65000" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin" 65000
+}
+
+# bytes_of FILE_GLOB: the size of the one file it names, 0 if none yet.
+bytes_of() {
+  local f
+  for f in $1; do
+    [ -e "$f" ] && { stat -c %s "$f"; return; }
+  done
+  echo 0
+}
+
+# window_rates GLOB...: each file's growth over 10 s after 5 s, in Mbit/s, one per line.
+window_rates() {
+  sleep 5
+  local before=() f
+  for f in "$@"; do before+=("$(bytes_of "$f")"); done
+  sleep 10
+  local i=0
+  for f in "$@"; do
+    echo $((($(bytes_of "$f") - before[i]) * 8 / 10000000))
+    i=$((i + 1))
+  done
+}
+
+jain() { awk '{ s += $1; q += $1 * $1; n++ } END { printf "%.3f", s * s / (n * q) }'; }
+
+# N Confab transfers through the tbf at once, STAGGER seconds apart.
+share_confab() { # N STAGGER
+  make_link
+  add_rate_limit 100mbit
+  local pids=() globs=() k
+  for k in $(seq 0 $(($1 - 1))); do
+    mkdir -p "$WORK/share$k"
+    ip netns exec cfbB "$BENCH" --token "00112233445566778899aabbccddee0$k" recv \
+      --bind "10.77.0.2:$((47301 + k))" --from "10.77.0.1:$((47401 + k))" \
+      --expect "$WORK/file.bin" --dir "$WORK/share$k" >/dev/null &
+    pids+=($!)
+    globs+=("$WORK/share$k/.*.part")
+  done
+  sleep 0.2
+  for k in $(seq 0 $(($1 - 1))); do
+    ip netns exec cfbA "$BENCH" --token "00112233445566778899aabbccddee0$k" send \
+      --bind "10.77.0.1:$((47401 + k))" --to "10.77.0.2:$((47301 + k))" \
+      --file "$WORK/file.bin" >/dev/null &
+    pids+=($!)
+    sleep "$2"
+  done
+  local rates
+  rates=$(window_rates "${globs[@]}")
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  printf "%-30s %s   Jain %s\n" "$1 transfers, ${2} s apart" "$(echo $rates)" \
+    "$(echo "$rates" | jain)"
+  rm -rf "$WORK"/share*
+}
+
+# One Confab transfer and one TCP flow through the tbf with a LATENCY buffer; FIRST starts
+# one second before the other.
+versus_tcp() { # LATENCY FIRST
+  make_link
+  add_rate_limit 100mbit "$1"
+  mkdir -p "$WORK/vs"
+  ip netns exec cfbB socat -u TCP-LISTEN:47310,reuseaddr OPEN:"$WORK/vs/tcp.out",creat &
+  local pids=($!)
+  ip netns exec cfbB "$BENCH" recv --bind 10.77.0.2:47301 --from 10.77.0.1:47401 \
+    --expect "$WORK/file.bin" --dir "$WORK/vs" >/dev/null &
+  pids+=($!)
+  sleep 0.2
+  local order=(tcp confab)
+  [ "$2" = confab ] && order=(confab tcp)
+  for who in "${order[@]}"; do
+    if [ "$who" = tcp ]; then
+      ip netns exec cfbA socat -u OPEN:"$WORK/file.bin" TCP:10.77.0.2:47310 2>/dev/null &
+    else
+      ip netns exec cfbA "$BENCH" send --bind 10.77.0.1:47401 --to 10.77.0.2:47301 \
+        --file "$WORK/file.bin" >/dev/null &
+    fi
+    pids+=($!)
+    sleep 1
+  done
+  local rates
+  rates=$(window_rates "$WORK/vs/tcp.out" "$WORK/vs/.*.part")
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  read -r -d '' tcp confab <<<"$rates" || true
+  printf "%-30s TCP %s, Confab %s\n" "vs TCP, $1 buffer, $2 first" "$tcp" "$confab"
+  rm -rf "$WORK/vs"
+}
+
+sharing() {
+  echo "100 Mbit/s tbf shared: each flow's Mbit/s over the same 10 s"
+  share_confab 4 0
+  share_confab 4 1
+  versus_tcp 50ms tcp
+  versus_tcp 50ms confab
+  versus_tcp 5ms tcp
+  versus_tcp 5ms confab
+}
+
+for section in $SECTIONS; do
+  "$section"
+  echo
+done

@@ -16,8 +16,8 @@
 //! growing by a quarter for three rounds; one round of `Drain` empties the queue that built;
 //! then `ProbeBw` cycles its gain through 1.25, 0.75 and six rounds of 1 to find more room
 //! and give it back. Every [`PROBE_RTT_INTERVAL`], `ProbeRtt` keeps only
-//! [`PROBE_RTT_WINDOW`] datagrams in flight for [`PROBE_RTT_TIME`], so that the queue
-//! drains, and the smallest RTT seen meanwhile is the new min RTT.
+//! [`PROBE_RTT_WINDOW`] datagrams in flight for [`PROBE_RTT_TIME`] (or two round trips),
+//! so that the queue drains, and the smallest RTT seen meanwhile is the new min RTT.
 //!
 //! That refresh is what makes transfers share a bottleneck. The window is a multiple of
 //! bandwidth x min RTT, so a transfer that started while others had built a queue, and
@@ -49,8 +49,10 @@ pub const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(5);
 const PROBE_RTT_MIN_AGE: Duration = Duration::from_secs(1);
 /// Datagrams in flight during `ProbeRtt`: BBR's four.
 pub const PROBE_RTT_WINDOW: u64 = 4;
-/// How long `ProbeRtt` lasts, plus one min RTT.
-pub const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// How long `ProbeRtt` lasts at least (or two RTTs as it starts, if longer). BBR's 200 ms
+/// lets unsynchronised transfers overlap; these start together, so a drained queue and a
+/// few round trips are enough.
+pub const PROBE_RTT_TIME: Duration = Duration::from_millis(50);
 /// The pacing gain of `Startup`: the rate doubles each round trip.
 const STARTUP_GAIN: f64 = 2.885;
 /// ProbeBw's gain cycle, one phase per min-RTT.
@@ -166,14 +168,17 @@ impl Congestion {
             Mode::ProbeRtt { until, filled, min_rtt } if now >= until => {
                 // The drained queue showed the path's delay: it is the min RTT from now.
                 self.min_rtt = min_rtt.or(self.min_rtt);
-                self.next_probe_rtt = next_boundary(self.next_probe_rtt, now);
                 self.mode =
                     if filled { Mode::ProbeBw { phase: 2, since: now } } else { Mode::Startup };
             }
             Mode::ProbeRtt { .. } => {}
             mode if now >= self.next_probe_rtt => {
-                let until = now + PROBE_RTT_TIME + self.min_rtt.unwrap_or_default();
+                // Long enough for the queue to drain and its last datagrams to be answered:
+                // every transfer through it is probing at the same moment.
+                let until = now + PROBE_RTT_TIME.max(rtt.unwrap_or_default() * 2);
                 self.mode = Mode::ProbeRtt { until, filled: mode != Mode::Startup, min_rtt: None };
+                // Counted from here, whatever ends this one (a timeout restarts Startup).
+                self.next_probe_rtt = next_boundary(self.next_probe_rtt, until);
             }
             _ => {}
         }
