@@ -15,8 +15,8 @@ use confab::p2p::noise::Keys;
 use confab::p2p::transfer::crypto;
 use confab::p2p::transfer::wire::{self, Framing, Header, Packet, ANSWER_LEN, HEADER_LEN};
 use confab::p2p::transfer::{
-    IncomingFile, OutgoingFile, SenderConfig, Transfer, TransferConfig, TransferError,
-    TransferEvent, Transfers,
+    IncomingFile, OutgoingFile, ReceiverConfig, SenderConfig, Transfer, TransferConfig,
+    TransferError, TransferEvent, Transfers,
 };
 use confab::protocol::{ErrorCode, Event, Introduction, Token};
 use confab::server::Config;
@@ -552,4 +552,43 @@ async fn the_server_introduces_sender_and_receiver() {
     bob.client.unblock("alice").await.unwrap();
     assert!(matches!(common::next_event(&mut bob.events).await, Event::Presence { .. }));
     common::assert_quiet(&mut bob.events, &alice.client, "bob").await;
+}
+
+#[tokio::test]
+async fn accepting_an_offer_whose_sender_has_gone_fails_soon_and_leaves_no_part_file() {
+    let quick = TransferConfig {
+        receiver: ReceiverConfig { idle_timeout: Duration::from_secs(1), ..Default::default() },
+        ..TransferConfig::default()
+    };
+    let mut bob = side_with("bob", false, quick);
+    // The sender's client offers once and then crashes: no cancel, no withdrawal, silence.
+    let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let alice_id = Identity::generate();
+    let token = Token::random();
+    let alice_intro = Introduction {
+        peer: "alice".into(),
+        addr: alice.local_addr().unwrap(),
+        token,
+        key: alice_id.public(),
+    };
+    bob.transfers.expect(IncomingFile::new(&alice_intro, "clip.mp4", 500_000));
+    let bob_key = bob.identity.public();
+    let keys =
+        Keys { identity: &alice_id, me: "alice", peer: "bob", peer_key: &bob_key, token: &token };
+    let mut plain = Vec::new();
+    wire::encode(&Packet::Offer { size: 500_000, chunk_size: 1400, name: "clip.mp4" }, &mut plain);
+    alice.send_to(crypto::offer(keys, 5, &plain).unwrap().datagram(), bob.addr()).unwrap();
+    let offer = bob.until(|e| match e {
+        TransferEvent::Offered { transfer, .. } => Some(transfer.id),
+        _ => None,
+    });
+    let id = offer.await;
+    drop(alice);
+    bob.transfers.accept(id);
+    assert_eq!(bob.until_failure().await, TransferError::PeerSilent);
+    let leftovers: Vec<_> = std::fs::read_dir(bob.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "an accept that got nothing leaves nothing: {leftovers:?}");
 }

@@ -55,7 +55,7 @@ use super::Shared;
 use crate::limit::TokenBucket;
 use crate::protocol::{
     now_ms, ClientMessage, CodecError, EndReason, ErrorCode, ErrorReply, Event, PresenceChange,
-    Reply, Request, ServerMessage, Welcome, PROTOCOL_VERSION,
+    Reply, Request, ServerMessage, Timestamp, Welcome, PROTOCOL_VERSION,
 };
 use crate::store::{LogRow, StoreResult, To};
 
@@ -369,7 +369,7 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                 empty_reads = 0;
                 for row in rows {
                     delivery.sent(row.id, row.body.len());
-                    conn.queue(&ServerMessage::Event(waiting_event(row)));
+                    conn.queue(&ServerMessage::Event(waiting_event(row, me.since)));
                 }
                 delivery.page_sent(last);
             } else {
@@ -568,12 +568,15 @@ fn read_page(shared: &Shared, user: &str, after: u64) -> PageRead {
     )
 }
 
-/// The event that delivers a message from the log at catch-up.
-fn waiting_event(m: LogRow) -> Event {
+/// The event that delivers a message from the log at catch-up. It waited for the user if
+/// it was sent before this session joined the hub (`since`); one sent during the catch-up
+/// itself, which the catch-up hands on too, was not.
+fn waiting_event(m: LogRow, since: Timestamp) -> Event {
     let LogRow { id, sender: from, to, body: text, sent_at } = m;
+    let offline = sent_at < since;
     match to {
-        To::User(_) => Event::Message { id, from, text, sent_at, offline: true },
-        To::Group(group) => Event::GroupMessage { id, group, from, text, sent_at, offline: true },
+        To::User(_) => Event::Message { id, from, text, sent_at, offline },
+        To::Group(group) => Event::GroupMessage { id, group, from, text, sent_at, offline },
     }
 }
 
@@ -592,5 +595,30 @@ impl LoggedIn {
         if let Err(e) = shared.store.call(move |s| s.record_logout(row, at)).await {
             tracing::error!(user = %self.name, "cannot record logout: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_sent_during_the_catch_up_did_not_wait_for_the_user() {
+        let row = |sent_at| LogRow {
+            id: 7,
+            sender: "alice".into(),
+            to: To::User("bob".into()),
+            body: "hi".into(),
+            sent_at,
+        };
+        let offline = |event| match event {
+            Event::Message { offline, .. } => offline,
+            other => panic!("{other:?}"),
+        };
+        // bob's session joined at 1000: what was sent before waited; what came after, as
+        // the catch-up was still reading the log, was sent to him online.
+        assert!(offline(waiting_event(row(999), 1000)));
+        assert!(!offline(waiting_event(row(1000), 1000)));
+        assert!(!offline(waiting_event(row(1500), 1000)));
     }
 }

@@ -524,7 +524,11 @@ impl Engine {
                             });
                         }
                         ReceiverEvent::Failed(error) => {
-                            if error == TransferError::HashMismatch {
+                            // A part file is kept to resume from, unless it holds nothing
+                            // (an accept the sender never answered) or the wrong bytes.
+                            let empty = std::fs::metadata(&*part).is_ok_and(|m| m.len() == 0);
+                            if error == TransferError::HashMismatch || empty {
+                                file.take();
                                 let _ = std::fs::remove_file(&*part);
                             }
                             events.push(TransferEvent::Failed { transfer: t, error });

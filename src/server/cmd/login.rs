@@ -37,6 +37,8 @@ pub(in crate::server) struct LoggedIn {
     pub session: u64,
     /// The login-history row of this session (`None` if it could not be recorded).
     pub history_row: Option<i64>,
+    /// When the session joined the hub: a message sent before it waited for the user.
+    pub since: Timestamp,
     /// The user's acknowledged position in the log: catch-up starts after it.
     pub cursor: u64,
     /// How many messages wait after it.
@@ -157,6 +159,7 @@ async fn join(
         rx,
         session,
         history_row,
+        since,
         cursor,
         waiting: waiting.count,
         invitations,
