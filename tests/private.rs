@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use confab::client::Events;
+use confab::client::{session, Events};
 use confab::p2p::identity::Identity;
 use confab::p2p::noise::{self, Keys};
 use confab::p2p::{ChatConfig, CloseReason, PrivateError, PrivateEvent};
 use confab::protocol::{
-    ByeReason, EndReason, ErrorCode, Event, PeerCodec, PeerMessage, PresenceChange, PublicKey,
-    RequestEnd, Token,
+    ByeReason, EndReason, ErrorCode, Event, Introduction, PeerCodec, PeerMessage, PresenceChange,
+    PublicKey, RequestEnd, Token,
 };
 use confab::server::Config;
 use futures_util::{SinkExt, StreamExt};
@@ -522,4 +522,131 @@ async fn a_private_chat_outlives_the_server() {
     );
     bob.chats.stop("alice").await.unwrap();
     assert!(matches!(next_private(&mut alice.private).await, PrivateEvent::Closed { .. }));
+}
+
+type Wire = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A TCP relay between a private chat's two ends that keeps every byte it carries, and
+/// from `flip_after` bytes of the dialler's stream on, flips one bit of the next byte.
+struct ChatRelay {
+    addr: SocketAddr,
+    seen: Wire,
+}
+
+impl ChatRelay {
+    async fn start(target: SocketAddr, flip_after: Option<usize>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Wire::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((dialler, _)) = listener.accept().await {
+                tokio::spawn(carry(dialler, target, flip_after, record.clone()));
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn carry(dialler: TcpStream, target: SocketAddr, flip_after: Option<usize>, wire: Wire) {
+    use tokio::io::AsyncReadExt;
+    let listener_side = TcpStream::connect(target).await.unwrap();
+    let (mut from_a, mut to_a) = dialler.into_split();
+    let (mut from_b, mut to_b) = listener_side.into_split();
+    let back = wire.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65_536];
+        loop {
+            let n = match from_b.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            back.lock().unwrap().extend_from_slice(&buf[..n]);
+            if to_a.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_a.shutdown().await;
+    });
+    let (mut buf, mut carried, mut flipped) = (vec![0; 65_536], 0, false);
+    while let Ok(n) = from_a.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        wire.lock().unwrap().extend_from_slice(&buf[..n]);
+        if let Some(after) = flip_after.filter(|&a| !flipped && carried + n > a) {
+            buf[after.saturating_sub(carried).min(n - 1)] ^= 0x10;
+            flipped = true;
+        }
+        carried += n;
+        if to_b.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to_b.shutdown().await;
+}
+
+/// `a` asks `b` for a chat and connects through a relay towards `b`'s listener.
+async fn open_through_relay(
+    a: &mut Direct,
+    b: &mut Direct,
+    flip_after: Option<usize>,
+) -> ChatRelay {
+    session::request_private(&a.client, &a.chats, &b.name).await.unwrap();
+    assert!(matches!(next_non_presence(&mut b.events).await, Event::PrivateRequest { .. }));
+    session::accept_private(&b.client, &b.chats, &a.name).await.unwrap();
+    let intro = match next_non_presence(&mut a.events).await {
+        Event::PrivateAccepted(intro) => intro,
+        other => panic!("expected an acceptance, got {other:?}"),
+    };
+    let relay = ChatRelay::start(intro.addr, flip_after).await;
+    a.chats.connect(Introduction { addr: relay.addr, ..intro });
+    relay
+}
+
+#[tokio::test]
+async fn nothing_said_in_a_private_chat_crosses_the_wire_in_the_clear() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    let relay = open_through_relay(&mut alice, &mut bob, None).await;
+    assert_eq!(next_private(&mut alice.private).await, opened("bob"));
+    assert_eq!(next_private(&mut bob.private).await, opened("alice"));
+    let marker = "MARKER-the-plans-are-under-the-mat";
+    alice.chats.send("bob", marker).await.unwrap();
+    assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), marker.into()));
+    bob.chats.send("alice", "REPLY-understood").await.unwrap();
+    assert_eq!(next_private_message(&mut alice.private).await.1, "REPLY-understood");
+    let wire = relay.seen();
+    assert!(wire.len() > marker.len(), "the relay carried the chat");
+    for secret in [marker.as_bytes(), b"REPLY-understood".as_slice()] {
+        assert!(!wire.windows(secret.len()).any(|w| w == secret), "{secret:?} in the clear");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_chat_frame_altered_on_the_way_ends_the_chat() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    // The handshake passes untouched; a bit of the first message after it is flipped.
+    let relay = open_through_relay(&mut alice, &mut bob, Some(400)).await;
+    assert_eq!(next_private(&mut alice.private).await, opened("bob"));
+    assert_eq!(next_private(&mut bob.private).await, opened("alice"));
+    let handshake = relay.seen().len();
+    assert!(handshake < 400, "the handshake took {handshake} bytes; flip later");
+    alice.chats.send("bob", &"x".repeat(600)).await.unwrap();
+    match next_private(&mut bob.private).await {
+        PrivateEvent::Closed { peer, reason } => {
+            assert_eq!(peer, "alice");
+            assert_eq!(reason, CloseReason::Broken, "a frame that does not open is a broken peer");
+        }
+        other => panic!("the altered message was taken: {other:?}"),
+    }
+    server.stop().await;
 }
