@@ -12,8 +12,9 @@
 # loss dropped by nftables in both directions; a 100 Mbit/s tbf limit, with a quarter of
 # the file; jumbo frames; a chunk ceiling far above the MTU). Each figure is the median of
 # RUNS runs, file to file: Confab's from the receiver's acceptance until the file is
-# SHA-256 checked and in place, socat's from its start until the receiver exits; the CPU %
-# of each side is its last run's (GNU time), to show whether it was the bottleneck.
+# SHA-256 checked and in place, socat's (128 KiB blocks) from its start until the receiver
+# exits; senders pinned to core 0, receivers to core 1; the CPU % of each side is its last
+# run's (GNU time), to show whether it was the bottleneck.
 #
 # sharing: the 100 Mbit/s tbf shared by four transfers at once (started together, then
 # 1 s apart), and by one transfer and one TCP flow (with a 50 ms and a 5 ms buffer); each
@@ -99,17 +100,23 @@ run_in() {
 
 # Prefix that writes a command's CPU % (user + system over elapsed) to the file after it.
 TIMED=(/usr/bin/time -f %P -o)
+# Senders run on core 0 and receivers on core 1, so that neither side of either system
+# takes the other's core. socat moves 128 KiB per call: its default of 8 KiB makes TCP
+# look several times slower under loss than it is.
+SEND_CORE=(taskset -c 0)
+RECV_CORE=(taskset -c 1)
+SOCAT=(socat -u -b 131072)
 
 # One Confab transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
 confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   rm -rf "$WORK/recv" && mkdir "$WORK/recv"
-  run_in "$2" "${TIMED[@]}" "$WORK/cpu.recv" "$BENCH" recv --bind "$4:47301" --from "$3:47302" \
+  run_in "$2" "${RECV_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.recv" "$BENCH" recv --bind "$4:47301" --from "$3:47302" \
     --expect "$5" --dir "$WORK/recv" >"$WORK/recv.out" &
   local recv=$!
   sleep 0.2
   local chunk=()
   [ -n "${6:-}" ] && chunk=(--chunk-size "$6")
-  run_in "$1" "${TIMED[@]}" "$WORK/cpu.send" "$BENCH" send --bind "$3:47302" --to "$4:47301" \
+  run_in "$1" "${SEND_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.send" "$BENCH" send --bind "$3:47302" --to "$4:47301" \
     --file "$5" "${chunk[@]}" >"$WORK/send.out"
   wait $recv || { echo "the receiver failed" >&2; exit 1; }
   cmp -s "$5" "$WORK/recv/sender_$(basename "$5")" || { echo "corrupt" >&2; exit 1; }
@@ -120,13 +127,13 @@ confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
 # One socat transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
 tcp_once() { # NS_A NS_B ADDR_B FILE
   rm -f "$WORK/tcp.out"
-  run_in "$2" "${TIMED[@]}" "$WORK/cpu.recv" socat -u TCP-LISTEN:47310,reuseaddr \
+  run_in "$2" "${RECV_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.recv" "${SOCAT[@]}" TCP-LISTEN:47310,reuseaddr \
     OPEN:"$WORK/tcp.out",creat,trunc &
   local recv=$!
   sleep 0.2
   local start end
   start=$(date +%s%N)
-  run_in "$1" "${TIMED[@]}" "$WORK/cpu.send" socat -u OPEN:"$4" TCP:"$3":47310
+  run_in "$1" "${SEND_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.send" "${SOCAT[@]}" OPEN:"$4" TCP:"$3":47310
   wait $recv
   end=$(date +%s%N)
   cmp -s "$4" "$WORK/tcp.out" || { echo "corrupt" >&2; exit 1; }
@@ -237,7 +244,7 @@ versus_tcp() { # LATENCY FIRST
   make_link
   add_rate_limit 100mbit "$1"
   mkdir -p "$WORK/vs"
-  ip netns exec cfbB socat -u TCP-LISTEN:47310,reuseaddr OPEN:"$WORK/vs/tcp.out",creat &
+  ip netns exec cfbB "${SOCAT[@]}" TCP-LISTEN:47310,reuseaddr OPEN:"$WORK/vs/tcp.out",creat &
   local pids=($!)
   ip netns exec cfbB "$BENCH" recv --bind 10.77.0.2:47301 --from 10.77.0.1:47401 \
     --expect "$WORK/file.bin" --dir "$WORK/vs" >/dev/null &
@@ -247,7 +254,7 @@ versus_tcp() { # LATENCY FIRST
   [ "$2" = confab ] && order=(confab tcp)
   for who in "${order[@]}"; do
     if [ "$who" = tcp ]; then
-      ip netns exec cfbA socat -u OPEN:"$WORK/file.bin" TCP:10.77.0.2:47310 2>/dev/null &
+      ip netns exec cfbA "${SOCAT[@]}" OPEN:"$WORK/file.bin" TCP:10.77.0.2:47310 2>/dev/null &
     else
       ip netns exec cfbA "$BENCH" send --bind 10.77.0.1:47401 --to 10.77.0.2:47301 \
         --file "$WORK/file.bin" >/dev/null &
