@@ -524,8 +524,6 @@ async fn a_private_chat_outlives_the_server() {
     assert!(matches!(next_private(&mut alice.private).await, PrivateEvent::Closed { .. }));
 }
 
-type Wire = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
-
 /// A TCP relay between a private chat's two ends that keeps every byte it carries, and
 /// from `flip_after` bytes of the dialler's stream on, flips one bit of the next byte.
 struct ChatRelay {
@@ -553,41 +551,18 @@ impl ChatRelay {
 }
 
 async fn carry(dialler: TcpStream, target: SocketAddr, flip_after: Option<usize>, wire: Wire) {
-    use tokio::io::AsyncReadExt;
     let listener_side = TcpStream::connect(target).await.unwrap();
-    let (mut from_a, mut to_a) = dialler.into_split();
-    let (mut from_b, mut to_b) = listener_side.into_split();
-    let back = wire.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0; 65_536];
-        loop {
-            let n = match from_b.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            back.lock().unwrap().extend_from_slice(&buf[..n]);
-            if to_a.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = to_a.shutdown().await;
-    });
-    let (mut buf, mut carried, mut flipped) = (vec![0; 65_536], 0, false);
-    while let Ok(n) = from_a.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        wire.lock().unwrap().extend_from_slice(&buf[..n]);
-        if let Some(after) = flip_after.filter(|&a| !flipped && carried + n > a) {
-            buf[after.saturating_sub(carried).min(n - 1)] ^= 0x10;
+    let (from_a, to_a) = dialler.into_split();
+    let (from_b, to_b) = listener_side.into_split();
+    tokio::spawn(pipe(from_b, to_a, wire.clone(), |_, _| {}));
+    let mut flipped = false;
+    pipe(from_a, to_b, wire, |carried, read| {
+        if let Some(after) = flip_after.filter(|&a| !flipped && carried + read.len() > a) {
+            read[after.saturating_sub(carried).min(read.len() - 1)] ^= 0x10;
             flipped = true;
         }
-        carried += n;
-        if to_b.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to_b.shutdown().await;
+    })
+    .await;
 }
 
 /// `a` asks `b` for a chat and connects through a relay towards `b`'s listener.

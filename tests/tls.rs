@@ -19,7 +19,7 @@ use confab::protocol::{
 };
 use confab::server::Config;
 use confab::tls::{Fingerprint, ServerIdentity};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -74,8 +74,8 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(target).await else { continue };
                 let (client_rx, client_tx) = client.into_split();
                 let (server_rx, server_tx) = server.into_split();
-                tokio::spawn(pipe(client_rx, server_tx, to_server.clone()));
-                tokio::spawn(pipe(server_rx, client_tx, to_client.clone()));
+                tokio::spawn(pipe(client_rx, server_tx, to_server.clone(), |_, _| {}));
+                tokio::spawn(pipe(server_rx, client_tx, to_client.clone(), |_, _| {}));
             }
         });
         proxy
@@ -89,25 +89,6 @@ impl Proxy {
     fn captured(&self) -> (Vec<u8>, Vec<u8>) {
         (self.to_server.lock().unwrap().clone(), self.to_client.lock().unwrap().clone())
     }
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    record: Arc<Mutex<Vec<u8>>>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        record.lock().unwrap().extend_from_slice(&buf[..n]);
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -282,3 +282,32 @@ pub fn private_code<T: std::fmt::Debug>(result: Result<T, CommandError>) -> Erro
         other => panic!("expected a server error, got {other:?}"),
     }
 }
+
+/// Bytes a test relay has carried in one direction.
+pub type Wire = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Copies `from` to `to` until either end closes, keeping every byte in `record`; `alter`
+/// may change each read (given the bytes carried before it) after it is recorded and
+/// before it is passed on. Shuts `to` down at the end.
+pub async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    record: Wire,
+    mut alter: impl FnMut(usize, &mut [u8]),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut buf, mut carried) = (vec![0u8; 64 * 1024], 0);
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        record.lock().unwrap().extend_from_slice(&buf[..n]);
+        alter(carried, &mut buf[..n]);
+        carried += n;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
