@@ -35,10 +35,30 @@ pub enum FileError {
     /// The server introduced the receiver with a key other than the one the user verified.
     #[error(
         "WARNING: the key the server gave for {0} is not the one you verified, so the file \
-         was not sent (someone may be in the middle); if {0} has a new key, compare safety \
-         codes in a private chat first (/startprivate {0}, then /verify {0})"
+         was not sent (someone may be in the middle); {hint}",
+        hint = reverify_hint(.0)
     )]
     KeyChanged(String),
+    /// An offer came with a key other than the one the user verified for its sender.
+    #[error(
+        "WARNING: {from}'s offer of {name} came with a key that is not the one you verified, \
+         so it was refused (someone may be in the middle); {hint}",
+        hint = reverify_hint(from)
+    )]
+    OfferKeyChanged {
+        /// The sender, sanitized.
+        from: String,
+        /// The file's name, sanitized.
+        name: String,
+    },
+}
+
+/// What to do when a peer's key is not the verified one.
+fn reverify_hint(peer: &str) -> String {
+    format!(
+        "if {peer} has a new key, compare safety codes in a private chat first \
+         (/startprivate {peer}, then /verify {peer})"
+    )
 }
 
 /// Whether a file may go to or come from `peer`, introduced with `key`: not if the user

@@ -724,15 +724,11 @@ impl Driver {
             }
             Event::FileOffer { from, name, size } => {
                 if files::key_changed(&self.config.pins, &from.peer, &from.key) {
-                    let peer = format::sanitize(&from.peer);
-                    let warning = format!(
-                        "WARNING: {peer}'s offer of {} came with a key that is not the one you \
-                         verified, so it was refused (someone may be in the middle); if {peer} \
-                         has a new key, compare safety codes in a private chat first \
-                         (/startprivate {peer}, then /verify {peer})",
-                        format::sanitize(name)
-                    );
-                    self.emit(SessionEvent::Error(warning)).await;
+                    let refused = files::FileError::OfferKeyChanged {
+                        from: format::sanitize(&from.peer).into_owned(),
+                        name: format::sanitize(name).into_owned(),
+                    };
+                    self.emit(SessionEvent::Error(refused.to_string())).await;
                     return None;
                 }
                 self.transfers.expect(IncomingFile::new(from, name, *size));

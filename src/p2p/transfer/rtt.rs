@@ -17,12 +17,12 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 /// The timeout before any sample, as RFC 6298 (2.1) sets it.
 const INITIAL_RTO: Duration = Duration::from_secs(1);
 
-/// Smoothed RTT, its variation, the smallest RTT seen and the retransmission timeout.
+/// Smoothed RTT, its variation and the retransmission timeout. (The min RTT is the
+/// congestion model's, which measures it again in `ProbeRtt`.)
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
-    min_rtt: Option<Duration>,
     backoff: u32,
     min_rto: Duration,
     max_rto: Duration,
@@ -31,7 +31,7 @@ pub struct RttEstimator {
 impl RttEstimator {
     /// An estimator with no samples whose timeout stays within `[min_rto, max_rto]`.
     pub fn new(min_rto: Duration, max_rto: Duration) -> Self {
-        Self { srtt: None, rttvar: Duration::ZERO, min_rtt: None, backoff: 0, min_rto, max_rto }
+        Self { srtt: None, rttvar: Duration::ZERO, backoff: 0, min_rto, max_rto }
     }
 
     /// Takes one RTT measurement (RFC 6298, 2.2 and 2.3) and resets the backoff.
@@ -47,7 +47,6 @@ impl RttEstimator {
                 self.srtt = Some((srtt * 7 + rtt) / 8);
             }
         }
-        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         self.backoff = 0;
     }
 
@@ -70,11 +69,6 @@ impl RttEstimator {
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
     }
-
-    /// The smallest RTT sampled so far.
-    pub fn min_rtt(&self) -> Option<Duration> {
-        self.min_rtt
-    }
 }
 
 #[cfg(test)]
@@ -96,7 +90,6 @@ mod tests {
         // RTTVAR = 3/4 * 50 + 1/4 * 100 = 62.5; SRTT = 7/8 * 100 + 1/8 * 200 = 112.5.
         assert_eq!(rtt.srtt(), Some(Duration::from_micros(112_500)));
         assert_eq!(rtt.rto(), Duration::from_micros(112_500 + 250_000));
-        assert_eq!(rtt.min_rtt(), Some(ms(100)));
     }
 
     #[test]

@@ -208,7 +208,8 @@ impl Sender {
     ) -> Self {
         let max_chunk = u64::from(config.chunk_size.clamp(1, wire::MAX_CHUNK_SIZE));
         let search = Search::new(ip_header, max_chunk as usize + DATA_OVERHEAD);
-        let chunk = (search.current() - DATA_OVERHEAD) as u64;
+        let datagram = search.current();
+        let chunk = (datagram - DATA_OVERHEAD) as u64;
         Self {
             name: name.to_owned(),
             size,
@@ -232,11 +233,7 @@ impl Sender {
             in_flight: 0,
             window: 1,
             rtt: RttEstimator::new(config.min_rto, config.max_rto),
-            cc: Congestion::new(
-                chunk as usize + DATA_OVERHEAD,
-                now,
-                config.probe_rtt_epoch.unwrap_or(now),
-            ),
+            cc: Congestion::new(datagram, now, config.probe_rtt_epoch.unwrap_or(now)),
             delivered: 0,
             delivered_time: now,
             first_sent_time: now,
