@@ -109,6 +109,11 @@ fn introduce_via(
     from.transfers.send(&intro(to, to_addr), file).unwrap()
 }
 
+/// The names of the files in `dir`.
+fn files_in(dir: &Path) -> impl Iterator<Item = String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap())
+}
+
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut data = vec![0; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
@@ -144,11 +149,7 @@ async fn files_of_awkward_sizes_arrive_byte_identical() {
         assert!(std::fs::read(&saved).unwrap() == data, "{size} bytes arrived intact");
     }
     // No part files are left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(bob.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".part"))
-        .collect();
+    let leftovers: Vec<_> = files_in(bob.dir.path()).filter(|n| n.ends_with(".part")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -586,9 +587,6 @@ async fn accepting_an_offer_whose_sender_has_gone_fails_soon_and_leaves_no_part_
     drop(alice);
     bob.transfers.accept(id);
     assert_eq!(bob.until_failure().await, TransferError::PeerSilent);
-    let leftovers: Vec<_> = std::fs::read_dir(bob.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let leftovers: Vec<_> = files_in(bob.dir.path()).collect();
     assert!(leftovers.is_empty(), "an accept that got nothing leaves nothing: {leftovers:?}");
 }

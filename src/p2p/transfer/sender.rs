@@ -354,7 +354,6 @@ impl Sender {
             }
             Phase::Sending => {
                 if let Some(size) = self.search.poll_probe(now, self.rtt.rto()) {
-                    self.stats.probes += 1;
                     wire::encode(&Packet::Probe { size: size as u16 }, out);
                     return true;
                 }
@@ -452,7 +451,11 @@ impl Sender {
 
     /// Counters of what was sent.
     pub fn stats(&self) -> SenderStats {
-        SenderStats { chunk_size: self.chunk as u32, ..self.stats }
+        SenderStats {
+            chunk_size: self.chunk as u32,
+            probes: self.search.probes_sent(),
+            ..self.stats
+        }
     }
 
     /// Cuts new chunks to the datagram size the path MTU search allows now.
