@@ -12,6 +12,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// How long a test waits for a binary to print or do something.
 pub const PATIENCE: Duration = Duration::from_secs(15);
+/// The built binaries.
+pub const SERVER: &str = env!("CARGO_BIN_EXE_confab-server");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_confab");
 /// The demo accounts the server binary imports.
 pub const CREDENTIALS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/credentials.txt");
 
@@ -87,7 +90,7 @@ pub async fn start_server_with(db: &Path, extra: &[&str]) -> (Proc, String) {
 
 /// Starts the server binary on `listen` (again on the address an earlier one had, say).
 pub async fn start_server_at(db: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab-server"));
+    let mut cmd = Command::new(SERVER);
     // TLS end to end is tests/tls.rs's; these are about what the client does.
     cmd.args(["--plaintext", "--listen", listen, "--credentials", CREDENTIALS, "--db"]).arg(db);
     cmd.args(extra);
@@ -113,8 +116,32 @@ pub fn client(addr: &str, user: &str, password: &str) -> Proc {
 }
 
 pub fn client_with(addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
-    cmd.args(["--plain", "--plaintext", "--server", addr, "--user", user]);
+    let mut cmd = Command::new(CLIENT);
+    cmd.arg("--plaintext");
+    client_by(cmd, addr, user, password, extra)
+}
+
+/// Starts the server binary with TLS through `cmd`, a [`SERVER`] command that may wrap it
+/// (`Lab::command`, in a namespace); returns it, its address and the fingerprint of the
+/// certificate it made next to `db` (printed before the address).
+pub async fn start_tls_server_by(
+    mut cmd: Command,
+    db: &Path,
+    listen: &str,
+) -> (Proc, String, String) {
+    cmd.args(["--listen", listen, "--credentials", CREDENTIALS, "--db"]).arg(db);
+    let mut server = Proc::spawn(cmd);
+    let line = server.expect("confab-server certificate ").await;
+    let fingerprint = line.rsplit(' ').next().unwrap().to_owned();
+    let line = server.expect("listening on").await;
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    (server, addr, fingerprint)
+}
+
+/// A `confab --plain` client started through `cmd`, a [`CLIENT`] command that may wrap it
+/// (`Lab::command`, in a namespace), as `user` against `addr`.
+pub fn client_by(mut cmd: Command, addr: &str, user: &str, password: &str, extra: &[&str]) -> Proc {
+    cmd.args(["--plain", "--server", addr, "--user", user]);
     cmd.env("CONFAB_PASSWORD", password);
     cmd.args(extra);
     Proc::spawn(cmd)

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binaries;
+pub mod lab;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,190 @@
+//! The network lab (tests/common/lab.rs): each NAT kind maps and filters as it is named,
+//! and the binaries work across it. Skipped without root, ip, nft and socat.
+
+mod common;
+
+use std::net::SocketAddrV4;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::binaries::{self, Proc, PATIENCE};
+use common::lab::{Host, Lab, Nat};
+use tokio::time::{timeout, Instant};
+
+/// Where the public hosts' UDP echoes listen.
+const ECHO_PORT: u16 = 9000;
+/// The port a client sends from (and a forward points at).
+const CLIENT_PORT: u16 = 40000;
+/// A port no client ever sent to: the unsolicited datagrams come from it.
+const KNOCK_PORT: u16 = 9002;
+
+#[tokio::test]
+async fn the_lab_builds_the_nat_kinds_it_names() {
+    let Some(mut lab) = Lab::new("kinds") else { return };
+    if !has_socat() {
+        return;
+    }
+    let (public, stranger) = (lab.add_public_client(), lab.add_public_client());
+    let server = SocketAddrV4::new(lab.server_ip(), ECHO_PORT);
+    let other = SocketAddrV4::new(public.ip, ECHO_PORT);
+    let _echoes = [echo(&lab, lab.server_ns()), echo(&lab, &public.ns)];
+
+    // (kind, keeps the client's port for both destinations, lets the unsolicited one in)
+    let kinds = [
+        (Nat::Cone, true, true),
+        (Nat::PortRestricted, true, false),
+        (Nat::Symmetric, false, false),
+        (Nat::Forwarded { tcp: CLIENT_PORT, udp: CLIENT_PORT }, true, true),
+    ];
+    for (nat, preserving, open) in kinds {
+        let home = lab.add_home(nat);
+        let client = lab.add_client(home);
+        let router = lab.router(home).ip;
+
+        // The mapping as each public host sees it, from the same client port.
+        let mut to_other = udp(&lab, &client, other);
+        let (seen_by_other, _) = ask(&mut to_other).await;
+        to_other.child.kill().await.unwrap(); // frees the port; the mapping stays
+        let mut to_server = udp(&lab, &client, server);
+        let (seen_by_server, _) = ask(&mut to_server).await;
+        assert_eq!(*seen_by_server.ip(), router, "{nat:?}");
+        assert_eq!(*seen_by_other.ip(), router, "{nat:?}");
+        if preserving {
+            assert_eq!(seen_by_server.port(), CLIENT_PORT, "{nat:?} keeps the port");
+            assert_eq!(seen_by_other.port(), CLIENT_PORT, "{nat:?} keeps the port");
+        } else {
+            assert_ne!(seen_by_server.port(), seen_by_other.port(), "{nat:?} maps per destination");
+        }
+
+        // Datagrams to the server's mapping from a port of the server the client never sent
+        // to, and from a host it never sent to. Whether they came is told by the lines
+        // before the answer to a question the client asks after they were sent.
+        let knock = SocketAddrV4::new(router, seen_by_server.port());
+        send_unsolicited(&lab, lab.server_ns(), "knock", knock).await;
+        send_unsolicited(&lab, &stranger.ns, "stranger", knock).await;
+        let (_, before) = ask(&mut to_server).await;
+        eprintln!("{nat:?}: mapped to {seen_by_other} and {seen_by_server}; then came {before:?}");
+        let came = |what: &str| before.iter().any(|line| line == what);
+        assert_eq!(came("knock"), open, "{nat:?}: came first: {before:?}");
+        assert_eq!(came("stranger"), open, "{nat:?}: came first: {before:?}");
+
+        if let Nat::Forwarded { tcp, .. } = nat {
+            let forward = SocketAddrV4::new(router, tcp);
+            assert_eq!(tcp_hello(&lab, &client, &public, forward).await, "hello from the client");
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_clients_in_two_homes_reach_the_server_binary() {
+    let Some(mut lab) = Lab::new("binaries") else { return };
+    let homes = [lab.add_home(Nat::PortRestricted), lab.add_home(Nat::PortRestricted)];
+    let (alice_host, bob_host) = (lab.add_client(homes[0]), lab.add_client(homes[1]));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("server")).unwrap();
+    let db = dir.path().join("server").join("confab.db");
+    let listen = format!("{}:4000", lab.server_ip());
+    let server = lab.command(lab.server_ns(), binaries::SERVER);
+    let (_server, addr, fingerprint) = binaries::start_tls_server_by(server, &db, &listen).await;
+
+    let client = |host: &Host, user: &str, password: &str| {
+        let data = dir.path().join(user);
+        let data = data.to_str().unwrap();
+        let cmd = lab.command(&host.ns, binaries::CLIENT);
+        let extra = ["--data-dir", data, "--fingerprint", &fingerprint];
+        binaries::client_by(cmd, &addr, user, password, &extra)
+    };
+    let mut bob = client(&bob_host, "bob", "builder");
+    bob.expect("logged in as bob").await;
+    let mut alice = client(&alice_host, "alice", "wonderland");
+    alice.expect("logged in as alice").await;
+    bob.expect("* alice logged in").await;
+    alice.send("/msg bob hello across two NATs").await;
+    alice.expect("sent to bob").await;
+    bob.expect("alice: hello across two NATs").await;
+}
+
+/// Whether socat is here (saying so when it is not).
+fn has_socat() -> bool {
+    let found = std::process::Command::new("socat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipping: needs socat");
+    }
+    found
+}
+
+/// A UDP echo on [`ECHO_PORT`] in `ns` that answers each datagram ("TAG") with the
+/// address it came from ("TAG IP PORT"): what a STUN server tells.
+fn echo(lab: &Lab, ns: &str) -> Proc {
+    let mut cmd = lab.command(ns, "socat");
+    cmd.arg(format!("UDP-RECVFROM:{ECHO_PORT},fork"));
+    cmd.arg("SYSTEM:read tag; echo $tag $SOCAT_PEERADDR $SOCAT_PEERPORT");
+    Proc::spawn(cmd)
+}
+
+/// A UDP socket on [`CLIENT_PORT`] in `host`: each line sent to it goes to `to` as a
+/// datagram, and each datagram from anyone comes out as a line.
+fn udp(lab: &Lab, host: &Host, to: SocketAddrV4) -> Proc {
+    let mut cmd = lab.command(&host.ns, "socat");
+    cmd.arg("-").arg(format!("UDP-DATAGRAM:{to},bind=:{CLIENT_PORT}"));
+    Proc::spawn(cmd)
+}
+
+/// The client's public address, as the echo at the other end of `socket` tells it, and
+/// every other line `socket` gave before that answer.
+async fn ask(socket: &mut Proc) -> (SocketAddrV4, Vec<String>) {
+    static ASKED: AtomicU32 = AtomicU32::new(0);
+    let tag = format!("ask{}", ASKED.fetch_add(1, Ordering::Relaxed));
+    let mut others = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    // Asks again every 100 ms: the echo may not be listening yet. next_line is
+    // cancel-safe: a line cut short by the timeout is read whole by the next call.
+    while Instant::now() < deadline {
+        socket.send(&tag).await;
+        while let Ok(line) = timeout(Duration::from_millis(100), socket.stdout.next_line()).await {
+            let line = line.unwrap().expect("socat's output ended");
+            let Some(addr) = line.strip_prefix(&tag).and_then(|rest| rest.strip_prefix(' ')) else {
+                others.push(line);
+                continue;
+            };
+            let (ip, port) = addr.split_once(' ').expect("the echo tells IP and port");
+            return (SocketAddrV4::new(ip.parse().unwrap(), port.parse().unwrap()), others);
+        }
+    }
+    panic!("no answer from the echo within {PATIENCE:?}");
+}
+
+/// Sends the datagram `text` to `to` from [`KNOCK_PORT`] in namespace `ns`.
+async fn send_unsolicited(lab: &Lab, ns: &str, text: &str, to: SocketAddrV4) {
+    let mut cmd = lab.command(ns, "socat");
+    cmd.args(["-u", &format!("SYSTEM:echo {text}")])
+        .arg(format!("UDP-DATAGRAM:{to},bind=:{KNOCK_PORT}"));
+    let status = timeout(PATIENCE, cmd.kill_on_drop(true).status()).await.expect("socat ends");
+    assert!(status.unwrap().success());
+}
+
+/// What `from` reads over TCP from `to`, which a listener in `client` answers (connecting
+/// again until the listener is up).
+async fn tcp_hello(lab: &Lab, client: &Host, from: &Host, to: SocketAddrV4) -> String {
+    let mut listener = lab.command(&client.ns, "socat");
+    listener
+        .arg(format!("TCP-LISTEN:{},reuseaddr", to.port()))
+        .arg("SYSTEM:echo hello from the client");
+    let _listener = Proc::spawn(listener);
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let mut cmd = lab.command(&from.ns, "socat");
+        cmd.args(["-u", "-T", "1"]).arg(format!("TCP:{to}")).arg("-").kill_on_drop(true);
+        let out = timeout(PATIENCE, cmd.output()).await.expect("socat ends").unwrap();
+        if out.status.success() && !out.stdout.is_empty() {
+            return String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // refused: not listening yet
+    }
+    panic!("no TCP answer from {to} within {PATIENCE:?}");
+}
