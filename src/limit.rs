@@ -72,6 +72,11 @@ impl TokenBucket {
         Ok(())
     }
 
+    /// Whether a token could be taken at `now` (nothing is taken).
+    pub fn can_take(&self, now: Instant) -> bool {
+        self.full_at.max(now) - now <= self.tolerance
+    }
+
     /// Whether the bucket has refilled completely by `now`, so forgetting it loses nothing.
     pub fn is_full(&self, now: Instant) -> bool {
         self.full_at <= now

@@ -99,12 +99,8 @@ fn introduce_via(
     token: Token,
 ) -> Transfer {
     let file = OutgoingFile::open(path).unwrap();
-    let intro = |peer: &Side, addr| Introduction {
-        peer: peer.name.into(),
-        addr,
-        token,
-        key: peer.identity.public(),
-    };
+    let intro =
+        |peer: &Side, addr| Introduction::direct(peer.name, addr, token, peer.identity.public());
     to.transfers.expect(IncomingFile::new(&intro(from, from_addr), &file.name, file.size));
     from.transfers.send(&intro(to, to_addr), file).unwrap()
 }
@@ -423,12 +419,7 @@ async fn a_receiver_that_vanishes_mid_transfer_is_a_clear_error() {
     let bob_id = Identity::generate();
     let token = Token::random();
     let file = OutgoingFile::open(&path).unwrap();
-    let intro = Introduction {
-        peer: "bob".into(),
-        addr: bob.local_addr().unwrap(),
-        token,
-        key: bob_id.public(),
-    };
+    let intro = Introduction::direct("bob", bob.local_addr().unwrap(), token, bob_id.public());
     alice.transfers.send(&intro, file).unwrap();
     let mut buf = vec![0; 65_536];
     let (n, from) = bob.recv_from(&mut buf).unwrap();
@@ -566,12 +557,8 @@ async fn accepting_an_offer_whose_sender_has_gone_fails_soon_and_leaves_no_part_
     let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
     let alice_id = Identity::generate();
     let token = Token::random();
-    let alice_intro = Introduction {
-        peer: "alice".into(),
-        addr: alice.local_addr().unwrap(),
-        token,
-        key: alice_id.public(),
-    };
+    let alice_addr = alice.local_addr().unwrap();
+    let alice_intro = Introduction::direct("alice", alice_addr, token, alice_id.public());
     bob.transfers.expect(IncomingFile::new(&alice_intro, "clip.mp4", 500_000));
     let bob_key = bob.identity.public();
     let keys =

@@ -10,6 +10,7 @@ use confab::protocol::DEFAULT_MAX_FRAME;
 use confab::server::hub::log::Mailbox;
 use confab::server::limits::{AddrLimits, Cidr, Limit};
 use confab::server::rate::UserRates;
+use confab::server::rendezvous::RelayCaps;
 use confab::server::{self, credentials, fdlimit, Config};
 use confab::store::lock::DbLock;
 use confab::store::{SqliteStore, StoreHandle};
@@ -22,6 +23,16 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:4000")]
     listen: String,
+    /// UDP address for address discovery and the relay of direct links (NAT traversal).
+    /// Default: the TCP listener's address and port; `off` for none.
+    #[arg(long, env = "CONFAB_UDP_LISTEN")]
+    udp_listen: Option<String>,
+    /// Most a relayed link may carry, in Mbit/s (both ways together; 0: no cap).
+    #[arg(long, env = "CONFAB_RELAY_LINK_MBIT", default_value_t = 100)]
+    relay_link_mbit: u64,
+    /// Most one user's relayed links may carry together, in Mbit/s (0: no cap).
+    #[arg(long, env = "CONFAB_RELAY_USER_MBIT", default_value_t = 200)]
+    relay_user_mbit: u64,
     /// SQLite database file (`:memory:` for a throwaway one). Default: the user's data dir.
     #[arg(long, env = "CONFAB_DB")]
     db: Option<PathBuf>,
@@ -237,6 +248,10 @@ fn main() -> anyhow::Result<()> {
         retention: args.retention_days,
         text_logs: args.text_logs.clone(),
         tls: tls.clone(),
+        relay: RelayCaps {
+            link: args.relay_link_mbit.saturating_mul(125_000),
+            user: args.relay_user_mbit.saturating_mul(125_000),
+        },
         ..Config::default()
     };
 
@@ -271,9 +286,26 @@ fn main() -> anyhow::Result<()> {
             }
             None => tracing::warn!("serving plaintext (--plaintext): loopback only"),
         }
+        let udp = match args.udp_listen.as_deref() {
+            Some("off") => None,
+            Some(udp) => Some(
+                tokio::net::UdpSocket::bind(udp)
+                    .await
+                    .with_context(|| format!("cannot listen on UDP {udp}"))?,
+            ),
+            None => Some(
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on UDP {addr} (--udp-listen)"))?,
+            ),
+        };
+        if let Some(udp) = &udp {
+            tracing::info!("address discovery and relay on UDP {}", udp.local_addr()?);
+        }
         // Scripts and tests read this line to learn the port (with --listen 127.0.0.1:0).
         println!("confab-server listening on {addr}");
-        server::run(listener, StoreHandle::spawn(store), config, shutdown_signal()).await?;
+        let listeners = server::Listeners { tcp: listener, udp };
+        server::run(listeners, StoreHandle::spawn(store), config, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -97,8 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let socket = UdpSocket::bind(bind)?;
             let transfers = Transfers::start(socket, "receiver", receiver_id, config, on_event)?;
-            let intro =
-                Introduction { peer: "sender".into(), addr: *from, token, key: sender_id.public() };
+            let intro = Introduction::direct("sender", *from, token, sender_id.public());
             transfers.expect(IncomingFile::new(&intro, &file.name, file.size));
             (transfers, "received")
         }
@@ -106,12 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let sender = SenderConfig { chunk_size: *chunk_size, ..Default::default() };
             let config = TransferConfig { sender, ..Default::default() };
             let socket = UdpSocket::bind(bind)?;
-            let intro = Introduction {
-                peer: "receiver".into(),
-                addr: *to,
-                token,
-                key: receiver_id.public(),
-            };
+            let intro = Introduction::direct("receiver", *to, token, receiver_id.public());
             let transfers = Transfers::start(socket, "sender", sender_id, config, on_event)?;
             transfers.send(&intro, OutgoingFile::open(file)?)?;
             (transfers, "sent")

@@ -74,14 +74,14 @@ impl Connector {
         let socket = TcpStream::connect(&self.addr).await.map_err(ClientError::Connect)?;
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
         let local = socket.local_addr().map_err(ClientError::Connect)?;
+        let peer = socket.peer_addr().map_err(ClientError::Connect)?;
         let trust = match &self.security {
             Security::Tls(trust) => trust,
             Security::Plaintext => {
-                let peer = socket.peer_addr().map_err(ClientError::Connect)?;
                 if !peer.ip().to_canonical().is_loopback() {
                     return Err(TrustError::Plaintext(self.addr.clone()).into());
                 }
-                return Client::handshake(Either::Left(socket), local, None).await;
+                return Client::handshake(Either::Left(socket), (local, peer), None).await;
             }
         };
         let rule = match trust {
@@ -111,7 +111,7 @@ impl Connector {
         if let (Trusted::FirstUse(fingerprint), Trust::FirstUse(known)) = (&trusted, trust) {
             known.add(&self.addr, *fingerprint)?;
         }
-        Client::handshake(Either::Right(stream), local, Some(trusted)).await
+        Client::handshake(Either::Right(stream), (local, peer), Some(trusted)).await
     }
 
     /// The name the certificate is checked for: the host part of the address, or the

@@ -15,7 +15,7 @@ use chrono::{Local, TimeZone};
 use super::session::Connection;
 use super::LoginInfo;
 use crate::p2p::identity::PeerTrust;
-use crate::p2p::transfer::{Direction, TransferEvent};
+use crate::p2p::transfer::{Direction, Route, TransferEvent};
 use crate::p2p::{CloseReason, PrivateEvent};
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
@@ -118,6 +118,16 @@ pub fn event(event: &Event) -> String {
             sanitize(name),
             bytes(*size)
         ),
+        // The session carries these to the private chat they belong to; never shown.
+        Event::RelayedChat { .. } => String::new(),
+    }
+}
+
+/// How a link's bytes travel, in words: "directly" or "through the server's relay".
+pub fn way(route: &Route) -> &'static str {
+    match route {
+        Route::Direct(_) => "directly",
+        Route::Relay(_) => "through the server's relay (no direct path)",
     }
 }
 
@@ -149,30 +159,32 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
                 sanitize(&t.name)
             )
         }
-        TransferEvent::Started { transfer: t, resume_from } => {
+        TransferEvent::Started { transfer: t, resume_from, route } => {
             let resume = match resume_from {
                 0 => String::new(),
                 n => format!(", resuming after {}", bytes(*n)),
             };
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
+            let way = way(route);
             match t.direction {
-                Direction::Send => format!("* {peer} accepted {name}; sending{resume}"),
+                Direction::Send => format!("* {peer} accepted {name}; sending {way}{resume}"),
                 // "accepting" (typed, or --auto-accept) said it already, and may come after
                 // this event: a second line would only be out of order.
                 Direction::Receive if *resume_from == 0 => return None,
-                Direction::Receive => format!("* receiving {name} from {peer}{resume}"),
+                Direction::Receive => format!("* receiving {name} from {peer} {way}{resume}"),
             }
         }
         TransferEvent::Progress { .. } => return None,
         TransferEvent::Sent { transfer: t, .. } => {
             format!("{} has been uploaded to {}", sanitize(&t.name), sanitize(&t.peer))
         }
-        TransferEvent::Received { transfer: t, path } => format!(
-            "received {} from {} ({} bytes, sha256 ok), saved as {}",
+        TransferEvent::Received { transfer: t, path, route } => format!(
+            "received {} from {} ({} bytes, sha256 ok), saved as {}; it came {}",
             sanitize(&t.name),
             sanitize(&t.peer),
             t.size,
-            sanitize(&path.display().to_string())
+            sanitize(&path.display().to_string()),
+            way(route)
         ),
         TransferEvent::Failed { transfer: t, error } => {
             let (peer, name) = (sanitize(&t.peer), sanitize(&t.name));
@@ -874,7 +886,8 @@ mod tests {
 
     #[test]
     fn login_line_counts_waiting_messages() {
-        let info = LoginInfo { username: "bob".into(), created: false, offline_messages: 2 };
+        let info =
+            LoginInfo { username: "bob".into(), created: false, offline_messages: 2, udp: None };
         assert_eq!(login(&info), "logged in as bob; 2 messages arrived while you were away");
     }
 
@@ -907,8 +920,11 @@ mod tests {
         let progress =
             TransferEvent::Progress { id: 1, direction: Direction::Send, done: 1, total: 2 };
         assert_eq!(transfer(&progress), None, "progress is drawn, not printed");
-        let started =
-            |resume_from| TransferEvent::Started { transfer: t(Direction::Receive), resume_from };
+        let started = |resume_from| TransferEvent::Started {
+            transfer: t(Direction::Receive),
+            resume_from,
+            route: Route::Direct("192.0.2.1:1".parse().unwrap()),
+        };
         assert_eq!(transfer(&started(0)), None, "\"accepting\" said it");
         assert!(transfer(&started(5)).unwrap().ends_with("resuming after 5 B"));
         let offered = |accepting| TransferEvent::Offered {

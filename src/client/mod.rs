@@ -116,6 +116,8 @@ pub struct LoginInfo {
     pub created: bool,
     /// How many stored messages follow as events.
     pub offline_messages: u32,
+    /// The session's binding on the server's UDP endpoint (`None`: the server has none).
+    pub udp: Option<crate::protocol::UdpBinding>,
 }
 
 /// Where a group message went.
@@ -136,6 +138,7 @@ pub struct Client {
     server: String,
     limits: ServerLimits,
     local: SocketAddr,
+    peer: SocketAddr,
     acks: Arc<Acks>,
     trusted: Option<trust::Trusted>,
 }
@@ -223,13 +226,14 @@ impl Client {
     pub async fn connect_stream(socket: TcpStream) -> Result<(Client, Events), ClientError> {
         socket.set_nodelay(true).map_err(ClientError::Connect)?;
         let local = socket.local_addr().map_err(ClientError::Connect)?;
-        Self::handshake(Either::Left(socket), local, None).await
+        let peer = socket.peer_addr().map_err(ClientError::Connect)?;
+        Self::handshake(Either::Left(socket), (local, peer), None).await
     }
 
     /// Says hello on a connected (and secured) stream and starts the I/O task.
     async fn handshake(
         stream: Stream,
-        local: SocketAddr,
+        (local, peer): (SocketAddr, SocketAddr),
         trusted: Option<trust::Trusted>,
     ) -> Result<(Client, Events), ClientError> {
         let mut framed = Framed::new(stream, ClientCodec::new(MAX_SERVER_FRAME));
@@ -252,7 +256,7 @@ impl Client {
             max_message_chars: welcome.max_message_chars as usize,
         };
         let server = welcome.server;
-        let client = Client { requests, server, limits, local, acks: acks.clone(), trusted };
+        let client = Client { requests, server, limits, local, peer, acks: acks.clone(), trusted };
         Ok((client, Events { rx, acks }))
     }
 
@@ -283,6 +287,17 @@ impl Client {
         self.local
     }
 
+    /// The server's end of the connection.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Where the server's UDP endpoint is for a session bound with `binding`: the address
+    /// connected to, on the binding's port.
+    pub fn udp_endpoint(&self, binding: &crate::protocol::UdpBinding) -> SocketAddr {
+        SocketAddr::new(self.peer.ip(), binding.port)
+    }
+
     /// Sends any request and waits for its reply. A message without a send id gets a fresh
     /// random one.
     pub async fn request(&self, mut request: Request) -> Result<Reply, ClientError> {
@@ -311,8 +326,8 @@ impl Client {
     ) -> Result<LoginInfo, ClientError> {
         let req = Request::Login { username: username.into(), password: password.into(), direct };
         match self.request(req).await? {
-            Reply::LoggedIn { username, created, offline_messages } => {
-                Ok(LoginInfo { username, created, offline_messages })
+            Reply::LoggedIn { username, created, offline_messages, udp } => {
+                Ok(LoginInfo { username, created, offline_messages, udp: udp.map(|u| *u) })
             }
             other => Err(unexpected(other)),
         }
@@ -430,7 +445,7 @@ impl Client {
     /// connection will carry (see [`session::accept_private`]).
     pub async fn accept_private(&self, user: &str) -> Result<Introduction, ClientError> {
         match self.request(Request::AcceptPrivate { user: user.into() }).await? {
-            Reply::Introduced(intro) => Ok(intro),
+            Reply::Introduced(intro) => Ok(*intro),
             other => Err(unexpected(other)),
         }
     }
@@ -450,7 +465,7 @@ impl Client {
     ) -> Result<Introduction, ClientError> {
         let request = Request::SendFile { to: to.into(), name: name.into(), size };
         match self.request(request).await? {
-            Reply::Introduced(intro) => Ok(intro),
+            Reply::Introduced(intro) => Ok(*intro),
             other => Err(unexpected(other)),
         }
     }

@@ -51,6 +51,8 @@ pub struct DirectSockets {
     pub udp: UdpSocket,
     /// The ports picked (where 0 was asked for): TCP, UDP.
     ports: (u16, u16),
+    /// The address both are bound to.
+    ip: IpAddr,
 }
 
 /// A direct socket could not be bound.
@@ -88,13 +90,16 @@ impl DirectSockets {
         let udp_error = |source| BindError::Udp { addr, source };
         let udp = UdpSocket::bind(addr).await.map_err(udp_error)?;
         let udp_port = udp.local_addr().map_err(udp_error)?.port();
-        Ok(Self { tcp, udp, ports: (tcp_port, udp_port) })
+        Ok(Self { tcp, udp, ports: (tcp_port, udp_port), ip })
     }
 
-    /// What to announce at login: the ports (the ones picked, where 0 was asked for) and
-    /// the key of `identity`, which the links will be authenticated with.
+    /// What to announce at login: the ports (the ones picked, where 0 was asked for), the
+    /// address they are bound to (the server pairs the ports with the address it sees, a
+    /// NAT's if there is one, and tells peers both), and the key of `identity`, which the
+    /// links will be authenticated with.
     pub fn endpoint(&self, identity: &Identity) -> DirectEndpoint {
-        DirectEndpoint { tcp: self.ports.0, udp: self.ports.1, key: identity.public() }
+        let local = Some(self.ip).filter(|ip| !ip.is_unspecified());
+        DirectEndpoint { tcp: self.ports.0, udp: self.ports.1, key: identity.public(), local }
     }
 
     /// The private-chat listener's port.

@@ -14,7 +14,7 @@
 //! same way in one step: the sender gets the receiver's UDP address and a token, and the
 //! receiver an [`Event::FileOffer`] with the sender's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +30,12 @@ use serde::{Deserialize, Serialize};
 /// Version 6: a login announces the client's long-term [`PublicKey`] with its ports
 /// ([`DirectEndpoint`]), and every [`Introduction`] carries the peer's key: direct links are
 /// encrypted end to end (see [`super::peer`]).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: links through NAT. A login announces the client's local address
+/// ([`DirectEndpoint::local`]) and its reply names the session's UDP binding
+/// ([`UdpBinding`], see [`super::rendezvous`]); every [`Introduction`] carries the peer's
+/// other candidate addresses and the relay link to fall back on; chats can be relayed
+/// through the server ([`Request::RelayChat`], [`Event::RelayedChat`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A message's id in the server's log: unique and increasing in the order the server
 /// accepted messages. Every message a session receives has a larger id than the one before.
@@ -64,6 +69,16 @@ pub enum ClientMessage {
     Ack {
         /// The highest [`MessageId`] shown.
         up_to: MessageId,
+    },
+    /// Bytes of a private chat relayed through the server on `link` (no direct path was
+    /// found): already sealed end to end, passed to the link's other side as
+    /// [`Event::RelayedChat`], never answered. Dropped when the other side is gone.
+    RelayChat {
+        /// The introduction's link.
+        link: LinkId,
+        /// The chat's bytes, as they would cross a direct connection.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -235,6 +250,40 @@ pub struct DirectEndpoint {
     pub udp: u16,
     /// The client's identity key for direct links.
     pub key: PublicKey,
+    /// The address its sockets are bound to, when it is not the one the server sees (a
+    /// client behind a NAT): peers on the same network reach it there.
+    pub local: Option<IpAddr>,
+}
+
+/// The session's handle on the server's UDP endpoint ([`super::rendezvous`]), from its
+/// login reply.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpBinding {
+    /// The server's UDP port (on the address the client connected to).
+    pub port: u16,
+    /// The session's public binding id, named in every bind.
+    pub id: u64,
+    /// The secret that binds are signed with; it never travels in the clear.
+    pub secret: Token,
+}
+
+impl std::fmt::Debug for UdpBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UdpBinding {{ port: {}, id: {}, .. }}", self.port, self.id)
+    }
+}
+
+/// Names a relay link: the server forwards datagrams between the two clients of one
+/// introduction, and only them, by this id. Not secret (it travels in every relayed
+/// datagram); what the link carries is sealed end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkId(pub [u8; 16]);
+
+impl LinkId {
+    /// A fresh random link id.
+    pub fn random() -> Self {
+        LinkId(Token::random().0)
+    }
 }
 
 /// A client's long-term X25519 public key, which its direct links are authenticated with.
@@ -315,6 +364,38 @@ pub struct Introduction {
     /// The other side's identity key, as it announced it at login: the direct link's
     /// handshake proves that the peer holds it.
     pub key: PublicKey,
+    /// More addresses to try for the other side, best first: its reflexive address (its
+    /// NAT's public side, as the server's UDP endpoint saw it) and its local one. `addr`
+    /// is tried too.
+    pub candidates: Vec<SocketAddr>,
+    /// The relay link to fall back on when no address answers (`None`: the server relays
+    /// nothing, or one side has not bound its UDP socket).
+    pub relay: Option<LinkId>,
+}
+
+impl Introduction {
+    /// An introduction of `peer` at `addr` alone, with no relay to fall back on.
+    pub fn direct(peer: &str, addr: SocketAddr, token: Token, key: PublicKey) -> Self {
+        Introduction {
+            peer: peer.to_owned(),
+            addr,
+            token,
+            key,
+            candidates: Vec::new(),
+            relay: None,
+        }
+    }
+
+    /// Every address to try for the other side: `addr`, then the candidates, once each.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut all = vec![self.addr];
+        for candidate in &self.candidates {
+            if !all.contains(candidate) {
+                all.push(*candidate);
+            }
+        }
+        all
+    }
 }
 
 /// A successful answer to a [`Request`].
@@ -329,6 +410,9 @@ pub enum Reply {
         created: bool,
         /// How many messages are waiting (not yet acknowledged); they follow.
         offline_messages: u32,
+        /// The session's binding on the server's UDP endpoint (`None`: the server has none).
+        /// Boxed: it would double the size of every reply.
+        udp: Option<Box<UdpBinding>>,
     },
     /// A direct message was accepted.
     Sent {
@@ -403,7 +487,7 @@ pub enum Reply {
         messages: Vec<HistoryMessage>,
     },
     /// Answer to [`Request::AcceptPrivate`]: the requester, who will connect with the token.
-    Introduced(Introduction),
+    Introduced(Box<Introduction>),
 }
 
 /// A group you belong to, as listed by [`Request::Groups`].
@@ -568,12 +652,20 @@ pub enum Event {
     /// `from.peer` is about to send you a file straight over UDP: let in the offer that
     /// comes from `from.addr` with `from.token`.
     FileOffer {
-        /// The sender, its UDP address and the transfer's token.
-        from: Introduction,
+        /// The sender, its UDP addresses and the transfer's token.
+        from: Box<Introduction>,
         /// The file's name.
         name: String,
         /// Its size in bytes.
         size: u64,
+    },
+    /// Bytes of a private chat relayed by the other side of `link` ([`ClientMessage::RelayChat`]).
+    RelayedChat {
+        /// The introduction's link.
+        link: LinkId,
+        /// The chat's bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 

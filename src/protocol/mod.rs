@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod message;
 pub mod peer;
+pub mod rendezvous;
 
 pub use codec::{encode_frame, CodecError, FrameCodec, MalformedFrame, DEFAULT_MAX_FRAME};
 pub use message::*;
@@ -31,6 +32,8 @@ mod tests {
             addr: "192.0.2.7:4100".parse().unwrap(),
             token: Token([7; 16]),
             key: PublicKey([9; 32]),
+            candidates: vec!["10.0.0.7:4100".parse().unwrap()],
+            relay: Some(LinkId([4; 16])),
         }
     }
 
@@ -40,7 +43,12 @@ mod tests {
             Request::Login {
                 username: "alice".into(),
                 password: "pw".into(),
-                direct: Some(DirectEndpoint { tcp: 4100, udp: 4101, key: PublicKey([3; 32]) }),
+                direct: Some(DirectEndpoint {
+                    tcp: 4100,
+                    udp: 4101,
+                    key: PublicKey([3; 32]),
+                    local: Some("10.0.0.7".parse().unwrap()),
+                }),
             },
             Request::Msg { to: "bob".into(), text: "hi ünïcode ✓".into(), send_id: Some(7) },
             Request::Broadcast { text: "all".into() },
@@ -97,7 +105,18 @@ mod tests {
 
     fn replies() -> Vec<Reply> {
         let all = vec![
-            Reply::LoggedIn { username: "alice".into(), created: true, offline_messages: 3 },
+            Reply::LoggedIn {
+                username: "alice".into(),
+                created: true,
+                offline_messages: 3,
+                udp: None,
+            },
+            Reply::LoggedIn {
+                username: "alice".into(),
+                created: false,
+                offline_messages: 0,
+                udp: Some(Box::new(UdpBinding { port: 4000, id: 9, secret: Token([2; 16]) })),
+            },
             Reply::Sent { to: "bob".into(), delivery: Delivery::Online, sent_at: 1 },
             Reply::Sent { to: "bob".into(), delivery: Delivery::Stored, sent_at: 2 },
             Reply::Broadcasted { delivered: 4, skipped: 1 },
@@ -136,7 +155,7 @@ mod tests {
                     sent_at: 8,
                 }],
             },
-            Reply::Introduced(introduction()),
+            Reply::Introduced(Box::new(introduction())),
         ];
         for r in &all {
             match r {
@@ -207,8 +226,13 @@ mod tests {
                 all.push(Event::PrivateRequestEnded { peer: "bob".into(), outgoing, reason });
             }
         }
-        all.push(Event::FileOffer { from: introduction(), name: "clip.mp4".into(), size: 1 });
+        all.push(Event::FileOffer {
+            from: Box::new(introduction()),
+            name: "clip.mp4".into(),
+            size: 1,
+        });
         all.push(Event::Away { user: "bob".into(), message: "lunch".into() });
+        all.push(Event::RelayedChat { link: LinkId([4; 16]), data: vec![0, 0, 0, 1, 7] });
         for e in &all {
             match e {
                 Event::Message { .. }
@@ -223,7 +247,8 @@ mod tests {
                 | Event::PrivateRequestEnded { .. }
                 | Event::CaughtUp
                 | Event::Away { .. }
-                | Event::FileOffer { .. } => {}
+                | Event::FileOffer { .. }
+                | Event::RelayedChat { .. } => {}
             }
         }
         all

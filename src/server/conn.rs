@@ -23,8 +23,8 @@ use super::inbox::InboxReceiver;
 use super::tls::Transport;
 use super::Shared;
 use crate::protocol::{
-    codec, ClientMessage, CodecError, ErrorCode, ErrorReply, MalformedFrame, Reply, Request,
-    ServerCodec, ServerMessage,
+    codec, ClientMessage, CodecError, ErrorCode, ErrorReply, LinkId, MalformedFrame, Reply,
+    Request, ServerCodec, ServerMessage,
 };
 
 /// How long a goodbye may take to write before the connection is dropped anyway.
@@ -42,6 +42,8 @@ pub(super) enum Incoming {
     Request(u32, Request),
     /// The client has shown every message up to this id.
     Ack(u64),
+    /// Bytes of a private chat to relay on a link.
+    Relay(LinkId, Vec<u8>),
     /// A frame to answer with an error; the connection ends after it if `fatal`.
     Bad(ErrorReply, bool),
     /// A frame stayed incomplete for longer than the frame timeout.
@@ -272,6 +274,7 @@ pub(super) fn sort(read: Option<Read>) -> Incoming {
         None => Incoming::Closed,
         Some(Ok(Ok(ClientMessage::Request { id, body }))) => Incoming::Request(id, body),
         Some(Ok(Ok(ClientMessage::Ack { up_to }))) => Incoming::Ack(up_to),
+        Some(Ok(Ok(ClientMessage::RelayChat { link, data }))) => Incoming::Relay(link, data),
         Some(Ok(Ok(ClientMessage::Hello(_)))) => Incoming::Bad(
             ErrorReply::new(ErrorCode::HandshakeRequired, "hello was already said"),
             false,

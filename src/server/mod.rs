@@ -28,6 +28,7 @@ pub mod lockout;
 pub mod password;
 pub mod private;
 pub mod rate;
+pub mod rendezvous;
 mod session;
 pub mod textlog;
 mod tls;
@@ -37,7 +38,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,7 @@ use hub::Hub;
 use limits::{AddrLimits, AddrTable};
 use lockout::Lockout;
 use rate::UserRates;
+use rendezvous::{RelayCaps, Rendezvous};
 
 /// Server settings. `Default` gives the documented defaults of `confab-server`.
 #[derive(Debug, Clone)]
@@ -96,6 +98,8 @@ pub struct Config {
     pub text_logs: Option<std::path::PathBuf>,
     /// The certificate to serve TLS with; `None` serves plaintext (tests, benchmarks).
     pub tls: Option<crate::tls::ServerTls>,
+    /// The relay's bandwidth caps.
+    pub relay: RelayCaps,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             retention: None,
             text_logs: None,
             tls: None,
+            relay: RelayCaps::default(),
         }
     }
 }
@@ -146,6 +151,8 @@ pub(crate) struct Shared {
     addrs: Mutex<AddrTable>,
     /// Turns at password hashing, one per core, shared fairly between addresses.
     pub hashing: Hashing,
+    /// The UDP endpoint's bindings and relay links.
+    pub rendezvous: Arc<Rendezvous>,
 }
 
 impl Shared {
@@ -170,9 +177,35 @@ impl Drop for AddrSlot {
     }
 }
 
-/// Serves clients on `listener` until `shutdown` resolves, then shuts down gracefully.
+/// The sockets a server serves on: TCP for sessions and, beside it, UDP for address
+/// discovery and the relay ([`rendezvous`]).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client connections.
+    pub tcp: TcpListener,
+    /// The rendezvous endpoint; `None` serves without one (no NAT traversal, no relay of
+    /// transfers; chats are still relayed over TCP).
+    pub udp: Option<UdpSocket>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(tcp: TcpListener) -> Self {
+        Listeners { tcp, udp: None }
+    }
+}
+
+impl Listeners {
+    /// A TCP listener on `addr` and a UDP socket on the same address and port.
+    pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await?;
+        let udp = UdpSocket::bind(tcp.local_addr()?).await?;
+        Ok(Listeners { tcp, udp: Some(udp) })
+    }
+}
+
+/// Serves clients on `listeners` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     store: StoreHandle,
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -196,6 +229,7 @@ pub async fn run(
             })
         })
         .await?;
+    let Listeners { tcp: listener, udp } = listeners.into();
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(users = users.len(), %addr, last_id = start.last_id, "serving");
     let mut hub = Hub::new(users, blocks, members, start, config.mailbox, store.clone());
@@ -210,7 +244,10 @@ pub async fn run(
             "the descriptor limit holds the connections below --max-connections"
         );
     }
+    let udp_port = udp.as_ref().and_then(|u| u.local_addr().ok()).map_or(0, |a| a.port());
+    let rendezvous = Arc::new(Rendezvous::new(udp_port, config.relay));
     let shared = Arc::new(Shared {
+        rendezvous: rendezvous.clone(),
         lockout: Mutex::new(Lockout::new(config.max_failed_logins, config.lockout)),
         addrs: Mutex::new(AddrTable::new(config.addr_limits.clone())),
         hashing: Hashing::new(cores, config.hash_queue),
@@ -249,6 +286,7 @@ pub async fn run(
         let (shared, stop) = (shared.clone(), stop.clone());
         async move { shared.hub.pace_presence(stop).await }
     });
+    let udp = udp.map(|socket| tokio::spawn(rendezvous::serve(socket, rendezvous, stop.clone())));
     let mut accept_failures = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
@@ -296,6 +334,12 @@ pub async fn run(
     tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "some sessions did not finish in time");
+    }
+    if let Some(Err(e)) = match udp {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        tracing::error!("the UDP endpoint failed: {e}");
     }
     if let Err(e) = presence.await {
         tracing::error!("the presence task failed: {e}");

@@ -217,6 +217,7 @@ async fn unauthenticated(
                     tcp: SocketAddr::new(ip, endpoint.tcp),
                     udp: SocketAddr::new(ip, endpoint.udp),
                     key: endpoint.key,
+                    local: endpoint.local.map(|ip| ip.to_canonical()).filter(|local| *local != ip),
                 });
                 match cmd::login::run(shared, ip, username, password, direct).await {
                     Ok(mut me) => {
@@ -244,7 +245,8 @@ async fn unauthenticated(
             }
             // Nothing was sent yet, so there is nothing to acknowledge.
             Incoming::Ack(_) => {}
-            Incoming::Request(id, _) => {
+            Incoming::Request(_, _) | Incoming::Relay(..) => {
+                let id = if let Incoming::Request(id, _) = incoming { id } else { 0 };
                 let err = ErrorReply::new(ErrorCode::NotLoggedIn, "log in first");
                 conn.reply(id, Err(err));
                 if !refused(conn, &mut refusals, shared).await {
@@ -276,6 +278,7 @@ async fn deliver_login(conn: &mut Conn, id: u32, me: &mut LoggedIn) -> bool {
         username: me.name.clone(),
         created: me.created,
         offline_messages: me.waiting.min(u64::from(u32::MAX)) as u32,
+        udp: me.udp.map(Box::new),
     };
     conn.reply(id, Ok(reply));
     for invitation in std::mem::take(&mut me.invitations) {
@@ -454,6 +457,9 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                                 shared.hub.acked(&me.name, cursor, acked);
                             }
                         }
+                        Incoming::Relay(link, data) => {
+                            cmd::private::relay(shared, &me.name, link, data)
+                        }
                         Incoming::Bad(err, fatal) => {
                             conn.reply(0, Err(err));
                             if fatal {
@@ -589,6 +595,7 @@ impl LoggedIn {
     async fn leave(&mut self, shared: &Shared, presence: Option<PresenceChange>) {
         let at = now_ms();
         shared.hub.leave(&self.name, self.session, presence, at);
+        shared.rendezvous.unregister(&self.name);
         let Some(row) = self.history_row else {
             return;
         };

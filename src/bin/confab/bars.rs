@@ -19,7 +19,7 @@ impl Bars {
     /// Starts, moves or ends a bar for `event`.
     pub fn update(&mut self, event: &TransferEvent) {
         match event {
-            TransferEvent::Started { transfer, resume_from } => {
+            TransferEvent::Started { transfer, resume_from, .. } => {
                 let style = ProgressStyle::with_template(
                     "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
                 )

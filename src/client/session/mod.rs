@@ -340,6 +340,9 @@ impl Session {
                 )
             })
             .map_err(StartError::Transfers)?;
+        if let Some(binding) = info.udp {
+            transfers.rendezvous(client.udp_endpoint(&binding), binding);
+        }
         let (chats, private) = PrivateChats::start(
             &info.username,
             config.identity.clone(),
@@ -735,6 +738,7 @@ impl Driver {
                 Step::Nothing
             }
             Event::SessionEnded { reason } => self.rules.server_notice(*reason),
+            Event::RelayedChat { .. } => return None,
             _ => Step::Nothing,
         };
         self.emit(SessionEvent::Server(event)).await;
@@ -822,6 +826,9 @@ impl Driver {
         self.rules.logged_in();
         self.logins += 1;
         self.limits = client.limits();
+        if let Some(binding) = info.udp {
+            self.transfers.rendezvous(client.udp_endpoint(&binding), binding);
+        }
         client.ack(self.shown.id.load(Ordering::Acquire));
         self.client = Some(client);
         self.events = Some(events);
@@ -1035,9 +1042,9 @@ async fn server_request(
         Request::StartPrivate { user } => {
             request_private(client, chats, &user).await.map(|()| Reply::Done)
         }
-        Request::AcceptPrivate { user } => {
-            accept_private(client, chats, &user).await.map(Reply::Introduced)
-        }
+        Request::AcceptPrivate { user } => accept_private(client, chats, &user)
+            .await
+            .map(|intro| Reply::Introduced(Box::new(intro))),
         other => Ok(client.request(other).await?),
     }
 }

@@ -432,7 +432,7 @@ impl App {
             // Accepted by itself: nothing to ask.
             TransferEvent::Offered { accepting: true, .. } => {}
             TransferEvent::Offered { transfer, .. } => self.offers.push(transfer.clone()),
-            TransferEvent::Started { transfer, resume_from } => {
+            TransferEvent::Started { transfer, resume_from, .. } => {
                 self.offers.retain(|t| t.id != transfer.id);
                 let progress = Progress {
                     transfer: transfer.clone(),
@@ -729,6 +729,8 @@ impl App {
                 self.users.insert(from.peer.clone());
                 self.notice(format::event(&event));
             }
+            // The session carries these to their private chat.
+            Event::RelayedChat { .. } => {}
         }
     }
 
@@ -1497,7 +1499,11 @@ mod tests {
         assert_eq!(app.offers.iter().map(|t| t.id).collect::<Vec<_>>(), [2]);
         assert!(!app.asking_line().unwrap().contains("bob"));
 
-        app.handle(event(TransferEvent::Started { transfer: offer(2, "carol"), resume_from: 0 }));
+        app.handle(event(TransferEvent::Started {
+            transfer: offer(2, "carol"),
+            resume_from: 0,
+            route: crate::p2p::transfer::Route::Direct("192.0.2.1:1".parse().unwrap()),
+        }));
         assert_eq!(app.transfer_gauges().len(), 1);
         type_line(&mut app, "/cancel carol");
         assert!(app.transfer_gauges().is_empty(), "the gauge goes with the cancel");

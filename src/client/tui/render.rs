@@ -649,6 +649,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
             transfer: clip.clone(),
             resume_from: 0,
+            route: crate::p2p::transfer::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         app.handle(UiEvent::Tick(3_000));
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Progress {
@@ -677,6 +678,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Transfer(TransferEvent::Started {
             transfer: song,
             resume_from: 0,
+            route: crate::p2p::transfer::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         let rows = screen(&app);
         assert!(!rows.iter().any(|r| r.starts_with("carol offers")), "answered: {rows:#?}");

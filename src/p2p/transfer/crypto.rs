@@ -206,6 +206,31 @@ impl PacketKeys {
 }
 
 /// Noise's nonce for AES-GCM: four zero bytes, then the counter, big-endian.
+/// Bytes of a punch datagram: the header and the tag.
+pub const PUNCH_LEN: usize = HEADER_LEN + 16;
+
+/// The tag of the punches `receiver` sends to `sender` for the offer of `token`: half an
+/// HMAC-SHA256 under the token, which only the two of them (and the server) know.
+pub fn punch_tag(token: &Token, sender: &str, receiver: &str) -> [u8; 16] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &token.0);
+    let mut context = ring::hmac::Context::with_key(&key);
+    for part in [b"confab punch".as_slice(), sender.as_bytes(), b"\0", receiver.as_bytes()] {
+        context.update(part);
+    }
+    let mut tag = [0; 16];
+    tag.copy_from_slice(&context.sign().as_ref()[..16]);
+    tag
+}
+
+/// A punch datagram with `tag`.
+pub fn punch(tag: &[u8; 16]) -> [u8; PUNCH_LEN] {
+    let mut out = [0; PUNCH_LEN];
+    out[..HEADER_LEN]
+        .copy_from_slice(&Header { framing: Framing::Punch, id: 0, number: 0 }.to_bytes());
+    out[HEADER_LEN..].copy_from_slice(tag);
+    out
+}
+
 fn nonce(number: u64) -> Nonce {
     let mut bytes = [0; 12];
     bytes[4..].copy_from_slice(&number.to_be_bytes());

@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::crypto::{self, Offering, PacketKeys, Refused};
+use super::crypto::{self, Offering, PacketKeys, Refused, PUNCH_LEN};
 use super::pmtu::ip_header;
 use super::receiver::{Receiver, ReceiverConfig};
 use super::sender::{Sender, SenderConfig};
 use super::wire::{self, Framing, Header, Packet, TransferId, ANSWER_LEN, HEADER_LEN};
 use crate::p2p::identity::Identity;
 use crate::p2p::noise::{Keys, NoiseError};
-use crate::protocol::{valid_file_name, Introduction, PublicKey, Token};
+use crate::protocol::{valid_file_name, Introduction, LinkId, PublicKey, Token};
 
 /// Which way a transfer goes, seen from this client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,42 @@ impl Direction {
         }
     }
 }
+
+/// Which way a transfer's datagrams go: straight to the peer, or through the server's relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// To and from this address.
+    Direct(SocketAddr),
+    /// Wrapped for the server's relay link (see `protocol::rendezvous`).
+    Relay(LinkId),
+}
+
+impl Route {
+    /// The direct route to `addr`, IPv4 written the IPv4 way.
+    pub fn direct(addr: SocketAddr) -> Self {
+        Route::Direct(normalize(addr))
+    }
+
+    /// Whether it goes through the relay.
+    pub fn is_relayed(&self) -> bool {
+        matches!(self, Route::Relay(_))
+    }
+}
+
+/// How long an offer tries the peer's addresses alone before the relay is tried too.
+pub const RELAY_AFTER: Duration = Duration::from_millis(1500);
+/// Most addresses one offer is sent to (the introduced ones and those learned from punches).
+const MAX_CANDIDATES: usize = 8;
+/// When the receiver punches toward the sender, counted from the server's announcement; then
+/// every [`PUNCH_EVERY`] until the offer comes.
+const PUNCHES: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+const PUNCH_EVERY: Duration = Duration::from_secs(1);
 
 /// One transfer, as the user knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +100,11 @@ pub struct Transfer {
 pub struct IncomingFile {
     /// The sender.
     pub from: String,
-    /// The sender's UDP address, as the server sees it.
-    pub addr: SocketAddr,
+    /// The sender's UDP addresses (reflexive, the session's, local), best first: punched
+    /// toward, and the offer is let in from their IP addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The relay link the offer may come through instead.
+    pub relay: Option<LinkId>,
     /// The transfer's token.
     pub token: Token,
     /// The sender's identity key, as the server vouches for it.
@@ -79,8 +118,8 @@ pub struct IncomingFile {
 impl IncomingFile {
     /// The file of a server's `FileOffer` event: `from` is the sender's introduction.
     pub fn new(from: &Introduction, name: &str, size: u64) -> Self {
-        let (addr, token, key) = (from.addr, from.token, from.key);
-        Self { from: from.peer.clone(), addr, token, key, name: name.to_owned(), size }
+        let (addrs, relay, token, key) = (from.addresses(), from.relay, from.token, from.key);
+        Self { from: from.peer.clone(), addrs, relay, token, key, name: name.to_owned(), size }
     }
 }
 
@@ -201,18 +240,35 @@ enum Link {
 pub struct Connection<T> {
     /// The transfer.
     pub transfer: Transfer,
-    /// The peer's address; datagrams from anywhere else are dropped.
-    pub peer: SocketAddr,
+    /// The route to the peer; datagrams from any other are dropped. While an offer is
+    /// unanswered this is only its first address: [`Endpoint::destinations`] names all.
+    pub route: Route,
     /// Its state machine.
     pub machine: Machine,
     /// The driver's own state of this transfer.
     pub local: T,
     link: Link,
+    /// An unanswered offer's other ways to the peer.
+    trying: Option<Box<Trying>>,
+}
+
+/// Where an unanswered offer is sent: every address, and the relay after [`RELAY_AFTER`].
+struct Trying {
+    addrs: Vec<SocketAddr>,
+    relay: Option<LinkId>,
+    since: Instant,
+    /// What the receiver's punches carry.
+    punch_tag: [u8; 16],
 }
 
 struct Expected {
     incoming: IncomingFile,
     until: Instant,
+    /// What to punch with, how many rounds went, and when the next is due.
+    punch: [u8; PUNCH_LEN],
+    punches: usize,
+    next_punch: Instant,
+    announced: Instant,
 }
 
 /// Every transfer of one client.
@@ -236,19 +292,45 @@ impl<T: Default> Endpoint<T> {
 
     /// The server announced `incoming`: its offer will be let in until the offer TTL.
     pub fn expect(&mut self, now: Instant, incoming: IncomingFile) {
-        self.expected.push(Expected { incoming, until: now + self.config.offer_ttl });
+        let tag = crypto::punch_tag(&incoming.token, &incoming.from, &self.config.me);
+        let until = now + self.config.offer_ttl;
+        let punch = crypto::punch(&tag);
+        let announced = now;
+        self.expected.push(Expected {
+            incoming,
+            until,
+            punch,
+            punches: 0,
+            next_punch: now,
+            announced,
+        });
     }
 
-    /// Starts offering `transfer` (a [`Direction::Send`] one) to `peer_key`'s holder at
-    /// `addr`, with the server's `token`.
+    /// The round of punches due at `now`, if any: the datagram and the addresses to send it
+    /// to. The receiver of an announced offer opens its NAT toward each of the sender's
+    /// addresses, and shows the sender where it is. Call until `None`.
+    pub fn poll_punch(&mut self, now: Instant) -> Option<([u8; PUNCH_LEN], Vec<SocketAddr>)> {
+        let expected = self.expected.iter_mut().find(|e| e.next_punch <= now && e.until > now)?;
+        expected.punches += 1;
+        expected.next_punch = match PUNCHES.get(expected.punches) {
+            Some(at) => expected.announced + *at,
+            None => now + PUNCH_EVERY,
+        };
+        Some((expected.punch, expected.incoming.addrs.clone()))
+    }
+
+    /// Starts offering `transfer` (a [`Direction::Send`] one) to the peer the server
+    /// introduced in `intro` (its addresses, relay, key and the token).
     pub fn send(
         &mut self,
         now: Instant,
         transfer: Transfer,
-        addr: SocketAddr,
-        token: &Token,
-        peer_key: &PublicKey,
+        intro: &Introduction,
     ) -> Result<(), NoiseError> {
+        let (token, peer_key) = (&intro.token, &intro.key);
+        let addrs: Vec<SocketAddr> =
+            intro.addresses().into_iter().map(normalize).take(MAX_CANDIDATES).collect();
+        let addr = addrs[0];
         let config = self.config.sender.clone();
         let sender = Sender::new(&transfer.name, transfer.size, config, ip_header(addr), now);
         let mut plain = Vec::new();
@@ -261,11 +343,14 @@ impl<T: Default> Endpoint<T> {
             token,
         };
         let offering = crypto::offer(keys, transfer.id, &plain)?;
+        let punch_tag = crypto::punch_tag(token, &self.config.me, &transfer.peer);
+        let trying = Trying { addrs, relay: intro.relay, since: now, punch_tag };
         let connection = Connection {
-            peer: normalize(addr),
+            route: Route::Direct(addr),
             machine: Machine::Send(Box::new(sender)),
             local: T::default(),
             link: Link::Offering(Box::new(offering)),
+            trying: Some(Box::new(trying)),
             transfer,
         };
         self.connections.insert(connection.transfer.id, connection);
@@ -274,17 +359,19 @@ impl<T: Default> Endpoint<T> {
 
     /// Takes one datagram that arrived from `from`. Returns the id of a transfer it opened:
     /// an announced offer, whose receiver now waits for its user's answer.
-    pub fn handle(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        datagram: &mut [u8],
-    ) -> Option<TransferId> {
+    pub fn handle(&mut self, now: Instant, from: Route, datagram: &mut [u8]) -> Option<TransferId> {
         let Ok(header) = Header::parse(datagram) else {
             self.stats.malformed += 1;
             return None;
         };
-        let from = normalize(from);
+        let from = match from {
+            Route::Direct(addr) => Route::direct(addr),
+            relay => relay,
+        };
+        if header.framing == Framing::Punch {
+            self.punched(from, datagram);
+            return None;
+        }
         let Some(connection) = self.connections.get_mut(&header.id) else {
             if header.framing == Framing::Offer {
                 return self.offer(now, from, &header, datagram);
@@ -292,9 +379,22 @@ impl<T: Default> Endpoint<T> {
             self.stats.unknown += 1;
             return None;
         };
-        if connection.peer != from {
-            self.stats.forged += 1;
-            return None;
+        if connection.route != from {
+            match &connection.link {
+                // Unanswered, the offer went every way: the answer may come from any (it
+                // must open, as always).
+                Link::Offering(_) => {}
+                // The same offer by another way than the one that came first.
+                Link::Receiving { offer, .. }
+                    if header.framing == Framing::Offer && offer[..] == datagram[..] =>
+                {
+                    return None;
+                }
+                _ => {
+                    self.stats.forged += 1;
+                    return None;
+                }
+            }
         }
         let opened = match open(&mut connection.link, &header, datagram) {
             Ok(opened) => opened,
@@ -307,6 +407,10 @@ impl<T: Default> Endpoint<T> {
                 return None;
             }
         };
+        if connection.trying.take().is_some() {
+            // The first datagram that opened since the offer: its way is the transfer's.
+            connection.route = from;
+        }
         let packet = match (opened, &connection.link) {
             (Opened::Sealed(plain), _) => wire::parse(plain),
             (Opened::OfferAgain, Link::Receiving { offer_plain, .. }) => wire::parse(offer_plain),
@@ -325,14 +429,20 @@ impl<T: Default> Endpoint<T> {
     fn offer(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Route,
         header: &Header,
         datagram: &[u8],
     ) -> Option<TransferId> {
         let config = &self.config;
         let found = self.expected.iter().enumerate().find_map(|(index, e)| {
             let i = &e.incoming;
-            if i.addr != from || e.until <= now {
+            // From the sender's relay link, or from one of its IP addresses: a NAT that
+            // maps each destination to a new port keeps the address.
+            let known = match from {
+                Route::Relay(link) => i.relay == Some(link),
+                Route::Direct(addr) => i.addrs.iter().any(|a| a.ip() == addr.ip()),
+            };
+            if !known || e.until <= now {
                 return None;
             }
             let keys = Keys {
@@ -377,13 +487,56 @@ impl<T: Default> Endpoint<T> {
         };
         let connection = Connection {
             transfer,
-            peer: from,
+            route: from,
             machine: Machine::Receive(Box::new(receiver)),
             local: T::default(),
             link,
+            trying: None,
         };
         self.connections.insert(header.id, connection);
         Some(header.id)
+    }
+
+    /// A punch from `from`: if it carries the tag of an unanswered offer, the sender learns
+    /// an address of the receiver (its NAT's mapping toward us, perhaps a new one).
+    fn punched(&mut self, from: Route, datagram: &[u8]) {
+        let (Route::Direct(addr), Some(tag)) = (from, datagram.get(HEADER_LEN..PUNCH_LEN)) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let trying = self.connections.values_mut().filter_map(|c| c.trying.as_deref_mut());
+        let mut genuine = false;
+        for trying in trying {
+            if Token(trying.punch_tag) == Token(tag.try_into().unwrap_or([0; 16])) {
+                genuine = true;
+                if !trying.addrs.contains(&addr) && trying.addrs.len() < MAX_CANDIDATES {
+                    trying.addrs.push(addr);
+                }
+            }
+        }
+        // Late punches (the offer was answered) are expected; only a bad tag is forged.
+        if !genuine && datagram.len() != PUNCH_LEN {
+            self.stats.forged += 1;
+        }
+    }
+
+    /// Where transfer `id`'s datagrams go now: its route, or, for an unanswered offer,
+    /// every address of the peer and, after [`RELAY_AFTER`] (or at once if it has no
+    /// address), the relay.
+    pub fn destinations(&self, id: TransferId, now: Instant) -> Vec<Route> {
+        let Some(connection) = self.connections.get(&id) else {
+            return Vec::new();
+        };
+        let Some(trying) = &connection.trying else {
+            return vec![connection.route];
+        };
+        let mut routes: Vec<Route> = trying.addrs.iter().map(|a| Route::Direct(*a)).collect();
+        if let Some(link) = trying.relay {
+            if routes.is_empty() || now >= trying.since + RELAY_AFTER {
+                routes.push(Route::Relay(link));
+            }
+        }
+        routes
     }
 
     /// Writes the next datagram transfer `id` has to send now into `out` (cleared first);
@@ -437,7 +590,8 @@ impl<T: Default> Endpoint<T> {
     /// The next time [`handle_timeout`](Self::handle_timeout) must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let machines = self.connections.values().filter_map(|c| c.machine.poll_timeout());
-        machines.chain(self.expected.iter().map(|e| e.until)).min()
+        let expected = self.expected.iter().map(|e| e.until.min(e.next_punch));
+        machines.chain(expected).min()
     }
 
     /// The transfer `id`.

@@ -38,14 +38,16 @@ use tokio::sync::mpsc;
 
 use super::congestion::wall_clock_epoch;
 use super::endpoint::{
-    Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer, TransferStats,
+    normalize, Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Route,
+    Transfer, TransferStats,
 };
 use super::receiver::{resume_point, ReceiverConfig, ReceiverEvent};
 use super::sender::{SenderConfig, SenderEvent, SenderStats};
 use super::wire::TransferId;
 use super::TransferError;
 use crate::p2p::identity::Identity;
-use crate::protocol::{valid_file_name, Introduction};
+use crate::protocol::rendezvous::{self, relay_header, Datagram, BIND_INTERVAL, RELAY_HEADER};
+use crate::protocol::{valid_file_name, Introduction, UdpBinding};
 
 /// How often a transfer's progress is reported at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -114,6 +116,8 @@ pub enum TransferEvent {
         transfer: Transfer,
         /// Bytes the receiver had already.
         resume_from: u64,
+        /// Which way the datagrams go: straight to the peer or through the server's relay.
+        route: Route,
     },
     /// Bytes the receiver has acknowledged (sending) or received in order (receiving).
     Progress {
@@ -140,6 +144,8 @@ pub enum TransferEvent {
         transfer: Transfer,
         /// Where it was saved.
         path: PathBuf,
+        /// Which way the datagrams came.
+        route: Route,
     },
     /// The transfer ended without the file arriving.
     Failed {
@@ -199,6 +205,14 @@ impl Transfers {
             });
         })?;
         Ok(Self { commands, table, stats, local_addr })
+    }
+
+    /// The server's UDP endpoint is at `server`, and the session's binding there is
+    /// `binding`: the engine binds its socket to the session (so the server learns this
+    /// client's reflexive address, and relays to it), again every [`BIND_INTERVAL`] to keep
+    /// NATs open, and relayed datagrams come and go through it. Called at every login.
+    pub fn rendezvous(&self, server: SocketAddr, binding: UdpBinding) {
+        let _ = self.commands.send(Command::Rendezvous { server, binding });
     }
 
     /// The server announced a file from `incoming.from`: its offer will be let in.
@@ -337,6 +351,7 @@ struct Shared {
 
 #[derive(Debug)]
 enum Command {
+    Rendezvous { server: SocketAddr, binding: UdpBinding },
     Expect(IncomingFile),
     Send { transfer: Transfer, intro: Introduction, file: File },
     Accept(TransferId),
@@ -368,8 +383,26 @@ struct Local {
     over: bool,
 }
 
+/// The session's binding on the server's UDP endpoint.
+struct Binding {
+    /// The endpoint.
+    server: SocketAddr,
+    binding: UdpBinding,
+    /// The last bind's number.
+    counter: u64,
+    /// When to bind next.
+    next: Instant,
+    /// Whether the server has answered since the last login.
+    answered: bool,
+}
+
+/// Until the server answers, binds are repeated this often.
+const BIND_RETRY: Duration = Duration::from_millis(250);
+
 struct Engine {
     socket: UdpSocket,
+    /// The server's UDP endpoint, once the session has told us.
+    rendezvous: Option<Binding>,
     state: UdpSocketState,
     config: TransferConfig,
     endpoint: Endpoint<Local>,
@@ -399,6 +432,7 @@ impl Engine {
         let buffer = (MAX_DATAGRAM * segments).min(1 << 20);
         Ok(Self {
             socket,
+            rendezvous: None,
             state,
             config,
             endpoint,
@@ -442,6 +476,13 @@ impl Engine {
     async fn turn(&mut self) {
         let now = Instant::now();
         self.endpoint.handle_timeout(now);
+        self.bind(now);
+        while let Some((punch, addrs)) = self.endpoint.poll_punch(now) {
+            for addr in addrs {
+                // Best effort, like every first datagram through a NAT.
+                let _ = self.socket.try_send_to(&punch, addr);
+            }
+        }
         let ids = self.endpoint.ids();
         for id in &ids {
             self.service(*id, now);
@@ -467,7 +508,7 @@ impl Engine {
         let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
-        let Connection { transfer, machine, local, .. } = connection;
+        let Connection { transfer, machine, local, route, .. } = connection;
         let mut events = Vec::new();
         match (&mut *machine, &mut local.files) {
             (Machine::Send(sender), Files::Send(file)) => {
@@ -488,7 +529,7 @@ impl Engine {
                         SenderEvent::Accepted { resume_from } => {
                             local.started = true;
                             self.shared.table.accepted(transfer.id);
-                            TransferEvent::Started { transfer: t, resume_from }
+                            TransferEvent::Started { transfer: t, resume_from, route: *route }
                         }
                         SenderEvent::Finished => {
                             TransferEvent::Sent { transfer: t, stats: sender.stats() }
@@ -519,7 +560,9 @@ impl Engine {
                             // Done; the machine only lingers to repeat its `Done`.
                             self.shared.table.remove(t.id);
                             events.push(match saved {
-                                Ok(path) => TransferEvent::Received { transfer: t, path },
+                                Ok(path) => {
+                                    TransferEvent::Received { transfer: t, path, route: *route }
+                                }
                                 Err(error) => TransferEvent::Failed { transfer: t, error },
                             });
                         }
@@ -550,22 +593,41 @@ impl Engine {
     }
 
     /// Sends what every machine has, batching equal-sized datagrams to one peer into GSO
-    /// calls.
+    /// calls. An unanswered offer goes to each of its destinations; a relayed datagram goes
+    /// to the server behind the link's header.
     async fn transmit(&mut self, ids: &[TransferId], now: Instant) {
         let max_segments = self.state.max_gso_segments().max(1);
         for id in ids {
+            let routes = self.endpoint.destinations(*id, now);
+            if routes.len() > 1 {
+                while self.endpoint.poll_transmit(*id, now, &mut self.out) {
+                    for route in &routes {
+                        if let Some(peer) = self.wrap(route) {
+                            self.batch.extend_from_slice(&self.out);
+                            let len = self.batch.len();
+                            self.flush(*id, peer, len, 1).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(peer) = routes.first().and_then(|route| self.wrap(route)) else {
+                // Relayed, with no server to relay through: dropped, as on a lossy path.
+                while self.endpoint.poll_transmit(*id, now, &mut self.out) {}
+                continue;
+            };
+            let prefix = std::mem::take(&mut self.batch);
             let mut budget = SEND_BUDGET;
             let mut segment = 0;
             let mut count = 0;
-            self.batch.clear();
-            while let Some(peer) = self.endpoint.get(*id).map(|c| c.peer) {
+            loop {
                 let more = budget > 0 && self.endpoint.poll_transmit(*id, now, &mut self.out);
                 if !more {
                     self.flush(*id, peer, segment, count).await;
                     break;
                 }
                 budget -= 1;
-                let len = self.out.len();
+                let len = prefix.len() + self.out.len();
                 let fits = count > 0
                     && count < max_segments
                     && len <= segment
@@ -577,6 +639,7 @@ impl Engine {
                 if count == 0 {
                     segment = len;
                 }
+                self.batch.extend_from_slice(&prefix);
                 self.batch.extend_from_slice(&self.out);
                 count += 1;
                 if len < segment {
@@ -584,6 +647,22 @@ impl Engine {
                     self.flush(*id, peer, segment, count).await;
                     count = 0;
                 }
+            }
+            self.batch.clear();
+        }
+    }
+
+    /// Where a datagram on `route` is sent, with the relay's header (if any) put in the
+    /// (empty) batch first; `None` for the relay when there is no server.
+    fn wrap(&mut self, route: &Route) -> Option<SocketAddr> {
+        self.batch.clear();
+        match route {
+            Route::Direct(addr) => Some(*addr),
+            Route::Relay(link) => {
+                let server = self.rendezvous.as_ref()?.server;
+                self.batch.resize(RELAY_HEADER, 0);
+                relay_header(link, &mut self.batch);
+                Some(server)
             }
         }
     }
@@ -655,14 +734,61 @@ impl Engine {
             let now = Instant::now();
             for (buffer, meta) in buffers.iter_mut().zip(&meta).take(count) {
                 let stride = meta.stride.max(1);
+                let from = normalize(meta.addr);
+                let server = self.rendezvous.as_ref().map(|r| r.server);
                 for datagram in buffer[..meta.len].chunks_mut(stride) {
-                    if let Some(id) = self.endpoint.handle(now, meta.addr, datagram) {
+                    let opened = if Some(from) == server {
+                        Self::from_server(
+                            &mut self.endpoint,
+                            self.rendezvous.as_mut(),
+                            now,
+                            datagram,
+                        )
+                    } else {
+                        self.endpoint.handle(now, Route::Direct(from), datagram)
+                    };
+                    if let Some(id) = opened {
                         self.offered(id);
                     }
                 }
             }
             self.recv_buffers = buffers;
         }
+    }
+
+    /// A datagram from the server's UDP endpoint: the answer to a bind, or one relayed.
+    fn from_server(
+        endpoint: &mut Endpoint<Local>,
+        binding: Option<&mut Binding>,
+        now: Instant,
+        datagram: &mut [u8],
+    ) -> Option<TransferId> {
+        match rendezvous::parse(datagram) {
+            Ok(Datagram::Seen { counter, addr }) => {
+                if let Some(binding) = binding.filter(|b| b.counter == counter && !b.answered) {
+                    tracing::debug!(%addr, "the server sees this client's transfer socket at");
+                    binding.answered = true;
+                    binding.next = now + BIND_INTERVAL;
+                }
+                None
+            }
+            Ok(Datagram::Relay { link, .. }) => {
+                let payload = &mut datagram[RELAY_HEADER..];
+                endpoint.handle(now, Route::Relay(link), payload)
+            }
+            _ => None,
+        }
+    }
+
+    /// Binds the socket to the session at the server, when due.
+    fn bind(&mut self, now: Instant) {
+        let Some(binding) = self.rendezvous.as_mut().filter(|b| b.next <= now) else {
+            return;
+        };
+        binding.counter += 1;
+        binding.next = now + if binding.answered { BIND_INTERVAL } else { BIND_RETRY };
+        let bind = rendezvous::bind(&binding.binding, binding.counter);
+        let _ = self.socket.try_send_to(&bind, binding.server);
     }
 
     /// The endpoint let in an offer the server announced: find its part file and ask.
@@ -692,11 +818,16 @@ impl Engine {
     fn command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
+            Command::Rendezvous { server, binding } => {
+                // A new login: a new binding (counters start again), bound at once.
+                let server = normalize(server);
+                self.rendezvous =
+                    Some(Binding { server, binding, counter: 0, next: now, answered: false });
+            }
             Command::Expect(incoming) => self.endpoint.expect(now, incoming),
             Command::Send { transfer, intro, file } => {
                 let id = transfer.id;
-                let started =
-                    self.endpoint.send(now, transfer.clone(), intro.addr, &intro.token, &intro.key);
+                let started = self.endpoint.send(now, transfer.clone(), &intro);
                 match started {
                     Ok(()) => {
                         if let Some(connection) = self.endpoint.get_mut(id) {
@@ -732,7 +863,7 @@ impl Engine {
         let Some(connection) = self.endpoint.get_mut(id) else {
             return;
         };
-        let Connection { transfer, machine, local, .. } = connection;
+        let Connection { transfer, machine, local, route, .. } = connection;
         let (Machine::Receive(receiver), Files::Receive { part, file }) =
             (machine, &mut local.files)
         else {
@@ -748,7 +879,7 @@ impl Engine {
                 local.started = true;
                 self.shared.table.accepted(id);
                 let transfer = transfer.clone();
-                (self.on_event)(TransferEvent::Started { transfer, resume_from });
+                (self.on_event)(TransferEvent::Started { transfer, resume_from, route: *route });
             }
             Err(e) => receiver.abort(TransferError::Io(format!("{}: {e}", part.display()))),
         }
@@ -761,7 +892,8 @@ impl Engine {
             .connections_mut()
             .filter_map(|c| c.local.reported.map(|(at, _)| at + PROGRESS_INTERVAL))
             .min();
-        self.endpoint.poll_timeout().into_iter().chain(progress).min().unwrap_or(far)
+        let bind = self.rendezvous.as_ref().map(|r| r.next);
+        self.endpoint.poll_timeout().into_iter().chain(progress).chain(bind).min().unwrap_or(far)
     }
 }
 

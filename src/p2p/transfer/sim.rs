@@ -21,7 +21,7 @@ use super::endpoint::Machine;
 use super::receiver::resume_point;
 use super::*;
 use crate::p2p::identity::Identity;
-use crate::protocol::Token;
+use crate::protocol::{Introduction, Token};
 
 const ID: TransferId = 42;
 
@@ -206,9 +206,9 @@ impl Sim {
             size,
             direction: Direction::Send,
         };
-        alice.send(now, transfer, addr(2), &token, &bob_key).unwrap();
-        let incoming =
-            IncomingFile { from: "alice".into(), addr: addr(1), token, key: alice_key, name, size };
+        alice.send(now, transfer, &Introduction::direct("bob", addr(2), token, bob_key)).unwrap();
+        let alice_intro = Introduction::direct("alice", addr(1), token, alice_key);
+        let incoming = IncomingFile::new(&alice_intro, &name, size);
         bob.expect(now, incoming);
         Self {
             link,
@@ -289,13 +289,18 @@ impl Sim {
     fn step(&mut self) {
         let now = self.now;
         while let Some(mut datagram) = self.to_receiver.pop_due(now) {
-            if let Some(id) = self.bob.handle(now, addr(1), &mut datagram) {
+            if let Some(id) = self.bob.handle(now, Route::Direct(addr(1)), &mut datagram) {
                 assert_eq!(id, ID);
                 self.answer_offer();
             }
         }
         while let Some(mut datagram) = self.to_sender.pop_due(now) {
-            assert_eq!(self.alice.handle(now, addr(2), &mut datagram), None, "no offers to alice");
+            let route = Route::Direct(addr(2));
+            assert_eq!(self.alice.handle(now, route, &mut datagram), None, "no offers to alice");
+        }
+        // The receiver's punches go over the link like everything else.
+        while let Some((punch, _)) = self.bob.poll_punch(now) {
+            self.to_sender.send(now, &self.link, &mut self.rng, punch.to_vec());
         }
         while let Some(range) = self.sender().wants_data() {
             let data = Bytes::copy_from_slice(&self.file[range.start as usize..range.end as usize]);
@@ -548,7 +553,7 @@ fn a_sender_withdraws_an_offer_nobody_answered() {
     let now = sim.now;
     let mut offer = Vec::new();
     assert!(sim.alice.poll_transmit(ID, now, &mut offer));
-    assert_eq!(sim.bob.handle(now, addr(1), &mut offer.clone()), Some(ID));
+    assert_eq!(sim.bob.handle(now, Route::Direct(addr(1)), &mut offer.clone()), Some(ID));
     // Bob's answer is lost, so alice has no key yet when she gives up.
     sim.sender().cancel();
     let mut withdrawal = Vec::new();
@@ -558,11 +563,11 @@ fn a_sender_withdraws_an_offer_nobody_answered() {
     // withdrawal ends the offer.
     let mut forged = withdrawal.clone();
     forged[HEADER_LEN] ^= 1;
-    assert_eq!(sim.bob.handle(now, addr(1), &mut forged), None);
-    assert_eq!(sim.bob.handle(now, addr(1), &mut offer), None);
+    assert_eq!(sim.bob.handle(now, Route::Direct(addr(1)), &mut forged), None);
+    assert_eq!(sim.bob.handle(now, Route::Direct(addr(1)), &mut offer), None);
     assert_eq!(sim.receiver().unwrap().poll_event(), None);
     assert_eq!(sim.bob.stats().forged, 1);
-    assert_eq!(sim.bob.handle(now, addr(1), &mut withdrawal), None);
+    assert_eq!(sim.bob.handle(now, Route::Direct(addr(1)), &mut withdrawal), None);
     let event = sim.receiver().unwrap().poll_event();
     assert_eq!(event, Some(ReceiverEvent::Failed(TransferError::CancelledByPeer)));
 }

@@ -18,6 +18,10 @@
 //! - `Withdraw`: the sender cancels an offer that was never answered, before it has a key
 //!   to seal with: 16 secret bytes that only the offer's encrypted payload told the
 //!   receiver. Its packet number is 0.
+//! - `Punch`: the receiver, told of an offer, opens its NAT toward the sender's addresses
+//!   and shows where it can be reached: a 16-byte tag that only the two holders of the
+//!   token can make ([`super::crypto::punch_tag`]). Its transfer id and packet number are
+//!   0 (the receiver does not know the id yet); the sender learns the address it came from.
 //!
 //! All integers are big-endian. The [endpoint](super::endpoint) drops any datagram whose
 //! header does not parse, whose transfer id or source address is not one it knows, whose
@@ -84,6 +88,8 @@ pub enum Framing {
     Answered,
     /// The sender withdraws an unanswered offer.
     Withdraw,
+    /// The receiver opens its NAT toward the sender and shows its address.
+    Punch,
 }
 
 /// The clear header every datagram starts with.
@@ -115,6 +121,7 @@ impl Header {
             2 => Framing::Sealed,
             3 => Framing::Answered,
             4 => Framing::Withdraw,
+            5 => Framing::Punch,
             _ => return Err(WireError::Foreign),
         };
         let mut r = Reader(&bytes[4..HEADER_LEN]);
@@ -131,6 +138,7 @@ impl Header {
             Framing::Sealed => 2,
             Framing::Answered => 3,
             Framing::Withdraw => 4,
+            Framing::Punch => 5,
         };
         out[4..12].copy_from_slice(&self.id.to_be_bytes());
         out[12..].copy_from_slice(&self.number.to_be_bytes());
@@ -440,7 +448,9 @@ mod tests {
 
     #[test]
     fn headers_round_trip_and_strangers_are_foreign() {
-        for framing in [Framing::Offer, Framing::Sealed, Framing::Answered, Framing::Withdraw] {
+        for framing in
+            [Framing::Offer, Framing::Sealed, Framing::Answered, Framing::Withdraw, Framing::Punch]
+        {
             let header = Header { framing, id: 0x0102_0304_0506_0708, number: 77 };
             assert_eq!(Header::parse(&header.to_bytes()), Ok(header));
         }

@@ -45,6 +45,8 @@ pub(in crate::server) struct LoggedIn {
     pub waiting: u64,
     /// Group invitations not answered yet, oldest first.
     pub invitations: Vec<Invitation>,
+    /// The session's binding on the UDP endpoint, if the server has one.
+    pub udp: Option<crate::protocol::UdpBinding>,
 }
 
 pub(in crate::server) async fn run(
@@ -144,6 +146,7 @@ async fn join(
     let since: Timestamp = now_ms();
     let peer = Peer::new(tx, since, session).with_direct(direct);
     let Joined { invitations, cursor, waiting } = shared.hub.join(&name, peer)?;
+    let udp = shared.rendezvous.register(&name);
     let key = name.clone();
     // A full disk must not keep users out: they log in to read (and so free) their mailbox.
     let history_row = match shared.store.call(move |s| s.record_login(&key, since)).await {
@@ -163,6 +166,7 @@ async fn join(
         cursor,
         waiting: waiting.count,
         invitations,
+        udp,
     })
 }
 

@@ -3,10 +3,13 @@
 //! The server only introduces. `/startprivate` checks the target (see
 //! [`Hub::ask_private`](crate::server::hub::Hub::ask_private)) and asks them; the request
 //! expires after [`Config::private_request_timeout`](crate::server::Config). `/accept`
-//! makes a fresh random [`Token`] and gives it, with the other side's address, to both sides;
-//! the requester then connects to the target directly and the server never sees the chat.
+//! makes a fresh random [`Token`] and a relay link and gives them, with the other side's
+//! addresses, to both sides; the two then connect directly, and the server never sees the
+//! chat. When no direct connection works, the chat's sealed bytes are relayed over the two
+//! sessions ([`relay`]).
 
-use crate::protocol::{ErrorReply, Reply, Token};
+use crate::protocol::{ErrorReply, LinkId, Reply, Token};
+use crate::server::hub::Meeting;
 use crate::server::Shared;
 
 pub(in crate::server) fn start(
@@ -24,8 +27,15 @@ pub(in crate::server) fn accept(
     me: &str,
     user: String,
 ) -> Result<Reply, ErrorReply> {
-    let introduction = shared.hub.accept_private(&user, me, Token::random())?;
-    Ok(Reply::Introduced(introduction))
+    let link = shared.rendezvous.link(me, &user, tokio::time::Instant::now());
+    let meeting = Meeting { token: Token::random(), relay: Some(link) };
+    match shared.hub.accept_private(&user, me, meeting) {
+        Ok(introduction) => Ok(Reply::Introduced(Box::new(introduction))),
+        Err(refused) => {
+            shared.rendezvous.drop_link(&link);
+            Err(refused)
+        }
+    }
 }
 
 pub(in crate::server) fn decline(
@@ -36,3 +46,18 @@ pub(in crate::server) fn decline(
     shared.hub.decline_private(&user, me)?;
     Ok(Reply::Done)
 }
+
+/// Relays bytes of a private chat on `link` to its other side, if `me` is on it and the
+/// relay's caps let them through; dropped otherwise (the chat's own seal then ends it).
+pub(in crate::server) fn relay(shared: &Shared, me: &str, link: LinkId, data: Vec<u8>) {
+    if data.len() > MAX_RELAYED_CHAT {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    if let Some(to) = shared.rendezvous.relay_chat(&link, me, data.len(), now) {
+        shared.hub.relay_chat(&to, link, data);
+    }
+}
+
+/// The most bytes one relayed chat frame may carry: a whole peer frame and its length.
+const MAX_RELAYED_CHAT: usize = crate::protocol::MAX_PEER_FRAME + 4;

@@ -21,7 +21,7 @@
 //! side's session and the target is only asked once every check has passed.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -40,7 +40,7 @@ mod groups;
 pub mod log;
 
 use crate::protocol::{
-    encode_frame, ErrorCode, ErrorReply, Event, Introduction, Invitation, OnlineUser,
+    encode_frame, ErrorCode, ErrorReply, Event, Introduction, Invitation, LinkId, OnlineUser,
     PresenceChange, PublicKey, RequestEnd, ServerMessage, Timestamp, Token,
 };
 use crate::store::MemberRecord;
@@ -153,6 +153,62 @@ pub struct DirectAddrs {
     /// The key the client's direct links are authenticated with; the server vouches for it
     /// in every introduction.
     pub key: PublicKey,
+    /// The address the client's sockets are bound to, when it differs from the one its
+    /// session comes from (it is behind a NAT).
+    pub local: Option<IpAddr>,
+}
+
+/// What one introduction gives both sides besides their addresses: the token and the
+/// relay link.
+#[derive(Debug, Clone, Copy)]
+pub struct Meeting {
+    /// The one-time secret of the link.
+    pub token: Token,
+    /// The relay to fall back on.
+    pub relay: Option<LinkId>,
+}
+
+impl DirectAddrs {
+    /// `user`'s private-chat listener introduced to the other side: where the server sees
+    /// it, then on the local network.
+    fn chat(&self, user: &str, meeting: Meeting) -> Introduction {
+        let local = self.local.map(|ip| SocketAddr::new(ip, self.tcp.port()));
+        Introduction {
+            peer: user.to_owned(),
+            addr: self.tcp,
+            token: meeting.token,
+            key: self.key,
+            candidates: local.into_iter().collect(),
+            relay: meeting.relay,
+        }
+    }
+
+    /// `user`'s transfer socket introduced to the other side: its reflexive address (what
+    /// the UDP endpoint saw: the NAT's real mapping), the session's address with the port it
+    /// bound, and the local one.
+    fn transfer(
+        &self,
+        user: &str,
+        meeting: Meeting,
+        reflexive: Option<SocketAddr>,
+    ) -> Introduction {
+        let addr = reflexive.unwrap_or(self.udp);
+        let local = self.local.map(|ip| SocketAddr::new(ip, self.udp.port()));
+        let mut candidates: Vec<SocketAddr> = Vec::new();
+        for candidate in [Some(self.udp), local].into_iter().flatten() {
+            if candidate != addr && !candidates.contains(&candidate) {
+                candidates.push(candidate);
+            }
+        }
+        Introduction {
+            peer: user.to_owned(),
+            addr,
+            token: meeting.token,
+            key: self.key,
+            candidates,
+            relay: meeting.relay,
+        }
+    }
 }
 
 /// A live session as the hub sees it.
@@ -535,7 +591,7 @@ impl Hub {
         &self,
         requester: &str,
         target: &str,
-        token: Token,
+        meeting: Meeting,
     ) -> Result<Introduction, ErrorReply> {
         let mut state = self.state();
         if !state.requests.take(requester, target, Instant::now()) {
@@ -543,10 +599,8 @@ impl Hub {
         }
         // Logging out drops a user's requests under this lock, so both are online here.
         let (theirs, mine) = (state.direct_of(requester, false)?, state.direct_of(target, true)?);
-        let for_requester =
-            Introduction { peer: target.to_owned(), addr: mine.tcp, token, key: mine.key };
-        state.push_event(requester, Event::PrivateAccepted(for_requester));
-        Ok(Introduction { peer: requester.to_owned(), addr: theirs.tcp, token, key: theirs.key })
+        state.push_event(requester, Event::PrivateAccepted(mine.chat(target, meeting)));
+        Ok(theirs.chat(requester, meeting))
     }
 
     /// `target` declines `requester`'s request; the requester is told.
@@ -613,17 +667,18 @@ impl Hub {
         to: &str,
         name: String,
         size: u64,
-        token: Token,
+        meeting: Meeting,
+        reflexive: impl Fn(&str) -> Option<SocketAddr>,
     ) -> Result<Introduction, ErrorReply> {
         let mut state = self.state();
         check_target(&state, from, to)?;
         let theirs = state.direct_of(to, false)?;
         let mine = state.direct_of(from, true)?;
-        let sender = Introduction { peer: from.to_owned(), addr: mine.udp, token, key: mine.key };
+        let sender = Box::new(mine.transfer(from, meeting, reflexive(from)));
         if !state.push_event(to, Event::FileOffer { from: sender, name, size }) {
             return Err(ErrorReply::new(ErrorCode::Offline, format!("{to} is not online")));
         }
-        Ok(Introduction { peer: to.to_owned(), addr: theirs.udp, token, key: theirs.key })
+        Ok(theirs.transfer(to, meeting, reflexive(to)))
     }
 
     /// Sends a broadcast frame to everyone online but `from` and those blocking `from`.
@@ -643,6 +698,17 @@ impl Hub {
             }
         }
         (delivered, skipped)
+    }
+
+    /// Passes bytes of a private chat relayed on `link` to `to`, if online; dropped if their
+    /// queue is full (a chat is not worth kicking a session for: its seal notices the gap).
+    pub fn relay_chat(&self, to: &str, link: LinkId, data: Vec<u8>) {
+        let mut state = self.state();
+        if let Some(peer) = state.online.get_mut(to) {
+            if let Some(frame) = encode_event(Event::RelayedChat { link, data }) {
+                peer.push_ephemeral(frame);
+            }
+        }
     }
 
     /// Whether `name` is online now.
