@@ -26,7 +26,7 @@ pub struct Bars {
     multi: MultiProgress,
     /// In the order they started, which is the order they are drawn in.
     bars: Vec<(TransferId, String, ProgressBar)>,
-    /// When the caller last drew: `None` when indicatif draws.
+    /// When the caller was last told to redraw; `None` when indicatif draws.
     drawn_at: Option<Instant>,
 }
 
