@@ -453,3 +453,58 @@ async fn a_skin_tone_and_a_family_reach_the_terminal_whole() {
     tmux.wait_for("the exit", |s| s.contains("confab exited 0")).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn line_mode_bars_update_in_place_and_leave_nothing_behind() {
+    let server = TestServer::start(Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let clip = dir.path().join("clip.bin");
+    let data: Vec<u8> =
+        (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&clip, &data).unwrap();
+    let line_client = |user: &str, extra: &str| {
+        let command = format!(
+            "env CONFAB_PASSWORD={user}-pw {} --plain --plaintext --server {} --user {user} \
+             --data-dir {} {extra}",
+            env!("CARGO_BIN_EXE_confab"),
+            server.addr,
+            dir.path().join(user).display(),
+        );
+        Tmux::start(&command, 120, 20)
+    };
+    let bob = line_client("bob", &format!("--auto-accept --download-dir {}", downloads.display()));
+    bob.wait_for("bob's login", |s| s.contains("logged in as bob")).await;
+    let alice = line_client("alice", "");
+    alice.wait_for("alice's login", |s| s.contains("logged in as alice")).await;
+    // bob has half a line typed throughout.
+    bob.type_text("/msg alice half typ");
+    bob.wait_for("the typed text", |s| last_line(s) == "> /msg alice half typ").await;
+
+    alice.type_text(&format!("/p2pvideo bob {}", clip.display()));
+    alice.press("Enter");
+    // Each bar is drawn at least once, at its start (0 B), just before the lines that
+    // follow it (the frozen copy was of that draw); the test waits for the end only, as a
+    // fast transfer may end before a capture sees a live bar.
+    let received = "received clip.bin from alice (8000000 bytes, sha256 ok)";
+    let bob_screen = bob.wait_for("the end summary", |s| s.contains(received)).await;
+    let alice_screen =
+        alice.wait_for("the end summary", |s| s.contains("clip.bin has been uploaded")).await;
+    assert_eq!(std::fs::read(downloads.join("alice_clip.bin")).unwrap(), data);
+
+    // No bar, live or frozen, stays on either screen, and bob's line is whole.
+    let is_bar = |l: &str| l.contains("clip.bin [") || l.contains("0 B/") || l.contains(" ETA ");
+    for (who, screen) in [("alice", alice_screen), ("bob", bob_screen)] {
+        assert!(!screen.lines().any(is_bar), "{who}'s screen keeps a bar:\n{screen}");
+    }
+    assert_eq!(last_line(&bob.screen()), "> /msg alice half typ", "{}", bob.screen());
+    assert_eq!(last_line(&alice.screen()), ">", "{}", alice.screen());
+    bob.type_text("ed line");
+    bob.press("Enter");
+    bob.wait_for("the reply", |s| s.contains("sent to alice")).await;
+    for tmux in [&alice, &bob] {
+        tmux.press("C-c");
+    }
+    server.stop().await;
+}
