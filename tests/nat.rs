@@ -105,6 +105,157 @@ async fn two_clients_in_two_homes_reach_the_server_binary() {
     bob.expect("alice: hello across two NATs").await;
 }
 
+/// The transfer socket's port of a client behind [`Nat::Forwarded`], and its listener's.
+const FORWARDED_UDP: u16 = 41000;
+const FORWARDED_TCP: u16 = 41001;
+
+/// Where a link between a client behind `a` and one behind `b` should go: straight, unless
+/// a symmetric NAT (a new port for every destination) faces one that only lets in what its
+/// client asked for.
+fn direct_between(a: &Nat, b: &Nat) -> bool {
+    let reachable = |nat: &Nat| matches!(nat, Nat::Cone | Nat::Forwarded { .. });
+    let symmetric = |nat: &Nat| matches!(nat, Nat::Symmetric);
+    !(symmetric(a) && !reachable(b) || symmetric(b) && !reachable(a))
+}
+
+/// A client of the lab's server in `host`, logged in.
+async fn lab_client(
+    lab: &Lab,
+    server: &LabServer,
+    host: &Host,
+    user: &str,
+    extra: &[&str],
+) -> Proc {
+    let data = server.dir.path().join(user);
+    let downloads = data.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let (data, downloads) = (data.to_str().unwrap(), downloads.to_str().unwrap());
+    let mut args = vec!["--data-dir", data, "--fingerprint", &server.fingerprint];
+    args.extend(["--download-dir", downloads, "--auto-accept"]);
+    args.extend(extra);
+    let password = demo_password(user);
+    let mut proc = binaries::client_by(
+        lab.command(&host.ns, binaries::CLIENT),
+        &server.addr,
+        user,
+        password,
+        &args,
+    );
+    proc.expect(&format!("logged in as {user}")).await;
+    proc
+}
+
+/// The password of a demo account (testdata/credentials.txt, which the server imports).
+fn demo_password(user: &str) -> &'static str {
+    match user {
+        "alice" => "wonderland",
+        "bob" => "builder",
+        "carol" => "singer",
+        "dave" => "grohl",
+        _ => "dropper",
+    }
+}
+
+/// The lab's server binary, with its scratch directory.
+struct LabServer {
+    _proc: Proc,
+    addr: String,
+    fingerprint: String,
+    dir: tempfile::TempDir,
+}
+
+async fn lab_server(lab: &Lab) -> LabServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("server")).unwrap();
+    let db = dir.path().join("server").join("confab.db");
+    let listen = format!("{}:4000", lab.server_ip());
+    let server = lab.command(lab.server_ns(), binaries::SERVER);
+    let (proc, addr, fingerprint) = binaries::start_tls_server_by(server, &db, &listen).await;
+    LabServer { _proc: proc, addr, fingerprint, dir }
+}
+
+/// For every ordered pair of NAT kinds, an 8 MiB file arrives whole, directly where the
+/// NATs allow it and through the server's relay where they do not; and two clients behind
+/// one NAT (which does not hairpin) go directly over their own network.
+#[tokio::test]
+async fn a_file_crosses_every_pair_of_nats_directly_or_relayed() {
+    let Some(mut lab) = Lab::new("files") else { return };
+    let server = lab_server(&lab).await;
+    let kinds = [
+        ("alice", Nat::Cone),
+        ("bob", Nat::PortRestricted),
+        ("carol", Nat::Symmetric),
+        ("dave", Nat::Forwarded { tcp: FORWARDED_TCP, udp: FORWARDED_UDP }),
+    ];
+    let (udp, tcp) = (FORWARDED_UDP.to_string(), FORWARDED_TCP.to_string());
+    let mut clients = Vec::new();
+    let mut homes = Vec::new();
+    for (user, nat) in &kinds {
+        let home = lab.add_home(*nat);
+        homes.push(home);
+        let host = lab.add_client(home);
+        let extra: &[&str] = match nat {
+            Nat::Forwarded { .. } => &["--udp-port", &udp, "--p2p-port", &tcp],
+            _ => &[],
+        };
+        clients.push(lab_client(&lab, &server, &host, user, extra).await);
+    }
+    let data: Vec<u8> =
+        (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let clip = server.dir.path().join("clip.bin");
+    std::fs::write(&clip, &data).unwrap();
+
+    let mut count = 0;
+    for from in 0..kinds.len() {
+        for to in (0..kinds.len()).filter(|to| *to != from) {
+            let ((sender, from_nat), (receiver, to_nat)) = (&kinds[from], &kinds[to]);
+            let way = if direct_between(from_nat, to_nat) {
+                "directly"
+            } else {
+                "through the server's relay"
+            };
+            let what = format!("{sender} ({from_nat:?}) to {receiver} ({to_nat:?})");
+            clients[from].send(&format!("/p2pvideo {receiver} {}", clip.display())).await;
+            let line =
+                clients[from].expect(&format!("{receiver} accepted clip.bin; sending")).await;
+            assert!(line.contains(way), "{what}: {line}");
+            let line = clients[to].expect(&format!("received clip.bin from {sender}")).await;
+            assert!(
+                line.ends_with(&format!("it came {way}")) || line.contains(way),
+                "{what}: {line}"
+            );
+            clients[from].expect(&format!("clip.bin has been uploaded to {receiver}")).await;
+            let saved = server
+                .dir
+                .path()
+                .join(receiver)
+                .join("downloads")
+                .join(format!("{sender}_clip.bin"));
+            assert!(std::fs::read(&saved).unwrap() == data, "{what}: the file arrived whole");
+            std::fs::remove_file(saved).unwrap();
+            count += 1;
+        }
+    }
+    assert_eq!(count, 12);
+
+    // eve lives with carol, behind the symmetric NAT (which does not hairpin): their own
+    // network's addresses are the way.
+    let eve_host = lab.add_client(homes[2]);
+    let mut eve = lab_client(&lab, &server, &eve_host, "eve", &[]).await;
+    for (sender, receiver, from, to) in [("carol", "eve", 2, None), ("eve", "carol", 2, Some(2))] {
+        let (tx, rx) = match to {
+            None => (&mut clients[from], &mut eve),
+            Some(to) => (&mut eve, &mut clients[to]),
+        };
+        tx.send(&format!("/p2pvideo {receiver} {}", clip.display())).await;
+        let line = tx.expect(&format!("{receiver} accepted clip.bin; sending")).await;
+        assert!(line.contains("directly"), "{sender} to {receiver} behind one NAT: {line}");
+        rx.expect(&format!("received clip.bin from {sender}")).await;
+        let saved =
+            server.dir.path().join(receiver).join("downloads").join(format!("{sender}_clip.bin"));
+        assert!(std::fs::read(&saved).unwrap() == data, "{sender} to {receiver}: whole");
+    }
+}
 /// Whether socat is here (saying so when it is not).
 fn has_socat() -> bool {
     let found = std::process::Command::new("socat")
