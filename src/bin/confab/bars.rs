@@ -149,7 +149,12 @@ mod tests {
     #[test]
     fn caller_drawn_bars_are_one_line_each_and_go_when_the_transfer_ends() {
         let mut bars = Bars::drawn_by_caller();
-        assert!(bars.update(&TransferEvent::Started { transfer: transfer(), resume_from: 0 }));
+        let route = confab::p2p::transfer::Route::Direct("192.0.2.1:1".parse().unwrap());
+        assert!(bars.update(&TransferEvent::Started {
+            transfer: transfer(),
+            resume_from: 0,
+            route
+        }));
         let lines = bars.lines(200);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("↑ clip.mp4 [      "), "{lines:?}");
