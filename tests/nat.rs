@@ -115,7 +115,8 @@ const FORWARDED_TCP: u16 = 41001;
 fn direct_between(a: &Nat, b: &Nat) -> bool {
     let reachable = |nat: &Nat| matches!(nat, Nat::Cone | Nat::Forwarded { .. });
     let symmetric = |nat: &Nat| matches!(nat, Nat::Symmetric);
-    !(symmetric(a) && !reachable(b) || symmetric(b) && !reachable(a))
+    let blocked = |from: &Nat, to: &Nat| symmetric(from) && !reachable(to);
+    !blocked(a, b) && !blocked(b, a)
 }
 
 /// A client of the lab's server in `host`, logged in.
