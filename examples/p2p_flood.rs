@@ -68,8 +68,10 @@ async fn main() {
     let (alice, mut alice_events, _alice_sockets) = login(addr, "alice", &alice_id).await;
     let (bob, mut bob_events, bob_sockets) = login(addr, "bob", &bob_id).await;
     let pins = VerifiedPeers::in_memory();
+    // Nothing is relayed here: the chat is direct, on loopback.
+    let no_relay = tokio::sync::mpsc::unbounded_channel().0;
     let (chats, mut private) =
-        PrivateChats::start("bob", bob_id, pins, bob_sockets.tcp, ChatConfig::default());
+        PrivateChats::start("bob", bob_id, pins, bob_sockets.tcp, ChatConfig::default(), no_relay);
     alice.start_private("bob").await.expect("asked");
     wait_for(&mut bob_events, |e| matches!(e, Event::PrivateRequest { .. })).await;
     confab::client::session::accept_private(&bob, &chats, "alice").await.expect("accepted");

@@ -177,7 +177,7 @@ async fn accepted_by_binary(asker: &mut common::Direct, alice: &mut Proc) {
         other => panic!("expected the introduction, got {other:?}"),
     };
     asker.chats.connect(intro);
-    assert_eq!(common::next_private(&mut asker.private).await, common::opened("alice"));
+    common::assert_opened(common::next_private(&mut asker.private).await, "alice");
     alice.expect(&format!("* private chat with {} is open", asker.name)).await;
 }
 

@@ -257,6 +257,67 @@ async fn a_file_crosses_every_pair_of_nats_directly_or_relayed() {
         assert!(std::fs::read(&saved).unwrap() == data, "{sender} to {receiver}: whole");
     }
 }
+/// For every ordered pair of NAT kinds, a private chat opens and carries text both ways:
+/// directly when the accepting side can be reached (a cone NAT, a forwarded port, or the
+/// same network), otherwise through the server's relay (still sealed end to end).
+#[tokio::test]
+async fn a_private_chat_crosses_every_pair_of_nats_directly_or_relayed() {
+    let Some(mut lab) = Lab::new("chats") else { return };
+    let server = lab_server(&lab).await;
+    let kinds = [
+        ("alice", Nat::Cone),
+        ("bob", Nat::PortRestricted),
+        ("carol", Nat::Symmetric),
+        ("dave", Nat::Forwarded { tcp: FORWARDED_TCP, udp: FORWARDED_UDP }),
+    ];
+    let (udp, tcp) = (FORWARDED_UDP.to_string(), FORWARDED_TCP.to_string());
+    let mut clients = Vec::new();
+    let mut homes = Vec::new();
+    for (user, nat) in &kinds {
+        let home = lab.add_home(*nat);
+        homes.push(home);
+        let host = lab.add_client(home);
+        let extra: &[&str] = match nat {
+            Nat::Forwarded { .. } => &["--udp-port", &udp, "--p2p-port", &tcp],
+            _ => &[],
+        };
+        clients.push(lab_client(&lab, &server, &host, user, extra).await);
+    }
+    let eve_host = lab.add_client(homes[1]);
+    clients.push(lab_client(&lab, &server, &eve_host, "eve", &[]).await);
+
+    // (asker, target, the way): every ordered pair of homes, then eve and bob at home.
+    let mut pairs = Vec::new();
+    for asker in 0..kinds.len() {
+        for target in (0..kinds.len()).filter(|t| *t != asker) {
+            let reachable = matches!(kinds[target].1, Nat::Cone | Nat::Forwarded { .. });
+            pairs.push((
+                asker,
+                target,
+                if reachable { "directly" } else { "through the server's relay" },
+            ));
+        }
+    }
+    pairs.push((4, 1, "directly"));
+    let name = |i: usize| if i == 4 { "eve" } else { kinds[i].0 };
+    for (asker, target, way) in pairs {
+        let (a, t) = (name(asker), name(target));
+        clients[asker].send(&format!("/startprivate {t}")).await;
+        clients[target].expect(&format!("* {a} asks for a private chat")).await;
+        clients[target].send(&format!("/accept {a}")).await;
+        for (me, other) in [(asker, t), (target, a)] {
+            let line = clients[me].expect(&format!("* private chat with {other} is open")).await;
+            assert!(line.contains(way), "{a} asking {t}: {line}");
+        }
+        clients[asker].send(&format!("/private {t} hello {t}, from {a}")).await;
+        clients[target].expect(&format!("] {a} (private): hello {t}, from {a}")).await;
+        clients[target].send(&format!("/private {a} and back to {a}")).await;
+        clients[asker].expect(&format!("] {t} (private): and back to {a}")).await;
+        clients[asker].send(&format!("/stopprivate {t}")).await;
+        clients[target].expect(&format!("* {a} ended the private chat")).await;
+    }
+}
+
 /// Whether socat is here (saying so when it is not).
 fn has_socat() -> bool {
     let found = std::process::Command::new("socat")

@@ -327,8 +327,8 @@ async fn a_forged_token_is_refused_and_injects_nothing() {
 
     // None of that used up alice's token: she gets in, and her words are the first bob sees.
     alice.chats.connect(intro);
-    assert_eq!(next_private(&mut alice.private).await, common::opened("bob"));
-    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
+    common::assert_opened(next_private(&mut alice.private).await, "bob");
+    common::assert_opened(next_private(&mut bob.private).await, "alice");
     alice.chats.send("bob", "the real alice").await.unwrap();
     assert_eq!(
         next_private_message(&mut bob.private).await,
@@ -589,8 +589,8 @@ async fn nothing_said_in_a_private_chat_crosses_the_wire_in_the_clear() {
     let mut alice = server.login_direct("alice").await;
     let mut bob = server.login_direct("bob").await;
     let relay = open_through_relay(&mut alice, &mut bob, None).await;
-    assert_eq!(next_private(&mut alice.private).await, opened("bob"));
-    assert_eq!(next_private(&mut bob.private).await, opened("alice"));
+    common::assert_opened(next_private(&mut alice.private).await, "bob");
+    common::assert_opened(next_private(&mut bob.private).await, "alice");
     let marker = "MARKER-the-plans-are-under-the-mat";
     alice.chats.send("bob", marker).await.unwrap();
     assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), marker.into()));
@@ -611,8 +611,8 @@ async fn a_chat_frame_altered_on_the_way_ends_the_chat() {
     let mut bob = server.login_direct("bob").await;
     // The handshake passes untouched; a bit of the first message after it is flipped.
     let relay = open_through_relay(&mut alice, &mut bob, Some(400)).await;
-    assert_eq!(next_private(&mut alice.private).await, opened("bob"));
-    assert_eq!(next_private(&mut bob.private).await, opened("alice"));
+    common::assert_opened(next_private(&mut alice.private).await, "bob");
+    common::assert_opened(next_private(&mut bob.private).await, "alice");
     let handshake = relay.seen().len();
     assert!(handshake < 400, "the handshake took {handshake} bytes; flip later");
     alice.chats.send("bob", &"x".repeat(600)).await.unwrap();

@@ -82,7 +82,7 @@ async fn raw_alice(
         }
         other => panic!("expected Accepted, got {other:?}"),
     };
-    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
+    common::assert_opened(next_private(&mut bob.private).await, "alice");
     (conn, Arc::new(Mutex::new(cipher)))
 }
 
@@ -165,8 +165,8 @@ async fn strangers_at_the_peers_own_address_cannot_keep_it_out() {
     assert!(squatters.iter().all(held));
     // alice's connection evicts the oldest squatter and, having said hello, stays.
     alice.chats.connect(intro);
-    assert_eq!(next_private(&mut alice.private).await, common::opened("bob"));
-    assert_eq!(next_private(&mut bob.private).await, common::opened("alice"));
+    common::assert_opened(next_private(&mut alice.private).await, "bob");
+    common::assert_opened(next_private(&mut bob.private).await, "alice");
     assert_eq!(squatters.iter().filter(|conn| held(conn)).count(), reserved - 1);
     alice.chats.send("bob", "made it").await.unwrap();
     assert_eq!(next_private_message(&mut bob.private).await, ("alice".into(), "made it".into()));

@@ -221,22 +221,23 @@ pub fn bytes(n: u64) -> String {
 /// One line for something that happened to a private chat.
 pub fn private(event: &PrivateEvent) -> String {
     match event {
-        PrivateEvent::Opened { peer, trust } => {
+        PrivateEvent::Opened { peer, trust, route } => {
             let peer = sanitize(peer);
+            let way = way(route);
             match trust {
                 PeerTrust::Unverified => format!(
-                    "* private chat with {peer} is open, encrypted end to end: /private {peer} \
-                     TEXT to write, /stopprivate {peer} to end it, /verify {peer} to compare \
-                     safety codes"
+                    "* private chat with {peer} is open, encrypted end to end, {way}: /private \
+                     {peer} TEXT to write, /stopprivate {peer} to end it, /verify {peer} to \
+                     compare safety codes"
                 ),
                 PeerTrust::Verified => format!(
                     "* private chat with {peer} is open, encrypted end to end with the key you \
-                     verified: /private {peer} TEXT to write, /stopprivate {peer} to end it"
+                     verified, {way}: /private {peer} TEXT to write, /stopprivate {peer} to end it"
                 ),
                 PeerTrust::Changed { .. } => format!(
                     "* WARNING: {peer}'s key is NOT the one you verified. The server, or someone \
-                     it let in between, may be reading this private chat. Say nothing secret; \
-                     compare safety codes again with /verify {peer}"
+                     it let in between, may be reading this private chat ({way}). Say nothing \
+                     secret; compare safety codes again with /verify {peer}"
                 ),
             }
         }

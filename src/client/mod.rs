@@ -49,7 +49,7 @@ use tokio_util::either::Either;
 
 use crate::protocol::{
     ClientCodec, ClientMessage, CodecError, Delivery, DirectEndpoint, ErrorCode, ErrorReply, Event,
-    GroupInfo, Hello, HistoryMessage, Introduction, Invitation, OnlineUser, Reply, Request,
+    GroupInfo, Hello, HistoryMessage, Introduction, Invitation, LinkId, OnlineUser, Reply, Request,
     SeenUser, ServerMessage, PROTOCOL_VERSION,
 };
 
@@ -61,6 +61,8 @@ pub const ACK_EVERY: u32 = 64;
 /// Largest frame accepted from the server. Larger than the server's limit for clients: a
 /// list of every user online can be long, and the server is the party we chose to trust.
 pub const MAX_SERVER_FRAME: usize = 16 * 1024 * 1024;
+/// Relayed private-chat frames waiting for the connection; more are dropped.
+const RELAY_QUEUE: usize = 256;
 
 /// A client-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,8 @@ pub struct GroupDelivery {
 #[derive(Clone)]
 pub struct Client {
     requests: mpsc::Sender<Pending>,
+    /// Relayed private chats' bytes, for the I/O task.
+    relays: mpsc::Sender<(LinkId, Vec<u8>)>,
     server: String,
     limits: ServerLimits,
     local: SocketAddr,
@@ -248,15 +252,17 @@ impl Client {
             None => return Err(ClientError::Disconnected),
         };
         let (requests, requests_rx) = mpsc::channel(64);
+        let (relays, relays_rx) = mpsc::channel(RELAY_QUEUE);
         let (events_tx, rx) = mpsc::unbounded_channel();
         let acks = Arc::new(Acks::default());
-        tokio::spawn(io_task(framed, requests_rx, events_tx, acks.clone()));
+        tokio::spawn(io_task(framed, (requests_rx, relays_rx), events_tx, acks.clone()));
         let limits = ServerLimits {
             max_frame: welcome.max_frame as usize,
             max_message_chars: welcome.max_message_chars as usize,
         };
         let server = welcome.server;
-        let client = Client { requests, server, limits, local, peer, acks: acks.clone(), trusted };
+        let client =
+            Client { requests, relays, server, limits, local, peer, acks: acks.clone(), trusted };
         Ok((client, Events { rx, acks }))
     }
 
@@ -296,6 +302,14 @@ impl Client {
     /// connected to, on the binding's port.
     pub fn udp_endpoint(&self, binding: &crate::protocol::UdpBinding) -> SocketAddr {
         SocketAddr::new(self.peer.ip(), binding.port)
+    }
+
+    /// Sends bytes of a private chat relayed through the server on `link`, never waiting:
+    /// with the connection's queue full they are dropped, and the chat's seal notices.
+    pub fn relay_chat(&self, link: LinkId, data: Vec<u8>) {
+        if self.relays.try_send((link, data)).is_err() {
+            tracing::debug!("relayed chat bytes dropped: the server connection is busy or gone");
+        }
     }
 
     /// Sends any request and waits for its reply. A message without a send id gets a fresh
@@ -500,7 +514,7 @@ fn unexpected(reply: Reply) -> ClientError {
 /// events (each message once).
 async fn io_task(
     mut framed: Framed<Stream, ClientCodec>,
-    mut requests: mpsc::Receiver<Pending>,
+    (mut requests, mut relays): (mpsc::Receiver<Pending>, mpsc::Receiver<(LinkId, Vec<u8>)>),
     events: mpsc::UnboundedSender<ClientEvent>,
     acks: Arc<Acks>,
 ) {
@@ -523,6 +537,11 @@ async fn io_task(
                 next_id = next_id.wrapping_add(1).max(1);
                 pending.insert(id, reply);
                 if let Err(e) = framed.send(ClientMessage::Request { id, body }).await {
+                    break Some(e.to_string());
+                }
+            }
+            Some((link, data)) = relays.recv() => {
+                if let Err(e) = framed.send(ClientMessage::RelayChat { link, data }).await {
                     break Some(e.to_string());
                 }
             }

@@ -55,21 +55,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::identity::{Identity, IdentityError, PeerTrust, SafetyCode, VerifiedPeers};
 use super::limits::{HandshakeId, HandshakeLimits, Handshakes, Refusal};
 use super::noise::{self, Cipher, Keys, NoiseError};
 use super::tokens::{Tokens, Verdict};
+use super::Route;
 use crate::limit::{Rate, TokenBucket};
 use crate::protocol::{
-    now_ms, text_problem, ByeReason, ChatMessage, CodecError, Introduction, PeerCodec, PeerMessage,
-    PublicKey, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
+    now_ms, text_problem, ByeReason, ChatMessage, CodecError, Introduction, LinkId, PeerCodec,
+    PeerMessage, PublicKey, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
 };
 
 /// Private-chat events waiting for the front end, for all chats together; while it is
@@ -81,6 +83,15 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 const DRAIN_LIMIT: usize = 1 << 20;
 /// Messages queued for one chat's socket before `send` waits.
 const LINK_QUEUE: usize = 64;
+/// How long the requester tries the peer's addresses before the chat goes through the
+/// server's relay.
+const DIRECT_WAIT: Duration = Duration::from_millis(2000);
+/// Relayed chunks waiting for one chat to read them; past it the relay is dropped as
+/// broken (the peer's sends are held to the message rate, so only a stalled front end gets
+/// here).
+const RELAY_QUEUE: usize = 256;
+/// The largest chunk of a chat's bytes relayed in one frame.
+const RELAY_CHUNK: usize = 16 * 1024;
 /// Pauses before the dialler tries again when the listener closed without an answer.
 const DIAL_RETRIES: [Duration; 3] =
     [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
@@ -131,6 +142,9 @@ pub enum PrivateEvent {
         /// [`PeerTrust::Changed`] deserves a loud warning: the server, or someone it lets
         /// in between, may be reading the chat.
         trust: PeerTrust,
+        /// How the chat's bytes travel: a direct connection to this address, or relayed
+        /// (sealed end to end all the same) through the server.
+        route: Route,
     },
     /// `peer` sent a message.
     Message {
@@ -273,7 +287,14 @@ impl Expected {
         }
         let until = Instant::now() + self.inner.config.token_ttl;
         let expected = (intro.token, intro.key);
-        self.inner.state().tokens.fill(&self.peer, expected, intro.addr.ip(), until);
+        {
+            let mut state = self.inner.state();
+            state.tokens.fill(&self.peer, expected, intro.addr.ip(), until);
+            if let Some(link) = intro.relay {
+                // The requester may come through the relay instead.
+                state.relays.insert(link, Relay { peer: self.peer.clone(), inbound: None });
+            }
+        }
         self.filled = true;
         self.inner.tokens_changed.notify_waiters();
         Ok(())
@@ -294,12 +315,17 @@ impl PrivateChats {
     /// Starts taking private chats for user `me`, whose key pair is `identity`, on
     /// `listener` (whose port and key were announced at login); `pins` are the keys the
     /// user has verified. Must be called inside a tokio runtime.
+    ///
+    /// Chats that find no direct path are relayed through the server: their (sealed) bytes
+    /// leave through `relay_out`, to be sent on the server connection, and what the server
+    /// relays back comes in through [`PrivateChats::relayed`].
     pub fn start(
         me: &str,
         identity: Identity,
         pins: VerifiedPeers,
         listener: TcpListener,
         config: ChatConfig,
+        relay_out: mpsc::UnboundedSender<(LinkId, Vec<u8>)>,
     ) -> (Self, PrivateEvents) {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let stop = CancellationToken::new();
@@ -308,6 +334,7 @@ impl PrivateChats {
             links: HashMap::new(),
             handshakes: Handshakes::new(config.handshakes),
             evict: HashMap::new(),
+            relays: HashMap::new(),
         };
         let inner = Arc::new(Inner {
             me: me.to_owned(),
@@ -319,6 +346,7 @@ impl PrivateChats {
             events,
             stop: stop.clone(),
             next_link: AtomicU64::new(1),
+            relay_out,
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
         (Self { inner, _alive: Arc::new(stop.drop_guard()) }, PrivateEvents { rx })
@@ -340,8 +368,52 @@ impl PrivateChats {
 
     /// Connects to the peer who accepted our request, as the server introduced them. The
     /// outcome arrives as [`PrivateEvent::Opened`] or [`PrivateEvent::Failed`].
+    ///
+    /// Every address of the peer is tried at once; if none has answered after
+    /// [`DIRECT_WAIT`], the chat goes through the server's relay.
     pub fn connect(&self, intro: Introduction) {
         tokio::spawn(dial(self.inner.clone(), intro));
+    }
+
+    /// Bytes the server relayed on `link`: for the chat relayed on it, or the first of a
+    /// chat the introduced requester opens through the relay.
+    pub fn relayed(&self, link: LinkId, data: Vec<u8>) {
+        let mut state = self.inner.state();
+        let Some(relay) = state.relays.get_mut(&link) else {
+            tracing::debug!("relayed bytes for a link we do not know; dropped");
+            return;
+        };
+        let inbound = match &relay.inbound {
+            Some(inbound) => inbound.clone(),
+            None => {
+                // The requester's hello, through the relay: take it as a connection.
+                let peer = relay.peer.clone();
+                let (stream, inbound) = relay_stream(&self.inner, link);
+                relay.inbound = Some(inbound.clone());
+                let slot = match self.inner.admit_relayed(&mut state) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tracing::debug!(peer, "dropped a relayed private chat: {why}");
+                        state.relays.remove(&link);
+                        return;
+                    }
+                };
+                drop(state);
+                let route = Route::Relay(link);
+                tokio::spawn(handshake(self.inner.clone(), Either::Right(stream), route, slot));
+                inbound
+            }
+        };
+        if inbound.try_send(data).is_err() {
+            tracing::warn!("a relayed private chat fell behind; dropping it");
+            self.inner.state().relays.remove(&link);
+        }
+    }
+
+    /// The server connection is gone, and with it every relay: the chats relayed through
+    /// it end as lost.
+    pub fn relays_lost(&self) {
+        self.inner.state().relays.clear();
     }
 
     /// Sends `text` to `peer` over the direct connection; returns once it is written.
@@ -438,6 +510,8 @@ struct Inner {
     /// Cancelled when the last `PrivateChats` is dropped.
     stop: CancellationToken,
     next_link: AtomicU64,
+    /// Relayed chats' bytes, for the server connection.
+    relay_out: mpsc::UnboundedSender<(LinkId, Vec<u8>)>,
 }
 
 struct State {
@@ -446,7 +520,21 @@ struct State {
     handshakes: Handshakes,
     /// How to end each handshake in progress, should it be evicted.
     evict: HashMap<HandshakeId, CancellationToken>,
+    /// The relay links of our introductions: who is on the other end, and where what the
+    /// server relays on it goes (once a chat uses it).
+    relays: HashMap<LinkId, Relay>,
 }
+
+/// One relay link of an introduction.
+struct Relay {
+    peer: String,
+    /// The chat's relayed bytes, for its stream; `None` until the chat starts on it.
+    inbound: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+/// The stream under a chat: a direct TCP connection, or the bytes relayed through the
+/// server.
+type Stream = Either<TcpStream, DuplexStream>;
 
 /// An open chat as seen from outside its task.
 struct Link {
@@ -457,6 +545,8 @@ struct Link {
     sent: TokenBucket,
     /// The key the peer proved in the handshake.
     key: PublicKey,
+    /// How its bytes travel.
+    route: Route,
 }
 
 /// A handshake slot, given back when dropped.
@@ -521,14 +611,26 @@ impl Inner {
         Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
     }
 
-    /// Registers an authenticated connection with `peer`, who proved `key`, and starts its
-    /// task, which reports it open.
-    fn open_link(self: &Arc<Self>, peer: String, key: PublicKey, link: Secured) {
+    /// A handshake slot for a relayed connection: the lane of an expected peer (only an
+    /// introduced peer's link can reach us through the relay).
+    fn admit_relayed(self: &Arc<Self>, state: &mut State) -> Result<Slot, Refusal> {
+        let admitted = state.handshakes.admit(std::net::Ipv4Addr::UNSPECIFIED.into(), true)?;
+        if let Some(cancel) = admitted.evict.and_then(|old| state.evict.remove(&old)) {
+            cancel.cancel();
+        }
+        let cancel = self.stop.child_token();
+        state.evict.insert(admitted.id, cancel.clone());
+        Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
+    }
+
+    /// Registers an authenticated connection with `peer`, who proved `key`, over `route`,
+    /// and starts its task, which reports it open.
+    fn open_link(self: &Arc<Self>, peer: String, key: PublicKey, link: Secured, route: Route) {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let sent = TokenBucket::new(self.config.message_rate, Instant::now());
         // A chat that this one replaces ends quietly when its handle is dropped here.
-        if self.state().links.insert(peer.clone(), Link { id, tx, sent, key }).is_some() {
+        if self.state().links.insert(peer.clone(), Link { id, tx, sent, key, route }).is_some() {
             tracing::info!(peer, "a new private chat replaces the previous one");
         }
         let trust = self.pins.trust(&peer, &key);
@@ -538,7 +640,7 @@ impl Inner {
             }
             _ => tracing::info!(peer, ?trust, "private chat open"),
         }
-        tokio::spawn(run_link(self.clone(), peer, trust, id, link, rx));
+        tokio::spawn(run_link(self.clone(), peer, (trust, route), id, link, rx));
     }
 
     /// Forgets chat `id` with `peer`; false if it was ended locally or replaced already.
@@ -547,7 +649,9 @@ impl Inner {
         if state.links.get(peer).is_none_or(|link| link.id != id) {
             return false;
         }
-        state.links.remove(peer);
+        if let Some(Link { route: Route::Relay(link), .. }) = state.links.remove(peer) {
+            state.relays.remove(&link);
+        }
         true
     }
 }
@@ -578,14 +682,16 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         if let Err(e) = socket.set_nodelay(true) {
             tracing::debug!(%addr, "set_nodelay: {e}");
         }
-        tokio::spawn(handshake(inner.clone(), socket, addr, slot));
+        let route = Route::direct(addr);
+        tokio::spawn(handshake(inner.clone(), Either::Left(socket), route, slot));
     }
 }
 
 /// Authenticates an incoming connection and opens the chat, or closes it and logs why.
-async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot: Slot) {
+async fn handshake(inner: Arc<Inner>, socket: Stream, route: Route, slot: Slot) {
     let deadline = Instant::now() + inner.config.hello_timeout;
     let mut framed = Framed::new(socket, PeerCodec::new(MAX_PEER_FRAME));
+    let addr = &route;
     let first = tokio::select! {
         _ = slot.cancel.cancelled() => return,
         first = timeout_at(deadline, framed.next()) => first,
@@ -649,25 +755,29 @@ async fn handshake(inner: Arc<Inner>, socket: TcpStream, addr: SocketAddr, slot:
         return;
     }
     drop(slot);
-    inner.open_link(username, key, Secured { framed, cipher });
+    inner.open_link(username, key, Secured { framed, cipher }, route);
 }
 
 /// Logs a refused connection; dropping it (by returning) closes it.
-fn reject(addr: SocketAddr, claimed: Option<&str>, why: impl std::fmt::Display) {
-    tracing::warn!(%addr, ?claimed, "refused a private-chat connection: {why}");
+fn reject(route: &Route, claimed: Option<&str>, why: impl std::fmt::Display) {
+    tracing::warn!(?route, ?claimed, "refused a private-chat connection: {why}");
 }
 
-/// Connects to an accepting peer and opens the chat, or reports why not.
+/// Connects to the introduced peer and opens the chat, or reports why not.
 ///
-/// A listener that closes the connection unanswered may have been busy, or not have read
-/// the server's answer yet (and so not know to keep a slot for us): that is tried again a
-/// few times, the token being used up only by a handshake that succeeds.
+/// Every address of the peer is tried at once and the first connection that answers is
+/// used. A listener that closes the connection unanswered may have been busy, or not have
+/// read the server's answer yet (and so not know to keep a slot for us): that is tried
+/// again a few times, the token being used up only by a handshake that succeeds. With no
+/// direct connection after [`DIRECT_WAIT`], the chat goes through the relay.
 async fn dial(inner: Arc<Inner>, intro: Introduction) {
     let peer = intro.peer.clone();
+    let started = Instant::now();
     let mut pauses = DIAL_RETRIES.iter();
     let outcome = loop {
-        match try_dial(&inner, &intro).await {
-            Err(e) if e.retry() => match pauses.next() {
+        let direct = timeout_at(started + DIRECT_WAIT, try_addresses(&inner, &intro)).await;
+        match direct.unwrap_or(Err(DialError::Timeout)) {
+            Err(e) if e.retry() && Instant::now() < started + DIRECT_WAIT => match pauses.next() {
                 Some(pause) => {
                     tracing::debug!(peer, "private chat not answered ({e}); trying again");
                     sleep(*pause).await;
@@ -677,8 +787,22 @@ async fn dial(inner: Arc<Inner>, intro: Introduction) {
             outcome => break outcome,
         }
     };
+    let outcome = match (outcome, intro.relay) {
+        (Err(e), Some(link)) if !matches!(e, DialError::WrongPeer(_) | DialError::Handshake(_)) => {
+            tracing::info!(peer, "no direct connection ({e}); relaying the private chat");
+            let (stream, inbound) = relay_stream(&inner, link);
+            let relay = Relay { peer: peer.clone(), inbound: Some(inbound) };
+            inner.state().relays.insert(link, relay);
+            let relayed = handshake_as_dialler(&inner, &intro, Either::Right(stream)).await;
+            if relayed.is_err() {
+                inner.state().relays.remove(&link);
+            }
+            relayed.map(|secured| (secured, Route::Relay(link)))
+        }
+        (outcome, _) => outcome,
+    };
     match outcome {
-        Ok(link) => inner.open_link(peer, intro.key, link),
+        Ok((link, route)) => inner.open_link(peer, intro.key, link, route),
         Err(e) => {
             tracing::warn!(peer, "cannot open the private chat: {e}");
             inner.emit(PrivateEvent::Failed { peer, error: e.to_string() }).await;
@@ -693,17 +817,47 @@ impl DialError {
     }
 }
 
-async fn try_dial(inner: &Inner, intro: &Introduction) -> Result<Secured, DialError> {
+/// Connects to every address of the peer at once; the first connection made carries the
+/// handshake. The error is the last address's when none connects.
+async fn try_addresses(inner: &Inner, intro: &Introduction) -> Result<(Secured, Route), DialError> {
     let config = &inner.config;
-    let addr = intro.addr;
-    let socket = timeout(config.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| DialError::Timeout)?
-        .map_err(|source| DialError::Connect { addr, source })?;
-    if let Err(e) = socket.set_nodelay(true) {
-        tracing::debug!(%addr, "set_nodelay: {e}");
+    let mut connecting: futures_util::stream::FuturesUnordered<_> = intro
+        .addresses()
+        .into_iter()
+        .map(|addr| async move {
+            let connected = timeout(config.connect_timeout, TcpStream::connect(addr)).await;
+            match connected {
+                Err(_) => Err(DialError::Timeout),
+                Ok(Err(source)) => Err(DialError::Connect { addr, source }),
+                Ok(Ok(socket)) => Ok((socket, addr)),
+            }
+        })
+        .collect();
+    let mut error = DialError::Timeout;
+    while let Some(connected) = connecting.next().await {
+        match connected {
+            Ok((socket, addr)) => {
+                drop(connecting);
+                if let Err(e) = socket.set_nodelay(true) {
+                    tracing::debug!(%addr, "set_nodelay: {e}");
+                }
+                let secured = handshake_as_dialler(inner, intro, Either::Left(socket)).await?;
+                return Ok((secured, Route::direct(addr)));
+            }
+            Err(e) => error = e,
+        }
     }
-    let mut framed = Framed::new(socket, PeerCodec::new(MAX_PEER_FRAME));
+    Err(error)
+}
+
+/// The dialling side's handshake on a connected `stream`: our hello, the peer's answer.
+async fn handshake_as_dialler(
+    inner: &Inner,
+    intro: &Introduction,
+    stream: Stream,
+) -> Result<Secured, DialError> {
+    let config = &inner.config;
+    let mut framed = Framed::new(stream, PeerCodec::new(MAX_PEER_FRAME));
     let keys = Keys {
         identity: &inner.identity,
         me: &inner.me,
@@ -729,6 +883,40 @@ async fn try_dial(inner: &Inner, intro: &Introduction) -> Result<Secured, DialEr
     }
 }
 
+/// A stream whose bytes go through the server's relay on `link`, and the sender that the
+/// relayed bytes coming back are fed into. A task pumps the two until either side is
+/// dropped (the chat ends, or [`PrivateChats::relays_lost`]).
+fn relay_stream(inner: &Arc<Inner>, link: LinkId) -> (DuplexStream, mpsc::Sender<Vec<u8>>) {
+    let (ours, mut theirs) = tokio::io::duplex(4 * RELAY_CHUNK);
+    let (inbound, mut rx) = mpsc::channel::<Vec<u8>>(RELAY_QUEUE);
+    let (out, stop) = (inner.relay_out.clone(), inner.stop.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0; RELAY_CHUNK];
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                read = theirs.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out.send((link, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                },
+                data = rx.recv() => match data {
+                    Some(data) => {
+                        if theirs.write_all(&data).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    (ours, inbound)
+}
+
 /// How a chat task ended.
 enum End {
     /// The peer said goodbye.
@@ -752,7 +940,7 @@ enum End {
 async fn run_link(
     inner: Arc<Inner>,
     peer: String,
-    trust: PeerTrust,
+    (trust, route): (PeerTrust, Route),
     id: u64,
     mut link: Secured,
     mut rx: mpsc::Receiver<Outbound>,
@@ -760,7 +948,7 @@ async fn run_link(
     let config = &inner.config;
     let mut received = TokenBucket::new(config.message_rate, Instant::now());
     // The first place in the queue goes to saying the chat is open.
-    let mut opened = Some(PrivateEvent::Opened { peer: peer.clone(), trust });
+    let mut opened = Some(PrivateEvent::Opened { peer: peer.clone(), trust, route });
     let mut place = None;
     let end = loop {
         tokio::select! {
@@ -861,17 +1049,13 @@ async fn run_link(
 }
 
 /// Writes one frame within `limit`; false if it could not be written.
-async fn write(
-    framed: &mut Framed<TcpStream, PeerCodec>,
-    msg: PeerMessage,
-    limit: Duration,
-) -> bool {
+async fn write(framed: &mut Framed<Stream, PeerCodec>, msg: PeerMessage, limit: Duration) -> bool {
     matches!(timeout(limit, framed.send(msg)).await, Ok(Ok(())))
 }
 
 /// An authenticated connection: the frames, and the keys that seal and open them.
 struct Secured {
-    framed: Framed<TcpStream, PeerCodec>,
+    framed: Framed<Stream, PeerCodec>,
     cipher: Cipher,
 }
 

@@ -31,7 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::protocol::DirectEndpoint;
+use crate::protocol::{DirectEndpoint, LinkId};
 
 use identity::Identity;
 
@@ -40,6 +40,48 @@ pub use chat::{
     ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents, EVENT_QUEUE,
 };
 pub use limits::HandshakeLimits;
+
+/// Which way a direct link's bytes go: straight to the peer, or through the server's relay
+/// (chats over the server connection, transfers through its UDP endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// To and from this address.
+    Direct(SocketAddr),
+    /// Through the server, on this relay link of the introduction.
+    Relay(LinkId),
+}
+
+impl Route {
+    /// The direct route to `addr`, IPv4 written the IPv4 way.
+    pub fn direct(addr: SocketAddr) -> Self {
+        Route::Direct(normalize(addr))
+    }
+
+    /// Whether it goes through the relay.
+    pub fn is_relayed(&self) -> bool {
+        matches!(self, Route::Relay(_))
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Direct(addr) => write!(f, "direct to {addr}"),
+            Route::Relay(_) => f.write_str("relayed through the server"),
+        }
+    }
+}
+
+/// IPv4 addresses seen through an IPv6 socket, written the IPv4 way, so they compare equal.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
 
 /// The local sockets for direct links, bound before login so that their ports can be
 /// announced to the server.

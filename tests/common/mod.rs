@@ -218,8 +218,10 @@ impl TestServer {
         let endpoint = sockets.endpoint(&identity);
         client.login_with(user, &password_of(user), Some(endpoint)).await.unwrap();
         let DirectSockets { tcp, udp, .. } = sockets;
+        // These chats are direct, on loopback: nothing is relayed.
+        let no_relay = tokio::sync::mpsc::unbounded_channel().0;
         let (chats, private) =
-            PrivateChats::start(user, identity.clone(), pins.clone(), tcp, config);
+            PrivateChats::start(user, identity.clone(), pins.clone(), tcp, config, no_relay);
         let (name, port) = (user.to_owned(), endpoint.tcp);
         Direct { name, client, events, chats, private, identity, pins, port, udp }
     }
@@ -243,8 +245,13 @@ pub async fn next_private_message(events: &mut PrivateEvents) -> (String, String
 }
 
 /// A chat with `peer` opened, with a key nobody verified.
-pub fn opened(peer: &str) -> PrivateEvent {
-    PrivateEvent::Opened { peer: peer.to_owned(), trust: PeerTrust::Unverified }
+/// Asserts that `event` says a chat with `peer` opened, unverified, over a direct
+/// connection (every test here is on one host).
+pub fn assert_opened(event: PrivateEvent, peer: &str) {
+    let direct = matches!(&event, PrivateEvent::Opened {
+        peer: p, trust: PeerTrust::Unverified, route: confab::p2p::Route::Direct(_)
+    } if p == peer);
+    assert!(direct, "expected a direct chat with {peer} to open, got {event:?}");
 }
 
 /// The full introduction: `a` asks, `b` is asked and accepts, `a` connects, both see the
@@ -261,8 +268,8 @@ pub async fn open_private(a: &mut Direct, b: &mut Direct) -> Introduction {
         other => panic!("expected an acceptance, got {other:?}"),
     };
     a.chats.connect(intro.clone());
-    assert_eq!(next_private(&mut a.private).await, opened(&b.name));
-    assert_eq!(next_private(&mut b.private).await, opened(&a.name));
+    assert_opened(next_private(&mut a.private).await, &b.name);
+    assert_opened(next_private(&mut b.private).await, &a.name);
     intro
 }
 

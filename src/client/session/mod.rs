@@ -59,7 +59,7 @@ use crate::p2p::transfer::{IncomingFile, TransferConfig, TransferEvent, Transfer
 use crate::p2p::{
     ChatConfig, DirectSockets, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
 };
-use crate::protocol::{ByeReason, DirectEndpoint, Event, Introduction, Reply, Request};
+use crate::protocol::{ByeReason, DirectEndpoint, Event, Introduction, LinkId, Reply, Request};
 
 /// How long quitting waits for the server to confirm the logout.
 pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -343,12 +343,14 @@ impl Session {
         if let Some(binding) = info.udp {
             transfers.rendezvous(client.udp_endpoint(&binding), binding);
         }
+        let (relay_tx, relayed) = mpsc::unbounded_channel();
         let (chats, private) = PrivateChats::start(
             &info.username,
             config.identity.clone(),
             config.pins.clone(),
             tcp,
             config.chat.clone(),
+            relay_tx,
         );
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let (out, rx) = mpsc::channel(EVENT_QUEUE);
@@ -378,7 +380,7 @@ impl Session {
             finish_after_logout: None,
             logins: 1,
         };
-        tokio::spawn(driver.run(inputs_rx, private, transfer_events, done));
+        tokio::spawn(driver.run(inputs_rx, (private, relayed), transfer_events, done));
         Ok((Session { inputs, shown }, SessionEvents { rx }))
     }
 
@@ -504,7 +506,7 @@ impl Driver {
     async fn run(
         mut self,
         mut inputs: mpsc::UnboundedReceiver<Input>,
-        mut private: PrivateEvents,
+        (mut private, mut relayed): (PrivateEvents, mpsc::UnboundedReceiver<(LinkId, Vec<u8>)>),
         mut transfer_events: mpsc::UnboundedReceiver<TransferEvent>,
         mut done: mpsc::UnboundedReceiver<Done>,
     ) {
@@ -525,6 +527,14 @@ impl Driver {
                 },
                 event = next_server_event(&mut self.events) => self.server_event(event).await,
                 Some(event) = private.next() => self.private_event(event).await,
+                // A relayed chat's bytes go out on the connection of the moment; with none,
+                // they are lost like the relay itself (`relays_lost`).
+                Some((link, data)) = relayed.recv() => {
+                    if let Some(client) = &self.client {
+                        client.relay_chat(link, data);
+                    }
+                    None
+                }
                 Some(event) = transfer_events.recv() => self.transfer_event(event).await,
                 Some(outcome) = done.recv() => self.outcome(outcome).await,
                 _ = sleep_until(self.retry_at.unwrap_or_else(Instant::now)),
@@ -700,6 +710,11 @@ impl Driver {
     /// Shows a server event and acts on it.
     async fn server_event(&mut self, event: Option<ClientEvent>) -> Option<Finish> {
         let event = match event {
+            // A relayed chat's bytes are the chat's business, not the front end's.
+            Some(ClientEvent::Server(Event::RelayedChat { link, data })) => {
+                self.chats.relayed(link, data);
+                return None;
+            }
             Some(ClientEvent::Server(event)) => event,
             Some(ClientEvent::Closed { error }) => return self.closed(error).await,
             None => return self.closed(None).await,
@@ -738,7 +753,6 @@ impl Driver {
                 Step::Nothing
             }
             Event::SessionEnded { reason } => self.rules.server_notice(*reason),
-            Event::RelayedChat { .. } => return None,
             _ => Step::Nothing,
         };
         self.emit(SessionEvent::Server(event)).await;
@@ -749,6 +763,7 @@ impl Driver {
     async fn closed(&mut self, error: Option<String>) -> Option<Finish> {
         self.client = None;
         self.events = None;
+        self.chats.relays_lost();
         self.delivered.disconnected();
         if self.rules.logging_out() {
             // The worker finishes the logout and says so.

@@ -736,7 +736,7 @@ impl App {
 
     fn private_event(&mut self, event: PrivateEvent) {
         match &event {
-            PrivateEvent::Opened { peer, trust } => {
+            PrivateEvent::Opened { peer, trust, .. } => {
                 self.private.insert(peer.clone());
                 self.open(Target::Private(peer.clone()));
                 let target = Target::Private(peer.clone());
@@ -1332,6 +1332,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
             peer: "bob".into(),
             trust: PeerTrust::Unverified,
+            route: crate::p2p::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         assert_eq!(labels(&app), ["server", "=bob"]);
         app.handle(alt('2'));
@@ -1354,6 +1355,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
             peer: "bob".into(),
             trust: PeerTrust::Changed { verified },
+            route: crate::p2p::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         app.handle(alt('2'));
         let last = app.window().entries.back().unwrap();
@@ -1362,6 +1364,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Private(PrivateEvent::Opened {
             peer: "carol".into(),
             trust: PeerTrust::Verified,
+            route: crate::p2p::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         app.handle(alt('3'));
         let last = app.window().entries.back().unwrap();

@@ -606,6 +606,7 @@ mod tests {
         app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Opened {
             peer: "bob".into(),
             trust: crate::p2p::identity::PeerTrust::Unverified,
+            route: crate::p2p::Route::Direct("192.0.2.1:1".parse().unwrap()),
         })));
         app.handle(UiEvent::Session(SessionEvent::Private(crate::p2p::PrivateEvent::Message {
             peer: "bob".into(),

@@ -23,6 +23,7 @@ use super::sender::{Sender, SenderConfig};
 use super::wire::{self, Framing, Header, Packet, TransferId, ANSWER_LEN, HEADER_LEN};
 use crate::p2p::identity::Identity;
 use crate::p2p::noise::{Keys, NoiseError};
+use crate::p2p::{normalize, Route};
 use crate::protocol::{valid_file_name, Introduction, LinkId, PublicKey, Token};
 
 /// Which way a transfer goes, seen from this client.
@@ -41,27 +42,6 @@ impl Direction {
             Direction::Send => '↑',
             Direction::Receive => '↓',
         }
-    }
-}
-
-/// Which way a transfer's datagrams go: straight to the peer, or through the server's relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// To and from this address.
-    Direct(SocketAddr),
-    /// Wrapped for the server's relay link (see `protocol::rendezvous`).
-    Relay(LinkId),
-}
-
-impl Route {
-    /// The direct route to `addr`, IPv4 written the IPv4 way.
-    pub fn direct(addr: SocketAddr) -> Self {
-        Route::Direct(normalize(addr))
-    }
-
-    /// Whether it goes through the relay.
-    pub fn is_relayed(&self) -> bool {
-        matches!(self, Route::Relay(_))
     }
 }
 
@@ -687,16 +667,5 @@ fn open<'a>(
             Ok(Opened::Withdrawn)
         }
         _ => Err(Refused::Forged),
-    }
-}
-
-/// IPv4 addresses seen through an IPv6 socket, written the IPv4 way, so they compare equal.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
     }
 }

@@ -38,14 +38,14 @@ use tokio::sync::mpsc;
 
 use super::congestion::wall_clock_epoch;
 use super::endpoint::{
-    normalize, Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Route,
-    Transfer, TransferStats,
+    Connection, Direction, Endpoint, EndpointConfig, IncomingFile, Machine, Transfer, TransferStats,
 };
 use super::receiver::{resume_point, ReceiverConfig, ReceiverEvent};
 use super::sender::{SenderConfig, SenderEvent, SenderStats};
 use super::wire::TransferId;
 use super::TransferError;
 use crate::p2p::identity::Identity;
+use crate::p2p::{normalize, Route};
 use crate::protocol::rendezvous::{self, relay_header, Datagram, BIND_INTERVAL, RELAY_HEADER};
 use crate::protocol::{valid_file_name, Introduction, UdpBinding};
 

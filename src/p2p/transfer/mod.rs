@@ -30,9 +30,8 @@ pub mod rtt;
 pub mod sender;
 pub mod wire;
 
-pub use endpoint::{
-    Direction, Endpoint, EndpointConfig, IncomingFile, Route, Transfer, TransferStats,
-};
+pub use crate::p2p::Route;
+pub use endpoint::{Direction, Endpoint, EndpointConfig, IncomingFile, Transfer, TransferStats};
 pub use engine::{OutgoingFile, TransferConfig, TransferEvent, Transfers};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
