@@ -311,6 +311,11 @@ async fn a_private_chat_crosses_every_pair_of_nats_directly_or_relayed() {
         }
         clients[asker].send(&format!("/private {t} hello {t}, from {a}")).await;
         clients[target].expect(&format!("] {a} (private): hello {t}, from {a}")).await;
+        clients[target].send("/peers").await;
+        let line = clients[target].expect(&format!("private chat with {a}: ")).await;
+        let listed =
+            if way == "directly" { ": direct to " } else { ": relayed through the server" };
+        assert!(line.contains(listed), "{a} asking {t}, /peers: {line}");
         clients[target].send(&format!("/private {a} and back to {a}")).await;
         clients[asker].expect(&format!("] {t} (private): and back to {a}")).await;
         clients[asker].send(&format!("/stopprivate {t}")).await;

@@ -625,3 +625,27 @@ async fn a_chat_frame_altered_on_the_way_ends_the_chat() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_open_chat_says_its_way_and_measures_its_round_trip() {
+    let server = TestServer::start(Config::default()).await;
+    let mut alice = server.login_direct("alice").await;
+    let mut bob = server.login_direct("bob").await;
+    open_private(&mut alice, &mut bob).await;
+    // The first ping goes as the chat opens; its answer gives the round trip.
+    let measured = async {
+        loop {
+            let links = alice.chats.links();
+            if let [link] = &links[..] {
+                if link.rtt.is_some() {
+                    return link.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let link = tokio::time::timeout(PATIENCE, measured).await.expect("a round trip in time");
+    assert_eq!(link.peer, "bob");
+    assert!(matches!(link.route, confab::p2p::Route::Direct(addr) if addr.port() == bob.port));
+    server.stop().await;
+}

@@ -174,6 +174,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         summary: "close the current conversation's window",
     },
     CommandSpec {
+        name: "/peers",
+        aliases: &[],
+        args: "",
+        summary: "your open private chats and file transfers: direct or relayed, round trip",
+    },
+    CommandSpec {
         name: "/help",
         aliases: &["help", "/?"],
         args: "[COMMAND]",
@@ -219,6 +225,8 @@ pub enum Command {
     },
     /// A file-transfer command (see [`crate::client::files`]).
     File(FileCommand),
+    /// `/peers`: the open direct links, answered by the client itself.
+    Peers,
 }
 
 /// The file-transfer commands.
@@ -456,6 +464,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "/stopprivate" if !first.is_empty() && tail.is_empty() => {
             return Ok(Command::StopPrivate { user: first.to_owned() });
         }
+        "/peers" if rest.is_empty() => return Ok(Command::Peers),
         "/verify" if !first.is_empty() && (tail.is_empty() || tail == "confirm") => {
             return Ok(Command::Verify { user: first.to_owned(), confirm: !tail.is_empty() });
         }
@@ -496,7 +505,7 @@ pub const HELP_TOPICS: &[(&str, &[&str])] = &[
     ("groups", &["/creategroup", "/joingroup", "/groupmsg", "/leavegroup", "/groups"]),
     ("private", &["/startprivate", "/accept", "/decline", "/private", "/stopprivate", "/verify"]),
     ("files", &["/p2pvideo", "/acceptfile", "/declinefile", "/cancel"]),
-    ("session", &["/help", "/logout"]),
+    ("session", &["/peers", "/help", "/logout"]),
 ];
 
 /// The `/help` text: the commands by topic (a few lines, to fit a small screen), `all` of

@@ -15,8 +15,8 @@ use chrono::{Local, TimeZone};
 use super::session::Connection;
 use super::LoginInfo;
 use crate::p2p::identity::PeerTrust;
-use crate::p2p::transfer::{Direction, Route, TransferEvent};
-use crate::p2p::{CloseReason, PrivateEvent};
+use crate::p2p::transfer::{Direction, Route, TransferEvent, TransferLink};
+use crate::p2p::{ChatLink, CloseReason, PrivateEvent};
 use crate::protocol::{
     ByeReason, Delivery, EndReason, Event, HistoryMessage, MemberChange, PresenceChange, Reply,
     Request, RequestEnd, SeenUser, Timestamp,
@@ -121,6 +121,31 @@ pub fn event(event: &Event) -> String {
         // The session carries these to the private chat they belong to; never shown.
         Event::RelayedChat { .. } => String::new(),
     }
+}
+
+/// The `/peers` lines: each open private chat and transfer, which way it goes and its
+/// round trip.
+pub fn peers(chats: &[ChatLink], transfers: &[TransferLink]) -> Vec<String> {
+    if chats.is_empty() && transfers.is_empty() {
+        return vec!["no private chat or file transfer is open".to_owned()];
+    }
+    let rtt = |rtt: Option<std::time::Duration>| match rtt {
+        Some(rtt) => format!("round trip {:.1} ms", rtt.as_secs_f64() * 1000.0),
+        None => "round trip not measured yet".to_owned(),
+    };
+    let chats = chats
+        .iter()
+        .map(|c| format!("private chat with {}: {}, {}", sanitize(&c.peer), c.route, rtt(c.rtt)));
+    let transfers = transfers.iter().map(|t| {
+        let (arrow, name) = (t.transfer.direction.arrow(), sanitize(&t.transfer.name));
+        let peer = sanitize(&t.transfer.peer);
+        let rtt = match (t.transfer.direction, t.rtt) {
+            (Direction::Receive, _) => "round trip measured by the sender".to_owned(),
+            (Direction::Send, measured) => rtt(measured),
+        };
+        format!("transfer {arrow} {name} with {peer}: {}, {rtt}", t.route)
+    });
+    chats.chain(transfers).collect()
 }
 
 /// How a link's bytes travel, in words: "directly" or "through the server's relay".
@@ -637,6 +662,41 @@ pub fn date_time(ts: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_says_which_way_each_link_goes_and_its_round_trip() {
+        use crate::p2p::transfer::Transfer;
+        use std::time::Duration;
+        assert_eq!(peers(&[], &[]), ["no private chat or file transfer is open"]);
+        let chat = |peer: &str, route, rtt| ChatLink { peer: peer.into(), route, rtt };
+        let direct = Route::Direct("203.0.113.9:41001".parse().unwrap());
+        let relayed = Route::Relay(crate::protocol::LinkId([1; 16]));
+        let clip = |direction| Transfer {
+            id: 1,
+            peer: "carol".into(),
+            name: "clip.mp4".into(),
+            size: 10,
+            direction,
+        };
+        let lines = peers(
+            &[chat("bob", direct, Some(Duration::from_micros(1500))), chat("dave", relayed, None)],
+            &[
+                TransferLink { transfer: clip(Direction::Send), route: relayed, rtt: None },
+                TransferLink { transfer: clip(Direction::Receive), route: direct, rtt: None },
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                "private chat with bob: direct to 203.0.113.9:41001, round trip 1.5 ms",
+                "private chat with dave: relayed through the server, round trip not measured yet",
+                "transfer ↑ clip.mp4 with carol: relayed through the server, round trip not \
+                 measured yet",
+                "transfer ↓ clip.mp4 with carol: direct to 203.0.113.9:41001, round trip \
+                 measured by the sender",
+            ]
+        );
+    }
     use crate::protocol::{OnlineUser, SeenUser};
 
     #[test]

@@ -71,7 +71,8 @@ use super::Route;
 use crate::limit::{Rate, TokenBucket};
 use crate::protocol::{
     now_ms, text_problem, ByeReason, ChatMessage, CodecError, Introduction, LinkId, PeerCodec,
-    PeerMessage, PublicKey, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PROTOCOL_VERSION,
+    PeerMessage, PublicKey, Timestamp, DEFAULT_MAX_MESSAGE_CHARS, MAX_PEER_FRAME, PING_INTERVAL,
+    PROTOCOL_VERSION,
 };
 
 /// Private-chat events waiting for the front end, for all chats together; while it is
@@ -457,6 +458,22 @@ impl PrivateChats {
         futures_util::future::join_all(links.into_iter().map(|link| link.bye(reason))).await;
     }
 
+    /// The open chats, by peer: how each travels and its round trip.
+    pub fn links(&self) -> Vec<ChatLink> {
+        let mut links: Vec<ChatLink> = (self.inner.state().links.iter())
+            .map(|(peer, link)| ChatLink {
+                peer: peer.clone(),
+                route: link.route,
+                rtt: match link.rtt.load(Ordering::Relaxed) {
+                    0 => None,
+                    us => Some(Duration::from_micros(us)),
+                },
+            })
+            .collect();
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
+        links
+    }
+
     /// The users with an open chat, by name.
     pub fn peers(&self) -> Vec<String> {
         let mut peers: Vec<String> = self.inner.state().links.keys().cloned().collect();
@@ -547,6 +564,19 @@ struct Link {
     key: PublicKey,
     /// How its bytes travel.
     route: Route,
+    /// The last round trip its pings measured, in microseconds (0: none yet).
+    rtt: Arc<AtomicU64>,
+}
+
+/// An open chat, for `/peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatLink {
+    /// The other side.
+    pub peer: String,
+    /// How its bytes travel.
+    pub route: Route,
+    /// The last round trip measured, if any yet.
+    pub rtt: Option<Duration>,
 }
 
 /// A handshake slot, given back when dropped.
@@ -629,8 +659,10 @@ impl Inner {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let sent = TokenBucket::new(self.config.message_rate, Instant::now());
+        let rtt = Arc::new(AtomicU64::new(0));
+        let link_state = Link { id, tx, sent, key, route, rtt: rtt.clone() };
         // A chat that this one replaces ends quietly when its handle is dropped here.
-        if self.state().links.insert(peer.clone(), Link { id, tx, sent, key, route }).is_some() {
+        if self.state().links.insert(peer.clone(), link_state).is_some() {
             tracing::info!(peer, "a new private chat replaces the previous one");
         }
         let trust = self.pins.trust(&peer, &key);
@@ -640,7 +672,7 @@ impl Inner {
             }
             _ => tracing::info!(peer, ?trust, "private chat open"),
         }
-        tokio::spawn(run_link(self.clone(), peer, (trust, route), id, link, rx));
+        tokio::spawn(run_link(self.clone(), peer, (trust, route, rtt), id, link, rx));
     }
 
     /// Forgets chat `id` with `peer`; false if it was ended locally or replaced already.
@@ -940,13 +972,18 @@ enum End {
 async fn run_link(
     inner: Arc<Inner>,
     peer: String,
-    (trust, route): (PeerTrust, Route),
+    (trust, route, rtt): (PeerTrust, Route, Arc<AtomicU64>),
     id: u64,
     mut link: Secured,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     let config = &inner.config;
     let mut received = TokenBucket::new(config.message_rate, Instant::now());
+    let opened_at = Instant::now();
+    // The first ping goes at once, so the round trip is known from the start.
+    let mut pings = tokio::time::interval(PING_INTERVAL);
+    // When the peer was last heard from, or we last could not listen.
+    let mut heard = opened_at;
     // The first place in the queue goes to saying the chat is open.
     let mut opened = Some(PrivateEvent::Opened { peer: peer.clone(), trust, route });
     let mut place = None;
@@ -977,6 +1014,19 @@ async fn run_link(
                     break End::Local;
                 }
             },
+            _ = pings.tick() => {
+                if place.is_none() {
+                    // Not reading (the front end is not taking events): silence is ours.
+                    heard = Instant::now();
+                } else if heard.elapsed() > 3 * PING_INTERVAL {
+                    tracing::info!(peer, "nothing heard from the peer; the private chat is lost");
+                    break End::Lost;
+                }
+                let echo = opened_at.elapsed().as_micros() as u64;
+                if !link.write(&ChatMessage::Ping { echo }, config.write_timeout).await {
+                    break End::Lost;
+                }
+            },
             frame = link.framed.next(), if place.is_some() => {
                 if !received.take(Instant::now()) {
                     tracing::warn!(peer, "the peer sends too fast; closing the private chat");
@@ -1002,8 +1052,21 @@ async fn run_link(
                     }
                     None => break End::Lost,
                 };
+                heard = Instant::now();
                 let (text, sent_at) = match link.cipher.open(&sealed) {
                     Ok(ChatMessage::Text { text, sent_at }) => (text, sent_at),
+                    Ok(ChatMessage::Ping { echo }) => {
+                        if !link.write(&ChatMessage::Pong { echo }, config.write_timeout).await {
+                            break End::Lost;
+                        }
+                        continue;
+                    }
+                    Ok(ChatMessage::Pong { echo }) => {
+                        let sent = Duration::from_micros(echo);
+                        let took = opened_at.elapsed().saturating_sub(sent).as_micros() as u64;
+                        rtt.store(took.max(1), Ordering::Relaxed);
+                        continue;
+                    }
                     Ok(ChatMessage::Bye { reason }) => break End::Peer(reason),
                     // Sealed by the peer but not a message of ours: a newer or broken client.
                     Err(e @ NoiseError::Malformed(_)) => {

@@ -37,7 +37,8 @@ use identity::Identity;
 
 pub use crate::limit::Rate;
 pub use chat::{
-    ChatConfig, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents, EVENT_QUEUE,
+    ChatConfig, ChatLink, CloseReason, PrivateChats, PrivateError, PrivateEvent, PrivateEvents,
+    EVENT_QUEUE,
 };
 pub use limits::HandshakeLimits;
 

@@ -13,7 +13,7 @@ pub mod rendezvous;
 
 pub use codec::{encode_frame, CodecError, FrameCodec, MalformedFrame, DEFAULT_MAX_FRAME};
 pub use message::*;
-pub use peer::{ByeReason, ChatMessage, PeerCodec, PeerMessage, MAX_PEER_FRAME};
+pub use peer::{ByeReason, ChatMessage, PeerCodec, PeerMessage, MAX_PEER_FRAME, PING_INTERVAL};
 
 /// The codec a server uses on a client connection.
 pub type ServerCodec = FrameCodec<ClientMessage, ServerMessage>;
@@ -398,9 +398,16 @@ mod tests {
         {
             all.push(ChatMessage::Bye { reason });
         }
+        for echo in [0, u64::MAX] {
+            all.push(ChatMessage::Ping { echo });
+            all.push(ChatMessage::Pong { echo });
+        }
         for m in &all {
             match m {
-                ChatMessage::Text { .. } | ChatMessage::Bye { .. } => {}
+                ChatMessage::Text { .. }
+                | ChatMessage::Ping { .. }
+                | ChatMessage::Pong { .. }
+                | ChatMessage::Bye { .. } => {}
             }
         }
         all

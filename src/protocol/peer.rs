@@ -19,6 +19,9 @@ use super::{FrameCodec, Timestamp};
 /// ends the link before anything is allocated for it.
 pub const MAX_PEER_FRAME: usize = 64 * 1024;
 
+/// How often each side of a private chat pings the other ([`ChatMessage::Ping`]).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The codec of a direct link; both ends speak the same messages.
 pub type PeerCodec = FrameCodec<PeerMessage, PeerMessage>;
 
@@ -62,6 +65,18 @@ pub enum ChatMessage {
         text: String,
         /// When the sender sent it, by the sender's clock.
         sent_at: Timestamp,
+    },
+    /// "Are you there?": each side asks every [`PING_INTERVAL`]; the answer measures the
+    /// round trip, and a chat that hears nothing for three intervals is lost (a relayed
+    /// chat has no TCP connection of its own to tell it).
+    Ping {
+        /// Echoed in the answer: the sender's clock, in microseconds of its own choosing.
+        echo: u64,
+    },
+    /// The answer to a [`ChatMessage::Ping`].
+    Pong {
+        /// The ping's `echo`.
+        echo: u64,
     },
     /// The sender ends the chat; the connection closes next.
     Bye {

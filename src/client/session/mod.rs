@@ -601,6 +601,13 @@ impl Driver {
                 let _ = self.jobs.send(Job::Stop { user });
                 return None;
             }
+            Command::Peers => {
+                let lines = format::peers(&self.chats.links(), &self.transfers.links());
+                for line in lines {
+                    self.emit(SessionEvent::Notice(line)).await;
+                }
+                return None;
+            }
             Command::Verify { user, confirm } => {
                 match verify(&self.chats, &user, confirm) {
                     Ok(lines) => {

@@ -254,6 +254,11 @@ impl Transfers {
         self.table.all()
     }
 
+    /// Every transfer under way, with which way it goes and its round trip.
+    pub fn links(&self) -> Vec<TransferLink> {
+        self.table.links()
+    }
+
     /// Accepts the offer `id` (after [`TransferEvent::Offered`]).
     pub fn accept(&self, id: TransferId) {
         let _ = self.commands.send(Command::Accept(id));
@@ -309,33 +314,74 @@ impl OutgoingFile {
     }
 }
 
-/// What the handle can see of the engine's transfers: each with whether it was accepted.
+/// What the handle can see of the engine's transfers.
 #[derive(Debug, Clone, Default)]
-struct Table(Arc<std::sync::Mutex<Vec<(Transfer, bool)>>>);
+struct Table(Arc<std::sync::Mutex<Vec<Entry>>>);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    transfer: Transfer,
+    /// Accepted (and so started).
+    accepted: bool,
+    /// Which way it goes, once started.
+    route: Option<Route>,
+    /// The sender's smoothed round trip, once measured.
+    rtt: Option<Duration>,
+}
+
+/// A transfer under way, for `/peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferLink {
+    /// The transfer.
+    pub transfer: Transfer,
+    /// Which way it goes.
+    pub route: Route,
+    /// The round trip the sender measures (`None` on the receiving side, or not yet).
+    pub rtt: Option<Duration>,
+}
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Transfer, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn insert(&self, transfer: &Transfer, accepted: bool) {
-        self.lock().push((transfer.clone(), accepted));
+        let entry = Entry { transfer: transfer.clone(), accepted, route: None, rtt: None };
+        self.lock().push(entry);
     }
 
-    fn accepted(&self, id: TransferId) {
-        self.lock().iter_mut().filter(|(t, _)| t.id == id).for_each(|(_, a)| *a = true);
+    fn accepted(&self, id: TransferId, route: Route) {
+        for entry in self.lock().iter_mut().filter(|e| e.transfer.id == id) {
+            entry.accepted = true;
+            entry.route = Some(route);
+        }
+    }
+
+    fn measured(&self, id: TransferId, rtt: Option<Duration>) {
+        for entry in self.lock().iter_mut().filter(|e| e.transfer.id == id) {
+            entry.rtt = rtt;
+        }
     }
 
     fn remove(&self, id: TransferId) {
-        self.lock().retain(|(t, _)| t.id != id);
+        self.lock().retain(|e| e.transfer.id != id);
     }
 
     fn find(&self, pick: impl Fn(&Transfer, bool) -> bool) -> Option<Transfer> {
-        self.lock().iter().find(|(t, a)| pick(t, *a)).map(|(t, _)| t.clone())
+        self.lock().iter().find(|e| pick(&e.transfer, e.accepted)).map(|e| e.transfer.clone())
     }
 
     fn all(&self) -> Vec<Transfer> {
-        self.lock().iter().map(|(t, _)| t.clone()).collect()
+        self.lock().iter().map(|e| e.transfer.clone()).collect()
+    }
+
+    fn links(&self) -> Vec<TransferLink> {
+        let entries = self.lock();
+        let started = entries.iter().filter_map(|e| {
+            let route = e.route?;
+            Some(TransferLink { transfer: e.transfer.clone(), route, rtt: e.rtt })
+        });
+        started.collect()
     }
 }
 
@@ -528,7 +574,7 @@ impl Engine {
                         SenderEvent::Waiting => TransferEvent::Waiting { transfer: t },
                         SenderEvent::Accepted { resume_from } => {
                             local.started = true;
-                            self.shared.table.accepted(transfer.id);
+                            self.shared.table.accepted(transfer.id, *route);
                             TransferEvent::Started { transfer: t, resume_from, route: *route }
                         }
                         SenderEvent::Finished => {
@@ -587,6 +633,9 @@ impl Engine {
             }
         }
         if let Some(progress) = progress_event(transfer, machine.progress(), local, now) {
+            if let Machine::Send(sender) = &*machine {
+                self.shared.table.measured(transfer.id, sender.srtt());
+            }
             events.insert(0, progress);
         }
         self.outbox.extend(events);
@@ -877,7 +926,7 @@ impl Engine {
                 *file = Some(opened);
                 receiver.accept(now, resume_from, prefix);
                 local.started = true;
-                self.shared.table.accepted(id);
+                self.shared.table.accepted(id, *route);
                 let transfer = transfer.clone();
                 (self.on_event)(TransferEvent::Started { transfer, resume_from, route: *route });
             }

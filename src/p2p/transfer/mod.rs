@@ -32,7 +32,7 @@ pub mod wire;
 
 pub use crate::p2p::Route;
 pub use endpoint::{Direction, Endpoint, EndpointConfig, IncomingFile, Transfer, TransferStats};
-pub use engine::{OutgoingFile, TransferConfig, TransferEvent, Transfers};
+pub use engine::{OutgoingFile, TransferConfig, TransferEvent, TransferLink, Transfers};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
 pub use wire::TransferId;

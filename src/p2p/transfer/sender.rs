@@ -439,6 +439,11 @@ impl Sender {
         self.fail(error, true);
     }
 
+    /// The smoothed round trip, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
     /// Bytes the receiver has acknowledged (a resumed prefix included), and the file size.
     pub fn progress(&self) -> (u64, u64) {
         (self.acked_bytes.min(self.size), self.size)
