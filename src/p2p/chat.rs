@@ -91,6 +91,8 @@ const DIRECT_WAIT: Duration = Duration::from_millis(2000);
 /// broken (the peer's sends are held to the message rate, so only a stalled front end gets
 /// here).
 const RELAY_QUEUE: usize = 256;
+/// Pings and pongs a peer may send: a few at once, then one a second.
+const KEEPALIVE_RATE: Rate = Rate { burst: 4, per_second: 1 };
 /// The largest chunk of a chat's bytes relayed in one frame.
 const RELAY_CHUNK: usize = 16 * 1024;
 /// Pauses before the dialler tries again when the listener closed without an answer.
@@ -979,6 +981,7 @@ async fn run_link(
 ) {
     let config = &inner.config;
     let mut received = TokenBucket::new(config.message_rate, Instant::now());
+    let mut keepalive = TokenBucket::new(KEEPALIVE_RATE, Instant::now());
     let opened_at = Instant::now();
     // The first ping goes at once, so the round trip is known from the start.
     let mut pings = tokio::time::interval(PING_INTERVAL);
@@ -1028,7 +1031,11 @@ async fn run_link(
                 }
             },
             frame = link.framed.next(), if place.is_some() => {
-                if !received.take(Instant::now()) {
+                // A sealed frame is charged once opened (pings to a bucket of their own, so
+                // that they never eat into the messages the user may send); anything else
+                // now.
+                let sealed_frame = matches!(frame, Some(Ok(Ok(PeerMessage::Sealed(_)))));
+                if !sealed_frame && !received.take(Instant::now()) {
                     tracing::warn!(peer, "the peer sends too fast; closing the private chat");
                     break End::Flooded;
                 }
@@ -1053,7 +1060,15 @@ async fn run_link(
                     None => break End::Lost,
                 };
                 heard = Instant::now();
-                let (text, sent_at) = match link.cipher.open(&sealed) {
+                let opened = link.cipher.open(&sealed);
+                let keepalive_frame =
+                    matches!(opened, Ok(ChatMessage::Ping { .. } | ChatMessage::Pong { .. }));
+                let bucket = if keepalive_frame { &mut keepalive } else { &mut received };
+                if !bucket.take(heard) {
+                    tracing::warn!(peer, "the peer sends too fast; closing the private chat");
+                    break End::Flooded;
+                }
+                let (text, sent_at) = match opened {
                     Ok(ChatMessage::Text { text, sent_at }) => (text, sent_at),
                     Ok(ChatMessage::Ping { echo }) => {
                         if !link.write(&ChatMessage::Pong { echo }, config.write_timeout).await {
