@@ -7,7 +7,9 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: wire messages (serde enums) and the framed codec; shared by everything.
+//! - [`protocol`]: wire messages (serde enums) and the framed codec; shared by everything;
+//!   [`protocol::rendezvous`]: the datagrams between a client's transfer socket and the
+//!   server's UDP endpoint (binds, the reflexive address, relayed datagrams).
 //! - [`store`]: durable state (accounts, blocks, groups, the message log with each user's
 //!   delivery cursor, login history) behind the [`store::Store`] trait, with the embedded
 //!   SQLite backend and the one-server-per-database lock ([`store::lock`]); no networking
@@ -23,7 +25,9 @@
 //!   bookkeeping ([`server::delivery`]), one file per command; started with [`server::run`].
 //!   The abuse limits: per address ([`server::limits`]), fair password hashing
 //!   ([`server::hashing`]), per-user request rates ([`server::rate`]) and the descriptor
-//!   headroom ([`server::fdlimit`]); docs/SECURITY.md lists them.
+//!   headroom ([`server::fdlimit`]); docs/SECURITY.md lists them. The UDP endpoint
+//!   ([`server::rendezvous`]): each session's binding and reflexive address, and the relay
+//!   links (with their caps) that transfers and chats fall back on when no direct path works.
 //!
 //! Delivery: every relayed message is committed to the log before its sender's reply, carries
 //! its log id to the recipient, and is sent again at the next login until the client
@@ -38,10 +42,11 @@
 //! - [`p2p`]: direct links between clients, encrypted end to end: each client's long-term
 //!   key and the keys its user verified ([`p2p::identity`]), the Noise handshakes and a
 //!   chat's sealed frames ([`p2p::noise`]), the private chat ([`p2p::PrivateChats`]), the
-//!   sockets announced at login, and the UDP file transfer ([`p2p::transfer`]: sans-io
-//!   sender and receiver machines behind one sans-io endpoint that checks and seals every
-//!   datagram, and one engine that drives it). It does not know the server connection: the
-//!   client session makes the requests.
+//!   sockets announced at login, the [`p2p::Route`] a link takes (direct, or through the
+//!   server's relay), and the UDP file transfer ([`p2p::transfer`]: sans-io sender and
+//!   receiver machines behind one sans-io endpoint that checks and seals every datagram and
+//!   tries every address of the peer, and one engine that drives it). It does not know the
+//!   server connection: the client session makes the requests and carries relayed bytes.
 //!
 //! The binaries in `src/bin` only parse arguments, set up logging and call into these; the
 //! benchmarks (`confab-bench`, `confab-transfer-bench`) keep their own modules there, outside

@@ -373,7 +373,7 @@ impl PrivateChats {
     /// outcome arrives as [`PrivateEvent::Opened`] or [`PrivateEvent::Failed`].
     ///
     /// Every address of the peer is tried at once; if none has answered after
-    /// [`DIRECT_WAIT`], the chat goes through the server's relay.
+    /// two seconds, the chat goes through the server's relay.
     pub fn connect(&self, intro: Introduction) {
         tokio::spawn(dial(self.inner.clone(), intro));
     }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 /// ([`DirectEndpoint::local`]) and its reply names the session's UDP binding
 /// ([`UdpBinding`], see [`super::rendezvous`]); every [`Introduction`] carries the peer's
 /// other candidate addresses and the relay link to fall back on; chats can be relayed
-/// through the server ([`Request::RelayChat`], [`Event::RelayedChat`]).
+/// through the server ([`ClientMessage::RelayChat`], [`Event::RelayedChat`]).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A message's id in the server's log: unique and increasing in the order the server
