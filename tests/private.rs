@@ -358,9 +358,10 @@ async fn an_expired_token_is_refused() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
     let ttl = Duration::from_millis(200);
-    let mut bob = server
-        .login_direct_with("bob", ChatConfig { token_ttl: ttl, ..ChatConfig::default() })
-        .await;
+    // bob does not dial back, or his connection (with the token alice's listener takes when
+    // she connects) would open the chat anyway.
+    let config = ChatConfig { token_ttl: ttl, ..no_dial_back() };
+    let mut bob = server.login_direct_with("bob", config).await;
     confab::client::session::request_private(&alice.client, &alice.chats, "bob").await.unwrap();
     assert!(matches!(next_non_presence(&mut bob.events).await, Event::PrivateRequest { .. }));
     confab::client::session::accept_private(&bob.client, &bob.chats, "alice").await.unwrap();
@@ -566,6 +567,7 @@ async fn carry(dialler: TcpStream, target: SocketAddr, flip_after: Option<usize>
 }
 
 /// `a` asks `b` for a chat and connects through a relay towards `b`'s listener.
+/// (`b` must not dial back, so that the relay is the only way: see `no_dial_back`.)
 async fn open_through_relay(
     a: &mut Direct,
     b: &mut Direct,
@@ -587,7 +589,7 @@ async fn open_through_relay(
 async fn nothing_said_in_a_private_chat_crosses_the_wire_in_the_clear() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
-    let mut bob = server.login_direct("bob").await;
+    let mut bob = server.login_direct_with("bob", no_dial_back()).await;
     let relay = open_through_relay(&mut alice, &mut bob, None).await;
     common::assert_opened(next_private(&mut alice.private).await, "bob");
     common::assert_opened(next_private(&mut bob.private).await, "alice");
@@ -608,7 +610,7 @@ async fn nothing_said_in_a_private_chat_crosses_the_wire_in_the_clear() {
 async fn a_chat_frame_altered_on_the_way_ends_the_chat() {
     let server = TestServer::start(Config::default()).await;
     let mut alice = server.login_direct("alice").await;
-    let mut bob = server.login_direct("bob").await;
+    let mut bob = server.login_direct_with("bob", no_dial_back()).await;
     // The handshake passes untouched; a bit of the first message after it is flipped.
     let relay = open_through_relay(&mut alice, &mut bob, Some(400)).await;
     common::assert_opened(next_private(&mut alice.private).await, "bob");
@@ -646,6 +648,12 @@ async fn an_open_chat_says_its_way_and_measures_its_round_trip() {
     };
     let link = tokio::time::timeout(PATIENCE, measured).await.expect("a round trip in time");
     assert_eq!(link.peer, "bob");
-    assert!(matches!(link.route, confab::p2p::Route::Direct(addr) if addr.port() == bob.port));
+    // Direct: alice's connection to bob's listener, or bob's dial back to hers.
+    assert!(matches!(link.route, confab::p2p::Route::Direct(addr) if addr.ip().is_loopback()));
     server.stop().await;
+}
+
+/// Chat settings for a side that only listens: the requester's connection is the only way.
+fn no_dial_back() -> ChatConfig {
+    ChatConfig { dial_back: false, ..ChatConfig::default() }
 }

@@ -82,6 +82,9 @@ async fn raw_alice(
         }
         other => panic!("expected Accepted, got {other:?}"),
     };
+    // The requester's first frame on a connection makes it the chat.
+    let mut cipher = cipher;
+    conn.send(cipher.seal(&ChatMessage::Ping { echo: 0 }).unwrap()).await.unwrap();
     common::assert_opened(next_private(&mut bob.private).await, "alice");
     (conn, Arc::new(Mutex::new(cipher)))
 }

@@ -117,6 +117,9 @@ pub struct ChatConfig {
     /// How fast messages may go each way on one chat: a peer that sends faster is cut off,
     /// and our own sends past it are refused.
     pub message_rate: Rate,
+    /// Whether the accepting side dials the requester too (the way when only the requester
+    /// can be reached). Off, the requester's connection (or the relay) is the only way.
+    pub dial_back: bool,
 }
 
 impl Default for ChatConfig {
@@ -129,6 +132,7 @@ impl Default for ChatConfig {
             max_text_chars: DEFAULT_MAX_MESSAGE_CHARS,
             handshakes: HandshakeLimits::default(),
             message_rate: Rate { burst: 100, per_second: 20 },
+            dial_back: true,
         }
     }
 }
@@ -300,6 +304,10 @@ impl Expected {
         }
         self.filled = true;
         self.inner.tokens_changed.notify_waiters();
+        // Dial the requester too: if only its side can be reached, that is the way.
+        if self.inner.config.dial_back {
+            tokio::spawn(dial(self.inner.clone(), intro.clone(), Side::Accepting));
+        }
         Ok(())
     }
 }
@@ -338,6 +346,7 @@ impl PrivateChats {
             handshakes: Handshakes::new(config.handshakes),
             evict: HashMap::new(),
             relays: HashMap::new(),
+            requested: Default::default(),
         };
         let inner = Arc::new(Inner {
             me: me.to_owned(),
@@ -372,10 +381,19 @@ impl PrivateChats {
     /// Connects to the peer who accepted our request, as the server introduced them. The
     /// outcome arrives as [`PrivateEvent::Opened`] or [`PrivateEvent::Failed`].
     ///
-    /// Every address of the peer is tried at once; if none has answered after
-    /// two seconds, the chat goes through the server's relay.
+    /// Every address of the peer is tried at once, and the peer dials ours in turn (our
+    /// listener lets it in with the same token); of the connections that open we keep the
+    /// first. If none has after two seconds, the chat goes through the server's relay.
     pub fn connect(&self, intro: Introduction) {
-        tokio::spawn(dial(self.inner.clone(), intro));
+        {
+            let mut state = self.inner.state();
+            let until = Instant::now() + self.inner.config.token_ttl;
+            state.tokens.reserve(&intro.peer, until);
+            state.tokens.fill(&intro.peer, (intro.token, intro.key), intro.addr.ip(), until);
+            state.requested.insert(intro.peer.clone(), intro.token);
+        }
+        self.inner.tokens_changed.notify_waiters();
+        tokio::spawn(dial(self.inner.clone(), intro, Side::Requesting));
     }
 
     /// Bytes the server relayed on `link`: for the chat relayed on it, or the first of a
@@ -444,7 +462,7 @@ impl PrivateChats {
 
     /// Ends the chat with `peer`, telling them.
     pub async fn stop(&self, peer: &str) -> Result<(), PrivateError> {
-        let link = self.inner.state().links.remove(peer);
+        let link = self.inner.state().end(peer);
         let link = link.ok_or_else(|| PrivateError::NotOpen(peer.to_owned()))?;
         link.bye(ByeReason::Stopped).await;
         Ok(())
@@ -455,6 +473,8 @@ impl PrivateChats {
         let links: Vec<Link> = {
             let mut state = self.inner.state();
             state.tokens.clear();
+            state.requested.clear();
+            state.relays.clear();
             state.links.drain().map(|(_, link)| link).collect()
         };
         futures_util::future::join_all(links.into_iter().map(|link| link.bye(reason))).await;
@@ -542,6 +562,23 @@ struct State {
     /// The relay links of our introductions: who is on the other end, and where what the
     /// server relays on it goes (once a chat uses it).
     relays: HashMap<LinkId, Relay>,
+    /// The peers whose chat we asked for and whose introduction came, with its token: we
+    /// choose which of the ways that open is the chat (see [`Inner::settle`]). Removed when
+    /// that chat ends (or fails), so a late way of it opens nothing.
+    requested: HashMap<String, crate::protocol::Token>,
+}
+
+impl State {
+    /// Forgets the chat with `peer`: its link, its relay, and that we asked for it (so that
+    /// no late way of it opens again).
+    fn end(&mut self, peer: &str) -> Option<Link> {
+        self.requested.remove(peer);
+        let link = self.links.remove(peer)?;
+        if let Route::Relay(relay) = link.route {
+            self.relays.remove(&relay);
+        }
+        Some(link)
+    }
 }
 
 /// One relay link of an introduction.
@@ -554,6 +591,18 @@ struct Relay {
 /// The stream under a chat: a direct TCP connection, or the bytes relayed through the
 /// server.
 type Stream = Either<TcpStream, DuplexStream>;
+
+/// One frame as read from a chat's stream.
+type PeerFrame = Result<Result<PeerMessage, crate::protocol::MalformedFrame>, CodecError>;
+
+/// Which side of an introduction a dial is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// We asked for the chat, and choose which connection carries it.
+    Requesting,
+    /// We accepted: our dial back is one the requester may choose.
+    Accepting,
+}
 
 /// An open chat as seen from outside its task.
 struct Link {
@@ -655,17 +704,68 @@ impl Inner {
         Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
     }
 
+    /// An authenticated connection (or relay) with `peer`, who proved `key`: the chat, or
+    /// a spare, by one rule that both sides apply the same way. Both sides dial, so two
+    /// connections may open; the requester chooses. On its side the first that opens is
+    /// the chat, and the first frame it sends there (its first ping, at once) says so; the
+    /// others are closed. On the accepting side a connection becomes the chat when that
+    /// first frame arrives on it, and one that closes first was a spare.
+    fn settle(self: &Arc<Self>, peer: String, key: PublicKey, mut link: Secured, route: Route) {
+        if self.state().requested.contains_key(&peer) {
+            self.open_link(peer, key, link, route, true);
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let chosen = tokio::select! {
+                _ = inner.stop.cancelled() => None,
+                first = timeout(DIRECT_WAIT + inner.config.hello_timeout, link.framed.next()) => {
+                    first.ok().flatten()
+                }
+            };
+            match chosen {
+                Some(first) => {
+                    link.first = Some(first);
+                    inner.open_link(peer, key, link, route, false);
+                }
+                None => tracing::debug!(peer, %route, "a spare private-chat connection closed"),
+            }
+        });
+    }
+
+    /// Whether the chat we asked for with `intro` has not opened yet (nor opened and ended).
+    fn still_wanted(&self, intro: &Introduction) -> bool {
+        let state = self.state();
+        state.requested.get(&intro.peer) == Some(&intro.token)
+            && !state.links.contains_key(&intro.peer)
+    }
+
     /// Registers an authenticated connection with `peer`, who proved `key`, over `route`,
-    /// and starts its task, which reports it open.
-    fn open_link(self: &Arc<Self>, peer: String, key: PublicKey, link: Secured, route: Route) {
+    /// and starts its task, which reports it open. `exclusive`: unless a chat with `peer`
+    /// is open already (then this connection is closed).
+    fn open_link(
+        self: &Arc<Self>,
+        peer: String,
+        key: PublicKey,
+        link: Secured,
+        route: Route,
+        exclusive: bool,
+    ) {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let sent = TokenBucket::new(self.config.message_rate, Instant::now());
         let rtt = Arc::new(AtomicU64::new(0));
         let link_state = Link { id, tx, sent, key, route, rtt: rtt.clone() };
-        // A chat that this one replaces ends quietly when its handle is dropped here.
-        if self.state().links.insert(peer.clone(), link_state).is_some() {
-            tracing::info!(peer, "a new private chat replaces the previous one");
+        {
+            let mut state = self.state();
+            if exclusive && state.links.contains_key(&peer) {
+                tracing::debug!(peer, %route, "a second way to an open private chat; closed");
+                return;
+            }
+            // A chat that this one replaces ends quietly when its handle is dropped here.
+            if state.links.insert(peer.clone(), link_state).is_some() {
+                tracing::info!(peer, "a new private chat replaces the previous one");
+            }
         }
         let trust = self.pins.trust(&peer, &key);
         match trust {
@@ -683,9 +783,7 @@ impl Inner {
         if state.links.get(peer).is_none_or(|link| link.id != id) {
             return false;
         }
-        if let Some(Link { route: Route::Relay(link), .. }) = state.links.remove(peer) {
-            state.relays.remove(&link);
-        }
+        state.end(peer);
         true
     }
 }
@@ -789,7 +887,7 @@ async fn handshake(inner: Arc<Inner>, socket: Stream, route: Route, slot: Slot) 
         return;
     }
     drop(slot);
-    inner.open_link(username, key, Secured { framed, cipher }, route);
+    inner.settle(username, key, Secured { framed, cipher, first: None }, route);
 }
 
 /// Logs a refused connection; dropping it (by returning) closes it.
@@ -797,14 +895,17 @@ fn reject(route: &Route, claimed: Option<&str>, why: impl std::fmt::Display) {
     tracing::warn!(?route, ?claimed, "refused a private-chat connection: {why}");
 }
 
-/// Connects to the introduced peer and opens the chat, or reports why not.
+/// Connects to the introduced peer, for the chat or as a way the requester may choose
+/// ([`Inner::settle`]).
 ///
 /// Every address of the peer is tried at once and the first connection that answers is
 /// used. A listener that closes the connection unanswered may have been busy, or not have
 /// read the server's answer yet (and so not know to keep a slot for us): that is tried
 /// again a few times, the token being used up only by a handshake that succeeds. With no
-/// direct connection after [`DIRECT_WAIT`], the chat goes through the relay.
-async fn dial(inner: Arc<Inner>, intro: Introduction) {
+/// direct connection after [`DIRECT_WAIT`] (and none from the peer), the requester opens
+/// the chat through the relay, or says it failed; a dial back that fails is given up
+/// quietly.
+async fn dial(inner: Arc<Inner>, intro: Introduction, side: Side) {
     let peer = intro.peer.clone();
     let started = Instant::now();
     let mut pauses = DIAL_RETRIES.iter();
@@ -821,9 +922,18 @@ async fn dial(inner: Arc<Inner>, intro: Introduction) {
             outcome => break outcome,
         }
     };
-    let outcome = match (outcome, intro.relay) {
-        (Err(e), Some(link)) if !matches!(e, DialError::WrongPeer(_) | DialError::Handshake(_)) => {
-            tracing::info!(peer, "no direct connection ({e}); relaying the private chat");
+    let error = match outcome {
+        Ok((link, route)) => return inner.settle(peer, intro.key, link, route),
+        Err(e) if side == Side::Accepting => {
+            return tracing::debug!(peer, "dialling back failed ({e}); the requester's way it is");
+        }
+        // The peer's dial back opened the chat meanwhile (and it may have ended already).
+        Err(_) if !inner.still_wanted(&intro) => return,
+        Err(e) => e,
+    };
+    let outcome = match intro.relay {
+        Some(link) if !matches!(error, DialError::WrongPeer(_) | DialError::Handshake(_)) => {
+            tracing::info!(peer, "no direct connection ({error}); relaying the private chat");
             let (stream, inbound) = relay_stream(&inner, link);
             let relay = Relay { peer: peer.clone(), inbound: Some(inbound) };
             inner.state().relays.insert(link, relay);
@@ -833,11 +943,13 @@ async fn dial(inner: Arc<Inner>, intro: Introduction) {
             }
             relayed.map(|secured| (secured, Route::Relay(link)))
         }
-        (outcome, _) => outcome,
+        _ => Err(error),
     };
     match outcome {
-        Ok((link, route)) => inner.open_link(peer, intro.key, link, route),
+        Ok((link, route)) => inner.settle(peer, intro.key, link, route),
+        Err(_) if !inner.still_wanted(&intro) => {}
         Err(e) => {
+            inner.state().requested.remove(&peer);
             tracing::warn!(peer, "cannot open the private chat: {e}");
             inner.emit(PrivateEvent::Failed { peer, error: e.to_string() }).await;
         }
@@ -907,7 +1019,7 @@ async fn handshake_as_dialler(
             if username == intro.peer =>
         {
             let cipher = dialling.finish(&handshake).map_err(DialError::Handshake)?;
-            Ok(Secured { framed, cipher })
+            Ok(Secured { framed, cipher, first: None })
         }
         Ok(Some(Ok(Ok(PeerMessage::Accepted { username, .. })))) => {
             Err(DialError::WrongPeer(username))
@@ -926,6 +1038,7 @@ fn relay_stream(inner: &Arc<Inner>, link: LinkId) -> (DuplexStream, mpsc::Sender
     let (out, stop) = (inner.relay_out.clone(), inner.stop.clone());
     tokio::spawn(async move {
         let mut buf = vec![0; RELAY_CHUNK];
+        let mut inbound_open = true;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -937,13 +1050,18 @@ fn relay_stream(inner: &Arc<Inner>, link: LinkId) -> (DuplexStream, mpsc::Sender
                         }
                     }
                 },
-                data = rx.recv() => match data {
+                data = rx.recv(), if inbound_open => match data {
                     Some(data) => {
                         if theirs.write_all(&data).await.is_err() {
                             return;
                         }
                     }
-                    None => return,
+                    // Nothing more will come (the chat ended here, or the relay is lost):
+                    // the chat reads its end, and what it still writes (a goodbye) goes out.
+                    None => {
+                        inbound_open = false;
+                        let _ = theirs.shutdown().await;
+                    }
                 },
             }
         }
@@ -1030,7 +1148,7 @@ async fn run_link(
                     break End::Lost;
                 }
             },
-            frame = link.framed.next(), if place.is_some() => {
+            frame = next_frame(&mut link), if place.is_some() => {
                 // A sealed frame is charged once opened (pings to a bucket of their own, so
                 // that they never eat into the messages the user may send); anything else
                 // now.
@@ -1126,6 +1244,14 @@ async fn run_link(
     }
 }
 
+/// The chat's next frame: the one read already, if any, then the stream's.
+async fn next_frame(link: &mut Secured) -> Option<PeerFrame> {
+    match link.first.take() {
+        Some(first) => Some(first),
+        None => link.framed.next().await,
+    }
+}
+
 /// Writes one frame within `limit`; false if it could not be written.
 async fn write(framed: &mut Framed<Stream, PeerCodec>, msg: PeerMessage, limit: Duration) -> bool {
     matches!(timeout(limit, framed.send(msg)).await, Ok(Ok(())))
@@ -1135,6 +1261,8 @@ async fn write(framed: &mut Framed<Stream, PeerCodec>, msg: PeerMessage, limit: 
 struct Secured {
     framed: Framed<Stream, PeerCodec>,
     cipher: Cipher,
+    /// A frame read already (the one that chose this connection), to be handled first.
+    first: Option<PeerFrame>,
 }
 
 impl Secured {

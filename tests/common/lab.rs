@@ -12,7 +12,11 @@
 //!
 //! Each router forwards IPv4 and runs one nftables table: outbound traffic from the LAN is
 //! masqueraded on `wan`; the forward chain passes the LAN's traffic out, and lets in only
-//! what conntrack knows (replies) or what a `dnat` rule sent in. The [`Nat`] kinds, in RFC
+//! what conntrack knows (replies) or what a `dnat` rule sent in; and, as a home router's
+//! firewall does, the router drops what comes for itself from outside unasked. (Accepting
+//! it would make the router keep a conntrack entry for a peer's early datagram, whose port
+//! the client's own first datagram to that peer then cannot have: Linux gives it another,
+//! and hole punching fails whenever the peer's datagram comes first.) The [`Nat`] kinds, in RFC
 //! 4787's terms:
 //!
 //! - [`Nat::Cone`], a full-cone NAT: `masquerade` (port-preserving, endpoint-independent
@@ -261,6 +265,10 @@ fn ruleset(nat: Nat, client: Ipv4Addr) -> String {
                 iifname \"lan\" oifname \"wan\" accept
                 ct state established,related accept
                 ct status dnat accept
+            }}
+            chain input {{
+                type filter hook input priority filter; policy accept;
+                iifname \"wan\" ct state new drop
             }}
         }}"
     )

@@ -936,10 +936,16 @@ impl Engine {
 
     fn next_deadline(&mut self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
+        // Only a transfer that moved since its last report has one due: a finished one that
+        // lingers (to repeat its `Done`) would otherwise keep a deadline in the past, and
+        // the loop would spin until it goes.
         let progress = self
             .endpoint
             .connections_mut()
-            .filter_map(|c| c.local.reported.map(|(at, _)| at + PROGRESS_INTERVAL))
+            .filter_map(|c| {
+                let (at, last) = c.local.reported?;
+                (c.machine.progress().0 != last).then_some(at + PROGRESS_INTERVAL)
+            })
             .min();
         let bind = self.rendezvous.as_ref().map(|r| r.next);
         self.endpoint.poll_timeout().into_iter().chain(progress).chain(bind).min().unwrap_or(far)
