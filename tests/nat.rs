@@ -257,6 +257,44 @@ async fn a_file_crosses_every_pair_of_nats_directly_or_relayed() {
         assert!(std::fs::read(&saved).unwrap() == data, "{sender} to {receiver}: whole");
     }
 }
+/// A transfer relayed because no direct path answered moves to a direct one that opens
+/// later (here bob's router starts forwarding his port in the middle of it).
+#[tokio::test]
+async fn a_relayed_transfer_moves_to_a_direct_path_that_opens_later() {
+    let Some(mut lab) = Lab::new("moves") else { return };
+    let server = lab_server(&lab).await;
+    let carol_home = lab.add_home(Nat::Symmetric);
+    let carol_host = lab.add_client(carol_home);
+    let bob_home = lab.add_home(Nat::PortRestricted);
+    let bob_host = lab.add_client(bob_home);
+    let mut carol = lab_client(&lab, &server, &carol_host, "carol", &[]).await;
+    let udp = FORWARDED_UDP.to_string();
+    let mut bob = lab_client(&lab, &server, &bob_host, "bob", &["--udp-port", &udp]).await;
+    // Long enough to be under way when the path opens: about 3 s at the relay's cap.
+    let data: Vec<u8> =
+        (0..36u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let clip = server.dir.path().join("clip.bin");
+    std::fs::write(&clip, &data).unwrap();
+
+    carol.send(&format!("/p2pvideo bob {}", clip.display())).await;
+    let line = carol.expect("bob accepted clip.bin; sending").await;
+    assert!(line.contains("through the server's relay"), "{line}");
+    let forward = format!(
+        "add rule ip lab_nat prerouting iifname \"wan\" udp dport {FORWARDED_UDP} dnat to {}:{FORWARDED_UDP}",
+        bob_host.ip
+    );
+    let router = lab.router(bob_home).ns;
+    let status = lab.command(&router, "nft").args(forward.split(' ')).status().await.unwrap();
+    assert!(status.success(), "nft: {forward}");
+
+    carol.expect("* clip.bin with bob now goes directly").await;
+    bob.expect("* clip.bin with carol now goes directly").await;
+    let line = bob.expect("received clip.bin from carol").await;
+    assert!(line.ends_with("it came directly"), "{line}");
+    let saved = server.dir.path().join("bob").join("downloads").join("carol_clip.bin");
+    assert!(std::fs::read(saved).unwrap() == data, "the file arrived whole");
+}
+
 /// For every ordered pair of NAT kinds, a private chat opens and carries text both ways:
 /// directly when either side can be reached (a cone NAT, a forwarded port: the asker
 /// connects, or the accepting side dials back), or on the same network; otherwise through

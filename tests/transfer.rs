@@ -578,37 +578,40 @@ async fn accepting_an_offer_whose_sender_has_gone_fails_soon_and_leaves_no_part_
     assert!(leftovers.is_empty(), "an accept that got nothing leaves nothing: {leftovers:?}");
 }
 
-/// CPU time, in clock ticks, of every transfer-engine thread of this process.
-fn engine_cpu_ticks() -> u64 {
-    let mut ticks = 0;
+/// CPU time, in clock ticks, of each thread of this process whose name starts with
+/// `prefix`, by thread id.
+fn cpu_ticks(prefix: &str) -> std::collections::HashMap<String, u64> {
+    let mut ticks = std::collections::HashMap::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let path = task.path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        // (The kernel keeps 15 bytes of a thread name: "confab-transfer".)
-        if !name.trim().starts_with("confab-transfer") {
+        if !name.trim().starts_with(prefix) {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is the 3rd, utime the 14th, stime the 15th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split(' ').collect();
-        ticks += fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        ticks += fields.get(13).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // After the parenthesised name: utime and stime are the 12th and 13th fields.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> =
+            rest.split(' ').skip(12).take(2).filter_map(|f| f.parse().ok()).collect();
+        ticks.insert(task.file_name().to_string_lossy().into_owned(), fields.iter().sum());
     }
     ticks
 }
 
 #[tokio::test]
 async fn finished_transfers_leave_the_engines_asleep() {
-    let (mut alice, mut bob) = (side("alice", false), side("bob", true));
+    // Names of their own: the engine threads are named for their user.
+    let (mut alice, mut bob) = (side("quiet-a", false), side("quiet-b", true));
     let data = random_bytes(2 << 20, 31);
     round_trip(&mut alice, &mut bob, "clip.mp4", &data).await;
     // The finished machines linger (to repeat their last word) with nothing to report: the
     // engines must sleep until their next deadline rather than spin (they once spun for
     // the whole 10 s of lingering, a core each). A second of it, on the threads' own clocks.
-    let before = engine_cpu_ticks();
+    let before = cpu_ticks("transfers quiet");
+    assert_eq!(before.len(), 2, "both engines found");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let spent = engine_cpu_ticks() - before;
+    let after = cpu_ticks("transfers quiet");
+    let spent: u64 = before.iter().map(|(tid, t)| after.get(tid).map_or(0, |a| a - t)).sum();
     let per_second = 100; // USER_HZ, as the kernel counts /proc times
     assert!(spent < per_second / 5, "the engines used {spent} ticks of CPU in a second");
 }

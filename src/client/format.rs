@@ -177,6 +177,9 @@ pub fn transfer(event: &TransferEvent) -> Option<String> {
                 ),
             }
         }
+        TransferEvent::Rerouted { transfer: t, route } => {
+            format!("* {} with {} now goes {}", sanitize(&t.name), sanitize(&t.peer), way(route))
+        }
         TransferEvent::Waiting { transfer: t } => {
             format!(
                 "* {} has your offer of {}; waiting for an answer",

@@ -76,7 +76,9 @@ impl Bars {
                 bar.finish_and_clear();
                 true
             }
-            TransferEvent::Offered { .. } | TransferEvent::Waiting { .. } => false,
+            TransferEvent::Offered { .. }
+            | TransferEvent::Waiting { .. }
+            | TransferEvent::Rerouted { .. } => false,
         };
         if changed && self.drawn_at.is_some() {
             self.drawn_at = Some(Instant::now());

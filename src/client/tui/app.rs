@@ -467,7 +467,7 @@ impl App {
                     return;
                 }
             }
-            TransferEvent::Waiting { .. } => {}
+            TransferEvent::Waiting { .. } | TransferEvent::Rerouted { .. } => {}
         }
         match (&event, format::transfer(&event)) {
             (TransferEvent::Failed { .. }, Some(line)) => {

@@ -59,6 +59,9 @@ const PUNCHES: [Duration; 5] = [
     Duration::from_millis(1000),
 ];
 const PUNCH_EVERY: Duration = Duration::from_secs(1);
+/// How often a relayed transfer sends one datagram straight to the peer's addresses
+/// instead, in case a direct path has opened since.
+pub const DIRECT_RETRY: Duration = Duration::from_secs(1);
 
 /// One transfer, as the user knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +233,15 @@ pub struct Connection<T> {
     link: Link,
     /// An unanswered offer's other ways to the peer.
     trying: Option<Box<Trying>>,
+    /// A relayed transfer's direct addresses of the peer, tried now and then: a datagram
+    /// that opens from one of them moves the transfer there.
+    direct: Option<Box<DirectTry>>,
+}
+
+/// When a relayed transfer next tries the peer's addresses.
+struct DirectTry {
+    addrs: Vec<SocketAddr>,
+    next: Instant,
 }
 
 /// Where an unanswered offer is sent: every address, and the relay after [`RELAY_AFTER`].
@@ -331,6 +343,7 @@ impl<T: Default> Endpoint<T> {
             local: T::default(),
             link: Link::Offering(Box::new(offering)),
             trying: Some(Box::new(trying)),
+            direct: None,
             transfer,
         };
         self.connections.insert(connection.transfer.id, connection);
@@ -359,7 +372,11 @@ impl<T: Default> Endpoint<T> {
             self.stats.unknown += 1;
             return None;
         };
-        if connection.route != from {
+        // A relayed transfer's datagram that came straight from the peer: it moves the
+        // transfer there, once it opens (as QUIC migrates a connection to a new path).
+        let migrating = connection.direct.is_some()
+            && matches!((connection.route, from), (Route::Relay(_), Route::Direct(_)));
+        if connection.route != from && !migrating {
             match &connection.link {
                 // Unanswered, the offer went every way: the answer may come from any (it
                 // must open, as always).
@@ -387,9 +404,17 @@ impl<T: Default> Endpoint<T> {
                 return None;
             }
         };
-        if connection.trying.take().is_some() {
+        if let Some(trying) = connection.trying.take() {
             // The first datagram that opened since the offer: its way is the transfer's.
             connection.route = from;
+            if from.is_relayed() {
+                let addrs = trying.addrs;
+                connection.direct = Some(Box::new(DirectTry { addrs, next: now + DIRECT_RETRY }));
+            }
+        } else if migrating {
+            tracing::debug!(transfer = header.id, ?from, "a relayed transfer goes direct");
+            connection.route = from;
+            connection.direct = None;
         }
         let packet = match (opened, &connection.link) {
             (Opened::Sealed(plain), _) => wire::parse(plain),
@@ -465,6 +490,10 @@ impl<T: Default> Endpoint<T> {
             withdraw: answered.withdraw,
             confirmed: false,
         };
+        let direct = match from {
+            Route::Relay(_) => Some(Box::new(DirectTry { addrs: incoming.addrs, next: now })),
+            Route::Direct(_) => None,
+        };
         let connection = Connection {
             transfer,
             route: from,
@@ -472,6 +501,7 @@ impl<T: Default> Endpoint<T> {
             local: T::default(),
             link,
             trying: None,
+            direct,
         };
         self.connections.insert(header.id, connection);
         Some(header.id)
@@ -517,6 +547,17 @@ impl<T: Default> Endpoint<T> {
             }
         }
         routes
+    }
+
+    /// The peer's direct addresses, when relayed transfer `id` is due to send one datagram
+    /// straight to them instead of through the relay (every [`DIRECT_RETRY`]).
+    pub fn direct_try(&mut self, id: TransferId, now: Instant) -> Option<Vec<SocketAddr>> {
+        let direct = self.connections.get_mut(&id)?.direct.as_deref_mut()?;
+        if direct.next > now || direct.addrs.is_empty() {
+            return None;
+        }
+        direct.next = now + DIRECT_RETRY;
+        Some(direct.addrs.clone())
     }
 
     /// Writes the next datagram transfer `id` has to send now into `out` (cleared first);

@@ -110,6 +110,13 @@ pub enum TransferEvent {
         /// The transfer.
         transfer: Transfer,
     },
+    /// A relayed transfer found a direct path and goes that way now.
+    Rerouted {
+        /// The transfer.
+        transfer: Transfer,
+        /// Its way from now on.
+        route: Route,
+    },
     /// The offer was accepted; data flows, starting after `resume_from` bytes.
     Started {
         /// The transfer.
@@ -195,7 +202,8 @@ impl Transfers {
         });
         let shared = Shared { table: table.clone(), stats: Arc::clone(&stats) };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("confab-transfers".into()).spawn(move || {
+        // Named for the user (the kernel keeps 15 bytes of it), to tell engines apart.
+        std::thread::Builder::new().name(format!("transfers {me}")).spawn(move || {
             runtime.block_on(async move {
                 let on_event = Box::new(on_event);
                 match Engine::new(socket, config, endpoint, shared, on_event) {
@@ -425,6 +433,8 @@ struct Local {
     files: Files,
     /// Accepted: progress is worth reporting.
     started: bool,
+    /// The route the user was told of.
+    route: Option<Route>,
     reported: Option<(Instant, u64)>,
     over: bool,
 }
@@ -632,6 +642,14 @@ impl Engine {
                 local.over = machine.is_over();
             }
         }
+        if local.started && local.route != Some(*route) {
+            if local.route.is_some() {
+                let t = transfer.clone();
+                events.push(TransferEvent::Rerouted { transfer: t, route: *route });
+            }
+            local.route = Some(*route);
+            self.shared.table.accepted(transfer.id, *route);
+        }
         if let Some(progress) = progress_event(transfer, machine.progress(), local, now) {
             if let Machine::Send(sender) = &*machine {
                 self.shared.table.measured(transfer.id, sender.srtt());
@@ -659,6 +677,17 @@ impl Engine {
                     }
                 }
                 continue;
+            }
+            // Relayed: now and then one datagram goes straight to the peer instead.
+            if let Some(addrs) = self.endpoint.direct_try(*id, now) {
+                if self.endpoint.poll_transmit(*id, now, &mut self.out) {
+                    for addr in addrs {
+                        self.batch.clear();
+                        self.batch.extend_from_slice(&self.out);
+                        let len = self.batch.len();
+                        self.flush(*id, addr, len, 1).await;
+                    }
+                }
             }
             let Some(peer) = routes.first().and_then(|route| self.wrap(route)) else {
                 // Relayed, with no server to relay through: dropped, as on a lossy path.

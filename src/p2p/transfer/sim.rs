@@ -571,3 +571,73 @@ fn a_sender_withdraws_an_offer_nobody_answered() {
     let event = sim.receiver().unwrap().poll_event();
     assert_eq!(event, Some(ReceiverEvent::Failed(TransferError::CancelledByPeer)));
 }
+
+#[test]
+fn a_relayed_transfer_moves_direct_only_for_a_datagram_that_opens() {
+    let now = Instant::now();
+    let (alice_id, bob_id) = (Identity::generate(), Identity::generate());
+    let (alice_key, bob_key) = (alice_id.public(), bob_id.public());
+    let (token, link) = (Token::random(), crate::protocol::LinkId([3; 16]));
+    let mut alice = endpoint("alice", alice_id, SenderConfig::default());
+    let mut bob = endpoint("bob", bob_id, SenderConfig::default());
+    let size = 100_000;
+    let transfer = Transfer {
+        id: ID,
+        peer: "bob".into(),
+        name: "clip.mp4".into(),
+        size,
+        direction: Direction::Send,
+    };
+    let to_bob =
+        Introduction { relay: Some(link), ..Introduction::direct("bob", addr(2), token, bob_key) };
+    alice.send(now, transfer, &to_bob).unwrap();
+    let from_alice = Introduction {
+        relay: Some(link),
+        ..Introduction::direct("alice", addr(1), token, alice_key)
+    };
+    bob.expect(now, IncomingFile::new(&from_alice, "clip.mp4", size));
+
+    // Only the relay carries anything at first: the offer, bob's acceptance.
+    let relayed = Route::Relay(link);
+    let mut out = Vec::new();
+    assert!(alice.poll_transmit(ID, now, &mut out));
+    assert_eq!(bob.handle(now, relayed, &mut out.clone()), Some(ID));
+    let Some(Machine::Receive(receiver)) = bob.get_mut(ID).map(|c| &mut c.machine) else {
+        panic!("bob receives");
+    };
+    receiver.accept(now, 0, Sha256::new());
+    assert!(bob.poll_transmit(ID, now, &mut out));
+    assert_eq!(alice.handle(now, relayed, &mut out.clone()), None);
+    assert_eq!(alice.get(ID).unwrap().route, relayed);
+    assert_eq!(alice.direct_try(ID, now), None, "not due yet");
+    let later = now + super::endpoint::DIRECT_RETRY;
+    assert_eq!(alice.direct_try(ID, later), Some(vec![addr(2)]), "bob's addresses, now and then");
+
+    // A datagram from elsewhere that does not open moves nothing, nor does a replay of one
+    // that did; one that opens, straight from bob, does.
+    let mut forged = out.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let stranger = Route::Direct(addr(66));
+    let dropped = |stats: TransferStats| stats.forged + stats.replayed;
+    let before = dropped(alice.stats());
+    assert_eq!(alice.handle(later, stranger, &mut forged), None);
+    assert_eq!(alice.handle(later, Route::Direct(addr(2)), &mut out.clone()), None);
+    assert_eq!(alice.get(ID).unwrap().route, relayed);
+    assert_eq!(dropped(alice.stats()), before + 2);
+    // alice's first chunk comes to bob straight (her direct try): bob moves; his
+    // acknowledgement, sent straight back, moves alice.
+    let Some(Machine::Send(sender)) = alice.get_mut(ID).map(|c| &mut c.machine) else {
+        panic!("alice sends");
+    };
+    while let Some(range) = sender.wants_data() {
+        sender.push_data(later, Bytes::from(vec![0; (range.end - range.start) as usize]));
+    }
+    assert!(alice.poll_transmit(ID, later, &mut out));
+    bob.handle(later, Route::Direct(addr(1)), &mut out);
+    assert_eq!(bob.get(ID).unwrap().route, Route::Direct(addr(1)), "bob moved");
+    while bob.poll_transmit(ID, later, &mut out) {
+        alice.handle(later, Route::Direct(addr(2)), &mut out);
+    }
+    assert_eq!(alice.get(ID).unwrap().route, Route::Direct(addr(2)), "alice moved");
+    assert_eq!(alice.direct_try(ID, later + Duration::from_secs(9)), None, "no more tries");
+}
