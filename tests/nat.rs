@@ -342,6 +342,8 @@ async fn a_private_chat_crosses_every_pair_of_nats_directly_or_relayed() {
     let name = |i: usize| if i == 4 { "eve" } else { kinds[i].0 };
     for (asker, target, way) in pairs {
         let (a, t) = (name(asker), name(target));
+        // Shown with the test's output only if it fails.
+        println!("{a} asks {t}, expecting a chat {way}");
         clients[asker].send(&format!("/startprivate {t}")).await;
         clients[target].expect(&format!("* {a} asks for a private chat")).await;
         clients[target].send(&format!("/accept {a}")).await;

@@ -474,7 +474,6 @@ impl PrivateChats {
             let mut state = self.inner.state();
             state.tokens.clear();
             state.requested.clear();
-            state.relays.clear();
             state.links.drain().map(|(_, link)| link).collect()
         };
         futures_util::future::join_all(links.into_iter().map(|link| link.bye(reason))).await;
@@ -569,15 +568,11 @@ struct State {
 }
 
 impl State {
-    /// Forgets the chat with `peer`: its link, its relay, and that we asked for it (so that
-    /// no late way of it opens again).
+    /// Forgets the chat with `peer`: its link, and that we asked for it (so that no late
+    /// way of it opens again). Its task, which ends next, forgets its relay.
     fn end(&mut self, peer: &str) -> Option<Link> {
         self.requested.remove(peer);
-        let link = self.links.remove(peer)?;
-        if let Route::Relay(relay) = link.route {
-            self.relays.remove(&relay);
-        }
-        Some(link)
+        self.links.remove(peer)
     }
 }
 
@@ -1223,6 +1218,11 @@ async fn run_link(
     };
     // Whatever is still queued for the socket learns that it was not written.
     drop(rx);
+    // The relay it ran on goes only now, after the goodbye went out through it (dropping
+    // it sooner would end the stream under the goodbye).
+    if let Route::Relay(relay) = route {
+        inner.state().relays.remove(&relay);
+    }
     let reason = match end {
         End::Peer(reason) => CloseReason::Peer(reason),
         End::Lost => CloseReason::Lost,
