@@ -16,7 +16,6 @@ use confab::protocol::{ErrorCode, Event, Introduction};
 use confab::server::rate::UserRates;
 use confab::server::{self, password, Config};
 use confab::store::{SqliteStore, Store, StoreHandle};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -63,9 +62,10 @@ impl TestServer {
     }
 
     /// A server on the given store with `config` exactly as given.
+    /// It listens on UDP too, on the same port, as `confab-server` does.
     pub async fn strict(store: impl Store, config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = server::Listeners::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.tcp.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
