@@ -558,3 +558,26 @@ async fn malformed_frames_past_the_refusals_bucket_are_a_flood() {
     assert!(malformed < 100, "cut off before the end ({malformed} answered)");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn relaying_chat_bytes_on_links_that_are_not_yours_is_cut_off_as_flooding() {
+    let server = TestServer::strict(seeded_store(":memory:"), Config::default()).await;
+    let (alice, mut alice_events) = login_from(&server, lo(0, 2), "alice").await;
+    let (_bob, mut bob_events) = login_from(&server, lo(0, 3), "bob").await;
+    // Frames for links alice is not on: each is dropped and counts as a refused request.
+    for i in 0..200u8 {
+        alice.relay_chat(confab::protocol::LinkId([i; 16]), vec![0; 64]);
+    }
+    let reason = loop {
+        if let Event::SessionEnded { reason } = next_any_event(&mut alice_events).await {
+            break reason;
+        }
+    };
+    assert_eq!(reason, EndReason::Flooding);
+    // None of it reached anyone.
+    while let Some(event) = bob_events.try_next() {
+        let relayed = matches!(event, ClientEvent::Server(Event::RelayedChat { .. }));
+        assert!(!relayed, "nothing is relayed on a link alice is not on");
+    }
+    server.stop().await;
+}

@@ -458,7 +458,12 @@ async fn logged_in(conn: &mut Conn, shared: &Shared, me: &LoggedIn) -> Ending {
                             }
                         }
                         Incoming::Relay(link, data) => {
-                            cmd::private::relay(shared, &me.name, link, data)
+                            if !cmd::private::relay(shared, &me.name, link, data) {
+                                let limiter = limiter.get_or_insert_with(Box::default);
+                                if !limiter.refused(&shared.config.user_rates, active) {
+                                    return Ending::Flooding;
+                                }
+                            }
                         }
                         Incoming::Bad(err, fatal) => {
                             conn.reply(0, Err(err));

@@ -48,15 +48,19 @@ pub(in crate::server) fn decline(
 }
 
 /// Relays bytes of a private chat on `link` to its other side, if `me` is on it and the
-/// relay's caps let them through; dropped otherwise (the chat's own seal then ends it).
-pub(in crate::server) fn relay(shared: &Shared, me: &str, link: LinkId, data: Vec<u8>) {
+/// relay's caps let them through. False if they were dropped instead (the chat's own seal
+/// then ends it): the session counts that as a refused request, so a client that sends
+/// frames for links it is not on, or far past the cap, is cut off as flooding.
+pub(in crate::server) fn relay(shared: &Shared, me: &str, link: LinkId, data: Vec<u8>) -> bool {
     if data.len() > MAX_RELAYED_CHAT {
-        return;
+        return false;
     }
     let now = tokio::time::Instant::now();
-    if let Some(to) = shared.rendezvous.relay_chat(&link, me, data.len(), now) {
-        shared.hub.relay_chat(&to, link, data);
-    }
+    let Some(to) = shared.rendezvous.relay_chat(&link, me, data.len(), now) else {
+        return false;
+    };
+    shared.hub.relay_chat(&to, link, data);
+    true
 }
 
 /// The most bytes one relayed chat frame may carry: a whole peer frame and its length.
