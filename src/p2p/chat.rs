@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::codec::Framed;
@@ -359,6 +359,7 @@ impl PrivateChats {
             stop: stop.clone(),
             next_link: AtomicU64::new(1),
             relay_out,
+            listening: listener.local_addr().ok(),
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
         (Self { inner, _alive: Arc::new(stop.drop_guard()) }, PrivateEvents { rx })
@@ -550,6 +551,8 @@ struct Inner {
     next_link: AtomicU64,
     /// Relayed chats' bytes, for the server connection.
     relay_out: mpsc::UnboundedSender<(LinkId, Vec<u8>)>,
+    /// The listener's address: dials go out from its port (see [`dial_from`]).
+    listening: Option<SocketAddr>,
 }
 
 struct State {
@@ -966,7 +969,7 @@ async fn try_addresses(inner: &Inner, intro: &Introduction) -> Result<(Secured, 
         .addresses()
         .into_iter()
         .map(|addr| async move {
-            let connected = timeout(config.connect_timeout, TcpStream::connect(addr)).await;
+            let connected = timeout(config.connect_timeout, dial_from(inner.listening, addr)).await;
             match connected {
                 Err(_) => Err(DialError::Timeout),
                 Ok(Err(source)) => Err(DialError::Connect { addr, source }),
@@ -991,6 +994,33 @@ async fn try_addresses(inner: &Inner, intro: &Introduction) -> Result<(Secured, 
     Err(error)
 }
 
+/// Connects to `addr` from the listener's port (`from`) if the kernel lets it, else from
+/// any port. From the listener's port a port-preserving NAT maps the connection to the
+/// address the server told the peer, and when the peer dials ours at the same moment the
+/// two SYNs cross and make one connection (a TCP simultaneous open), which is how two
+/// clients behind such NATs reach each other with neither reachable.
+async fn dial_from(from: Option<SocketAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let shared = from.filter(|from| from.is_ipv4() == addr.is_ipv4()).and_then(|from| {
+        let socket = if from.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+        let socket = socket.ok()?;
+        socket.set_reuseaddr(true).ok()?;
+        socket.set_reuseport(true).ok()?;
+        socket.bind(from).ok()?;
+        Some(socket)
+    });
+    match shared {
+        Some(socket) => match socket.connect(addr).await {
+            // The same pair of ports is still in use (a connection between them lingers
+            // in TIME_WAIT): any port will do.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                TcpStream::connect(addr).await
+            }
+            connected => connected,
+        },
+        None => TcpStream::connect(addr).await,
+    }
+}
+
 /// The dialling side's handshake on a connected `stream`: our hello, the peer's answer.
 async fn handshake_as_dialler(
     inner: &Inner,
@@ -1008,7 +1038,32 @@ async fn handshake_as_dialler(
     };
     let (dialling, hello) = noise::initiate(keys).map_err(DialError::Handshake)?;
     timeout(config.hello_timeout, framed.send(hello)).await.map_err(|_| DialError::Timeout)??;
-    match timeout(config.hello_timeout, framed.next()).await {
+    let mut answer = timeout(config.hello_timeout, framed.next()).await;
+    if let Ok(Some(Ok(Ok(PeerMessage::Hello { username, handshake, .. })))) = &answer {
+        // Both dialled, and the SYNs met: one connection, two hellos. The requester's
+        // handshake is the one both complete: the accepting side answers it, and the
+        // requester reads on to that answer.
+        if username != &intro.peer {
+            return Err(DialError::WrongPeer(username.clone()));
+        }
+        if !inner.state().requested.contains_key(&intro.peer) {
+            let keys = Keys {
+                identity: &inner.identity,
+                me: &inner.me,
+                peer: &intro.peer,
+                peer_key: &intro.key,
+                token: &intro.token,
+            };
+            let (cipher, accepted) =
+                noise::respond(keys, handshake).map_err(DialError::Handshake)?;
+            timeout(config.hello_timeout, framed.send(accepted))
+                .await
+                .map_err(|_| DialError::Timeout)??;
+            return Ok(Secured { framed, cipher, first: None });
+        }
+        answer = timeout(config.hello_timeout, framed.next()).await;
+    }
+    match answer {
         Err(_) => Err(DialError::Timeout),
         Ok(Some(Ok(Ok(PeerMessage::Accepted { username, handshake }))))
             if username == intro.peer =>

@@ -29,7 +29,7 @@ pub mod transfer;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
 use crate::protocol::{DirectEndpoint, LinkId};
 
@@ -84,6 +84,18 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A listener on `addr` whose port outgoing connections may share (`SO_REUSEPORT`): a
+/// chat dials from its listener's port, so that a port-preserving NAT maps the dial to the
+/// address the peer was told, and two dials that cross meet as one connection (a TCP
+/// simultaneous open).
+fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// The local sockets for direct links, bound before login so that their ports can be
 /// announced to the server.
 #[derive(Debug)]
@@ -127,7 +139,7 @@ impl DirectSockets {
     pub async fn bind(ip: IpAddr, tcp_port: u16, udp_port: u16) -> Result<Self, BindError> {
         let addr = SocketAddr::new(ip, tcp_port);
         let tcp_error = |source| BindError::Tcp { addr, source };
-        let tcp = TcpListener::bind(addr).await.map_err(tcp_error)?;
+        let tcp = listen_shared(addr).map_err(tcp_error)?;
         let tcp_port = tcp.local_addr().map_err(tcp_error)?.port();
         let addr = SocketAddr::new(ip, udp_port);
         let udp_error = |source| BindError::Udp { addr, source };
