@@ -35,8 +35,9 @@
 #
 # Figures, each the median of RUNS runs, with every run printed:
 # - chat open: from `/accept` written to the target's stdin until the asker prints
-#   "private chat with ... is open"; directly (target dave, forwarded) and relayed (target
-#   bob, port-restricted).
+#   "private chat with ... is open"; directly (target dave, forwarded), directly between
+#   two port-restricted NATs (alice -> bob, a TCP simultaneous open), and relayed (carol,
+#   symmetric -> bob).
 # - transfer open: from `/p2pvideo` written to the sender's stdin until it prints
 #   "accepted ...; sending" (the receiver auto-accepts); directly (alice -> bob, hole
 #   punched) and relayed (carol -> bob).
@@ -364,7 +365,8 @@ column_median() { awk -v c="$2" 'NF { print $c }' <<<"${RESULT[$1]}" | median; }
 
 echo "chat open, s (from /accept to the asker's open line)"
 run chat_direct "alice -> dave (direct)" chat_once alice dave "directly"
-run chat_relay "alice -> bob (relayed)" chat_once alice bob "through the server's relay"
+run chat_punched "alice -> bob (simultaneous open)" chat_once alice bob "directly"
+run chat_relay "carol -> bob (relayed)" chat_once carol bob "through the server's relay"
 echo
 echo "transfers of $SIZE_MIB MiB: open s, Mbit/s, CPU % sender / receiver / server,"
 echo "server CPU s per GiB, receiver CPU % in the 11 s after"
@@ -378,6 +380,7 @@ echo
 echo "medians of $RUNS runs ($SIZE_MIB MiB), load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-28s %8s %8s\n' "" direct relayed
 printf '%-28s %8s %8s\n' "chat open, s" "$(column_median chat_direct 1)" "$(column_median chat_relay 1)"
+printf '%-28s %8s\n' "chat open, s, sim. open" "$(column_median chat_punched 1)"
 printf '%-28s %8s %8s\n' "transfer open, s" "$(column_median xfer_direct 1)" "$(column_median xfer_relay 1)"
 printf '%-28s %8s %8s\n' "transfer, Mbit/s" "$(column_median xfer_direct 2)" "$(column_median xfer_relay 2)"
 printf '%-28s %8s %8s\n' "sender CPU %" "$(column_median xfer_direct 3)" "$(column_median xfer_relay 3)"

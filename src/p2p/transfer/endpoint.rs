@@ -59,8 +59,8 @@ const PUNCHES: [Duration; 5] = [
     Duration::from_millis(1000),
 ];
 const PUNCH_EVERY: Duration = Duration::from_secs(1);
-/// How often a relayed transfer sends one datagram straight to the peer's addresses
-/// instead, in case a direct path has opened since.
+/// How often a relayed transfer sends one datagram straight to the peer's addresses as
+/// well, in case a direct path has opened since.
 pub const DIRECT_RETRY: Duration = Duration::from_secs(1);
 
 /// One transfer, as the user knows it.
@@ -490,8 +490,11 @@ impl<T: Default> Endpoint<T> {
             withdraw: answered.withdraw,
             confirmed: false,
         };
+        // Not at once: the first answers must go the way the offer came.
         let direct = match from {
-            Route::Relay(_) => Some(Box::new(DirectTry { addrs: incoming.addrs, next: now })),
+            Route::Relay(_) => {
+                Some(Box::new(DirectTry { addrs: incoming.addrs, next: now + DIRECT_RETRY }))
+            }
             Route::Direct(_) => None,
         };
         let connection = Connection {
@@ -550,7 +553,7 @@ impl<T: Default> Endpoint<T> {
     }
 
     /// The peer's direct addresses, when relayed transfer `id` is due to send one datagram
-    /// straight to them instead of through the relay (every [`DIRECT_RETRY`]).
+    /// straight to them as well as through the relay (every [`DIRECT_RETRY`]).
     pub fn direct_try(&mut self, id: TransferId, now: Instant) -> Option<Vec<SocketAddr>> {
         let direct = self.connections.get_mut(&id)?.direct.as_deref_mut()?;
         if direct.next > now || direct.addrs.is_empty() {

@@ -678,7 +678,9 @@ impl Engine {
                 }
                 continue;
             }
-            // Relayed: now and then one datagram goes straight to the peer instead.
+            // Relayed: now and then one datagram goes straight to the peer too (the copy
+            // that comes second is dropped as one, so nothing is lost if the direct way
+            // is still closed).
             if let Some(addrs) = self.endpoint.direct_try(*id, now) {
                 if self.endpoint.poll_transmit(*id, now, &mut self.out) {
                     for addr in addrs {
@@ -686,6 +688,11 @@ impl Engine {
                         self.batch.extend_from_slice(&self.out);
                         let len = self.batch.len();
                         self.flush(*id, addr, len, 1).await;
+                    }
+                    if let Some(relay) = routes.first().and_then(|route| self.wrap(route)) {
+                        self.batch.extend_from_slice(&self.out);
+                        let len = self.batch.len();
+                        self.flush(*id, relay, len, 1).await;
                     }
                 }
             }
