@@ -157,6 +157,28 @@ fn demo_password(user: &str) -> &'static str {
     }
 }
 
+/// A home of each kind with its user's client in it, logged in (behind a port forward,
+/// with the forwarded ports); the clients and the homes, in order.
+async fn homes_for(
+    lab: &mut Lab,
+    server: &LabServer,
+    kinds: &[(&str, Nat)],
+) -> (Vec<Proc>, Vec<common::lab::HomeId>) {
+    let (udp, tcp) = (FORWARDED_UDP.to_string(), FORWARDED_TCP.to_string());
+    let (mut clients, mut homes) = (Vec::new(), Vec::new());
+    for (user, nat) in kinds {
+        let home = lab.add_home(*nat);
+        homes.push(home);
+        let host = lab.add_client(home);
+        let extra: &[&str] = match nat {
+            Nat::Forwarded { .. } => &["--udp-port", &udp, "--p2p-port", &tcp],
+            _ => &[],
+        };
+        clients.push(lab_client(lab, server, &host, user, extra).await);
+    }
+    (clients, homes)
+}
+
 /// The lab's server binary, with its scratch directory.
 struct LabServer {
     _proc: Proc,
@@ -188,19 +210,7 @@ async fn a_file_crosses_every_pair_of_nats_directly_or_relayed() {
         ("carol", Nat::Symmetric),
         ("dave", Nat::Forwarded { tcp: FORWARDED_TCP, udp: FORWARDED_UDP }),
     ];
-    let (udp, tcp) = (FORWARDED_UDP.to_string(), FORWARDED_TCP.to_string());
-    let mut clients = Vec::new();
-    let mut homes = Vec::new();
-    for (user, nat) in &kinds {
-        let home = lab.add_home(*nat);
-        homes.push(home);
-        let host = lab.add_client(home);
-        let extra: &[&str] = match nat {
-            Nat::Forwarded { .. } => &["--udp-port", &udp, "--p2p-port", &tcp],
-            _ => &[],
-        };
-        clients.push(lab_client(&lab, &server, &host, user, extra).await);
-    }
+    let (mut clients, homes) = homes_for(&mut lab, &server, &kinds).await;
     let data: Vec<u8> =
         (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     let clip = server.dir.path().join("clip.bin");
@@ -311,19 +321,7 @@ async fn a_private_chat_crosses_every_pair_of_nats_directly_or_relayed() {
         ("dave", Nat::Forwarded { tcp: FORWARDED_TCP, udp: FORWARDED_UDP }),
         ("eve", Nat::PortRestricted),
     ];
-    let (udp, tcp) = (FORWARDED_UDP.to_string(), FORWARDED_TCP.to_string());
-    let mut clients = Vec::new();
-    let mut homes = Vec::new();
-    for (user, nat) in &kinds {
-        let home = lab.add_home(*nat);
-        homes.push(home);
-        let host = lab.add_client(home);
-        let extra: &[&str] = match nat {
-            Nat::Forwarded { .. } => &["--udp-port", &udp, "--p2p-port", &tcp],
-            _ => &[],
-        };
-        clients.push(lab_client(&lab, &server, &host, user, extra).await);
-    }
+    let (mut clients, homes) = homes_for(&mut lab, &server, &kinds).await;
 
     // (asker, target, the way): every ordered pair of homes.
     let mut pairs = Vec::new();

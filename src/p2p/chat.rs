@@ -731,6 +731,18 @@ impl Inner {
         });
     }
 
+    /// The keys of a link with the peer of `intro`: ours, the one the server vouched for,
+    /// the token.
+    fn keys<'a>(&'a self, intro: &'a Introduction) -> Keys<'a> {
+        Keys {
+            identity: &self.identity,
+            me: &self.me,
+            peer: &intro.peer,
+            peer_key: &intro.key,
+            token: &intro.token,
+        }
+    }
+
     /// Whether the chat we asked for with `intro` has not opened yet (nor opened and ended).
     fn still_wanted(&self, intro: &Introduction) -> bool {
         let state = self.state();
@@ -1029,14 +1041,7 @@ async fn handshake_as_dialler(
 ) -> Result<Secured, DialError> {
     let config = &inner.config;
     let mut framed = Framed::new(stream, PeerCodec::new(MAX_PEER_FRAME));
-    let keys = Keys {
-        identity: &inner.identity,
-        me: &inner.me,
-        peer: &intro.peer,
-        peer_key: &intro.key,
-        token: &intro.token,
-    };
-    let (dialling, hello) = noise::initiate(keys).map_err(DialError::Handshake)?;
+    let (dialling, hello) = noise::initiate(inner.keys(intro)).map_err(DialError::Handshake)?;
     timeout(config.hello_timeout, framed.send(hello)).await.map_err(|_| DialError::Timeout)??;
     let mut answer = timeout(config.hello_timeout, framed.next()).await;
     if let Ok(Some(Ok(Ok(PeerMessage::Hello { username, handshake, .. })))) = &answer {
@@ -1047,13 +1052,7 @@ async fn handshake_as_dialler(
             return Err(DialError::WrongPeer(username.clone()));
         }
         if !inner.state().requested.contains_key(&intro.peer) {
-            let keys = Keys {
-                identity: &inner.identity,
-                me: &inner.me,
-                peer: &intro.peer,
-                peer_key: &intro.key,
-                token: &intro.token,
-            };
+            let keys = inner.keys(intro);
             let (cipher, accepted) =
                 noise::respond(keys, handshake).map_err(DialError::Handshake)?;
             timeout(config.hello_timeout, framed.send(accepted))
