@@ -30,6 +30,15 @@
 //!        Text frames both ways until a sealed Bye or a close
 //! ```
 //!
+//! That is the direct way. Around it ([`dial`], [`Inner::settle`]): the requester dials
+//! every address of the target at once and the target dials back, both from their
+//! listener's port, so that crossing dials through port-preserving NATs meet as one
+//! connection (a TCP simultaneous open, where the target answers the requester's hello);
+//! the requester keeps the first way that opens, and its first frame there (a ping) tells
+//! the target. With none after [`DIRECT_WAIT`], the requester opens the chat through the
+//! server's relay: the same frames over a duplex stream whose far end the client session
+//! carries over its server connection ([`PrivateChats::relayed`]).
+//!
 //! Each open chat is one task that owns the socket; [`PrivateChats::send`] and
 //! [`PrivateChats::stop`] talk to it through a channel. What the peer says and how the chat
 //! ends arrive as [`PrivateEvent`]s, through one queue of [`EVENT_QUEUE`] events for all

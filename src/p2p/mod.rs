@@ -2,22 +2,26 @@
 //!
 //! The server introduces two users and steps aside. Each client has a long-term key pair
 //! ([`identity`], kept in its data directory). Before logging in, it binds its
-//! [`DirectSockets`] and announces their ports with its public key; the server pairs them
-//! with the IP address it sees the client connect from. When one user accepts another's
-//! private chat request, the server gives both a one-time token and the other's address and
-//! key, and the requester connects straight to the target's listener ([`chat`]). The link
-//! opens with a Noise handshake ([`noise`]) that only the two holders of the keys the server
-//! vouched for, who both know the token, can complete; the listener lets each token in
-//! once ([`tokens`]). What is said on the link is encrypted end to end and never passes
-//! through the server, so it keeps working when the server goes away. Users who compare
-//! their safety code (`/verify`) pin each other's keys, so that a server that later vouches
-//! for another key is caught.
+//! [`DirectSockets`] and announces their ports and local address with its public key; the
+//! server pairs them with the IP address it sees the client connect from. When one user
+//! accepts another's private chat request, the server gives both a one-time token, the
+//! other's addresses and key, and a relay link; both clients connect to each other at once
+//! (through port-preserving NATs the two connections meet as one), and the first way that
+//! opens is the chat ([`chat`]). The link opens with a Noise handshake ([`noise`]) that only
+//! the two holders of the keys the server vouched for, who both know the token, can
+//! complete; a listener lets each token in once ([`tokens`]). What is said on the link is
+//! encrypted end to end; a direct link never passes through the server, so it keeps
+//! working when the server goes away, and one that found no direct way is relayed by the
+//! server, which can read none of it. Which way a link goes is its [`Route`]. Users who
+//! compare their safety code (`/verify`) pin each other's keys, so that a server that later
+//! vouches for another key is caught.
 //!
 //! Files go the same way over the UDP socket ([`transfer`]): for `/p2pvideo`, the server
-//! gives the sender the receiver's UDP address, key and a one-time token, and tells the
-//! receiver the sender's; the offer and its answer are a `Noise_KKpsk0` handshake too,
-//! every later datagram is sealed, and the chunks, acknowledgements and the SHA-256 never
-//! pass through the server.
+//! gives the sender the receiver's UDP addresses (the reflexive one its UDP endpoint saw
+//! among them), key and a one-time token, and tells the receiver the sender's; the
+//! receiver punches toward the sender while the sender offers to every address; the offer
+//! and its answer are a `Noise_KKpsk0` handshake too, and every later datagram is sealed,
+//! directly or through the server's relay.
 
 pub mod chat;
 pub mod identity;
