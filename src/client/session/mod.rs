@@ -754,6 +754,8 @@ impl Driver {
                         name: format::sanitize(name).into_owned(),
                     };
                     self.emit(SessionEvent::Error(refused.to_string())).await;
+                    // Answered with a decline, so the sender hears at once.
+                    self.transfers.refuse(IncomingFile::new(from, name, *size));
                     return None;
                 }
                 self.transfers.expect(IncomingFile::new(from, name, *size));

@@ -256,6 +256,9 @@ struct Trying {
 struct Expected {
     incoming: IncomingFile,
     until: Instant,
+    /// Answer the offer with a decline as soon as it opens, without asking (the user's
+    /// client refuses it: the sender's key is not the one the user verified).
+    refuse: bool,
     /// What to punch with, how many rounds went, and when the next is due.
     punch: [u8; PUNCH_LEN],
     punches: usize,
@@ -284,18 +287,22 @@ impl<T: Default> Endpoint<T> {
 
     /// The server announced `incoming`: its offer will be let in until the offer TTL.
     pub fn expect(&mut self, now: Instant, incoming: IncomingFile) {
+        self.expect_answering(now, incoming, false);
+    }
+
+    /// The server announced `incoming`, which this client refuses: its offer is let in only
+    /// to be declined at once (so that the sender hears it at once), and no machine asks.
+    pub fn expect_refusing(&mut self, now: Instant, incoming: IncomingFile) {
+        self.expect_answering(now, incoming, true);
+    }
+
+    fn expect_answering(&mut self, now: Instant, incoming: IncomingFile, refuse: bool) {
         let tag = crypto::punch_tag(&incoming.token, &incoming.from, &self.config.me);
         let until = now + self.config.offer_ttl;
         let punch = crypto::punch(&tag);
-        let announced = now;
-        self.expected.push(Expected {
-            incoming,
-            until,
-            punch,
-            punches: 0,
-            next_punch: now,
-            announced,
-        });
+        let (punches, next_punch, announced) = (0, now, now);
+        let expected = Expected { incoming, until, refuse, punch, punches, next_punch, announced };
+        self.expected.push(expected);
     }
 
     /// The round of punches due at `now`, if any: the datagram and the addresses to send it
@@ -473,8 +480,11 @@ impl<T: Default> Endpoint<T> {
             self.stats.forged += 1;
             return None;
         }
-        let incoming = self.expected.swap_remove(index).incoming;
-        let receiver = Receiver::new(size, chunk_size, self.config.receiver.clone(), now);
+        let Expected { incoming, refuse, .. } = self.expected.swap_remove(index);
+        let mut receiver = Receiver::new(size, chunk_size, self.config.receiver.clone(), now);
+        if refuse {
+            receiver.decline();
+        }
         let transfer = Transfer {
             id: header.id,
             peer: incoming.from,
@@ -507,7 +517,8 @@ impl<T: Default> Endpoint<T> {
             direct,
         };
         self.connections.insert(header.id, connection);
-        Some(header.id)
+        // A refused offer is only answered: nobody is asked.
+        (!refuse).then_some(header.id)
     }
 
     /// A punch from `from`: if it carries the tag of an unanswered offer, the sender learns

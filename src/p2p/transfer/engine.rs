@@ -228,6 +228,12 @@ impl Transfers {
         let _ = self.commands.send(Command::Expect(incoming));
     }
 
+    /// The server announced a file this client refuses: its offer is declined as soon as it
+    /// comes (so the sender hears at once), and no event asks the user.
+    pub fn refuse(&self, incoming: IncomingFile) {
+        let _ = self.commands.send(Command::Refuse(incoming));
+    }
+
     /// Starts sending `file` to the peer of `intro` (the server's answer to
     /// [`Request::SendFile`](crate::protocol::Request::SendFile): its address, key and
     /// token).
@@ -407,6 +413,7 @@ struct Shared {
 enum Command {
     Rendezvous { server: SocketAddr, binding: UdpBinding },
     Expect(IncomingFile),
+    Refuse(IncomingFile),
     Send { transfer: Transfer, intro: Introduction, file: File },
     Accept(TransferId),
     Decline(TransferId),
@@ -910,6 +917,7 @@ impl Engine {
                     Some(Binding { server, binding, counter: 0, next: now, answered: false });
             }
             Command::Expect(incoming) => self.endpoint.expect(now, incoming),
+            Command::Refuse(incoming) => self.endpoint.expect_refusing(now, incoming),
             Command::Send { transfer, intro, file } => {
                 let id = transfer.id;
                 let started = self.endpoint.send(now, transfer.clone(), &intro);
