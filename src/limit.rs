@@ -72,6 +72,18 @@ impl TokenBucket {
         Ok(())
     }
 
+    /// Takes `n` tokens at once at `now` (a datagram's bytes, say), if the bucket is not
+    /// empty: like a single token, it may run the bucket into debt by the rest, which later
+    /// takes wait out. False (nothing taken) if it is empty.
+    pub fn take_n(&mut self, n: u32, now: Instant) -> bool {
+        let full_at = self.full_at.max(now);
+        if full_at - now > self.tolerance {
+            return false;
+        }
+        self.full_at = full_at + self.interval.saturating_mul(n);
+        true
+    }
+
     /// Whether a token could be taken at `now` (nothing is taken).
     pub fn can_take(&self, now: Instant) -> bool {
         self.full_at.max(now) - now <= self.tolerance
@@ -86,6 +98,17 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_takes_many_tokens_at_once_and_waits_out_the_debt() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(Rate { burst: 1000, per_second: 1000 }, start);
+        assert!(bucket.take_n(1500, start), "a full bucket takes more than its burst once");
+        assert!(!bucket.take_n(1, start), "then it owes");
+        // 1500 tokens took 1.5 s; the burst of 1000 may run ahead by 0.999 s.
+        assert!(!bucket.take_n(1, start + Duration::from_millis(500)));
+        assert!(bucket.take_n(1, start + Duration::from_millis(501)));
+    }
 
     #[test]
     fn a_bucket_allows_a_burst_then_the_rate() {

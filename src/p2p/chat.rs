@@ -689,21 +689,26 @@ impl Inner {
     fn admit(self: &Arc<Self>, addr: SocketAddr) -> Result<Slot, Refusal> {
         let mut state = self.state();
         let expected = state.tokens.expects_from(addr.ip(), Instant::now());
-        let admitted = state.handshakes.admit(addr.ip(), expected)?;
-        if let Some(cancel) = admitted.evict.and_then(|old| state.evict.remove(&old)) {
-            tracing::debug!(%addr, "evicted a silent connection from the expected peer's address");
-            cancel.cancel();
-        }
-        let cancel = self.stop.child_token();
-        state.evict.insert(admitted.id, cancel.clone());
-        Ok(Slot { inner: self.clone(), id: admitted.id, cancel })
+        self.slot(&mut state, addr.ip(), expected)
     }
 
     /// A handshake slot for a relayed connection: the lane of an expected peer (only an
     /// introduced peer's link can reach us through the relay).
     fn admit_relayed(self: &Arc<Self>, state: &mut State) -> Result<Slot, Refusal> {
-        let admitted = state.handshakes.admit(std::net::Ipv4Addr::UNSPECIFIED.into(), true)?;
+        self.slot(state, std::net::Ipv4Addr::UNSPECIFIED.into(), true)
+    }
+
+    /// A handshake slot for a connection from `ip`, in the expected peer's lane if
+    /// `expected`, evicting an idle one if its lane says so.
+    fn slot(
+        self: &Arc<Self>,
+        state: &mut State,
+        ip: std::net::IpAddr,
+        expected: bool,
+    ) -> Result<Slot, Refusal> {
+        let admitted = state.handshakes.admit(ip, expected)?;
         if let Some(cancel) = admitted.evict.and_then(|old| state.evict.remove(&old)) {
+            tracing::debug!(%ip, "evicted a silent connection from the expected peer's lane");
             cancel.cancel();
         }
         let cancel = self.stop.child_token();

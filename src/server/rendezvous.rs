@@ -319,35 +319,24 @@ impl Link {
     }
 }
 
-/// A cap in bytes a second (GCRA, like [`TokenBucket`], with a byte as the token).
-struct ByteBucket {
-    /// `None`: no cap.
-    per_byte: Option<Duration>,
-    tolerance: Duration,
-    full_at: Instant,
-}
+/// A cap of `rate` bytes a second (a [`TokenBucket`] with a byte as the token), or none
+/// for a rate of 0.
+struct ByteBucket(Option<TokenBucket>);
 
 impl ByteBucket {
     fn new(rate: u64, now: Instant) -> Self {
         if rate == 0 {
-            return Self { per_byte: None, tolerance: Duration::ZERO, full_at: now };
+            return ByteBucket(None);
         }
-        let per_byte = Duration::from_secs_f64(1.0 / rate as f64);
-        let tolerance = Duration::from_secs_f64(BURST_SECONDS).max(per_byte * 65_536);
-        Self { per_byte: Some(per_byte), tolerance, full_at: now }
+        let per_second = u32::try_from(rate).unwrap_or(u32::MAX);
+        let burst = ((rate as f64 * BURST_SECONDS) as u32).max(65_536);
+        ByteBucket(Some(TokenBucket::new(Rate { burst, per_second }, now)))
     }
 
     /// Takes `len` bytes at `now`; false (nothing taken) if they do not fit.
     fn take(&mut self, len: usize, now: Instant) -> bool {
-        let Some(per_byte) = self.per_byte else {
-            return true;
-        };
-        let full_at = self.full_at.max(now);
-        if full_at - now > self.tolerance {
-            return false;
-        }
-        self.full_at = full_at + per_byte * len as u32;
-        true
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        self.0.as_mut().is_none_or(|bucket| bucket.take_n(len, now))
     }
 }
 
