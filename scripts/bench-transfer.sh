@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The /p2pvideo file-transfer benchmark, beside plain TCP (socat) measured in the same run.
+# The /p2pvideo file-transfer benchmark, beside plain TCP (socat) and QUIC (quinn, through
+# examples/quinn_transfer.rs) measured in the same run.
 #
 #   sudo scripts/bench-transfer.sh [SIZE_MIB] [RUNS] [SECTIONS]
 #                                  (defaults: 1024 MiB, 3 runs, "rates sharing")
@@ -13,8 +14,11 @@
 # the file; jumbo frames; a chunk ceiling far above the MTU). Each figure is the median of
 # RUNS runs, file to file: Confab's from the receiver's acceptance until the file is
 # SHA-256 checked and in place, socat's (128 KiB blocks) from its start until the receiver
-# exits; senders pinned to core 0, receivers to core 1; the CPU % of each side is its last
-# run's (GNU time), to show whether it was the bottleneck.
+# exits. QUIC's is memory to memory (the file's size, from a buffer, read and discarded: no
+# file, no SHA-256), so an upper bound for QUIC: from the receiver's accepting the stream
+# until its end, with quinn's defaults (Cubic) and 64 MiB windows. Senders pinned to core
+# 0, receivers to core 1; the CPU % of each side is its last run's (GNU time), to show
+# whether it was the bottleneck; Cfb/QUIC is Confab's rate over QUIC's.
 #
 # sharing: the 100 Mbit/s tbf shared by four transfers at once (started together, then
 # 1 s apart), and by one transfer and one TCP flow (with a 50 ms and a 5 ms buffer); each
@@ -41,7 +45,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --quiet --bin confab-transfer-bench
+cargo build --release --quiet --example quinn_transfer
 BENCH=$PWD/target/release/confab-transfer-bench
+QUIC=$PWD/target/release/examples/quinn_transfer
 
 WORK=$(mktemp -d /dev/shm/confab-transfer-bench.XXXXXX)
 cleanup() {
@@ -144,6 +150,21 @@ tcp_once() { # NS_A NS_B ADDR_B FILE
   echo " $(cat "$WORK/cpu.send") $(cat "$WORK/cpu.recv")"
 }
 
+# One QUIC transfer of BYTES bytes, memory to memory; prints Mbit/s, then the sender's and
+# the receiver's CPU %. Generous timeouts: the lossy scenarios are slow, not stuck.
+quic_once() { # NS_A NS_B ADDR_B BYTES
+  run_in "$2" "${RECV_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.recv" "$QUIC" recv --bind "$3:47320" \
+    --timeout-secs 900 >"$WORK/quic.out" &
+  local recv=$!
+  sleep 0.2
+  run_in "$1" "${SEND_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.send" "$QUIC" send --to "$3:47320" \
+    --bytes "$4" --timeout-secs 900 >/dev/null
+  wait $recv || { echo "the QUIC receiver failed" >&2; exit 1; }
+  grep -q "^bytes=$4 " "$WORK/quic.out" || { echo "QUIC: short" >&2; exit 1; }
+  echo "$(sed -n 's/.* mbit=\([0-9.]*\)$/\1/p' "$WORK/quic.out") $(cat "$WORK/cpu.send")" \
+    "$(cat "$WORK/cpu.recv")"
+}
+
 # The median of the first column, with the other columns of the last line.
 median() {
   local lines
@@ -153,20 +174,27 @@ median() {
 }
 
 scenario() { # NAME NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
-  local name=$1 tcp confab
+  local name=$1 tcp quic confab bytes
   tcp=$(for _ in $(seq "$RUNS"); do tcp_once "$2" "$3" "$5" "$6"; done | median)
+  bytes=$(stat -c %s "$6")
+  quic=$(for _ in $(seq "$RUNS"); do quic_once "$2" "$3" "$5" "$bytes"; done | median)
   confab=$(for _ in $(seq "$RUNS"); do confab_once "$2" "$3" "$4" "$5" "$6" "${7:-}"; done |
     median)
   read -r tcp_rate tcp_send tcp_recv <<<"$tcp"
+  read -r quic_rate quic_send quic_recv <<<"$quic"
   read -r confab_rate confab_send confab_recv <<<"$confab"
-  printf "%-30s %9s %6s %6s %9s %6s %6s %7s\n" "$name" "$tcp_rate" "$tcp_send" "$tcp_recv" \
-    "$confab_rate" "$confab_send" "$confab_recv" "$(cat "$WORK/chunk")"
+  printf "%-30s %9s %6s %6s %9s %6s %6s %9s %6s %6s %7s %8s\n" "$name" \
+    "$tcp_rate" "$tcp_send" "$tcp_recv" "$quic_rate" "$quic_send" "$quic_recv" \
+    "$confab_rate" "$confab_send" "$confab_recv" "$(cat "$WORK/chunk")" \
+    "$(awk -v c="$confab_rate" -v q="$quic_rate" 'BEGIN { printf "%.2f", c / q }')"
 }
 
 rates() {
   echo "Mbit/s: medians of $RUNS runs of $SIZE_MIB MiB (a quarter at 100 Mbit/s); CPU % of"
-  echo "the sender and the receiver in the last run; Confab's chunk size reached"
-  printf "%-30s %9s %6s %6s %9s %6s %6s %7s\n" scenario TCP send recv Confab send recv chunk
+  echo "the sender and the receiver in the last run; Confab's chunk size reached; QUIC memory"
+  echo "to memory (an upper bound), the others file to file; Confab's rate over QUIC's"
+  printf "%-30s %9s %6s %6s %9s %6s %6s %9s %6s %6s %7s %8s\n" scenario TCP send recv \
+    QUIC send recv Confab send recv chunk Cfb/QUIC
   scenario loopback - - 127.0.0.1 127.0.0.1 "$WORK/file.bin"
   make_link
   scenario "veth" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
