@@ -17,8 +17,9 @@
 # exits. QUIC's is memory to memory (the file's size, from a buffer, read and discarded: no
 # file, no SHA-256), so an upper bound for QUIC: from the receiver's accepting the stream
 # until its end, with quinn's defaults (Cubic) and 64 MiB windows. Senders pinned to core
-# 0, receivers to core 1; the CPU % of each side is its last run's (GNU time), to show
-# whether it was the bottleneck; Cfb/QUIC is Confab's rate over QUIC's.
+# 0, receivers to core 1; each side's CPU, from its last run (GNU time), as "CPU % / CPU
+# seconds per GiB moved": the % shows whether it was the bottleneck (it counts the wait
+# for the other side to start too); Cfb/QUIC is Confab's rate over QUIC's.
 #
 # sharing: the 100 Mbit/s tbf shared by four transfers at once (started together, then
 # 1 s apart), and by one transfer and one TCP flow (with a 50 ms and a 5 ms buffer); each
@@ -104,8 +105,13 @@ run_in() {
   if [ "$ns" = - ]; then "$@"; else ip netns exec "$ns" "$@"; fi
 }
 
-# Prefix that writes a command's CPU % (user + system over elapsed) to the file after it.
-TIMED=(/usr/bin/time -f %P -o)
+# Prefix that writes a command's CPU % (user + system over elapsed) and its user and
+# system seconds to the file after it.
+TIMED=(/usr/bin/time -f '%P %U %S' -o)
+# cpu FILE BYTES: "CPU%/CPU seconds per GiB" of the command timed into FILE that moved BYTES.
+cpu() {
+  awk -v b="$2" '{ printf "%s/%.2f", $1, ($2 + $3) * 1073741824 / b }' "$1"
+}
 # Senders run on core 0 and receivers on core 1, so that neither side of either system
 # takes the other's core. socat moves 128 KiB per call: its default of 8 KiB makes TCP
 # look several times slower under loss than it is.
@@ -113,7 +119,7 @@ SEND_CORE=(taskset -c 0)
 RECV_CORE=(taskset -c 1)
 SOCAT=(socat -u -b 131072)
 
-# One Confab transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
+# One Confab transfer; prints Mbit/s, then the sender's and the receiver's CPU (see cpu).
 confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   rm -rf "$WORK/recv" && mkdir "$WORK/recv"
   run_in "$2" "${RECV_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.recv" "$BENCH" recv --bind "$4:47301" --from "$3:47302" \
@@ -127,10 +133,13 @@ confab_once() { # NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   wait $recv || { echo "the receiver failed" >&2; exit 1; }
   cmp -s "$5" "$WORK/recv/sender_$(basename "$5")" || { echo "corrupt" >&2; exit 1; }
   grep -o 'chunks of [0-9]* bytes' "$WORK/send.out" | awk '{ print $3 }' >"$WORK/chunk"
-  echo "$(awk '{ print $7 }' "$WORK/recv.out") $(cat "$WORK/cpu.send") $(cat "$WORK/cpu.recv")"
+  local bytes
+  bytes=$(stat -c %s "$5")
+  echo "$(awk '{ print $7 }' "$WORK/recv.out") $(cpu "$WORK/cpu.send" "$bytes")" \
+    "$(cpu "$WORK/cpu.recv" "$bytes")"
 }
 
-# One socat transfer; prints Mbit/s, then the sender's and the receiver's CPU %.
+# One socat transfer; prints Mbit/s, then the sender's and the receiver's CPU (see cpu).
 tcp_once() { # NS_A NS_B ADDR_B FILE
   rm -f "$WORK/tcp.out"
   run_in "$2" "${RECV_CORE[@]}" "${TIMED[@]}" "$WORK/cpu.recv" "${SOCAT[@]}" TCP-LISTEN:47310,reuseaddr \
@@ -147,7 +156,7 @@ tcp_once() { # NS_A NS_B ADDR_B FILE
   bytes=$(stat -c %s "$4")
   awk -v b="$bytes" -v ns=$((end - start)) \
     'BEGIN { printf "%.1f", b * 8000 / ns }'
-  echo " $(cat "$WORK/cpu.send") $(cat "$WORK/cpu.recv")"
+  echo " $(cpu "$WORK/cpu.send" "$bytes") $(cpu "$WORK/cpu.recv" "$bytes")"
 }
 
 # One QUIC transfer of BYTES bytes, memory to memory; prints Mbit/s, then the sender's and
@@ -161,8 +170,8 @@ quic_once() { # NS_A NS_B ADDR_B BYTES
     --bytes "$4" --timeout-secs 900 >/dev/null
   wait $recv || { echo "the QUIC receiver failed" >&2; exit 1; }
   grep -q "^bytes=$4 " "$WORK/quic.out" || { echo "QUIC: short" >&2; exit 1; }
-  echo "$(sed -n 's/.* mbit=\([0-9.]*\)$/\1/p' "$WORK/quic.out") $(cat "$WORK/cpu.send")" \
-    "$(cat "$WORK/cpu.recv")"
+  echo "$(sed -n 's/.* mbit=\([0-9.]*\)$/\1/p' "$WORK/quic.out") $(cpu "$WORK/cpu.send" "$4")" \
+    "$(cpu "$WORK/cpu.recv" "$4")"
 }
 
 # The median of the first column, with the other columns of the last line.
@@ -183,17 +192,18 @@ scenario() { # NAME NS_A NS_B ADDR_A ADDR_B FILE [CHUNK_CEILING]
   read -r tcp_rate tcp_send tcp_recv <<<"$tcp"
   read -r quic_rate quic_send quic_recv <<<"$quic"
   read -r confab_rate confab_send confab_recv <<<"$confab"
-  printf "%-30s %9s %6s %6s %9s %6s %6s %9s %6s %6s %7s %8s\n" "$name" \
+  printf "%-30s %9s %11s %11s %9s %11s %11s %9s %11s %11s %7s %8s\n" "$name" \
     "$tcp_rate" "$tcp_send" "$tcp_recv" "$quic_rate" "$quic_send" "$quic_recv" \
     "$confab_rate" "$confab_send" "$confab_recv" "$(cat "$WORK/chunk")" \
     "$(awk -v c="$confab_rate" -v q="$quic_rate" 'BEGIN { printf "%.2f", c / q }')"
 }
 
 rates() {
-  echo "Mbit/s: medians of $RUNS runs of $SIZE_MIB MiB (a quarter at 100 Mbit/s); CPU % of"
-  echo "the sender and the receiver in the last run; Confab's chunk size reached; QUIC memory"
-  echo "to memory (an upper bound), the others file to file; Confab's rate over QUIC's"
-  printf "%-30s %9s %6s %6s %9s %6s %6s %9s %6s %6s %7s %8s\n" scenario TCP send recv \
+  echo "Mbit/s: medians of $RUNS runs of $SIZE_MIB MiB (a quarter at 100 Mbit/s); the sender's"
+  echo "and the receiver's CPU % / CPU seconds per GiB in the last run; Confab's chunk size"
+  echo "reached; QUIC memory to memory (an upper bound), the others file to file; Confab's"
+  echo "rate over QUIC's"
+  printf "%-30s %9s %11s %11s %9s %11s %11s %9s %11s %11s %7s %8s\n" scenario TCP send recv \
     QUIC send recv Confab send recv chunk Cfb/QUIC
   scenario loopback - - 127.0.0.1 127.0.0.1 "$WORK/file.bin"
   make_link

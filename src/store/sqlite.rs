@@ -6,6 +6,8 @@
 //! power cut or kernel crash can take back the commits of the last moments (those not yet
 //! checkpointed or synced by the OS). [`SqliteStore::open_with`]`(path, true)` syncs every
 //! commit (`synchronous = FULL`), for those who want a commit to survive a power cut too.
+//! The WAL is checkpointed into the database file by a thread of its own
+//! ([`Checkpointer`]), so that no commit of the log waits for a checkpoint.
 //!
 //! The `history` table is the message log: one row per relayed message, keyed by the id the
 //! server assigned, with its recipient (direct) or group. Three indexes make the log's reads
@@ -14,6 +16,9 @@
 //! `cursors` table keeps, per user, the id up to which they have acknowledged delivery.
 
 use std::path::Path;
+use std::sync::mpsc::{self, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -117,6 +122,69 @@ const MIGRATIONS: &[&str] = &[
 /// A [`Store`] in one SQLite database file (or in memory).
 pub struct SqliteStore {
     conn: Connection,
+    /// `None` in memory, where there is no WAL.
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Pages in the WAL past which the writer checkpoints itself: only if the
+/// [`Checkpointer`] has fallen far behind.
+const BACKSTOP_CHECKPOINT_PAGES: u32 = 10_000;
+/// How long the checkpointer waits after a commit before it copies, so that the commits
+/// of that moment share one checkpoint (a page changed by each is copied once).
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
+
+/// Checkpoints the WAL from a thread of its own, so that no commit waits for one.
+///
+/// With SQLite's automatic checkpoint, the commit that takes the WAL past 1,000 pages
+/// copies them all into the database file before it returns, and every message in it
+/// waits for that: the relay's slowest replies. Here the writer's connection checkpoints
+/// only as a backstop ([`BACKSTOP_CHECKPOINT_PAGES`]). A commit of the log wakes this
+/// thread, which waits [`CHECKPOINT_DELAY`] and then runs a passive checkpoint on its own
+/// connection: it copies what is committed without blocking the writer, and the writer
+/// starts the WAL over once all of it has been copied.
+struct Checkpointer {
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("confab-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    std::thread::sleep(CHECKPOINT_DELAY);
+                    // The wake-ups of the delay are served by this checkpoint.
+                    while woken.try_recv().is_ok() {}
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("checkpoint failed: {e}");
+                    }
+                }
+            })
+            .map_err(StoreError::Io)?;
+        Ok(Self { wake: Some(wake), thread: Some(thread) })
+    }
+
+    /// Something was committed: checkpoint soon.
+    fn poke(&self) {
+        if let Some(wake) = &self.wake {
+            // Full: a wake-up is pending already.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wake.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -129,7 +197,8 @@ impl SqliteStore {
     /// [`SqliteStore::open`], syncing every commit to disk if `fsync_always`.
     pub fn open_with(path: impl AsRef<Path>, fsync_always: bool) -> StoreResult<Self> {
         let path = path.as_ref();
-        let conn = if path.as_os_str() == ":memory:" {
+        let in_memory = path.as_os_str() == ":memory:";
+        let conn = if in_memory {
             Connection::open_in_memory()?
         } else {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -141,9 +210,13 @@ impl SqliteStore {
         let synchronous = if fsync_always { "FULL" } else { "NORMAL" };
         conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mut store = Self { conn, checkpointer: None };
         store.migrate()?;
+        if !in_memory {
+            store.conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
+            store.checkpointer = Some(Checkpointer::spawn(path)?);
+        }
         Ok(store)
     }
 
@@ -427,6 +500,9 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.poke();
+        }
         Ok(stored)
     }
 
@@ -936,6 +1012,29 @@ mod tests {
         drop(s);
         let err = SqliteStore::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_checkpointer_keeps_the_wal_short_without_the_commits_checkpointing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confab.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        for name in ["alice", "bob"] {
+            s.create_user(name, "hash", 0).unwrap();
+        }
+        // 2,000 commits of one message each, a few pages each: 30 MB or more of WAL if
+        // nothing but the writer's backstop checkpointed. The pauses let the checkpointer
+        // copy what was committed, after which the writer starts the WAL over.
+        let body = "x".repeat(200);
+        for round in 0..20u64 {
+            for i in 0..100 {
+                s.append_log(&[dm(round * 100 + i + 1, "alice", "bob", &body)], &[]).unwrap();
+            }
+            std::thread::sleep(CHECKPOINT_DELAY * 2);
+        }
+        let wal = std::fs::metadata(dir.path().join("confab.db-wal")).unwrap().len();
+        assert!(wal < 10 << 20, "the WAL grew to {wal} bytes");
+        assert_eq!(s.log_after("bob", 0, &[], 10_000, usize::MAX).unwrap().len(), 2000);
     }
 
     #[test]
