@@ -47,9 +47,14 @@ impl Proc {
             }
             panic!("output ended without {needle:?}");
         };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in time"))
+        match tokio::time::timeout(PATIENCE, wait).await {
+            Ok(line) => line,
+            Err(_) => {
+                // What it printed instead: the cause is usually in the last lines.
+                let last = &self.seen[self.seen.len().saturating_sub(12)..];
+                panic!("no {needle:?} in time; the last lines were:\n{}", last.join("\n"))
+            }
+        }
     }
 
     /// Reads the rest of the output (the process must be exiting); returns every line
