@@ -37,10 +37,10 @@
 //! bucket sleeps until it holds a datagram again, and its timer fires late: tokio's has
 //! millisecond ticks, and a busy thread wakes later still. Capped at a millisecond's worth,
 //! the bucket lost that lateness at every wake-up, and the rate that left fell below the
-//! rate paced, which lowered the bandwidth measured, and the pacing rate with it: on a
-//! clean 10 Gbit/s veth a transfer settled at 2.2 Gbit/s with both sides partly idle. So
-//! a held sender is credited for up to [`TIMER_SLACK`] of lateness: it sends what it would
-//! have sent on time, in one burst no larger than the lateness.
+//! rate paced, which lowered the bandwidth measured, and the pacing rate with it (see
+//! [`BW_WINDOW_PHASES`] for the other half of that drift). So a held sender is credited
+//! for up to [`TIMER_SLACK`] of lateness: it sends what it would have sent on time, in one
+//! burst no larger than the lateness.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
