@@ -483,7 +483,7 @@ impl<T: Default> Endpoint<T> {
         let Expected { incoming, refuse, .. } = self.expected.swap_remove(index);
         let mut receiver = Receiver::new(size, chunk_size, self.config.receiver.clone(), now);
         if refuse {
-            receiver.decline();
+            receiver.decline(now);
         }
         let transfer = Transfer {
             id: header.id,

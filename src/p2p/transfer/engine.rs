@@ -939,7 +939,9 @@ impl Engine {
                 if let Some(Machine::Receive(receiver)) =
                     self.endpoint.get_mut(id).map(|c| &mut c.machine)
                 {
-                    receiver.decline();
+                    receiver.decline(now);
+                    // Over for the user; the machine only lingers to decline a repeat.
+                    self.shared.table.remove(id);
                 }
             }
             Command::Cancel(id) => {

@@ -18,7 +18,9 @@
 //! sender's `Finish` has given its SHA-256, the two digests are compared:
 //! [`ReceiverEvent::Verified`] asks the driver to move the file into place and report back
 //! through [`Receiver::confirm`], and `Done` tells the sender. The machine lingers a while
-//! afterwards to answer a repeated `Finish` whose `Done` was lost.
+//! afterwards to answer a repeated `Finish` whose `Done` was lost. A declined offer lingers
+//! the same way, declining a repeated offer: a lost `Decline` would otherwise leave the
+//! sender offering until its answer timeout, two minutes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -90,7 +92,14 @@ enum Phase {
     Asking,
     Receiving,
     Verifying,
-    Finished { until: Instant },
+    Finished {
+        until: Instant,
+    },
+    /// Declined: a repeated offer (the `Decline` may have been lost) is declined again
+    /// until `until`, as `Finished` repeats its `Done`.
+    Declined {
+        until: Instant,
+    },
     Failed,
     Closed,
 }
@@ -177,10 +186,10 @@ impl Receiver {
         self.last_heard = now;
     }
 
-    /// The user declined; the sender is told.
-    pub fn decline(&mut self) {
+    /// The user declined; the sender is told, and told again if it offers again.
+    pub fn decline(&mut self, now: Instant) {
         if self.phase == Phase::Asking {
-            self.phase = Phase::Failed;
+            self.phase = Phase::Declined { until: now + self.config.linger };
             self.reply = Some(Reply::Decline);
         }
     }
@@ -230,6 +239,8 @@ impl Receiver {
                 self.maybe_verify();
             }
             (Packet::Finish { .. }, Phase::Finished { .. }) => self.reply = Some(Reply::Done(true)),
+            (Packet::Offer { .. }, Phase::Declined { .. }) => self.reply = Some(Reply::Decline),
+            (Packet::Cancel, Phase::Declined { .. }) => self.phase = Phase::Closed,
             (Packet::Probe { size }, Phase::Receiving | Phase::Verifying) => {
                 self.probe_ack = Some(size);
             }
@@ -292,7 +303,7 @@ impl Receiver {
         }
         match self.phase {
             Phase::Closed | Phase::Failed => None,
-            Phase::Finished { until } => Some(until),
+            Phase::Finished { until } | Phase::Declined { until } => Some(until),
             _ => {
                 let idle = self.last_heard + self.config.idle_timeout;
                 Some(self.ack_deadline.map_or(idle, |d| d.min(idle)))
@@ -303,7 +314,9 @@ impl Receiver {
     /// Acts on whatever deadline has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Finished { until } if now >= until => self.phase = Phase::Closed,
+            Phase::Finished { until } | Phase::Declined { until } if now >= until => {
+                self.phase = Phase::Closed
+            }
             Phase::Asking | Phase::Receiving | Phase::Verifying
                 if now >= self.last_heard + self.config.idle_timeout =>
             {

@@ -358,7 +358,7 @@ impl Sim {
         let (now, answer, prefix) = (self.now, self.answer, self.prefix.clone());
         let receiver = self.receiver().expect("the offer made a receiver");
         match answer {
-            Answer::Decline => receiver.decline(),
+            Answer::Decline => receiver.decline(now),
             Answer::Accept | Answer::CancelAt(_) => {
                 let size = receiver.progress().1;
                 let have = resume_point(prefix.len() as u64, size) as usize;
@@ -511,6 +511,17 @@ fn decline_and_cancel_from_either_side() {
     assert_eq!(outcome.sender, Some(Err(TransferError::Cancelled)));
     assert_eq!(outcome.receiver, Some(Err(TransferError::CancelledByPeer)));
     assert!(!outcome.saved);
+}
+
+#[test]
+fn a_lost_decline_is_repeated_when_the_offer_comes_again() {
+    for seed in 40..48 {
+        let mut sim = Sim::new(random_file(1000, seed), Link::lossy(0.5), seed);
+        sim.answer = Answer::Decline;
+        let outcome = sim.run();
+        assert_eq!(outcome.sender, Some(Err(TransferError::Declined)), "seed {seed}");
+        assert!(outcome.written.is_empty());
+    }
 }
 
 #[test]
