@@ -42,19 +42,19 @@ impl Proc {
             while let Some(line) = self.stdout.next_line().await.unwrap() {
                 self.seen.push(line.clone());
                 if line.contains(needle) {
-                    return line;
+                    return Some(line);
                 }
             }
-            panic!("output ended without {needle:?}");
+            None
         };
-        match tokio::time::timeout(PATIENCE, wait).await {
-            Ok(line) => line,
-            Err(_) => {
-                // What it printed instead: the cause is usually in the last lines.
-                let last = &self.seen[self.seen.len().saturating_sub(12)..];
-                panic!("no {needle:?} in time; the last lines were:\n{}", last.join("\n"))
-            }
-        }
+        let why = match tokio::time::timeout(PATIENCE, wait).await {
+            Ok(Some(line)) => return line,
+            Ok(None) => "output ended without",
+            Err(_) => "in time, no",
+        };
+        // What it printed instead: the cause is usually in the last lines.
+        let last = &self.seen[self.seen.len().saturating_sub(12)..];
+        panic!("{why} {needle:?}; the last lines were:\n{}", last.join("\n"))
     }
 
     /// Reads the rest of the output (the process must be exiting); returns every line

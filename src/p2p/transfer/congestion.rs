@@ -224,7 +224,7 @@ impl Congestion {
             }
             self.bw_samples.push_back(BwSample { round: self.round, at: now, rate });
         }
-        let span = self.min_rtt.unwrap_or_default().max(MIN_PHASE) * BW_WINDOW_PHASES;
+        let span = self.phase_time() * BW_WINDOW_PHASES;
         while self.bw_samples.front().is_some_and(|s| {
             s.round + BW_WINDOW_ROUNDS < self.round && now.saturating_duration_since(s.at) > span
         }) {
@@ -235,8 +235,7 @@ impl Congestion {
             self.on_round(now);
         }
         if let Mode::ProbeBw { phase, since } = self.mode {
-            let phase_time = self.min_rtt.unwrap_or_default().max(MIN_PHASE);
-            if now.duration_since(since) >= phase_time {
+            if now.duration_since(since) >= self.phase_time() {
                 let phase = (phase + 1) % PROBE_GAINS.len();
                 self.mode = Mode::ProbeBw { phase, since: now };
             }
@@ -310,6 +309,11 @@ impl Congestion {
         let missing = (bytes as f64 - self.tokens).max(0.0);
         let wait = missing / self.pacing_rate(srtt);
         self.refilled + Duration::from_secs_f64(wait.min(1.0))
+    }
+
+    /// How long one `ProbeBw` phase lasts: a min RTT, and at least [`MIN_PHASE`].
+    fn phase_time(&self) -> Duration {
+        self.min_rtt.unwrap_or_default().max(MIN_PHASE)
     }
 
     /// The bottleneck bandwidth estimate in bytes per second (0 before the first sample).
