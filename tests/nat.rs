@@ -305,6 +305,39 @@ async fn a_relayed_transfer_moves_to_a_direct_path_that_opens_later() {
     assert!(std::fs::read(saved).unwrap() == data, "the file arrived whole");
 }
 
+/// A path that shrinks under a transfer (jumbo frames, then a 1500-byte link that drops
+/// what is larger without a word, as a route change to a tunnel does) is followed: the
+/// chunks cut for jumbo frames go in parts, new ones are cut smaller, and the file arrives
+/// whole where it used to fail once the receiver heard nothing for 10 s.
+#[tokio::test]
+async fn a_transfer_follows_a_path_that_shrinks_under_it() {
+    let Some(mut lab) = Lab::new("shrinks") else { return };
+    let server = lab_server(&lab).await;
+    let (alice_host, bob_host) = (lab.add_public_client(), lab.add_public_client());
+    for host in [&alice_host, &bob_host] {
+        lab.set_mtu(host, 9000);
+    }
+    let mut alice = lab_client(&lab, &server, &alice_host, "alice", &[]).await;
+    let mut bob = lab_client(&lab, &server, &bob_host, "bob", &[]).await;
+    let data: Vec<u8> =
+        (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let clip = server.dir.path().join("clip.bin");
+    std::fs::write(&clip, &data).unwrap();
+
+    alice.send(&format!("/p2pvideo bob {}", clip.display())).await;
+    let line = alice.expect("bob accepted clip.bin; sending").await;
+    assert!(line.contains("directly"), "{line}");
+    // Long enough for the path MTU search to have reached jumbo frames (a few round trips).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lab.set_mtu(&bob_host, 1500);
+    let saved = server.dir.path().join("bob").join("downloads").join("alice_clip.bin");
+    assert!(!saved.exists(), "the transfer was still under way when the path shrank");
+
+    bob.expect("received clip.bin from alice").await;
+    alice.expect("clip.bin has been uploaded to bob").await;
+    assert!(std::fs::read(&saved).unwrap() == data, "the file arrived whole");
+}
+
 /// For every ordered pair of NAT kinds, a private chat opens and carries text both ways:
 /// directly where the NATs allow it (the asker connects, the accepting side connects back,
 /// and between two port-preserving NATs the two dials meet in a TCP simultaneous open),

@@ -203,6 +203,18 @@ impl Lab {
         command
     }
 
+    /// Sets the MTU of `host`'s interface, and of its port on the public network if it is
+    /// a public client (so that jumbo frames cross the bridge); a host made smaller under a
+    /// running test drops what is larger, without a word, as a path that shrank does.
+    pub fn set_mtu(&self, host: &Host, mtu: u32) {
+        let octets = host.ip.octets();
+        if octets[..3] == [203, 0, 113] && octets[3] > 100 {
+            let port = format!("p{}", octets[3] - 100);
+            self.ip(&self.server, &format!("link set dev {port} mtu {mtu}"));
+        }
+        self.ip(&host.ns, &format!("link set dev eth0 mtu {mtu}"));
+    }
+
     fn add_namespace(&mut self, ns: &str) {
         run(std::process::Command::new("ip").args(["netns", "add", ns]));
         // Recorded before anything else can fail, so that drop deletes it.

@@ -14,7 +14,8 @@
 //! - [`endpoint`]: the sans-io demultiplexer every datagram passes: checks, decryption,
 //!   routing to a machine; the engine and the simulator both drive it.
 //! - [`sender`], [`receiver`]: the two machines.
-//! - [`pmtu`]: path MTU discovery: the chunk size grows to the largest the path carries.
+//! - [`pmtu`]: path MTU discovery: the chunk size grows to the largest the path carries, and
+//!   falls back when the path stops carrying it.
 //! - [`rtt`]: RTT estimation and the retransmission timeout (RFC 6298).
 //! - [`congestion`]: the path model (BBR-like bandwidth and min-RTT), pacing and window.
 //! - [`engine`]: the one real driver, which owns the UDP socket, the files and the timers,

@@ -6,7 +6,15 @@
 //! PPPoE, Ethernet, jumbo frames, loopback) instead of bisecting byte by byte: a probe that
 //! goes unanswered [`MAX_PROBES`] times ends the search, and so does a size the local
 //! interface refuses outright (`EMSGSIZE`, reported through [`Search::too_big`]). A lost
-//! probe is not taken for congestion. Like the machines, it does no I/O and reads no clock.
+//! probe is not taken for congestion.
+//!
+//! The path can also shrink under a running transfer (a route change, a VPN coming up):
+//! datagrams of the size in use then vanish without a word, a black hole. The sender tells
+//! the search of every retransmission timeout and of every acknowledgement of data;
+//! [`BLACK_HOLE_TIMEOUTS`] timeouts in a row, with nothing acknowledged between them, bring
+//! the size back to the base one, and the search starts over once data is acknowledged
+//! again (RFC 8899's black hole detection). Like the machines, it does no I/O and reads no
+//! clock.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +24,10 @@ const PLATEAUS: [usize; 7] = [1280, 1380, 1420, 1492, 1500, 9000, 65_535];
 
 /// Unanswered probes of one size before the search stops below it (RFC 8899's MAX_PROBES).
 pub const MAX_PROBES: u32 = 3;
+
+/// Retransmission timeouts in a row, with no data acknowledged between them, after which
+/// the path is taken to have stopped carrying the size in use.
+pub const BLACK_HOLE_TIMEOUTS: u32 = 2;
 
 /// Bytes of UDP header under every datagram.
 const UDP_HEADER: usize = 8;
@@ -38,6 +50,16 @@ pub struct Search {
     current: usize,
     /// Sizes still to try, ascending, all above `current`.
     candidates: Vec<usize>,
+    /// Every size above the base that may be tried (not refused by the interface): what a
+    /// search starts over with.
+    ladder: Vec<usize>,
+    /// Data retransmission timeouts in a row with nothing acknowledged.
+    timeouts: u32,
+    /// The size fell back after a black hole and data has not been acknowledged since: no
+    /// probe goes out (it would be lost with everything else in an outage).
+    held: bool,
+    /// Black holes found.
+    black_holes: u64,
     /// The probe waiting for its answer: its size and when to give up on it.
     probe: Option<(usize, Instant)>,
     /// Unanswered probes of the first candidate.
@@ -59,7 +81,18 @@ impl Search {
             .filter(|&size| size > current)
             .collect();
         candidates.dedup();
-        Self { base: current, current, candidates, probe: None, failures: 0, sent: 0 }
+        Self {
+            base: current,
+            current,
+            ladder: candidates.clone(),
+            candidates,
+            timeouts: 0,
+            held: false,
+            black_holes: 0,
+            probe: None,
+            failures: 0,
+            sent: 0,
+        }
     }
 
     /// The largest datagram to send now.
@@ -72,6 +105,11 @@ impl Search {
         self.sent
     }
 
+    /// Times the size fell back to the base one because the path stopped carrying it.
+    pub fn black_holes(&self) -> u64 {
+        self.black_holes
+    }
+
     /// True once no larger size is left to try.
     pub fn is_done(&self) -> bool {
         self.candidates.is_empty()
@@ -80,7 +118,7 @@ impl Search {
     /// The size of a probe to send now, if one is due; it is given up `timeout` from `now`
     /// (the sender's retransmission timeout).
     pub fn poll_probe(&mut self, now: Instant, timeout: Duration) -> Option<usize> {
-        if self.probe.is_some() {
+        if self.probe.is_some() || self.held {
             return None;
         }
         let size = *self.candidates.first()?;
@@ -108,7 +146,7 @@ impl Search {
 
     /// The receiver answered a probe of `size` bytes; returns whether the size went up.
     pub fn on_ack(&mut self, size: usize) -> bool {
-        if size <= self.current || !self.candidates.contains(&size) {
+        if self.held || size <= self.current || !self.candidates.contains(&size) {
             return false;
         }
         self.current = size;
@@ -125,6 +163,7 @@ impl Search {
     /// interface's MTU shrank under a running transfer).
     pub fn too_big(&mut self, size: usize) -> bool {
         self.candidates.retain(|&candidate| candidate < size);
+        self.ladder.retain(|&candidate| candidate < size);
         if self.probe.is_some_and(|(probe, _)| probe >= size) {
             self.probe = None;
         }
@@ -133,6 +172,30 @@ impl Search {
         }
         self.current = self.base.min(size.saturating_sub(1)).max(1);
         true
+    }
+
+    /// A retransmission timeout of data expired. Returns whether the size fell back to the
+    /// base one: the [`BLACK_HOLE_TIMEOUTS`]th in a row, above the base size.
+    pub fn on_data_timeout(&mut self) -> bool {
+        self.timeouts += 1;
+        if self.timeouts < BLACK_HOLE_TIMEOUTS || self.current <= self.base {
+            return false;
+        }
+        self.timeouts = 0;
+        self.black_holes += 1;
+        self.current = self.base;
+        self.candidates = self.ladder.clone();
+        self.probe = None;
+        self.failures = 0;
+        self.held = true;
+        true
+    }
+
+    /// Data was acknowledged: the path carries the size in use, and a search held after a
+    /// black hole goes on.
+    pub fn on_data_acked(&mut self) {
+        self.timeouts = 0;
+        self.held = false;
     }
 }
 
@@ -213,6 +276,45 @@ mod tests {
         assert!(search.on_ack(1352));
         assert!(!search.on_ack(1352), "the same answer twice");
         assert_eq!(search.current(), 1352);
+    }
+
+    #[test]
+    fn a_path_that_shrinks_under_the_transfer_is_found_and_searched_again() {
+        let mut search = Search::new(20, 9_000);
+        let now = Instant::now();
+        for size in [1352, 1392, 1464, 1472, 8972] {
+            assert_eq!(search.poll_probe(now, RTO), Some(size));
+            assert!(search.on_ack(size));
+        }
+        assert_eq!(search.current(), 8972);
+        // One timeout is congestion or bad luck; an acknowledgement between two ends the run.
+        assert!(!search.on_data_timeout());
+        search.on_data_acked();
+        assert!(!search.on_data_timeout());
+        assert_eq!(search.current(), 8972);
+        // Two in a row: a black hole. Back to the base size, and no probe until data gets
+        // through again; an answer to a probe from before the fall changes nothing.
+        assert!(search.on_data_timeout());
+        assert_eq!((search.current(), search.black_holes()), (1252, 1));
+        assert_eq!(search.poll_probe(now, RTO), None);
+        assert!(!search.on_ack(8972));
+        // At the base size there is nothing smaller to fall to.
+        assert!(!search.on_data_timeout());
+        assert!(!search.on_data_timeout());
+        search.on_data_acked();
+        // The search climbs again, to what the path carries now.
+        for size in [1352, 1392, 1464, 1472] {
+            assert_eq!(search.poll_probe(now, RTO), Some(size));
+            assert!(search.on_ack(size));
+        }
+        let mut now = now;
+        for _ in 0..MAX_PROBES {
+            assert_eq!(search.poll_probe(now, RTO), Some(8972));
+            now += RTO;
+            search.handle_timeout(now);
+        }
+        assert!(search.is_done());
+        assert_eq!(search.current(), 1472);
     }
 
     #[test]

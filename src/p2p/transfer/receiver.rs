@@ -10,7 +10,8 @@
 //!
 //! Chunks may be of any size up to the offer's ceiling (the sender grows them as it learns
 //! the path MTU, answered here through `ProbeAck`); each follows the one before it, chunk 0
-//! at the resume point.
+//! at the resume point. A chunk cut before the path shrank comes in `Part`s, which are put
+//! together here (within the same window) before the chunk counts as arrived.
 //!
 //! Acknowledgements go out after every [`ReceiverConfig::ack_every`] chunks, at once when a
 //! chunk arrives out of order or twice (the sender needs to hear about gaps quickly), and at
@@ -120,6 +121,10 @@ pub struct Receiver {
     ahead: BTreeMap<u64, Bytes>,
     /// Bytes of the chunks in `ahead`.
     ahead_bytes: u64,
+    /// Chunks arriving in parts, not whole yet.
+    parts: BTreeMap<u64, Partial>,
+    /// The lengths of the chunks in `parts`, whole.
+    parts_bytes: u64,
     /// The size of a path MTU probe to answer.
     probe_ack: Option<u16>,
     hasher: Sha256,
@@ -133,6 +138,35 @@ pub struct Receiver {
     last_heard: Instant,
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
+}
+
+/// A chunk arriving in parts: its bytes so far, and which of them are in.
+#[derive(Debug)]
+struct Partial {
+    data: BytesMut,
+    /// Half-open ranges of `data` that have arrived, ascending and disjoint.
+    have: Vec<(usize, usize)>,
+}
+
+impl Partial {
+    /// Takes the part at `offset`; returns whether the chunk is now whole.
+    fn put(&mut self, offset: usize, payload: &[u8]) -> bool {
+        let end = offset + payload.len();
+        self.data[offset..end].copy_from_slice(payload);
+        // Merge [offset, end) with every range it touches.
+        let (mut start, mut stop) = (offset, end);
+        self.have.retain(|&(s, e)| {
+            let apart = e < start || s > stop;
+            if !apart {
+                start = start.min(s);
+                stop = stop.max(e);
+            }
+            apart
+        });
+        let at = self.have.partition_point(|&(s, _)| s < start);
+        self.have.insert(at, (start, stop));
+        self.have == [(0, self.data.len())]
+    }
 }
 
 /// Where a transfer of a `size`-byte file resumes when `have` bytes of it are on disk
@@ -155,6 +189,8 @@ impl Receiver {
             resumed: 0,
             ahead: BTreeMap::new(),
             ahead_bytes: 0,
+            parts: BTreeMap::new(),
+            parts_bytes: 0,
             probe_ack: None,
             hasher: Sha256::new(),
             pending: BytesMut::new(),
@@ -233,6 +269,9 @@ impl Receiver {
             (Packet::Offer { .. }, Phase::Asking) => self.reply = Some(Reply::Waiting),
             (Packet::Offer { .. }, Phase::Receiving) => self.reply = Some(Reply::Accept),
             (Packet::Data { seq, payload }, Phase::Receiving) => self.on_data(now, seq, payload),
+            (Packet::Part { seq, len, offset, payload }, Phase::Receiving) => {
+                self.on_part(now, seq, usize::from(len), usize::from(offset), payload);
+            }
             (Packet::Finish { sha256 }, Phase::Receiving) => {
                 self.sender_sha = Some(sha256);
                 self.ack_now = true;
@@ -363,8 +402,12 @@ impl Receiver {
             self.ack_now = true;
             return;
         }
+        // The whole chunk, where some of its parts came before (the path grew again).
+        if let Some(partial) = self.parts.remove(&seq) {
+            self.parts_bytes -= partial.data.len() as u64;
+        }
         // Chunks are disjoint pieces of what is left, so together they never pass the end.
-        let beyond_file = self.have + self.ahead_bytes + len > self.size;
+        let beyond_file = self.have + self.ahead_bytes + self.parts_bytes + len > self.size;
         if beyond_file || seq >= self.next + u64::from(self.config.window) {
             self.stats.rejected += 1;
             return;
@@ -386,6 +429,45 @@ impl Receiver {
         }
         self.ack_deadline.get_or_insert(now + self.config.ack_delay);
         self.maybe_verify();
+    }
+
+    /// A part of chunk `seq`, `len` bytes long in all (the wire has checked that the part
+    /// lies inside it). The chunk is taken as a `Data` once every byte of it is in.
+    fn on_part(&mut self, now: Instant, seq: u64, len: usize, offset: usize, payload: &[u8]) {
+        if len as u64 > self.max_chunk {
+            self.stats.rejected += 1;
+            return;
+        }
+        if seq < self.next || self.ahead.contains_key(&seq) {
+            self.stats.duplicates += 1;
+            self.ack_now = true;
+            return;
+        }
+        if seq >= self.next + u64::from(self.config.window) {
+            self.stats.rejected += 1;
+            return;
+        }
+        let partial = match self.parts.entry(seq) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                if self.have + self.ahead_bytes + self.parts_bytes + len as u64 > self.size {
+                    self.stats.rejected += 1;
+                    return;
+                }
+                self.parts_bytes += len as u64;
+                entry.insert(Partial { data: BytesMut::zeroed(len), have: Vec::new() })
+            }
+        };
+        // The same chunk always has the same length; a part that says otherwise is broken.
+        if partial.data.len() != len {
+            self.stats.rejected += 1;
+            return;
+        }
+        if partial.put(offset, payload) {
+            let whole = self.parts.remove(&seq).map(|p| p.data.freeze()).unwrap_or_default();
+            self.parts_bytes -= whole.len() as u64;
+            self.on_data(now, seq, &whole);
+        }
     }
 
     fn take_in_order(&mut self, data: &[u8]) {
@@ -431,5 +513,67 @@ impl Receiver {
             }
         }
         Ack { cumulative: self.next, ranges }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiving(size: u64, now: Instant) -> Receiver {
+        let mut receiver = Receiver::new(size, 1000, ReceiverConfig::default(), now);
+        receiver.accept(now, 0, Sha256::new());
+        receiver
+    }
+
+    fn part(seq: u64, len: u16, offset: u16, payload: &[u8]) -> Packet<'_> {
+        Packet::Part { seq, len, offset, payload }
+    }
+
+    fn written(receiver: &mut Receiver) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some((offset, data)) = receiver.poll_write() {
+            assert_eq!(offset, out.len() as u64);
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    #[test]
+    fn parts_in_any_order_make_a_chunk_and_only_a_whole_chunk_counts() {
+        let now = Instant::now();
+        let file: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        let mut receiver = receiving(1500, now);
+        // Chunk 1 (500 bytes, whole) comes before chunk 0, which comes in three parts, the
+        // last twice and overlapping.
+        receiver.handle(now, Packet::Data { seq: 1, payload: &file[1000..] });
+        receiver.handle(now, part(0, 1000, 600, &file[600..1000]));
+        receiver.handle(now, part(0, 1000, 0, &file[..400]));
+        assert!(written(&mut receiver).is_empty(), "chunk 0 is not whole yet");
+        assert_eq!(receiver.ack().cumulative, 0);
+        receiver.handle(now, part(0, 1000, 300, &file[300..700]));
+        assert_eq!(written(&mut receiver), file);
+        assert_eq!(receiver.ack(), Ack { cumulative: 2, ranges: Vec::new() });
+        // A late part of a chunk that is in is a duplicate, not a new chunk.
+        receiver.handle(now, part(0, 1000, 0, &file[..400]));
+        assert_eq!(receiver.stats(), ReceiverStats { duplicates: 1, rejected: 0 });
+    }
+
+    #[test]
+    fn parts_that_do_not_fit_are_refused() {
+        let now = Instant::now();
+        let mut receiver = receiving(1500, now);
+        // Longer than the offer's chunk ceiling.
+        receiver.handle(now, part(0, 1001, 0, &[1; 10]));
+        // Two lengths for one chunk.
+        receiver.handle(now, part(0, 1000, 0, &[1; 10]));
+        receiver.handle(now, part(0, 900, 10, &[1; 10]));
+        // Past the end of the file, with chunk 0's 1000 bytes claimed.
+        receiver.handle(now, part(1, 600, 0, &[1; 10]));
+        assert_eq!(receiver.stats(), ReceiverStats { duplicates: 0, rejected: 3 });
+        // The whole chunk, where parts of it came first, is taken (the path grew again).
+        receiver.handle(now, Packet::Data { seq: 0, payload: &[2; 1000] });
+        receiver.handle(now, Packet::Data { seq: 1, payload: &[3; 500] });
+        assert_eq!(written(&mut receiver).len(), 1500);
     }
 }

@@ -14,7 +14,10 @@
 //! Chunks start at a size every path carries and grow while the transfer runs: padded
 //! `Probe`s, outside the congestion window, find the largest datagram the path carries
 //! ([`Search`]), and chunks read after an answered probe are cut to it. A lost probe is not
-//! congestion.
+//! congestion. When the path shrinks under the transfer (the search's black hole
+//! detection), new chunks are cut to the smaller size, and a chunk cut earlier that no
+//! longer fits in one datagram goes as `Part`s, each sent and paced as a datagram of its
+//! own but acknowledged, lost and retransmitted as the one chunk it is.
 //!
 //! Loss: a chunk is lost when one sent [`REORDER_THRESHOLD`] transmissions after it has been
 //! acknowledged (the gaps that selective acks reveal are retransmitted at once, without
@@ -35,7 +38,7 @@ use sha2::{Digest, Sha256};
 use super::congestion::{AckSample, Congestion};
 use super::pmtu::Search;
 use super::rtt::RttEstimator;
-use super::wire::{self, Ack, Packet, DATA_OVERHEAD, DEFAULT_CHUNK_SIZE};
+use super::wire::{self, Ack, Packet, DATA_OVERHEAD, DEFAULT_CHUNK_SIZE, PART_OVERHEAD};
 use super::TransferError;
 
 /// A chunk is lost when a chunk sent this many transmissions later has been acknowledged.
@@ -115,6 +118,8 @@ pub struct SenderStats {
     pub probes: u64,
     /// The chunk size in use (the largest the path was found to carry).
     pub chunk_size: u32,
+    /// Times the path stopped carrying the size in use, so that it fell back.
+    pub black_holes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +156,15 @@ struct Slot {
     state: SlotState,
 }
 
+/// A chunk larger than the path carries now, part way through being sent as `Part`s: the
+/// transmission numbered `order` of chunk `seq`, its bytes from `offset` still to go.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    seq: u64,
+    order: u64,
+    offset: usize,
+}
+
 /// The sending side of one transfer.
 #[derive(Debug)]
 pub struct Sender {
@@ -176,6 +190,8 @@ pub struct Sender {
     slots: VecDeque<Slot>,
     /// The next chunk never sent.
     next_new: u64,
+    /// The chunk being sent in parts, if one is.
+    split: Option<Split>,
     lost: VecDeque<u64>,
     /// Transmissions in the order sent, `(order, seq)`, for loss detection.
     sent_log: VecDeque<(u64, u64)>,
@@ -226,6 +242,7 @@ impl Sender {
             base: 0,
             slots: VecDeque::new(),
             next_new: 0,
+            split: None,
             lost: VecDeque::new(),
             sent_log: VecDeque::new(),
             order: 0,
@@ -459,6 +476,7 @@ impl Sender {
         SenderStats {
             chunk_size: self.chunk as u32,
             probes: self.search.probes_sent(),
+            black_holes: self.search.black_holes(),
             ..self.stats
         }
     }
@@ -505,6 +523,9 @@ impl Sender {
 
     /// Whether a chunk is waiting that only pacing or the window holds back.
     fn has_data_to_send(&self) -> bool {
+        if self.live_split().is_some() {
+            return true;
+        }
         let new = self.next_new < self.base + self.slots.len() as u64
             && self.next_new < self.base + self.window;
         (!self.lost.is_empty() || new) && self.window_open()
@@ -517,6 +538,10 @@ impl Sender {
     }
 
     fn transmit_data(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        if let Some(split) = self.live_split() {
+            return self.transmit_part(now, split, out);
+        }
+        self.split = None;
         if !self.window_open() {
             return false;
         }
@@ -538,15 +563,57 @@ impl Sender {
         self.order += 1;
         let slot = &mut self.slots[(seq - self.base) as usize];
         slot.state = SlotState::InFlight(sent);
-        wire::encode(&Packet::Data { seq, payload: &slot.data }, out);
-        let bytes = slot.data.len() as u64;
-        self.in_flight += bytes;
-        self.cc.on_sent(slot.data.len() + DATA_OVERHEAD);
-        self.stats.data_sent += 1;
+        let bytes = slot.data.len();
+        self.in_flight += bytes as u64;
         self.stats.retransmitted += u64::from(retransmitted);
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
+        if bytes as u64 > self.chunk {
+            // Cut before the path shrank: the whole chunk counts as in flight now, and its
+            // parts follow one by one, paced.
+            let split = Split { seq, order: sent.order, offset: 0 };
+            self.split = Some(split);
+            return self.transmit_part(now, split, out);
+        }
+        wire::encode(&Packet::Data { seq, payload: &slot.data }, out);
+        self.cc.on_sent(bytes + DATA_OVERHEAD);
+        self.stats.data_sent += 1;
+        true
+    }
+
+    /// The chunk being sent in parts, unless what it was sent for is over: it was
+    /// acknowledged, or declared lost (its next transmission starts from its first part).
+    fn live_split(&self) -> Option<Split> {
+        let split = self.split?;
+        let slot = self.slots.get(split.seq.checked_sub(self.base)? as usize)?;
+        match slot.state {
+            SlotState::InFlight(sent) if sent.order == split.order => Some(split),
+            _ => None,
+        }
+    }
+
+    /// Sends the next part of the chunk of `split`, if pacing allows.
+    fn transmit_part(&mut self, now: Instant, split: Split, out: &mut Vec<u8>) -> bool {
+        let piece = self.search.current().saturating_sub(PART_OVERHEAD).max(1);
+        let data = &self.slots[(split.seq - self.base) as usize].data;
+        let end = (split.offset + piece).min(data.len());
+        let datagram = end - split.offset + PART_OVERHEAD;
+        if !self.cc.can_send(now, datagram, self.rtt.srtt()) {
+            return false;
+        }
+        wire::encode(
+            &Packet::Part {
+                seq: split.seq,
+                len: data.len() as u16,
+                offset: split.offset as u16,
+                payload: &data[split.offset..end],
+            },
+            out,
+        );
+        self.split = (end < data.len()).then_some(Split { offset: end, ..split });
+        self.cc.on_sent(datagram);
+        self.stats.data_sent += 1;
         true
     }
 
@@ -602,6 +669,7 @@ impl Sender {
         let Some(sent) = newest else {
             return;
         };
+        self.search.on_data_acked();
         let rtt = (!sent.retransmitted).then(|| now.saturating_duration_since(sent.at));
         if let Some(rtt) = rtt {
             self.rtt.on_sample(rtt);
@@ -646,6 +714,9 @@ impl Sender {
     /// The retransmission timeout expired: everything in flight is lost.
     fn on_rto(&mut self) {
         self.stats.timeouts += 1;
+        if self.search.on_data_timeout() {
+            self.follow_path();
+        }
         self.rtt.on_timeout();
         self.cc.on_rto();
         self.rto_deadline = None;

@@ -45,6 +45,9 @@ pub(super) struct Link {
     /// The largest datagram the path carries (its MTU less the IP and UDP headers); larger
     /// ones vanish on the way, as past a router that does not fragment.
     pub(super) mtu: usize,
+    /// After this many datagrams in one direction, that direction carries at most this many
+    /// bytes: the path shrinks under the transfer (a route change, a tunnel).
+    pub(super) shrink: Option<(u64, usize)>,
 }
 
 impl Default for Link {
@@ -60,6 +63,7 @@ impl Default for Link {
             queue: Duration::from_millis(20),
             cut_after: None,
             mtu: 65_507,
+            shrink: None,
         }
     }
 }
@@ -87,7 +91,11 @@ impl Pipe {
         mut datagram: Vec<u8>,
     ) {
         self.count += 1;
-        let too_big = datagram.len() > link.mtu;
+        let mtu = match link.shrink {
+            Some((after, mtu)) if self.count > after => mtu,
+            _ => link.mtu,
+        };
+        let too_big = datagram.len() > mtu;
         if too_big || link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
             return;
         }
@@ -415,6 +423,21 @@ fn chunks_grow_to_the_largest_the_path_carries() {
         assert_delivered(&outcome, &file);
         assert_eq!(outcome.stats.chunk_size as usize, chunk, "over a path of {mtu}");
         assert_eq!(outcome.stats.retransmitted, 0, "a probe too large is no loss of data");
+    }
+}
+
+#[test]
+fn a_path_that_shrinks_under_the_transfer_is_followed_down_and_up_again() {
+    // Jumbo frames, then (a route change) a 1500-byte path: every chunk cut at 8,927 bytes
+    // vanishes. Once the sender sees the black hole, what was cut large goes in parts and
+    // the search finds the new size.
+    for seed in 0..4 {
+        let file = random_file(8_000_000, seed);
+        let link = Link { mtu: 8972, shrink: Some((600, 1472)), rate: 125e6, ..Link::default() };
+        let outcome = Sim::with_ceiling(file.clone(), link, seed, wire::DEFAULT_CHUNK_SIZE).run();
+        assert_delivered(&outcome, &file);
+        assert_eq!(outcome.stats.black_holes, 1, "seed {seed}: {:?}", outcome.stats);
+        assert_eq!(outcome.stats.chunk_size as usize, 1472 - wire::DATA_OVERHEAD, "seed {seed}");
     }
 }
 

@@ -36,6 +36,7 @@
 //! | `Accept` | receiver | resume offset in bytes (8), receive window in chunks (4) |
 //! | `Decline` | receiver | (none) |
 //! | `Data` | sender | sequence number (8), chunk bytes |
+//! | `Part` | sender | sequence number (8), chunk length (2), offset in the chunk (2), bytes |
 //! | `Ack` | receiver | cumulative point (8), range count (2), ranges (start 8, end 8)... |
 //! | `Finish` | sender | SHA-256 of the whole file (32) |
 //! | `Done` | receiver | 1 if the SHA-256 matched and the file is in place, else 0 |
@@ -45,7 +46,9 @@
 //!
 //! Chunk 0 starts at the accepted resume offset and each chunk follows the one before it;
 //! chunks are as large as the path carries ([`super::pmtu`]), so their sizes may grow
-//! during a transfer. An `Ack` says every chunk below the cumulative point has arrived, and
+//! during a transfer. A chunk cut before the path shrank (a route change, a tunnel) no
+//! longer fits in one datagram: it goes as `Part`s, pieces of one chunk that the receiver
+//! puts together before the chunk counts as arrived. An `Ack` says every chunk below the cumulative point has arrived, and
 //! so has every chunk in each half-open range `[start, end)` above it. Only the header is visible on the path:
 //! not the name, the size, the kind of a packet or a byte of the file.
 
@@ -63,6 +66,9 @@ pub const TAG_LEN: usize = 16;
 pub const ANSWER_LEN: usize = 32 + TAG_LEN;
 /// Bytes of a `Data` datagram that are not file data: header, kind, sequence number, tag.
 pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + TAG_LEN;
+/// Bytes of a `Part` datagram that are not file data: a `Data`'s, then the chunk's length
+/// and the part's offset in it.
+pub const PART_OVERHEAD: usize = DATA_OVERHEAD + 2 + 2;
 /// The default ceiling of the chunk size: a `Data` datagram fills a jumbo frame (MTU 9000)
 /// under IPv4 headers. A transfer starts smaller and grows its chunks up to the largest
 /// the path carries ([`super::pmtu`]), so this only bounds the search.
@@ -176,6 +182,17 @@ pub enum Packet<'a> {
         /// The chunk's bytes.
         payload: &'a [u8],
     },
+    /// A piece of a chunk too large for the path as it is now.
+    Part {
+        /// The chunk's number, as for `Data`.
+        seq: u64,
+        /// The whole chunk's length.
+        len: u16,
+        /// Where in the chunk `payload` starts.
+        offset: u16,
+        /// Those bytes.
+        payload: &'a [u8],
+    },
     /// What the receiver has.
     Ack(Ack),
     /// Every chunk is acknowledged; this is the file's SHA-256.
@@ -239,6 +256,7 @@ const DONE: u8 = 8;
 const CANCEL: u8 = 9;
 const PROBE: u8 = 10;
 const PROBE_ACK: u8 = 11;
+const PART: u8 = 12;
 
 /// The smallest probe: header, kind, size and tag.
 const MIN_PROBE: usize = HEADER_LEN + 3 + TAG_LEN;
@@ -267,6 +285,16 @@ pub fn parse(plain: &[u8]) -> Result<Packet<'_>, WireError> {
         DATA => {
             let seq = r.u64()?;
             return Ok(Packet::Data { seq, payload: r.0 });
+        }
+        PART => {
+            let (seq, len, offset) = (r.u64()?, r.u16()?, r.u16()?);
+            let payload = r.0;
+            // A non-empty piece lying inside a chunk no larger than any chunk may be.
+            let end = usize::from(offset) + payload.len();
+            if payload.is_empty() || end > usize::from(len) || u32::from(len) > MAX_CHUNK_SIZE {
+                return Err(WireError::Malformed);
+            }
+            return Ok(Packet::Part { seq, len, offset, payload });
         }
         ACK => {
             let cumulative = r.u64()?;
@@ -315,6 +343,7 @@ pub fn encode(packet: &Packet<'_>, out: &mut Vec<u8>) {
         Packet::Accept { .. } => ACCEPT,
         Packet::Decline => DECLINE,
         Packet::Data { .. } => DATA,
+        Packet::Part { .. } => PART,
         Packet::Ack(_) => ACK,
         Packet::Finish { .. } => FINISH,
         Packet::Done { .. } => DONE,
@@ -338,6 +367,12 @@ pub fn encode(packet: &Packet<'_>, out: &mut Vec<u8>) {
         }
         Packet::Data { seq, payload } => {
             out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Packet::Part { seq, len, offset, payload } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
             out.extend_from_slice(payload);
         }
         Packet::Ack(ack) => {
@@ -418,6 +453,7 @@ mod tests {
             Packet::Decline,
             Packet::Data { seq: 9, payload: &payload },
             Packet::Data { seq: 0, payload: &[] },
+            Packet::Part { seq: 9, len: 1000, offset: 997, payload: &payload },
             Packet::Ack(Ack { cumulative: 4, ranges: vec![(6, 8), (10, 11)] }),
             Packet::Ack(Ack::default()),
             Packet::Finish { sha256: [9; 32] },
@@ -436,6 +472,7 @@ mod tests {
                 | Packet::Accept { .. }
                 | Packet::Decline
                 | Packet::Data { .. }
+                | Packet::Part { .. }
                 | Packet::Ack(_)
                 | Packet::Finish { .. }
                 | Packet::Done { .. }
@@ -486,6 +523,25 @@ mod tests {
     }
 
     #[test]
+    fn a_part_must_be_a_piece_inside_its_chunk() {
+        let payload = [7u8; 10];
+        let bad = [
+            Packet::Part { seq: 1, len: 1000, offset: 991, payload: &payload },
+            Packet::Part { seq: 1, len: 1000, offset: 0, payload: &[] },
+            Packet::Part { seq: 1, len: u16::MAX, offset: 0, payload: &payload },
+        ];
+        for packet in bad {
+            let mut out = Vec::new();
+            encode(&packet, &mut out);
+            assert_eq!(parse(&out), Err(WireError::Malformed), "{packet:?}");
+        }
+        let mut out = Vec::new();
+        let part = vec![0; 100];
+        encode(&Packet::Part { seq: 1, len: 1000, offset: 900, payload: &part }, &mut out);
+        assert_eq!(HEADER_LEN + out.len() + TAG_LEN, part.len() + PART_OVERHEAD);
+    }
+
+    #[test]
     fn truncated_bodies_are_refused() {
         let mut out = Vec::new();
         encode(&Packet::Ack(Ack { cumulative: 3, ranges: vec![(5, 9)] }), &mut out);
@@ -513,7 +569,7 @@ mod tests {
 
         #[test]
         fn random_bodies_of_every_kind_never_panic(
-            kind in 0u8..12,
+            kind in 0u8..14,
             body in proptest::collection::vec(any::<u8>(), 0..120),
         ) {
             let mut bytes = vec![kind];
