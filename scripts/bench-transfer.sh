@@ -3,7 +3,7 @@
 # examples/quinn_transfer.rs) measured in the same run.
 #
 #   sudo scripts/bench-transfer.sh [SIZE_MIB] [RUNS] [SECTIONS]
-#                                  (defaults: 1024 MiB, 3 runs, "rates sharing")
+#                                  (defaults: 1024 MiB, 3 runs, "rates shrink sharing")
 #
 # Needs root (network namespaces), iproute2, nftables, socat, ethtool and GNU time;
 # installs what is missing with apt-get. Files live in /dev/shm so that the disk is not
@@ -21,6 +21,9 @@
 # seconds per GiB moved": the % shows whether it was the bottleneck (it counts the wait
 # for the other side to start too); Cfb/QUIC is Confab's rate over QUIC's.
 #
+# shrink: jumbo frames on the veth, then the receiver's link drops to 1500 bytes in the
+# middle of the transfer, silently: a path that shrank (Confab and QUIC; see shrink()).
+#
 # sharing: the 100 Mbit/s tbf shared by four transfers at once (started together, then
 # 1 s apart), and by one transfer and one TCP flow (with a 50 ms and a 5 ms buffer); each
 # flow's rate over the same 10 s, taken from the size of its receiver's file, and Jain's
@@ -34,7 +37,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 SIZE_MIB=${1:-1024}
 RUNS=${2:-3}
-SECTIONS=${3:-rates sharing}
+SECTIONS=${3:-rates shrink sharing}
 cd "$(dirname "$0")/.."
 
 missing=()
@@ -220,6 +223,33 @@ rates() {
   scenario "veth, MTU 9000" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin"
   make_link
   scenario "veth, --chunk-size 65000" cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin" 65000
+}
+
+# shrink: jumbo frames on the veth, then, 0.5 s after the receiver starts (about 0.3 s into
+# the transfer), the receiver's link drops to MTU 1500. The veth drops every larger frame
+# without a word, as a path whose route changed does: a black hole. Confab and QUIC only:
+# kernel TCP keeps the MSS it agreed at connection time and, without tcp_mtu_probing,
+# resends its 8,948-byte segments until it gives up.
+shrink() {
+  echo "Jumbo frames, then MTU 1500 about 0.3 s into the transfer: Mbit/s, medians of $RUNS"
+  echo "runs of $SIZE_MIB MiB; CPU as in rates; Confab's chunk size at the end, its black holes"
+  printf "%-30s %9s %11s %11s %9s %11s %11s %7s %6s\n" scenario QUIC send recv Confab send recv \
+    chunk holes
+  local bytes quic confab
+  bytes=$(stat -c %s "$WORK/file.bin")
+  shrink_later() { (sleep 0.5 && ip -n cfbB link set vB mtu 1500) & }
+  quic=$(for _ in $(seq "$RUNS"); do
+    make_link 9000 && shrink_later && quic_once cfbA cfbB 10.77.0.2 "$bytes" && wait
+  done | median)
+  confab=$(for _ in $(seq "$RUNS"); do
+    make_link 9000 && shrink_later && confab_once cfbA cfbB 10.77.0.1 10.77.0.2 "$WORK/file.bin" &&
+      wait
+  done | median)
+  read -r quic_rate quic_send quic_recv <<<"$quic"
+  read -r confab_rate confab_send confab_recv <<<"$confab"
+  printf "%-30s %9s %11s %11s %9s %11s %11s %7s %6s\n" "veth, MTU 9000 -> 1500" \
+    "$quic_rate" "$quic_send" "$quic_recv" "$confab_rate" "$confab_send" "$confab_recv" \
+    "$(cat "$WORK/chunk")" "$(grep -o '[0-9]* black holes' "$WORK/send.out" | awk '{ print $1 }')"
 }
 
 # bytes_of FILE_GLOB: the size of the one file it names, 0 if none yet.

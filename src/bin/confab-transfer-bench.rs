@@ -118,8 +118,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             TransferEvent::Sent { transfer, stats } => {
                 report(what, &transfer, started, &transfers);
                 println!(
-                    "chunks of {} bytes after {} path MTU probes; {} datagrams, {} resent",
-                    stats.chunk_size, stats.probes, stats.data_sent, stats.retransmitted
+                    "chunks of {} bytes after {} path MTU probes; {} datagrams, {} resent; \
+                     {} timeouts, {} black holes",
+                    stats.chunk_size,
+                    stats.probes,
+                    stats.data_sent,
+                    stats.retransmitted,
+                    stats.timeouts,
+                    stats.black_holes
                 );
                 return Ok(());
             }
