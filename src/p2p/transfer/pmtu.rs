@@ -11,9 +11,9 @@
 //! The path can also shrink under a running transfer (a route change, a VPN coming up):
 //! datagrams of the size in use then vanish without a word, a black hole. The sender tells
 //! the search of every retransmission timeout and of every acknowledgement of data. A
-//! timeout above the base size ([`BLACK_HOLE_TIMEOUTS`]) brings the size back to the base
-//! one, and the search starts over once data is acknowledged again (RFC 8899's black hole
-//! detection). Like the machines, it does no I/O and reads no
+//! timeout above the base size ([`Search::on_data_timeout`]) brings the size back to the
+//! base one, and the search starts over once data is acknowledged again (RFC 8899's black
+//! hole detection). Like the machines, it does no I/O and reads no
 //! clock.
 
 use std::time::{Duration, Instant};
@@ -24,16 +24,6 @@ const PLATEAUS: [usize; 7] = [1280, 1380, 1420, 1492, 1500, 9000, 65_535];
 
 /// Unanswered probes of one size before the search stops below it (RFC 8899's MAX_PROBES).
 pub const MAX_PROBES: u32 = 3;
-
-/// Retransmission timeouts in a row, with no data acknowledged between them, after which
-/// the path is taken to have stopped carrying the size in use.
-///
-/// One is enough. A timeout means that everything in flight was lost, and a fall that was
-/// not needed (a tail loss, say) costs only the few round trips the search takes to climb
-/// back. Waiting for a second timeout, which comes twice as late because of the backoff,
-/// stalled a path that had shrunk for three times as long: 0.6 s against 0.2 s on the veth
-/// of docs/BENCHMARKS.md.
-pub const BLACK_HOLE_TIMEOUTS: u32 = 1;
 
 /// Bytes of UDP header under every datagram.
 const UDP_HEADER: usize = 8;
@@ -59,8 +49,6 @@ pub struct Search {
     /// Every size above the base that may be tried (not refused by the interface): what a
     /// search starts over with.
     ladder: Vec<usize>,
-    /// Data retransmission timeouts in a row with nothing acknowledged.
-    timeouts: u32,
     /// The size fell back after a black hole and data has not been acknowledged since: no
     /// probe goes out (it would be lost with everything else in an outage).
     held: bool,
@@ -92,7 +80,6 @@ impl Search {
             current,
             ladder: candidates.clone(),
             candidates,
-            timeouts: 0,
             held: false,
             black_holes: 0,
             probe: None,
@@ -180,14 +167,18 @@ impl Search {
         true
     }
 
-    /// A retransmission timeout of data expired. Returns whether the size fell back to the
-    /// base one: the [`BLACK_HOLE_TIMEOUTS`]th in a row, above the base size.
+    /// A retransmission timeout of data expired: everything in flight was lost. Above the
+    /// base size that is taken for a black hole, and the size falls back to the base one;
+    /// returns whether it did.
+    ///
+    /// The first timeout is enough. A fall that was not needed (a tail loss, say) costs only
+    /// the few round trips the search takes to climb back, where waiting for a second
+    /// timeout, twice as late with the backoff, stalled a path that had shrunk three times
+    /// as long: 0.6 s against 0.2 s on the veth of docs/BENCHMARKS.md.
     pub fn on_data_timeout(&mut self) -> bool {
-        self.timeouts += 1;
-        if self.timeouts < BLACK_HOLE_TIMEOUTS || self.current <= self.base {
+        if self.current <= self.base {
             return false;
         }
-        self.timeouts = 0;
         self.black_holes += 1;
         self.current = self.base;
         self.candidates = self.ladder.clone();
@@ -200,7 +191,6 @@ impl Search {
     /// Data was acknowledged: the path carries the size in use, and a search held after a
     /// black hole goes on.
     pub fn on_data_acked(&mut self) {
-        self.timeouts = 0;
         self.held = false;
     }
 }
@@ -293,18 +283,8 @@ mod tests {
             assert!(search.on_ack(size));
         }
         assert_eq!(search.current(), 8972);
-        // Fewer timeouts than the threshold are congestion or bad luck, and an
-        // acknowledgement between them ends the run.
-        for _ in 1..BLACK_HOLE_TIMEOUTS {
-            assert!(!search.on_data_timeout());
-        }
-        search.on_data_acked();
-        for _ in 1..BLACK_HOLE_TIMEOUTS {
-            assert!(!search.on_data_timeout());
-        }
-        assert_eq!(search.current(), 8972);
-        // The threshold reached: a black hole. Back to the base size, and no probe until
-        // data gets through again; an answer to a probe from before the fall changes nothing.
+        // A timeout: a black hole. Back to the base size, and no probe until data gets
+        // through again; an answer to a probe from before the fall changes nothing.
         assert!(search.on_data_timeout());
         assert_eq!((search.current(), search.black_holes()), (1252, 1));
         assert_eq!(search.poll_probe(now, RTO), None);
