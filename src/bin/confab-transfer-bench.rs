@@ -119,11 +119,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 report(what, &transfer, started, &transfers);
                 println!(
                     "chunks of {} bytes after {} path MTU probes; {} datagrams, {} resent; \
-                     {} timeouts, {} black holes",
+                     {} tail probes, {} timeouts, {} black holes",
                     stats.chunk_size,
                     stats.probes,
                     stats.data_sent,
                     stats.retransmitted,
+                    stats.tail_probes,
                     stats.timeouts,
                     stats.black_holes
                 );

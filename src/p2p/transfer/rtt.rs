@@ -8,7 +8,8 @@
 //! One deliberate difference: RFC 6298 rounds the timeout up to one second. Like Linux
 //! (200 ms) this uses a smaller floor, [`RttEstimator::new`]'s `min_rto`, because a
 //! transfer between two machines on one network would otherwise stall for a second at
-//! every lost tail.
+//! every lost tail. And a lost tail rarely waits even for that: [`RttEstimator::pto`] is
+//! the sooner timeout of a tail loss probe (RFC 8985), which the sender uses first.
 
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ use std::time::Duration;
 const GRANULARITY: Duration = Duration::from_millis(1);
 /// The timeout before any sample, as RFC 6298 (2.1) sets it.
 const INITIAL_RTO: Duration = Duration::from_secs(1);
+/// The shortest tail loss probe timeout (Linux's: shorter ones fire on a late timer or a
+/// late acknowledgement rather than on a loss).
+const MIN_PTO: Duration = Duration::from_millis(10);
+/// How long the receiver may hold an acknowledgement (`ReceiverConfig::ack_delay`'s
+/// default), which a probe timeout must allow for.
+const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Smoothed RTT, its variation and the retransmission timeout. (The min RTT is the
 /// congestion model's, which measures it again in `ProbeRtt`.)
@@ -65,6 +72,14 @@ impl RttEstimator {
         rto.saturating_mul(1 << self.backoff).min(self.max_rto)
     }
 
+    /// The tail loss probe timeout (RFC 8985, 7.2): twice the smoothed RTT and the
+    /// receiver's acknowledgement delay, at least [`MIN_PTO`]; `None` before any sample, or
+    /// when it would come no sooner than the retransmission timeout.
+    pub fn pto(&self) -> Option<Duration> {
+        let pto = (self.srtt? * 2 + ACK_DELAY).max(MIN_PTO);
+        (pto < self.rto()).then_some(pto)
+    }
+
     /// The smoothed RTT, if there has been a sample.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
@@ -105,5 +120,23 @@ mod tests {
         assert_eq!(rtt.rto(), ms(5_000), "capped at max_rto");
         rtt.on_sample(ms(1));
         assert_eq!(rtt.rto(), ms(200), "a fresh sample resets the backoff");
+    }
+
+    #[test]
+    fn the_probe_timeout_comes_before_the_retransmission_timeout_or_not_at_all() {
+        let mut rtt = RttEstimator::new(ms(200), ms(5_000));
+        assert_eq!(rtt.pto(), None, "before any sample");
+        rtt.on_sample(Duration::from_micros(300));
+        assert_eq!(rtt.pto(), Some(ms(10)), "a LAN: the floor");
+        let mut rtt = RttEstimator::new(ms(200), ms(5_000));
+        rtt.on_sample(ms(50));
+        assert_eq!(rtt.pto(), Some(ms(101)));
+        // A steady 150 ms: the RTO is the floor, 200 ms, sooner than 2 * 150 + 1.
+        let mut steady = RttEstimator::new(ms(200), ms(5_000));
+        for _ in 0..30 {
+            steady.on_sample(ms(150));
+        }
+        assert_eq!(steady.rto(), ms(200));
+        assert_eq!(steady.pto(), None);
     }
 }

@@ -22,7 +22,11 @@
 //! Loss: a chunk is lost when one sent [`REORDER_THRESHOLD`] transmissions after it has been
 //! acknowledged (the gaps that selective acks reveal are retransmitted at once, without
 //! waiting for a timeout), or when the retransmission timeout of [`RttEstimator`] expires
-//! with nothing acknowledged, which marks everything in flight lost.
+//! with nothing acknowledged, which marks everything in flight lost. At the tail of a
+//! transfer no later chunk is left to reveal a gap, so before that timeout comes a tail loss
+//! probe (RFC 8985): when nothing has been acknowledged for about two round trips, the
+//! oldest chunk in flight is sent again, once, and the acknowledgement it brings shows the
+//! rest. It is not taken for congestion.
 //!
 //! The SHA-256 is computed over the file bytes as they are pushed, in order; on a resumed
 //! transfer the driver pushes the prefix the receiver already has too, which is hashed but
@@ -116,6 +120,8 @@ pub struct SenderStats {
     pub timeouts: u64,
     /// Path MTU probes sent.
     pub probes: u64,
+    /// Tail loss probes sent.
+    pub tail_probes: u64,
     /// The chunk size in use (the largest the path was found to carry).
     pub chunk_size: u32,
     /// Times the path stopped carrying the size in use, so that it fell back.
@@ -206,6 +212,10 @@ pub struct Sender {
     first_sent_time: Instant,
     acked_bytes: u64,
     rto_deadline: Option<Instant>,
+    /// When to send a tail loss probe, unless something is acknowledged first.
+    pto_deadline: Option<Instant>,
+    /// A tail loss probe went out and nothing has been acknowledged since: no second one.
+    probed_tail: bool,
     last_heard: Instant,
     goodbye: bool,
     events: VecDeque<SenderEvent>,
@@ -256,6 +266,8 @@ impl Sender {
             first_sent_time: now,
             acked_bytes: 0,
             rto_deadline: None,
+            pto_deadline: None,
+            probed_tail: false,
             last_heard: now,
             goodbye: false,
             events: VecDeque::new(),
@@ -400,7 +412,7 @@ impl Sender {
                 let pacing = self
                     .has_data_to_send()
                     .then(|| self.cc.next_send_time(self.datagram_len(), self.rtt.srtt()));
-                [pacing, self.rto_deadline, self.search.poll_timeout()]
+                [pacing, self.rto_deadline, self.pto_deadline, self.search.poll_timeout()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -427,6 +439,8 @@ impl Sender {
         }
         if self.rto_deadline.is_some_and(|d| now >= d) {
             self.on_rto();
+        } else if self.pto_deadline.is_some_and(|d| now >= d) {
+            self.probe_tail();
         }
         self.search.handle_timeout(now);
     }
@@ -569,6 +583,9 @@ impl Sender {
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
+        if !self.probed_tail {
+            self.pto_deadline = self.rtt.pto().map(|pto| now + pto);
+        }
         if bytes as u64 > self.chunk {
             // Cut before the path shrank: the whole chunk counts as in flight now, and its
             // parts follow one by one, paced.
@@ -670,6 +687,7 @@ impl Sender {
             return;
         };
         self.search.on_data_acked();
+        self.probed_tail = false;
         let rtt = (!sent.retransmitted).then(|| now.saturating_duration_since(sent.at));
         if let Some(rtt) = rtt {
             self.rtt.on_sample(rtt);
@@ -686,6 +704,8 @@ impl Sender {
         self.largest_acked_order = self.largest_acked_order.max(sent.order);
         self.detect_losses();
         self.rto_deadline = (self.in_flight > 0).then(|| now + self.rtt.rto());
+        self.pto_deadline =
+            self.rtt.pto().filter(|_| self.in_flight > 0 && !self.probed_tail).map(|p| now + p);
         self.maybe_finish(now);
     }
 
@@ -711,9 +731,27 @@ impl Sender {
         }
     }
 
+    /// Nothing has been acknowledged for a probe timeout: the oldest chunk in flight is
+    /// sent again (first, being the oldest lost), once until something is acknowledged.
+    fn probe_tail(&mut self) {
+        self.pto_deadline = None;
+        self.probed_tail = true;
+        let oldest = self.slots.iter().position(|s| matches!(s.state, SlotState::InFlight(_)));
+        let Some(index) = oldest else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Lost;
+        self.in_flight -= slot.data.len() as u64;
+        self.lost.push_front(self.base + index as u64);
+        self.stats.tail_probes += 1;
+    }
+
     /// The retransmission timeout expired: everything in flight is lost.
     fn on_rto(&mut self) {
         self.stats.timeouts += 1;
+        self.pto_deadline = None;
+        self.probed_tail = false;
         if self.search.on_data_timeout() {
             self.follow_path();
         }

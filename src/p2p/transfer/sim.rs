@@ -48,6 +48,8 @@ pub(super) struct Link {
     /// After this many datagrams in one direction, that direction carries at most this many
     /// bytes: the path shrinks under the transfer (a route change, a tunnel).
     pub(super) shrink: Option<(u64, usize)>,
+    /// Datagrams lost on purpose, by their number in their direction (the first is 1).
+    pub(super) drop: Vec<u64>,
 }
 
 impl Default for Link {
@@ -64,6 +66,7 @@ impl Default for Link {
             cut_after: None,
             mtu: 65_507,
             shrink: None,
+            drop: Vec::new(),
         }
     }
 }
@@ -96,7 +99,11 @@ impl Pipe {
             _ => link.mtu,
         };
         let too_big = datagram.len() > mtu;
-        if too_big || link.cut_after.is_some_and(|n| self.count > n) || rng.gen_bool(link.loss) {
+        if too_big
+            || link.drop.contains(&self.count)
+            || link.cut_after.is_some_and(|n| self.count > n)
+            || rng.gen_bool(link.loss)
+        {
             return;
         }
         let start = self.busy_until.map_or(now, |b| b.max(now));
@@ -438,6 +445,23 @@ fn a_path_that_shrinks_under_the_transfer_is_followed_down_and_up_again() {
         assert_delivered(&outcome, &file);
         assert_eq!(outcome.stats.black_holes, 1, "seed {seed}: {:?}", outcome.stats);
         assert_eq!(outcome.stats.chunk_size as usize, 1472 - wire::DATA_OVERHEAD, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_lost_tail_is_probed_for_long_before_the_retransmission_timeout() {
+    // 20 chunks of 1,000 bytes: datagram 1 is the offer, 2 to 21 the chunks. Lose the last
+    // one, then the last three: no later chunk is acknowledged to show the gap, so each
+    // used to wait for the retransmission timeout (200 ms at least).
+    for (lost, probes) in [(vec![21], 1), (vec![19, 20, 21], 3)] {
+        let file = random_file(20_000, 11);
+        let link = Link { drop: lost.clone(), ..Link::default() };
+        let outcome = Sim::new(file.clone(), link, 11).run();
+        assert_delivered(&outcome, &file);
+        let stats = outcome.stats;
+        assert_eq!((stats.timeouts, stats.tail_probes), (0, probes), "{lost:?}: {stats:?}");
+        assert_eq!(stats.retransmitted, lost.len() as u64, "{lost:?}: only what was lost");
+        assert!(outcome.elapsed < Duration::from_millis(150), "{lost:?}: {:?}", outcome.elapsed);
     }
 }
 
