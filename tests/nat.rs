@@ -179,6 +179,16 @@ async fn homes_for(
     (clients, homes)
 }
 
+/// `clip.bin` of `mib` MiB in the server's scratch directory (bytes that do not repeat
+/// within a chunk); its content and its path.
+fn clip_of(server: &LabServer, mib: u32) -> (Vec<u8>, std::path::PathBuf) {
+    let data: Vec<u8> =
+        (0..mib << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let clip = server.dir.path().join("clip.bin");
+    std::fs::write(&clip, &data).unwrap();
+    (data, clip)
+}
+
 /// The lab's server binary, with its scratch directory.
 struct LabServer {
     _proc: Proc,
@@ -211,10 +221,7 @@ async fn a_file_crosses_every_pair_of_nats_directly_or_relayed() {
         ("dave", Nat::Forwarded { tcp: FORWARDED_TCP, udp: FORWARDED_UDP }),
     ];
     let (mut clients, homes) = homes_for(&mut lab, &server, &kinds).await;
-    let data: Vec<u8> =
-        (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-    let clip = server.dir.path().join("clip.bin");
-    std::fs::write(&clip, &data).unwrap();
+    let (data, clip) = clip_of(&server, 8);
 
     let mut count = 0;
     for from in 0..kinds.len() {
@@ -281,10 +288,7 @@ async fn a_relayed_transfer_moves_to_a_direct_path_that_opens_later() {
     let udp = FORWARDED_UDP.to_string();
     let mut bob = lab_client(&lab, &server, &bob_host, "bob", &["--udp-port", &udp]).await;
     // Long enough to be under way when the path opens: about 3 s at the relay's cap.
-    let data: Vec<u8> =
-        (0..36u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
-    let clip = server.dir.path().join("clip.bin");
-    std::fs::write(&clip, &data).unwrap();
+    let (data, clip) = clip_of(&server, 36);
 
     carol.send(&format!("/p2pvideo bob {}", clip.display())).await;
     let line = carol.expect("bob accepted clip.bin; sending").await;
@@ -319,10 +323,7 @@ async fn a_transfer_follows_a_path_that_shrinks_under_it() {
     }
     let mut alice = lab_client(&lab, &server, &alice_host, "alice", &[]).await;
     let mut bob = lab_client(&lab, &server, &bob_host, "bob", &[]).await;
-    let data: Vec<u8> =
-        (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let clip = server.dir.path().join("clip.bin");
-    std::fs::write(&clip, &data).unwrap();
+    let (data, clip) = clip_of(&server, 48);
 
     alice.send(&format!("/p2pvideo bob {}", clip.display())).await;
     let line = alice.expect("bob accepted clip.bin; sending").await;

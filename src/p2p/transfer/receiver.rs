@@ -32,6 +32,10 @@ use sha2::{Digest, Sha256};
 use super::wire::{self, Ack, Packet, MAX_ACK_RANGES};
 use super::TransferError;
 
+/// How long an acknowledgement may wait for more chunks, by default; the sender's tail loss
+/// probe allows for it.
+pub const ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// Settings of the receiving side.
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
@@ -53,7 +57,7 @@ impl Default for ReceiverConfig {
             window: 16_384,
             idle_timeout: Duration::from_secs(10),
             ack_every: 8,
-            ack_delay: Duration::from_millis(1),
+            ack_delay: ACK_DELAY,
             linger: Duration::from_secs(10),
         }
     }
@@ -390,27 +394,38 @@ impl Receiver {
         self.stats
     }
 
-    fn on_data(&mut self, now: Instant, seq: u64, payload: &[u8]) {
-        let len = payload.len() as u64;
+    /// Whether chunk `seq`, `len` bytes long, may be taken, adding `claimed` bytes to what
+    /// is held past the in-order point; if not, it is counted as rejected or as a duplicate.
+    fn admits(&mut self, seq: u64, len: u64, claimed: u64) -> bool {
         if len == 0 || len > self.max_chunk {
             self.stats.rejected += 1;
-            return;
+            return false;
         }
         if seq < self.next || self.ahead.contains_key(&seq) {
             // A duplicate means an acknowledgement went missing: say again what we have.
             self.stats.duplicates += 1;
             self.ack_now = true;
-            return;
-        }
-        // The whole chunk, where some of its parts came before (the path grew again).
-        if let Some(partial) = self.parts.remove(&seq) {
-            self.parts_bytes -= partial.data.len() as u64;
+            return false;
         }
         // Chunks are disjoint pieces of what is left, so together they never pass the end.
-        let beyond_file = self.have + self.ahead_bytes + self.parts_bytes + len > self.size;
-        if beyond_file || seq >= self.next + u64::from(self.config.window) {
+        let held = self.have + self.ahead_bytes + self.parts_bytes;
+        if held + claimed > self.size || seq >= self.next + u64::from(self.config.window) {
             self.stats.rejected += 1;
+            return false;
+        }
+        true
+    }
+
+    fn on_data(&mut self, now: Instant, seq: u64, payload: &[u8]) {
+        let len = payload.len() as u64;
+        // The whole chunk, where some of its parts came before (the path grew again): what
+        // they claimed is its own.
+        let partial = self.parts.get(&seq).map_or(0, |p| p.data.len() as u64);
+        if !self.admits(seq, len, len.saturating_sub(partial)) {
             return;
+        }
+        if self.parts.remove(&seq).is_some() {
+            self.parts_bytes -= partial;
         }
         if seq == self.next {
             self.take_in_order(payload);
@@ -434,30 +449,16 @@ impl Receiver {
     /// A part of chunk `seq`, `len` bytes long in all (the wire has checked that the part
     /// lies inside it). The chunk is taken as a `Data` once every byte of it is in.
     fn on_part(&mut self, now: Instant, seq: u64, len: usize, offset: usize, payload: &[u8]) {
-        if len as u64 > self.max_chunk {
-            self.stats.rejected += 1;
+        // The first part of a chunk claims the whole chunk's length.
+        let claimed = if self.parts.contains_key(&seq) { 0 } else { len as u64 };
+        if !self.admits(seq, len as u64, claimed) {
             return;
         }
-        if seq < self.next || self.ahead.contains_key(&seq) {
-            self.stats.duplicates += 1;
-            self.ack_now = true;
-            return;
-        }
-        if seq >= self.next + u64::from(self.config.window) {
-            self.stats.rejected += 1;
-            return;
-        }
-        let partial = match self.parts.entry(seq) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                if self.have + self.ahead_bytes + self.parts_bytes + len as u64 > self.size {
-                    self.stats.rejected += 1;
-                    return;
-                }
-                self.parts_bytes += len as u64;
-                entry.insert(Partial { data: BytesMut::zeroed(len), have: Vec::new() })
-            }
-        };
+        self.parts_bytes += claimed;
+        let partial = self
+            .parts
+            .entry(seq)
+            .or_insert_with(|| Partial { data: BytesMut::zeroed(len), have: Vec::new() });
         // The same chunk always has the same length; a part that says otherwise is broken.
         if partial.data.len() != len {
             self.stats.rejected += 1;

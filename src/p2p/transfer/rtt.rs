@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use super::receiver::ACK_DELAY;
+
 /// Clock granularity `G` of RFC 6298.
 const GRANULARITY: Duration = Duration::from_millis(1);
 /// The timeout before any sample, as RFC 6298 (2.1) sets it.
@@ -20,9 +22,6 @@ const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// The shortest tail loss probe timeout (Linux's: shorter ones fire on a late timer or a
 /// late acknowledgement rather than on a loss).
 const MIN_PTO: Duration = Duration::from_millis(10);
-/// How long the receiver may hold an acknowledgement (`ReceiverConfig::ack_delay`'s
-/// default), which a probe timeout must allow for.
-const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Smoothed RTT, its variation and the retransmission timeout. (The min RTT is the
 /// congestion model's, which measures it again in `ProbeRtt`.)
